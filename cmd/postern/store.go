@@ -1,0 +1,32 @@
+package main
+
+// Opening the mailstore named by a configuration, for serve and for the
+// store-backed commands (user, domain, alias, mailbox, queue).
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/postern/postern/mailstore"
+)
+
+// storeFile is the name of the database inside data_dir.
+const storeFile = "postern.db"
+
+// openStore opens, creating it if needed, the mailstore in cfg.DataDir for
+// a command-line tool. Store events are not logged; serve uses
+// openStoreOpts to give the store its logger.
+func openStore(cfg *Config) (*mailstore.Store, error) {
+	return openStoreOpts(cfg, mailstore.Options{})
+}
+
+// openStoreOpts creates cfg.DataDir (mode 0700) if it does not exist and
+// opens the database in it with opts. The caller closes the store.
+func openStoreOpts(cfg *Config, opts mailstore.Options) (*mailstore.Store, error) {
+	if err := os.MkdirAll(cfg.DataDir, dataDirPerm); err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	// mailstore's errors already read "open mailstore PATH: ...".
+	return mailstore.Open(filepath.Join(cfg.DataDir, storeFile), opts)
+}

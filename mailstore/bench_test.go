@@ -1,0 +1,139 @@
+package mailstore
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// benchMessage is a 4 KiB message; n makes each one distinct so that no
+// body is shared.
+func benchMessage(n int64) []byte {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "From: a@remote.test\r\nTo: u@example.test\r\nSubject: bench %d\r\n\r\n", n)
+	for b.Len() < 4096-2 {
+		b.WriteString("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\r\n")
+	}
+	return b.Bytes()[:4096]
+}
+
+func benchStore(b *testing.B) (*Store, User) {
+	b.Helper()
+	s, err := Open(filepath.Join(b.TempDir(), "postern.db"), Options{PasswordCost: FastPasswordHash})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { s.Close() })
+	ctx := context.Background()
+	if err := s.AddDomain(ctx, "example.test"); err != nil {
+		b.Fatal(err)
+	}
+	u, err := s.AddUser(ctx, "u@example.test", "pw")
+	if err != nil {
+		b.Fatal(err)
+	}
+	return s, u
+}
+
+// BenchmarkDeliverSerial: one durable Deliver at a time (one commit each).
+func BenchmarkDeliverSerial(b *testing.B) {
+	s, u := benchStore(b)
+	ctx := context.Background()
+	rcpt := []string{u.Address}
+	b.ResetTimer()
+	start := time.Now()
+	for i := 0; i < b.N; i++ {
+		if _, err := s.Deliver(ctx, "a@remote.test", rcpt, benchMessage(int64(i))); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "deliveries/s")
+}
+
+// BenchmarkDeliverParallel: 32 goroutines delivering at once, sharing
+// commits. Reports throughput and the p99 latency of one Deliver.
+func BenchmarkDeliverParallel(b *testing.B) {
+	s, u := benchStore(b)
+	ctx := context.Background()
+	rcpt := []string{u.Address}
+	const producers = 32
+	var next atomic.Int64
+	lat := make([][]time.Duration, producers)
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	start := time.Now()
+	for p := 0; p < producers; p++ {
+		wg.Add(1)
+		go func(p int) {
+			defer wg.Done()
+			for {
+				n := next.Add(1)
+				if n > int64(b.N) {
+					return
+				}
+				t0 := time.Now()
+				if _, err := s.Deliver(ctx, "a@remote.test", rcpt, benchMessage(n)); err != nil {
+					b.Error(err)
+					return
+				}
+				lat[p] = append(lat[p], time.Since(t0))
+			}
+		}(p)
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	var all []time.Duration
+	for _, l := range lat {
+		all = append(all, l...)
+	}
+	slices.Sort(all)
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "deliveries/s")
+	if len(all) > 0 {
+		b.ReportMetric(float64(all[len(all)*99/100].Microseconds())/1000, "p99-ms")
+	}
+}
+
+// BenchmarkAuthenticate measures a login with the production hash cost:
+// cold (every login hashes) and cached (the login cache answers).
+func BenchmarkAuthenticate(b *testing.B) {
+	s, err := Open(filepath.Join(b.TempDir(), "postern.db"), Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	if err := s.AddDomain(ctx, "example.test"); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := s.AddUser(ctx, "u@example.test", "correct horse"); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("cold", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			s.auth.drop("u@example.test")
+			if _, err := s.Authenticate(ctx, "u@example.test", "correct horse"); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("cached", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			if _, err := s.Authenticate(ctx, "u@example.test", "correct horse"); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("unknown-user", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			if _, err := s.Authenticate(ctx, "nobody@example.test", "correct horse"); err == nil {
+				b.Fatal("unknown user logged in")
+			}
+		}
+	})
+}

@@ -1,0 +1,302 @@
+package mailstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Envelope is the SMTP envelope of a message to deliver, with the DSN
+// parameters (RFC 3461) the relay needs for remote recipients.
+type Envelope struct {
+	Sender     string // "" for the null reverse-path
+	Recipients []Recipient
+	EnvID      string // ENVID
+	Ret        string // RET: FULL or HDRS
+}
+
+// Recipient is one RCPT TO.
+type Recipient struct {
+	Address string
+	Notify  string // NOTIFY, as given
+	ORcpt   string // ORCPT, as given
+}
+
+// Delivery tells what became of each recipient.
+type Delivery struct {
+	Stored []Stored          // one per local user reached
+	Queued []QueuedRecipient // remote addresses put in the outbound queue
+	Failed []RecipientError  // recipients that got nothing
+}
+
+// Stored is one message added to a local INBOX.
+type Stored struct {
+	Recipient string // the address as given
+	User      string // the user it reached
+	MailboxID int64
+	UID       uint32
+}
+
+// QueuedRecipient is one outbound queue entry.
+type QueuedRecipient struct {
+	Recipient string // the address as given
+	Address   string // the remote address queued
+	QueueID   int64
+}
+
+// RecipientError is a recipient that could not be delivered to; Err wraps
+// ErrNoSuchUser, ErrOverQuota or ErrInvalidAddress.
+type RecipientError struct {
+	Recipient string
+	Err       error
+}
+
+// Deliver delivers a message to local users' INBOXes and queues it for
+// remote recipients, resolving aliases, with the body stored once. It
+// returns after the commit is durable. Concurrent calls share transactions
+// (group commit). Recipients that fail are listed in Delivery.Failed; the
+// error is non-nil only when nothing at all was delivered or queued.
+func (s *Store) Deliver(ctx context.Context, sender string, recipients []string, msg []byte) (*Delivery, error) {
+	env := Envelope{Sender: sender, Recipients: make([]Recipient, len(recipients))}
+	for i, r := range recipients {
+		env.Recipients[i].Address = r
+	}
+	return s.DeliverEnvelope(ctx, env, msg)
+}
+
+// target is one resolved destination of a recipient.
+type target struct {
+	rcpt   int // index in Envelope.Recipients
+	userID int64
+	user   string
+	remote string
+}
+
+// DeliverEnvelope is Deliver with DSN parameters.
+func (s *Store) DeliverEnvelope(ctx context.Context, env Envelope, msg []byte) (*Delivery, error) {
+	d := &Delivery{}
+	// Resolution and hashing happen before the writer, which only inserts.
+	var targets []target
+	seenUser := map[int64]bool{}
+	for i, r := range env.Recipients {
+		res, err := s.Resolve(ctx, r.Address)
+		if err != nil {
+			if errors.Is(err, ErrNoSuchUser) || errors.Is(err, ErrInvalidAddress) {
+				d.Failed = append(d.Failed, RecipientError{Recipient: r.Address, Err: err})
+				continue
+			}
+			return nil, fmt.Errorf("deliver: %w", err)
+		}
+		for _, u := range res.Users {
+			if !seenUser[u.ID] {
+				seenUser[u.ID] = true
+				targets = append(targets, target{rcpt: i, userID: u.ID, user: u.Address})
+			}
+		}
+		for _, a := range res.Remote {
+			targets = append(targets, target{rcpt: i, remote: a})
+		}
+	}
+	if len(targets) == 0 {
+		return d, fmt.Errorf("deliver: no recipient accepted: %w", firstErr(d.Failed, ErrNoSuchUser))
+	}
+	body := prepareBody(msg)
+	now := s.now()
+	size := int64(len(body.data))
+	failedBefore := len(d.Failed)
+	err := s.w.do(ctx, func(t *wtx) error {
+		// A retried request starts again from the resolution's results.
+		d.Stored, d.Queued, d.Failed = d.Stored[:0], d.Queued[:0], d.Failed[:failedBefore]
+		bodyID, err := t.storeBody(body)
+		if err != nil {
+			return fmt.Errorf("deliver: %w", err)
+		}
+		for _, tg := range targets {
+			rcpt := env.Recipients[tg.rcpt]
+			if tg.remote != "" {
+				id, err := t.enqueue(env, rcpt, tg.remote, bodyID, now)
+				if err != nil {
+					return fmt.Errorf("deliver: %w", err)
+				}
+				d.Queued = append(d.Queued, QueuedRecipient{Recipient: rcpt.Address, Address: tg.remote, QueueID: id})
+				continue
+			}
+			inbox, h, err := t.inboxHead(tg.userID, size)
+			if errors.Is(err, ErrNoSuchUser) || errors.Is(err, ErrOverQuota) {
+				d.Failed = append(d.Failed, RecipientError{Recipient: rcpt.Address, Err: fmt.Errorf("%s: %w", tg.user, err)})
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("deliver to %s: %w", tg.user, err)
+			}
+			uid := h.uidnext
+			if err := t.bump(inbox, &h, 1, nil); err != nil {
+				return fmt.Errorf("deliver to %s: %w", tg.user, err)
+			}
+			if err := t.insertMessage(inbox, uid, h.modseq, 0, nil, now, size, bodyID); err != nil {
+				return fmt.Errorf("deliver to %s: %w", tg.user, err)
+			}
+			d.Stored = append(d.Stored, Stored{Recipient: rcpt.Address, User: tg.user, MailboxID: inbox, UID: uid})
+		}
+		if len(d.Stored) == 0 && len(d.Queued) == 0 {
+			// Roll back the body insert too.
+			return fmt.Errorf("deliver: no recipient accepted: %w", firstErr(d.Failed, ErrNoSuchUser))
+		}
+		return nil
+	})
+	if err != nil {
+		if len(d.Stored) == 0 && len(d.Queued) == 0 && len(d.Failed) > 0 {
+			return d, err
+		}
+		return nil, err
+	}
+	return d, nil
+}
+
+// inboxHead reads a user's INBOX for a delivery of size bytes, checking
+// the quota, in as few statements as the common case allows.
+func (t *wtx) inboxHead(userID, size int64) (int64, mailboxHead, error) {
+	var id, quota int64
+	var kw string
+	h := mailboxHead{userID: userID}
+	err := t.queryRow(`SELECT b.id, b.uidnext, b.highestmodseq, b.keywords, u.quota_bytes
+		FROM mailboxes b JOIN users u ON u.id = b.user_id WHERE b.user_id = ? AND b.name = 'INBOX'`, userID).
+		Scan(&id, &h.uidnext, &h.modseq, &kw, &quota)
+	if isNoRows(err) {
+		return 0, h, fmt.Errorf("no INBOX: %w", ErrNoSuchUser)
+	}
+	if err != nil {
+		return 0, h, err
+	}
+	h.keywords = splitKeywords(kw)
+	if quota > 0 {
+		if err := t.checkQuota(userID, size); err != nil {
+			return 0, h, err
+		}
+	}
+	return id, h, nil
+}
+
+func firstErr(failed []RecipientError, fallback error) error {
+	if len(failed) > 0 {
+		return failed[0].Err
+	}
+	return fallback
+}
+
+// QueueEntry is one recipient of one message waiting for the relay.
+type QueueEntry struct {
+	ID          int64
+	Sender      string
+	Recipient   string
+	Domain      string
+	BodyID      int64
+	Size        int64
+	Attempts    int
+	NextAttempt time.Time
+	Created     time.Time
+	LastError   string
+	EnvID       string
+	Ret         string
+	Notify      string
+	ORcpt       string
+}
+
+func (t *wtx) enqueue(env Envelope, rcpt Recipient, address string, bodyID int64, now time.Time) (int64, error) {
+	res, err := t.exec(`INSERT INTO queue (sender, recipient, domain, body_id, next_attempt, created, env_id, ret, notify, orcpt)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		env.Sender, address, domainOf(address), bodyID, now.UnixNano(), now.UnixNano(), env.EnvID, env.Ret, rcpt.Notify, rcpt.ORcpt)
+	if err != nil {
+		return 0, fmt.Errorf("queue message for %s: %w", address, err)
+	}
+	return res.LastInsertId()
+}
+
+const queueColumns = "q.id, q.sender, q.recipient, q.domain, q.body_id, b.size, q.attempts, q.next_attempt, q.created, q.last_error, q.env_id, q.ret, q.notify, q.orcpt"
+
+func scanQueueEntry(sc interface{ Scan(...any) error }) (QueueEntry, error) {
+	var e QueueEntry
+	var next, created int64
+	err := sc.Scan(&e.ID, &e.Sender, &e.Recipient, &e.Domain, &e.BodyID, &e.Size, &e.Attempts, &next, &created,
+		&e.LastError, &e.EnvID, &e.Ret, &e.Notify, &e.ORcpt)
+	e.NextAttempt = time.Unix(0, next).UTC()
+	e.Created = time.Unix(0, created).UTC()
+	return e, err
+}
+
+// Queue lists outbound queue entries: all of them when due is zero, else
+// those due at or before it (at most limit, 0: no limit), oldest first.
+func (s *Store) Queue(ctx context.Context, due time.Time, limit int) ([]QueueEntry, error) {
+	q := "SELECT " + queueColumns + " FROM queue q JOIN bodies b ON b.id = q.body_id"
+	var args []any
+	if !due.IsZero() {
+		q += " WHERE q.next_attempt <= ?"
+		args = append(args, due.UnixNano())
+	}
+	q += " ORDER BY q.next_attempt, q.id"
+	if limit > 0 {
+		q += " LIMIT ?"
+		args = append(args, limit)
+	}
+	rows, err := s.read(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list queue: %w", err)
+	}
+	defer rows.Close()
+	var out []QueueEntry
+	for rows.Next() {
+		e, err := scanQueueEntry(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list queue: %w", err)
+		}
+		out = append(out, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list queue: %w", err)
+	}
+	return out, nil
+}
+
+// QueueDefer records a failed attempt and when to try again.
+func (s *Store) QueueDefer(ctx context.Context, id int64, next time.Time, lastError string) error {
+	return s.w.do(ctx, func(t *wtx) error {
+		res, err := t.exec("UPDATE queue SET attempts = attempts + 1, next_attempt = ?, last_error = ? WHERE id = ?",
+			next.UnixNano(), lastError, id)
+		if err != nil {
+			return fmt.Errorf("defer queue entry %d: %w", id, err)
+		}
+		return affected(res, fmt.Sprintf("defer queue entry %d", id))
+	})
+}
+
+// QueueRetry makes an entry (or every entry, for id 0) due now.
+func (s *Store) QueueRetry(ctx context.Context, id int64) error {
+	now := s.now().UnixNano()
+	return s.w.do(ctx, func(t *wtx) error {
+		if id == 0 {
+			_, err := t.exec("UPDATE queue SET next_attempt = ?", now)
+			if err != nil {
+				return fmt.Errorf("retry queue: %w", err)
+			}
+			return nil
+		}
+		res, err := t.exec("UPDATE queue SET next_attempt = ? WHERE id = ?", now, id)
+		if err != nil {
+			return fmt.Errorf("retry queue entry %d: %w", id, err)
+		}
+		return affected(res, fmt.Sprintf("retry queue entry %d", id))
+	})
+}
+
+// QueueRemove takes an entry out of the queue (delivered, failed for good,
+// or deleted by an administrator).
+func (s *Store) QueueRemove(ctx context.Context, id int64) error {
+	return s.w.do(ctx, func(t *wtx) error {
+		res, err := t.exec("DELETE FROM queue WHERE id = ?", id)
+		if err != nil {
+			return fmt.Errorf("remove queue entry %d: %w", id, err)
+		}
+		return affected(res, fmt.Sprintf("remove queue entry %d", id))
+	})
+}

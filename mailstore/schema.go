@@ -1,0 +1,173 @@
+package mailstore
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+)
+
+// migrations[i] brings the schema from version i to i+1. Each runs in its
+// own transaction together with the user_version bump. Never edit one that
+// has shipped: add a new one.
+var migrations = []string{
+	// 1: the first schema.
+	`
+CREATE TABLE meta (
+	key   TEXT PRIMARY KEY,
+	value INTEGER NOT NULL
+);
+INSERT INTO meta (key, value) VALUES ('uidvalidity', CAST(strftime('%s','now') AS INTEGER));
+
+CREATE TABLE domains (
+	name TEXT PRIMARY KEY
+);
+
+CREATE TABLE users (
+	id            INTEGER PRIMARY KEY,
+	address       TEXT NOT NULL UNIQUE,
+	password_hash TEXT NOT NULL,
+	disabled      INTEGER NOT NULL DEFAULT 0,
+	quota_bytes   INTEGER NOT NULL DEFAULT 0,
+	created       INTEGER NOT NULL
+);
+
+-- An alias maps an address to one or more targets: local users or, for
+-- forwarding, remote addresses.
+CREATE TABLE aliases (
+	address TEXT NOT NULL,
+	target  TEXT NOT NULL,
+	PRIMARY KEY (address, target)
+);
+
+CREATE TABLE mailboxes (
+	id            INTEGER PRIMARY KEY,
+	user_id       INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+	name          TEXT NOT NULL,
+	uidvalidity   INTEGER NOT NULL,
+	uidnext       INTEGER NOT NULL DEFAULT 1,
+	highestmodseq INTEGER NOT NULL DEFAULT 1,
+	special_use   TEXT NOT NULL DEFAULT '',
+	subscribed    INTEGER NOT NULL DEFAULT 0,
+	noselect      INTEGER NOT NULL DEFAULT 0,
+	keywords      TEXT NOT NULL DEFAULT '',
+	UNIQUE (user_id, name)
+);
+
+-- Bodies are stored once, keyed by SHA-256, in chunks so that a large
+-- message is streamed rather than loaded whole. refs counts the messages and
+-- queue entries that use a body; triggers keep it and free unused bodies.
+CREATE TABLE bodies (
+	id     INTEGER PRIMARY KEY,
+	sha256 BLOB NOT NULL UNIQUE,
+	size   INTEGER NOT NULL,
+	refs   INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE body_chunks (
+	body_id INTEGER NOT NULL REFERENCES bodies(id) ON DELETE CASCADE,
+	seq     INTEGER NOT NULL,
+	data    BLOB NOT NULL,
+	PRIMARY KEY (body_id, seq)
+);
+
+CREATE TABLE messages (
+	id            INTEGER PRIMARY KEY,
+	mailbox_id    INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+	uid           INTEGER NOT NULL,
+	modseq        INTEGER NOT NULL,
+	flags         INTEGER NOT NULL DEFAULT 0,
+	keywords      TEXT NOT NULL DEFAULT '',
+	internal_date INTEGER NOT NULL,
+	size          INTEGER NOT NULL,
+	body_id       INTEGER NOT NULL REFERENCES bodies(id),
+	UNIQUE (mailbox_id, uid)
+);
+CREATE INDEX messages_body ON messages (body_id);
+
+-- Expunged UIDs with the MODSEQ of their removal, for QRESYNC (RFC 7162).
+CREATE TABLE expunged (
+	mailbox_id INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
+	uid        INTEGER NOT NULL,
+	modseq     INTEGER NOT NULL,
+	PRIMARY KEY (mailbox_id, uid)
+);
+
+CREATE TABLE queue (
+	id           INTEGER PRIMARY KEY,
+	sender       TEXT NOT NULL,
+	recipient    TEXT NOT NULL,
+	domain       TEXT NOT NULL,
+	body_id      INTEGER NOT NULL REFERENCES bodies(id),
+	attempts     INTEGER NOT NULL DEFAULT 0,
+	next_attempt INTEGER NOT NULL,
+	last_error   TEXT NOT NULL DEFAULT '',
+	created      INTEGER NOT NULL,
+	env_id       TEXT NOT NULL DEFAULT '',
+	ret          TEXT NOT NULL DEFAULT '',
+	notify       TEXT NOT NULL DEFAULT '',
+	orcpt        TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX queue_due ON queue (next_attempt);
+
+CREATE TRIGGER message_ref AFTER INSERT ON messages BEGIN
+	UPDATE bodies SET refs = refs + 1 WHERE id = NEW.body_id;
+END;
+CREATE TRIGGER message_unref AFTER DELETE ON messages BEGIN
+	UPDATE bodies SET refs = refs - 1 WHERE id = OLD.body_id;
+	DELETE FROM bodies WHERE id = OLD.body_id AND refs <= 0;
+END;
+CREATE TRIGGER queue_ref AFTER INSERT ON queue BEGIN
+	UPDATE bodies SET refs = refs + 1 WHERE id = NEW.body_id;
+END;
+CREATE TRIGGER queue_unref AFTER DELETE ON queue BEGIN
+	UPDATE bodies SET refs = refs - 1 WHERE id = OLD.body_id;
+	DELETE FROM bodies WHERE id = OLD.body_id AND refs <= 0;
+END;
+`,
+}
+
+// migrate applies the migrations the database has not seen yet.
+func migrate(db *sql.DB) error {
+	ctx := context.Background()
+	for {
+		done, err := migrateOne(ctx, db)
+		if err != nil {
+			return err
+		}
+		if done {
+			return nil
+		}
+	}
+}
+
+func migrateOne(ctx context.Context, db *sql.DB) (done bool, err error) {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return false, fmt.Errorf("begin migration: %w", err)
+	}
+	defer tx.Rollback()
+	var version int
+	if err := tx.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil {
+		return false, fmt.Errorf("read schema version: %w", err)
+	}
+	if version > len(migrations) {
+		return false, fmt.Errorf("%w (schema version %d, this binary knows up to %d)", ErrSchemaTooNew, version, len(migrations))
+	}
+	if version == len(migrations) {
+		return true, nil
+	}
+	if _, err := tx.ExecContext(ctx, migrations[version]); err != nil {
+		return false, fmt.Errorf("migrate schema to version %d: %w", version+1, err)
+	}
+	if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", version+1)); err != nil {
+		return false, fmt.Errorf("set schema version %d: %w", version+1, err)
+	}
+	if version == 0 {
+		if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA application_id = %d", applicationID)); err != nil {
+			return false, fmt.Errorf("set application id: %w", err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return false, fmt.Errorf("commit migration to version %d: %w", version+1, err)
+	}
+	return false, nil
+}

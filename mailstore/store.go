@@ -1,0 +1,295 @@
+// Package mailstore keeps Postern's users, mailboxes, messages and outbound
+// queue in one SQLite database (WAL mode, synchronous=FULL).
+//
+// Implementation notes:
+//   - One writer goroutine owns the only write connection. Every change is a
+//     request to it; requests that arrive while a commit is running are
+//     gathered into the next transaction (group commit), each inside its own
+//     SAVEPOINT so that one failing request does not fail the others.
+//   - A call that changes data returns only after its transaction committed,
+//     so a 250 given after Deliver means the message is on disk.
+//   - Commit first, then publish to the change feed: the feed only wakes
+//     readers, the database is the truth.
+//   - Readers use a separate pool of read-only connections and never wait
+//     for the writer (WAL).
+//   - No SQLite type crosses the package API.
+package mailstore
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"os"
+	"sync"
+	"time"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+)
+
+// Errors callers can test for with errors.Is.
+var (
+	ErrNotFound       = errors.New("not found")
+	ErrExists         = errors.New("already exists")
+	ErrAuthFailed     = errors.New("authentication failed")
+	ErrNotLocal       = errors.New("domain is not local")
+	ErrNoSuchUser     = errors.New("no such user")
+	ErrOverQuota      = errors.New("mailbox quota exceeded")
+	ErrInvalidName    = errors.New("invalid name")
+	ErrHasChildren    = errors.New("mailbox has inferior hierarchical names")
+	ErrNoSelect       = errors.New("mailbox cannot be selected")
+	ErrClosed         = errors.New("mailstore is closed")
+	ErrNotPostern     = errors.New("not a Postern database")
+	ErrSchemaTooNew   = errors.New("database written by a newer Postern")
+	ErrInvalidAddress = errors.New("invalid address")
+)
+
+const (
+	// busyTimeoutMillis bounds how long a connection waits for a lock held
+	// by another process (the CLI while serve runs, say) before failing.
+	busyTimeoutMillis = 30000
+	// maxReaders is the size of the read-only connection pool.
+	maxReaders = 8
+	// authCacheTTL is how long a successful login is remembered.
+	authCacheTTL = 5 * time.Minute
+)
+
+// Options tune a Store. The zero value is ready to use.
+type Options struct {
+	// Logger receives store events; nil discards them.
+	Logger *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// PasswordCost selects the argon2id parameters; the zero value is the
+	// production setting. Tests may use FastPasswordHash.
+	PasswordCost PasswordCost
+}
+
+// Store is an open mailstore. It is safe for concurrent use.
+type Store struct {
+	path   string
+	log    *slog.Logger
+	now    func() time.Time
+	cost   PasswordCost
+	rdb    *sql.DB
+	rmu    sync.Mutex
+	rstmts map[string]*sql.Stmt // read statements, prepared once per pooled connection
+	w      *writer
+	feed   *feed
+	auth   *authCache
+	closed chan struct{}
+	once   sync.Once
+}
+
+// sqliteMagic starts every SQLite 3 database file.
+var sqliteMagic = []byte("SQLite format 3\x00")
+
+// applicationID marks a database as Postern's ("Pstn"), so that a stray
+// SQLite file is never migrated into a mailstore.
+const applicationID = 0x5073746e
+
+// Open opens (creating if needed) the mailstore database at path and brings
+// its schema up to date. A file that is not a Postern database, or one
+// written by a newer version, is refused and left untouched.
+func Open(path string, opts Options) (*Store, error) {
+	if err := checkFile(path); err != nil {
+		return nil, err
+	}
+	s := &Store{
+		path:   path,
+		log:    opts.Logger,
+		now:    opts.Now,
+		cost:   opts.PasswordCost,
+		feed:   newFeed(),
+		auth:   newAuthCache(),
+		closed: make(chan struct{}),
+		rstmts: make(map[string]*sql.Stmt),
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	wdb, err := sql.Open("sqlite", dsn(path, false))
+	if err != nil {
+		return nil, fmt.Errorf("open mailstore %s: %w", path, err)
+	}
+	wdb.SetMaxOpenConns(1)
+	wdb.SetMaxIdleConns(1)
+	wdb.SetConnMaxLifetime(0)
+	wdb.SetConnMaxIdleTime(0)
+	if err := migrate(wdb); err != nil {
+		wdb.Close()
+		return nil, fmt.Errorf("open mailstore %s: %w", path, err)
+	}
+	s.rdb, err = sql.Open("sqlite", dsn(path, true))
+	if err != nil {
+		wdb.Close()
+		return nil, fmt.Errorf("open mailstore %s: %w", path, err)
+	}
+	s.rdb.SetMaxOpenConns(maxReaders)
+	s.rdb.SetMaxIdleConns(maxReaders)
+	s.w, err = newWriter(wdb, s.feed)
+	if err != nil {
+		s.rdb.Close()
+		wdb.Close()
+		return nil, fmt.Errorf("open mailstore %s: %w", path, err)
+	}
+	return s, nil
+}
+
+func dsn(path string, readOnly bool) string {
+	q := url.Values{}
+	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", busyTimeoutMillis))
+	q.Add("_pragma", "foreign_keys(1)")
+	q.Add("_pragma", "synchronous(FULL)")
+	if readOnly {
+		q.Add("_pragma", "query_only(1)")
+	} else {
+		q.Add("_pragma", "journal_mode(WAL)")
+		q.Set("_txlock", "immediate")
+	}
+	return "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + q.Encode()
+}
+
+// checkFile refuses, without writing anything, a file that is not a SQLite
+// database, a SQLite database of another application, or a Postern
+// database with a schema newer than this binary knows. A missing or empty
+// file is a new database.
+func checkFile(path string) error {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open mailstore %s: %w", path, err)
+	}
+	defer f.Close()
+	var hdr [100]byte
+	n, err := io.ReadFull(f, hdr[:])
+	if n == 0 {
+		return nil
+	}
+	if err != nil || !bytes.Equal(hdr[:16], sqliteMagic) {
+		return fmt.Errorf("open mailstore %s: %w (not a SQLite database)", path, ErrNotPostern)
+	}
+	// The header may be stale when a WAL file holds newer pages, so ask
+	// SQLite itself, on a read-only connection that cannot change the file.
+	db, err := sql.Open("sqlite", "file:"+(&url.URL{Path: path}).EscapedPath()+"?mode=ro")
+	if err != nil {
+		return fmt.Errorf("open mailstore %s: %w", path, err)
+	}
+	defer db.Close()
+	var appID, version, tables int
+	err = db.QueryRow(`SELECT (SELECT application_id FROM pragma_application_id),
+		(SELECT user_version FROM pragma_user_version),
+		(SELECT count(*) FROM sqlite_master)`).Scan(&appID, &version, &tables)
+	if err != nil {
+		return fmt.Errorf("open mailstore %s: %w (%w)", path, ErrNotPostern, err)
+	}
+	switch {
+	case appID == 0 && version == 0 && tables == 0:
+		return nil // an empty SQLite file: ours to initialise
+	case appID != applicationID:
+		return fmt.Errorf("open mailstore %s: %w (application id %#x)", path, ErrNotPostern, appID)
+	case version > len(migrations):
+		return fmt.Errorf("open mailstore %s: %w (schema version %d, this binary knows up to %d)",
+			path, ErrSchemaTooNew, version, len(migrations))
+	}
+	return nil
+}
+
+// Close stops the writer after the requests already sent and closes the
+// database. Calls after Close fail with ErrClosed.
+func (s *Store) Close() error {
+	var err error
+	s.once.Do(func() {
+		close(s.closed)
+		err = s.w.close()
+		s.rmu.Lock()
+		for _, st := range s.rstmts {
+			st.Close()
+		}
+		s.rmu.Unlock()
+		if rerr := s.rdb.Close(); err == nil {
+			err = rerr
+		}
+		s.feed.closeAll()
+	})
+	return err
+}
+
+// readStmt returns the reader pool's prepared statement for query.
+func (s *Store) readStmt(ctx context.Context, query string) (*sql.Stmt, error) {
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	if st, ok := s.rstmts[query]; ok {
+		return st, nil
+	}
+	st, err := s.rdb.PrepareContext(ctx, query)
+	if err != nil {
+		return nil, fmt.Errorf("prepare %q: %w", query, err)
+	}
+	s.rstmts[query] = st
+	return st, nil
+}
+
+// read runs a query on the reader pool.
+func (s *Store) read(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	st, err := s.readStmt(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	return st.QueryContext(ctx, args...)
+}
+
+// readRow runs a single-row query on the reader pool.
+func (s *Store) readRow(ctx context.Context, query string, args ...any) row {
+	st, err := s.readStmt(ctx, query)
+	if err != nil {
+		return row{err: err}
+	}
+	return row{r: st.QueryRowContext(ctx, args...)}
+}
+
+// Path is the database file.
+func (s *Store) Path() string { return s.path }
+
+// IntegrityCheck runs SQLite's integrity_check and returns nil when it says ok.
+func (s *Store) IntegrityCheck(ctx context.Context) error {
+	rows, err := s.read(ctx, "PRAGMA integrity_check")
+	if err != nil {
+		return fmt.Errorf("integrity check: %w", err)
+	}
+	defer rows.Close()
+	var problems []string
+	for rows.Next() {
+		var line string
+		if err := rows.Scan(&line); err != nil {
+			return fmt.Errorf("integrity check: %w", err)
+		}
+		if line != "ok" {
+			problems = append(problems, line)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("integrity check: %w", err)
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("integrity check: %v", problems)
+	}
+	return nil
+}
+
+// randomBytes fills a new slice of n random bytes.
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	rand.Read(b) // never fails: crypto/rand crashes the program instead
+	return b
+}

@@ -1,0 +1,412 @@
+package mailstore
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+)
+
+// openTest opens a fresh store in a temporary directory with a local
+// domain example.test.
+func openTest(t testing.TB) *Store {
+	t.Helper()
+	s, err := Open(filepath.Join(t.TempDir(), "postern.db"), Options{PasswordCost: FastPasswordHash})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	if err := s.AddDomain(context.Background(), "example.test"); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func addUser(t testing.TB, s *Store, address string) User {
+	t.Helper()
+	u, err := s.AddUser(context.Background(), address, "secret-"+address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+func inbox(t testing.TB, s *Store, u User) Mailbox {
+	t.Helper()
+	mb, err := s.MailboxByName(context.Background(), u.ID, "inbox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mb
+}
+
+func testMessage(n int) []byte {
+	return []byte(fmt.Sprintf("From: a@example.test\r\nTo: b@example.test\r\nSubject: test %d\r\n\r\nBody %d\r\n", n, n))
+}
+
+func (s *Store) bodyExists(ctx context.Context, bodyID int64) bool {
+	var n int
+	if err := s.rdb.QueryRowContext(ctx, "SELECT count(*) FROM bodies WHERE id = ?", bodyID).Scan(&n); err != nil {
+		panic(err)
+	}
+	return n > 0
+}
+
+func TestNewUserMailboxes(t *testing.T) {
+	s := openTest(t)
+	ctx := context.Background()
+	u := addUser(t, s, "Alice@Example.TEST")
+	if u.Address != "alice@example.test" {
+		t.Errorf("address %q, want lower-cased", u.Address)
+	}
+	boxes, err := s.Mailboxes(ctx, u.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"INBOX": "", "Sent": `\Sent`, "Drafts": `\Drafts`, "Trash": `\Trash`, "Junk": `\Junk`, "Archive": `\Archive`}
+	if len(boxes) != len(want) {
+		t.Fatalf("got %d mailboxes, want %d: %+v", len(boxes), len(want), boxes)
+	}
+	for _, mb := range boxes {
+		use, ok := want[mb.Name]
+		if !ok || mb.SpecialUse != use {
+			t.Errorf("mailbox %q special use %q, want %q (known %v)", mb.Name, mb.SpecialUse, use, ok)
+		}
+		if !mb.Subscribed || mb.UIDNext != 1 || mb.UIDValidity == 0 {
+			t.Errorf("mailbox %q: %+v", mb.Name, mb)
+		}
+	}
+	if _, err := s.AddUser(ctx, "alice@example.test", "x"); !errors.Is(err, ErrExists) {
+		t.Errorf("second add: %v, want ErrExists", err)
+	}
+	if _, err := s.AddUser(ctx, "bob@elsewhere.test", "x"); !errors.Is(err, ErrNotLocal) {
+		t.Errorf("add in non-local domain: %v, want ErrNotLocal", err)
+	}
+}
+
+func TestUIDsAscendAndSurviveReopen(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "postern.db")
+	s, err := Open(path, Options{PasswordCost: FastPasswordHash})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddDomain(ctx, "example.test"); err != nil {
+		t.Fatal(err)
+	}
+	u := addUser(t, s, "u@example.test")
+	mb := inbox(t, s, u)
+	var last uint32
+	for i := 0; i < 5; i++ {
+		m, err := s.Append(ctx, mb.ID, nil, time.Time{}, testMessage(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.UID <= last {
+			t.Fatalf("uid %d after %d", m.UID, last)
+		}
+		last = m.UID
+	}
+	// Expunge the newest: its UID must not come back.
+	if _, err := s.StoreFlags(ctx, mb.ID, UIDs(last), FlagsAdd, []string{FlagDeleted}); err != nil {
+		t.Fatal(err)
+	}
+	gone, err := s.Expunge(ctx, mb.ID, nil)
+	if err != nil || len(gone) != 1 || gone[0] != last {
+		t.Fatalf("expunge: %v %v", gone, err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = Open(path, Options{PasswordCost: FastPasswordHash})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	mb2 := inbox(t, s, u)
+	if mb2.UIDValidity != mb.UIDValidity {
+		t.Errorf("UIDVALIDITY changed across reopen: %d -> %d", mb.UIDValidity, mb2.UIDValidity)
+	}
+	m, err := s.Append(ctx, mb.ID, nil, time.Time{}, testMessage(9))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.UID != last+1 {
+		t.Errorf("uid after reopen %d, want %d (never reuse %d)", m.UID, last+1, last)
+	}
+}
+
+func TestModSeqRisesOnFlagChange(t *testing.T) {
+	s := openTest(t)
+	ctx := context.Background()
+	u := addUser(t, s, "u@example.test")
+	mb := inbox(t, s, u)
+	m, err := s.Append(ctx, mb.ID, []string{"$Important"}, time.Time{}, testMessage(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	prev := m.ModSeq
+	steps := []struct {
+		op    FlagOp
+		flags []string
+		want  []string
+	}{
+		{FlagsAdd, []string{FlagSeen}, []string{FlagSeen, "$Important"}},
+		{FlagsAdd, []string{"work"}, []string{FlagSeen, "$Important", "work"}},
+		{FlagsRemove, []string{"$important"}, []string{FlagSeen, "work"}},
+		{FlagsSet, []string{FlagFlagged, FlagAnswered}, []string{FlagAnswered, FlagFlagged}},
+	}
+	for _, st := range steps {
+		out, err := s.StoreFlags(ctx, mb.ID, UIDs(m.UID), st.op, st.flags)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(out) != 1 || fmt.Sprint(out[0].Flags) != fmt.Sprint(st.want) {
+			t.Fatalf("after %v %v: %+v, want flags %v", st.op, st.flags, out, st.want)
+		}
+		if out[0].ModSeq <= prev {
+			t.Errorf("modseq %d did not rise from %d", out[0].ModSeq, prev)
+		}
+		prev = out[0].ModSeq
+		mbNow, _ := s.MailboxByID(ctx, mb.ID)
+		if mbNow.HighestModSeq != prev {
+			t.Errorf("HIGHESTMODSEQ %d, want %d", mbNow.HighestModSeq, prev)
+		}
+	}
+	// A no-op change keeps MODSEQ.
+	out, err := s.StoreFlags(ctx, mb.ID, UIDs(m.UID), FlagsAdd, []string{FlagFlagged})
+	if err != nil || out[0].ModSeq != prev {
+		t.Errorf("no-op store changed modseq %d -> %d (%v)", prev, out[0].ModSeq, err)
+	}
+	mbNow, _ := s.MailboxByID(ctx, mb.ID)
+	if fmt.Sprint(mbNow.Keywords) != "[$Important work]" {
+		t.Errorf("mailbox keywords %v", mbNow.Keywords)
+	}
+	if _, err := s.StoreFlags(ctx, mb.ID, UIDs(m.UID), FlagsAdd, []string{"bad keyword"}); !errors.Is(err, ErrInvalidName) {
+		t.Errorf("bad keyword: %v", err)
+	}
+}
+
+func TestBodyStoredOnceAndFreedWithLastMessage(t *testing.T) {
+	s := openTest(t)
+	ctx := context.Background()
+	users := []User{addUser(t, s, "a@example.test"), addUser(t, s, "b@example.test"), addUser(t, s, "c@example.test")}
+	msg := testMessage(1)
+	d, err := s.Deliver(ctx, "sender@remote.test", []string{"a@example.test", "B@example.test", "c@example.test"}, msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(d.Stored) != 3 || len(d.Failed) != 0 {
+		t.Fatalf("delivery %+v", d)
+	}
+	var bodyIDs []int64
+	var bodies int
+	if err := s.rdb.QueryRow("SELECT count(*) FROM bodies").Scan(&bodies); err != nil {
+		t.Fatal(err)
+	}
+	if bodies != 1 {
+		t.Fatalf("%d bodies stored, want 1", bodies)
+	}
+	for _, u := range users {
+		msgs, err := s.Messages(ctx, inbox(t, s, u).ID, nil)
+		if err != nil || len(msgs) != 1 {
+			t.Fatalf("%s: %v %v", u.Address, msgs, err)
+		}
+		got, err := s.ReadBody(ctx, msgs[0].BodyID)
+		if err != nil || !bytes.Equal(got, msg) {
+			t.Fatalf("body of %s: %q %v", u.Address, got, err)
+		}
+		bodyIDs = append(bodyIDs, msgs[0].BodyID)
+	}
+	if bodyIDs[0] != bodyIDs[1] || bodyIDs[1] != bodyIDs[2] {
+		t.Fatalf("body ids differ: %v", bodyIDs)
+	}
+	for i, u := range users {
+		mb := inbox(t, s, u)
+		if _, err := s.DeleteMessages(ctx, mb.ID, []uint32{1}); err != nil {
+			t.Fatal(err)
+		}
+		if exists := s.bodyExists(ctx, bodyIDs[0]); exists != (i < 2) {
+			t.Fatalf("after removing %d of 3 copies, body exists = %v", i+1, exists)
+		}
+	}
+}
+
+func TestConcurrentDeliveries(t *testing.T) {
+	s := openTest(t)
+	ctx := context.Background()
+	u := addUser(t, s, "u@example.test")
+	const workers, each = 50, 10
+	var wg sync.WaitGroup
+	errs := make(chan error, workers*each)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				if _, err := s.Deliver(ctx, "x@remote.test", []string{u.Address}, testMessage(w*1000+i)); err != nil {
+					errs <- err
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	msgs, err := s.Messages(ctx, inbox(t, s, u).ID, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(msgs) != workers*each {
+		t.Fatalf("%d messages stored, want %d", len(msgs), workers*each)
+	}
+	seen := map[string]bool{}
+	for i, m := range msgs {
+		if m.UID != uint32(i+1) {
+			t.Fatalf("message %d has uid %d", i, m.UID)
+		}
+		b, err := s.ReadBody(ctx, m.BodyID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[string(b)] {
+			t.Fatalf("message stored twice: %q", b)
+		}
+		seen[string(b)] = true
+	}
+}
+
+func TestFailingRequestDoesNotFailItsGroup(t *testing.T) {
+	s := openTest(t)
+	ctx := context.Background()
+	u := addUser(t, s, "u@example.test")
+	mb := inbox(t, s, u)
+	var wg sync.WaitGroup
+	results := make([]error, 40)
+	for i := range results {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			if i%2 == 0 {
+				_, results[i] = s.Append(ctx, mb.ID, []string{`\Bogus`}, time.Time{}, testMessage(i))
+				return
+			}
+			// Fails inside the writer: the mailbox does not exist.
+			if i%4 == 1 {
+				_, results[i] = s.Append(ctx, 999999, nil, time.Time{}, testMessage(i))
+				return
+			}
+			_, results[i] = s.Append(ctx, mb.ID, nil, time.Time{}, testMessage(i))
+		}(i)
+	}
+	wg.Wait()
+	good := 0
+	for i, err := range results {
+		switch {
+		case i%2 == 0 && !errors.Is(err, ErrInvalidName), i%4 == 1 && !errors.Is(err, ErrNotFound):
+			t.Errorf("request %d: %v", i, err)
+		case i%4 == 3 && err != nil:
+			t.Errorf("good request %d failed: %v", i, err)
+		case i%4 == 3:
+			good++
+		}
+	}
+	st, err := s.Status(ctx, mb.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if int(st.Messages) != good {
+		t.Errorf("%d messages stored, want %d", st.Messages, good)
+	}
+}
+
+func TestRefusesForeignAndFutureFiles(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	// A future Postern schema.
+	future := filepath.Join(dir, "future.db")
+	s, err := Open(future, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	setUserVersion(t, future, len(migrations)+1)
+	// A SQLite database of another program.
+	foreign := filepath.Join(dir, "foreign.db")
+	makeForeignDB(t, foreign)
+	// Not a database at all.
+	text := filepath.Join(dir, "notes.txt")
+	if err := os.WriteFile(text, []byte("Dear diary, today I stored no mail.\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		path string
+		want error
+	}{{future, ErrSchemaTooNew}, {foreign, ErrNotPostern}, {text, ErrNotPostern}} {
+		before := snapshot(t, dir)
+		s, err := Open(c.path, Options{})
+		if err == nil {
+			s.Close()
+			t.Errorf("%s: opened", c.path)
+			continue
+		}
+		if !errors.Is(err, c.want) {
+			t.Errorf("%s: %v, want %v", c.path, err, c.want)
+		}
+		if after := snapshot(t, dir); after != before {
+			t.Errorf("%s: files changed:\n%s\n->\n%s", c.path, before, after)
+		}
+	}
+	_ = ctx
+}
+
+func TestAuthenticate(t *testing.T) {
+	s := openTest(t)
+	ctx := context.Background()
+	u := addUser(t, s, "u@example.test")
+	if _, err := s.Authenticate(ctx, "U@example.test", "secret-u@example.test"); err != nil {
+		t.Fatalf("good password: %v", err)
+	}
+	// Cached now; a second login also works.
+	if got, err := s.Authenticate(ctx, "u@example.test", "secret-u@example.test"); err != nil || got.ID != u.ID {
+		t.Fatalf("cached login: %v %v", got, err)
+	}
+	for _, c := range []struct{ user, pass string }{
+		{"u@example.test", "wrong"},
+		{"u@example.test", ""},
+		{"nobody@example.test", "secret-u@example.test"},
+		{"not an address", "x"},
+	} {
+		if _, err := s.Authenticate(ctx, c.user, c.pass); !errors.Is(err, ErrAuthFailed) {
+			t.Errorf("%q/%q: %v, want ErrAuthFailed", c.user, c.pass, err)
+		}
+	}
+	if err := s.SetPassword(ctx, u.Address, "new"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Authenticate(ctx, u.Address, "secret-u@example.test"); !errors.Is(err, ErrAuthFailed) {
+		t.Errorf("old password after change: %v", err)
+	}
+	if _, err := s.Authenticate(ctx, u.Address, "new"); err != nil {
+		t.Errorf("new password: %v", err)
+	}
+	if err := s.SetDisabled(ctx, u.Address, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Authenticate(ctx, u.Address, "new"); !errors.Is(err, ErrAuthFailed) {
+		t.Errorf("disabled user: %v", err)
+	}
+	if err := s.DeleteUser(ctx, u.Address); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Authenticate(ctx, u.Address, "new"); !errors.Is(err, ErrAuthFailed) {
+		t.Errorf("deleted user: %v", err)
+	}
+}

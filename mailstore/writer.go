@@ -1,0 +1,244 @@
+package mailstore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"sync"
+)
+
+// maxBatch bounds how many requests share one transaction, so that one
+// commit never holds callers for long.
+const maxBatch = 512
+
+// writer owns the single write connection and applies requests in group
+// commits: whatever arrived while the previous commit was being synced goes
+// into the next transaction.
+type writer struct {
+	db    *sql.DB
+	conn  *sql.Conn // the one write connection, used only by loop
+	feed  *feed
+	reqs  chan *writeReq
+	mu    sync.RWMutex // held for reading while sending on reqs
+	shut  bool
+	done  chan struct{}
+	stmts map[string]*sql.Stmt // only touched by the writer goroutine
+}
+
+type writeReq struct {
+	ctx  context.Context
+	fn   func(*wtx) error
+	done chan error
+	tx   *wtx
+}
+
+// wtx is what a request sees: the shared transaction plus its own list of
+// changes, published only if the transaction commits and the request
+// succeeded.
+type wtx struct {
+	w       *writer
+	changes []Change
+	after   []func()
+}
+
+func newWriter(db *sql.DB, f *feed) (*writer, error) {
+	w := &writer{
+		db:    db,
+		feed:  f,
+		reqs:  make(chan *writeReq, 4*maxBatch),
+		done:  make(chan struct{}),
+		stmts: make(map[string]*sql.Stmt),
+	}
+	conn, err := db.Conn(context.Background())
+	if err != nil {
+		return nil, fmt.Errorf("connect writer: %w", err)
+	}
+	w.conn = conn
+	go w.loop()
+	return w, nil
+}
+
+// do runs fn in the next write transaction and returns its error, or the
+// commit's. It returns only once the outcome is durable.
+func (w *writer) do(ctx context.Context, fn func(*wtx) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	req := &writeReq{ctx: ctx, fn: fn, done: make(chan error, 1)}
+	w.mu.RLock()
+	if w.shut {
+		w.mu.RUnlock()
+		return ErrClosed
+	}
+	w.reqs <- req
+	w.mu.RUnlock()
+	// The request is not abandoned when ctx ends: the caller must learn
+	// whether it committed.
+	return <-req.done
+}
+
+func (w *writer) close() error {
+	w.mu.Lock()
+	if !w.shut {
+		w.shut = true
+		close(w.reqs)
+	}
+	w.mu.Unlock()
+	<-w.done
+	for _, st := range w.stmts {
+		st.Close()
+	}
+	w.conn.Close()
+	return w.db.Close()
+}
+
+func (w *writer) loop() {
+	defer close(w.done)
+	batch := make([]*writeReq, 0, maxBatch)
+	for req := range w.reqs {
+		batch = append(batch[:0], req)
+	gather:
+		for len(batch) < maxBatch {
+			select {
+			case r, ok := <-w.reqs:
+				if !ok {
+					break gather
+				}
+				batch = append(batch, r)
+			default:
+				break gather
+			}
+		}
+		w.run(batch)
+	}
+}
+
+// run applies one batch in one transaction. Statements run under a
+// background context: interrupting a statement would make SQLite roll back
+// the whole transaction, other requests included, so a request's context
+// is only checked before the request starts.
+func (w *writer) run(batch []*writeReq) {
+	errs := make([]error, len(batch))
+	ctl := &wtx{w: w}
+	fail := func(what string, err error) {
+		ctl.exec("ROLLBACK")
+		for _, r := range batch {
+			r.done <- fmt.Errorf("%s: %w", what, err)
+		}
+	}
+	if _, err := ctl.exec("BEGIN IMMEDIATE"); err != nil {
+		fail("begin write transaction", err)
+		return
+	}
+	for i, r := range batch {
+		if err := r.ctx.Err(); err != nil {
+			errs[i] = err
+			continue
+		}
+		r.tx = &wtx{w: w}
+		if _, err := ctl.exec("SAVEPOINT req"); err != nil {
+			fail("savepoint", err)
+			return
+		}
+		errs[i] = r.fn(r.tx)
+		if errs[i] != nil {
+			// If SQLite already rolled the transaction back (it does on
+			// some errors), this fails and so does the batch.
+			if _, err := ctl.exec("ROLLBACK TO req"); err != nil {
+				fail("roll back failed request", err)
+				return
+			}
+		}
+		if _, err := ctl.exec("RELEASE req"); err != nil {
+			fail("release savepoint", err)
+			return
+		}
+	}
+	if _, err := ctl.exec("COMMIT"); err != nil {
+		fail("commit", err)
+		return
+	}
+	for i, r := range batch {
+		if errs[i] == nil && r.tx != nil {
+			w.feed.publish(r.tx.changes)
+			for _, f := range r.tx.after {
+				f()
+			}
+		}
+		r.done <- errs[i]
+	}
+}
+
+// stmt returns a statement prepared once on the write connection.
+func (t *wtx) stmt(query string) (*sql.Stmt, error) {
+	st, ok := t.w.stmts[query]
+	if !ok {
+		var err error
+		st, err = t.w.conn.PrepareContext(context.Background(), query)
+		if err != nil {
+			return nil, fmt.Errorf("prepare %q: %w", query, err)
+		}
+		t.w.stmts[query] = st
+	}
+	return st, nil
+}
+
+func (t *wtx) exec(query string, args ...any) (sql.Result, error) {
+	st, err := t.stmt(query)
+	if err != nil {
+		return nil, err
+	}
+	return st.Exec(args...)
+}
+
+// row is a single-row result, or the error that prevented the query.
+type row struct {
+	r   *sql.Row
+	err error
+}
+
+func (r row) Scan(dest ...any) error {
+	if r.err != nil {
+		return r.err
+	}
+	return r.r.Scan(dest...)
+}
+
+func (t *wtx) queryRow(query string, args ...any) row {
+	st, err := t.stmt(query)
+	if err != nil {
+		return row{err: err}
+	}
+	return row{r: st.QueryRow(args...)}
+}
+
+func (t *wtx) query(query string, args ...any) (*sql.Rows, error) {
+	st, err := t.stmt(query)
+	if err != nil {
+		return nil, err
+	}
+	return st.Query(args...)
+}
+
+// notify records a change to publish after the commit.
+func (t *wtx) notify(c Change) { t.changes = append(t.changes, c) }
+
+// afterCommit runs f once the transaction is durable.
+func (t *wtx) afterCommit(f func()) { t.after = append(t.after, f) }
+
+// affected reports ErrNotFound when res changed no row.
+func affected(res sql.Result, what string) error {
+	n, err := res.RowsAffected()
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	if n == 0 {
+		return fmt.Errorf("%s: %w", what, ErrNotFound)
+	}
+	return nil
+}
+
+// isNoRows reports whether err is sql.ErrNoRows, which never leaves the
+// package.
+func isNoRows(err error) bool { return errors.Is(err, sql.ErrNoRows) }
