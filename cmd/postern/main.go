@@ -84,6 +84,24 @@ func commands() []command {
 		{"config", []string{
 			"config check -config FILE\tcheck a configuration file; the error names the key",
 		}, cmdConfig},
+		{"user", []string{
+			"user add [-config FILE] ADDRESS\tadd a user; the password is read from standard input or asked for",
+			"user passwd [-config FILE] ADDRESS\tchange a user's password",
+			"user del [-config FILE] ADDRESS\tdelete a user with all its mail",
+			"user list [-config FILE]\tlist the users",
+		}, cmdUser},
+		{"domain", []string{
+			"domain add|del [-config FILE] DOMAIN\tadd or delete a local domain",
+			"domain list [-config FILE]\tlist the local domains",
+		}, cmdDomain},
+		{"alias", []string{
+			"alias add [-config FILE] ALIAS ADDRESS...\tdeliver mail for ALIAS to the addresses",
+			"alias del [-config FILE] ALIAS [ADDRESS...]\tdelete an alias, or some of its addresses",
+			"alias list [-config FILE] [ALIAS]\tlist aliases",
+		}, cmdAlias},
+		{"mailbox", []string{
+			"mailbox list [-config FILE] ADDRESS\tlist a user's mailboxes: name, messages, unseen",
+		}, cmdMailbox},
 		{"version", []string{
 			"version\tprint the version of postern and of Go",
 		}, cmdVersion},

@@ -4,6 +4,8 @@ package main
 // store-backed commands (user, domain, alias, mailbox, queue).
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -28,5 +30,17 @@ func openStoreOpts(cfg *Config, opts mailstore.Options) (*mailstore.Store, error
 		return nil, fmt.Errorf("data directory: %w", err)
 	}
 	// mailstore's errors already read "open mailstore PATH: ...".
-	return mailstore.Open(filepath.Join(cfg.DataDir, storeFile), opts)
+	st, err := mailstore.Open(filepath.Join(cfg.DataDir, storeFile), opts)
+	if err != nil {
+		return nil, err
+	}
+	// The configuration's domains are always local; more can be added
+	// with postern domain add.
+	for _, d := range cfg.Domains {
+		if err := st.AddDomain(context.Background(), d); err != nil && !errors.Is(err, mailstore.ErrExists) {
+			st.Close()
+			return nil, fmt.Errorf("add configured domain %s: %w", d, err)
+		}
+	}
+	return st, nil
 }

@@ -1,0 +1,269 @@
+package main
+
+// The store-backed administration commands: user, domain, alias, mailbox.
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+
+	"golang.org/x/term"
+
+	"github.com/postern/postern/mailstore"
+)
+
+// maxPasswordLine bounds a password read from standard input.
+const maxPasswordLine = 4096
+
+// withStore parses the -config flag and positional arguments of a
+// store-backed command, opens the store and runs fn with it. nargs checks
+// the number of positional arguments.
+func (c *cli) withStore(name, synopsis string, args []string, nargs func(int) bool,
+	fn func(st *mailstore.Store, args []string) error) int {
+	fs := c.flagSet(name, synopsis)
+	path := configFlag(fs)
+	if code, ok := c.parse(fs, args); !ok {
+		return code
+	}
+	if !nargs(fs.NArg()) {
+		return c.usageError(fs, "wrong number of arguments")
+	}
+	cfg, err := loadConfig(*path)
+	if err != nil {
+		return c.fail(name, err)
+	}
+	st, err := openStore(cfg)
+	if err != nil {
+		return c.fail(name, err)
+	}
+	err = fn(st, fs.Args())
+	if cerr := st.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("close mailstore: %w", cerr)
+	}
+	if err != nil {
+		return c.fail(name, err)
+	}
+	return exitOK
+}
+
+func exactly(n int) func(int) bool { return func(got int) bool { return got == n } }
+func atLeast(n int) func(int) bool { return func(got int) bool { return got >= n } }
+func upTo(n int) func(int) bool    { return func(got int) bool { return got <= n } }
+
+// readPassword reads a new password: prompted twice without echo on a
+// terminal, else the first line of standard input.
+func (c *cli) readPassword(address string) (string, error) {
+	if f, ok := c.stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		fmt.Fprintf(c.stderr, "Password for %s: ", address)
+		p1, err := term.ReadPassword(int(f.Fd()))
+		fmt.Fprintln(c.stderr)
+		if err != nil {
+			return "", fmt.Errorf("read password: %w", err)
+		}
+		fmt.Fprint(c.stderr, "Again: ")
+		p2, err := term.ReadPassword(int(f.Fd()))
+		fmt.Fprintln(c.stderr)
+		if err != nil {
+			return "", fmt.Errorf("read password: %w", err)
+		}
+		if string(p1) != string(p2) {
+			return "", errors.New("the passwords differ")
+		}
+		if len(p1) == 0 {
+			return "", errors.New("empty password")
+		}
+		return string(p1), nil
+	}
+	r := bufio.NewReaderSize(io.LimitReader(c.stdin, maxPasswordLine+1), maxPasswordLine+1)
+	line, err := r.ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return "", fmt.Errorf("read password from standard input: %w", err)
+	}
+	if len(line) > maxPasswordLine {
+		return "", fmt.Errorf("password on standard input is longer than %d bytes", maxPasswordLine)
+	}
+	line = strings.TrimRight(line, "\r\n")
+	if line == "" {
+		return "", errors.New("no password on standard input")
+	}
+	return line, nil
+}
+
+func cmdUser(c *cli, args []string) int {
+	return c.verbs("user", args, map[string]func(*cli, []string) int{
+		"add":    cmdUserAdd,
+		"passwd": cmdUserPasswd,
+		"del":    cmdUserDel,
+		"list":   cmdUserList,
+	})
+}
+
+func cmdUserAdd(c *cli, args []string) int {
+	return c.withStore("user add", "[-config FILE] ADDRESS", args, exactly(1), func(st *mailstore.Store, args []string) error {
+		pw, err := c.readPassword(args[0])
+		if err != nil {
+			return err
+		}
+		u, err := st.AddUser(c.ctx, args[0], pw)
+		if errors.Is(err, mailstore.ErrNotLocal) {
+			return fmt.Errorf("%w (add the domain to domains in the configuration, or run postern domain add)", err)
+		}
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(c.stdout, "added %s\n", u.Address)
+		return nil
+	})
+}
+
+func cmdUserPasswd(c *cli, args []string) int {
+	return c.withStore("user passwd", "[-config FILE] ADDRESS", args, exactly(1), func(st *mailstore.Store, args []string) error {
+		if _, err := st.UserByAddress(c.ctx, args[0]); err != nil {
+			return err
+		}
+		pw, err := c.readPassword(args[0])
+		if err != nil {
+			return err
+		}
+		if err := st.SetPassword(c.ctx, args[0], pw); err != nil {
+			return err
+		}
+		fmt.Fprintf(c.stdout, "password of %s changed\n", args[0])
+		return nil
+	})
+}
+
+func cmdUserDel(c *cli, args []string) int {
+	return c.withStore("user del", "[-config FILE] ADDRESS", args, exactly(1), func(st *mailstore.Store, args []string) error {
+		if err := st.DeleteUser(c.ctx, args[0]); err != nil {
+			return err
+		}
+		fmt.Fprintf(c.stdout, "deleted %s and all its mail\n", args[0])
+		return nil
+	})
+}
+
+func cmdUserList(c *cli, args []string) int {
+	return c.withStore("user list", "[-config FILE]", args, exactly(0), func(st *mailstore.Store, _ []string) error {
+		users, err := st.Users(c.ctx)
+		if err != nil {
+			return err
+		}
+		for _, u := range users {
+			var notes []string
+			if u.Disabled {
+				notes = append(notes, "disabled")
+			}
+			if u.QuotaBytes > 0 {
+				notes = append(notes, fmt.Sprintf("quota %d bytes", u.QuotaBytes))
+			}
+			fmt.Fprintln(c.stdout, strings.TrimSpace(u.Address+" "+strings.Join(notes, " ")))
+		}
+		return nil
+	})
+}
+
+func cmdDomain(c *cli, args []string) int {
+	return c.verbs("domain", args, map[string]func(*cli, []string) int{
+		"add": func(c *cli, args []string) int {
+			return c.withStore("domain add", "[-config FILE] DOMAIN", args, exactly(1), func(st *mailstore.Store, args []string) error {
+				if err := st.AddDomain(c.ctx, args[0]); err != nil {
+					return err
+				}
+				fmt.Fprintf(c.stdout, "added %s\n", strings.ToLower(args[0]))
+				return nil
+			})
+		},
+		"del": func(c *cli, args []string) int {
+			return c.withStore("domain del", "[-config FILE] DOMAIN", args, exactly(1), func(st *mailstore.Store, args []string) error {
+				if err := st.DeleteDomain(c.ctx, args[0]); err != nil {
+					return err
+				}
+				fmt.Fprintf(c.stdout, "deleted %s\n", strings.ToLower(args[0]))
+				return nil
+			})
+		},
+		"list": func(c *cli, args []string) int {
+			return c.withStore("domain list", "[-config FILE]", args, exactly(0), func(st *mailstore.Store, _ []string) error {
+				domains, err := st.Domains(c.ctx)
+				for _, d := range domains {
+					fmt.Fprintln(c.stdout, d)
+				}
+				return err
+			})
+		},
+	})
+}
+
+func cmdAlias(c *cli, args []string) int {
+	return c.verbs("alias", args, map[string]func(*cli, []string) int{
+		"add": func(c *cli, args []string) int {
+			return c.withStore("alias add", "[-config FILE] ALIAS ADDRESS...", args, atLeast(2), func(st *mailstore.Store, args []string) error {
+				if err := st.AddAlias(c.ctx, args[0], args[1:]...); err != nil {
+					return err
+				}
+				fmt.Fprintf(c.stdout, "%s -> %s\n", strings.ToLower(args[0]), strings.ToLower(strings.Join(args[1:], ", ")))
+				return nil
+			})
+		},
+		"del": func(c *cli, args []string) int {
+			return c.withStore("alias del", "[-config FILE] ALIAS [ADDRESS...]", args, atLeast(1), func(st *mailstore.Store, args []string) error {
+				if err := st.DeleteAlias(c.ctx, args[0], args[1:]...); err != nil {
+					return err
+				}
+				fmt.Fprintf(c.stdout, "deleted %s\n", strings.ToLower(strings.Join(args, " ")))
+				return nil
+			})
+		},
+		"list": func(c *cli, args []string) int {
+			return c.withStore("alias list", "[-config FILE] [ALIAS]", args, upTo(1), func(st *mailstore.Store, args []string) error {
+				aliases, err := st.Aliases(c.ctx)
+				if err != nil {
+					return err
+				}
+				for _, a := range aliases {
+					if len(args) == 1 && !strings.EqualFold(a.Address, args[0]) {
+						continue
+					}
+					fmt.Fprintf(c.stdout, "%s -> %s\n", a.Address, strings.Join(a.Targets, ", "))
+				}
+				return nil
+			})
+		},
+	})
+}
+
+func cmdMailbox(c *cli, args []string) int {
+	return c.verbs("mailbox", args, map[string]func(*cli, []string) int{
+		"list": func(c *cli, args []string) int {
+			return c.withStore("mailbox list", "[-config FILE] ADDRESS", args, exactly(1), func(st *mailstore.Store, args []string) error {
+				u, err := st.UserByAddress(c.ctx, args[0])
+				if err != nil {
+					return err
+				}
+				boxes, err := st.Mailboxes(c.ctx, u.ID)
+				if err != nil {
+					return err
+				}
+				tw := tabwriter.NewWriter(c.stdout, 0, 8, 2, ' ', 0)
+				fmt.Fprintln(tw, "MAILBOX\tMESSAGES\tUNSEEN")
+				for _, mb := range boxes {
+					if mb.NoSelect {
+						fmt.Fprintf(tw, "%s\t-\t-\n", mb.Name)
+						continue
+					}
+					status, err := st.Status(c.ctx, mb.ID)
+					if err != nil {
+						return err
+					}
+					fmt.Fprintf(tw, "%s\t%d\t%d\n", mb.Name, status.Messages, status.Unseen)
+				}
+				return tw.Flush()
+			})
+		},
+	})
+}
