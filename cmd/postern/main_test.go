@@ -262,7 +262,7 @@ func TestRunServers(t *testing.T) {
 			time.Sleep(10 * time.Millisecond)
 			cancel()
 		}()
-		if err := runServers(ctx, log, []namedServer{{"a", a}, {"b", b}}); err != nil {
+		if err := runServers(ctx, log, []namedServer{{name: "a", srv: a}, {name: "b", srv: b}}); err != nil {
 			t.Errorf("runServers: %v", err)
 		}
 		<-a.done
@@ -273,7 +273,7 @@ func TestRunServers(t *testing.T) {
 		boom := errors.New("boom")
 		a := &fakeServer{block: true, done: make(chan struct{})}
 		b := &fakeServer{err: boom, done: make(chan struct{})}
-		err := runServers(context.Background(), log, []namedServer{{"a", a}, {"b", b}})
+		err := runServers(context.Background(), log, []namedServer{{name: "a", srv: a}, {name: "b", srv: b}})
 		if !errors.Is(err, boom) || !strings.Contains(err.Error(), "b: boom") {
 			t.Errorf("runServers: %v, want b: boom", err)
 		}
@@ -282,7 +282,7 @@ func TestRunServers(t *testing.T) {
 
 	t.Run("one returns early", func(t *testing.T) {
 		b := &fakeServer{done: make(chan struct{})}
-		err := runServers(context.Background(), log, []namedServer{{"b", b}})
+		err := runServers(context.Background(), log, []namedServer{{name: "b", srv: b}})
 		if err == nil || !strings.Contains(err.Error(), "b: stopped unexpectedly") {
 			t.Errorf("runServers: %v", err)
 		}

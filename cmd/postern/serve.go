@@ -5,12 +5,15 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -39,8 +42,9 @@ type server interface {
 
 // namedServer is a server with the name used in logs and errors.
 type namedServer struct {
-	name string
-	srv  server
+	name  string
+	srv   server
+	bound string // the address it listens on, with the port chosen for ":0"
 }
 
 // serveEnv is what the servers share. Each protocol package gets its own
@@ -49,6 +53,50 @@ type serveEnv struct {
 	cfg   *Config
 	log   *slog.Logger
 	store *mailstore.Store
+	tls   *tls.Config
+}
+
+// listenServer runs one protocol server on one bound listener. serve is
+// the package's Serve method; shutdown its Shutdown, which must stop every
+// listener of that server and may be called once per listener.
+type listenServer struct {
+	ln       net.Listener
+	serve    func(net.Listener) error
+	shutdown func(context.Context) error
+}
+
+func (s *listenServer) Serve(ctx context.Context) error {
+	errc := make(chan error, 1)
+	go func() { errc <- s.serve(s.ln) }()
+	select {
+	case err := <-errc:
+		if err == nil {
+			err = errors.New("stopped accepting connections")
+		}
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	err := s.shutdown(sctx)
+	<-errc
+	return err
+}
+
+// onceShutdown makes a Shutdown method safe to call once per listener of
+// the same server: the first call does the work, the others wait for it.
+func onceShutdown(f func(context.Context) error) func(context.Context) error {
+	var once sync.Once
+	var err error
+	done := make(chan struct{})
+	return func(ctx context.Context) error {
+		once.Do(func() {
+			err = f(ctx)
+			close(done)
+		})
+		<-done
+		return err
+	}
 }
 
 func cmdServe(c *cli, args []string) int {
@@ -98,7 +146,11 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer) (e
 		}
 	}()
 
-	env := &serveEnv{cfg: cfg, log: log, store: store}
+	tlsConfig, err := loadTLS(cfg)
+	if err != nil {
+		return err
+	}
+	env := &serveEnv{cfg: cfg, log: log, store: store, tls: tlsConfig}
 	servers, err := buildServers(env)
 	if err != nil {
 		return err
@@ -114,24 +166,32 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer) (e
 func buildServers(env *serveEnv) ([]namedServer, error) {
 	var servers []namedServer
 	for _, l := range env.cfg.listeners() {
-		srv, err := newServer(env, l)
+		serve, shutdown := newServer(env, l)
+		if serve == nil {
+			continue
+		}
+		ln, err := net.Listen("tcp", l.Addr)
 		if err != nil {
+			for _, s := range servers {
+				s.srv.(*listenServer).ln.Close()
+			}
 			return nil, fmt.Errorf("%s on %s (%s): %w", l.Proto, l.Addr, l.Key, err)
 		}
-		if srv != nil {
-			servers = append(servers, namedServer{name: l.Proto + " " + l.Addr, srv: srv})
-		}
+		servers = append(servers, namedServer{
+			name:  l.Proto + " " + l.Addr,
+			srv:   &listenServer{ln: ln, serve: serve, shutdown: shutdown},
+			bound: ln.Addr().String(),
+		})
 	}
 	// Background workers that have no listener (the smtpd/relay queue
 	// runner) are appended here as namedServer{name: "relay", ...}.
 	return servers, nil
 }
 
-// newServer returns the server for listener l, or nil if this build has no
-// server for l.Proto yet. Each protocol package is added as one case that
-// fills the package's Config from env (hostname, limits, TLS, logger with
-// the listener's name) and returns a value whose Serve listens on l.Addr.
-func newServer(env *serveEnv, l listener) (server, error) {
+// newServer returns the serve and shutdown methods of the server for
+// listener l, or nils if this build has no server for l.Proto. Each
+// protocol package is one case that fills the package's Config from env.
+func newServer(env *serveEnv, l listener) (serve func(net.Listener) error, shutdown func(context.Context) error) {
 	switch l.Proto {
 	case "smtp", "submission", "submissions": // smtpd
 	case "pop3", "pop3s": // pop3d
@@ -142,9 +202,9 @@ func newServer(env *serveEnv, l listener) (server, error) {
 
 // printListeners tells the person who started serve where to connect.
 func printListeners(out io.Writer, cfg *Config, servers []namedServer) {
-	running := make(map[string]bool)
+	bound := make(map[string]string)
 	for _, s := range servers {
-		running[s.name] = true
+		bound[s.name] = s.bound
 	}
 	source := cfg.source
 	if source == "" {
@@ -155,13 +215,27 @@ func printListeners(out io.Writer, cfg *Config, servers []namedServer) {
 	fmt.Fprintf(tw, "  config\t%s\n", source)
 	fmt.Fprintf(tw, "  data directory\t%s\n", cfg.DataDir)
 	for _, l := range cfg.listeners() {
-		state := ""
-		if !running[l.Proto+" "+l.Addr] {
-			state = "not available in this build"
+		addr, state := bound[l.Proto+" "+l.Addr], ""
+		if addr == "" {
+			addr, state = l.Addr, "not available in this build"
 		}
-		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", l.Proto, l.Addr, l.TLS, state)
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", l.Proto, addr, l.TLS, state)
 	}
 	tw.Flush()
+	config := ""
+	if cfg.source != "" {
+		config = " -config " + cfg.source
+	}
+	domain := "example.com"
+	if len(cfg.Domains) > 0 {
+		domain = cfg.Domains[0]
+	}
+	fmt.Fprintf(out, "\nAdd a user with: postern user add%s you@%s\n", config, domain)
+	if cfg.Auth.AllowInsecure {
+		fmt.Fprintln(out, "Plaintext logins are allowed without TLS (auth.allow_insecure).")
+	} else {
+		fmt.Fprintln(out, "Log in with the full address; plaintext logins need TLS, except from this machine (loopback).")
+	}
 }
 
 // runServers runs each server in its own goroutine until ctx is done or one
