@@ -770,3 +770,37 @@ func (t *wtx) removeMessages(mailboxID int64, uids []uint32) ([]uint32, error) {
 	}
 	return gone, nil
 }
+
+// maxBodyMeta bounds one piece of derived data kept for a body.
+const maxBodyMeta = 1 << 20
+
+// BodyMeta returns derived data stored for a body under kind (for example
+// a serialised IMAP BODYSTRUCTURE); ok is false when none is stored.
+func (s *Store) BodyMeta(ctx context.Context, bodyID int64, kind string) (data []byte, ok bool, err error) {
+	err = s.readRow(ctx, "SELECT data FROM body_meta WHERE body_id = ? AND kind = ?", bodyID, kind).Scan(&data)
+	if isNoRows(err) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("read %s of body %d: %w", kind, bodyID, err)
+	}
+	return data, true, nil
+}
+
+// SetBodyMeta stores derived data for a body under kind. Bodies never
+// change, so data computed once stays right; it goes with the body.
+func (s *Store) SetBodyMeta(ctx context.Context, bodyID int64, kind string, data []byte) error {
+	if len(data) > maxBodyMeta {
+		return fmt.Errorf("store %s of body %d: %d bytes is over the %d limit", kind, bodyID, len(data), maxBodyMeta)
+	}
+	return s.w.do(ctx, func(t *wtx) error {
+		// The body may have been expunged meanwhile: then there is
+		// nothing to keep.
+		_, err := t.exec(`INSERT INTO body_meta (body_id, kind, data) SELECT id, ?, ? FROM bodies WHERE id = ?
+			ON CONFLICT (body_id, kind) DO UPDATE SET data = excluded.data`, kind, data, bodyID)
+		if err != nil {
+			return fmt.Errorf("store %s of body %d: %w", kind, bodyID, err)
+		}
+		return nil
+	})
+}

@@ -123,6 +123,16 @@ CREATE TRIGGER queue_unref AFTER DELETE ON queue BEGIN
 	DELETE FROM bodies WHERE id = OLD.body_id AND refs <= 0;
 END;
 `,
+	// 2: derived data kept per body (IMAP ENVELOPE, BODYSTRUCTURE, ...),
+	// computed once since bodies never change.
+	`
+CREATE TABLE body_meta (
+	body_id INTEGER NOT NULL REFERENCES bodies(id) ON DELETE CASCADE,
+	kind    TEXT NOT NULL,
+	data    BLOB NOT NULL,
+	PRIMARY KEY (body_id, kind)
+);
+`,
 }
 
 // migrate applies the migrations the database has not seen yet.
