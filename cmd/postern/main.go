@@ -102,6 +102,9 @@ func commands() []command {
 		{"mailbox", []string{
 			"mailbox list [-config FILE] ADDRESS\tlist a user's mailboxes: name, messages, unseen",
 		}, cmdMailbox},
+		{"send", []string{
+			"send [-server HOST:PORT] [-tls|-plain] [-user ADDRESS] -from ADDRESS -to ADDRESS... [-subject S] [-attach FILE]... [-v]\tcompose a message (body from standard input) and submit it",
+		}, cmdSend},
 		{"version", []string{
 			"version\tprint the version of postern and of Go",
 		}, cmdVersion},
