@@ -79,7 +79,7 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"serve", []string{
-			"serve [-config FILE]\trun the mail servers; without -config, the embedded default on loopback",
+			"serve [-config FILE] [-trace]\trun the mail servers; without -config, the embedded default on loopback",
 		}, cmdServe},
 		{"config", []string{
 			"config check -config FILE\tcheck a configuration file; the error names the key",

@@ -101,8 +101,9 @@ func onceShutdown(f func(context.Context) error) func(context.Context) error {
 
 func cmdServe(c *cli, args []string) int {
 	const name = "serve"
-	fs := c.flagSet(name, "[-config FILE]")
+	fs := c.flagSet(name, "[-config FILE] [-trace]")
 	path := configFlag(fs)
+	trace := fs.Bool("trace", false, "log every protocol line of every session, secrets redacted (as log.trace = true)")
 	if code, ok := c.parse(fs, args); !ok {
 		return code
 	}
@@ -112,6 +113,9 @@ func cmdServe(c *cli, args []string) int {
 	cfg, err := loadConfig(*path)
 	if err != nil {
 		return c.fail(name, err)
+	}
+	if *trace {
+		cfg.Log.Trace = true
 	}
 	logger, err := newLogger(cfg.Log, c.stderr)
 	if err != nil {
