@@ -102,6 +102,14 @@ func commands() []command {
 		{"mailbox", []string{
 			"mailbox list [-config FILE] ADDRESS\tlist a user's mailboxes: name, messages, unseen",
 		}, cmdMailbox},
+		{"queue", []string{
+			"queue list [-config FILE] [ID]\tlist the outbound queue: next attempt, attempts, sender, recipient, last error",
+			"queue retry [-config FILE] [ID]\tmake one entry, or every entry, due now",
+			"queue delete [-config FILE] ID\tdelete an entry without telling its sender",
+		}, cmdQueue},
+		{"mx", []string{
+			"mx [-dns HOST:PORT] DOMAIN\tshow where mail for DOMAIN goes: MX records by preference, with addresses",
+		}, cmdMX},
 		{"send", []string{
 			"send [-server HOST:PORT] [-tls|-plain] [-user ADDRESS] -from ADDRESS -to ADDRESS... [-subject S] [-attach FILE]... [-v]\tcompose a message (body from standard input) and submit it",
 		}, cmdSend},

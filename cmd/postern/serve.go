@@ -11,14 +11,17 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
 
 	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/smtpd/relay"
 )
 
 // shutdownGrace is how long serve lets the servers finish the sessions in
@@ -54,6 +57,7 @@ type serveEnv struct {
 	log   *slog.Logger
 	store *mailstore.Store
 	tls   *tls.Config
+	relay *relay.Relay
 }
 
 // listenServer runs one protocol server on one bound listener. serve is
@@ -187,8 +191,28 @@ func buildServers(env *serveEnv) ([]namedServer, error) {
 			bound: ln.Addr().String(),
 		})
 	}
-	// Background workers that have no listener (the smtpd/relay queue
-	// runner) are appended here as namedServer{name: "relay", ...}.
+	resolver, err := relay.ResolverFor(env.cfg.Relay.DNS)
+	if err != nil {
+		for _, s := range servers {
+			s.srv.(*listenServer).ln.Close()
+		}
+		return nil, fmt.Errorf("relay.dns: %w", err)
+	}
+	// An MX that resolves to one of our inbound listeners is ourselves: a
+	// loop (5.4.6), never a delivery.
+	var local []netip.AddrPort
+	for _, s := range servers {
+		if strings.HasPrefix(s.name, "smtp ") {
+			if ap, err := netip.ParseAddrPort(s.bound); err == nil {
+				local = append(local, ap)
+			}
+		}
+	}
+	env.relay = relay.New(relay.Config{
+		Hostname: env.cfg.Hostname, Resolver: resolver, Port: env.cfg.Relay.Port,
+		Logger: env.log.With("part", "relay"), Trace: env.cfg.Log.Trace, LocalAddrs: local,
+	}, env.store)
+	servers = append(servers, namedServer{name: "relay", srv: env.relay})
 	return servers, nil
 }
 

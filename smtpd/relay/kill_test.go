@@ -1,0 +1,123 @@
+package relay
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/postern/postern/mailstore"
+)
+
+// killChildEnv makes the test binary act as the kill test's child: a
+// relay over the store named by the variable, delivering until killed.
+const killChildEnv = "POSTERN_RELAY_KILL_CHILD"
+
+func TestMain(m *testing.M) {
+	if path := os.Getenv(killChildEnv); path != "" {
+		killChild(path)
+		return
+	}
+	os.Exit(m.Run())
+}
+
+func killChild(path string) {
+	st, err := mailstore.Open(path, mailstore.Options{PasswordCost: mailstore.FastPasswordHash})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(3)
+	}
+	port, _ := strconv.Atoi(os.Getenv(killChildEnv + "_PORT"))
+	r := New(Config{
+		Hostname: "mail.alpha.test",
+		Resolver: NewResolver(os.Getenv(killChildEnv + "_DNS")),
+		Port:     port,
+		Logger:   slog.New(slog.NewTextHandler(os.Stderr, nil)),
+	}, st)
+	if err := r.RunOnce(context.Background()); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(4)
+	}
+	// The test kills the child before it gets here.
+	os.Exit(5)
+}
+
+// A relay killed in the middle of a delivery loses nothing: here the
+// remote server has the whole message but the relay dies before its 250,
+// so the entry is still queued and the message goes again after the
+// restart (a duplicate, which RFC 5321 6.1 accepts over a loss).
+func TestKillDuringDelivery(t *testing.T) {
+	if testing.Short() {
+		t.Skip("re-executes the test binary")
+	}
+	d := newTestDNS(t)
+	mx := newTestMX(t, "127.0.0.1:0")
+	d.add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
+	inData := make(chan struct{}, 1)
+	release := make(chan struct{})
+	mx.onData = func() {
+		inData <- struct{}{}
+		<-release
+	}
+
+	path := filepath.Join(t.TempDir(), "postern.db")
+	st := openStore(t, path, nil)
+	ctx := context.Background()
+	if err := st.AddDomain(ctx, "alpha.test"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.AddUser(ctx, "alice@alpha.test", "pw"); err != nil {
+		t.Fatal(err)
+	}
+	submit(t, st, envelope("alice@alpha.test", "bob@beta.test"), "killed")
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), killChildEnv+"="+path,
+		killChildEnv+"_DNS="+d.addr, fmt.Sprintf("%s_PORT=%d", killChildEnv, mx.addr.Port()))
+	var stderr logBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-inData:
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("the child never sent the message; its log:\n%s", stderr.String())
+	}
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait()
+	mx.mu.Lock()
+	mx.onData = nil
+	mx.mu.Unlock()
+	close(release) // the server now stores the first copy
+
+	st2 := openStore(t, path, nil)
+	q := queue(t, st2)
+	if len(q) != 1 || q[0].Recipient != "bob@beta.test" {
+		t.Fatalf("queue after the kill: %+v", q)
+	}
+	a := newAlphaOn(t, st2, nil, d, mx.addr.Port())
+	a.runOnce(t)
+	if q := queue(t, st2); len(q) != 0 {
+		t.Fatalf("queue after the restart: %+v", q)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(mx.received()) < 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond) // the first copy's session ends on its own
+	}
+	if got := mx.received(); len(got) != 2 {
+		t.Errorf("the server has %d copies, want 2 (the one the kill interrupted, and the retry)", len(got))
+	}
+}

@@ -1,0 +1,600 @@
+// Package relay delivers queued mail to other domains: MX lookup (RFC 5321
+// 5.1, null MX RFC 7505), SMTP with opportunistic STARTTLS (RFC 3207),
+// retries with backoff, and RFC 3464 reports to the sender.
+//
+// Implementation notes:
+//   - A queue entry leaves the queue only after the remote server's 250 to
+//     the message, or after its failure report is stored in the sender's
+//     INBOX. A crash in between means a retry: a duplicate is acceptable, a
+//     loss is not.
+//   - smtpd hands work to the relay only through the mailstore queue;
+//     Kick says that there is some.
+//   - One delivery job per destination domain at a time. It looks up the
+//     MX hosts once and opens at most Config.MaxConnsPerDomain connections,
+//     each carrying several messages, one transaction per message with a
+//     RCPT per recipient.
+//   - A delivery attempt gives each recipient an error and a permanent flag
+//     (attempt); only queue.go decides between retry and report.
+//   - The relay never delivers to itself: an MX that is this server ends the
+//     list of hosts (RFC 5321 5.1), and an empty list is a loop (5.4.6).
+package relay
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/postern/postern/mailstore"
+)
+
+// Config is what the relay needs from its surroundings. Zero fields take
+// the defaults given.
+type Config struct {
+	// Hostname is this server's name: the EHLO/HELO argument, the
+	// Reporting-MTA of reports, and one way to recognise an MX pointing
+	// at ourselves. Default "localhost".
+	Hostname string
+	// Resolver looks up MX and address records. Default: SystemResolver.
+	Resolver Resolver
+	// Port is dialled on mail exchangers. Default 25; tests change it.
+	Port int
+	// Dialer opens connections. Default: net.Dialer.DialContext.
+	Dialer func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Now is the clock for due times, retries and reports. Default time.Now.
+	Now func() time.Time
+	// Logger gets one line per mail event. Default: discard.
+	Logger *slog.Logger
+	// Trace logs every SMTP line sent and received (message data as a
+	// byte count only).
+	Trace bool
+
+	// RetryBase is the wait after the first temporary failure; each
+	// further failure doubles it (give or take a jitter of 10%), up to
+	// RetryMax. Defaults 5 minutes and 4 hours.
+	RetryBase, RetryMax time.Duration
+	// GiveUpAfter is how long after its arrival a message that still
+	// fails temporarily is given up and reported failed. Default 5 days.
+	GiveUpAfter time.Duration
+	// DelayWarning is the age at which the sender is told, once, that a
+	// message is still being retried. Default 4 hours; negative: never.
+	DelayWarning time.Duration
+
+	// TLS is the base client configuration for STARTTLS (RootCAs, client
+	// certificates, versions). The relay sets ServerName to the MX host and
+	// never refuses a server for its certificate, as SMTP between servers
+	// goes (RFC 3207 4.1, RFC 7435): it records whether the certificate
+	// verified.
+	TLS *tls.Config
+
+	// LocalAddrs are the addresses this server receives mail on (its
+	// inbound SMTP listeners; an unspecified IP means every local
+	// address). An MX at one of them is this server.
+	LocalAddrs []netip.AddrPort
+	// IsSelf, when set, replaces the check against Hostname and
+	// LocalAddrs: whether the MX host, dialled at addr, is this server.
+	IsSelf func(host string, addr netip.AddrPort) bool
+
+	// Timeouts bounds the waits of the SMTP client.
+	Timeouts Timeouts
+	// MaxConns bounds the connections open at once. Default 20.
+	MaxConns int
+	// MaxConnsPerDomain bounds the connections open at once to one
+	// destination domain. Default 4.
+	MaxConnsPerDomain int
+	// MaxMessagesPerConn is how many messages one connection carries
+	// before the next one is opened. Default 100.
+	MaxMessagesPerConn int
+	// PollInterval is how often Run looks for due entries when nobody
+	// calls Kick. Default 5 seconds.
+	PollInterval time.Duration
+}
+
+// Defaults of Config.
+const (
+	// defaultRetryBase: RFC 5321 4.5.4.1 asks for retries at least 30
+	// minutes apart "in general" but welcomes "more sophisticated and
+	// variable strategies"; a short first wait with doubling catches the
+	// common brief outage (greylisting, a restart) and still reaches hours.
+	defaultRetryBase = 5 * time.Minute
+	// defaultRetryMax caps the doubling so that a server back after a day
+	// gets the message within hours.
+	defaultRetryMax = 4 * time.Hour
+	// defaultGiveUpAfter: RFC 5321 4.5.4.1, "the give-up time generally
+	// needs to be at least 4-5 days".
+	defaultGiveUpAfter = 5 * 24 * time.Hour
+	// defaultDelayWarning is sendmail's Timeout.queuewarn: long enough to
+	// ride out short outages silently.
+	defaultDelayWarning = 4 * time.Hour
+	// defaultPollInterval is how often Run looks at the queue unkicked:
+	// cheap (one indexed query), and what bounds the delay of a retry made
+	// due by `postern queue retry` from another process.
+	defaultPollInterval = 5 * time.Second
+	// defaultMaxConns bounds all outbound connections.
+	defaultMaxConns = 20
+	// defaultMaxConnsPerDomain keeps the relay polite to one destination
+	// (receivers commonly limit connections per client to a few).
+	defaultMaxConnsPerDomain = 4
+	// defaultMaxMessagesPerConn: reuse a connection for many messages,
+	// then open a fresh one, as Postfix's smtp_connection_reuse_count_limit.
+	defaultMaxMessagesPerConn = 100
+)
+
+const (
+	// maxBatch bounds the entries one look at the queue takes.
+	maxBatch = 1000
+	// storeTimeout bounds the bookkeeping after an attempt; it runs even
+	// when the relay is stopping, so that a delivered message is removed.
+	storeTimeout = 30 * time.Second
+)
+
+// Relay is the outbound queue worker.
+type Relay struct {
+	cfg      Config
+	store    *mailstore.Store
+	log      *slog.Logger
+	resolver Resolver
+	kick     chan struct{}
+	slots    chan struct{} // one per open connection, MaxConns in all
+
+	mu        sync.Mutex
+	active    map[string]bool // domains with a delivery job running
+	busy      int             // queue entries in running jobs
+	tlsFailed map[netip.AddrPort]time.Time
+	localIPs  map[netip.Addr]bool // nil until needed
+	jobs      sync.WaitGroup
+}
+
+// New returns a relay for the queue of store.
+func New(cfg Config, store *mailstore.Store) *Relay {
+	if cfg.Hostname == "" {
+		cfg.Hostname = "localhost"
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if cfg.Port <= 0 || cfg.Port > 65535 {
+		if cfg.Port != 0 {
+			cfg.Logger.Warn("relay: port out of range, using 25", "port", cfg.Port)
+		}
+		cfg.Port = 25
+	}
+	if cfg.Dialer == nil {
+		cfg.Dialer = (&net.Dialer{}).DialContext
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&cfg.RetryBase, defaultRetryBase)
+	def(&cfg.RetryMax, defaultRetryMax)
+	def(&cfg.GiveUpAfter, defaultGiveUpAfter)
+	def(&cfg.DelayWarning, defaultDelayWarning)
+	def(&cfg.PollInterval, defaultPollInterval)
+	cfg.Timeouts = cfg.Timeouts.withDefaults()
+	if cfg.MaxConns <= 0 {
+		cfg.MaxConns = defaultMaxConns
+	}
+	if cfg.MaxConnsPerDomain <= 0 {
+		cfg.MaxConnsPerDomain = defaultMaxConnsPerDomain
+	}
+	if cfg.MaxMessagesPerConn <= 0 {
+		cfg.MaxMessagesPerConn = defaultMaxMessagesPerConn
+	}
+	r := &Relay{
+		cfg:       cfg,
+		store:     store,
+		log:       cfg.Logger,
+		resolver:  cfg.Resolver,
+		kick:      make(chan struct{}, 1),
+		slots:     make(chan struct{}, cfg.MaxConns),
+		active:    make(map[string]bool),
+		tlsFailed: make(map[netip.AddrPort]time.Time),
+	}
+	if r.resolver == nil {
+		res, err := SystemResolver()
+		if err != nil {
+			cfg.Logger.Error("relay: no DNS resolver; every delivery will be deferred", "err", err)
+			res = failingResolver{err}
+		}
+		r.resolver = res
+	}
+	return r
+}
+
+// failingResolver stands for a system resolver that could not be set up:
+// every lookup fails, temporarily, with the reason.
+type failingResolver struct{ err error }
+
+func (f failingResolver) Lookup(context.Context, string, uint16) ([]dns.RR, error) { return nil, f.err }
+
+// Kick tells the relay that something was queued, so that Run looks at the
+// queue now rather than at its next poll. It never blocks.
+func (r *Relay) Kick() {
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Run delivers due queue entries until ctx is done, waking every
+// PollInterval or on Kick. It then waits for deliveries in progress, which
+// ctx aborts, and returns nil.
+func (r *Relay) Run(ctx context.Context) error {
+	r.log.Info("relay started", "hostname", r.cfg.Hostname, "port", r.cfg.Port)
+	tick := time.NewTicker(r.cfg.PollInterval)
+	defer tick.Stop()
+	for {
+		if err := r.dispatch(ctx); err != nil && ctx.Err() == nil {
+			r.log.Error("relay: cannot read the queue", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			r.jobs.Wait()
+			r.log.Info("relay stopped")
+			return nil
+		case <-tick.C:
+		case <-r.kick:
+		}
+	}
+}
+
+// Serve is Run, so that a Relay is one of cmd/postern's servers.
+func (r *Relay) Serve(ctx context.Context) error { return r.Run(ctx) }
+
+// RunOnce starts delivery of the entries due now and waits until every
+// delivery job has finished. Tests drive the relay with it.
+func (r *Relay) RunOnce(ctx context.Context) error {
+	err := r.dispatch(ctx)
+	r.jobs.Wait()
+	return err
+}
+
+// dispatch starts one delivery job per domain that has due entries and no
+// job running.
+func (r *Relay) dispatch(ctx context.Context) error {
+	r.mu.Lock()
+	limit := maxBatch + r.busy
+	r.mu.Unlock()
+	entries, err := r.store.Queue(ctx, r.cfg.Now(), limit)
+	if err != nil {
+		return fmt.Errorf("relay: %w", err)
+	}
+	byDomain := make(map[string][]mailstore.QueueEntry)
+	var domains []string
+	r.mu.Lock()
+	for _, e := range entries {
+		if r.active[e.Domain] {
+			continue
+		}
+		if _, ok := byDomain[e.Domain]; !ok {
+			domains = append(domains, e.Domain)
+		}
+		byDomain[e.Domain] = append(byDomain[e.Domain], e)
+	}
+	for _, d := range domains {
+		r.active[d] = true
+		r.busy += len(byDomain[d])
+	}
+	r.mu.Unlock()
+	for _, d := range domains {
+		r.jobs.Add(1)
+		go func(domain string, entries []mailstore.QueueEntry) {
+			defer r.jobs.Done()
+			clean := r.deliverDomain(ctx, domain, entries)
+			r.mu.Lock()
+			delete(r.active, domain)
+			r.busy -= len(entries)
+			r.mu.Unlock()
+			// Entries for the domain queued meanwhile are due; but when
+			// the bookkeeping failed, the same entries would be: wait.
+			if clean {
+				r.Kick()
+			}
+		}(d, byDomain[d])
+	}
+	return nil
+}
+
+// transactions groups a domain's entries into transactions: one per
+// message (sender, body and submission), at most maxRcptsPerTransaction
+// recipients each, and no recipient twice in one.
+func transactions(domain string, entries []mailstore.QueueEntry) []*transaction {
+	type key struct {
+		sender      string
+		body        int64
+		created     int64
+		envID, ret  string
+		destination string
+	}
+	var out []*transaction
+	open := make(map[key][]*transaction)
+	for _, e := range entries {
+		k := key{e.Sender, e.BodyID, e.Created.UnixNano(), e.EnvID, e.Ret, domain}
+		var tx *transaction
+		for _, t := range open[k] {
+			if len(t.entries) < maxRcptsPerTransaction && !slices.ContainsFunc(t.entries, func(o mailstore.QueueEntry) bool {
+				return strings.EqualFold(o.Recipient, e.Recipient)
+			}) {
+				tx = t
+				break
+			}
+		}
+		if tx == nil {
+			tx = &transaction{domain: domain}
+			open[k] = append(open[k], tx)
+			out = append(out, tx)
+		}
+		tx.entries = append(tx.entries, e)
+	}
+	return out
+}
+
+// workList is a domain job's transactions, shared by its connections.
+type workList struct {
+	mu    sync.Mutex
+	txs   []*transaction
+	live  int      // sessions open
+	down  *attempt // why no connection could be opened, once that happened
+	dirty bool     // some bookkeeping failed
+}
+
+func (w *workList) next() *transaction {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.txs) == 0 {
+		return nil
+	}
+	tx := w.txs[0]
+	w.txs = w.txs[1:]
+	return tx
+}
+
+// deliverDomain delivers the due entries of one domain. It reports whether
+// all their bookkeeping was done.
+func (r *Relay) deliverDomain(ctx context.Context, domain string, entries []mailstore.QueueEntry) (clean bool) {
+	w := &workList{txs: transactions(domain, entries)}
+	hosts, route := r.route(ctx, domain)
+	if route.failed() {
+		r.log.Info("no route", "domain", domain, "err", route.Err, "permanent", route.Permanent)
+		for _, tx := range w.txs {
+			if !r.finish(ctx, tx, allSame(len(tx.entries), route), nil) {
+				w.dirty = true
+			}
+		}
+		return !w.dirty
+	}
+	var wg sync.WaitGroup
+	for range min(r.cfg.MaxConnsPerDomain, len(w.txs)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.worker(ctx, hosts, w)
+		}()
+	}
+	wg.Wait()
+	return !w.dirty
+}
+
+// worker is one connection of a domain job: it takes transactions from w
+// until there are none, opening connections as needed.
+func (r *Relay) worker(ctx context.Context, hosts []MXHost, w *workList) {
+	var s *session
+	closeSession := func() {
+		if s != nil {
+			s.close()
+			<-r.slots
+			w.mu.Lock()
+			w.live--
+			w.mu.Unlock()
+			s = nil
+		}
+	}
+	defer closeSession()
+	for {
+		tx := w.next()
+		if tx == nil {
+			return
+		}
+		if ctx.Err() != nil {
+			// Stopping: the entry stays due and is tried at the next start.
+			continue
+		}
+		if s != nil && (s.broken || s.sent >= r.cfg.MaxMessagesPerConn) {
+			closeSession()
+		}
+		if s == nil {
+			w.mu.Lock()
+			down := w.down
+			w.mu.Unlock()
+			if down != nil {
+				r.record(ctx, w, tx, allSame(len(tx.entries), *down), nil)
+				continue
+			}
+			select {
+			case r.slots <- struct{}{}:
+			case <-ctx.Done():
+				continue
+			}
+			var att attempt
+			s, att = r.connect(ctx, hosts)
+			if att.failed() {
+				<-r.slots
+				w.mu.Lock()
+				if w.live > 0 {
+					// Another connection works: it takes this one too
+					// (the server may limit connections per client).
+					w.txs = append(w.txs, tx)
+					w.mu.Unlock()
+					return
+				}
+				w.down = &att
+				w.mu.Unlock()
+				r.record(ctx, w, tx, allSame(len(tx.entries), att), nil)
+				continue
+			}
+			w.mu.Lock()
+			w.live++
+			w.mu.Unlock()
+		}
+		r.record(ctx, w, tx, s.send(ctx, tx), s)
+	}
+}
+
+func (r *Relay) record(ctx context.Context, w *workList, tx *transaction, res []attempt, s *session) {
+	if !r.finish(ctx, tx, res, s) {
+		w.mu.Lock()
+		w.dirty = true
+		w.mu.Unlock()
+	}
+}
+
+// route returns the mail exchangers to try for domain, in order, without
+// this server and those it must not use; or why there are none.
+func (r *Relay) route(ctx context.Context, domain string) ([]MXHost, attempt) {
+	res, err := LookupMX(ctx, r.resolver, domain)
+	switch {
+	case errors.Is(err, errBadDomain):
+		return nil, permanent(failure(statusNXDomain, "", err))
+	case err != nil:
+		return nil, temporary(failure(statusDNSFailure, "", err))
+	case res.NXDomain:
+		// RFC 3463 X.1.2: the destination system does not exist.
+		return nil, permanent(failure(statusNXDomain, "", fmt.Errorf("domain %s does not exist (NXDOMAIN)", domain)))
+	case res.NullMX:
+		// RFC 7505 3: a null MX means the domain takes no mail.
+		return nil, permanent(failure(statusNullMX, "", fmt.Errorf("domain %s accepts no mail (null MX, RFC 7505)", domain)))
+	}
+	hosts := res.Hosts
+	// RFC 5321 5.1: "If it determines that it should relay the message
+	// without rewriting the address, it MUST sort the MX records to
+	// determine candidates for delivery ... if the domain name of the SMTP
+	// client is found ... all MX records at that preference level and
+	// higher are discarded".
+	for _, h := range hosts {
+		if r.hostIsSelf(h) {
+			hosts = slices.DeleteFunc(slices.Clone(hosts), func(o MXHost) bool { return o.Preference >= h.Preference })
+			if len(hosts) == 0 {
+				return nil, permanent(failure(statusLoop, h.Host,
+					fmt.Errorf("mail for %s loops back to this server (MX %s)", domain, h.Host)))
+			}
+			break
+		}
+	}
+	var usable []MXHost
+	var errs []error
+	temp := false
+	for _, h := range hosts {
+		if len(h.Addrs) > 0 {
+			usable = append(usable, h)
+			continue
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", h.Host, h.Err))
+		if !errors.Is(h.Err, ErrNXDomain) && !errors.Is(h.Err, errNoAddress) && !errors.Is(h.Err, errBadDomain) {
+			temp = true
+		}
+	}
+	if len(usable) == 0 {
+		err := fmt.Errorf("no mail exchanger of %s has an address: %w", domain, errors.Join(errs...))
+		if temp {
+			return nil, temporary(failure(statusDNSFailure, "", err))
+		}
+		// RFC 3463 X.4.4: unable to route.
+		return nil, permanent(failure(statusNoRoute, "", err))
+	}
+	return usable, attempt{}
+}
+
+// hostIsSelf reports whether an MX host is this server, by name or at any
+// of its addresses.
+func (r *Relay) hostIsSelf(h MXHost) bool {
+	if r.cfg.IsSelf == nil && strings.EqualFold(h.Host, r.cfg.Hostname) {
+		return true
+	}
+	for _, a := range h.Addrs {
+		if r.isSelf(h.Host, netip.AddrPortFrom(a, uint16(r.cfg.Port))) {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *Relay) isSelf(host string, addr netip.AddrPort) bool {
+	if r.cfg.IsSelf != nil {
+		return r.cfg.IsSelf(host, addr)
+	}
+	for _, la := range r.cfg.LocalAddrs {
+		if la.Port() != addr.Port() {
+			continue
+		}
+		if la.Addr() == addr.Addr() {
+			return true
+		}
+		if la.Addr().IsUnspecified() && r.isLocalIP(addr.Addr()) {
+			return true
+		}
+	}
+	return false
+}
+
+// isLocalIP reports whether ip belongs to this machine.
+func (r *Relay) isLocalIP(ip netip.Addr) bool {
+	if ip.IsLoopback() || ip.IsUnspecified() {
+		return true
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.localIPs == nil {
+		r.localIPs = make(map[netip.Addr]bool)
+		addrs, err := net.InterfaceAddrs()
+		if err != nil {
+			r.log.Warn("cannot list local addresses for loop detection", "err", err)
+		}
+		for _, a := range addrs {
+			if p, err := netip.ParsePrefix(a.String()); err == nil {
+				r.localIPs[p.Addr().Unmap()] = true
+			}
+		}
+	}
+	return r.localIPs[ip.Unmap()]
+}
+
+func (r *Relay) tlsBroken(addr netip.AddrPort) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t, ok := r.tlsFailed[addr]
+	if ok && time.Since(t) > tlsRetryAfter {
+		delete(r.tlsFailed, addr)
+		return false
+	}
+	return ok
+}
+
+func (r *Relay) markTLSBroken(addr netip.AddrPort) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.tlsFailed[addr] = time.Now()
+}
+
+// newID returns a short random identifier for a session's log lines.
+func newID() string {
+	var b [6]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
