@@ -197,6 +197,7 @@ type QueueEntry struct {
 	NextAttempt time.Time
 	Created     time.Time
 	LastError   string
+	DelayWarned bool // the sender has been told the message is delayed
 	EnvID       string
 	Ret         string
 	Notify      string
@@ -213,13 +214,13 @@ func (t *wtx) enqueue(env Envelope, rcpt Recipient, address string, bodyID int64
 	return res.LastInsertId()
 }
 
-const queueColumns = "q.id, q.sender, q.recipient, q.domain, q.body_id, b.size, q.attempts, q.next_attempt, q.created, q.last_error, q.env_id, q.ret, q.notify, q.orcpt"
+const queueColumns = "q.id, q.sender, q.recipient, q.domain, q.body_id, b.size, q.attempts, q.next_attempt, q.created, q.last_error, q.delay_warned, q.env_id, q.ret, q.notify, q.orcpt"
 
 func scanQueueEntry(sc interface{ Scan(...any) error }) (QueueEntry, error) {
 	var e QueueEntry
 	var next, created int64
 	err := sc.Scan(&e.ID, &e.Sender, &e.Recipient, &e.Domain, &e.BodyID, &e.Size, &e.Attempts, &next, &created,
-		&e.LastError, &e.EnvID, &e.Ret, &e.Notify, &e.ORcpt)
+		&e.LastError, &e.DelayWarned, &e.EnvID, &e.Ret, &e.Notify, &e.ORcpt)
 	e.NextAttempt = time.Unix(0, next).UTC()
 	e.Created = time.Unix(0, created).UTC()
 	return e, err
@@ -258,11 +259,12 @@ func (s *Store) Queue(ctx context.Context, due time.Time, limit int) ([]QueueEnt
 	return out, nil
 }
 
-// QueueDefer records a failed attempt and when to try again.
-func (s *Store) QueueDefer(ctx context.Context, id int64, next time.Time, lastError string) error {
+// QueueDefer records a failed attempt and when to try again; delayWarned
+// records that the sender has now been told of the delay (it stays set).
+func (s *Store) QueueDefer(ctx context.Context, id int64, next time.Time, lastError string, delayWarned bool) error {
 	return s.w.do(ctx, func(t *wtx) error {
-		res, err := t.exec("UPDATE queue SET attempts = attempts + 1, next_attempt = ?, last_error = ? WHERE id = ?",
-			next.UnixNano(), lastError, id)
+		res, err := t.exec("UPDATE queue SET attempts = attempts + 1, next_attempt = ?, last_error = ?, delay_warned = (delay_warned OR ?) WHERE id = ?",
+			next.UnixNano(), lastError, delayWarned, id)
 		if err != nil {
 			return fmt.Errorf("defer queue entry %d: %w", id, err)
 		}

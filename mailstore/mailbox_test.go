@@ -353,8 +353,14 @@ func TestAliasesAndQueue(t *testing.T) {
 		t.Fatalf("queued body %q %v", body, err)
 	}
 	later := time.Now().Add(time.Hour)
-	if err := s.QueueDefer(ctx, q[0].ID, later, "451 try later"); err != nil {
+	if err := s.QueueDefer(ctx, q[0].ID, later, "451 try later", true); err != nil {
 		t.Fatal(err)
+	}
+	all, _ := s.Queue(ctx, time.Time{}, 0)
+	for _, e := range all {
+		if e.DelayWarned != (e.ID == q[0].ID) {
+			t.Errorf("entry %d delay warned = %v", e.ID, e.DelayWarned)
+		}
 	}
 	due, _ := s.Queue(ctx, time.Now(), 0)
 	if len(due) != 1 || due[0].ID != q[1].ID {

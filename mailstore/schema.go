@@ -133,6 +133,10 @@ CREATE TABLE body_meta (
 	PRIMARY KEY (body_id, kind)
 );
 `,
+	// 3: whether the sender of a queue entry was told of its delay.
+	`
+ALTER TABLE queue ADD COLUMN delay_warned INTEGER NOT NULL DEFAULT 0;
+`,
 }
 
 // migrate applies the migrations the database has not seen yet.

@@ -56,7 +56,7 @@ func TestQueueCommands(t *testing.T) {
 		bob, carol = carol, bob
 	}
 	later := time.Now().Add(time.Hour)
-	if err := st.QueueDefer(ctx, bob, later, "mx.remote.test said: 451 4.2.1 Mailbox busy (in reply to RCPT TO)"); err != nil {
+	if err := st.QueueDefer(ctx, bob, later, "mx.remote.test said: 451 4.2.1 Mailbox busy (in reply to RCPT TO)", false); err != nil {
 		t.Fatal(err)
 	}
 	st.Close()

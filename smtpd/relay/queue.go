@@ -18,10 +18,6 @@ import (
 )
 
 const (
-	// delayReportedMark starts the last error of an entry whose sender was
-	// told of the delay, so that the warning goes once. (The queue has no
-	// column for it; the mark also tells `postern queue list` readers.)
-	delayReportedMark = "[delay reported] "
 	// maxLastError bounds the error text kept with an entry.
 	maxLastError = 1000
 	// maxReturnedMessage is the largest message a failure report returns
@@ -137,8 +133,8 @@ func (r *Relay) failed(ctx context.Context, tx *transaction, failed []outcome, s
 			next := r.cfg.Now().Add(r.cfg.RetryBase)
 			ok := true
 			for _, o := range failed {
-				msg := lastError(fmt.Errorf("failure report not stored (%v) for: %w", err, o.a.Err), o.e)
-				if err := r.store.QueueDefer(ctx, o.e.ID, next, msg); err != nil {
+				msg := lastError(fmt.Errorf("failure report not stored (%v) for: %w", err, o.a.Err))
+				if err := r.store.QueueDefer(ctx, o.e.ID, next, msg, false); err != nil {
 					r.log.Error("cannot defer queue entry", "queue_id", o.e.ID, "err", err)
 					ok = false
 				}
@@ -174,7 +170,7 @@ func (r *Relay) deferred(ctx context.Context, tx *transaction, deferred []outcom
 	warned := make(map[int64]bool)
 	for _, o := range deferred {
 		if r.cfg.DelayWarning > 0 && now.Sub(o.e.Created) >= r.cfg.DelayWarning && o.e.Sender != "" &&
-			!strings.HasPrefix(o.e.LastError, delayReportedMark) && parseNotify(o.e.Notify).wantsDelay() {
+			!o.e.DelayWarned && parseNotify(o.e.Notify).wantsDelay() {
 			d := r.dsnRecipient(o, mime.ActionDelayed, s)
 			d.WillRetryUntil = o.e.Created.Add(r.cfg.GiveUpAfter)
 			if !strings.HasPrefix(d.Status, "4.") {
@@ -192,11 +188,8 @@ func (r *Relay) deferred(ctx context.Context, tx *transaction, deferred []outcom
 	ok := true
 	for _, o := range deferred {
 		next := r.nextAttempt(o.e, now)
-		msg := lastError(o.a.Err, o.e)
-		if warned[o.e.ID] && !strings.HasPrefix(msg, delayReportedMark) {
-			msg = delayReportedMark + msg
-		}
-		if err := r.store.QueueDefer(ctx, o.e.ID, next, msg); err != nil && !errors.Is(err, mailstore.ErrNotFound) {
+		msg := lastError(o.a.Err)
+		if err := r.store.QueueDefer(ctx, o.e.ID, next, msg, warned[o.e.ID]); err != nil && !errors.Is(err, mailstore.ErrNotFound) {
 			r.log.Error("cannot defer queue entry", "queue_id", o.e.ID, "err", err)
 			ok = false
 			continue
@@ -207,15 +200,11 @@ func (r *Relay) deferred(ctx context.Context, tx *transaction, deferred []outcom
 	return ok
 }
 
-// lastError is the text kept with an entry after a failed attempt, with
-// the delay mark kept.
-func lastError(err error, e mailstore.QueueEntry) string {
+// lastError is the text kept with an entry after a failed attempt.
+func lastError(err error) string {
 	msg := strings.Join(strings.Fields(err.Error()), " ")
 	if len(msg) > maxLastError {
 		msg = msg[:maxLastError]
-	}
-	if strings.HasPrefix(e.LastError, delayReportedMark) {
-		msg = delayReportedMark + msg
 	}
 	return msg
 }
