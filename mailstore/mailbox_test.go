@@ -294,7 +294,8 @@ func TestLineEndsBecomeCRLF(t *testing.T) {
 		"a\rb\r\n\n":   "a\r\nb\r\n\r\n",
 		"":             "",
 		"\n":           "\r\n",
-		"no newline":   "no newline",
+		"no newline":   "no newline\r\n",
+		"a\r\nend":     "a\r\nend\r\n",
 		"mixed\r\nx\n": "mixed\r\nx\r\n",
 	} {
 		if got := string(toCRLF([]byte(in))); got != want {

@@ -259,17 +259,19 @@ type Body struct {
 	chunkN int64  // index of chunk
 }
 
-// OpenBody opens a stored body for reading.
+// OpenBody opens a stored body for reading. The size and the first chunk
+// come in one query, so a small message costs one.
 func (s *Store) OpenBody(ctx context.Context, bodyID int64) (*Body, error) {
-	var size int64
-	err := s.readRow(ctx, "SELECT size FROM bodies WHERE id = ?", bodyID).Scan(&size)
+	b := &Body{s: s, ctx: ctx, id: bodyID}
+	err := s.readRow(ctx, `SELECT b.size, c.data FROM bodies b JOIN body_chunks c ON c.body_id = b.id AND c.seq = 0
+		WHERE b.id = ?`, bodyID).Scan(&b.size, &b.chunk)
 	if isNoRows(err) {
 		return nil, fmt.Errorf("open body %d: %w", bodyID, ErrNotFound)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open body %d: %w", bodyID, err)
 	}
-	return &Body{s: s, ctx: ctx, id: bodyID, size: size, chunkN: -1}, nil
+	return b, nil
 }
 
 // Size is the body's length in bytes.
@@ -320,7 +322,7 @@ func (b *Body) Seek(offset int64, whence int) (int64, error) {
 
 // Close releases the reader.
 func (b *Body) Close() error {
-	b.chunk = nil
+	b.chunk, b.chunkN = nil, -1
 	return nil
 }
 
@@ -351,9 +353,13 @@ func prepareBody(msg []byte) preparedBody {
 	return preparedBody{data: data, sum: sha256.Sum256(data)}
 }
 
-// toCRLF turns bare LF and bare CR into CRLF, so that sizes match what
-// POP3 and IMAP send. Input already in CRLF form is returned as is.
+// toCRLF turns bare LF and bare CR into CRLF and ends the last line, so
+// that sizes match what POP3 and IMAP send. Input already in that form is
+// returned as is.
 func toCRLF(b []byte) []byte {
+	if len(b) > 0 && b[len(b)-1] != '\n' && b[len(b)-1] != '\r' {
+		b = append(b[:len(b):len(b)], '\r', '\n')
+	}
 	bare := false
 	for i, c := range b {
 		if c == '\n' && (i == 0 || b[i-1] != '\r') || c == '\r' && (i+1 == len(b) || b[i+1] != '\n') {

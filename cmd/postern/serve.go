@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/pop3d"
 	"github.com/postern/postern/smtpd/relay"
 )
 
@@ -58,6 +59,9 @@ type serveEnv struct {
 	store *mailstore.Store
 	tls   *tls.Config
 	relay *relay.Relay
+
+	pop3         *pop3d.Server
+	pop3Shutdown func(context.Context) error
 }
 
 // listenServer runs one protocol server on one bound listener. serve is
@@ -220,9 +224,26 @@ func buildServers(env *serveEnv) ([]namedServer, error) {
 // listener l, or nils if this build has no server for l.Proto. Each
 // protocol package is one case that fills the package's Config from env.
 func newServer(env *serveEnv, l listener) (serve func(net.Listener) error, shutdown func(context.Context) error) {
+	cfg := env.cfg
 	switch l.Proto {
 	case "smtp", "submission", "submissions": // smtpd
-	case "pop3", "pop3s": // pop3d
+	case "pop3", "pop3s":
+		// One server for both listeners: it holds the one-session-per-
+		// maildrop lock.
+		if env.pop3 == nil {
+			env.pop3 = pop3d.New(pop3d.Config{
+				Hostname:          cfg.Hostname,
+				TLSConfig:         env.tls,
+				AllowInsecureAuth: cfg.Auth.AllowInsecure,
+				Logger:            env.log.With("part", "pop3"),
+				Trace:             cfg.Log.Trace,
+			}, env.store)
+			env.pop3Shutdown = onceShutdown(env.pop3.Shutdown)
+		}
+		if l.Proto == "pop3s" {
+			return env.pop3.ServeTLS, env.pop3Shutdown
+		}
+		return env.pop3.Serve, env.pop3Shutdown
 	case "imap", "imaps": // imapd
 	}
 	return nil, nil

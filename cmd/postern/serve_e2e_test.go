@@ -1,0 +1,181 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/textproto"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/postern/postern/mailstore"
+)
+
+// running is a `postern serve` started by a test.
+type running struct {
+	config  string
+	dataDir string
+	addrs   map[string]string // protocol name -> bound address
+	stdout  *syncBuffer
+	stderr  *syncBuffer
+	stop    func() int // cancels serve and returns its exit code
+}
+
+// startServe runs `postern serve` in-process on a temporary configuration
+// whose listeners are all on 127.0.0.1 with ports chosen by the system,
+// and returns the addresses it printed. extra is appended to the
+// configuration.
+func startServe(t *testing.T, extra string) *running {
+	t.Helper()
+	dir := t.TempDir()
+	r := &running{dataDir: filepath.Join(dir, "data"), addrs: map[string]string{}, stdout: &syncBuffer{}, stderr: &syncBuffer{}}
+	r.config = writeFile(t, "serve.toml", `hostname = "mail.example.test"
+data_dir = "`+r.dataDir+`"
+domains = ["example.test"]
+[smtp]
+listen = "127.0.0.1:0"
+[submission]
+listen = "127.0.0.1:0"
+listen_tls = "127.0.0.1:0"
+[pop3]
+listen = "127.0.0.1:0"
+listen_tls = "127.0.0.1:0"
+[imap]
+listen = "127.0.0.1:0"
+listen_tls = "127.0.0.1:0"
+[relay]
+dns = "127.0.0.1:1"
+`+extra)
+	ctx, cancel := context.WithCancel(context.Background())
+	exited := make(chan int, 1)
+	go func() {
+		exited <- runContext(ctx, []string{"serve", "-config", r.config}, strings.NewReader(""), r.stdout, r.stderr)
+	}()
+	var once sync.Once
+	code := -1
+	r.stop = func() int {
+		once.Do(func() {
+			cancel()
+			select {
+			case code = <-exited:
+			case <-time.After(shutdownGrace + 5*time.Second):
+				buf := make([]byte, 1<<20)
+				n := runtime.Stack(buf, true)
+				t.Errorf("serve did not stop:\n%s", buf[:n])
+			}
+		})
+		return code
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(r.stdout.String(), "Add a user") {
+		select {
+		case code := <-exited:
+			t.Fatalf("serve exited with %d\nstdout: %s\nstderr: %s", code, r.stdout.String(), r.stderr.String())
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			cancel()
+			t.Fatalf("serve printed no listeners\nstdout: %s\nstderr: %s", r.stdout.String(), r.stderr.String())
+		}
+	}
+	sc := bufio.NewScanner(strings.NewReader(r.stdout.String()))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) >= 2 && strings.HasPrefix(f[1], "127.0.0.1:") && !strings.Contains(sc.Text(), "not available") {
+			r.addrs[f[0]] = f[1]
+		}
+	}
+	t.Cleanup(func() { r.stop() })
+	return r
+}
+
+// addUser adds a user through the command line, as an administrator would
+// while serve runs.
+func (r *running) addUser(t *testing.T, address, password string) {
+	t.Helper()
+	if code, out, errOut := runIn(t, password+"\n", "user", "add", "-config", r.config, address); code != exitOK {
+		t.Fatalf("user add %s: %d %s %s", address, code, out, errOut)
+	}
+}
+
+// deliver stores a message for address through a second handle on the
+// store, as another process would.
+func (r *running) deliver(t *testing.T, address string, msg []byte) {
+	t.Helper()
+	st, err := mailstore.Open(filepath.Join(r.dataDir, storeFile), mailstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, err := st.Deliver(context.Background(), "sender@remote.test", []string{address}, msg); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// pop3Cmd sends a POP3 command and checks its status.
+func pop3Cmd(t *testing.T, c *textproto.Conn, cmd string, wantOK bool) string {
+	t.Helper()
+	if err := c.PrintfLine("%s", cmd); err != nil {
+		t.Fatal(err)
+	}
+	line, err := c.ReadLine()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.HasPrefix(line, "+OK") != wantOK {
+		t.Fatalf("%s: %s", cmd, line)
+	}
+	return line
+}
+
+func TestServePOP3(t *testing.T) {
+	r := startServe(t, "")
+	addr := r.addrs["pop3"]
+	if addr == "" || r.addrs["pop3s"] == "" {
+		t.Fatalf("serve did not start POP3:\n%s", r.stdout.String())
+	}
+	r.addUser(t, "bob@example.test", "bob's password")
+	msg := "From: alice@remote.test\r\nSubject: over POP3\r\n\r\n.a line with a dot\r\nbye\r\n"
+	r.deliver(t, "bob@example.test", []byte(msg))
+
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	c := textproto.NewConn(conn)
+	defer c.Close()
+	if line, err := c.ReadLine(); err != nil || !strings.HasPrefix(line, "+OK") {
+		t.Fatalf("greeting %q %v", line, err)
+	}
+	pop3Cmd(t, c, "USER bob@example.test", true)
+	pop3Cmd(t, c, "PASS wrong", false)
+	pop3Cmd(t, c, "USER bob@example.test", true)
+	pop3Cmd(t, c, "PASS bob's password", true)
+	if stat := pop3Cmd(t, c, "STAT", true); stat != fmt.Sprintf("+OK 1 %d", len(msg)) {
+		t.Fatalf("STAT %q, want 1 message of %d octets", stat, len(msg))
+	}
+	pop3Cmd(t, c, "RETR 1", true)
+	body, err := c.ReadDotBytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.ReplaceAll(string(body), "\n", "\r\n"); got != msg {
+		t.Fatalf("RETR gave %q, want %q", got, msg)
+	}
+	pop3Cmd(t, c, "DELE 1", true)
+	pop3Cmd(t, c, "QUIT", true)
+
+	if code := r.stop(); code != exitOK {
+		t.Fatalf("serve exited with %d\n%s", code, r.stderr.String())
+	}
+	code, out, _ := runIn(t, "", "mailbox", "list", "-config", r.config, "bob@example.test")
+	if code != exitOK || !strings.Contains(out, "INBOX    0") {
+		t.Fatalf("after DELE and QUIT the INBOX should be empty:\n%s", out)
+	}
+}

@@ -1,0 +1,304 @@
+package pop3d
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/postern/postern/mailstore"
+)
+
+const (
+	// defaultIdleTimeout is the autologout timer: RFC 1939 section 3 says
+	// it must be at least 10 minutes.
+	defaultIdleTimeout = 10 * time.Minute
+	// defaultAuthFailureDelay slows password guessing; Dovecot waits 2s too.
+	defaultAuthFailureDelay = 2 * time.Second
+	// tlsHandshakeTimeout bounds a TLS handshake, implicit or after STLS.
+	tlsHandshakeTimeout = 30 * time.Second
+	// updateTimeout bounds the UPDATE-state removal. It is not tied to the
+	// connection: a QUIT that was received is carried out even if the
+	// client goes away or the server is shutting down.
+	updateTimeout = time.Minute
+	// storeTimeout bounds a mailstore lookup made for one command.
+	storeTimeout = time.Minute
+	// maxAcceptDelay caps the back-off after a temporary Accept error.
+	maxAcceptDelay = time.Second
+)
+
+// Config is what a Server needs to know. cmd/postern fills it from the
+// configuration file; the zero value (plus a store) serves plain POP3 on
+// the listeners given to Serve, with plaintext logins from loopback only.
+type Config struct {
+	// Hostname is named in the greeting; empty means "localhost".
+	Hostname string
+	// TLSConfig enables STLS on Serve listeners; ServeTLS requires it.
+	TLSConfig *tls.Config
+	// AllowInsecureAuth accepts USER/PASS and AUTH PLAIN on connections
+	// that are not secure (auth.allow_insecure).
+	AllowInsecureAuth bool
+	// Secure reports whether a connection without TLS counts as secure for
+	// plaintext logins. Nil means: when it comes from a loopback address.
+	Secure func(net.Conn) bool
+	// Logger receives one line per session event; nil discards them.
+	Logger *slog.Logger
+	// Trace logs every protocol line with the session ID and direction
+	// (C: client, S: server). Passwords and SASL data are shown as "***";
+	// message contents are not logged.
+	Trace bool
+	// IdleTimeout closes a session that sends nothing for this long, and
+	// bounds each write. Zero means 10 minutes (RFC 1939 section 3 asks for
+	// at least that; shorter values are for tests).
+	IdleTimeout time.Duration
+	// AuthFailureDelay is how long a failed login waits before its -ERR.
+	// Zero means 2 seconds; a negative value means no wait (tests).
+	AuthFailureDelay time.Duration
+}
+
+// Server is a POP3 server over a mailstore. Its methods are safe for
+// concurrent use.
+type Server struct {
+	cfg   Config
+	store *mailstore.Store
+	log   *slog.Logger
+
+	// baseCtx is the parent of every session's store calls; it is
+	// canceled when Shutdown gives up waiting.
+	baseCtx    context.Context
+	cancelBase context.CancelFunc
+	// quit is closed when Shutdown starts; it cuts failed-login delays short.
+	quit chan struct{}
+
+	mu        sync.Mutex
+	closed    bool
+	listeners map[net.Listener]struct{}
+	conns     map[net.Conn]struct{}
+	inUse     map[int64]string // user ID -> session ID holding the maildrop
+	sessions  sync.WaitGroup
+
+	// onReply, when set (tests), sees every status line sent and whether a
+	// multi-line body follows it.
+	onReply func(line string, multiline bool)
+}
+
+// New returns a server for store. It does not listen: give it listeners
+// with Serve and ServeTLS.
+func New(cfg Config, store *mailstore.Store) *Server {
+	if cfg.Hostname == "" {
+		cfg.Hostname = "localhost"
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = defaultIdleTimeout
+	}
+	if cfg.AuthFailureDelay == 0 {
+		cfg.AuthFailureDelay = defaultAuthFailureDelay
+	}
+	if cfg.Secure == nil {
+		cfg.Secure = isLoopback
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Server{
+		cfg:        cfg,
+		store:      store,
+		log:        log,
+		baseCtx:    ctx,
+		cancelBase: cancel,
+		quit:       make(chan struct{}),
+		listeners:  make(map[net.Listener]struct{}),
+		conns:      make(map[net.Conn]struct{}),
+		inUse:      make(map[int64]string),
+	}
+}
+
+// isLoopback is the default Config.Secure: a connection from 127.0.0.0/8
+// or ::1 never leaves the machine.
+func isLoopback(c net.Conn) bool {
+	addr, ok := c.RemoteAddr().(*net.TCPAddr)
+	return ok && addr.IP.IsLoopback()
+}
+
+// Serve accepts POP3 connections on ln, offering STLS when
+// Config.TLSConfig is set, until Shutdown; then it returns ErrServerClosed.
+// Serve closes ln.
+func (s *Server) Serve(ln net.Listener) error {
+	return s.serve(ln, false)
+}
+
+// ServeTLS accepts POP3 connections on ln that start with a TLS handshake
+// (port 995), until Shutdown; then it returns ErrServerClosed. ServeTLS
+// closes ln.
+func (s *Server) ServeTLS(ln net.Listener) error {
+	if s.cfg.TLSConfig == nil {
+		ln.Close()
+		return errors.New("pop3d: ServeTLS needs Config.TLSConfig")
+	}
+	return s.serve(ln, true)
+}
+
+func (s *Server) serve(ln net.Listener, implicitTLS bool) error {
+	if !s.addListener(ln) {
+		ln.Close()
+		return ErrServerClosed
+	}
+	defer s.removeListener(ln)
+	var delay time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if s.isClosed() {
+				return ErrServerClosed
+			}
+			if !temporary(err) {
+				return fmt.Errorf("pop3d: accept on %s: %w", ln.Addr(), err)
+			}
+			delay = min(max(2*delay, 5*time.Millisecond), maxAcceptDelay)
+			s.log.Warn("accept failed, retrying", "listener", ln.Addr().String(), "err", err, "delay", delay)
+			select {
+			case <-time.After(delay):
+			case <-s.quit:
+			}
+			continue
+		}
+		delay = 0
+		if !s.addConn(c) {
+			c.Close()
+			return ErrServerClosed
+		}
+		go func() {
+			defer s.sessions.Done()
+			defer s.removeConn(c)
+			s.serveConn(c, implicitTLS)
+		}()
+	}
+}
+
+// temporary reports whether an Accept error may go away by itself (out of
+// file descriptors or memory, a connection reset before it was accepted).
+func temporary(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	for _, e := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.ECONNABORTED, syscall.ECONNRESET} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// Shutdown stops the listeners, waits for the sessions to end until ctx is
+// done, then closes the remaining connections (their marked messages stay)
+// and waits for their goroutines. It returns ctx.Err() if sessions had to
+// be cut, else nil. Serve and ServeTLS return ErrServerClosed.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	if !s.closed {
+		s.closed = true
+		close(s.quit)
+	}
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() {
+		s.sessions.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	s.cancelBase()
+	<-done
+	return ctx.Err()
+}
+
+func (s *Server) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+func (s *Server) addListener(ln net.Listener) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.listeners[ln] = struct{}{}
+	return true
+}
+
+func (s *Server) removeListener(ln net.Listener) {
+	s.mu.Lock()
+	delete(s.listeners, ln)
+	s.mu.Unlock()
+	ln.Close()
+}
+
+// addConn registers a connection and its session goroutine; it fails once
+// Shutdown has started, so that Shutdown's Wait never races with an Add.
+func (s *Server) addConn(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	s.sessions.Add(1)
+	return true
+}
+
+func (s *Server) removeConn(c net.Conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	c.Close()
+}
+
+// lock takes the maildrop of userID for session id. When another session
+// holds it, lock fails and names that session.
+func (s *Server) lock(userID int64, id string) (holder string, locked bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if holder, held := s.inUse[userID]; held {
+		return holder, false
+	}
+	s.inUse[userID] = id
+	return id, true
+}
+
+func (s *Server) unlock(userID int64) {
+	s.mu.Lock()
+	delete(s.inUse, userID)
+	s.mu.Unlock()
+}
+
+// newSessionID names a session in logs.
+func newSessionID() string {
+	var b [6]byte
+	rand.Read(b[:]) // never fails: crypto/rand crashes the program instead
+	return hex.EncodeToString(b[:])
+}

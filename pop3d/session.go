@@ -1,0 +1,366 @@
+package pop3d
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"time"
+
+	"github.com/postern/postern/mailstore"
+)
+
+const (
+	// maxCommandLine: RFC 2449 section 4 limits a command line to 255
+	// octets, CRLF included.
+	maxCommandLine = 255
+	// maxSASLLine bounds one SASL response line. RFC 5034 puts no limit
+	// on it; a PLAIN response with the longest names RFC 4616 allows fits.
+	maxSASLLine = 2048
+	// maxDiscard is how much of an over-long line is read and dropped
+	// before the connection is closed instead.
+	maxDiscard = 64 << 10
+	// maxErrors: a client that made this many errors is confused or
+	// hostile; the session ends after the reply to the last one.
+	maxErrors = 10
+	// maxSASLSteps bounds the challenges of one AUTH exchange (PLAIN
+	// needs at most one).
+	maxSASLSteps = 4
+	// readBufferSize and writeBufferSize size the per-session buffers;
+	// bodyBufferSize is the block read from a stored body.
+	readBufferSize  = 4 << 10
+	writeBufferSize = 32 << 10
+	bodyBufferSize  = 32 << 10
+)
+
+// state is one of the RFC 1939 session states, as a bit so that a command
+// can name the states it is valid in.
+type state uint8
+
+const (
+	stateAuthorization state = 1 << iota
+	stateTransaction
+	stateUpdate
+)
+
+func (st state) String() string {
+	switch st {
+	case stateAuthorization:
+		return "AUTHORIZATION"
+	case stateTransaction:
+		return "TRANSACTION"
+	case stateUpdate:
+		return "UPDATE"
+	}
+	return "unknown"
+}
+
+// errLineTooLongRead is readLine's error for a line over its limit; the
+// line has been read and dropped, so the session can go on.
+var errLineTooLongRead = errors.New("line too long")
+
+// session is one connection.
+type session struct {
+	srv *Server
+	id  string
+	log *slog.Logger
+
+	conn net.Conn // the current connection: *tls.Conn after STLS
+	br   *bufio.Reader
+	bw   *bufio.Writer
+	tls  bool
+
+	state  state
+	errors int
+	done   bool  // end the session after the current command
+	ioErr  error // the write or read failure that ended the session
+
+	user        string // the name from USER, until the next command
+	pendingUser string // the name from USER, as seen by the command after it
+
+	account   mailstore.User
+	locked    bool // this session holds account's maildrop lock
+	drop      *maildrop
+	retrieved int
+	deleted   int
+	ahead     *readAhead // the next message's body, being read
+
+	line []byte // readLine's buffer
+	buf  []byte // body copy buffer
+}
+
+// serveConn runs one session on c until it ends. c is closed by the caller.
+func (s *Server) serveConn(c net.Conn, implicitTLS bool) {
+	sess := &session{
+		srv:   s,
+		id:    newSessionID(),
+		state: stateAuthorization,
+	}
+	sess.log = s.log.With("session", sess.id, "remote", c.RemoteAddr().String())
+	defer sess.end()
+	if implicitTLS {
+		tc := tls.Server(c, s.cfg.TLSConfig)
+		if err := sess.handshake(tc); err != nil {
+			sess.log.Info("TLS handshake failed", "err", err)
+			return
+		}
+		sess.setConn(tc, true)
+	} else {
+		sess.setConn(c, false)
+	}
+	sess.log.Debug("session start", "tls", sess.tls)
+	sess.run()
+}
+
+// timedWriter gives every write to the connection a deadline, so that a
+// client that stops reading cannot hold a session forever.
+type timedWriter struct {
+	c       net.Conn
+	timeout time.Duration
+}
+
+func (w timedWriter) Write(p []byte) (int, error) {
+	if err := w.c.SetWriteDeadline(time.Now().Add(w.timeout)); err != nil {
+		return 0, err
+	}
+	return w.c.Write(p)
+}
+
+// setConn starts reading and writing on c. Anything the client sent
+// before (pipelined after STLS) is dropped, as RFC 2595 section 4 wants
+// for commands sent before the TLS negotiation ended.
+func (sess *session) setConn(c net.Conn, isTLS bool) {
+	sess.conn = c
+	sess.tls = isTLS
+	sess.br = bufio.NewReaderSize(c, readBufferSize)
+	sess.bw = bufio.NewWriterSize(timedWriter{c, sess.srv.cfg.IdleTimeout}, writeBufferSize)
+}
+
+func (sess *session) handshake(tc *tls.Conn) error {
+	ctx, cancel := context.WithTimeout(sess.srv.baseCtx, tlsHandshakeTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return fmt.Errorf("TLS handshake: %w", err)
+	}
+	return nil
+}
+
+// plaintextAllowed reports whether passwords may be sent in the clear on
+// this connection (RFC 2595 section 6).
+func (sess *session) plaintextAllowed() bool {
+	return sess.tls || sess.srv.cfg.AllowInsecureAuth || sess.srv.cfg.Secure(sess.conn)
+}
+
+// run reads and answers commands until QUIT, an I/O error, the idle
+// timeout or too many errors.
+func (sess *session) run() {
+	sess.send(ok(sess.srv.cfg.Hostname + " POP3 server ready"))
+	for !sess.done {
+		if err := sess.flushUnlessPipelined(); err != nil {
+			sess.ioErr = err
+			return
+		}
+		line, err := sess.readLine(maxCommandLine)
+		switch {
+		case errors.Is(err, errLineTooLongRead):
+			sess.pendingUser, sess.user = "", ""
+			sess.trace("C", "<line over 255 octets>")
+			sess.send(errLineTooLong)
+		case err != nil:
+			sess.ioErr = err
+			return
+		default:
+			sess.dispatch(line)
+		}
+		if sess.errors >= maxErrors && !sess.done {
+			sess.log.Info("too many errors, closing", "errors", sess.errors)
+			sess.done = true
+		}
+	}
+	if err := sess.bw.Flush(); err != nil && sess.ioErr == nil {
+		sess.ioErr = err
+	}
+}
+
+// flushUnlessPipelined sends what is buffered unless the next command is
+// already waiting: then its reply goes out in the same write (RFC 2449
+// section 6.6, PIPELINING).
+func (sess *session) flushUnlessPipelined() error {
+	if n := sess.br.Buffered(); n > 0 {
+		if b, err := sess.br.Peek(n); err == nil && bytes.IndexByte(b, '\n') >= 0 {
+			return nil
+		}
+	}
+	return sess.bw.Flush()
+}
+
+// readLine reads one line of at most limit octets, line end included, and
+// returns it without the line end (CRLF, or a bare LF). A longer line is
+// read to its end and dropped with errLineTooLongRead; one longer than
+// maxDiscard is an error that ends the session. The returned slice is valid
+// until the next call.
+func (sess *session) readLine(limit int) ([]byte, error) {
+	if err := sess.conn.SetReadDeadline(time.Now().Add(sess.srv.cfg.IdleTimeout)); err != nil {
+		return nil, err
+	}
+	sess.line = sess.line[:0]
+	total := 0
+	for {
+		frag, err := sess.br.ReadSlice('\n')
+		total += len(frag)
+		if total <= limit {
+			sess.line = append(sess.line, frag...)
+		}
+		if err == nil {
+			break
+		}
+		if errors.Is(err, bufio.ErrBufferFull) {
+			if total > maxDiscard {
+				return nil, fmt.Errorf("line longer than %d octets", maxDiscard)
+			}
+			continue
+		}
+		return nil, err
+	}
+	if total > limit {
+		return nil, errLineTooLongRead
+	}
+	line := bytes.TrimSuffix(sess.line, []byte("\n"))
+	return bytes.TrimSuffix(line, []byte("\r")), nil
+}
+
+// dispatch runs one command line.
+func (sess *session) dispatch(line []byte) {
+	// RFC 1939 section 7: PASS is valid only right after USER.
+	sess.pendingUser, sess.user = sess.user, ""
+	name, arg, valid := parseCommand(line)
+	if sess.srv.cfg.Trace {
+		sess.trace("C", redactCommand(string(line)))
+	}
+	if !valid {
+		sess.send(errSyntax)
+		return
+	}
+	cmd, found := commands[name]
+	switch {
+	case !found:
+		sess.send(errUnknownCommand)
+	case cmd.states&sess.state == 0:
+		sess.send(errWrongState)
+	default:
+		cmd.run(sess, arg)
+	}
+}
+
+// send queues a status line; it is flushed before the next read.
+func (sess *session) send(r reply) {
+	sess.sendStatus(r, false)
+}
+
+// sendMulti queues a +OK status line that a multi-line body follows.
+func (sess *session) sendMulti(r reply) {
+	sess.sendStatus(r, true)
+}
+
+func (sess *session) sendStatus(r reply, multiline bool) {
+	if !r.ok && !r.free {
+		sess.errors++
+	}
+	line := r.String()
+	sess.writeLine(line)
+	sess.trace("S", line)
+	if sess.srv.onReply != nil {
+		sess.srv.onReply(line, multiline)
+	}
+}
+
+// sendContinuation sends a SASL challenge line (RFC 5034 section 4).
+func (sess *session) sendContinuation(challenge string) {
+	line := "+ " + challenge
+	sess.writeLine(line)
+	sess.trace("S", line)
+	if sess.srv.onReply != nil {
+		sess.srv.onReply(line, false)
+	}
+}
+
+// writeLine queues one line and CRLF. Write errors stick in the
+// bufio.Writer and come out at the next Flush.
+func (sess *session) writeLine(line string) {
+	sess.bw.WriteString(line)
+	sess.bw.WriteString("\r\n")
+}
+
+// sendLines queues the lines of a multi-line body and its terminator.
+// The lines never start with "." (numbers and capability names), so no
+// byte-stuffing is needed.
+func (sess *session) sendLines(lines ...string) {
+	for _, l := range lines {
+		sess.writeLine(l)
+		sess.trace("S", l)
+	}
+	sess.writeLine(".")
+	sess.trace("S", ".")
+}
+
+// trace logs one protocol line when Config.Trace is set.
+func (sess *session) trace(dir, line string) {
+	if sess.srv.cfg.Trace {
+		sess.log.Info("trace", "dir", dir, "line", line)
+	}
+}
+
+// fail ends the session after a failure that leaves the protocol out of
+// step (a body that cannot be read after +OK was sent, a broken TLS
+// negotiation).
+func (sess *session) fail(err error) {
+	sess.ioErr = err
+	sess.done = true
+}
+
+// end releases what the session holds and logs its outcome. Messages
+// marked for deletion stay unless UPDATE already removed them.
+func (sess *session) end() {
+	sess.stopReadAhead()
+	sess.releaseLock()
+	attrs := []any{"state", sess.state.String(), "errors", sess.errors}
+	if sess.account.Address != "" {
+		attrs = append(attrs, "user", sess.account.Address, "retrieved", sess.retrieved, "deleted", sess.deleted)
+	}
+	if sess.ioErr != nil {
+		attrs = append(attrs, "reason", describeIOError(sess.ioErr))
+	}
+	if sess.state == stateTransaction {
+		// A session that ends in TRANSACTION never reaches UPDATE (RFC
+		// 1939 section 6): its DELE marks are forgotten.
+		sess.log.Info("session ended without QUIT, nothing removed", attrs...)
+		return
+	}
+	sess.log.Info("session end", attrs...)
+}
+
+func (sess *session) releaseLock() {
+	if sess.locked {
+		sess.srv.unlock(sess.account.ID)
+		sess.locked = false
+	}
+}
+
+// describeIOError names why a connection ended, for the log.
+func describeIOError(err error) string {
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return "idle timeout"
+	case errors.Is(err, io.EOF):
+		return "connection closed by client"
+	case errors.Is(err, net.ErrClosed):
+		return "connection closed by server"
+	}
+	return err.Error()
+}
