@@ -22,6 +22,7 @@ import (
 
 	"github.com/postern/postern/mailstore"
 	"github.com/postern/postern/pop3d"
+	"github.com/postern/postern/smtpd"
 	"github.com/postern/postern/smtpd/relay"
 )
 
@@ -60,6 +61,7 @@ type serveEnv struct {
 	tls   *tls.Config
 	relay *relay.Relay
 
+	smtp         *smtpd.Server
 	pop3         *pop3d.Server
 	pop3Shutdown func(context.Context) error
 }
@@ -226,7 +228,27 @@ func buildServers(env *serveEnv) ([]namedServer, error) {
 func newServer(env *serveEnv, l listener) (serve func(net.Listener) error, shutdown func(context.Context) error) {
 	cfg := env.cfg
 	switch l.Proto {
-	case "smtp", "submission", "submissions": // smtpd
+	case "smtp", "submission", "submissions":
+		// One server for the three listeners: the connection and login
+		// limits are shared.
+		if env.smtp == nil {
+			env.smtp = smtpd.New(smtpd.Config{
+				Hostname:          cfg.Hostname,
+				TLSConfig:         env.tls,
+				MaxMessageBytes:   cfg.SMTP.MaxMessageBytes,
+				MaxRecipients:     cfg.SMTP.MaxRecipients,
+				AllowInsecureAuth: cfg.Auth.AllowInsecure,
+				Logger:            env.log.With("part", "smtp"),
+				Trace:             cfg.Log.Trace,
+			}, env.store)
+		}
+		switch l.Proto {
+		case "smtp":
+			return env.smtp.ServeMX, env.smtp.Shutdown
+		case "submission":
+			return env.smtp.ServeSubmission, env.smtp.Shutdown
+		}
+		return env.smtp.ServeSubmissionTLS, env.smtp.Shutdown
 	case "pop3", "pop3s":
 		// One server for both listeners: it holds the one-session-per-
 		// maildrop lock.

@@ -2,8 +2,11 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/textproto"
 	"path/filepath"
@@ -12,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/emersion/go-smtp"
 
 	"github.com/postern/postern/mailstore"
 )
@@ -178,4 +183,95 @@ func TestServePOP3(t *testing.T) {
 	if code != exitOK || !strings.Contains(out, "INBOX    0") {
 		t.Fatalf("after DELE and QUIT the INBOX should be empty:\n%s", out)
 	}
+}
+
+func TestServeSMTP(t *testing.T) {
+	r := startServe(t, "")
+	if r.addrs["smtp"] == "" || r.addrs["submission"] == "" || r.addrs["submissions"] == "" {
+		t.Fatalf("serve did not start SMTP:\n%s", r.stdout.String())
+	}
+	r.addUser(t, "alice@example.test", "alice's password")
+	r.addUser(t, "bob@example.test", "bob's password")
+
+	// Inbound over the MX listener, as another domain's relay would send.
+	msg := "From: carol@remote.test\r\nTo: bob@example.test\r\nSubject: inbound\r\n\r\nhello bob\r\n"
+	if err := sendPlain(r.addrs["smtp"], "carol@remote.test", "bob@example.test", msg); err != nil {
+		t.Fatalf("MX delivery: %v", err)
+	}
+	// Relaying through the MX without logging in is refused.
+	err := sendPlain(r.addrs["smtp"], "carol@remote.test", "someone@far.test", msg)
+	var smtpErr *smtp.SMTPError
+	if !errors.As(err, &smtpErr) || smtpErr.Code != 554 {
+		t.Fatalf("open relay check: %v", err)
+	}
+	// A submission for a remote domain is queued for the relay.
+	var out, errOut bytes.Buffer
+	code := run([]string{"send", "-server", r.addrs["submission"], "-cafile", filepath.Join(r.dataDir, selfSignedCert),
+		"-helo", "client.example.test", "-user", "alice@example.test", "-to", "dave@far.test", "-subject", "outbound"},
+		strings.NewReader("alice's password\nhi dave\n"), &out, &errOut)
+	if code != exitOK {
+		t.Fatalf("send: %d %s %s", code, out.String(), errOut.String())
+	}
+	code, queue, _ := runIn(t, "", "queue", "list", "-config", r.config)
+	if code != exitOK || !strings.Contains(queue, "dave@far.test") || !strings.Contains(queue, "alice@example.test") {
+		t.Fatalf("queue list after submission:\n%s", queue)
+	}
+
+	// bob's message, with the Return-Path and Received fields of final delivery.
+	st, err := mailstore.Open(filepath.Join(r.dataDir, storeFile), mailstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ctx := context.Background()
+	bob, err := st.UserByAddress(ctx, "bob@example.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, err := st.MailboxByName(ctx, bob.ID, "INBOX")
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := st.Messages(ctx, in.ID, nil)
+	if err != nil || len(msgs) != 1 {
+		t.Fatalf("bob's INBOX: %v %v", msgs, err)
+	}
+	body, err := st.ReadBody(ctx, msgs[0].BodyID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(string(body), "Return-Path: <carol@remote.test>\r\nReceived: from ") ||
+		!strings.Contains(string(body), "by mail.example.test") || !strings.HasSuffix(string(body), msg) {
+		t.Fatalf("stored message:\n%s", body)
+	}
+}
+
+// sendPlain sends one message without TLS or AUTH, as a remote MTA that
+// does not use STARTTLS would.
+func sendPlain(addr, from, to, msg string) error {
+	c, err := smtp.Dial(addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.Hello("mx.remote.test"); err != nil {
+		return err
+	}
+	if err := c.Mail(from, nil); err != nil {
+		return err
+	}
+	if err := c.Rcpt(to, nil); err != nil {
+		return err
+	}
+	w, err := c.Data()
+	if err != nil {
+		return err
+	}
+	if _, err := io.WriteString(w, msg); err != nil {
+		return err
+	}
+	if err := w.Close(); err != nil {
+		return err
+	}
+	return c.Quit()
 }

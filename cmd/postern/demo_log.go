@@ -1,0 +1,130 @@
+package main
+
+// What `postern demo` prints: its own narration, and the log records of the
+// real servers and clients it runs (protocol lines with log.trace on, mail
+// events), each tagged with the part of the mail system it comes from.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+)
+
+// demoOut prints the demo's events as text or as JSON lines.
+type demoOut struct {
+	mu   sync.Mutex
+	w    io.Writer
+	json bool
+	step string
+}
+
+// event is one JSON line of `postern demo -json`.
+type event struct {
+	Time  time.Time         `json:"time"`
+	Step  string            `json:"step"`
+	Kind  string            `json:"kind"` // step, note, trace, event, result
+	Part  string            `json:"part,omitempty"`
+	Dir   string            `json:"dir,omitempty"` // C (client to server) or S
+	Text  string            `json:"text"`
+	Attrs map[string]string `json:"attrs,omitempty"`
+}
+
+func (o *demoOut) emit(e event) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	e.Time = time.Now().UTC()
+	if e.Step == "" {
+		e.Step = o.step
+	}
+	if o.json {
+		b, _ := json.Marshal(e)
+		fmt.Fprintf(o.w, "%s\n", b)
+		return
+	}
+	switch e.Kind {
+	case "step":
+		fmt.Fprintf(o.w, "\n== %s\n", e.Text)
+	case "note":
+		fmt.Fprintf(o.w, "   %s\n", e.Text)
+	case "trace":
+		fmt.Fprintf(o.w, "   %-16s %s: %s\n", "["+e.Part+"]", e.Dir, e.Text)
+	case "event":
+		var kv []string
+		for k, v := range e.Attrs {
+			kv = append(kv, k+"="+v)
+		}
+		sortStrings(kv)
+		fmt.Fprintf(o.w, "   %-16s (%s) %s\n", "["+e.Part+"]", e.Text, strings.Join(kv, " "))
+	case "result":
+		fmt.Fprintf(o.w, "\n%s\n", e.Text)
+	}
+}
+
+// beginStep starts a numbered section.
+func (o *demoOut) beginStep(title string) {
+	o.mu.Lock()
+	o.step = title
+	o.mu.Unlock()
+	o.emit(event{Kind: "step", Text: title})
+}
+
+func (o *demoOut) note(format string, args ...any) {
+	o.emit(event{Kind: "note", Text: fmt.Sprintf(format, args...)})
+}
+
+// logger returns a logger whose records the demo prints, tagged part.
+func (o *demoOut) logger(part string) *slog.Logger {
+	return slog.New(&demoHandler{out: o, part: part})
+}
+
+// demoHandler turns log records into demo events: "trace" records into
+// protocol lines, the others into mail events. Debug records are dropped.
+type demoHandler struct {
+	out   *demoOut
+	part  string
+	attrs []slog.Attr
+}
+
+func (h *demoHandler) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelInfo }
+
+func (h *demoHandler) Handle(_ context.Context, r slog.Record) error {
+	attrs := map[string]string{}
+	add := func(a slog.Attr) bool {
+		if a.Key != "" {
+			attrs[a.Key] = a.Value.Resolve().String()
+		}
+		return true
+	}
+	for _, a := range h.attrs {
+		add(a)
+	}
+	r.Attrs(add)
+	if r.Message == "trace" {
+		h.out.emit(event{Kind: "trace", Part: h.part, Dir: attrs["dir"], Text: attrs["line"]})
+		return nil
+	}
+	for _, k := range []string{"session", "part", "proto", "listener", "remote"} {
+		delete(attrs, k)
+	}
+	h.out.emit(event{Kind: "event", Part: h.part, Text: r.Message, Attrs: attrs})
+	return nil
+}
+
+func (h *demoHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return &demoHandler{out: h.out, part: h.part, attrs: append(append([]slog.Attr{}, h.attrs...), as...)}
+}
+
+func (h *demoHandler) WithGroup(string) slog.Handler { return h }
+
+func sortStrings(s []string) {
+	for i := 1; i < len(s); i++ {
+		for j := i; j > 0 && s[j] < s[j-1]; j-- {
+			s[j], s[j-1] = s[j-1], s[j]
+		}
+	}
+}

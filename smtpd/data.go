@@ -1,0 +1,215 @@
+package smtpd
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+
+	"github.com/emersion/go-message/textproto"
+	"github.com/emersion/go-smtp"
+
+	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/mime"
+)
+
+const (
+	// headroom is room kept before the message as it is read, for the trace
+	// fields to be prepended without copying the message.
+	headroom = 2048
+	// readChunk is the first buffer for a message without a SIZE parameter.
+	readChunk = 64 << 10
+)
+
+// Data reads the message (DATA or BDAT), checks it, adds the trace fields
+// and stores it; go-smtp answers 250 when it returns nil.
+func (s *session) Data(r io.Reader) error {
+	s.cl.conn.beginData()
+	defer s.cl.conn.endData()
+	tx := s.transaction()
+	if tx == nil {
+		return errTemporaryFailure // go-smtp calls Data only after RCPT
+	}
+	buf, err := s.readMessage(r, tx)
+	if err != nil {
+		return err
+	}
+	body := buf[headroom:]
+	msg, err := mime.CanonicalText(body)
+	switch {
+	case errors.Is(err, mime.ErrNUL):
+		return s.refuse(tx, errNUL, err)
+	case errors.Is(err, mime.ErrLineTooLong):
+		return s.refuse(tx, errLineTooLong, err)
+	case err != nil:
+		return s.refuse(tx, errMalformed, err)
+	}
+	h, err := mime.ReadHeader(msg)
+	if err != nil {
+		return s.refuse(tx, errMalformed, err)
+	}
+	// RFC 5321 6.3: a message that has passed through too many hops is in
+	// a loop.
+	if n := mime.CountReceived(h); n > s.cl.srv.cfg.MaxReceived {
+		return s.refuse(tx, errMailLoop, fmt.Errorf("%d Received fields", n))
+	}
+	prefix, err := s.traceFields(tx, h)
+	if err != nil {
+		s.log.Error("message refused", "id", tx.id, "err", err)
+		return errTemporaryFailure
+	}
+	var full []byte
+	if len(prefix) <= headroom && len(msg) > 0 && len(msg) == len(body) && &msg[0] == &body[0] {
+		// CanonicalText did not copy the message: put the fields in front.
+		full = buf[headroom-len(prefix):]
+		copy(full, prefix)
+	} else {
+		full = append([]byte(prefix), msg...)
+	}
+	return s.deliver(tx, full)
+}
+
+// readMessage reads the whole message after headroom octets of room. The
+// reader is go-smtp's: it stops DATA with ErrDataTooLarge past the limit
+// (one octet above ours during a transaction).
+func (s *session) readMessage(r io.Reader, tx *transaction) ([]byte, error) {
+	limit := s.cl.srv.cfg.MaxMessageBytes
+	initial := int64(readChunk)
+	if tx.size > 0 {
+		initial = min(tx.size, limit) + 1
+	}
+	buf := make([]byte, headroom, headroom+int(initial))
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)] // grow
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if int64(len(buf)-headroom) > limit {
+			return nil, s.refuse(tx, errMessageTooBig, errors.New("over the limit"))
+		}
+		switch {
+		case err == nil:
+			continue
+		case err == io.EOF:
+			return buf, nil
+		case errors.Is(err, smtp.ErrDataTooLarge):
+			return nil, s.refuse(tx, errMessageTooBig, err)
+		case errors.Is(err, smtp.ErrTooLongLine):
+			// go-smtp ends the connection after this reply.
+			return nil, s.refuse(tx, errLineTooLong, err)
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			s.log.Info("message transfer timed out", "id", tx.id, "octets", len(buf)-headroom)
+		} else {
+			s.log.Info("message transfer aborted", "id", tx.id, "octets", len(buf)-headroom, "err", err)
+		}
+		return nil, errDataAborted
+	}
+}
+
+// refuse logs why a message is refused and returns the reply.
+func (s *session) refuse(tx *transaction, reply *smtp.SMTPError, cause error) *smtp.SMTPError {
+	s.log.Info("message refused", "id", tx.id, "from", tx.from, "code", reply.Code, "reason", cause.Error())
+	return reply
+}
+
+// traceFields returns what is put before the message: Return-Path and
+// Received (RFC 5321 4.4), and on submission Date and Message-ID when the
+// header lacks them (RFC 6409 8.2, 8.3). Return-Path is for final delivery
+// only, so a message for remote recipients alone does not get one; the
+// mailstore keeps one body for all recipients, so when a message has both,
+// the queued copy has it too (see doc.go).
+func (s *session) traceFields(tx *transaction, h textproto.Header) (string, error) {
+	var b strings.Builder
+	if tx.local {
+		b.WriteString(mime.ReturnPath(tx.from))
+	}
+	rec := mime.Received{
+		Helo:     s.c.Hostname(),
+		ClientIP: s.cl.ip,
+		By:       s.cl.srv.cfg.Hostname,
+		With:     s.protocol(tx),
+		ID:       tx.id,
+		Date:     s.cl.srv.now(),
+	}
+	if s.tls != nil {
+		rec.TLS = strings.ReplaceAll(tls.VersionName(s.tls.Version), " ", "") + " " + tls.CipherSuiteName(s.tls.CipherSuite)
+	}
+	if len(tx.rcpts) == 1 {
+		rec.For = tx.rcpts[0].Address
+	}
+	b.WriteString(rec.Field())
+	if s.cl.kind.submission() {
+		add, err := mime.SubmissionFields(h, s.cl.srv.cfg.Hostname, rec.Date)
+		if err != nil {
+			return "", err
+		}
+		b.WriteString(add)
+	}
+	return b.String(), nil
+}
+
+// protocol names the "with" of Received from the RFC 3848 and RFC 6531
+// registry: ESMTP, then S for TLS and A for AUTH; UTF8SMTP for SMTPUTF8.
+func (s *session) protocol(tx *transaction) string {
+	p := "ESMTP"
+	if tx.utf8 {
+		p = "UTF8SMTP"
+	}
+	if s.tls != nil {
+		p += "S"
+	}
+	if s.user != nil {
+		p += "A"
+	}
+	return p
+}
+
+// deliver stores the message for local recipients and queues it for
+// remote ones, in one transaction, and answers for the whole message.
+func (s *session) deliver(tx *transaction, msg []byte) error {
+	env := mailstore.Envelope{Sender: tx.from, Recipients: tx.rcpts, EnvID: tx.envID, Ret: tx.ret}
+	d, err := s.cl.srv.store.DeliverEnvelope(s.cl.srv.ctx, env, msg)
+	if err != nil {
+		// The error names a recipient's failure only when nobody got the
+		// message; otherwise it is the store's and nothing was committed.
+		switch {
+		case errors.Is(err, mailstore.ErrOverQuota):
+			return s.refuse(tx, errMailboxFull, err)
+		case errors.Is(err, mailstore.ErrNoSuchUser):
+			return s.refuse(tx, errNoSuchUser, err)
+		case errors.Is(err, mailstore.ErrInvalidAddress):
+			return s.refuse(tx, errNothingStored, err)
+		}
+		s.log.Error("message not stored", "id", tx.id, "from", tx.from, "err", err)
+		return errStoreFailed
+	}
+	s.cl.delivered++
+	s.cl.conn.delivered()
+	s.log.Info("message accepted", "id", tx.id, "from", tx.from, "to", recipientList(tx.rcpts),
+		"size", len(msg), "stored", len(d.Stored), "queued", len(d.Queued))
+	for _, f := range d.Failed {
+		// One reply answers for all recipients: the others have the message.
+		s.log.Warn("recipient did not get the message", "id", tx.id, "to", f.Recipient, "err", f.Err)
+	}
+	return nil
+}
+
+// recipientList names the first recipients of a message for its log line.
+func recipientList(rcpts []mailstore.Recipient) string {
+	const max = 10
+	names := make([]string, 0, min(len(rcpts), max))
+	for _, r := range rcpts[:min(len(rcpts), max)] {
+		names = append(names, r.Address)
+	}
+	list := strings.Join(names, ",")
+	if len(rcpts) > max {
+		list += ",... (" + strconv.Itoa(len(rcpts)) + " in all)"
+	}
+	return list
+}

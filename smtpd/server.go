@@ -1,0 +1,506 @@
+package smtpd
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/base32"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/postern/postern/mailstore"
+)
+
+// Defaults for the zero fields of Config.
+const (
+	// defaultMaxMessageBytes matches smtp.max_message_bytes in configs/postern.toml.
+	defaultMaxMessageBytes = 32 << 20
+	// defaultMaxRecipients: RFC 5321 4.5.3.1.8 says accept at least 100.
+	defaultMaxRecipients = 100
+	// defaultMaxReceived: more Received fields than this is a loop (RFC 5321 6.3
+	// suggests counting them; 50 is what Postfix and sendmail use).
+	defaultMaxReceived = 50
+	// defaultCommandTimeout: RFC 5321 4.5.3.2.7 says a server should wait at
+	// least 5 minutes for the next command.
+	defaultCommandTimeout = 5 * time.Minute
+	// defaultDataBlockTimeout: RFC 5321 4.5.3.2.5 gives a client 3 minutes per
+	// data block; the server allows as much for each read of message data.
+	defaultDataBlockTimeout = 3 * time.Minute
+	// defaultDataTimeout bounds one message's whole transfer: 32 MiB at
+	// 9 KB/s, a slow mobile link, takes about an hour.
+	defaultDataTimeout = time.Hour
+	// defaultWriteTimeout bounds writing one reply, a few dozen octets, to a
+	// client that does not read.
+	defaultWriteTimeout = 2 * time.Minute
+	// defaultMaxConns bounds the sessions held at once, each a few goroutines
+	// and up to one message in memory.
+	defaultMaxConns = 1000
+	// defaultMaxConnsPerIP bounds one client address (an IPv6 /64), enough
+	// for a busy sending MTA and for 50 parallel test clients.
+	defaultMaxConnsPerIP = 50
+)
+
+// Fixed limits.
+const (
+	// tlsHandshakeTimeout bounds the TLS handshake of an implicit-TLS connection.
+	tlsHandshakeTimeout = time.Minute
+	// refuseTimeout bounds writing the 421 reply to a connection over the limit.
+	refuseTimeout = 5 * time.Second
+	// maxRefusing bounds the goroutines writing those replies; beyond it a
+	// connection over the limit is closed without a word.
+	maxRefusing = 64
+	// maxAuthFailuresPerSession ends a session after that many failed AUTH.
+	maxAuthFailuresPerSession = 3
+	// minIdleCommands is the least number of command lines a session may
+	// send without a message being delivered (MAIL, RCPT, NOOP, RSET...);
+	// the bound is at least twice MaxRecipients.
+	minIdleCommands = 1000
+	// acceptRetryMax caps the pause after a failed Accept (such as EMFILE).
+	acceptRetryMax = time.Second
+)
+
+// Config is what a Server needs; cmd/postern fills it from the TOML file.
+// A zero field takes its default: Hostname "localhost", MaxMessageBytes
+// 32 MiB, MaxRecipients 100, MaxReceived 50, CommandTimeout 5m,
+// DataBlockTimeout 3m, DataTimeout 1h, WriteTimeout 2m, MaxConns 1000,
+// MaxConnsPerIP 50.
+type Config struct {
+	// Hostname names this server in the greeting, Received fields and
+	// generated Message-IDs.
+	Hostname string
+	// TLSConfig enables STARTTLS on the MX and submission listeners and is
+	// required by ServeSubmissionTLS; TLS 1.2 is the minimum whatever it
+	// says. nil: no TLS.
+	TLSConfig *tls.Config
+
+	MaxMessageBytes int64 // smtp.max_message_bytes
+	MaxRecipients   int   // smtp.max_recipients
+	MaxReceived     int   // Received fields beyond which a message is a loop
+
+	// AllowInsecureAuth offers AUTH on submission without TLS to any
+	// client (auth.allow_insecure).
+	AllowInsecureAuth bool
+	// SecureAddr reports whether a client address counts as secure for
+	// plaintext AUTH, as TLS does. nil: loopback addresses (DESIGN.md).
+	SecureAddr func(netip.Addr) bool
+
+	// Logger receives one line per session event, with the session id;
+	// nil discards them.
+	Logger *slog.Logger
+	// Trace logs every protocol line with its direction (log.trace);
+	// AUTH data is redacted and message data summarised.
+	Trace bool
+
+	CommandTimeout   time.Duration // per command line
+	DataBlockTimeout time.Duration // per read during DATA or BDAT
+	DataTimeout      time.Duration // one message's whole transfer
+	WriteTimeout     time.Duration // one reply
+
+	MaxConns      int // connections at once, all listeners
+	MaxConnsPerIP int // from one IPv4 address or IPv6 /64
+
+	// Now is the clock for Received dates and the login limiter; nil
+	// means time.Now. Network deadlines always use the real clock.
+	Now func() time.Time
+}
+
+// Server serves SMTP on any number of listeners over one mailstore.
+type Server struct {
+	cfg    Config
+	store  *mailstore.Store
+	log    *slog.Logger
+	tls    *tls.Config
+	now    func() time.Time
+	secure func(netip.Addr) bool
+
+	conns connLimiter
+	auth  *authLimiter
+
+	// ctx is for store calls; it ends when Shutdown gives up waiting.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	active    map[*conn]struct{}
+	shutting  bool
+	wg        sync.WaitGroup // one per connection being served
+	refusing  atomic.Int32
+}
+
+// New makes a Server. It serves nothing until a Serve method is called.
+func New(cfg Config, store *mailstore.Store) *Server {
+	if cfg.Hostname == "" {
+		cfg.Hostname = "localhost"
+	}
+	setDefault(&cfg.MaxMessageBytes, defaultMaxMessageBytes)
+	setDefault(&cfg.MaxRecipients, defaultMaxRecipients)
+	setDefault(&cfg.MaxReceived, defaultMaxReceived)
+	setDefault(&cfg.CommandTimeout, defaultCommandTimeout)
+	setDefault(&cfg.DataBlockTimeout, defaultDataBlockTimeout)
+	setDefault(&cfg.DataTimeout, defaultDataTimeout)
+	setDefault(&cfg.WriteTimeout, defaultWriteTimeout)
+	setDefault(&cfg.MaxConns, defaultMaxConns)
+	setDefault(&cfg.MaxConnsPerIP, defaultMaxConnsPerIP)
+	s := &Server{
+		cfg:       cfg,
+		store:     store,
+		log:       cfg.Logger,
+		now:       cfg.Now,
+		secure:    cfg.SecureAddr,
+		conns:     connLimiter{max: cfg.MaxConns, maxPerKey: cfg.MaxConnsPerIP, count: make(map[netip.Prefix]int)},
+		listeners: make(map[net.Listener]struct{}),
+		active:    make(map[*conn]struct{}),
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.secure == nil {
+		s.secure = netip.Addr.IsLoopback
+	}
+	if cfg.TLSConfig != nil {
+		s.tls = cfg.TLSConfig.Clone()
+		s.tls.MinVersion = max(s.tls.MinVersion, tls.VersionTLS12)
+	}
+	s.auth = newAuthLimiter(defaultAuthPolicy, s.now)
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	return s
+}
+
+func setDefault[T int | int64 | time.Duration](v *T, def T) {
+	if *v <= 0 {
+		*v = def
+	}
+}
+
+// listenerKind is what a listener serves.
+type listenerKind int
+
+const (
+	listenMX            listenerKind = iota // inbound mail for local domains
+	listenSubmission                        // submission, STARTTLS
+	listenSubmissionTLS                     // submission, implicit TLS
+)
+
+func (k listenerKind) String() string {
+	return [...]string{"mx", "submission", "submissions"}[k]
+}
+
+func (k listenerKind) submission() bool { return k != listenMX }
+
+// ServeMX serves inbound mail for the local domains on ln (port 25) until
+// ln fails or Shutdown is called; then it returns nil.
+func (s *Server) ServeMX(ln net.Listener) error { return s.serve(ln, listenMX) }
+
+// ServeSubmission serves message submission with STARTTLS on ln (port 587).
+func (s *Server) ServeSubmission(ln net.Listener) error { return s.serve(ln, listenSubmission) }
+
+// ServeSubmissionTLS serves message submission over implicit TLS on ln
+// (port 465, RFC 8314). It needs Config.TLSConfig.
+func (s *Server) ServeSubmissionTLS(ln net.Listener) error {
+	if s.tls == nil {
+		ln.Close()
+		return errors.New("smtpd: submission over TLS needs a TLS configuration")
+	}
+	return s.serve(ln, listenSubmissionTLS)
+}
+
+func (s *Server) serve(ln net.Listener, kind listenerKind) error {
+	s.mu.Lock()
+	if s.shutting {
+		s.mu.Unlock()
+		ln.Close()
+		return nil
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+	}()
+	s.log.Info("listening", "listener", kind.String(), "addr", ln.Addr().String())
+	var pause time.Duration
+	for {
+		raw, err := ln.Accept()
+		if err != nil {
+			if s.isShutting() {
+				return nil
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("smtpd: %s listener: %w", kind, err)
+			}
+			// Out of file descriptors and the like: wait and try again.
+			pause = min(max(2*pause, 5*time.Millisecond), acceptRetryMax)
+			s.log.Warn("accept failed", "listener", kind.String(), "err", err, "retry_in", pause)
+			time.Sleep(pause)
+			continue
+		}
+		pause = 0
+		s.accept(raw, kind)
+	}
+}
+
+func (s *Server) isShutting() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.shutting
+}
+
+// accept starts serving a new connection, or refuses it when a limit is
+// reached.
+func (s *Server) accept(raw net.Conn, kind listenerKind) {
+	ip := remoteIP(raw)
+	key := clientKey(ip)
+	if err := s.conns.acquire(key); err != nil {
+		s.log.Warn("connection refused", "listener", kind.String(), "remote", raw.RemoteAddr().String(), "reason", err.Message)
+		s.refuse(raw, kind, err)
+		return
+	}
+	s.mu.Lock()
+	if s.shutting {
+		s.mu.Unlock()
+		s.conns.release(key)
+		raw.Close()
+		return
+	}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	go func() {
+		defer s.wg.Done()
+		defer s.conns.release(key)
+		s.handle(raw, kind, ip)
+	}()
+}
+
+// refuse answers a connection over a limit with 421 and closes it
+// (RFC 5321 3.8), without holding up the accept loop.
+func (s *Server) refuse(raw net.Conn, kind listenerKind, e *smtp.SMTPError) {
+	if s.refusing.Add(1) > maxRefusing {
+		s.refusing.Add(-1)
+		raw.Close()
+		return
+	}
+	go func() {
+		defer s.refusing.Add(-1)
+		defer raw.Close()
+		raw.SetDeadline(time.Now().Add(refuseTimeout))
+		var w io.Writer = raw
+		if kind == listenSubmissionTLS {
+			tc := tls.Server(raw, s.tls)
+			if err := tc.Handshake(); err != nil {
+				return
+			}
+			defer tc.Close()
+			w = tc
+		}
+		fmt.Fprintf(w, "%d %d.%d.%d %s %s\r\n", e.Code, e.EnhancedCode[0], e.EnhancedCode[1], e.EnhancedCode[2],
+			s.cfg.Hostname, e.Message)
+	}()
+}
+
+// handle serves one connection until it ends.
+func (s *Server) handle(raw net.Conn, kind listenerKind, ip netip.Addr) {
+	id := newSessionID()
+	log := s.log.With("session", id)
+	start := s.now()
+	log.Info("connect", "listener", kind.String(), "remote", raw.RemoteAddr().String(), "local", raw.LocalAddr().String())
+	cl := &client{srv: s, kind: kind, ip: ip, id: id, log: log}
+	if kind == listenSubmissionTLS {
+		raw.SetDeadline(time.Now().Add(tlsHandshakeTimeout))
+		tc := tls.Server(raw, s.tls)
+		if err := tc.HandshakeContext(s.ctx); err != nil {
+			log.Info("disconnect", "reason", "TLS handshake failed", "err", err)
+			raw.Close()
+			return
+		}
+		raw.SetDeadline(time.Time{})
+		cl.implicitTLS = tc
+		raw = tc
+	}
+	c := newConn(raw, s, log)
+	cl.conn = c
+	s.mu.Lock()
+	if s.shutting {
+		s.mu.Unlock()
+		c.abort()
+		return
+	}
+	s.active[c] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.active, c)
+		s.mu.Unlock()
+	}()
+
+	srv := smtp.NewServer(cl)
+	srv.Domain = s.cfg.Hostname
+	srv.MaxMessageBytes = s.cfg.MaxMessageBytes
+	srv.ReadTimeout = s.cfg.CommandTimeout
+	srv.WriteTimeout = s.cfg.WriteTimeout
+	// The session decides who may AUTH (session.AuthMechanisms); go-smtp's
+	// own check cannot see implicit TLS through the wrapper.
+	srv.AllowInsecureAuth = true
+	srv.EnableSMTPUTF8 = true
+	srv.EnableDSN = true
+	if kind != listenSubmissionTLS {
+		srv.TLSConfig = s.tls
+	}
+	srv.ErrorLog = libraryLog{log}
+	if s.cfg.Trace {
+		srv.Debug = newTracer(log, c, s.cfg.Hostname)
+	}
+	srv.Serve(&oneConnListener{c: c})
+	log.Info("disconnect", "duration", s.now().Sub(start).Round(time.Millisecond).String(), "messages", cl.delivered)
+}
+
+// Shutdown stops accepting connections, ends sessions that are waiting for
+// a command (421), lets messages in transfer or being stored finish, and
+// returns when every session has ended, or closes the rest when ctx ends
+// and returns its error. It may be called more than once.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.shutting = true
+	var err error
+	for ln := range s.listeners {
+		if cerr := ln.Close(); cerr != nil && !errors.Is(cerr, net.ErrClosed) && err == nil {
+			err = fmt.Errorf("smtpd: close listener: %w", cerr)
+		}
+	}
+	for c := range s.active {
+		c.expire("server shutting down")
+	}
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return err
+	case <-ctx.Done():
+	}
+	s.cancel()
+	s.mu.Lock()
+	for c := range s.active {
+		c.abort()
+	}
+	s.mu.Unlock()
+	<-done
+	return ctx.Err()
+}
+
+// oneConnListener hands one connection to an smtp.Server, then blocks
+// until that connection is closed, so that Serve returns once the session
+// is over.
+type oneConnListener struct {
+	c     *conn
+	taken atomic.Bool
+}
+
+func (l *oneConnListener) Accept() (net.Conn, error) {
+	if !l.taken.Swap(true) {
+		return l.c, nil
+	}
+	<-l.c.closed
+	return nil, net.ErrClosed
+}
+
+func (l *oneConnListener) Close() error   { return nil }
+func (l *oneConnListener) Addr() net.Addr { return l.c.LocalAddr() }
+
+// libraryLog sends go-smtp's own messages (a read error, a recovered
+// panic) to the session's logger.
+type libraryLog struct{ log *slog.Logger }
+
+func (l libraryLog) Printf(format string, v ...any) { l.print(fmt.Sprintf(format, v...)) }
+func (l libraryLog) Println(v ...any)               { l.print(strings.TrimSuffix(fmt.Sprintln(v...), "\n")) }
+
+func (l libraryLog) print(msg string) {
+	level := slog.LevelInfo
+	if strings.Contains(msg, "panic") {
+		level = slog.LevelError
+	}
+	l.log.Log(context.Background(), level, "go-smtp", "msg", msg)
+}
+
+// sessionIDEncoding writes session ids in lower-case base32.
+var sessionIDEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
+
+// newSessionID returns 10 random characters that name a connection in logs
+// and, with a counter, its messages in Received fields.
+func newSessionID() string {
+	var b [6]byte
+	rand.Read(b[:])
+	return sessionIDEncoding.EncodeToString(b[:])[:10]
+}
+
+// remoteIP is the client's address, IPv4 unmapped.
+func remoteIP(c net.Conn) netip.Addr {
+	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+		return ap.Addr().Unmap()
+	}
+	return netip.Addr{}
+}
+
+// clientKey groups client addresses for limits: an IPv4 address, or an
+// IPv6 /64 (one site's allocation, RFC 6177).
+func clientKey(ip netip.Addr) netip.Prefix {
+	bits := 32
+	if ip.Is6() {
+		bits = 64
+	}
+	p, err := ip.Prefix(bits)
+	if err != nil {
+		return netip.Prefix{}
+	}
+	return p
+}
+
+// connLimiter counts connections overall and per client key.
+type connLimiter struct {
+	mu        sync.Mutex
+	max       int
+	maxPerKey int
+	total     int
+	count     map[netip.Prefix]int
+}
+
+func (l *connLimiter) acquire(key netip.Prefix) *smtp.SMTPError {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.total >= l.max {
+		return errTooManyConns
+	}
+	if l.count[key] >= l.maxPerKey {
+		return errTooManyConnsForIP
+	}
+	l.total++
+	l.count[key]++
+	return nil
+}
+
+func (l *connLimiter) release(key netip.Prefix) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.total--
+	if l.count[key]--; l.count[key] <= 0 {
+		delete(l.count, key)
+	}
+}

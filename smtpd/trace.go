@@ -1,0 +1,191 @@
+package smtpd
+
+import (
+	"bytes"
+	"log/slog"
+	"strconv"
+	"strings"
+)
+
+// maxTraceLine bounds a traced line; go-smtp refuses command lines over
+// 2000 octets anyway.
+const maxTraceLine = 4096
+
+// tracer logs the protocol lines of one connection ("C" from the client,
+// "S" from the server). It is go-smtp's Debug writer, which gets a copy of
+// every read and write in plaintext, also under STARTTLS; conn tells which
+// direction a copy is. AUTH data is redacted, and message data (DATA until
+// the final dot, BDAT chunks) is logged as its size only.
+type tracer struct {
+	log      *slog.Logger
+	c        *conn
+	greeting string
+
+	in, out  []byte // partial lines
+	greeted  bool
+	auth     bool // between AUTH and its final reply: client lines are secret
+	mode     int
+	bdatLeft int64
+	dataSize int64
+	bol      bool // in DATA: at the start of a line (after CRLF)
+	prevCR   bool // in DATA: the last octet was CR
+	dotLine  int  // in DATA: progress through "." CR LF at the start of a line
+}
+
+const (
+	traceCommands = iota
+	traceData     // after 354, until CRLF.CRLF
+	traceBDAT     // inside a BDAT chunk
+)
+
+func newTracer(log *slog.Logger, c *conn, hostname string) *tracer {
+	return &tracer{log: log, c: c, greeting: "220 " + hostname + " ESMTP Postern"}
+}
+
+func (t *tracer) Write(p []byte) (int, error) {
+	if t.c.wroteSinceLast() {
+		t.server(p)
+	} else {
+		t.client(p)
+	}
+	return len(p), nil
+}
+
+func (t *tracer) server(p []byte) {
+	t.out = appendLines(t.out, p, func(line string) {
+		if !t.greeted {
+			t.greeted = true
+			if strings.HasPrefix(line, "220 ") {
+				line = t.greeting
+			}
+		}
+		switch {
+		case t.auth && !isReplyLine(line):
+			line = "[redacted]" // a client's AUTH line taken for the server's
+		case strings.HasPrefix(line, "334"):
+			// an AUTH challenge: the exchange goes on
+		case strings.HasPrefix(line, "354"):
+			t.auth = false
+			t.mode, t.dataSize, t.dotLine = traceData, 0, 0
+			t.bol, t.prevCR = true, false
+		default:
+			t.auth = false
+		}
+		t.emit("S", line)
+	})
+}
+
+func (t *tracer) client(p []byte) {
+	for len(p) > 0 {
+		switch t.mode {
+		case traceData:
+			p = t.scanData(p)
+		case traceBDAT:
+			n := int64(len(p))
+			if n > t.bdatLeft {
+				n = t.bdatLeft
+			}
+			t.bdatLeft -= n
+			t.dataSize += n
+			p = p[n:]
+			if t.bdatLeft == 0 {
+				t.mode = traceCommands
+				t.emit("C", "["+strconv.FormatInt(t.dataSize, 10)+" octets of BDAT chunk]")
+			}
+		default:
+			i := bytes.IndexByte(p, '\n')
+			if i < 0 {
+				t.in = appendBounded(t.in, p)
+				return
+			}
+			t.in = appendBounded(t.in, p[:i+1])
+			p = p[i+1:]
+			line := strings.TrimRight(string(t.in), "\r\n")
+			t.in = t.in[:0]
+			t.command(line)
+		}
+	}
+}
+
+// command traces one client line outside message data.
+func (t *tracer) command(line string) {
+	f := strings.Fields(line)
+	switch {
+	case t.auth && !isReplyLine(line):
+		line = "[redacted]"
+	case len(f) > 0 && strings.EqualFold(f[0], "AUTH"):
+		t.auth = true
+		line = strings.Join(f[:min(len(f), 2)], " ")
+		if len(f) > 2 {
+			line += " [redacted]"
+		}
+	case len(f) > 1 && strings.EqualFold(f[0], "BDAT"):
+		// As go-smtp does: a size, optionally LAST, and the chunk follows.
+		if len(f) == 2 || len(f) == 3 && strings.EqualFold(f[2], "LAST") {
+			if n, err := strconv.ParseUint(f[1], 10, 32); err == nil && n > 0 {
+				t.mode, t.bdatLeft, t.dataSize = traceBDAT, int64(n), 0
+			}
+		}
+	}
+	t.emit("C", line)
+}
+
+// scanData counts message data up to the line "." that ends it, which it
+// consumes, and returns what follows. As in go-smtp, only a dot after CRLF
+// starts that line.
+func (t *tracer) scanData(p []byte) []byte {
+	for i, b := range p {
+		t.dataSize++
+		switch {
+		case t.dotLine == 1 && b == '\r':
+			t.dotLine = 2
+		case t.dotLine == 2 && b == '\n':
+			t.mode = traceCommands
+			t.emit("C", "["+strconv.FormatInt(t.dataSize-3, 10)+" octets of message data]")
+			t.emit("C", ".")
+			return p[i+1:]
+		case t.bol && b == '.':
+			t.dotLine = 1
+		default:
+			t.dotLine = 0
+		}
+		t.bol = t.prevCR && b == '\n'
+		t.prevCR = b == '\r'
+	}
+	return nil
+}
+
+func (t *tracer) emit(dir, line string) {
+	t.log.Info("trace", "dir", dir, "line", line)
+}
+
+// appendLines adds p to the partial line buf and calls fn with each
+// complete line, without its line end.
+func appendLines(buf, p []byte, fn func(string)) []byte {
+	for len(p) > 0 {
+		i := bytes.IndexByte(p, '\n')
+		if i < 0 {
+			return appendBounded(buf, p)
+		}
+		buf = appendBounded(buf, p[:i+1])
+		p = p[i+1:]
+		fn(strings.TrimRight(string(buf), "\r\n"))
+		buf = buf[:0]
+	}
+	return buf
+}
+
+// appendBounded appends up to maxTraceLine octets in all.
+func appendBounded(buf, p []byte) []byte {
+	if room := maxTraceLine - len(buf); len(p) > room {
+		p = p[:max(room, 0)]
+	}
+	return append(buf, p...)
+}
+
+// isReplyLine reports whether line looks like an SMTP reply ("334 ...");
+// base64 never has a space or a hyphen, so a client's AUTH line never does.
+func isReplyLine(line string) bool {
+	return len(line) >= 4 && line[0] >= '2' && line[0] <= '5' &&
+		line[1] >= '0' && line[1] <= '9' && line[2] >= '0' && line[2] <= '9' && (line[3] == ' ' || line[3] == '-')
+}

@@ -1,0 +1,176 @@
+package smtpd
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+func TestTrace(t *testing.T) {
+	e := newTestEnv(t, insecureEverywhere, func(c *Config) { c.Trace = true })
+	c := e.dial(t, e.sub)
+	c.cmd("EHLO client.example.test", "250")
+	c.startTLS(e.clientTLS)
+	c.cmd("EHLO client.example.test", "250")
+	c.cmd("AUTH LOGIN", "334 ")
+	c.cmd(base64Std(alice), "334 ")
+	c.cmd(base64Std(alicePassword), "235 ")
+	c.cmd("MAIL FROM:<"+alice+">", "250 ")
+	c.cmd("RCPT TO:<"+bob+">", "250 ")
+	msg := simpleMessage("traced") + "secret body line\r\n"
+	c.data(msg)
+	c.send("MAIL FROM:<"+alice+">", "RCPT TO:<"+bob+">", "BDAT 7 LAST")
+	c.conn.Write([]byte("x: y\r\n\r\n"[:7]))
+	c.expect("250 ")
+	c.expect("250 ")
+	c.expect("250 ")
+	c.cmd("AUTH PLAIN "+plainAuth(alice, alicePassword), "503 ")
+	c.cmd("QUIT", "221 ")
+	e.srv.Shutdown(t.Context())
+
+	logs := e.logs.String()
+	var trace []string
+	for _, line := range strings.Split(logs, "\n") {
+		if strings.Contains(line, "msg=trace") {
+			if !regexp.MustCompile(`session=[a-z2-7]{10} dir=[CS] line=`).MatchString(line) {
+				t.Errorf("trace line without session or direction: %s", line)
+			}
+			_, l, _ := strings.Cut(line, " dir=")
+			trace = append(trace, l)
+		}
+	}
+	got := strings.Join(trace, "\n")
+	for _, want := range []string{
+		`S line="220 mx.example.test ESMTP Postern"`,
+		`C line="EHLO client.example.test"`,
+		`C line=STARTTLS`,
+		`S line="220 2.0.0 Ready to start TLS"`,
+		`C line="AUTH LOGIN"`,
+		`S line="334 VXNlcm5hbWU6"`,
+		`C line=[redacted]`,
+		`S line="235 2.0.0 Authentication succeeded"`,
+		`C line="MAIL FROM:<alice@example.test>"`,
+		`S line="354 Go ahead. End your data with <CR><LF>.<CR><LF>"`,
+		`C line="[` + itoa(len(msg)) + ` octets of message data]"`,
+		`C line=.`,
+		`C line="BDAT 7 LAST"`,
+		`C line="[7 octets of BDAT chunk]"`,
+		`C line="AUTH PLAIN [redacted]"`,
+		`C line=QUIT`,
+		`S line="221 2.0.0 Bye"`,
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("trace lacks %s", want)
+		}
+	}
+	// Both EHLOs, before and after STARTTLS.
+	if n := strings.Count(got, `C line="EHLO client.example.test"`); n != 2 {
+		t.Errorf("%d EHLO lines traced, want 2", n)
+	}
+	for _, secret := range []string{base64Std(alicePassword), plainAuth(alice, alicePassword), alicePassword, "secret body line"} {
+		if strings.Contains(logs, secret) {
+			t.Errorf("log shows %q", secret)
+		}
+	}
+	if t.Failed() {
+		t.Logf("trace:\n%s", got)
+	}
+}
+
+// traceOf feeds a tracer with (direction, data) pairs and returns the
+// traced lines.
+func traceOf(steps ...string) string {
+	var buf bytes.Buffer
+	c := &conn{}
+	tr := newTracer(slog.New(slog.NewTextHandler(&buf, nil)), c, "mx.example.test")
+	for i := 0; i+1 < len(steps); i += 2 {
+		c.lastWrite = steps[i] == "S"
+		c.writes = map[bool]int{false: 0, true: 1}[c.lastWrite]
+		tr.Write([]byte(steps[i+1]))
+	}
+	var out []string
+	for _, line := range strings.Split(buf.String(), "\n") {
+		if _, l, ok := strings.Cut(line, " dir="); ok {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+func TestTracerUnits(t *testing.T) {
+	tests := []struct {
+		name  string
+		steps []string
+		want  string
+	}{
+		{"greeting replaced", []string{"S", "220 mx.example.test ESMTP Service Ready\r\n"},
+			`S line="220 mx.example.test ESMTP Postern"`},
+		{"pipelined commands in one read", []string{"C", "MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDA", "C", "TA\r\n"},
+			"C line=\"MAIL FROM:<a@b>\"\nC line=\"RCPT TO:<c@d>\"\nC line=DATA"},
+		{"data then command in one read", []string{"S", "354 go\r\n", "C", "a\r\n..b\r\n.\r\nQUIT\r\n"},
+			"S line=\"354 go\"\nC line=\"[8 octets of message data]\"\nC line=.\nC line=QUIT"},
+		{"smuggled end is data", []string{"S", "354 go\r\n", "C", "a\n.\nMAIL FROM:<x@y>\r\n.\r\n"},
+			"S line=\"354 go\"\nC line=\"[21 octets of message data]\"\nC line=."},
+		{"bdat chunk across reads", []string{"C", "BDAT 10\r\n12345", "C", "67890NOOP\r\n"},
+			"C line=\"BDAT 10\"\nC line=\"[10 octets of BDAT chunk]\"\nC line=NOOP"},
+		{"bdat with a bad argument is a command", []string{"C", "BDAT 3 FOO\r\nabc\r\n"},
+			"C line=\"BDAT 3 FOO\"\nC line=abc"},
+		{"auth plain", []string{"C", "auth plain AGFAYgBj\r\n"}, `C line="auth plain [redacted]"`},
+		{"auth continuation", []string{"C", "AUTH PLAIN\r\n", "S", "334 \r\n", "C", "AGFAYgBj\r\n", "S", "235 ok\r\n", "C", "NOOP\r\n"},
+			"C line=\"AUTH PLAIN\"\nS line=\"334 \"\nC line=[redacted]\nS line=\"235 ok\"\nC line=NOOP"},
+		{"auth secrets seen as replies stay redacted", []string{"C", "AUTH LOGIN\r\n", "S", "334 VXNlcm5hbWU6\r\n", "S", "YWxpY2U=\r\n"},
+			"C line=\"AUTH LOGIN\"\nS line=\"334 VXNlcm5hbWU6\"\nS line=[redacted]"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := traceOf(tt.steps...); got != tt.want {
+				t.Errorf("got\n%s\nwant\n%s", got, tt.want)
+			}
+		})
+	}
+}
+
+// FuzzTracer feeds the tracer what a client may send: it must not panic,
+// keep unbounded state, or show the data of an AUTH command.
+func FuzzTracer(f *testing.F) {
+	f.Add([]byte("EHLO x\r\nAUTH PLAIN c2VjcmV0\r\nBDAT 3\r\nabcQUIT\r\n"), []byte("354 go\r\n"))
+	f.Add([]byte("a\r\n.\r\n"), []byte("334 \r\n"))
+	f.Fuzz(func(t *testing.T, client, server []byte) {
+		lines := &lineRecorder{}
+		c := &conn{}
+		tr := newTracer(slog.New(lines), c, "mx")
+		for i := 0; i < len(client); i += 7 {
+			c.lastWrite, c.writes = false, 0
+			tr.Write(client[i:min(i+7, len(client))])
+			c.lastWrite, c.writes = true, 1
+			tr.Write(server)
+			if len(tr.in) > maxTraceLine || len(tr.out) > maxTraceLine {
+				t.Fatal("partial line over the bound")
+			}
+		}
+		for _, l := range lines.lines {
+			if f := strings.Fields(l); len(f) > 2 && strings.EqualFold(f[0], "AUTH") && f[2] != "[redacted]" {
+				t.Fatalf("AUTH data traced: %q", l)
+			}
+		}
+	})
+}
+
+// lineRecorder is a slog handler that keeps the "line" attributes.
+type lineRecorder struct{ lines []string }
+
+func (r *lineRecorder) Enabled(context.Context, slog.Level) bool { return true }
+func (r *lineRecorder) WithAttrs([]slog.Attr) slog.Handler       { return r }
+func (r *lineRecorder) WithGroup(string) slog.Handler            { return r }
+func (r *lineRecorder) Handle(_ context.Context, rec slog.Record) error {
+	rec.Attrs(func(a slog.Attr) bool {
+		if a.Key == "line" {
+			r.lines = append(r.lines, a.Value.String())
+		}
+		return true
+	})
+	return nil
+}
