@@ -431,3 +431,33 @@ func TestQuota(t *testing.T) {
 		t.Errorf("append over quota: %v", err)
 	}
 }
+
+func TestRemoteLocalPartKeepsItsCase(t *testing.T) {
+	s := openTest(t)
+	ctx := context.Background()
+	addUser(t, s, "a@example.test")
+	if err := s.AddAlias(ctx, "fwd@example.test", "Far.Person@Remote.TEST", "A@example.test"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Deliver(ctx, "", []string{"FWD@example.test", "Mixed.Case@Other.Test"}, testMessage(1)); err != nil {
+		t.Fatal(err)
+	}
+	q, err := s.Queue(ctx, time.Time{}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range q {
+		got = append(got, e.Recipient+" "+e.Domain)
+	}
+	if fmt.Sprint(got) != "[Far.Person@remote.test remote.test Mixed.Case@other.test other.test]" {
+		t.Errorf("queued recipients %v", got)
+	}
+	aliases, _ := s.Aliases(ctx)
+	if len(aliases) != 1 || fmt.Sprint(aliases[0].Targets) != "[Far.Person@remote.test a@example.test]" {
+		t.Errorf("alias targets %+v", aliases)
+	}
+	if err := s.DeleteAlias(ctx, "fwd@example.test", "far.person@remote.test"); err != nil {
+		t.Errorf("delete remote target by another spelling: %v", err)
+	}
+}

@@ -381,6 +381,7 @@ func (s *Store) AddAlias(ctx context.Context, alias string, targets ...string) e
 			return fmt.Errorf("add alias %s: %w: it names itself", a, ErrInvalidAddress)
 		}
 	}
+	given := targets
 	return s.w.do(ctx, func(t *wtx) error {
 		var local, user int
 		if err := t.queryRow("SELECT (SELECT count(*) FROM domains WHERE name = ?), (SELECT count(*) FROM users WHERE address = ?)",
@@ -393,7 +394,7 @@ func (s *Store) AddAlias(ctx context.Context, alias string, targets ...string) e
 		if user > 0 {
 			return fmt.Errorf("add alias %s: %w as a user", a, ErrExists)
 		}
-		for _, target := range norm {
+		for i, target := range norm {
 			var targetLocal, known int
 			if err := t.queryRow(`SELECT (SELECT count(*) FROM domains WHERE name = ?),
 				(SELECT count(*) FROM users WHERE address = ?) + (SELECT count(*) FROM aliases WHERE address = ?)`,
@@ -402,6 +403,9 @@ func (s *Store) AddAlias(ctx context.Context, alias string, targets ...string) e
 			}
 			if targetLocal > 0 && known == 0 {
 				return fmt.Errorf("add alias %s: target %s: %w", a, target, ErrNoSuchUser)
+			}
+			if targetLocal == 0 {
+				target = remoteForm(given[i], target)
 			}
 			if _, err := t.exec("INSERT INTO aliases (address, target) VALUES (?, ?) ON CONFLICT DO NOTHING", a, target); err != nil {
 				return fmt.Errorf("add alias %s: %w", a, err)
@@ -431,7 +435,8 @@ func (s *Store) DeleteAlias(ctx context.Context, alias string, targets ...string
 			if err != nil {
 				return fmt.Errorf("delete alias %s: %w", a, err)
 			}
-			res, err := t.exec("DELETE FROM aliases WHERE address = ? AND target = ?", a, tn)
+			// Remote targets keep the case of their local part.
+			res, err := t.exec("DELETE FROM aliases WHERE address = ? AND lower(target) = ?", a, tn)
 			if err != nil {
 				return fmt.Errorf("delete alias %s: %w", a, err)
 			}
@@ -478,19 +483,30 @@ type Resolution struct {
 // Remote. ErrNoSuchUser means the domain is local but nobody has the
 // address.
 func (s *Store) Resolve(ctx context.Context, address string) (Resolution, error) {
-	a, err := NormalizeAddress(address)
-	if err != nil {
+	if _, err := NormalizeAddress(address); err != nil {
 		return Resolution{}, err
 	}
 	var res Resolution
 	seen := map[string]bool{}
-	if err := s.resolve(ctx, a, 0, seen, &res); err != nil {
+	if err := s.resolve(ctx, address, 0, seen, &res); err != nil {
 		return Resolution{}, err
 	}
 	return res, nil
 }
 
-func (s *Store) resolve(ctx context.Context, a string, depth int, seen map[string]bool, res *Resolution) error {
+// remoteForm spells a remote address for the queue: the domain lower-cased,
+// the local part as given, since only the remote server may say whether
+// its case matters (RFC 5321 2.4).
+func remoteForm(address, normalized string) string {
+	a := strings.TrimSpace(address)
+	return a[:strings.LastIndexByte(a, '@')+1] + domainOf(normalized)
+}
+
+func (s *Store) resolve(ctx context.Context, given string, depth int, seen map[string]bool, res *Resolution) error {
+	a, err := NormalizeAddress(given)
+	if err != nil {
+		return err
+	}
 	if seen[a] {
 		return nil
 	}
@@ -501,13 +517,13 @@ func (s *Store) resolve(ctx context.Context, a string, depth int, seen map[strin
 	var id, quota, created sql.NullInt64
 	var addr sql.NullString
 	var disabled sql.NullBool
-	err := s.readRow(ctx, `SELECT (SELECT count(*) FROM domains WHERE name = ?), u.id, u.address, u.disabled, u.quota_bytes, u.created
+	err = s.readRow(ctx, `SELECT (SELECT count(*) FROM domains WHERE name = ?), u.id, u.address, u.disabled, u.quota_bytes, u.created
 		FROM (SELECT 1) LEFT JOIN users u ON u.address = ?`, domainOf(a), a).Scan(&local, &id, &addr, &disabled, &quota, &created)
 	if err != nil {
 		return fmt.Errorf("resolve %s: %w", a, err)
 	}
 	if local == 0 {
-		res.Remote = append(res.Remote, a)
+		res.Remote = append(res.Remote, remoteForm(given, a))
 		return nil
 	}
 	if id.Valid {

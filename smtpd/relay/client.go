@@ -18,6 +18,7 @@ package relay
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -370,7 +371,7 @@ func (s *session) send(ctx context.Context, tx *transaction) []attempt {
 		return setAll(temporary(failure(statusLocal, "", fmt.Errorf("read queued message: %w", err))))
 	}
 	s.wire.inData = true
-	_, err = io.Copy(w, body)
+	_, err = io.Copy(w, withoutReturnPath(body))
 	body.Close()
 	if err != nil {
 		s.wire.endData()
@@ -631,4 +632,26 @@ func printableASCII(s string) bool {
 		}
 	}
 	return true
+}
+
+// withoutReturnPath drops a leading Return-Path field from a stored
+// message. It is added at final delivery, and a message stored for local
+// recipients and queued for remote ones shares one body; RFC 5321 4.4 says
+// a relay should not send one on.
+func withoutReturnPath(r io.Reader) io.Reader {
+	br := bufio.NewReader(r)
+	line, err := br.ReadSlice('\n')
+	if err != nil || len(line) < len("Return-Path:") || !strings.EqualFold(string(line[:len("Return-Path:")]), "Return-Path:") {
+		return io.MultiReader(bytes.NewReader(append([]byte(nil), line...)), br)
+	}
+	// Skip the field's continuation lines, if it was folded.
+	for {
+		next, err := br.Peek(1)
+		if err != nil || (next[0] != ' ' && next[0] != '\t') {
+			return br
+		}
+		if _, err := br.ReadSlice('\n'); err != nil {
+			return br
+		}
+	}
 }
