@@ -83,16 +83,20 @@ func (o *demoOut) logger(part string) *slog.Logger {
 }
 
 // demoHandler turns log records into demo events: "trace" records into
-// protocol lines, the others into mail events. Debug records are dropped.
+// protocol lines, the others into mail events. Debug records other than
+// traces are dropped.
 type demoHandler struct {
 	out   *demoOut
 	part  string
 	attrs []slog.Attr
 }
 
-func (h *demoHandler) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelInfo }
+func (h *demoHandler) Enabled(context.Context, slog.Level) bool { return true }
 
 func (h *demoHandler) Handle(_ context.Context, r slog.Record) error {
+	if r.Level < slog.LevelInfo && r.Message != "trace" {
+		return nil
+	}
 	attrs := map[string]string{}
 	add := func(a slog.Attr) bool {
 		if a.Key != "" {

@@ -113,6 +113,9 @@ func commands() []command {
 		{"send", []string{
 			"send [-server HOST:PORT] [-tls|-plain] [-user ADDRESS] -from ADDRESS -to ADDRESS... [-subject S] [-attach FILE]... [-v]\tcompose a message (body from standard input) and submit it",
 		}, cmdSend},
+		{"demo", []string{
+			"demo [-json] [-keep]\tthe whole mail flow on loopback, traced: DNS, SMTP, queue, relay, POP3, IMAP",
+		}, cmdDemo},
 		{"version", []string{
 			"version\tprint the version of postern and of Go",
 		}, cmdVersion},

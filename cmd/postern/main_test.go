@@ -112,11 +112,6 @@ func TestUsageListsCommands(t *testing.T) {
 			t.Errorf("%s -h: exit code %d", cmd.name, code)
 		}
 	}
-	for _, missing := range []string{"demo"} {
-		if strings.Contains(stdout, "postern "+missing) {
-			t.Errorf("usage mentions %q, which is not implemented", missing)
-		}
-	}
 }
 
 // syncBuffer is a bytes.Buffer that serve may write while the test reads.

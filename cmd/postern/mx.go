@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"text/tabwriter"
@@ -46,7 +47,7 @@ func cmdMX(c *cli, args []string) int {
 	if err != nil {
 		return c.fail(name, err)
 	}
-	if err := printMX(c, *server, res); err != nil {
+	if err := printMX(c.stdout, *server, res); err != nil {
 		return c.fail(name, err)
 	}
 	return exitOK
@@ -55,30 +56,30 @@ func cmdMX(c *cli, args []string) int {
 // printMX writes a lookup in the manner of `nslookup -type=MX`: the MX
 // records in the order the relay tries them (equal preferences shuffled),
 // then each host's addresses.
-func printMX(c *cli, server string, res relay.MXResult) error {
+func printMX(w io.Writer, server string, res relay.MXResult) error {
 	if server == "" {
 		server = "system resolver (/etc/resolv.conf)"
 	}
-	fmt.Fprintf(c.stdout, "Server:\t\t%s\n\n", server)
+	fmt.Fprintf(w, "Server:\t\t%s\n\n", server)
 	domain := res.Domain
 	switch {
 	case res.NXDomain:
 		return fmt.Errorf("%s: %w", domain, errNXDomain)
 	case res.NullMX:
-		fmt.Fprintf(c.stdout, "%s\tmail exchanger = 0 .\n\n", domain)
-		fmt.Fprintf(c.stdout, "%s accepts no mail (null MX, RFC 7505)\n", domain)
+		fmt.Fprintf(w, "%s\tmail exchanger = 0 .\n\n", domain)
+		fmt.Fprintf(w, "%s accepts no mail (null MX, RFC 7505)\n", domain)
 		return nil
 	case res.Implicit:
-		fmt.Fprintf(c.stdout, "%s has no MX records: mail goes to the domain's own addresses (implicit MX, RFC 5321 5.1)\n\n", domain)
+		fmt.Fprintf(w, "%s has no MX records: mail goes to the domain's own addresses (implicit MX, RFC 5321 5.1)\n\n", domain)
 	default:
-		tw := tabwriter.NewWriter(c.stdout, 0, 8, 1, '\t', 0)
+		tw := tabwriter.NewWriter(w, 0, 8, 1, '\t', 0)
 		for _, h := range res.Hosts {
 			fmt.Fprintf(tw, "%s\tmail exchanger = %d %s.\n", domain, h.Preference, h.Host)
 		}
 		tw.Flush()
-		fmt.Fprintln(c.stdout)
+		fmt.Fprintln(w)
 	}
-	tw := tabwriter.NewWriter(c.stdout, 0, 8, 1, '\t', 0)
+	tw := tabwriter.NewWriter(w, 0, 8, 1, '\t', 0)
 	for _, h := range res.Hosts {
 		if h.Err != nil {
 			fmt.Fprintf(tw, "%s\tno address: %s\n", h.Host, strings.Join(strings.Fields(h.Err.Error()), " "))

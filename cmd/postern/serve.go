@@ -20,6 +20,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/postern/postern/imapd"
 	"github.com/postern/postern/mailstore"
 	"github.com/postern/postern/pop3d"
 	"github.com/postern/postern/smtpd"
@@ -64,6 +65,8 @@ type serveEnv struct {
 	smtp         *smtpd.Server
 	pop3         *pop3d.Server
 	pop3Shutdown func(context.Context) error
+	imap         *imapd.Server
+	imapShutdown func(context.Context) error
 }
 
 // listenServer runs one protocol server on one bound listener. serve is
@@ -266,7 +269,21 @@ func newServer(env *serveEnv, l listener) (serve func(net.Listener) error, shutd
 			return env.pop3.ServeTLS, env.pop3Shutdown
 		}
 		return env.pop3.Serve, env.pop3Shutdown
-	case "imap", "imaps": // imapd
+	case "imap", "imaps":
+		if env.imap == nil {
+			env.imap = imapd.New(imapd.Config{
+				Hostname:          cfg.Hostname,
+				TLSConfig:         env.tls,
+				AllowInsecureAuth: cfg.Auth.AllowInsecure,
+				Logger:            env.log.With("part", "imap"),
+				Trace:             cfg.Log.Trace,
+			}, env.store)
+			env.imapShutdown = onceShutdown(env.imap.Shutdown)
+		}
+		if l.Proto == "imaps" {
+			return env.imap.ServeTLS, env.imapShutdown
+		}
+		return env.imap.Serve, env.imapShutdown
 	}
 	return nil, nil
 }

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapclient"
 	"github.com/emersion/go-smtp"
 
 	"github.com/postern/postern/mailstore"
@@ -274,4 +276,35 @@ func sendPlain(addr, from, to, msg string) error {
 		return err
 	}
 	return c.Quit()
+}
+
+func TestServeIMAP(t *testing.T) {
+	r := startServe(t, "")
+	if r.addrs["imap"] == "" || r.addrs["imaps"] == "" {
+		t.Fatalf("serve did not start IMAP:\n%s", r.stdout.String())
+	}
+	r.addUser(t, "bob@example.test", "bob's password")
+	msg := "From: carol@remote.test\r\nTo: bob@example.test\r\nSubject: over IMAP\r\n\r\nhello\r\n"
+	if err := sendPlain(r.addrs["smtp"], "carol@remote.test", "bob@example.test", msg); err != nil {
+		t.Fatal(err)
+	}
+	c, err := imapclient.DialInsecure(r.addrs["imap"], nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login("bob@example.test", "bob's password").Wait(); err != nil {
+		t.Fatal(err)
+	}
+	sel, err := c.Select("INBOX", nil).Wait()
+	if err != nil || sel.NumMessages != 1 {
+		t.Fatalf("SELECT INBOX: %+v %v", sel, err)
+	}
+	msgs, err := c.Fetch(imap.SeqSetNum(1), &imap.FetchOptions{Envelope: true}).Collect()
+	if err != nil || len(msgs) != 1 || msgs[0].Envelope.Subject != "over IMAP" {
+		t.Fatalf("FETCH ENVELOPE: %+v %v", msgs, err)
+	}
+	if err := c.Logout().Wait(); err != nil {
+		t.Fatal(err)
+	}
 }

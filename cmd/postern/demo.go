@@ -1,0 +1,602 @@
+package main
+
+// `postern demo`: the whole mail flow on loopback, traced. Two domains,
+// alpha.test and beta.test, each a real Postern (mailstore, SMTP, relay,
+// POP3, IMAP) on its own loopback address, and a DNS server answering
+// their MX and A records. Everything printed comes from the real sessions.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"net/textproto"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapclient"
+
+	"github.com/postern/postern/imapd"
+	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/mime"
+	"github.com/postern/postern/pop3d"
+	"github.com/postern/postern/smtpd"
+	"github.com/postern/postern/smtpd/relay"
+)
+
+const (
+	// demoTimeout bounds the whole demo: every step is local and quick.
+	demoTimeout = 2 * time.Minute
+	// demoPortTries bounds the search for a port free on both loopback
+	// addresses.
+	demoPortTries = 50
+)
+
+// demoDomain is one of the demo's two mail domains.
+type demoDomain struct {
+	name, user, password string
+	ip                   string
+	dir                  string
+	store                *mailstore.Store
+	smtp                 *smtpd.Server
+	relay                *relay.Relay
+	pop3                 *pop3d.Server
+	imap                 *imapd.Server
+	mx, submission       string // bound addresses
+	pop3Addr, imapAddr   string
+	listeners            []net.Listener
+}
+
+// demo is one run of `postern demo`.
+type demo struct {
+	out      *demoOut
+	dir      string
+	zone     *zoneServer
+	resolver relay.Resolver
+	port     int
+	alpha    *demoDomain
+	beta     *demoDomain
+}
+
+func cmdDemo(c *cli, args []string) int {
+	const name = "demo"
+	fs := c.flagSet(name, "[-json] [-keep]")
+	asJSON := fs.Bool("json", false, "print the events as JSON lines")
+	keep := fs.Bool("keep", false, "leave the servers running and print how to connect with a real client")
+	if code, ok := c.parse(fs, args); !ok {
+		return code
+	}
+	if fs.NArg() > 0 {
+		return c.usageError(fs, "unexpected argument %q", fs.Arg(0))
+	}
+	out := &demoOut{w: c.stdout, json: *asJSON}
+	ctx, cancel := context.WithTimeout(c.ctx, demoTimeout)
+	defer cancel()
+	out.beginStep("0. Starting two Postern instances and a DNS server on loopback")
+	d, err := startDemo(out)
+	if err != nil {
+		return c.fail(name, err)
+	}
+	defer d.close()
+	if err := d.flow(ctx); err != nil {
+		out.emit(event{Kind: "result", Text: "FAILED: " + err.Error()})
+		return exitFailure
+	}
+	if *keep {
+		d.printKeep()
+		sctx, stop := signal.NotifyContext(c.ctx, os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		<-sctx.Done()
+	}
+	return exitOK
+}
+
+// startDemo starts DNS and both domains.
+func startDemo(out *demoOut) (*demo, error) {
+	dir, err := os.MkdirTemp("", "postern-demo-")
+	if err != nil {
+		return nil, fmt.Errorf("temporary directory: %w", err)
+	}
+	d := &demo{out: out, dir: dir}
+	d.alpha = &demoDomain{name: "alpha.test", user: "alice@alpha.test", password: "alice-demo-password", ip: "127.0.0.2"}
+	d.beta = &demoDomain{name: "beta.test", user: "bob@beta.test", password: "bob-demo-password", ip: "127.0.0.3"}
+	// Both MX hosts listen on the same port, on two loopback addresses,
+	// as two machines would on port 25.
+	mxAlpha, mxBeta, err := listenPair(d.alpha.ip, d.beta.ip)
+	if err != nil {
+		d.close()
+		return nil, err
+	}
+	d.port = mxAlpha.Addr().(*net.TCPAddr).Port
+	d.zone, err = startZone(
+		"alpha.test. 300 IN MX 10 mx.alpha.test.",
+		"mx.alpha.test. 300 IN A "+d.alpha.ip,
+		"beta.test. 300 IN MX 10 mx.beta.test.",
+		"mx.beta.test. 300 IN A "+d.beta.ip,
+	)
+	if err != nil {
+		mxAlpha.Close()
+		mxBeta.Close()
+		d.close()
+		return nil, err
+	}
+	d.resolver = relay.NewResolver(d.zone.addr)
+	for _, p := range []struct {
+		dom *demoDomain
+		mx  net.Listener
+	}{{d.alpha, mxAlpha}, {d.beta, mxBeta}} {
+		if err := d.startDomain(p.dom, p.mx); err != nil {
+			d.close()
+			return nil, err
+		}
+	}
+	return d, nil
+}
+
+// listenPair listens on the same TCP port on two addresses.
+func listenPair(ip1, ip2 string) (net.Listener, net.Listener, error) {
+	var lastErr error
+	for i := 0; i < demoPortTries; i++ {
+		l1, err := net.Listen("tcp", ip1+":0")
+		if err != nil {
+			return nil, nil, fmt.Errorf("listen on %s: %w", ip1, err)
+		}
+		port := l1.Addr().(*net.TCPAddr).Port
+		l2, err := net.Listen("tcp", fmt.Sprintf("%s:%d", ip2, port))
+		if err == nil {
+			return l1, l2, nil
+		}
+		l1.Close()
+		lastErr = err
+	}
+	return nil, nil, fmt.Errorf("no port free on both %s and %s: %w", ip1, ip2, lastErr)
+}
+
+// startDomain opens a store for dom with its one user and starts its
+// servers on dom's loopback address.
+func (d *demo) startDomain(dom *demoDomain, mx net.Listener) error {
+	ctx := context.Background()
+	dom.dir = filepath.Join(d.dir, dom.name)
+	if err := os.MkdirAll(dom.dir, dataDirPerm); err != nil {
+		return fmt.Errorf("%s: %w", dom.name, err)
+	}
+	var err error
+	dom.store, err = mailstore.Open(filepath.Join(dom.dir, storeFile), mailstore.Options{})
+	if err != nil {
+		return fmt.Errorf("%s: %w", dom.name, err)
+	}
+	if err := dom.store.AddDomain(ctx, dom.name); err != nil {
+		return fmt.Errorf("%s: %w", dom.name, err)
+	}
+	if _, err := dom.store.AddUser(ctx, dom.user, dom.password); err != nil {
+		return fmt.Errorf("%s: %w", dom.name, err)
+	}
+	host := "mx." + dom.name
+	tlsConfig, err := loadTLS(&Config{Hostname: host, DataDir: dom.dir})
+	if err != nil {
+		return fmt.Errorf("%s: %w", dom.name, err)
+	}
+	short := strings.TrimSuffix(dom.name, ".test")
+	dom.smtp = smtpd.New(smtpd.Config{
+		Hostname: host, TLSConfig: tlsConfig,
+		Logger: d.out.logger(short + " smtp"),
+		// The client side of each SMTP dialogue is what the demo shows.
+		Trace: false,
+	}, dom.store)
+	// The relay connects from the domain's own address, as a separate
+	// machine would.
+	dialer := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(dom.ip)}}
+	dom.relay = relay.New(relay.Config{
+		Hostname: host, Resolver: d.resolver, Port: d.port, Dialer: dialer.DialContext,
+		Logger: d.out.logger(short + " relay"), Trace: true,
+		LocalAddrs: []netip.AddrPort{netip.MustParseAddrPort(mx.Addr().String())},
+	}, dom.store)
+	dom.pop3 = pop3d.New(pop3d.Config{
+		Hostname: host, TLSConfig: tlsConfig, Logger: d.out.logger(short + " pop3"), Trace: true,
+	}, dom.store)
+	dom.imap = imapd.New(imapd.Config{
+		Hostname: host, TLSConfig: tlsConfig, Logger: d.out.logger(short + " imap"), Trace: true,
+	}, dom.store)
+	listen := func(serve func(net.Listener) error) (string, error) {
+		ln, err := net.Listen("tcp", dom.ip+":0")
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", dom.name, err)
+		}
+		dom.listeners = append(dom.listeners, ln)
+		go serve(ln)
+		return ln.Addr().String(), nil
+	}
+	dom.listeners = append(dom.listeners, mx)
+	go dom.smtp.ServeMX(mx)
+	dom.mx = mx.Addr().String()
+	if dom.submission, err = listen(dom.smtp.ServeSubmission); err != nil {
+		return err
+	}
+	if dom.pop3Addr, err = listen(dom.pop3.Serve); err != nil {
+		return err
+	}
+	if dom.imapAddr, err = listen(dom.imap.Serve); err != nil {
+		return err
+	}
+	return nil
+}
+
+func (d *demo) close() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, dom := range []*demoDomain{d.alpha, d.beta} {
+		if dom == nil {
+			continue
+		}
+		if dom.smtp != nil {
+			dom.smtp.Shutdown(ctx)
+		}
+		if dom.pop3 != nil {
+			dom.pop3.Shutdown(ctx)
+		}
+		if dom.imap != nil {
+			dom.imap.Shutdown(ctx)
+		}
+		for _, ln := range dom.listeners {
+			ln.Close()
+		}
+		if dom.store != nil {
+			dom.store.Close()
+		}
+	}
+	if d.zone != nil {
+		d.zone.close()
+	}
+	os.RemoveAll(d.dir)
+}
+
+// flow runs the main demonstration: alice@alpha.test writes to
+// bob@beta.test, and bob reads the message over POP3 and IMAP.
+func (d *demo) flow(ctx context.Context) error {
+	out := d.out
+	a, b := d.alpha, d.beta
+	out.beginStep("1. Two mail domains on this machine")
+	out.note("(each is a whole Postern: its own mailstore, SMTP, relay, POP3 and IMAP, on its own loopback address)")
+	for _, dom := range []*demoDomain{a, b} {
+		out.note("%s: MX %s, submission %s, POP3 %s, IMAP %s; user %s",
+			dom.name, dom.mx, dom.submission, dom.pop3Addr, dom.imapAddr, dom.user)
+	}
+	out.note("DNS server %s serves:", d.zone.addr)
+	for _, rr := range []string{"alpha.test. MX 10 mx.alpha.test.", "mx.alpha.test. A " + a.ip, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A " + b.ip} {
+		out.note("    %s", rr)
+	}
+
+	// The letter: composed as a mail program would, but without Date and
+	// Message-ID, which the submission server must add (RFC 6409 8).
+	composed, err := mime.Compose(mime.Draft{
+		From: "Alice <" + a.user + ">", To: []string{"Bob <" + b.user + ">"},
+		Subject: "Grüße from alpha — a demo message",
+		Text:    "Hello Bob,\n\nthis message went through DNS, SMTP, a queue and a relay.\n\nAlice\n",
+		Attachments: []mime.Attachment{
+			{Filename: "notes.txt", Data: []byte("An attachment, as a second MIME part.\n")},
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("compose: %w", err)
+	}
+	letter := dropFields(composed, "Date", "Message-Id")
+	original := headerNames(letter)
+
+	out.beginStep("2. alice submits the message (SMTP submission, RFC 6409)")
+	out.note("Envelope (what SMTP servers act on):  MAIL FROM:<%s>  RCPT TO:<%s>", a.user, b.user)
+	out.note("Letter header (what people read):     From: %s | To: %s", headerValue(letter, "From"), headerValue(letter, "To"))
+	tw := &traceWriter{out: out, part: "alice client"}
+	reply, err := submit(ctx, submission{
+		addr: a.submission, mode: tlsNone, helo: "alice-laptop.alpha.test",
+		user: a.user, password: a.password, from: a.user, to: []string{b.user}, msg: letter, trace: tw,
+	})
+	if err != nil {
+		return fmt.Errorf("step 2, submission: %w", err)
+	}
+	out.note("accepted: %s", reply)
+
+	out.beginStep("3. The message waits in alpha's outbound queue")
+	q, err := a.store.Queue(ctx, time.Time{}, 0)
+	if err != nil || len(q) != 1 {
+		return fmt.Errorf("step 3, queue: %d entries (%v), want 1", len(q), err)
+	}
+	e := q[0]
+	out.note("queue entry %d: from <%s> to <%s> (domain %s), %d bytes, attempts %d, next attempt %s",
+		e.ID, e.Sender, e.Recipient, e.Domain, e.Size, e.Attempts, e.NextAttempt.Format(time.TimeOnly))
+
+	out.beginStep("4. The relay looks up where mail for beta.test goes (DNS MX, RFC 5321 5.1)")
+	mx, err := relay.LookupMX(ctx, d.resolver, b.name)
+	if err != nil {
+		return fmt.Errorf("step 4, MX lookup: %w", err)
+	}
+	var lookup bytes.Buffer
+	if err := printMX(&lookup, d.zone.addr, mx); err != nil {
+		return fmt.Errorf("step 4, MX lookup: %w", err)
+	}
+	for _, line := range strings.Split(strings.TrimRight(lookup.String(), "\n"), "\n") {
+		out.note("%s", line)
+	}
+	out.note("-> the relay tries %s first: the lowest preference", mx.Hosts[0].Host)
+
+	out.beginStep("5. alpha's relay delivers to beta's MX (SMTP, RFC 5321)")
+	if err := a.relay.RunOnce(ctx); err != nil {
+		return fmt.Errorf("step 5, relay: %w", err)
+	}
+	if q, _ := a.store.Queue(ctx, time.Time{}, 0); len(q) != 0 {
+		return fmt.Errorf("step 5, relay: the message is still queued: %s", q[0].LastError)
+	}
+
+	out.beginStep("6. The message in bob's INBOX on beta.test")
+	stored, err := inboxMessage(ctx, b)
+	if err != nil {
+		return fmt.Errorf("step 6: %w", err)
+	}
+	for _, f := range headerFields(stored) {
+		mark := "  "
+		if !original[strings.ToLower(f.name)] {
+			mark = "+ "
+		}
+		out.note("%s%s", mark, f.text)
+	}
+	out.note("(+ marks the fields added on the way: Date and Message-ID by submission, Received by each server, Return-Path at final delivery)")
+
+	out.beginStep("7. bob reads it over POP3 (RFC 1939)")
+	popped, err := d.pop3Read(b)
+	if err != nil {
+		return fmt.Errorf("step 7, POP3: %w", err)
+	}
+
+	out.beginStep("8. bob looks at it over IMAP (RFC 9051)")
+	if err := d.imapRead(ctx, b); err != nil {
+		return fmt.Errorf("step 8, IMAP: %w", err)
+	}
+
+	if !bytes.Equal(bodyOf(popped), bodyOf(letter)) {
+		return errors.New("the message bob read differs from the one alice sent")
+	}
+	out.emit(event{Kind: "result", Text: "OK: the message arrived intact (body identical to what alice sent)."})
+	return nil
+}
+
+// inboxMessage reads the newest message of dom's user's INBOX.
+func inboxMessage(ctx context.Context, dom *demoDomain) ([]byte, error) {
+	u, err := dom.store.UserByAddress(ctx, dom.user)
+	if err != nil {
+		return nil, err
+	}
+	in, err := dom.store.MailboxByName(ctx, u.ID, "INBOX")
+	if err != nil {
+		return nil, err
+	}
+	msgs, err := dom.store.Messages(ctx, in.ID, nil)
+	if err != nil {
+		return nil, err
+	}
+	if len(msgs) == 0 {
+		return nil, fmt.Errorf("%s's INBOX is empty", dom.user)
+	}
+	return dom.store.ReadBody(ctx, msgs[len(msgs)-1].BodyID)
+}
+
+// pop3Read logs in over POP3, lists and retrieves the message (keeping
+// it), marking each state change. The protocol lines come from the
+// server's trace.
+func (d *demo) pop3Read(dom *demoDomain) ([]byte, error) {
+	d.out.note("-- state: AUTHORIZATION (the server greets; the client must identify itself)")
+	conn, err := net.DialTimeout("tcp", dom.pop3Addr, 10*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(time.Minute))
+	c := textproto.NewConn(conn)
+	cmd := func(line string) (string, error) {
+		if line != "" {
+			if err := c.PrintfLine("%s", line); err != nil {
+				return "", err
+			}
+		}
+		reply, err := c.ReadLine()
+		if err != nil {
+			return "", err
+		}
+		if !strings.HasPrefix(reply, "+OK") {
+			return reply, fmt.Errorf("%s: %s", strings.Fields(line + " greeting")[0], reply)
+		}
+		return reply, nil
+	}
+	if _, err := cmd(""); err != nil {
+		return nil, err
+	}
+	if _, err := cmd("USER " + dom.user); err != nil {
+		return nil, err
+	}
+	if _, err := cmd("PASS " + dom.password); err != nil {
+		return nil, err
+	}
+	d.out.note("-- state: TRANSACTION (the maildrop is locked; messages are numbered for this session)")
+	for _, line := range []string{"STAT", "LIST", "UIDL", "RETR 1"} {
+		if _, err := cmd(line); err != nil {
+			return nil, err
+		}
+		if line != "STAT" {
+			body, err := c.ReadDotBytes()
+			if err != nil {
+				return nil, err
+			}
+			if line == "RETR 1" {
+				d.out.note("-- QUIT now enters UPDATE; nothing was marked with DELE, so the message stays")
+				if _, err := cmd("QUIT"); err != nil {
+					return nil, err
+				}
+				d.out.note("-- state: UPDATE done, connection closed")
+				return bytes.ReplaceAll(body, []byte("\n"), []byte("\r\n")), nil
+			}
+		}
+	}
+	return nil, errors.New("no RETR")
+}
+
+// printKeep tells how to connect to the demo's servers with real clients.
+func (d *demo) printKeep() {
+	b := d.beta
+	d.out.beginStep("The servers keep running (Ctrl-C stops them)")
+	d.out.note("bob's password: %s", b.password)
+	d.out.note("POP3:  python3 -c \"import poplib; p=poplib.POP3('%s', %s); p.user('%s'); p.pass_('%s'); print(p.stat())\"",
+		hostOf(b.pop3Addr), portOf(b.pop3Addr), b.user, b.password)
+	d.out.note("IMAP:  mutt -f imap://%s@%s/INBOX   (the password is bob's)", strings.ReplaceAll(b.user, "@", "%40"), b.imapAddr)
+	d.out.note("SMTP:  swaks --server %s --to %s --from someone@example.org", b.mx, b.user)
+}
+
+func hostOf(addr string) string { h, _, _ := net.SplitHostPort(addr); return h }
+func portOf(addr string) string { _, p, _ := net.SplitHostPort(addr); return p }
+
+// traceWriter turns the lines of an smtpTrace ("C: ...", "S: ...",
+// "-- note") into demo events.
+type traceWriter struct {
+	out  *demoOut
+	part string
+	buf  []byte
+}
+
+func (w *traceWriter) Write(p []byte) (int, error) {
+	w.buf = append(w.buf, p...)
+	for {
+		i := bytes.IndexByte(w.buf, '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		line := string(w.buf[:i])
+		w.buf = w.buf[i+1:]
+		switch {
+		case strings.HasPrefix(line, "C: "), strings.HasPrefix(line, "S: "):
+			w.out.emit(event{Kind: "trace", Part: w.part, Dir: line[:1], Text: line[3:]})
+		case line == "C:":
+			w.out.emit(event{Kind: "trace", Part: w.part, Dir: "C", Text: ""})
+		default:
+			w.out.note("%s", strings.TrimPrefix(line, "-- "))
+		}
+	}
+}
+
+// headerField is one field of a message header, unfolded for display.
+type headerField struct{ name, text string }
+
+func headerFields(msg []byte) []headerField {
+	var fields []headerField
+	sc := bufio.NewScanner(bytes.NewReader(msg))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" {
+			break
+		}
+		if (line[0] == ' ' || line[0] == '\t') && len(fields) > 0 {
+			fields[len(fields)-1].text += " " + strings.TrimSpace(line)
+			continue
+		}
+		name, _, _ := strings.Cut(line, ":")
+		fields = append(fields, headerField{name: name, text: line})
+	}
+	return fields
+}
+
+func headerNames(msg []byte) map[string]bool {
+	names := map[string]bool{}
+	for _, f := range headerFields(msg) {
+		names[strings.ToLower(f.name)] = true
+	}
+	return names
+}
+
+func headerValue(msg []byte, name string) string {
+	for _, f := range headerFields(msg) {
+		if strings.EqualFold(f.name, name) {
+			return strings.TrimSpace(f.text[len(f.name)+1:])
+		}
+	}
+	return ""
+}
+
+// dropFields removes the named header fields (and their continuation lines).
+func dropFields(msg []byte, names ...string) []byte {
+	head, body, _ := bytes.Cut(msg, []byte("\r\n\r\n"))
+	var out bytes.Buffer
+	dropping := false
+	for _, line := range strings.Split(string(head), "\r\n") {
+		if len(line) > 0 && (line[0] == ' ' || line[0] == '\t') {
+			if !dropping {
+				out.WriteString(line + "\r\n")
+			}
+			continue
+		}
+		name, _, _ := strings.Cut(line, ":")
+		dropping = false
+		for _, n := range names {
+			if strings.EqualFold(name, n) {
+				dropping = true
+			}
+		}
+		if !dropping {
+			out.WriteString(line + "\r\n")
+		}
+	}
+	out.WriteString("\r\n")
+	out.Write(body)
+	return out.Bytes()
+}
+
+// bodyOf is what follows a message's header.
+func bodyOf(msg []byte) []byte {
+	_, body, _ := bytes.Cut(msg, []byte("\r\n\r\n"))
+	return body
+}
+
+// imapRead logs in over IMAP, lists the mailboxes, selects INBOX and
+// fetches the message's structure and its first part. The protocol lines
+// come from the server's trace.
+func (d *demo) imapRead(ctx context.Context, dom *demoDomain) error {
+	c, err := imapclient.DialInsecure(dom.imapAddr, nil)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.Login(dom.user, dom.password).Wait(); err != nil {
+		return fmt.Errorf("LOGIN: %w", err)
+	}
+	d.out.note("-- authenticated: the mail stays on the server, in mailboxes")
+	if _, err := c.List("", "*", nil).Collect(); err != nil {
+		return fmt.Errorf("LIST: %w", err)
+	}
+	if _, err := c.Select("INBOX", &imap.SelectOptions{ReadOnly: true}).Wait(); err != nil {
+		return fmt.Errorf("EXAMINE INBOX: %w", err)
+	}
+	d.out.note("-- selected INBOX; BODYSTRUCTURE tells the client the MIME parts without downloading them")
+	msgs, err := c.Fetch(imap.SeqSetNum(1), &imap.FetchOptions{
+		Envelope: true, BodyStructure: &imap.FetchItemBodyStructure{Extended: true},
+	}).Collect()
+	if err != nil || len(msgs) != 1 {
+		return fmt.Errorf("FETCH BODYSTRUCTURE: %d messages, %v", len(msgs), err)
+	}
+	d.out.note("-- now only part 1, the text, as a client shows a message before its attachments")
+	section := &imap.FetchItemBodySection{Part: []int{1}, Peek: true}
+	msgs, err = c.Fetch(imap.SeqSetNum(1), &imap.FetchOptions{BodySection: []*imap.FetchItemBodySection{section}}).Collect()
+	if err != nil || len(msgs) != 1 {
+		return fmt.Errorf("FETCH BODY.PEEK[1]: %d messages, %v", len(msgs), err)
+	}
+	if text := msgs[0].FindBodySection(section); len(text) == 0 {
+		return errors.New("FETCH BODY.PEEK[1] returned nothing")
+	}
+	if err := c.Logout().Wait(); err != nil {
+		return fmt.Errorf("LOGOUT: %w", err)
+	}
+	return nil
+}

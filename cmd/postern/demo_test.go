@@ -1,0 +1,97 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDemo(t *testing.T) {
+	code, out, errOut := runIn(t, "", "demo")
+	if code != exitOK {
+		t.Fatalf("demo: exit %d\n%s\n%s", code, out, errOut)
+	}
+	// The steps in order, each with what it must show from the real sessions.
+	want := []string{
+		"== 1. Two mail domains",
+		"== 2. alice submits",
+		"MAIL FROM:<alice@alpha.test>", "RCPT TO:<bob@beta.test>",
+		"C: AUTH PLAIN [credentials redacted]",
+		"== 3. The message waits in alpha's outbound queue", "to <bob@beta.test> (domain beta.test)",
+		"== 4. The relay looks up", "beta.test\tmail exchanger = 10 mx.beta.test.", "mx.beta.test\tinternet address = 127.0.0.3",
+		"== 5. alpha's relay delivers", "[alpha relay]    C: EHLO mx.alpha.test", "C: STARTTLS", "(delivered)",
+		"== 6. The message in bob's INBOX", "+ Return-Path: <alice@alpha.test>",
+		"+ Received: from mx.alpha.test ([127.0.0.2]) by mx.beta.test", "+ Received: from alice-laptop.alpha.test",
+		"+ Date:", "+ Message-ID:", "  Subject:",
+		"== 7. bob reads it over POP3", "state: AUTHORIZATION", "C: PASS ***", "state: TRANSACTION", "C: RETR 1", "state: UPDATE",
+		"== 8. bob looks at it over IMAP",
+		"OK: the message arrived intact",
+	}
+	rest := out
+	for _, w := range want {
+		i := strings.Index(rest, w)
+		if i < 0 {
+			t.Fatalf("demo output lacks %q (in order):\n%s", w, out)
+		}
+		rest = rest[i+len(w):]
+	}
+	for _, secret := range []string{"alice-demo-password", "bob-demo-password"} {
+		if strings.Contains(out, secret) {
+			t.Errorf("demo output shows the password %q", secret)
+		}
+	}
+}
+
+func TestDemoJSON(t *testing.T) {
+	code, out, errOut := runIn(t, "", "demo", "-json")
+	if code != exitOK {
+		t.Fatalf("demo -json: exit %d\n%s", code, errOut)
+	}
+	kinds := map[string]int{}
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		var e event
+		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
+			t.Fatalf("not a JSON line: %q: %v", sc.Text(), err)
+		}
+		kinds[e.Kind]++
+		if e.Kind == "trace" && (e.Part == "" || (e.Dir != "C" && e.Dir != "S")) {
+			t.Errorf("trace event without part or direction: %+v", e)
+		}
+	}
+	if kinds["step"] < 8 || kinds["trace"] < 30 || kinds["result"] != 1 {
+		t.Errorf("event counts %v", kinds)
+	}
+}
+
+func TestDemoKeep(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var stdout, stderr syncBuffer
+	exited := make(chan int, 1)
+	go func() {
+		exited <- runContext(ctx, []string{"demo", "-keep"}, strings.NewReader(""), &stdout, &stderr)
+	}()
+	deadline := time.Now().Add(time.Minute)
+	for !strings.Contains(stdout.String(), "keep running") {
+		if time.Now().After(deadline) {
+			t.Fatalf("demo -keep never said the servers keep running:\n%s", stdout.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !strings.Contains(stdout.String(), "poplib.POP3('127.0.0.3'") {
+		t.Errorf("demo -keep does not say how to connect:\n%s", stdout.String())
+	}
+	cancel()
+	select {
+	case code := <-exited:
+		if code != exitOK {
+			t.Errorf("demo -keep exit %d", code)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("demo -keep did not stop")
+	}
+}

@@ -1,0 +1,363 @@
+package imapd
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapclient"
+	"github.com/emersion/go-imap/v2/imapserver"
+
+	"github.com/postern/postern/mailstore"
+)
+
+// fillInbox appends n small messages to the INBOX, several at a time so
+// that they share commits.
+func fillInbox(b testing.TB, env *testEnv, n int) mailstore.Mailbox {
+	b.Helper()
+	ctx := context.Background()
+	mb, err := env.store.MailboxByName(ctx, env.user.ID, "INBOX")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	next := make(chan int)
+	errs := make(chan error, 1)
+	for w := 0; w < 32; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				var flags []string
+				if i%3 == 0 {
+					flags = []string{mailstore.FlagSeen}
+				}
+				if _, err := env.store.Append(ctx, mb.ID, flags, time.Time{}, []byte(testMessage(i, "bench "+strconv.Itoa(i)))); err != nil {
+					select {
+					case errs <- err:
+					default:
+					}
+				}
+			}
+		}()
+	}
+	for i := 0; i < n; i++ {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	select {
+	case err := <-errs:
+		b.Fatal(err)
+	default:
+	}
+	return mb
+}
+
+// BenchmarkSelectFetch: SELECT, then FETCH 1:* (UID FLAGS RFC822.SIZE),
+// on a 10,000-message INBOX. The baseline is the mailstore reading the
+// same message list directly (the floor of both commands).
+func BenchmarkSelectFetch(b *testing.B) {
+	const n = 10000
+	env := newEnv(b)
+	mb := fillInbox(b, env, n)
+	c, err := imapclient.DialInsecure(env.addr, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login(testUser, testPass).Wait(); err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	var selectTime, fetchTime, baseTime time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		if _, err := env.store.Messages(ctx, mb.ID, nil); err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		sel, err := c.Select("INBOX", nil).Wait()
+		if err != nil || sel.NumMessages != n {
+			b.Fatalf("SELECT: %v, %+v", err, sel)
+		}
+		t2 := time.Now()
+		cmd := c.Fetch(imap.SeqSet{{Start: 1, Stop: 0}}, &imap.FetchOptions{UID: true, Flags: true, RFC822Size: true})
+		count := 0
+		for m := cmd.Next(); m != nil; m = cmd.Next() {
+			for item := m.Next(); item != nil; item = m.Next() {
+			}
+			count++
+		}
+		if err := cmd.Close(); err != nil || count != n {
+			b.Fatalf("FETCH: %d messages, %v", count, err)
+		}
+		t3 := time.Now()
+		if err := c.Unselect().Wait(); err != nil {
+			b.Fatal(err)
+		}
+		baseTime += t1.Sub(t0)
+		selectTime += t2.Sub(t1)
+		fetchTime += t3.Sub(t2)
+	}
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 / float64(b.N) }
+	b.ReportMetric(ms(selectTime), "select-ms")
+	b.ReportMetric(ms(fetchTime), "fetch-ms")
+	b.ReportMetric(ms(baseTime), "store-read-ms")
+	b.ReportMetric(float64(selectTime)/float64(baseTime), "select/store-read")
+	b.ReportMetric(float64(fetchTime)/float64(baseTime), "fetch/store-read")
+}
+
+// BenchmarkFetchBody: FETCH BODY.PEEK[] of a 4 MiB message, streamed from
+// the store. The baseline is reading the same body from the store
+// directly.
+func BenchmarkFetchBody(b *testing.B) {
+	env := newEnv(b)
+	var msg strings.Builder
+	msg.WriteString("From: a@remote.test\r\nSubject: big\r\n\r\n")
+	line := strings.Repeat("0123456789abcdef", 4) + "\r\n"
+	for msg.Len() < 4<<20 {
+		msg.WriteString(line)
+	}
+	env.deliver(b, msg.String())
+	size := int64(msg.Len())
+	ctx := context.Background()
+	mb, _ := env.store.MailboxByName(ctx, env.user.ID, "INBOX")
+	msgs, _ := env.store.Messages(ctx, mb.ID, nil)
+	c, err := imapclient.DialInsecure(env.addr, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login(testUser, testPass).Wait(); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+		b.Fatal(err)
+	}
+	section := &imap.FetchItemBodySection{Peek: true}
+	var fetchTime, baseTime time.Duration
+	b.SetBytes(size)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		body, err := env.store.OpenBody(ctx, msgs[0].BodyID)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if n, err := io.Copy(io.Discard, body); err != nil || n != size {
+			b.Fatalf("read body: %d, %v", n, err)
+		}
+		t1 := time.Now()
+		cmd := c.Fetch(imap.SeqSetNum(1), &imap.FetchOptions{BodySection: []*imap.FetchItemBodySection{section}})
+		m := cmd.Next()
+		var got int64
+		for item := m.Next(); item != nil; item = m.Next() {
+			if bs, ok := item.(imapclient.FetchItemDataBodySection); ok {
+				got, _ = io.Copy(io.Discard, bs.Literal)
+			}
+		}
+		if err := cmd.Close(); err != nil || got != size {
+			b.Fatalf("FETCH BODY[]: %d bytes, %v", got, err)
+		}
+		fetchTime += time.Since(t1)
+		baseTime += t1.Sub(t0)
+	}
+	mbps := func(d time.Duration) float64 { return float64(size) * float64(b.N) / d.Seconds() / (1 << 20) }
+	b.ReportMetric(mbps(fetchTime), "fetch-MiB/s")
+	b.ReportMetric(mbps(baseTime), "store-read-MiB/s")
+	b.ReportMetric(float64(fetchTime)/float64(baseTime), "fetch/store-read")
+}
+
+// stubSession is imapserver with next to no backend: the baseline for the
+// memory of an idle connection.
+type stubSession struct{}
+
+func (stubSession) Close() error                                     { return nil }
+func (stubSession) Login(string, string) error                       { return nil }
+func (stubSession) Create(string, *imap.CreateOptions) error         { return nil }
+func (stubSession) Delete(string) error                              { return nil }
+func (stubSession) Rename(string, string, *imap.RenameOptions) error { return nil }
+func (stubSession) Subscribe(string) error                           { return nil }
+func (stubSession) Unsubscribe(string) error                         { return nil }
+func (stubSession) List(*imapserver.ListWriter, string, []string, *imap.ListOptions) error {
+	return nil
+}
+func (stubSession) Status(string, *imap.StatusOptions) (*imap.StatusData, error) { return nil, nil }
+func (stubSession) Append(string, imap.LiteralReader, *imap.AppendOptions) (*imap.AppendData, error) {
+	return nil, nil
+}
+func (stubSession) Poll(*imapserver.UpdateWriter, bool) error { return nil }
+func (stubSession) Idle(w *imapserver.UpdateWriter, stop <-chan struct{}) error {
+	<-stop
+	return nil
+}
+func (stubSession) Select(string, *imap.SelectOptions) (*imap.SelectData, error) {
+	return &imap.SelectData{UIDNext: 1, UIDValidity: 1, Flags: mailboxFlags(nil), PermanentFlags: mailboxFlags(nil)}, nil
+}
+func (stubSession) Unselect() error                                       { return nil }
+func (stubSession) Expunge(*imapserver.ExpungeWriter, *imap.UIDSet) error { return nil }
+func (stubSession) Search(imapserver.NumKind, *imap.SearchCriteria, *imap.SearchOptions) (*imap.SearchData, error) {
+	return nil, nil
+}
+func (stubSession) Fetch(*imapserver.FetchWriter, imap.NumSet, *imap.FetchOptions) error { return nil }
+func (stubSession) Store(*imapserver.FetchWriter, imap.NumSet, *imap.StoreFlags, *imap.StoreOptions) error {
+	return nil
+}
+func (stubSession) Copy(imap.NumSet, string) (*imap.CopyData, error) { return nil, nil }
+
+// idleClients opens n connections to addr that log in, select INBOX and
+// IDLE. They are plain sockets read synchronously: no client goroutines.
+func idleClients(b *testing.B, addr string, n int) []net.Conn {
+	b.Helper()
+	conns := make([]net.Conn, 0, n)
+	for i := 0; i < n; i++ {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			b.Fatalf("connection %d: %v", i, err)
+		}
+		conns = append(conns, c)
+		r := bufio.NewReaderSize(c, 1024)
+		expect := func(prefix string) {
+			c.SetReadDeadline(time.Now().Add(waitTimeout))
+			for {
+				line, err := r.ReadString('\n')
+				if err != nil {
+					b.Fatalf("connection %d: %v", i, err)
+				}
+				if strings.HasPrefix(line, prefix) {
+					return
+				}
+			}
+		}
+		expect("* OK")
+		fmt.Fprintf(c, "a LOGIN %s \"%s\"\r\n", testUser, testPass)
+		expect("a OK")
+		fmt.Fprintf(c, "b SELECT INBOX\r\n")
+		expect("b OK")
+		fmt.Fprintf(c, "c IDLE\r\n")
+		expect("+")
+	}
+	return conns
+}
+
+// memNow is the process's Go memory in use (heap and stacks) and RSS.
+func memNow() (goBytes, rss uint64) {
+	// Several collections: each may halve a goroutine stack that grew
+	// during a command and is mostly unused while idle.
+	for i := 0; i < 12; i++ {
+		runtime.GC()
+	}
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	if os.Getenv("POSTERN_BENCH_MEM") != "" {
+		fmt.Fprintf(os.Stderr, "heap %d stack %d goroutines %d\n", ms.HeapInuse, ms.StackInuse, runtime.NumGoroutine())
+	}
+	goBytes = ms.HeapInuse + ms.StackInuse
+	if b, err := os.ReadFile("/proc/self/statm"); err == nil {
+		f := strings.Fields(string(b))
+		if len(f) > 1 {
+			pages, _ := strconv.ParseUint(f[1], 10, 64)
+			rss = pages * uint64(os.Getpagesize())
+		}
+	}
+	return goBytes, rss
+}
+
+// BenchmarkIdleConnections: 2000 connections logged in with INBOX
+// selected and in IDLE; memory per connection, for Postern's server and,
+// as the baseline, for imapserver with a stub backend. Both sides of the
+// sockets are in this process: the client side is a bare socket.
+//
+// Go starts new goroutines with the average stack size it has seen
+// (GODEBUG adaptivestackstart), and the stub runs first, in a process that
+// has not yet run SQLite: run with GODEBUG=adaptivestackstart=0 to compare
+// like with like.
+func BenchmarkIdleConnections(b *testing.B) {
+	const n = 2000
+	measure := func(addr string) (goPer, rssPer float64) {
+		go0, rss0 := memNow()
+		conns := idleClients(b, addr, n)
+		time.Sleep(200 * time.Millisecond)
+		go1, rss1 := memNow()
+		for _, c := range conns {
+			c.Write([]byte("DONE\r\nz LOGOUT\r\n"))
+			c.Close()
+		}
+		return float64(int64(go1)-int64(go0)) / n, float64(int64(rss1)-int64(rss0)) / n
+	}
+	for i := 0; i < b.N; i++ {
+		stub := imapserver.New(&imapserver.Options{
+			NewSession: func(*imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
+				return stubSession{}, nil, nil
+			},
+			Caps:         imap.CapSet{imap.CapIMAP4rev1: {}},
+			InsecureAuth: true,
+			Logger:       slogPrintf{newEnvLogger()},
+		})
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		go stub.Serve(ln)
+		baseGo, baseRSS := measure(ln.Addr().String())
+		stub.Close()
+
+		env := newEnv(b, func(c *Config) {
+			c.MaxConnectionsPerIP = n + 10
+			// Info level, as in production: lines are formatted, then
+			// dropped rather than kept in the test's buffer.
+			c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+		})
+		env.deliver(b, testMessage(1, "one"))
+		oursGo, oursRSS := measure(env.addr)
+
+		b.ReportMetric(baseGo, "library-B/conn")
+		b.ReportMetric(oursGo, "postern-B/conn")
+		b.ReportMetric(oursGo-baseGo, "backend-B/conn")
+		b.ReportMetric(baseRSS, "library-rss-B/conn")
+		b.ReportMetric(oursRSS, "postern-rss-B/conn")
+	}
+}
+
+// BenchmarkPollIdle: the poll that follows every command, with a mailbox
+// selected and nothing new. The baseline is an uncontended mutex
+// lock/unlock.
+func BenchmarkPollIdle(b *testing.B) {
+	env := newEnv(b)
+	env.deliver(b, testMessage(1, "one"))
+	ctx := context.Background()
+	mb, _ := env.store.MailboxByName(ctx, env.user.ID, "INBOX")
+	v, _, err := env.srv.boxes.open(ctx, mb, false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer v.close()
+	var mu sync.Mutex
+	t0 := time.Now()
+	for i := 0; i < b.N; i++ {
+		mu.Lock()
+		mu.Unlock()
+	}
+	base := time.Since(t0)
+	b.ResetTimer()
+	t1 := time.Now()
+	for i := 0; i < b.N; i++ {
+		if err := v.poll(ctx, nil, true); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(time.Since(t1))/float64(base), "poll/mutex")
+}

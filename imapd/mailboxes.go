@@ -1,0 +1,399 @@
+package imapd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapserver"
+
+	"github.com/postern/postern/mailstore"
+)
+
+// Authenticated state: the commands on mailboxes (RFC 3501 6.3).
+
+const sep = mailstore.Separator
+
+// maxListPatterns bounds the patterns of one LIST-EXTENDED command.
+const maxListPatterns = 32
+
+// mailboxName cleans a name from the client: a trailing separator only
+// says the name will have children (RFC 3501 6.3.3).
+func mailboxName(name string) string {
+	return strings.TrimSuffix(name, sep)
+}
+
+// Create makes a mailbox and any missing parents (RFC 3501 6.3.3), with a
+// special use if asked (RFC 6154 3).
+func (s *session) Create(name string, options *imap.CreateOptions) error {
+	defer s.enter()()
+	use := ""
+	if options != nil {
+		switch len(options.SpecialUse) {
+		case 0:
+		case 1:
+			use = string(options.SpecialUse[0])
+		default:
+			return errBadSpecialUse
+		}
+		switch imap.MailboxAttr(use) {
+		case "", imap.MailboxAttrAll, imap.MailboxAttrArchive, imap.MailboxAttrDrafts, imap.MailboxAttrFlagged,
+			imap.MailboxAttrJunk, imap.MailboxAttrSent, imap.MailboxAttrTrash:
+		default:
+			return errBadSpecialUse
+		}
+	}
+	ctx, cancel := s.ctx()
+	defer cancel()
+	name = mailboxName(name)
+	if _, err := s.srv.store.CreateMailbox(ctx, s.user.ID, name, use); err != nil {
+		if e := storeError(err); e != nil {
+			return e
+		}
+		return s.internal("create mailbox", err)
+	}
+	s.info("mailbox created", "mailbox", name)
+	return nil
+}
+
+// Delete removes a mailbox (RFC 3501 6.3.4).
+func (s *session) Delete(name string) error {
+	defer s.enter()()
+	ctx, cancel := s.ctx()
+	defer cancel()
+	name = mailboxName(name)
+	if n, err := mailstore.NormalizeMailboxName(name); err == nil && n == "INBOX" {
+		return errInboxDelete
+	}
+	if err := s.srv.store.DeleteMailbox(ctx, s.user.ID, name); err != nil {
+		if e := storeError(err); e != nil {
+			return e
+		}
+		return s.internal("delete mailbox", err)
+	}
+	s.info("mailbox deleted", "mailbox", name)
+	return nil
+}
+
+// Rename renames a mailbox and its children; renaming INBOX moves its
+// messages to the new mailbox (RFC 3501 6.3.5).
+func (s *session) Rename(oldName, newName string, _ *imap.RenameOptions) error {
+	defer s.enter()()
+	ctx, cancel := s.ctx()
+	defer cancel()
+	oldName, newName = mailboxName(oldName), mailboxName(newName)
+	if err := s.srv.store.RenameMailbox(ctx, s.user.ID, oldName, newName); err != nil {
+		if e := storeError(err); e != nil {
+			return e
+		}
+		return s.internal("rename mailbox", err)
+	}
+	s.info("mailbox renamed", "from", oldName, "to", newName)
+	return nil
+}
+
+// Subscribe adds a mailbox to the subscriptions (RFC 3501 6.3.6).
+func (s *session) Subscribe(name string) error { return s.subscribe(name, true) }
+
+// Unsubscribe removes a mailbox from the subscriptions (RFC 3501 6.3.7).
+func (s *session) Unsubscribe(name string) error { return s.subscribe(name, false) }
+
+func (s *session) subscribe(name string, on bool) error {
+	defer s.enter()()
+	ctx, cancel := s.ctx()
+	defer cancel()
+	if err := s.srv.store.SetSubscribed(ctx, s.user.ID, mailboxName(name), on); err != nil {
+		if e := storeError(err); e != nil {
+			return e
+		}
+		return s.internal("subscribe", err)
+	}
+	return nil
+}
+
+// List answers LIST, LIST-EXTENDED (RFC 5258) with LIST-STATUS (RFC 5819)
+// and SPECIAL-USE (RFC 6154), and LSUB (imapserver calls List with
+// SelectSubscribed for it).
+func (s *session) List(w *imapserver.ListWriter, ref string, patterns []string, options *imap.ListOptions) error {
+	defer s.enter()()
+	if options == nil {
+		options = &imap.ListOptions{}
+	}
+	if len(patterns) == 0 {
+		// RFC 3501 6.3.8: an empty pattern asks for the delimiter and the
+		// root of the reference's hierarchy.
+		root := ""
+		if i := strings.Index(ref, sep); i >= 0 {
+			root = ref[:i+1]
+		}
+		return w.WriteList(&imap.ListData{Attrs: []imap.MailboxAttr{imap.MailboxAttrNoSelect}, Delim: rune(sep[0]), Mailbox: root})
+	}
+	if len(patterns) > maxListPatterns {
+		patterns = patterns[:maxListPatterns]
+	}
+	ctx, cancel := s.ctx()
+	defer cancel()
+	boxes, err := s.srv.store.Mailboxes(ctx, s.user.ID)
+	if err != nil {
+		return s.internal("list mailboxes", err)
+	}
+	children := make(map[string]bool)        // names with children
+	subscribedChild := make(map[string]bool) // names with a subscribed descendant
+	for _, mb := range boxes {
+		parts := strings.Split(mb.Name, sep)
+		for i := 1; i < len(parts); i++ {
+			parent := strings.Join(parts[:i], sep)
+			children[parent] = true
+			if mb.Subscribed {
+				subscribedChild[parent] = true
+			}
+		}
+	}
+	matchers := make([]*listMatcher, len(patterns))
+	for i, p := range patterns {
+		matchers[i] = newListMatcher(ref, p)
+	}
+	matches := func(name string) bool {
+		for _, m := range matchers {
+			if m.match(name) {
+				return true
+			}
+		}
+		return false
+	}
+	for _, mb := range boxes {
+		if !matches(mb.Name) {
+			continue
+		}
+		data := &imap.ListData{Delim: rune(sep[0]), Mailbox: mb.Name}
+		if options.SelectSubscribed && !mb.Subscribed {
+			// RFC 5258 3.5: a parent of subscribed mailboxes, with
+			// CHILDINFO, when RECURSIVEMATCH asks for it.
+			if !options.SelectRecursiveMatch || !subscribedChild[mb.Name] {
+				continue
+			}
+			data.ChildInfo = &imap.ListDataChildInfo{Subscribed: true}
+		}
+		if options.SelectSpecialUse && mb.SpecialUse == "" {
+			continue
+		}
+		if mb.NoSelect {
+			data.Attrs = append(data.Attrs, imap.MailboxAttrNoSelect)
+		}
+		if children[mb.Name] {
+			data.Attrs = append(data.Attrs, imap.MailboxAttrHasChildren)
+		} else {
+			data.Attrs = append(data.Attrs, imap.MailboxAttrHasNoChildren)
+		}
+		if mb.Subscribed && (options.ReturnSubscribed || options.SelectSubscribed) {
+			data.Attrs = append(data.Attrs, imap.MailboxAttrSubscribed)
+		}
+		if mb.SpecialUse != "" {
+			data.Attrs = append(data.Attrs, imap.MailboxAttr(mb.SpecialUse))
+		}
+		if options.ReturnStatus != nil && !mb.NoSelect {
+			st, err := s.status(ctx, mb, options.ReturnStatus)
+			if err != nil {
+				return err
+			}
+			data.Status = st
+		}
+		if err := w.WriteList(data); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Status answers STATUS (RFC 3501 6.3.10, RFC 8438 SIZE, RFC 7889
+// APPENDLIMIT).
+func (s *session) Status(name string, options *imap.StatusOptions) (*imap.StatusData, error) {
+	defer s.enter()()
+	ctx, cancel := s.ctx()
+	defer cancel()
+	mb, err := s.srv.store.MailboxByName(ctx, s.user.ID, mailboxName(name))
+	if err != nil {
+		if e := storeError(err); e != nil {
+			return nil, e
+		}
+		return nil, s.internal("status", err)
+	}
+	if mb.NoSelect {
+		return nil, errNoSelect
+	}
+	return s.status(ctx, mb, options)
+}
+
+func (s *session) status(ctx context.Context, mb mailstore.Mailbox, options *imap.StatusOptions) (*imap.StatusData, error) {
+	st, err := s.srv.store.Status(ctx, mb.ID)
+	if err != nil {
+		if e := storeError(err); e != nil {
+			return nil, e
+		}
+		return nil, s.internal("status", err)
+	}
+	data := &imap.StatusData{Mailbox: mb.Name, UIDNext: imap.UID(st.UIDNext), UIDValidity: st.UIDValidity}
+	if options.NumMessages {
+		data.NumMessages = &st.Messages
+	}
+	if options.NumUnseen {
+		data.NumUnseen = &st.Unseen
+	}
+	if options.NumDeleted {
+		data.NumDeleted = &st.Deleted
+	}
+	if options.Size {
+		data.Size = &st.Size
+	}
+	if options.NumRecent {
+		var zero uint32 // Postern keeps no \Recent
+		data.NumRecent = &zero
+	}
+	if options.AppendLimit {
+		limit := s.srv.cfg.AppendLimit
+		data.AppendLimit = &limit
+	}
+	if options.DeletedStorage {
+		var zero int64
+		data.DeletedStorage = &zero
+	}
+	if options.HighestModSeq {
+		data.HighestModSeq = st.HighestModSeq
+	}
+	return data, nil
+}
+
+// Append adds a message to a mailbox (RFC 3501 6.3.11, UIDPLUS APPENDUID).
+func (s *session) Append(name string, r imap.LiteralReader, options *imap.AppendOptions) (*imap.AppendData, error) {
+	defer s.enter()()
+	ctx, cancel := s.ctx()
+	defer cancel()
+	mb, err := s.srv.store.MailboxByName(ctx, s.user.ID, mailboxName(name))
+	if err != nil {
+		if errors.Is(err, mailstore.ErrNotFound) {
+			return nil, errTryCreate // RFC 3501 6.3.11
+		}
+		if e := storeError(err); e != nil {
+			return nil, e
+		}
+		return nil, s.internal("append", err)
+	}
+	if mb.NoSelect {
+		return nil, errNoSelect
+	}
+	size := r.Size()
+	if size == 0 {
+		return nil, errEmptyMessage
+	}
+	msg := make([]byte, size) // imapserver has checked size against AppendLimit
+	if _, err := io.ReadFull(r, msg); err != nil {
+		return nil, fmt.Errorf("read APPEND literal: %w", err)
+	}
+	var flags []string
+	for _, f := range options.Flags {
+		flags = append(flags, string(f))
+	}
+	m, err := s.srv.store.Append(ctx, mb.ID, flags, options.Time, msg)
+	if err != nil {
+		if errors.Is(err, mailstore.ErrInvalidName) {
+			return nil, errBadFlag
+		}
+		if e := storeError(err); e != nil {
+			return nil, e
+		}
+		return nil, s.internal("append", err)
+	}
+	s.info("message appended", "mailbox", mb.Name, "uid", m.UID, "size", m.Size)
+	return &imap.AppendData{UID: imap.UID(m.UID), UIDValidity: mb.UIDValidity}, nil
+}
+
+// listMatcher matches mailbox names against a LIST reference and pattern
+// (RFC 3501 6.3.8): "*" matches anything, "%" anything but the separator.
+// It runs in time proportional to pattern length times name length, never
+// exponential, whatever wildcards the client sends.
+type listMatcher struct {
+	pattern string
+	never   bool
+}
+
+func newListMatcher(ref, pattern string) *listMatcher {
+	full := pattern
+	if strings.HasPrefix(pattern, sep) {
+		full = pattern[len(sep):] // an absolute pattern ignores the reference
+	} else if ref != "" {
+		if !strings.HasSuffix(ref, sep) {
+			ref += sep
+		}
+		full = ref + pattern
+	}
+	// INBOX is case-insensitive (RFC 3501 5.1), also as a first level.
+	first, rest, hasRest := strings.Cut(full, sep)
+	if strings.EqualFold(first, "INBOX") {
+		full = "INBOX"
+		if hasRest {
+			full += sep + rest
+		}
+	}
+	var b strings.Builder
+	literal := 0
+	for i := 0; i < len(full); i++ {
+		c := full[i]
+		if c == '*' || c == '%' {
+			if n := b.Len(); n > 0 {
+				last := b.String()[n-1]
+				if last == '*' {
+					continue
+				}
+				if last == '%' {
+					if c == '*' {
+						s := b.String()[:n-1] + "*"
+						b.Reset()
+						b.WriteString(s)
+					}
+					continue
+				}
+			}
+		} else {
+			literal++
+		}
+		b.WriteByte(c)
+	}
+	// No name is longer than the store allows, so a pattern with more
+	// literal characters matches nothing.
+	return &listMatcher{pattern: b.String(), never: literal > 1000}
+}
+
+func (m *listMatcher) match(name string) bool {
+	if m.never {
+		return false
+	}
+	p := m.pattern
+	prev := make([]bool, len(name)+1)
+	cur := make([]bool, len(name)+1)
+	prev[0] = true
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		switch c {
+		case '*':
+			cur[0] = prev[0]
+			for j := 1; j <= len(name); j++ {
+				cur[j] = prev[j] || cur[j-1]
+			}
+		case '%':
+			cur[0] = prev[0]
+			for j := 1; j <= len(name); j++ {
+				cur[j] = prev[j] || (cur[j-1] && name[j-1] != sep[0])
+			}
+		default:
+			cur[0] = false
+			for j := 1; j <= len(name); j++ {
+				cur[j] = prev[j-1] && name[j-1] == c
+			}
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(name)]
+}

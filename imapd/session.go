@@ -1,0 +1,279 @@
+package imapd
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapserver"
+
+	"github.com/postern/postern/mailstore"
+)
+
+// session is one IMAP connection's backend. imapserver calls its methods
+// one at a time (Idle excepted, which runs while the connection reads).
+type session struct {
+	srv  *Server
+	conn *imapserver.Conn
+	id   string
+	ip   string
+
+	// busy counts the calls in progress: Shutdown says BYE only to a
+	// session between commands.
+	busy    atomic.Int32
+	byeOnce sync.Once
+
+	user     *mailstore.User
+	failures int
+	// view is the selected mailbox. It changes only on imapserver's
+	// command goroutine, under mu, which Idle (on its own goroutine, and
+	// possibly still running when Close is called) takes to read it.
+	mu        sync.Mutex
+	view      *view
+	mailbox   mailstore.Mailbox // the selected one, as it was at SELECT
+	searchRes []uint32          // UIDs saved by SEARCH RETURN (SAVE) (RFC 5182)
+}
+
+var (
+	_ imapserver.SessionIMAP4rev2      = (*session)(nil)
+	_ imapserver.SessionUnauthenticate = (*session)(nil)
+	_ imapserver.SessionAppendLimit    = (*session)(nil)
+	_ imapserver.SessionNamespace      = (*session)(nil)
+	_ imapserver.SessionMove           = (*session)(nil)
+)
+
+func (s *Server) newSession(c *imapserver.Conn, traceID string) (imapserver.Session, *imapserver.GreetingData, error) {
+	nc := c.NetConn()
+	id := traceID
+	if id == "" {
+		id = newSessionID()
+	}
+	ip := nc.RemoteAddr().String()
+	if host, _, err := net.SplitHostPort(ip); err == nil {
+		ip = host
+	}
+	sess := &session{srv: s, conn: c, id: id, ip: ip}
+	if err := s.admit(sess); err != nil {
+		sess.info("connection refused", "remote", nc.RemoteAddr().String(), "reason", err.Error())
+		if traceID != "" {
+			s.mu.Lock()
+			delete(s.traced, traceID)
+			s.mu.Unlock()
+		}
+		return nil, nil, err
+	}
+	_, isTLS := nc.(*tls.Conn)
+	sess.info("connect", "remote", nc.RemoteAddr().String(), "local", nc.LocalAddr().String(), "tls", isTLS)
+	return sess, nil, nil
+}
+
+// logger tags a log line with the session ID and the user. It is made
+// for each event rather than kept: an idle session holds no logger.
+func (s *session) logger() *slog.Logger {
+	if s.user != nil {
+		return s.srv.log.With("session", s.id, "user", s.user.Address)
+	}
+	return s.srv.log.With("session", s.id)
+}
+
+// Session events are logged through these: the formatting runs off the
+// connection's goroutine (see offStack).
+func (s *session) info(msg string, args ...any)  { s.log(slog.LevelInfo, msg, args) }
+func (s *session) warn(msg string, args ...any)  { s.log(slog.LevelWarn, msg, args) }
+func (s *session) error(msg string, args ...any) { s.log(slog.LevelError, msg, args) }
+func (s *session) debug(msg string, args ...any) { s.log(slog.LevelDebug, msg, args) }
+
+func (s *session) log(level slog.Level, msg string, args []any) {
+	if !s.srv.log.Enabled(context.Background(), level) {
+		return
+	}
+	offStack(func() { s.logger().Log(context.Background(), level, msg, args...) })
+}
+
+// offStack runs f on a goroutine of its own and waits for it. The
+// mailstore's SQLite calls and slog's formatting use deep stacks; run on
+// the connection's goroutine they would leave it with a large stack for as
+// long as the session idles (Go shrinks a stack only down to four times
+// what is in use), some kilobytes per idle connection.
+func offStack(f func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f()
+	}()
+	<-done
+}
+
+// newSessionID names a session in logs.
+func newSessionID() string {
+	var b [6]byte
+	rand.Read(b[:]) // never fails: crypto/rand crashes the program instead
+	return hex.EncodeToString(b[:])
+}
+
+// enter marks the session busy for one call; use as defer s.enter()().
+func (s *session) enter() func() {
+	s.busy.Add(1)
+	return func() { s.busy.Add(-1) }
+}
+
+// ctx bounds the store work of one command.
+func (s *session) ctx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(s.srv.baseCtx, storeTimeout)
+}
+
+// internal logs an unexpected store failure and returns what the client
+// is told.
+func (s *session) internal(op string, err error) error {
+	if errors.Is(err, context.Canceled) || errors.Is(err, mailstore.ErrClosed) {
+		return errTemporary
+	}
+	s.error(op+" failed", "err", err)
+	return errTemporary
+}
+
+// sayBye ends the session with an untagged BYE, once, without waiting.
+func (s *session) sayBye(text string) {
+	s.byeOnce.Do(func() {
+		go func() {
+			if err := s.conn.Bye(text); err != nil {
+				s.debug("bye", "err", err)
+			}
+		}()
+	})
+}
+
+// Close is called by imapserver when the connection ends.
+func (s *session) Close() error {
+	s.setView(nil)
+	s.srv.leave(s)
+	s.info("disconnect")
+	return nil
+}
+
+// Login checks a LOGIN or AUTHENTICATE PLAIN. imapserver refuses both on a
+// connection that is not secure (see Config.Secure) before calling it.
+func (s *session) Login(username, password string) error {
+	defer s.enter()()
+	if s.srv.auth.blocked(s.ip, time.Now()) {
+		s.warn("login refused: too many failures from address", "user", username)
+		return errAuthThrottled
+	}
+	ctx, cancel := s.ctx()
+	defer cancel()
+	var u mailstore.User
+	var err error
+	offStack(func() { u, err = s.srv.store.Authenticate(ctx, username, password) })
+	if err != nil {
+		if !errors.Is(err, mailstore.ErrAuthFailed) {
+			return s.internal("authenticate", err)
+		}
+		s.failures++
+		s.srv.auth.fail(s.ip, time.Now())
+		s.warn("login failed", "user", username, "failures", s.failures)
+		if d := s.srv.cfg.AuthFailureDelay; d > 0 {
+			t := time.NewTimer(d)
+			select {
+			case <-t.C:
+			case <-s.srv.quit:
+				t.Stop()
+			}
+		}
+		if s.failures >= maxAuthFailures {
+			s.sayBye("Too many failed logins")
+		}
+		return errAuthFailed
+	}
+	s.user = &u
+	s.info("login")
+	return nil
+}
+
+// Unauthenticate goes back to the not-authenticated state (RFC 8437).
+func (s *session) Unauthenticate() error {
+	defer s.enter()()
+	s.setView(nil)
+	s.info("unauthenticate")
+	s.user = nil
+	s.searchRes = nil
+	return nil
+}
+
+// Namespace: one personal namespace, "/"-separated (RFC 2342).
+func (s *session) Namespace() (*imap.NamespaceData, error) {
+	return &imap.NamespaceData{Personal: []imap.NamespaceDescriptor{{Prefix: "", Delim: rune(mailstore.Separator[0])}}}, nil
+}
+
+// AppendLimit is advertised as APPENDLIMIT=n (RFC 7889).
+func (s *session) AppendLimit() uint32 { return s.srv.cfg.AppendLimit }
+
+// throttle counts failed logins per client address.
+type throttle struct {
+	mu  sync.Mutex
+	ips map[string]*failures
+}
+
+type failures struct {
+	n     int
+	first time.Time
+}
+
+func newThrottle() *throttle { return &throttle{ips: make(map[string]*failures)} }
+
+func (t *throttle) blocked(ip string, now time.Time) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	f := t.ips[ip]
+	if f == nil {
+		return false
+	}
+	if now.Sub(f.first) > authFailureWindow {
+		delete(t.ips, ip)
+		return false
+	}
+	return f.n >= maxAuthFailuresPerIP
+}
+
+func (t *throttle) fail(ip string, now time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	f := t.ips[ip]
+	if f == nil || now.Sub(f.first) > authFailureWindow {
+		if len(t.ips) >= maxThrottledIPs {
+			for k, v := range t.ips { // drop the expired, or any one
+				if now.Sub(v.first) > authFailureWindow || len(t.ips) >= maxThrottledIPs {
+					delete(t.ips, k)
+				}
+			}
+		}
+		f = &failures{first: now}
+		t.ips[ip] = f
+	}
+	f.n++
+}
+
+// setView replaces the selected mailbox, closing the one before.
+func (s *session) setView(v *view) {
+	s.mu.Lock()
+	old := s.view
+	s.view = v
+	s.mu.Unlock()
+	if old != nil {
+		old.close()
+	}
+}
+
+// selected reads the selected mailbox from any goroutine.
+func (s *session) selected() *view {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.view
+}

@@ -1,0 +1,176 @@
+package imapd
+
+import (
+	"context"
+	"slices"
+	"testing"
+
+	"github.com/emersion/go-imap/v2"
+
+	"github.com/postern/postern/mailstore"
+)
+
+// kinds summarises a queue for comparison.
+func kinds(q []update) []string {
+	var out []string
+	for _, u := range q {
+		switch u.kind {
+		case updExists:
+			out = append(out, "EXISTS "+itoa(u.num))
+		case updExpunge:
+			out = append(out, "EXPUNGE "+itoa(u.num))
+		case updFlags:
+			out = append(out, "FETCH "+itoa(u.num))
+		case updMailboxFlags:
+			out = append(out, "FLAGS")
+		}
+	}
+	return out
+}
+
+func itoa(n uint32) string { return string(rune('0'+n/10)) + string(rune('0'+n%10)) }
+
+func TestViewNumbering(t *testing.T) {
+	env := newEnv(t)
+	ctx := context.Background()
+	for i := 1; i <= 5; i++ {
+		env.deliver(t, testMessage(i, "x"))
+	}
+	mb, err := env.store.MailboxByName(ctx, env.user.ID, "INBOX")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _, err := env.srv.boxes.open(ctx, mb, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.close()
+	b, _, err := env.srv.boxes.open(ctx, mb, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.close()
+	if a.st != b.st {
+		t.Fatal("two views of one mailbox do not share its state")
+	}
+
+	// Expunge UIDs 2 and 4, flag 5 with a new keyword, deliver 6 and 7.
+	if _, err := env.store.StoreFlags(ctx, mb.ID, mailstore.UIDs(2, 4), mailstore.FlagsAdd, []string{mailstore.FlagDeleted}); err != nil {
+		t.Fatal(err)
+	}
+	a.take(ctx, true) // A has seen the \Deleted flags
+	if _, err := env.store.Expunge(ctx, mb.ID, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.store.StoreFlags(ctx, mb.ID, mailstore.UIDs(5), mailstore.FlagsAdd, []string{"Fresh"}); err != nil {
+		t.Fatal(err)
+	}
+	env.deliver(t, testMessage(6, "x"))
+	env.deliver(t, testMessage(7, "x"))
+	a.changed(ctx)
+
+	a.st.mu.Lock()
+	if got := kinds(a.queue); !slices.Equal(got, []string{"EXPUNGE 02", "EXPUNGE 03", "FLAGS", "FETCH 03", "EXISTS 05"}) {
+		t.Errorf("A's queue = %v", got)
+	}
+	// A still numbers 1..5 as before; 2 and 4 are gone.
+	for seq, want := range map[uint32]uint32{1: 1, 2: 0, 3: 3, 4: 0, 5: 5, 6: 0} {
+		s, ok := a.toServer(seq)
+		uid := uint32(0)
+		if ok {
+			uid = a.st.uids[s-1]
+		}
+		if uid != want {
+			t.Errorf("A's message %d is UID %d, want %d", seq, uid, want)
+		}
+	}
+	// UIDs 6 and 7 are not A's yet; UID 5 is A's 5.
+	for uid, want := range map[uint32]uint32{5: 5, 6: 0, 7: 0, 3: 3} {
+		s, _ := a.st.seqOf(uid)
+		got, ok := a.toClient(s)
+		if !ok {
+			got = 0
+		}
+		if got != want {
+			t.Errorf("UID %d is A's %d, want %d", uid, got, want)
+		}
+	}
+	a.st.mu.Unlock()
+
+	// A FETCH (no expunges allowed) takes nothing past the first EXPUNGE,
+	// but FLAGS goes out at once.
+	if got := kinds(a.take(ctx, false)); !slices.Equal(got, []string{"FLAGS"}) {
+		t.Errorf("take without expunges = %v", got)
+	}
+	if got := kinds(a.take(ctx, true)); !slices.Equal(got, []string{"EXPUNGE 02", "EXPUNGE 03", "FETCH 03", "EXISTS 05"}) {
+		t.Errorf("take = %v", got)
+	}
+	if a.countNow() != 5 {
+		t.Errorf("A knows %d messages, want 5", a.countNow())
+	}
+	targets := a.resolve(ctx, imap.SeqSet{{Start: 0, Stop: 0}})
+	if len(targets) != 1 || targets[0] != (target{seq: 5, uid: 7}) {
+		t.Errorf("* = %+v", targets)
+	}
+
+	// B's view, on the same changes, comes out the same.
+	b.take(ctx, true)
+	if b.countNow() != 5 {
+		t.Errorf("B knows %d messages, want 5", b.countNow())
+	}
+}
+
+func TestViewResyncAfterOverflow(t *testing.T) {
+	env := newEnv(t)
+	ctx := context.Background()
+	for i := 1; i <= 4; i++ {
+		env.deliver(t, testMessage(i, "x"))
+	}
+	mb, _ := env.store.MailboxByName(ctx, env.user.ID, "INBOX")
+	v, _, err := env.srv.boxes.open(ctx, mb, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.close()
+	if _, err := env.store.DeleteMessages(ctx, mb.ID, []uint32{1, 3}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.store.StoreFlags(ctx, mb.ID, mailstore.UIDs(4), mailstore.FlagsAdd, []string{mailstore.FlagFlagged}); err != nil {
+		t.Fatal(err)
+	}
+	env.deliver(t, testMessage(5, "x"))
+	// Pretend the feed overflowed: drop what it has and resync.
+	v.st.mu.Lock()
+	<-v.st.sub.Pending
+	v.st.sub.Get()
+	v.st.resync(ctx)
+	got := kinds(v.queue)
+	uids := slices.Clone(v.st.uids)
+	v.st.mu.Unlock()
+	if !slices.Equal(uids, []uint32{2, 4, 5}) {
+		t.Errorf("UIDs after resync = %v", uids)
+	}
+	if !slices.Equal(got, []string{"EXPUNGE 03", "EXPUNGE 01", "FETCH 01", "FETCH 02", "EXISTS 03"}) {
+		t.Errorf("queue after resync = %v", got)
+	}
+}
+
+func TestIdleWakesEverySession(t *testing.T) {
+	env := newEnv(t)
+	var us []*updates
+	for i := 0; i < 5; i++ {
+		u := newUpdates()
+		c := env.dial(t, u)
+		if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Idle(); err != nil {
+			t.Fatal(err)
+		}
+		us = append(us, u)
+	}
+	env.deliver(t, testMessage(1, "x"))
+	for _, u := range us {
+		u.waitFor(t, "EXISTS 1", func(u *updates) bool { return slices.Contains(u.exists, 1) })
+	}
+}
