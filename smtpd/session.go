@@ -195,13 +195,14 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 			s.log.Info("recipient refused", "to", a.String(), "reason", "relay denied")
 			return errRelayDenied
 		}
-		norm, err := mailstore.NormalizeAddress(a.String())
-		if a.literal || err != nil {
+		if _, err := mailstore.NormalizeAddress(a.String()); a.literal || err != nil {
 			// The queue takes domain names only.
 			s.log.Info("recipient refused", "to", a.String(), "reason", "unsupported remote address")
 			return errUnsupportedAddress
 		}
-		tx.add(norm, opts)
+		// As given: only the remote server may say whether the case of
+		// its local parts matters (RFC 5321 2.4).
+		tx.add(a.String(), opts)
 		return nil
 	}
 	res, err := store.Resolve(ctx, a.String())

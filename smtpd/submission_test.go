@@ -283,3 +283,16 @@ func TestTLSMinimumVersion(t *testing.T) {
 		t.Error("TLS 1.1 handshake succeeded")
 	}
 }
+
+// A remote recipient is queued with its local part as given: only the
+// remote server may treat case as significant.
+func TestRemoteRecipientKeepsCase(t *testing.T) {
+	e := newTestEnv(t)
+	if err := e.submit(t, alice, alicePassword, alice, []string{"Dave.Far@Far.TEST"}, simpleMessage("case")); err != nil {
+		t.Fatal(err)
+	}
+	q := e.queue(t)
+	if len(q) != 1 || q[0].Recipient != "Dave.Far@far.test" || q[0].Domain != "far.test" {
+		t.Fatalf("queue %+v", q)
+	}
+}
