@@ -89,6 +89,9 @@ const (
 	// defaultAppendLimit is APPENDLIMIT (RFC 7889): the size SMTP accepts
 	// by default (smtp.max_message_bytes).
 	defaultAppendLimit = 32 << 20
+	// tlsHandshakeTimeout bounds the handshake of an implicit-TLS
+	// connection (after STARTTLS, imapserver's command deadline does).
+	tlsHandshakeTimeout = 30 * time.Second
 	// storeTimeout bounds the mailstore work of one command.
 	storeTimeout = 2 * time.Minute
 	// maxAcceptDelay caps the back-off after a temporary Accept error.
@@ -119,8 +122,8 @@ type Config struct {
 	Secure func(net.Conn) bool
 	// Logger receives one line per session event; nil discards them.
 	Logger *slog.Logger
-	// Trace logs every protocol line at debug level with the session ID
-	// and direction (C: client, S: server). LOGIN and AUTHENTICATE data are
+	// Trace logs every protocol line (message "trace", at info level) with
+	// the session ID and direction (C: client, S: server). LOGIN and AUTHENTICATE data are
 	// shown as "***"; literal contents (messages) are not logged.
 	Trace bool
 	// MaxConnections bounds the sessions of the server, and
@@ -326,6 +329,11 @@ func (s *Server) serve(ln net.Listener) error {
 // returns at once.
 func (s *Server) hand(c net.Conn) {
 	_, isTLS := c.(*tls.Conn)
+	if isTLS {
+		// The handshake runs at the greeting, before imapserver sets a
+		// read deadline: bound it here.
+		c.SetDeadline(time.Now().Add(tlsHandshakeTimeout))
+	}
 	insecureOK := isTLS || s.cfg.AllowInsecureAuth || s.cfg.Secure(c)
 	srv := s.strict
 	if insecureOK {

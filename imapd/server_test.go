@@ -186,7 +186,7 @@ func TestTraceRedactsSecrets(t *testing.T) {
 	rc.cmd("d", "LOGOUT")
 	// The trace sees a line just after the socket does: wait for the last.
 	deadline := time.Now().Add(waitTimeout)
-	for !strings.Contains(env.logs.String(), `"S: d OK`) && time.Now().Before(deadline) {
+	for !strings.Contains(env.logs.String(), `dir=S line="d OK`) && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)
 	}
 	logs := env.logs.String()
@@ -195,7 +195,7 @@ func TestTraceRedactsSecrets(t *testing.T) {
 			t.Errorf("trace shows %q:\n%s", secret, logs)
 		}
 	}
-	for _, want := range []string{`"C: a LOGIN ***"`, `"S: a OK`, `"C: c SELECT INBOX"`, `"S: * OK [UIDVALIDITY`} {
+	for _, want := range []string{`dir=C line="a LOGIN ***"`, `dir=S line="a OK`, `dir=C line="c SELECT INBOX"`, `dir=S line="* OK [UIDVALIDITY`} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("trace lacks %s:\n%s", want, logs)
 		}
@@ -216,5 +216,23 @@ func TestUnauthenticate(t *testing.T) {
 	}
 	if err := c.Login(testUser, testPass).Wait(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestSilentTLSClientIsDropped(t *testing.T) {
+	env := newEnv(t)
+	c, err := net.Dial("tcp", env.tls)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// Say nothing. The server gives up after tlsHandshakeTimeout; here it
+	// is enough that the session is counted and Shutdown still ends it.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	env.srv.Shutdown(ctx)
+	c.SetReadDeadline(time.Now().Add(waitTimeout))
+	if _, err := io.ReadAll(c); err != nil {
+		t.Errorf("connection not closed by Shutdown: %v", err)
 	}
 }

@@ -105,11 +105,11 @@ func (t *traceWriter) emit(dir int, line string) {
 		if t.secret != "" && strings.HasPrefix(line, t.secret+" ") {
 			t.secret = ""
 		}
-		t.log.Debug("S: " + clip(line))
+		t.line("S", clip(line))
 		return
 	}
 	if t.secret != "" {
-		t.log.Debug("C: ***")
+		t.line("C", "***")
 		return
 	}
 	fields := strings.SplitN(line, " ", 4)
@@ -117,7 +117,7 @@ func (t *traceWriter) emit(dir int, line string) {
 		switch strings.ToUpper(fields[1]) {
 		case "LOGIN":
 			t.secret = fields[0]
-			t.log.Debug("C: " + clip(fields[0]+" "+fields[1]+" ***"))
+			t.line("C", clip(fields[0]+" "+fields[1]+" ***"))
 			return
 		case "AUTHENTICATE":
 			t.secret = fields[0]
@@ -128,11 +128,11 @@ func (t *traceWriter) emit(dir int, line string) {
 			if len(fields) >= 4 {
 				shown += " ***"
 			}
-			t.log.Debug("C: " + clip(shown))
+			t.line("C", clip(shown))
 			return
 		}
 	}
-	t.log.Debug("C: " + clip(line))
+	t.line("C", clip(line))
 }
 
 func clip(s string) string {
@@ -140,4 +140,10 @@ func clip(s string) string {
 		return s[:maxTraceLine] + "..."
 	}
 	return s
+}
+
+// line logs one protocol line as every Postern server does: message
+// "trace", with its direction (C: from the client, S: from the server).
+func (t *traceWriter) line(dir, text string) {
+	t.log.Info("trace", "dir", dir, "line", text)
 }

@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"net/textproto"
@@ -62,14 +63,17 @@ type demo struct {
 	zone     *zoneServer
 	resolver relay.Resolver
 	port     int
+	records  []string // the zone the DNS server serves
+	trace    bool     // relays log their SMTP dialogues
 	alpha    *demoDomain
 	beta     *demoDomain
 }
 
 func cmdDemo(c *cli, args []string) int {
 	const name = "demo"
-	fs := c.flagSet(name, "[-json] [-keep]")
+	fs := c.flagSet(name, "[-json] [-keep] [-scenario NAME]")
 	asJSON := fs.Bool("json", false, "print the events as JSON lines")
+	scenarioName := fs.String("scenario", "flow", "what to show (-scenario list names them)")
 	keep := fs.Bool("keep", false, "leave the servers running and print how to connect with a real client")
 	if code, ok := c.parse(fs, args); !ok {
 		return code
@@ -77,16 +81,26 @@ func cmdDemo(c *cli, args []string) int {
 	if fs.NArg() > 0 {
 		return c.usageError(fs, "unexpected argument %q", fs.Arg(0))
 	}
+	if *scenarioName == "list" {
+		for _, sc := range scenarios() {
+			fmt.Fprintf(c.stdout, "%-18s %s\n", sc.name, sc.about)
+		}
+		return exitOK
+	}
+	sc, ok := findScenario(*scenarioName)
+	if !ok {
+		return c.usageError(fs, "unknown scenario %q (-scenario list names them)", *scenarioName)
+	}
 	out := &demoOut{w: c.stdout, json: *asJSON}
 	ctx, cancel := context.WithTimeout(c.ctx, demoTimeout)
 	defer cancel()
 	out.beginStep("0. Starting two Postern instances and a DNS server on loopback")
-	d, err := startDemo(out)
+	d, err := startDemo(out, sc)
 	if err != nil {
 		return c.fail(name, err)
 	}
 	defer d.close()
-	if err := d.flow(ctx); err != nil {
+	if err := sc.run(d, ctx); err != nil {
 		out.emit(event{Kind: "result", Text: "FAILED: " + err.Error()})
 		return exitFailure
 	}
@@ -100,12 +114,12 @@ func cmdDemo(c *cli, args []string) int {
 }
 
 // startDemo starts DNS and both domains.
-func startDemo(out *demoOut) (*demo, error) {
+func startDemo(out *demoOut, sc scenario) (*demo, error) {
 	dir, err := os.MkdirTemp("", "postern-demo-")
 	if err != nil {
 		return nil, fmt.Errorf("temporary directory: %w", err)
 	}
-	d := &demo{out: out, dir: dir}
+	d := &demo{out: out, dir: dir, trace: !sc.quiet}
 	d.alpha = &demoDomain{name: "alpha.test", user: "alice@alpha.test", password: "alice-demo-password", ip: "127.0.0.2"}
 	d.beta = &demoDomain{name: "beta.test", user: "bob@beta.test", password: "bob-demo-password", ip: "127.0.0.3"}
 	// Both MX hosts listen on the same port, on two loopback addresses,
@@ -116,12 +130,14 @@ func startDemo(out *demoOut) (*demo, error) {
 		return nil, err
 	}
 	d.port = mxAlpha.Addr().(*net.TCPAddr).Port
-	d.zone, err = startZone(
+	d.records = []string{
 		"alpha.test. 300 IN MX 10 mx.alpha.test.",
-		"mx.alpha.test. 300 IN A "+d.alpha.ip,
+		"mx.alpha.test. 300 IN A " + d.alpha.ip,
 		"beta.test. 300 IN MX 10 mx.beta.test.",
-		"mx.beta.test. 300 IN A "+d.beta.ip,
-	)
+		"mx.beta.test. 300 IN A " + d.beta.ip,
+	}
+	d.records = append(d.records, sc.records...)
+	d.zone, err = startZone(d.records...)
 	if err != nil {
 		mxAlpha.Close()
 		mxBeta.Close()
@@ -185,9 +201,14 @@ func (d *demo) startDomain(dom *demoDomain, mx net.Listener) error {
 		return fmt.Errorf("%s: %w", dom.name, err)
 	}
 	short := strings.TrimSuffix(dom.name, ".test")
+	logger := d.out.logger
+	if !d.trace {
+		// Many sessions: the demo prints a summary line per hop instead.
+		logger = func(string) *slog.Logger { return slog.New(slog.DiscardHandler) }
+	}
 	dom.smtp = smtpd.New(smtpd.Config{
 		Hostname: host, TLSConfig: tlsConfig,
-		Logger: d.out.logger(short + " smtp"),
+		Logger: logger(short + " smtp"),
 		// The client side of each SMTP dialogue is what the demo shows.
 		Trace: false,
 	}, dom.store)
@@ -196,14 +217,14 @@ func (d *demo) startDomain(dom *demoDomain, mx net.Listener) error {
 	dialer := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(dom.ip)}}
 	dom.relay = relay.New(relay.Config{
 		Hostname: host, Resolver: d.resolver, Port: d.port, Dialer: dialer.DialContext,
-		Logger: d.out.logger(short + " relay"), Trace: true,
+		Logger: logger(short + " relay"), Trace: d.trace,
 		LocalAddrs: []netip.AddrPort{netip.MustParseAddrPort(mx.Addr().String())},
 	}, dom.store)
 	dom.pop3 = pop3d.New(pop3d.Config{
-		Hostname: host, TLSConfig: tlsConfig, Logger: d.out.logger(short + " pop3"), Trace: true,
+		Hostname: host, TLSConfig: tlsConfig, Logger: logger(short + " pop3"), Trace: true,
 	}, dom.store)
 	dom.imap = imapd.New(imapd.Config{
-		Hostname: host, TLSConfig: tlsConfig, Logger: d.out.logger(short + " imap"), Trace: true,
+		Hostname: host, TLSConfig: tlsConfig, Logger: logger(short + " imap"), Trace: true,
 	}, dom.store)
 	listen := func(serve func(net.Listener) error) (string, error) {
 		ln, err := net.Listen("tcp", dom.ip+":0")
@@ -258,11 +279,9 @@ func (d *demo) close() {
 	os.RemoveAll(d.dir)
 }
 
-// flow runs the main demonstration: alice@alpha.test writes to
-// bob@beta.test, and bob reads the message over POP3 and IMAP.
-func (d *demo) flow(ctx context.Context) error {
-	out := d.out
-	a, b := d.alpha, d.beta
+// intro describes the two domains and the DNS zone.
+func (d *demo) intro() {
+	out, a, b := d.out, d.alpha, d.beta
 	out.beginStep("1. Two mail domains on this machine")
 	out.note("(each is a whole Postern: its own mailstore, SMTP, relay, POP3 and IMAP, on its own loopback address)")
 	for _, dom := range []*demoDomain{a, b} {
@@ -270,9 +289,18 @@ func (d *demo) flow(ctx context.Context) error {
 			dom.name, dom.mx, dom.submission, dom.pop3Addr, dom.imapAddr, dom.user)
 	}
 	out.note("DNS server %s serves:", d.zone.addr)
-	for _, rr := range []string{"alpha.test. MX 10 mx.alpha.test.", "mx.alpha.test. A " + a.ip, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A " + b.ip} {
+	for _, rr := range d.records {
 		out.note("    %s", rr)
 	}
+}
+
+// flow runs the main demonstration: alice@alpha.test writes to
+// bob@beta.test, and bob reads the message over POP3 and IMAP. A non-zero
+// attach adds a binary attachment of that many bytes.
+func (d *demo) flow(ctx context.Context, attach int) error {
+	out := d.out
+	a, b := d.alpha, d.beta
+	d.intro()
 
 	// The letter: composed as a mail program would, but without Date and
 	// Message-ID, which the submission server must add (RFC 6409 8).
@@ -280,15 +308,18 @@ func (d *demo) flow(ctx context.Context) error {
 		From: "Alice <" + a.user + ">", To: []string{"Bob <" + b.user + ">"},
 		Subject: "Grüße from alpha — a demo message",
 		Text:    "Hello Bob,\n\nthis message went through DNS, SMTP, a queue and a relay.\n\nAlice\n",
-		Attachments: []mime.Attachment{
+		Attachments: append([]mime.Attachment{
 			{Filename: "notes.txt", Data: []byte("An attachment, as a second MIME part.\n")},
-		},
+		}, demoAttachment(attach)...),
 	})
 	if err != nil {
 		return fmt.Errorf("compose: %w", err)
 	}
 	letter := dropFields(composed, "Date", "Message-Id")
 	original := headerNames(letter)
+	if attach > 0 {
+		out.note("The message is %d bytes: over 64 KiB, in base64 lines of 76 characters.", len(letter))
+	}
 
 	out.beginStep("2. alice submits the message (SMTP submission, RFC 6409)")
 	out.note("Envelope (what SMTP servers act on):  MAIL FROM:<%s>  RCPT TO:<%s>", a.user, b.user)
@@ -581,11 +612,26 @@ func (d *demo) imapRead(ctx context.Context, dom *demoDomain) error {
 	}
 	d.out.note("-- selected INBOX; BODYSTRUCTURE tells the client the MIME parts without downloading them")
 	msgs, err := c.Fetch(imap.SeqSetNum(1), &imap.FetchOptions{
-		Envelope: true, BodyStructure: &imap.FetchItemBodyStructure{Extended: true},
+		BodyStructure: &imap.FetchItemBodyStructure{Extended: true},
 	}).Collect()
-	if err != nil || len(msgs) != 1 {
+	if err != nil || len(msgs) != 1 || msgs[0].BodyStructure == nil {
 		return fmt.Errorf("FETCH BODYSTRUCTURE: %d messages, %v", len(msgs), err)
 	}
+	msgs[0].BodyStructure.Walk(func(path []int, part imap.BodyStructure) bool {
+		num := "(whole message)"
+		if len(path) > 0 {
+			num = strings.Trim(strings.ReplaceAll(fmt.Sprint(path), " ", "."), "[]")
+		}
+		desc := part.MediaType()
+		if sp, ok := part.(*imap.BodyStructureSinglePart); ok {
+			desc += fmt.Sprintf(", %d octets", sp.Size)
+			if name := sp.Filename(); name != "" {
+				desc += ", file " + name
+			}
+		}
+		d.out.note("   part %s: %s", num, desc)
+		return true
+	})
 	d.out.note("-- now only part 1, the text, as a client shows a message before its attachments")
 	section := &imap.FetchItemBodySection{Part: []int{1}, Peek: true}
 	msgs, err = c.Fetch(imap.SeqSetNum(1), &imap.FetchOptions{BodySection: []*imap.FetchItemBodySection{section}}).Collect()

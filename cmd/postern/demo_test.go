@@ -27,7 +27,8 @@ func TestDemo(t *testing.T) {
 		"+ Received: from mx.alpha.test ([127.0.0.2]) by mx.beta.test", "+ Received: from alice-laptop.alpha.test",
 		"+ Date:", "+ Message-ID:", "  Subject:",
 		"== 7. bob reads it over POP3", "state: AUTHORIZATION", "C: PASS ***", "state: TRANSACTION", "C: RETR 1", "state: UPDATE",
-		"== 8. bob looks at it over IMAP",
+		"== 8. bob looks at it over IMAP", "C: T1 LOGIN ***", "FETCH 1 (BODYSTRUCTURE)", "part 2: text/plain", "file notes.txt",
+		"FETCH 1 (BODY.PEEK[1])", "S: * BYE",
 		"OK: the message arrived intact",
 	}
 	rest := out
@@ -93,5 +94,44 @@ func TestDemoKeep(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("demo -keep did not stop")
+	}
+}
+
+func TestDemoScenarios(t *testing.T) {
+	code, out, _ := runIn(t, "", "demo", "-scenario", "list")
+	if code != exitOK {
+		t.Fatalf("-scenario list: exit %d", code)
+	}
+	for _, sc := range scenarios() {
+		if !strings.Contains(out, sc.name) {
+			t.Errorf("-scenario list lacks %s", sc.name)
+		}
+	}
+	if code, _, _ := runIn(t, "", "demo", "-scenario", "no-such"); code != exitUsage {
+		t.Errorf("unknown scenario: exit %d, want %d", code, exitUsage)
+	}
+	for name, want := range map[string][]string{
+		"big-message":       {"over 64 KiB", "OK: the message arrived intact"},
+		"dead-mx":           {"mail exchanger = 5 mx1.beta.test.", "(mail exchanger unusable)", "connection refused", "[alpha relay]    C: EHLO mx.alpha.test", "OK: the message arrived intact"},
+		"unknown-recipient": {"RCPT TO:<nobody@beta.test>", "550 5.1.1", "| Action: failed", "| Status: 5.1.1", "OK: the refusal came back"},
+		"mailstorm":         {"hop  1: alpha.test -> beta.test", "carries 50 Received fields", "| Status: 5.4.6", "OK: the storm stopped"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			code, out, errOut := runIn(t, "", "demo", "-scenario", name)
+			if code != exitOK {
+				t.Fatalf("exit %d\n%s\n%s", code, out, errOut)
+			}
+			rest := out
+			for _, w := range want {
+				i := strings.Index(rest, w)
+				if i < 0 {
+					t.Fatalf("output lacks %q (in order):\n%s", w, out)
+				}
+				rest = rest[i+len(w):]
+			}
+			if name == "mailstorm" && strings.Contains(out, "copies in the queues now: 2") {
+				t.Errorf("the storm multiplied copies:\n%s", out)
+			}
+		})
 	}
 }
