@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/argon2"
+
+	"github.com/postern/postern/mime"
 )
 
 // maxAliasDepth bounds alias-to-alias expansion; deeper chains are loops
@@ -53,18 +55,8 @@ func NormalizeAddress(address string) (string, error) {
 // (letters, digits, hyphens, dots; RFC 1035 lengths).
 func NormalizeDomain(domain string) (string, error) {
 	d := strings.TrimSuffix(strings.ToLower(strings.TrimSpace(domain)), ".")
-	if d == "" || len(d) > 253 {
+	if len(d) > 253 || !mime.IsDomain(d) {
 		return "", fmt.Errorf("%w: domain %q", ErrInvalidName, domain)
-	}
-	for _, label := range strings.Split(d, ".") {
-		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
-			return "", fmt.Errorf("%w: domain %q", ErrInvalidName, domain)
-		}
-		for _, c := range label {
-			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
-				return "", fmt.Errorf("%w: domain %q", ErrInvalidName, domain)
-			}
-		}
 	}
 	return d, nil
 }

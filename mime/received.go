@@ -37,7 +37,7 @@ func (r Received) Field() string {
 	lit := traceLiteral(r.ClientIP)
 	helo := r.Helo
 	switch {
-	case traceIsDomain(helo) || traceIsLiteral(helo):
+	case IsDomain(helo) || IsAddressLiteral(helo):
 		b.WriteString(helo)
 		b.WriteString(" (" + lit + ")")
 	default:
@@ -188,9 +188,10 @@ func traceLiteral(ip netip.Addr) string {
 	}
 }
 
-// traceIsDomain reports whether s is an RFC 5321 Domain: dot-separated labels of
-// letters, digits and hyphens, not starting or ending with a hyphen.
-func traceIsDomain(s string) bool {
+// IsDomain reports whether s is an RFC 5321 Domain: dot-separated labels
+// of letters, digits and hyphens, not starting or ending with a hyphen, at
+// most 255 octets in all (RFC 5321 4.5.3.1.2).
+func IsDomain(s string) bool {
 	if s == "" || len(s) > 255 {
 		return false
 	}
@@ -207,9 +208,10 @@ func traceIsDomain(s string) bool {
 	return true
 }
 
-// traceIsLiteral reports whether s is an RFC 5321 4.1.3 address literal
-// of an IPv4 or IPv6 address.
-func traceIsLiteral(s string) bool {
+// IsAddressLiteral reports whether s is an RFC 5321 4.1.3 address literal
+// of an IPv4 or IPv6 address ("[192.0.2.1]", "[IPv6:2001:db8::1]");
+// general address literals are not supported.
+func IsAddressLiteral(s string) bool {
 	if len(s) < 2 || s[0] != '[' || s[len(s)-1] != ']' {
 		return false
 	}

@@ -2,9 +2,10 @@ package smtpd
 
 import (
 	"errors"
-	"net/netip"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/postern/postern/mime"
 )
 
 // address is a mailbox from MAIL FROM or RCPT TO, checked and split.
@@ -22,7 +23,6 @@ func (a address) String() string { return a.local + "@" + a.domain }
 // Limits from RFC 5321 4.5.3.1.
 const (
 	maxLocalPart = 64  // RFC 5321 4.5.3.1.1
-	maxDomain    = 255 // RFC 5321 4.5.3.1.2
 	maxPath      = 254 // RFC 5321 4.5.3.1.3: 256 octets with the angle brackets
 )
 
@@ -52,48 +52,15 @@ func parseAddress(s string) (address, error) {
 		}
 	}
 	if domain[0] == '[' {
-		if !isAddressLiteral(domain) {
+		if !mime.IsAddressLiteral(domain) {
 			return address{}, errAddressSyntax
 		}
 		return address{local: local, domain: domain, literal: true}, nil
 	}
-	if !isDomainName(domain) {
+	if !mime.IsDomain(domain) {
 		return address{}, errAddressSyntax
 	}
 	return address{local: local, domain: strings.ToLower(domain)}, nil
-}
-
-// isDomainName reports whether s is an RFC 5321 Domain of LDH labels.
-func isDomainName(s string) bool {
-	if s == "" || len(s) > maxDomain {
-		return false
-	}
-	for label := range strings.SplitSeq(s, ".") {
-		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
-			return false
-		}
-		for _, c := range []byte(label) {
-			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
-				return false
-			}
-		}
-	}
-	return true
-}
-
-// isAddressLiteral reports whether s is an IPv4 or IPv6 address literal
-// (RFC 5321 4.1.3). General address literals are not supported.
-func isAddressLiteral(s string) bool {
-	if len(s) < 3 || s[0] != '[' || s[len(s)-1] != ']' {
-		return false
-	}
-	inner := s[1 : len(s)-1]
-	if v6, ok := strings.CutPrefix(inner, "IPv6:"); ok {
-		ip, err := netip.ParseAddr(v6)
-		return err == nil && ip.Is6() && ip.Zone() == ""
-	}
-	ip, err := netip.ParseAddr(inner)
-	return err == nil && ip.Is4()
 }
 
 // isASCII reports whether s has only 7-bit characters: without SMTPUTF8

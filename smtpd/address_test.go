@@ -6,6 +6,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/mime"
 )
 
 func TestParseAddress(t *testing.T) {
@@ -83,7 +84,7 @@ func FuzzParseAddress(f *testing.F) {
 			t.Fatalf("%q: control character accepted", s)
 		}
 		if a.literal {
-			if !isAddressLiteral(a.domain) {
+			if !mime.IsAddressLiteral(a.domain) {
 				t.Fatalf("%q: bad literal accepted", s)
 			}
 			return
