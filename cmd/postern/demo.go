@@ -251,6 +251,8 @@ func (d *demo) startDomain(dom *demoDomain, mx net.Listener) error {
 }
 
 func (d *demo) close() {
+	// Servers may log a last event (a disconnect) while they stop.
+	defer d.out.stop()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	for _, dom := range []*demoDomain{d.alpha, d.beta} {

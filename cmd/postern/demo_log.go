@@ -21,6 +21,14 @@ type demoOut struct {
 	w    io.Writer
 	json bool
 	step string
+	done bool // the demo has stopped: late log records are dropped
+}
+
+// stop drops whatever the servers still log after the demo is over.
+func (o *demoOut) stop() {
+	o.mu.Lock()
+	o.done = true
+	o.mu.Unlock()
 }
 
 // event is one JSON line of `postern demo -json`.
@@ -37,6 +45,9 @@ type event struct {
 func (o *demoOut) emit(e event) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	if o.done {
+		return
+	}
 	e.Time = time.Now().UTC()
 	if e.Step == "" {
 		e.Step = o.step
