@@ -197,7 +197,55 @@ func (s *session) deliver(tx *transaction, msg []byte) error {
 		// One reply answers for all recipients: the others have the message.
 		s.log.Warn("recipient did not get the message", "id", tx.id, "to", f.Recipient, "err", f.Err)
 	}
+	if len(d.Failed) > 0 {
+		s.reportFailed(tx, d.Failed, msg)
+	}
 	return nil
+}
+
+// reportFailed tells the sender, with an RFC 3464 report, about the
+// recipients that got nothing although the message was accepted for the
+// others (found only at commit, such as a quota filled meanwhile): the 250
+// answered for everyone, so this is the only way the sender learns of it.
+func (s *session) reportFailed(tx *transaction, failed []mailstore.RecipientError, msg []byte) {
+	if tx.from == "" {
+		return // RFC 3464 4: never report on a report
+	}
+	var recipients []mime.DSNRecipient
+	for _, f := range failed {
+		notify := ""
+		for _, r := range tx.rcpts {
+			if r.Address == f.Recipient {
+				notify = strings.ToUpper(r.Notify)
+			}
+		}
+		if notify != "" && !strings.Contains(notify, "FAILURE") {
+			continue // RFC 3461 4.1: NOTIFY without FAILURE, or NEVER
+		}
+		status, why := "5.1.1", "no such mailbox"
+		if errors.Is(f.Err, mailstore.ErrOverQuota) {
+			status, why = "5.2.2", "mailbox full"
+		}
+		recipients = append(recipients, mime.DSNRecipient{
+			Recipient: f.Recipient, Action: mime.ActionFailed, Status: status,
+			Diagnostic: why, DiagnosticType: "X-Postern", LastAttempt: s.cl.srv.now(),
+		})
+	}
+	if len(recipients) == 0 {
+		return
+	}
+	report, err := mime.ComposeDSN(mime.DSN{
+		ReportingMTA: s.cl.srv.cfg.Hostname, Sender: tx.from, EnvID: tx.envID,
+		Arrival: s.cl.srv.now(), Recipients: recipients, Original: msg,
+	})
+	if err == nil {
+		_, err = s.cl.srv.store.Deliver(s.cl.srv.ctx, "", []string{tx.from}, report)
+	}
+	if err != nil {
+		s.log.Error("failure report not stored", "id", tx.id, "to", tx.from, "err", err)
+		return
+	}
+	s.log.Info("failure report stored", "id", tx.id, "to", tx.from, "recipients", len(recipients))
 }
 
 // recipientList names the first recipients of a message for its log line.

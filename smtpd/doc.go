@@ -31,8 +31,9 @@
 //   - Quota is checked at RCPT (552 5.2.2) from the stored usage and the SIZE parameter; the store
 //     checks it again at commit. A message is answered with one reply, so when some recipients of a
 //     message get it and others fail at commit (a quota reached meanwhile), the reply is 250 and
-//     each failed recipient is logged at warning level; no bounce is made for them (yet). When no
-//     recipient gets it, the reply gives the reason (552 5.2.2, 550 5.1.1).
+//     each failed recipient is logged at warning level and reported to the sender in an RFC 3464
+//     report (unless the sender is <> or NOTIFY excludes FAILURE). When no recipient gets it, the
+//     reply gives the reason (552 5.2.2, 550 5.1.1).
 //   - A message is answered 250 only after mailstore.DeliverEnvelope has committed it durably;
 //     a storage failure answers 451 4.3.0 and nothing of the message is stored.
 //

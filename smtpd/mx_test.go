@@ -310,6 +310,19 @@ func TestQuota(t *testing.T) {
 	if !strings.Contains(e.logs.String(), "recipient did not get the message") {
 		t.Error("the partial failure was not logged")
 	}
+	// The 250 answered for everyone: the sender learns of the mailbox
+	// that got nothing from a report, queued for its remote domain.
+	q := e.queue(t)
+	if len(q) != 1 || q[0].Sender != "" || q[0].Recipient != "s@elsewhere.test" {
+		t.Fatalf("queue after the partial failure: %+v", q)
+	}
+	report, err := e.store.ReadBody(ctx, q[0].BodyID)
+	must(t, err)
+	for _, want := range []string{"report-type=delivery-status", "Final-Recipient: rfc822;" + team, "Action: failed", "Status: 5.2.2"} {
+		if !strings.Contains(string(report), want) {
+			t.Errorf("report lacks %q:\n%s", want, report)
+		}
+	}
 }
 
 func TestStoreFailure(t *testing.T) {
