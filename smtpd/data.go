@@ -200,7 +200,17 @@ func (s *session) deliver(tx *transaction, msg []byte) error {
 	if len(d.Failed) > 0 {
 		s.reportFailed(tx, d.Failed, msg)
 	}
+	if len(d.Queued) > 0 {
+		s.queued()
+	}
 	return nil
+}
+
+// queued tells the relay, if anyone listens, that there is work.
+func (s *session) queued() {
+	if f := s.cl.srv.cfg.Queued; f != nil {
+		f()
+	}
 }
 
 // reportFailed tells the sender, with an RFC 3464 report, about the
@@ -239,7 +249,10 @@ func (s *session) reportFailed(tx *transaction, failed []mailstore.RecipientErro
 		Arrival: s.cl.srv.now(), Recipients: recipients, Original: msg,
 	})
 	if err == nil {
-		_, err = s.cl.srv.store.Deliver(s.cl.srv.ctx, "", []string{tx.from}, report)
+		var d *mailstore.Delivery
+		if d, err = s.cl.srv.store.Deliver(s.cl.srv.ctx, "", []string{tx.from}, report); err == nil && len(d.Queued) > 0 {
+			s.queued()
+		}
 	}
 	if err != nil {
 		s.log.Error("failure report not stored", "id", tx.id, "to", tx.from, "err", err)

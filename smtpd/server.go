@@ -112,6 +112,11 @@ type Config struct {
 	// Now is the clock for Received dates and the login limiter; nil
 	// means time.Now. Network deadlines always use the real clock.
 	Now func() time.Time
+
+	// Queued, when set, is called after a commit that put something in
+	// the outbound queue, so that the relay need not wait for its next
+	// poll.
+	Queued func()
 }
 
 // Server serves SMTP on any number of listeners over one mailstore.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -294,5 +295,24 @@ func TestRemoteRecipientKeepsCase(t *testing.T) {
 	q := e.queue(t)
 	if len(q) != 1 || q[0].Recipient != "Dave.Far@far.test" || q[0].Domain != "far.test" {
 		t.Fatalf("queue %+v", q)
+	}
+}
+
+// The relay is told at once when a submission queues something, and not
+// for local mail.
+func TestQueuedHook(t *testing.T) {
+	var calls atomic.Int32
+	e := newTestEnv(t, func(c *Config) { c.Queued = func() { calls.Add(1) } })
+	if err := e.submit(t, alice, alicePassword, alice, []string{bob}, simpleMessage("local")); err != nil {
+		t.Fatal(err)
+	}
+	if n := calls.Load(); n != 0 {
+		t.Fatalf("local delivery called Queued %d times", n)
+	}
+	if err := e.submit(t, alice, alicePassword, alice, []string{"dave@far.test"}, simpleMessage("remote")); err != nil {
+		t.Fatal(err)
+	}
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("remote delivery called Queued %d times, want 1", n)
 	}
 }

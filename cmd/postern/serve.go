@@ -243,6 +243,13 @@ func newServer(env *serveEnv, l listener) (serve func(net.Listener) error, shutd
 				AllowInsecureAuth: cfg.Auth.AllowInsecure,
 				Logger:            env.log.With("part", "smtp"),
 				Trace:             cfg.Log.Trace,
+				// The relay is made after the listeners, before any
+				// session starts.
+				Queued: func() {
+					if env.relay != nil {
+						env.relay.Kick()
+					}
+				},
 			}, env.store)
 		}
 		switch l.Proto {
