@@ -32,6 +32,7 @@ var (
 	errAuthThrottled = &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeUnavailable, Text: "Too many failed logins from your address, try again later"}
 	errAuthFailed    = imapserver.ErrAuthFailed
 
+	errTooManyKeywords    = &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeLimit, Text: "Too many keywords in this mailbox"}
 	errShuttingDown       = &imap.Error{Type: imap.StatusResponseTypeBye, Code: imap.ResponseCodeUnavailable, Text: "Server shutting down"}
 	errTooManyConnections = &imap.Error{Type: imap.StatusResponseTypeBye, Code: imap.ResponseCodeUnavailable, Text: "Too many connections, try again later"}
 	errTooManyFromIP      = &imap.Error{Type: imap.StatusResponseTypeBye, Code: imap.ResponseCodeUnavailable, Text: "Too many connections from your address"}
@@ -53,6 +54,8 @@ func storeError(err error) *imap.Error {
 		return errOverQuota
 	case errors.Is(err, mailstore.ErrInvalidName):
 		return errInvalidName
+	case errors.Is(err, mailstore.ErrLimit):
+		return errTooManyKeywords
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package imapd
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -19,6 +20,10 @@ const sep = mailstore.Separator
 
 // maxListPatterns bounds the patterns of one LIST-EXTENDED command.
 const maxListPatterns = 32
+
+// appendInitialBuffer is what an APPEND buffer starts with before the
+// literal's data arrives.
+const appendInitialBuffer = 64 << 10
 
 // mailboxName cleans a name from the client: a trailing separator only
 // says the name will have children (RFC 3501 6.3.3).
@@ -288,10 +293,15 @@ func (s *session) Append(name string, r imap.LiteralReader, options *imap.Append
 	if size == 0 {
 		return nil, errEmptyMessage
 	}
-	msg := make([]byte, size) // imapserver has checked size against AppendLimit
-	if _, err := io.ReadFull(r, msg); err != nil {
+	// imapserver has checked size against AppendLimit. The buffer grows
+	// with the data that arrives rather than trusting the announced size,
+	// so a client that announces much and sends little holds little.
+	var buf bytes.Buffer
+	buf.Grow(int(min(size, appendInitialBuffer)))
+	if _, err := io.CopyN(&buf, r, size); err != nil {
 		return nil, fmt.Errorf("read APPEND literal: %w", err)
 	}
+	msg := buf.Bytes()
 	var flags []string
 	for _, f := range options.Flags {
 		flags = append(flags, string(f))

@@ -224,6 +224,9 @@ func (s *session) Store(w *imapserver.FetchWriter, numSet imap.NumSet, flags *im
 		if errors.Is(err, mailstore.ErrInvalidName) {
 			return errBadFlag
 		}
+		if errors.Is(err, mailstore.ErrLimit) {
+			return errTooManyKeywords
+		}
 		if errors.Is(err, mailstore.ErrNotFound) || errors.Is(err, mailstore.ErrNoSelect) {
 			return errMailboxGone
 		}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
@@ -459,5 +460,128 @@ func TestRemoteLocalPartKeepsItsCase(t *testing.T) {
 	}
 	if err := s.DeleteAlias(ctx, "fwd@example.test", "far.person@remote.test"); err != nil {
 		t.Errorf("delete remote target by another spelling: %v", err)
+	}
+}
+
+// IDs of deleted users, mailboxes and bodies never name new ones: sessions
+// and caches hold them, and a reused body ID would show one user another
+// user's message.
+func TestIDsAreNotReused(t *testing.T) {
+	s := openTest(t)
+	ctx := context.Background()
+	alice := addUser(t, s, "alice@example.test")
+	bob := addUser(t, s, "bob@example.test")
+	in := inbox(t, s, alice)
+	m, err := s.Append(ctx, in.ID, nil, time.Time{}, []byte("Subject: for alice\r\n\r\nprivate\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.DeleteMessages(ctx, in.ID, []uint32{m.UID}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := s.Deliver(ctx, "", []string{bob.Address}, []byte("Subject: for bob\r\n\r\nsecret\r\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs, _ := s.Messages(ctx, d.Stored[0].MailboxID, nil)
+	if msgs[0].BodyID == m.BodyID {
+		t.Fatalf("bob's new message reuses the body ID %d of alice's expunged one", m.BodyID)
+	}
+	if _, err := s.OpenBody(ctx, m.BodyID); !errors.Is(err, ErrNotFound) {
+		t.Errorf("the expunged body still opens: %v", err)
+	}
+
+	tmp, err := s.CreateMailbox(ctx, alice.ID, "Tmp", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteMailbox(ctx, alice.ID, "Tmp"); err != nil {
+		t.Fatal(err)
+	}
+	work, err := s.CreateMailbox(ctx, bob.ID, "Work", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if work.ID == tmp.ID {
+		t.Fatalf("bob's new mailbox reuses the ID %d of alice's deleted one", tmp.ID)
+	}
+
+	if err := s.DeleteUser(ctx, bob.Address); err != nil {
+		t.Fatal(err)
+	}
+	carol := addUser(t, s, "carol@example.test")
+	if carol.ID == bob.ID {
+		t.Fatalf("a new user reuses the ID %d of a deleted one", bob.ID)
+	}
+}
+
+// A mailbox remembers a bounded number of keywords: clients cannot grow
+// it without end by setting and clearing new ones.
+func TestMailboxKeywordLimit(t *testing.T) {
+	s := openTest(t)
+	ctx := context.Background()
+	u := addUser(t, s, "u@example.test")
+	mb := inbox(t, s, u)
+	m, err := s.Append(ctx, mb.ID, nil, time.Time{}, testMessage(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for round := 0; ; round++ {
+		var kws []string
+		for i := 0; i < 32; i++ {
+			kws = append(kws, fmt.Sprintf("k%d_%d", round, i))
+		}
+		_, err := s.StoreFlags(ctx, mb.ID, UIDs(m.UID), FlagsAdd, kws)
+		if errors.Is(err, ErrLimit) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.StoreFlags(ctx, mb.ID, UIDs(m.UID), FlagsRemove, kws); err != nil {
+			t.Fatal(err)
+		}
+		if round > maxMailboxKeywords {
+			t.Fatal("no limit on a mailbox's keywords")
+		}
+	}
+	now, _ := s.MailboxByID(ctx, mb.ID)
+	if len(now.Keywords) > maxMailboxKeywords {
+		t.Errorf("mailbox has %d keywords", len(now.Keywords))
+	}
+	msgs, _ := s.Messages(ctx, mb.ID, nil)
+	if len(msgs[0].Flags) != 0 {
+		t.Errorf("the refused STORE changed the message: %v", msgs[0].Flags)
+	}
+	// Keywords the mailbox knows still work.
+	if _, err := s.StoreFlags(ctx, mb.ID, UIDs(m.UID), FlagsAdd, []string{"k0_1"}); err != nil {
+		t.Errorf("known keyword refused: %v", err)
+	}
+}
+
+// The sorted matcher agrees with UIDSet.Contains on random sets.
+func TestUIDMatcherAgreesWithContains(t *testing.T) {
+	rnd := rand.New(rand.NewPCG(1, 2))
+	for i := 0; i < 2000; i++ {
+		var set UIDSet
+		if i%50 != 0 { // sometimes nil: everything
+			set = UIDSet{}
+			for j := rnd.IntN(6); j > 0; j-- {
+				a, b := uint32(rnd.IntN(40)), uint32(rnd.IntN(40))
+				if rnd.IntN(8) == 0 {
+					b = 0 // "*"
+				}
+				if b != 0 && a > b {
+					a, b = b, a
+				}
+				set = append(set, UIDRange{a, b})
+			}
+		}
+		m := newUIDMatcher(set)
+		for uid := uint32(0); uid < 45; uid++ {
+			if m.contains(uid) != set.Contains(uid) {
+				t.Fatalf("set %v uid %d: matcher %v, Contains %v", set, uid, m.contains(uid), set.Contains(uid))
+			}
+		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"sort"
 	"strings"
 	"time"
@@ -42,6 +43,9 @@ var systemFlags = []struct {
 const (
 	maxKeywords   = 64
 	maxKeywordLen = 128
+	// maxMailboxKeywords bounds the keywords a mailbox remembers (they are
+	// never forgotten, and every FLAGS response lists them).
+	maxMailboxKeywords = 256
 )
 
 // chunkSize is how bodies are split in storage and read back.
@@ -94,6 +98,50 @@ func (set UIDSet) Contains(uid uint32) bool {
 		}
 	}
 	return false
+}
+
+// uidMatcher is a UIDSet sorted and merged once, so that testing each
+// row of a large mailbox against a set of many ranges (IMAP SEARCHRES,
+// say) costs a binary search. nil matches every UID.
+type uidMatcher []UIDRange
+
+func newUIDMatcher(set UIDSet) uidMatcher {
+	if set == nil {
+		return nil
+	}
+	m := make(uidMatcher, 0, len(set))
+	for _, r := range set {
+		if r.Stop == 0 {
+			r.Stop = math.MaxUint32
+		}
+		if r.Start > r.Stop {
+			r.Start, r.Stop = r.Stop, r.Start
+		}
+		m = append(m, r)
+	}
+	sort.Slice(m, func(i, j int) bool { return m[i].Start < m[j].Start })
+	merged := m[:0]
+	for _, r := range m {
+		// Overlapping or adjacent (r.Start-1 wraps only when r.Start is 0,
+		// which the first test catches).
+		if n := len(merged); n > 0 && (r.Start <= merged[n-1].Stop || r.Start-1 == merged[n-1].Stop) {
+			merged[n-1].Stop = max(merged[n-1].Stop, r.Stop)
+			continue
+		}
+		merged = append(merged, r)
+	}
+	if len(merged) == 0 {
+		return uidMatcher{} // an empty set matches nothing
+	}
+	return merged
+}
+
+func (m uidMatcher) contains(uid uint32) bool {
+	if m == nil {
+		return true
+	}
+	i := sort.Search(len(m), func(i int) bool { return m[i].Stop >= uid })
+	return i < len(m) && m[i].Start <= uid
 }
 
 // FlagOp says how StoreFlags combines flags (IMAP STORE FLAGS, +FLAGS, -FLAGS).
@@ -207,13 +255,14 @@ func (s *Store) Messages(ctx context.Context, mailboxID int64, set UIDSet) ([]Me
 		return nil, fmt.Errorf("list messages of mailbox %d: %w", mailboxID, err)
 	}
 	defer rows.Close()
+	match := newUIDMatcher(set)
 	var out []Message
 	for rows.Next() {
 		m, err := scanMessage(rows)
 		if err != nil {
 			return nil, fmt.Errorf("list messages of mailbox %d: %w", mailboxID, err)
 		}
-		if set.Contains(m.UID) {
+		if match.contains(m.UID) {
 			out = append(out, m)
 		}
 	}
@@ -448,6 +497,9 @@ func (t *wtx) bump(mailboxID int64, h *mailboxHead, newUIDs uint32, keywords []s
 	for _, k := range keywords {
 		h.keywords = addKeyword(h.keywords, k)
 	}
+	if len(h.keywords) > maxMailboxKeywords && len(h.keywords) > before {
+		return fmt.Errorf("mailbox %d: %w: more than %d keywords", mailboxID, ErrLimit, maxMailboxKeywords)
+	}
 	var err error
 	if len(h.keywords) != before {
 		_, err = t.exec("UPDATE mailboxes SET uidnext = ?, highestmodseq = ?, keywords = ? WHERE id = ?",
@@ -598,13 +650,14 @@ func (t *wtx) messages(mailboxID int64, set UIDSet) ([]Message, error) {
 		return nil, err
 	}
 	defer rows.Close()
+	match := newUIDMatcher(set)
 	var out []Message
 	for rows.Next() {
 		m, err := scanMessage(rows)
 		if err != nil {
 			return nil, err
 		}
-		if set.Contains(m.UID) {
+		if match.contains(m.UID) {
 			out = append(out, m)
 		}
 	}

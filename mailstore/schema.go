@@ -10,7 +10,10 @@ import (
 // own transaction together with the user_version bump. Never edit one that
 // has shipped: add a new one.
 var migrations = []string{
-	// 1: the first schema.
+	// 1: the first schema. Row IDs are AUTOINCREMENT: a deleted user's,
+	// mailbox's or body's ID must never name a new one, since sessions
+	// and caches hold IDs (a reused body ID would show one user another's
+	// message).
 	`
 CREATE TABLE meta (
 	key   TEXT PRIMARY KEY,
@@ -23,7 +26,7 @@ CREATE TABLE domains (
 );
 
 CREATE TABLE users (
-	id            INTEGER PRIMARY KEY,
+	id            INTEGER PRIMARY KEY AUTOINCREMENT,
 	address       TEXT NOT NULL UNIQUE,
 	password_hash TEXT NOT NULL,
 	disabled      INTEGER NOT NULL DEFAULT 0,
@@ -40,7 +43,7 @@ CREATE TABLE aliases (
 );
 
 CREATE TABLE mailboxes (
-	id            INTEGER PRIMARY KEY,
+	id            INTEGER PRIMARY KEY AUTOINCREMENT,
 	user_id       INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
 	name          TEXT NOT NULL,
 	uidvalidity   INTEGER NOT NULL,
@@ -57,7 +60,7 @@ CREATE TABLE mailboxes (
 -- message is streamed rather than loaded whole. refs counts the messages and
 -- queue entries that use a body; triggers keep it and free unused bodies.
 CREATE TABLE bodies (
-	id     INTEGER PRIMARY KEY,
+	id     INTEGER PRIMARY KEY AUTOINCREMENT,
 	sha256 BLOB NOT NULL UNIQUE,
 	size   INTEGER NOT NULL,
 	refs   INTEGER NOT NULL DEFAULT 0
@@ -70,7 +73,7 @@ CREATE TABLE body_chunks (
 );
 
 CREATE TABLE messages (
-	id            INTEGER PRIMARY KEY,
+	id            INTEGER PRIMARY KEY AUTOINCREMENT,
 	mailbox_id    INTEGER NOT NULL REFERENCES mailboxes(id) ON DELETE CASCADE,
 	uid           INTEGER NOT NULL,
 	modseq        INTEGER NOT NULL,
@@ -92,7 +95,7 @@ CREATE TABLE expunged (
 );
 
 CREATE TABLE queue (
-	id           INTEGER PRIMARY KEY,
+	id           INTEGER PRIMARY KEY AUTOINCREMENT,
 	sender       TEXT NOT NULL,
 	recipient    TEXT NOT NULL,
 	domain       TEXT NOT NULL,

@@ -47,6 +47,7 @@ var (
 	ErrNotPostern     = errors.New("not a Postern database")
 	ErrSchemaTooNew   = errors.New("database written by a newer Postern")
 	ErrInvalidAddress = errors.New("invalid address")
+	ErrLimit          = errors.New("limit reached")
 )
 
 const (
