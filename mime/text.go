@@ -59,23 +59,17 @@ func CanonicalText(msg []byte) ([]byte, error) {
 // line starts at b[next]. The line end is CRLF, LF or a CR not followed by
 // LF; end == next == len(b) when the last line has none.
 func textLineEnd(b []byte) (end, next int) {
-	lf := bytes.IndexByte(b, '\n')
-	limit := len(b)
-	if lf >= 0 {
-		limit = lf
-	}
-	if cr := bytes.IndexByte(b[:limit], '\r'); cr >= 0 && cr+1 < limit {
-		return cr, cr + 1 // a bare CR inside the line
-	}
+	// One scan to the first CR or LF: searching for LF first would rescan
+	// the rest of the message for every bare CR line.
+	i := bytes.IndexAny(b, "\r\n")
 	switch {
-	case lf < 0:
-		if len(b) > 0 && b[len(b)-1] == '\r' {
-			return len(b) - 1, len(b) // a bare CR at the very end
-		}
+	case i < 0:
 		return len(b), len(b)
-	case lf > 0 && b[lf-1] == '\r':
-		return lf - 1, lf + 1
+	case b[i] == '\n':
+		return i, i + 1
+	case i+1 < len(b) && b[i+1] == '\n':
+		return i, i + 2 // CRLF
 	default:
-		return lf, lf + 1
+		return i, i + 1 // a bare CR
 	}
 }

@@ -3,6 +3,7 @@ package mime
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -68,5 +69,34 @@ func TestCanonicalTextLargeMessage(t *testing.T) {
 	}
 	if bytes.Count(out, []byte("\r\n")) != bytes.Count(msg, []byte("\n")) {
 		t.Error("line count changed")
+	}
+}
+
+// Many bare CRs and no LF, as a BDAT chunk may carry: each becomes CRLF.
+// (BenchmarkCanonicalTextBareCRs shows the cost is linear.)
+func TestCanonicalTextManyBareCRs(t *testing.T) {
+	msg := append([]byte("Subject: x\r\n\r\n"), bytes.Repeat([]byte("x\r"), 1<<20)...)
+	out, err := CanonicalText(msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasSuffix(out, []byte("x\r\nx\r\n")) || len(out) != len(msg)+1<<20 {
+		t.Fatalf("canonical form: %d bytes, ends %q", len(out), out[len(out)-8:])
+	}
+}
+
+// BenchmarkCanonicalTextBareCRs reports the cost per byte of a message
+// of bare CRs at two sizes: equal ns/byte means linear.
+func BenchmarkCanonicalTextBareCRs(b *testing.B) {
+	for _, size := range []int{64 << 10, 1 << 20} {
+		msg := append([]byte("Subject: x\r\n\r\n"), bytes.Repeat([]byte("x\r"), size/2)...)
+		b.Run(fmt.Sprint(size), func(b *testing.B) {
+			b.SetBytes(int64(len(msg)))
+			for i := 0; i < b.N; i++ {
+				if _, err := CanonicalText(msg); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

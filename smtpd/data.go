@@ -22,6 +22,9 @@ const (
 	headroom = 2048
 	// readChunk is the first buffer for a message without a SIZE parameter.
 	readChunk = 64 << 10
+	// maxInitialBuffer bounds the first buffer a SIZE parameter asks for:
+	// a client may announce 32 MiB and send one octet.
+	maxInitialBuffer = 1 << 20
 )
 
 // Data reads the message (DATA or BDAT), checks it, adds the trace fields
@@ -79,7 +82,8 @@ func (s *session) readMessage(r io.Reader, tx *transaction) ([]byte, error) {
 	limit := s.cl.srv.cfg.MaxMessageBytes
 	initial := int64(readChunk)
 	if tx.size > 0 {
-		initial = min(tx.size, limit) + 1
+		// Trust SIZE= only so far: the buffer grows with what arrives.
+		initial = min(tx.size, limit, maxInitialBuffer) + 1
 	}
 	buf := make([]byte, headroom, headroom+int(initial))
 	for {

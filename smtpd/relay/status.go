@@ -90,6 +90,11 @@ func replyAttempt(host, stage string, e *smtp.SMTPError) attempt {
 		Stage:  stage,
 		Err:    e,
 	}
+	// RFC 5321 4.5.3.1.10: a 552 to RCPT is the old way of saying "too
+	// many recipients" and is to be taken as temporary.
+	if e.Code == 552 && stage == "RCPT TO" {
+		return temporary(de)
+	}
 	if e.Code >= 500 {
 		return permanent(de)
 	}
