@@ -563,9 +563,18 @@ type wireConn struct {
 	inData bool
 	data   int64  // bytes of message data written
 	rbuf   []byte // partial line read, for the trace
+	reply  int    // bytes read since the last write: one reply's size
 }
 
+// maxReply bounds one reply: go-smtp bounds its lines but not how many
+// continuation lines it keeps, and a hostile server could send them for
+// minutes.
+const maxReply = 64 << 10
+
+var errReplyTooLong = fmt.Errorf("reply longer than %d octets", maxReply)
+
 func (w *wireConn) Write(p []byte) (int, error) {
+	w.reply = 0
 	w.Conn.SetWriteDeadline(time.Now().Add(w.s.r.cfg.Timeouts.DataBlock))
 	n, err := w.Conn.Write(p)
 	if w.s.r.cfg.Trace {
@@ -583,7 +592,11 @@ func (w *wireConn) Write(p []byte) (int, error) {
 }
 
 func (w *wireConn) Read(p []byte) (int, error) {
-	n, err := w.Conn.Read(p)
+	if w.reply >= maxReply {
+		return 0, errReplyTooLong
+	}
+	n, err := w.Conn.Read(p[:min(len(p), maxReply-w.reply)])
+	w.reply += n
 	if w.s.r.cfg.Trace && n > 0 {
 		w.flushData()
 		w.rbuf = append(w.rbuf, p[:n]...)

@@ -823,3 +823,36 @@ func TestDialsConfiguredPort(t *testing.T) {
 		t.Errorf("dialled %v", dialled)
 	}
 }
+
+// A server that sends an endless reply is cut off after maxReply octets:
+// the entry is deferred, and the relay's memory does not follow the
+// server's whim.
+func TestEndlessReplyIsCut(t *testing.T) {
+	d := newTestDNS(t)
+	ln := listenAny(t)
+	port := netip.MustParseAddrPort(ln.Addr().String()).Port()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		line := []byte("220-" + strings.Repeat("a", 990) + "\r\n")
+		for total := 0; total < 16*maxReply; {
+			n, err := c.Write(line)
+			total += n
+			if err != nil {
+				break
+			}
+		}
+	}()
+	d.add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
+	a := newAlpha(t, d, port)
+	submit(t, a.store, envelope("alice@alpha.test", "bob@beta.test"), "endless")
+	a.runOnce(t)
+	ln.Close()
+	q := queue(t, a.store)
+	if len(q) != 1 || q[0].Attempts != 1 || !strings.Contains(q[0].LastError, "reply longer than") {
+		t.Fatalf("queue after an endless reply: %+v", q)
+	}
+}
