@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
 
 	"golang.org/x/crypto/argon2"
 
@@ -41,7 +42,10 @@ type Alias struct {
 func NormalizeAddress(address string) (string, error) {
 	a := strings.ToLower(strings.TrimSpace(address))
 	at := strings.LastIndexByte(a, '@')
-	if at <= 0 || at == len(a)-1 || len(a) > 320 || strings.ContainsAny(a, " \t\r\n<>") {
+	// The local part may be anything a quoted string can carry (RFC 5321
+	// 4.1.2: "john smith"@example.com arrives unquoted), but no control
+	// characters or angle brackets.
+	if at <= 0 || at == len(a)-1 || len(a) > 320 || strings.ContainsAny(a, "<>") || strings.IndexFunc(a, unicode.IsControl) >= 0 {
 		return "", fmt.Errorf("%w: %q", ErrInvalidAddress, address)
 	}
 	domain, err := NormalizeDomain(a[at+1:])

@@ -59,7 +59,7 @@ func (r Received) Field() string {
 	if r.ID != "" {
 		b.WriteString(" id " + traceAtom(r.ID, "unknown"))
 	}
-	if p, ok := tracePath(r.For); ok && r.For != "" {
+	if p, ok := Path(r.For); ok && r.For != "" {
 		b.WriteString("\r\n\tfor " + p)
 	}
 	b.WriteString("; ")
@@ -73,7 +73,7 @@ func (r Received) Field() string {
 // gives "Return-Path: <>". An address no header can carry (control
 // characters, longer than MaxPathLength) gives "".
 func ReturnPath(reversePath string) string {
-	p, ok := tracePath(reversePath)
+	p, ok := Path(reversePath)
 	if !ok {
 		return ""
 	}
@@ -84,10 +84,11 @@ func ReturnPath(reversePath string) string {
 // path: 256 octets with the angle brackets.
 const MaxPathLength = 254
 
-// tracePath writes an address as an RFC 5321 Path, quoting the local part
-// when it is not a dot-atom. It fails for addresses with control
-// characters, which no header may carry, and for overlong ones.
-func tracePath(addr string) (string, bool) {
+// Path writes an address as an RFC 5321 Path ("<local@domain>", "<>" for
+// the null path), quoting the local part when it is not a dot-atom. It
+// fails for addresses with control characters, which no header or command
+// may carry, and for overlong ones.
+func Path(addr string) (string, bool) {
 	if addr == "" {
 		return "<>", true
 	}

@@ -35,6 +35,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/mime"
 )
 
 // Timeouts bounds each wait of the SMTP client. Zero fields take the
@@ -319,13 +320,13 @@ func (s *session) send(ctx context.Context, tx *transaction) []attempt {
 			opts.EnvelopeID = e.EnvID
 		}
 	}
-	if err := s.c.Mail(e.Sender, opts); err != nil {
+	if err := s.c.Mail(smtpPath(e.Sender), opts); err != nil {
 		return allSame(n, s.fail("MAIL FROM", err))
 	}
 	out := make([]attempt, n)
 	var accepted []int
 	for i, qe := range tx.entries {
-		if err := s.c.Rcpt(qe.Recipient, s.rcptOptions(qe)); err != nil {
+		if err := s.c.Rcpt(smtpPath(qe.Recipient), s.rcptOptions(qe)); err != nil {
 			out[i] = s.fail("RCPT TO", err)
 			if s.broken {
 				for j := i + 1; j < n; j++ {
@@ -667,4 +668,15 @@ func withoutReturnPath(r io.Reader) io.Reader {
 			return br
 		}
 	}
+}
+
+// smtpPath is an address as MAIL FROM and RCPT TO carry it, without the
+// angle brackets go-smtp adds: the local part quoted when it is not a
+// dot-atom (go-smtp's server hands it to us unquoted). An address that
+// cannot be written is passed as it is, for the server to refuse.
+func smtpPath(addr string) string {
+	if p, ok := mime.Path(addr); ok {
+		return p[1 : len(p)-1]
+	}
+	return addr
 }

@@ -856,3 +856,25 @@ func TestEndlessReplyIsCut(t *testing.T) {
 		t.Fatalf("queue after an endless reply: %+v", q)
 	}
 }
+
+// Local parts that are not dot-atoms go out quoted, as RFC 5321 4.1.2
+// wants: go-smtp's server hands them to us unquoted.
+func TestQuotedLocalParts(t *testing.T) {
+	d := newTestDNS(t)
+	ln := listenAny(t)
+	port := netip.MustParseAddrPort(ln.Addr().String()).Port()
+	mx := startTestMX(t, ln)
+	d.add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
+	a := newAlpha(t, d, port, func(c *Config) { c.Trace = true })
+	// As smtpd stores them, unquoted.
+	submit(t, a.store, envelope("john smith@alpha.test", "a@b@beta.test"), "quoted")
+	a.runOnce(t)
+	got := mx.received()
+	if len(got) != 1 || got[0].from != "john smith@alpha.test" || len(got[0].to) != 1 || got[0].to[0] != "a@b@beta.test" {
+		t.Fatalf("the MX received %+v", got)
+	}
+	log := a.log.String()
+	if !strings.Contains(log, `MAIL FROM:<\"john smith\"@alpha.test>`) || !strings.Contains(log, `RCPT TO:<\"a@b\"@beta.test>`) {
+		t.Errorf("the relay did not quote the local parts:\n%s", log)
+	}
+}
