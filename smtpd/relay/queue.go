@@ -126,8 +126,11 @@ func (r *Relay) failed(ctx context.Context, tx *transaction, failed []outcome, s
 		}
 	}
 	if len(report) > 0 {
+		// A report that cannot be stored for now (the sender's mailbox is
+		// full, the store is busy) is tried again, also for an entry that
+		// failed because it expired: for as long again as delivery was.
 		if err := r.sendReport(ctx, tx, report, "failed"); err != nil && !lostForGood(err) &&
-			r.cfg.Now().Sub(tx.first().Created) < r.cfg.GiveUpAfter {
+			r.cfg.Now().Sub(tx.first().Created) < 2*r.cfg.GiveUpAfter {
 			// Keep the entries and try again later: the delivery is
 			// attempted again, and fails again, and then the report.
 			next := r.cfg.Now().Add(r.cfg.RetryBase)

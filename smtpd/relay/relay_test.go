@@ -878,3 +878,37 @@ func TestQuotedLocalParts(t *testing.T) {
 		t.Errorf("the relay did not quote the local parts:\n%s", log)
 	}
 }
+
+// An entry that expires while its sender's mailbox is full keeps its
+// place until the failure report can be stored: the sender is told late
+// rather than never.
+func TestExpiredReportWaitsForRoom(t *testing.T) {
+	d := newTestDNS(t)
+	ln := listenAny(t)
+	port := netip.MustParseAddrPort(ln.Addr().String()).Port()
+	ln.Close() // nothing ever listens
+	d.add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
+	a := newAlpha(t, d, port, func(c *Config) { c.DelayWarning = 0 })
+	submit(t, a.store, envelope("alice@alpha.test", "bob@beta.test"), "into the void")
+	ctx := context.Background()
+	if err := a.store.SetQuota(ctx, "alice@alpha.test", 1); err != nil {
+		t.Fatal(err)
+	}
+	a.clock.Advance(5*24*time.Hour + time.Minute)
+	a.runOnce(t)
+	if q := queue(t, a.store); len(q) != 1 {
+		t.Fatalf("the entry went although its report could not be stored: %+v", q)
+	}
+	if err := a.store.SetQuota(ctx, "alice@alpha.test", 0); err != nil {
+		t.Fatal(err)
+	}
+	a.clock.Advance(time.Hour)
+	a.runOnce(t)
+	if q := queue(t, a.store); len(q) != 0 {
+		t.Fatalf("queue after the report could be stored: %+v", q)
+	}
+	msgs := inbox(t, a.store, "alice@alpha.test")
+	if len(msgs) != 1 || !strings.Contains(string(msgs[0]), "Action: failed") {
+		t.Fatalf("alice's INBOX: %d messages", len(msgs))
+	}
+}
