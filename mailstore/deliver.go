@@ -14,6 +14,12 @@ type Envelope struct {
 	Recipients []Recipient
 	EnvID      string // ENVID
 	Ret        string // RET: FULL or HDRS
+
+	// Report, when set, is called inside the delivery's transaction when
+	// some recipients get nothing while others get the message; the
+	// report it returns (nil: none) goes to Sender in the same commit, so
+	// that a sender answered 250 for all is told of those that failed.
+	Report func(failed []RecipientError) []byte
 }
 
 // Recipient is one RCPT TO.
@@ -28,6 +34,10 @@ type Delivery struct {
 	Stored []Stored          // one per local user reached
 	Queued []QueuedRecipient // remote addresses put in the outbound queue
 	Failed []RecipientError  // recipients that got nothing
+	// Reported is set when Envelope.Report's report was stored or queued.
+	Reported bool
+	// ReportQueued is set when that report went into the outbound queue.
+	ReportQueued bool
 }
 
 // Stored is one message added to a local INBOX.
@@ -143,6 +153,15 @@ func (s *Store) DeliverEnvelope(ctx context.Context, env Envelope, msg []byte) (
 			// Roll back the body insert too.
 			return fmt.Errorf("deliver: no recipient accepted: %w", firstErr(d.Failed, ErrNoSuchUser))
 		}
+		d.Reported, d.ReportQueued = false, false
+		if env.Report != nil && env.Sender != "" && len(d.Failed) > 0 {
+			if report := env.Report(d.Failed); report != nil {
+				var err error
+				if d.Reported, d.ReportQueued, err = t.deliverReport(s, env.Sender, report, now); err != nil {
+					return fmt.Errorf("deliver report to %s: %w", env.Sender, err)
+				}
+			}
+		}
 		return nil
 	})
 	if err != nil {
@@ -155,7 +174,8 @@ func (s *Store) DeliverEnvelope(ctx context.Context, env Envelope, msg []byte) (
 }
 
 // inboxHead reads a user's INBOX for a delivery of size bytes, checking
-// the quota, in as few statements as the common case allows.
+// the quota unless size is negative, in as few statements as the common
+// case allows.
 func (t *wtx) inboxHead(userID, size int64) (int64, mailboxHead, error) {
 	var id, quota int64
 	var kw string
@@ -170,12 +190,63 @@ func (t *wtx) inboxHead(userID, size int64) (int64, mailboxHead, error) {
 		return 0, h, err
 	}
 	h.keywords = splitKeywords(kw)
-	if quota > 0 {
+	if quota > 0 && size >= 0 {
 		if err := t.checkQuota(userID, size); err != nil {
 			return 0, h, err
 		}
 	}
 	return id, h, nil
+}
+
+// deliverReport stores a report for sender in the current transaction:
+// in the INBOX of the local users the address reaches (not held to their
+// quota: a report must not be lost for want of room), or queued with the
+// null sender for a remote address. An address that reaches nobody gets
+// nothing (reported false).
+func (t *wtx) deliverReport(s *Store, sender string, report []byte, now time.Time) (reported, queued bool, err error) {
+	res, err := s.Resolve(context.Background(), sender)
+	if errors.Is(err, ErrNoSuchUser) || errors.Is(err, ErrInvalidAddress) {
+		return false, false, nil
+	}
+	if err != nil {
+		return false, false, err
+	}
+	body := prepareBody(report)
+	bodyID, err := t.storeBody(body)
+	if err != nil {
+		return false, false, err
+	}
+	for _, u := range res.Users {
+		inbox, h, err := t.inboxHead(u.ID, -1) // no quota for reports
+		if errors.Is(err, ErrNoSuchUser) {
+			continue
+		}
+		if err != nil {
+			return false, false, err
+		}
+		uid := h.uidnext
+		if err := t.bump(inbox, &h, 1, nil); err != nil {
+			return false, false, err
+		}
+		if err := t.insertMessage(inbox, uid, h.modseq, 0, nil, now, int64(len(body.data)), bodyID); err != nil {
+			return false, false, err
+		}
+		reported = true
+	}
+	for _, a := range res.Remote {
+		if _, err := t.enqueue(Envelope{}, Recipient{Address: a}, a, bodyID, now); err != nil {
+			return false, false, err
+		}
+		reported, queued = true, true
+	}
+	if !reported {
+		// Nobody took the body: let it go with the savepoint's work
+		// rather than leave it unreferenced.
+		if _, err := t.exec("DELETE FROM bodies WHERE id = ? AND refs <= 0", bodyID); err != nil {
+			return false, false, err
+		}
+	}
+	return reported, queued, nil
 }
 
 func firstErr(failed []RecipientError, fallback error) error {

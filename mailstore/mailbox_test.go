@@ -585,3 +585,57 @@ func TestUIDMatcherAgreesWithContains(t *testing.T) {
 		}
 	}
 }
+
+// A report of recipients that failed at commit is stored in the same
+// commit as the delivery: to a local sender's INBOX (whatever its quota),
+// or queued with the null sender for a remote one.
+func TestDeliveryReportInSameCommit(t *testing.T) {
+	s := openTest(t)
+	ctx := context.Background()
+	alice := addUser(t, s, "alice@example.test")
+	bob := addUser(t, s, "bob@example.test")
+	carol := addUser(t, s, "carol@example.test")
+	if err := s.SetQuota(ctx, carol.Address, 10); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetQuota(ctx, alice.Address, 10); err != nil { // full too: reports still arrive
+		t.Fatal(err)
+	}
+	var seen []string
+	report := func(failed []RecipientError) []byte {
+		for _, f := range failed {
+			seen = append(seen, f.Recipient)
+		}
+		return []byte("Subject: report\r\n\r\ncarol got nothing\r\n")
+	}
+	env := Envelope{Sender: alice.Address, Recipients: []Recipient{{Address: bob.Address}, {Address: carol.Address}}, Report: report}
+	d, err := s.DeliverEnvelope(ctx, env, testMessage(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !d.Reported || d.ReportQueued || len(d.Stored) != 1 || fmt.Sprint(seen) != "[carol@example.test]" {
+		t.Fatalf("delivery %+v, report saw %v", d, seen)
+	}
+	msgs, _ := s.Messages(ctx, inbox(t, s, alice).ID, nil)
+	if len(msgs) != 1 {
+		t.Fatalf("alice has %d messages, want the report", len(msgs))
+	}
+	if b, _ := s.ReadBody(ctx, msgs[0].BodyID); !strings.Contains(string(b), "carol got nothing") {
+		t.Fatalf("alice's message %q", b)
+	}
+	// A remote sender's report is queued with the null sender.
+	env.Sender = "Far.Away@remote.test"
+	if d, err = s.DeliverEnvelope(ctx, env, testMessage(2)); err != nil || !d.ReportQueued {
+		t.Fatalf("remote sender: %+v %v", d, err)
+	}
+	q, _ := s.Queue(ctx, time.Time{}, 0)
+	if len(q) != 1 || q[0].Sender != "" || q[0].Recipient != "Far.Away@remote.test" {
+		t.Fatalf("queue %+v", q)
+	}
+	// No failure, no report.
+	seen = nil
+	env.Recipients = env.Recipients[:1]
+	if d, err = s.DeliverEnvelope(ctx, env, testMessage(3)); err != nil || d.Reported || seen != nil {
+		t.Fatalf("report without failure: %+v %v %v", d, err, seen)
+	}
+}

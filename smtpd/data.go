@@ -177,7 +177,8 @@ func (s *session) protocol(tx *transaction) string {
 // deliver stores the message for local recipients and queues it for
 // remote ones, in one transaction, and answers for the whole message.
 func (s *session) deliver(tx *transaction, msg []byte) error {
-	env := mailstore.Envelope{Sender: tx.from, Recipients: tx.rcpts, EnvID: tx.envID, Ret: tx.ret}
+	env := mailstore.Envelope{Sender: tx.from, Recipients: tx.rcpts, EnvID: tx.envID, Ret: tx.ret,
+		Report: func(failed []mailstore.RecipientError) []byte { return s.failureReport(tx, failed, msg) }}
 	d, err := s.cl.srv.store.DeliverEnvelope(s.cl.srv.ctx, env, msg)
 	if err != nil {
 		// The error names a recipient's failure only when nobody got the
@@ -201,10 +202,10 @@ func (s *session) deliver(tx *transaction, msg []byte) error {
 		// One reply answers for all recipients: the others have the message.
 		s.log.Warn("recipient did not get the message", "id", tx.id, "to", f.Recipient, "err", f.Err)
 	}
-	if len(d.Failed) > 0 {
-		s.reportFailed(tx, d.Failed, msg)
+	if d.Reported {
+		s.log.Info("failure report stored", "id", tx.id, "to", tx.from, "failed", len(d.Failed))
 	}
-	if len(d.Queued) > 0 {
+	if len(d.Queued) > 0 || d.ReportQueued {
 		s.queued()
 	}
 	return nil
@@ -217,13 +218,15 @@ func (s *session) queued() {
 	}
 }
 
-// reportFailed tells the sender, with an RFC 3464 report, about the
-// recipients that got nothing although the message was accepted for the
-// others (found only at commit, such as a quota filled meanwhile): the 250
-// answered for everyone, so this is the only way the sender learns of it.
-func (s *session) reportFailed(tx *transaction, failed []mailstore.RecipientError, msg []byte) {
+// failureReport is the RFC 3464 report for the recipients that got
+// nothing although the message was accepted for the others (found only at
+// commit, such as a quota filled meanwhile): the 250 answers for everyone,
+// so this is how the sender learns of them. The mailstore stores it in the
+// same commit as the message. nil means no report: the sender is <>, or
+// NOTIFY leaves out FAILURE.
+func (s *session) failureReport(tx *transaction, failed []mailstore.RecipientError, msg []byte) []byte {
 	if tx.from == "" {
-		return // RFC 3464 4: never report on a report
+		return nil // RFC 3464 4: never report on a report
 	}
 	var recipients []mime.DSNRecipient
 	for _, f := range failed {
@@ -246,23 +249,17 @@ func (s *session) reportFailed(tx *transaction, failed []mailstore.RecipientErro
 		})
 	}
 	if len(recipients) == 0 {
-		return
+		return nil
 	}
 	report, err := mime.ComposeDSN(mime.DSN{
 		ReportingMTA: s.cl.srv.cfg.Hostname, Sender: tx.from, EnvID: tx.envID,
 		Arrival: s.cl.srv.now(), Recipients: recipients, Original: msg,
 	})
-	if err == nil {
-		var d *mailstore.Delivery
-		if d, err = s.cl.srv.store.Deliver(s.cl.srv.ctx, "", []string{tx.from}, report); err == nil && len(d.Queued) > 0 {
-			s.queued()
-		}
-	}
 	if err != nil {
-		s.log.Error("failure report not stored", "id", tx.id, "to", tx.from, "err", err)
-		return
+		s.log.Error("failure report not composed", "id", tx.id, "to", tx.from, "err", err)
+		return nil
 	}
-	s.log.Info("failure report stored", "id", tx.id, "to", tx.from, "recipients", len(recipients))
+	return report
 }
 
 // recipientList names the first recipients of a message for its log line.

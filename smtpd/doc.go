@@ -32,8 +32,8 @@
 //     checks it again at commit. A message is answered with one reply, so when some recipients of a
 //     message get it and others fail at commit (a quota reached meanwhile), the reply is 250 and
 //     each failed recipient is logged at warning level and reported to the sender in an RFC 3464
-//     report (unless the sender is <> or NOTIFY excludes FAILURE). When no recipient gets it, the
-//     reply gives the reason (552 5.2.2, 550 5.1.1).
+//     report stored in the same commit (unless the sender is <> or NOTIFY excludes FAILURE). When no
+//     recipient gets it, the reply gives the reason (552 5.2.2, 550 5.1.1).
 //   - A message is answered 250 only after mailstore.DeliverEnvelope has committed it durably;
 //     a storage failure answers 451 4.3.0 and nothing of the message is stored.
 //
