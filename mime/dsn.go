@@ -273,7 +273,7 @@ func (d *DSN) humanText() string {
 				}
 				line := "<" + r.Recipient + ">"
 				if r.Diagnostic != "" {
-					line += ": " + dsnOneLine(r.Diagnostic)
+					line += ": " + dsnDiagnostic(r.Diagnostic)
 				}
 				if r.RemoteMTA != "" {
 					line += " (" + r.RemoteMTA + ")"
@@ -334,7 +334,7 @@ func (d *DSN) statusFields() []byte {
 			if r.DiagnosticType != "" {
 				typ = dsnSanitize(r.DiagnosticType)
 			}
-			dsnWriteField(&b, "Diagnostic-Code", typ+"; "+dsnSanitize(r.Diagnostic))
+			dsnWriteField(&b, "Diagnostic-Code", typ+"; "+dsnDiagnostic(r.Diagnostic))
 		}
 		if !r.LastAttempt.IsZero() {
 			dsnWriteField(&b, "Last-Attempt-Date", r.LastAttempt.Format(dsnDateLayout))
@@ -397,8 +397,20 @@ func dsnSanitize(s string) string {
 	return strings.Join(strings.Fields(b.String()), " ")
 }
 
-// dsnOneLine joins the lines of a multi-line reply.
-func dsnOneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+// dsnMaxDiagnostic bounds a diagnostic in a report: a server's reply may
+// run to kilobytes, and a report line must stay under 998 octets (RFC
+// 5322 2.1.1) or the next server refuses the report, which nobody hears of.
+const dsnMaxDiagnostic = 500
+
+// dsnDiagnostic is a diagnostic as a report shows it: printable ASCII on
+// one line, shortened to dsnMaxDiagnostic.
+func dsnDiagnostic(s string) string {
+	d := dsnSanitize(s)
+	if len(d) > dsnMaxDiagnostic {
+		d = d[:dsnMaxDiagnostic-3] + "..."
+	}
+	return d
+}
 
 // dsnSplitHeader returns the header section of msg, up to and including the
 // blank line that ends it (or all of msg when there is no body), and the body.

@@ -321,3 +321,26 @@ func TestDSNSplitHeader(t *testing.T) {
 		}
 	}
 }
+
+// A server's reply of any length, spaces or not, never makes a report
+// line longer than RFC 5322 allows.
+func TestDSNLongDiagnostic(t *testing.T) {
+	for _, diag := range []string{strings.Repeat("x", 1800), "550 " + strings.Repeat("word ", 400)} {
+		msg, err := ComposeDSN(DSN{
+			ReportingMTA: "mx.alpha.test", Sender: "alice@alpha.test",
+			Recipients: []DSNRecipient{{Recipient: "bob@beta.test", Action: ActionFailed, Status: "5.0.0", Diagnostic: diag}},
+			Original:   []byte("Subject: x\r\n\r\nbody\r\n"),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, line := range strings.Split(string(msg), "\r\n") {
+			if len(line) > 998 {
+				t.Fatalf("line %d has %d octets", i+1, len(line))
+			}
+		}
+		if !strings.Contains(string(msg), "...") {
+			t.Errorf("the long diagnostic was not shortened")
+		}
+	}
+}

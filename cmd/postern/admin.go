@@ -20,17 +20,18 @@ import (
 const maxPasswordLine = 4096
 
 // withStore parses the -config flag and positional arguments of a
-// store-backed command, opens the store and runs fn with it. nargs checks
-// the number of positional arguments.
-func (c *cli) withStore(name, synopsis string, args []string, nargs func(int) bool,
+// store-backed command, opens the store and runs fn with it. valid checks
+// the positional arguments before anything is opened: its error is a
+// usage error (exit 2).
+func (c *cli) withStore(name, synopsis string, args []string, valid argCheck,
 	fn func(st *mailstore.Store, args []string) error) int {
 	fs := c.flagSet(name, synopsis)
 	path := configFlag(fs)
 	if code, ok := c.parse(fs, args); !ok {
 		return code
 	}
-	if !nargs(fs.NArg()) {
-		return c.usageError(fs, "wrong number of arguments")
+	if err := valid(fs.Args()); err != nil {
+		return c.usageError(fs, "%v", err)
 	}
 	cfg, err := loadConfig(*path)
 	if err != nil {
@@ -50,9 +51,23 @@ func (c *cli) withStore(name, synopsis string, args []string, nargs func(int) bo
 	return exitOK
 }
 
-func exactly(n int) func(int) bool { return func(got int) bool { return got == n } }
-func atLeast(n int) func(int) bool { return func(got int) bool { return got >= n } }
-func upTo(n int) func(int) bool    { return func(got int) bool { return got <= n } }
+// argCheck checks a command's positional arguments.
+type argCheck func(args []string) error
+
+var errArgCount = errors.New("wrong number of arguments")
+
+func count(ok func(int) bool) argCheck {
+	return func(args []string) error {
+		if !ok(len(args)) {
+			return errArgCount
+		}
+		return nil
+	}
+}
+
+func exactly(n int) argCheck { return count(func(got int) bool { return got == n }) }
+func atLeast(n int) argCheck { return count(func(got int) bool { return got >= n }) }
+func upTo(n int) argCheck    { return count(func(got int) bool { return got <= n }) }
 
 // readPassword reads a new password: prompted twice without echo on a
 // terminal, else the first line of standard input.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -135,6 +136,31 @@ func TestDomainAndAliasRoundTrip(t *testing.T) {
 		}
 		if code != s.code || !strings.Contains(text, s.out) {
 			t.Fatalf("%v: exit %d, want %d; stdout %q stderr %q (want %q)", s.args, code, s.code, out, errOut, s.out)
+		}
+	}
+}
+
+// The database holds everyone's mail and password hashes: it is private
+// even when the data directory was made by hand with a loose mode.
+func TestStoreFilesArePrivate(t *testing.T) {
+	config, dataDir := adminConfig(t)
+	if err := os.MkdirAll(dataDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, errOut := runIn(t, "pw\n", "user", "add", "-config", config, "a@example.test"); code != exitOK {
+		t.Fatalf("user add: %s", errOut)
+	}
+	entries, err := os.ReadDir(dataDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		info, err := e.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasPrefix(e.Name(), storeFile) && info.Mode().Perm()&0o077 != 0 {
+			t.Errorf("%s has mode %v", e.Name(), info.Mode().Perm())
 		}
 	}
 }

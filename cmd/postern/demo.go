@@ -92,7 +92,11 @@ func cmdDemo(c *cli, args []string) int {
 		return c.usageError(fs, "unknown scenario %q (-scenario list names them)", *scenarioName)
 	}
 	out := &demoOut{w: c.stdout, json: *asJSON}
-	ctx, cancel := context.WithTimeout(c.ctx, demoTimeout)
+	// Ctrl-C stops the demo through its context, so that the servers stop
+	// and the temporary directory (keys, databases) goes.
+	sctx, stop := signal.NotifyContext(c.ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(sctx, demoTimeout)
 	defer cancel()
 	out.beginStep("0. Starting two Postern instances and a DNS server on loopback")
 	d, err := startDemo(out, sc)
@@ -106,8 +110,6 @@ func cmdDemo(c *cli, args []string) int {
 	}
 	if *keep {
 		d.printKeep()
-		sctx, stop := signal.NotifyContext(c.ctx, os.Interrupt, syscall.SIGTERM)
-		defer stop()
 		<-sctx.Done()
 	}
 	return exitOK

@@ -180,7 +180,7 @@ level = "debug"
 		if code != exitOK {
 			t.Errorf("serve exited with %d after cancel\nstderr: %s", code, stderr.String())
 		}
-	case <-time.After(shutdownGrace + 5*time.Second):
+	case <-time.After(shutdownGrace + shutdownMargin + 5*time.Second):
 		t.Fatal("serve did not stop after cancel")
 	}
 

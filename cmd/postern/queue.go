@@ -22,6 +22,22 @@ func cmdQueue(c *cli, args []string) int {
 	})
 }
 
+// queueIDs checks the number of arguments with n, then that each is a
+// queue entry ID.
+func queueIDs(n argCheck) argCheck {
+	return func(args []string) error {
+		if err := n(args); err != nil {
+			return err
+		}
+		for _, a := range args {
+			if _, err := parseQueueID(a); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
 // parseQueueID reads an entry ID given on the command line.
 func parseQueueID(s string) (int64, error) {
 	id, err := strconv.ParseInt(s, 10, 64)
@@ -32,7 +48,7 @@ func parseQueueID(s string) (int64, error) {
 }
 
 func cmdQueueList(c *cli, args []string) int {
-	return c.withStore("queue list", "[-config FILE] [ID]", args, upTo(1), func(st *mailstore.Store, args []string) error {
+	return c.withStore("queue list", "[-config FILE] [ID]", args, queueIDs(upTo(1)), func(st *mailstore.Store, args []string) error {
 		entries, err := st.Queue(c.ctx, time.Time{}, 0)
 		if err != nil {
 			return err
@@ -72,7 +88,7 @@ func cmdQueueList(c *cli, args []string) int {
 }
 
 func cmdQueueRetry(c *cli, args []string) int {
-	return c.withStore("queue retry", "[-config FILE] [ID]", args, upTo(1), func(st *mailstore.Store, args []string) error {
+	return c.withStore("queue retry", "[-config FILE] [ID]", args, queueIDs(upTo(1)), func(st *mailstore.Store, args []string) error {
 		if len(args) == 0 {
 			entries, err := st.Queue(c.ctx, time.Time{}, 0)
 			if err != nil {
@@ -100,7 +116,7 @@ func cmdQueueRetry(c *cli, args []string) int {
 // sender. It wants an ID: emptying the whole queue by mistake would lose
 // mail.
 func cmdQueueDelete(c *cli, args []string) int {
-	return c.withStore("queue delete", "[-config FILE] ID", args, exactly(1), func(st *mailstore.Store, args []string) error {
+	return c.withStore("queue delete", "[-config FILE] ID", args, queueIDs(exactly(1)), func(st *mailstore.Store, args []string) error {
 		id, err := parseQueueID(args[0])
 		if err != nil {
 			return err

@@ -99,7 +99,7 @@ func TestQueueCommands(t *testing.T) {
 		want string // in stdout, or in stderr when code != 0
 	}{
 		{[]string{"delete", "-config", config}, exitUsage, "wrong number of arguments"},
-		{[]string{"delete", "-config", config, "x"}, exitFailure, "not a positive number"},
+		{[]string{"delete", "-config", config, "x"}, exitUsage, "not a positive number"},
 		{[]string{"delete", "-config", config, id(bob)}, exitOK, "deleted entry"},
 		{[]string{"delete", "-config", config, id(bob)}, exitFailure, "not found"},
 		{[]string{"list", "-config", config, id(bob)}, exitFailure, "not found"},

@@ -70,7 +70,7 @@ dns = "127.0.0.1:1"
 			cancel()
 			select {
 			case code = <-exited:
-			case <-time.After(shutdownGrace + 5*time.Second):
+			case <-time.After(shutdownGrace + shutdownMargin + 5*time.Second):
 				buf := make([]byte, 1<<20)
 				n := runtime.Stack(buf, true)
 				t.Errorf("serve did not stop:\n%s", buf[:n])
@@ -306,5 +306,34 @@ func TestServeIMAP(t *testing.T) {
 	}
 	if err := c.Logout().Wait(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A session still open at the stop is closed after the grace period, and
+// serve still exits 0: a busy server stops cleanly, not as a failure.
+func TestServeStopsWithOpenSession(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits out the shutdown grace period")
+	}
+	r := startServe(t, "")
+	r.addUser(t, "bob@example.test", "bob's password")
+	conn, err := net.DialTimeout("tcp", r.addrs["pop3"], 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(time.Minute))
+	c := textproto.NewConn(conn)
+	if _, err := c.ReadLine(); err != nil {
+		t.Fatal(err)
+	}
+	pop3Cmd(t, c, "USER bob@example.test", true)
+	pop3Cmd(t, c, "PASS bob's password", true)
+	// The session stays open, idle, while serve stops.
+	if code := r.stop(); code != exitOK {
+		t.Fatalf("serve exited with %d\n%s", code, r.stderr.String())
+	}
+	if !strings.Contains(r.stderr.String(), "sessions cut at the end of the grace period") {
+		t.Errorf("the cut sessions were not logged:\n%s", r.stderr.String())
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 
 	"github.com/postern/postern/mailstore"
 )
@@ -26,8 +27,17 @@ func openStore(cfg *Config) (*mailstore.Store, error) {
 // openStoreOpts creates cfg.DataDir (mode 0700) if it does not exist and
 // opens the database in it with opts. The caller closes the store.
 func openStoreOpts(cfg *Config, opts mailstore.Options) (*mailstore.Store, error) {
+	// Every user's mail and the password hashes are in the database:
+	// files Postern creates (SQLite's -wal and -shm too) are private, and
+	// those of an earlier start are made so.
+	syscall.Umask(0o077)
 	if err := os.MkdirAll(cfg.DataDir, dataDirPerm); err != nil {
 		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	for _, suffix := range []string{"", "-wal", "-shm"} {
+		if err := os.Chmod(filepath.Join(cfg.DataDir, storeFile+suffix), 0o600); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("data directory: %w", err)
+		}
 	}
 	// mailstore's errors already read "open mailstore PATH: ...".
 	st, err := mailstore.Open(filepath.Join(cfg.DataDir, storeFile), opts)
