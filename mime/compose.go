@@ -61,7 +61,10 @@ func Compose(d Draft) ([]byte, error) {
 	if len(d.To) == 0 && len(d.Cc) == 0 {
 		return nil, errors.New("compose: no To or Cc recipient")
 	}
-	h.SetSubject(d.Subject)
+	if strings.ContainsAny(d.Subject, "\r\n") {
+		return nil, fmt.Errorf("compose: subject %q has a line break", d.Subject)
+	}
+	h.Set("Subject", encodeWords(d.Subject))
 	date := d.Date
 	if date.IsZero() {
 		date = time.Now()
@@ -146,4 +149,51 @@ func attachmentType(a Attachment) string {
 func toCRLFString(s string) string {
 	s = strings.ReplaceAll(s, "\r\n", "\n")
 	return strings.ReplaceAll(s, "\n", "\r\n")
+}
+
+// maxEncodedWord bounds the encoded-words encodeWords writes, so that
+// even the first, after "Subject: ", fits a 76-character line (RFC 2047 2).
+const maxEncodedWord = 60
+
+// encodeWords writes a header field's text as RFC 2047 encoded-words when
+// it is not plain ASCII: Q-encoded UTF-8, whole characters in each word,
+// words short enough to fold between them. Spaces of the text are inside
+// the words (as "_"), since the space between two encoded-words is not
+// part of the text (RFC 2047 6.2).
+func encodeWords(s string) string {
+	plain := true
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] > 0x7e {
+			plain = false
+			break
+		}
+	}
+	if plain {
+		return s
+	}
+	const prefix, suffix = "=?utf-8?q?", "?="
+	var words []string
+	var cur strings.Builder
+	for _, r := range s {
+		var enc strings.Builder
+		for _, b := range []byte(string(r)) {
+			switch {
+			case b == ' ':
+				enc.WriteByte('_')
+			case b >= 'a' && b <= 'z', b >= 'A' && b <= 'Z', b >= '0' && b <= '9', strings.IndexByte("!*+-/", b) >= 0:
+				enc.WriteByte(b)
+			default:
+				fmt.Fprintf(&enc, "=%02X", b)
+			}
+		}
+		if cur.Len() > 0 && len(prefix)+cur.Len()+enc.Len()+len(suffix) > maxEncodedWord {
+			words = append(words, prefix+cur.String()+suffix)
+			cur.Reset()
+		}
+		cur.WriteString(enc.String())
+	}
+	if cur.Len() > 0 {
+		words = append(words, prefix+cur.String()+suffix)
+	}
+	return strings.Join(words, " ")
 }

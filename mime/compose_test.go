@@ -114,3 +114,35 @@ func TestComposeTextOnly(t *testing.T) {
 		t.Error("composed with a bad From")
 	}
 }
+
+// A long non-ASCII subject folds into lines of at most 76 characters, and
+// reads back the same (RFC 2047 2, 6.2).
+func TestComposeLongSubjectFolds(t *testing.T) {
+	for _, subj := range []string{
+		"Grüße aus Köln, a rather long subject line with umlauts äöü to trigger folding",
+		strings.Repeat("héllo ", 60),
+		"日本語のとても長い件名です。日本語のとても長い件名です。日本語のとても長い件名です。",
+		"plain ASCII subject that is long enough to need folding somewhere along the way, surely",
+	} {
+		raw, err := Compose(Draft{From: "a@alpha.test", To: []string{"b@beta.test"}, Subject: subj, Text: "x"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		head := string(raw[:bytes.Index(raw, []byte("\r\n\r\n"))])
+		for _, line := range strings.Split(head, "\r\n") {
+			if len(line) > 76 {
+				t.Errorf("header line of %d characters: %q", len(line), line)
+			}
+		}
+		r, err := mail.CreateReader(bytes.NewReader(raw))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := r.Header.Subject(); err != nil || got != subj {
+			t.Errorf("subject read back as %q (%v), want %q", got, err, subj)
+		}
+	}
+	if _, err := Compose(Draft{From: "a@alpha.test", To: []string{"b@beta.test"}, Subject: "two\r\nlines"}); err == nil {
+		t.Error("a subject with a line break was accepted")
+	}
+}
