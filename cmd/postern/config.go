@@ -4,6 +4,7 @@ package main
 // sets of defaults, and the checks that name the offending key.
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -426,11 +427,17 @@ func (c *Config) validate() []*configError {
 		bad("smtp.max_recipients", "must be at least %d (RFC 5321 4.5.3.1.8)", minRecipients)
 	}
 
-	if (c.TLS.Cert == "") != (c.TLS.Key == "") {
+	switch {
+	case (c.TLS.Cert == "") != (c.TLS.Key == ""):
 		if c.TLS.Cert == "" {
 			bad("tls.key", "tls.cert must be set too, or neither")
 		} else {
 			bad("tls.cert", "tls.key must be set too, or neither")
+		}
+	case c.TLS.Cert != "":
+		// Check now what serve would find out only at start.
+		if _, err := tls.LoadX509KeyPair(c.TLS.Cert, c.TLS.Key); err != nil {
+			badErr("tls.cert", fmt.Errorf("cannot be loaded with tls.key: %w", err))
 		}
 	}
 

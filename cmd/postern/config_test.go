@@ -180,6 +180,8 @@ func TestConfigErrors(t *testing.T) {
 			[]string{`config: t.toml:3: key "tls.cert": tls.key must be set too, or neither`}, nil},
 		{"tls key alone", "hostname = \"a.example\"\n[tls]\nkey = \"/etc/k.pem\"\n",
 			[]string{`config: t.toml:3: key "tls.key": tls.cert must be set too, or neither`}, nil},
+		{"tls files missing", "hostname = \"a.example\"\n[tls]\ncert = \"/nonexistent/c.pem\"\nkey = \"/nonexistent/k.pem\"\n",
+			[]string{`config: t.toml:3: key "tls.cert": cannot be loaded with tls.key: open /nonexistent/c.pem: no such file or directory`}, nil},
 		{"relay port 0", "hostname = \"a.example\"\n[relay]\nport = 0\n",
 			[]string{`config: t.toml:3: key "relay.port": must be between 1 and 65535`}, nil},
 		{"relay port too big", "hostname = \"a.example\"\n[relay]\nport = 65536\n",
