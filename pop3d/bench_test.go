@@ -26,8 +26,8 @@ const (
 //   - store: the bodies read straight from the mailstore, no POP3: the
 //     floor under any server on this store;
 //   - go-client: the Go test client over TCP (the Go baseline);
-//   - poplib: python3's poplib over TCP, the client the Dovecot target in
-//     the issue was measured with (skipped without python3);
+//   - poplib: python3's poplib over TCP, the client Dovecot's figures
+//     were measured with (skipped without python3);
 //   - poplib-other: the same against another server given in
 //     POSTERN_BENCH_POP3 (Dovecot, for the target on this machine);
 //   - poplib-canned: the same against a stub that answers from memory,
