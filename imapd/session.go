@@ -63,6 +63,11 @@ func (s *Server) newSession(c *imapserver.Conn, traceID string) (imapserver.Sess
 	sess := &session{srv: s, conn: c, id: id, ip: ip}
 	if err := s.admit(sess); err != nil {
 		sess.info("connection refused", "remote", nc.RemoteAddr().String(), "reason", err.Error())
+		if tc, ok := nc.(*tls.Conn); ok && !tc.ConnectionState().HandshakeComplete {
+			// The refusal would be written through a TLS handshake the
+			// client may never answer: hang up instead of waiting for it.
+			nc.Close()
+		}
 		if traceID != "" {
 			s.mu.Lock()
 			delete(s.traced, traceID)
