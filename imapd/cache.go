@@ -45,7 +45,8 @@ type dataCache struct {
 
 	writes chan metaWrite
 	quit   chan struct{}
-	once   sync.Once
+	once   sync.Once // starts the writer
+	stop   sync.Once // closes quit, also when Shutdown runs twice at once
 	wg     sync.WaitGroup
 }
 
@@ -177,10 +178,6 @@ func (c *dataCache) writer() {
 
 // close stops the background writer; what is still pending is dropped.
 func (c *dataCache) close() {
-	select {
-	case <-c.quit:
-	default:
-		close(c.quit)
-	}
+	c.stop.Do(func() { close(c.quit) })
 	c.wg.Wait()
 }

@@ -388,8 +388,8 @@ func temporary(err error) bool {
 // as soon as it is between commands (an IDLE ends at once), until ctx is
 // done; then the remaining connections are closed. It returns ctx.Err()
 // if sessions had to be cut, else nil. Serve and ServeTLS return
-// ErrServerClosed. It may be called once with both listeners running;
-// later calls wait like the first.
+// ErrServerClosed. It may be called once per listener, also at the same
+// time; later calls wait like the first.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	if !s.closed {

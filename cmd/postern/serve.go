@@ -15,7 +15,6 @@ import (
 	"os"
 	"os/signal"
 	"strings"
-	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -66,16 +65,15 @@ type serveEnv struct {
 	tls   *tls.Config
 	relay *relay.Relay
 
-	smtp         *smtpd.Server
-	pop3         *pop3d.Server
-	pop3Shutdown func(context.Context) error
-	imap         *imapd.Server
-	imapShutdown func(context.Context) error
+	smtp *smtpd.Server
+	pop3 *pop3d.Server
+	imap *imapd.Server
 }
 
 // listenServer runs one protocol server on one bound listener. serve is
-// the package's Serve method; shutdown its Shutdown, which must stop every
-// listener of that server and may be called once per listener.
+// the package's Serve method; shutdown its Shutdown, which stops every
+// listener of that server and is safe to call once per listener, also at
+// the same time.
 type listenServer struct {
 	ln       net.Listener
 	serve    func(net.Listener) error
@@ -98,22 +96,6 @@ func (s *listenServer) Serve(ctx context.Context) error {
 	err := s.shutdown(sctx)
 	<-errc
 	return err
-}
-
-// onceShutdown makes a Shutdown method safe to call once per listener of
-// the same server: the first call does the work, the others wait for it.
-func onceShutdown(f func(context.Context) error) func(context.Context) error {
-	var once sync.Once
-	var err error
-	done := make(chan struct{})
-	return func(ctx context.Context) error {
-		once.Do(func() {
-			err = f(ctx)
-			close(done)
-		})
-		<-done
-		return err
-	}
 }
 
 func cmdServe(c *cli, args []string) int {
@@ -274,12 +256,11 @@ func newServer(env *serveEnv, l listener) (serve func(net.Listener) error, shutd
 				Logger:            env.log.With("part", "pop3"),
 				Trace:             cfg.Log.Trace,
 			}, env.store)
-			env.pop3Shutdown = onceShutdown(env.pop3.Shutdown)
 		}
 		if l.Proto == "pop3s" {
-			return env.pop3.ServeTLS, env.pop3Shutdown
+			return env.pop3.ServeTLS, env.pop3.Shutdown
 		}
-		return env.pop3.Serve, env.pop3Shutdown
+		return env.pop3.Serve, env.pop3.Shutdown
 	case "imap", "imaps":
 		if env.imap == nil {
 			env.imap = imapd.New(imapd.Config{
@@ -289,12 +270,11 @@ func newServer(env *serveEnv, l listener) (serve func(net.Listener) error, shutd
 				Logger:            env.log.With("part", "imap"),
 				Trace:             cfg.Log.Trace,
 			}, env.store)
-			env.imapShutdown = onceShutdown(env.imap.Shutdown)
 		}
 		if l.Proto == "imaps" {
-			return env.imap.ServeTLS, env.imapShutdown
+			return env.imap.ServeTLS, env.imap.Shutdown
 		}
-		return env.imap.Serve, env.imapShutdown
+		return env.imap.Serve, env.imap.Shutdown
 	}
 	return nil, nil
 }
