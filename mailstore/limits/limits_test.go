@@ -199,29 +199,44 @@ func TestLoginsQueueBoundAndWait(t *testing.T) {
 	go func() {
 		waited <- l.Check(context.Background(), Attempt{Remote: netip.MustParseAddr("192.0.2.2")}, verifyIs(true))
 	}()
-	// Wait until the second is queued, then a third finds the queue full.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		l.gate.mu.Lock()
-		n := len(l.gate.first) + len(l.gate.rest)
-		l.gate.mu.Unlock()
-		if n == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("second check never queued")
-		}
-		time.Sleep(time.Millisecond)
-	}
-	if err := l.Check(context.Background(), Attempt{Remote: netip.MustParseAddr("192.0.2.3")}, verifyIs(true)); !errors.Is(err, ErrBusy) {
-		t.Fatalf("check over a full queue: %v, want ErrBusy", err)
-	}
+	// The second is queued; a third turns it away, and then waits past
+	// HashWait itself.
+	waitQueued(t, l, 1)
+	start := time.Now()
+	third := l.Check(context.Background(), Attempt{Remote: netip.MustParseAddr("192.0.2.3")}, verifyIs(true))
 	if err := <-waited; !errors.Is(err, ErrBusy) {
-		t.Fatalf("check that waited past HashWait: %v, want ErrBusy", err)
+		t.Fatalf("check turned out of a full queue: %v, want ErrBusy", err)
+	}
+	if !errors.Is(third, ErrBusy) || time.Since(start) < 50*time.Millisecond {
+		t.Fatalf("check that waited past HashWait: %v after %v, want ErrBusy after 50ms", third, time.Since(start))
+	}
+	// A dirty address cannot turn a clean one away.
+	l2 := NewLogins(LoginPolicy{MaxHashes: 1, HashQueue: 1, HashWait: time.Minute, FailureDelay: -1})
+	dirty := netip.MustParseAddr("192.0.2.66")
+	l2.Check(context.Background(), Attempt{Remote: dirty}, verifyIs(false))
+	hold2 := make(chan struct{})
+	started2 := make(chan struct{})
+	go l2.Check(context.Background(), Attempt{Remote: netip.MustParseAddr("192.0.2.1")}, func(context.Context) (bool, error) {
+		close(started2)
+		<-hold2
+		return true, nil
+	})
+	<-started2
+	clean := make(chan error)
+	go func() {
+		clean <- l2.Check(context.Background(), Attempt{Remote: netip.MustParseAddr("192.0.2.2")}, verifyIs(true))
+	}()
+	waitQueued(t, l2, 1)
+	if err := l2.Check(context.Background(), Attempt{Remote: dirty}, verifyIs(true)); !errors.Is(err, ErrBusy) {
+		t.Fatalf("dirty check over a queue of clean ones: %v, want ErrBusy", err)
+	}
+	close(hold2)
+	if err := <-clean; err != nil {
+		t.Fatalf("clean check: %v", err)
 	}
 	close(hold)
 	// The slot comes back: a new check runs.
-	deadline = time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(5 * time.Second)
 	for l.Check(context.Background(), Attempt{Remote: netip.MustParseAddr("192.0.2.4")}, verifyIs(true)) != nil {
 		if time.Now().After(deadline) {
 			t.Fatal("slot never returned")
@@ -276,6 +291,39 @@ func TestLoginsCleanAddressesGoFirst(t *testing.T) {
 	wg.Wait()
 	if len(order) != 4 || order[0] != "clean" {
 		t.Fatalf("order %v: the address without failures should go first", order)
+	}
+}
+
+func TestLoginsNewestWaiterFirst(t *testing.T) {
+	l := NewLogins(LoginPolicy{MaxHashes: 1, HashQueue: 10, HashWait: time.Minute, FailureDelay: -1})
+	hold := make(chan struct{})
+	started := make(chan struct{})
+	go l.Check(context.Background(), Attempt{Remote: netip.MustParseAddr("192.0.2.1")}, func(context.Context) (bool, error) {
+		close(started)
+		<-hold
+		return true, nil
+	})
+	<-started
+	var mu sync.Mutex
+	var order []int
+	var wg sync.WaitGroup
+	for i := range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l.Check(context.Background(), Attempt{Remote: netip.AddrFrom4([4]byte{192, 0, 2, byte(10 + i)})}, func(context.Context) (bool, error) {
+				mu.Lock()
+				order = append(order, i)
+				mu.Unlock()
+				return true, nil
+			})
+		}()
+		waitQueued(t, l, i+1)
+	}
+	close(hold)
+	wg.Wait()
+	if len(order) != 3 || order[0] != 2 {
+		t.Fatalf("order %v: the newest waiter should be served first", order)
 	}
 }
 

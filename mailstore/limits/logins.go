@@ -32,8 +32,8 @@ type LoginPolicy struct {
 	// MaxHashes bounds the password checks running at once. Default: the
 	// number of CPUs.
 	MaxHashes int
-	// HashQueue bounds the checks waiting for a slot; one more is refused
-	// at once with ErrBusy. Default: 64.
+	// HashQueue bounds the checks waiting for a slot; beyond it the
+	// oldest waiter is turned away with ErrBusy. Default: 64.
 	HashQueue int
 	// HashWait bounds how long a check waits for a slot before ErrBusy.
 	// Default: 5s.
@@ -131,19 +131,21 @@ type Attempt struct {
 // for a password-check slot and calls verify, which reports whether the
 // credentials are right (false, nil) or that it could not tell (an
 // error). It returns nil for a good login; ErrBlocked, ErrBusy or
-// ErrLoginFailed (after FailureDelay, cut short when ctx ends); or
+// ErrLoginFailed (each after FailureDelay, cut short when ctx ends); or
 // verify's error, wrapped. Each failure is logged by LogFailure.
 func (l *Logins) Check(ctx context.Context, a Attempt, verify func(context.Context) (bool, error)) error {
 	key := ClientKey(a.Remote)
 	blocked, clean := l.state(key)
 	if blocked {
 		LogFailure(a, "address blocked")
+		l.delay(ctx)
 		return ErrBlocked
 	}
 	release, err := l.gate.acquire(ctx, l.p.HashWait, clean)
 	if err != nil {
 		if errors.Is(err, ErrBusy) {
 			LogFailure(a, "busy")
+			l.delay(ctx)
 		}
 		return err
 	}
@@ -160,15 +162,22 @@ func (l *Logins) Check(ctx context.Context, a Attempt, verify func(context.Conte
 	} else {
 		LogFailure(a, "wrong credentials")
 	}
-	if d := l.p.FailureDelay; d > 0 {
-		t := time.NewTimer(d)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-		}
-	}
+	l.delay(ctx)
 	return ErrLoginFailed
+}
+
+// delay waits FailureDelay before a refusal is answered, so that one
+// connection cannot try again at once; ctx ending cuts it short.
+func (l *Logins) delay(ctx context.Context) {
+	if l.p.FailureDelay <= 0 {
+		return
+	}
+	t := time.NewTimer(l.p.FailureDelay)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
 }
 
 // Blocked reports whether logins from ip are refused for now.
@@ -259,16 +268,25 @@ func (l *Logins) prune(now time.Time) {
 	}
 }
 
-// gate is a counting semaphore with a bounded, two-level FIFO queue:
-// waiters marked first are served before the others.
+// gate is a counting semaphore with a bounded queue in two classes:
+// waiters marked first (addresses without recent failures) are served
+// before the others. Within a class the newest waiter is served first and,
+// when the queue is full, the oldest waiter of the lower class is turned
+// away to make room: under a flood the queue holds the latest arrivals,
+// so a client that just came is answered within a few checks instead of
+// behind a queue that the flood keeps full (the old waiters would time out
+// anyway).
 type gate struct {
 	mu          sync.Mutex
 	free        int
 	maxQueue    int
-	first, rest []*waiter
+	first, rest []*waiter // oldest first
 }
 
-type waiter struct{ ready chan struct{} }
+type waiter struct {
+	ready   chan struct{}
+	granted bool // the slot was handed over (else it was turned away)
+}
 
 func (g *gate) acquire(ctx context.Context, wait time.Duration, first bool) (func(), error) {
 	g.mu.Lock()
@@ -278,8 +296,17 @@ func (g *gate) acquire(ctx context.Context, wait time.Duration, first bool) (fun
 		return g.release, nil
 	}
 	if len(g.first)+len(g.rest) >= g.maxQueue {
-		g.mu.Unlock()
-		return nil, ErrBusy
+		victims := &g.rest
+		if len(g.rest) == 0 && first {
+			victims = &g.first
+		}
+		if len(*victims) == 0 {
+			g.mu.Unlock()
+			return nil, ErrBusy
+		}
+		old := (*victims)[0]
+		*victims = (*victims)[1:]
+		close(old.ready) // not granted: turned away
 	}
 	w := &waiter{ready: make(chan struct{})}
 	if first {
@@ -294,7 +321,6 @@ func (g *gate) acquire(ctx context.Context, wait time.Duration, first bool) (fun
 	var err error
 	select {
 	case <-w.ready:
-		return g.release, nil
 	case <-t.C:
 		err = ErrBusy
 	case <-ctx.Done():
@@ -305,8 +331,10 @@ func (g *gate) acquire(ctx context.Context, wait time.Duration, first bool) (fun
 	if g.remove(w) {
 		return nil, err
 	}
-	// The slot was handed over as the wait ended: it is ours.
-	return g.release, nil
+	if w.granted {
+		return g.release, nil
+	}
+	return nil, ErrBusy
 }
 
 func (g *gate) remove(w *waiter) bool {
@@ -321,15 +349,17 @@ func (g *gate) remove(w *waiter) bool {
 	return false
 }
 
-// release hands the slot to the next waiter, or frees it.
+// release hands the slot to the newest waiter of the first class, else of
+// the other, or frees it.
 func (g *gate) release() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for _, q := range []*[]*waiter{&g.first, &g.rest} {
-		if len(*q) > 0 {
-			w := (*q)[0]
-			(*q)[0] = nil
-			*q = (*q)[1:]
+		if n := len(*q); n > 0 {
+			w := (*q)[n-1]
+			(*q)[n-1] = nil
+			*q = (*q)[:n-1]
+			w.granted = true
 			close(w.ready)
 			return
 		}
