@@ -115,7 +115,8 @@ func cmdServe(c *cli, args []string) int {
 	if fs.NArg() > 0 {
 		return c.usageError(fs, "unexpected argument %q", fs.Arg(0))
 	}
-	cfg, err := loadConfig(*path)
+	file, _ := resolveConfig(*path)
+	cfg, err := loadConfig(file)
 	if err != nil {
 		return c.fail(name, err)
 	}
