@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 
@@ -20,10 +21,24 @@ import (
 const maxPasswordLine = 4096
 
 // withStore parses the -config flag and positional arguments of a
-// store-backed command, opens the store and runs fn with it. valid checks
+// store-backed command that writes, opens the store (creating it, and
+// saying so on stderr, if there is none) and runs fn with it. valid checks
 // the positional arguments before anything is opened: its error is a
 // usage error (exit 2).
 func (c *cli) withStore(name, synopsis string, args []string, valid argCheck,
+	fn func(st *mailstore.Store, args []string) error) int {
+	return c.storeCommand(name, synopsis, args, valid, false, fn)
+}
+
+// withStoreRead is withStore for a command that only reads: it never
+// creates a store. Without one it fails, naming the path it looked at
+// and how to point it at the server's configuration.
+func (c *cli) withStoreRead(name, synopsis string, args []string, valid argCheck,
+	fn func(st *mailstore.Store, args []string) error) int {
+	return c.storeCommand(name, synopsis, args, valid, true, fn)
+}
+
+func (c *cli) storeCommand(name, synopsis string, args []string, valid argCheck, readOnly bool,
 	fn func(st *mailstore.Store, args []string) error) int {
 	fs := c.flagSet(name, synopsis)
 	path := configFlag(fs)
@@ -33,13 +48,30 @@ func (c *cli) withStore(name, synopsis string, args []string, valid argCheck,
 	if err := valid(fs.Args()); err != nil {
 		return c.usageError(fs, "%v", err)
 	}
-	cfg, err := loadConfig(*path)
+	file, from := resolveConfig(*path)
+	cfg, err := loadConfig(file)
 	if err != nil {
 		return c.fail(name, err)
+	}
+	db := filepath.Join(cfg.DataDir, storeFile)
+	if abs, err := filepath.Abs(db); err == nil {
+		db = abs
+	}
+	_, err = os.Stat(db)
+	exists := err == nil
+	switch {
+	case err != nil && !errors.Is(err, os.ErrNotExist):
+		return c.fail(name, fmt.Errorf("mailstore: %w", err))
+	case !exists && readOnly:
+		return c.fail(name, fmt.Errorf("no mailstore at %s (data_dir of %s); point to the server's configuration with -config FILE or %s=FILE",
+			db, from, configEnv))
 	}
 	st, err := openStore(cfg)
 	if err != nil {
 		return c.fail(name, err)
+	}
+	if !exists {
+		fmt.Fprintf(c.stderr, "postern: %s: created a new mailstore at %s (data_dir of %s)\n", name, db, from)
 	}
 	err = fn(st, fs.Args())
 	if cerr := st.Close(); err == nil && cerr != nil {
@@ -163,7 +195,7 @@ func cmdUserDel(c *cli, args []string) int {
 }
 
 func cmdUserList(c *cli, args []string) int {
-	return c.withStore("user list", "[-config FILE]", args, exactly(0), func(st *mailstore.Store, _ []string) error {
+	return c.withStoreRead("user list", "[-config FILE]", args, exactly(0), func(st *mailstore.Store, _ []string) error {
 		users, err := st.Users(c.ctx)
 		if err != nil {
 			return err
@@ -203,7 +235,7 @@ func cmdDomain(c *cli, args []string) int {
 			})
 		},
 		"list": func(c *cli, args []string) int {
-			return c.withStore("domain list", "[-config FILE]", args, exactly(0), func(st *mailstore.Store, _ []string) error {
+			return c.withStoreRead("domain list", "[-config FILE]", args, exactly(0), func(st *mailstore.Store, _ []string) error {
 				domains, err := st.Domains(c.ctx)
 				for _, d := range domains {
 					fmt.Fprintln(c.stdout, d)
@@ -235,7 +267,7 @@ func cmdAlias(c *cli, args []string) int {
 			})
 		},
 		"list": func(c *cli, args []string) int {
-			return c.withStore("alias list", "[-config FILE] [ALIAS]", args, upTo(1), func(st *mailstore.Store, args []string) error {
+			return c.withStoreRead("alias list", "[-config FILE] [ALIAS]", args, upTo(1), func(st *mailstore.Store, args []string) error {
 				aliases, err := st.Aliases(c.ctx)
 				if err != nil {
 					return err
@@ -255,7 +287,7 @@ func cmdAlias(c *cli, args []string) int {
 func cmdMailbox(c *cli, args []string) int {
 	return c.verbs("mailbox", args, map[string]func(*cli, []string) int{
 		"list": func(c *cli, args []string) int {
-			return c.withStore("mailbox list", "[-config FILE] ADDRESS", args, exactly(1), func(st *mailstore.Store, args []string) error {
+			return c.withStoreRead("mailbox list", "[-config FILE] ADDRESS", args, exactly(1), func(st *mailstore.Store, args []string) error {
 				u, err := st.UserByAddress(c.ctx, args[0])
 				if err != nil {
 					return err

@@ -33,6 +33,7 @@ type Config struct {
 	Auth       AuthConfig     `toml:"auth"`
 	Relay      RelayConfig    `toml:"relay"`
 	Log        LogConfig      `toml:"log"`
+	Limits     LimitsConfig   `toml:"limits"`
 
 	// source says where the values came from: a file name, or "" for the
 	// embedded default. The TOML decoder skips unexported fields.
@@ -112,6 +113,7 @@ func defaultConfig() *Config {
 		IMAP:       ListenerConfig{Listen: "127.0.0.1:1430", ListenTLS: "127.0.0.1:9930"},
 		Relay:      RelayConfig{Port: 25},
 		Log:        LogConfig{Level: "info", Format: "text"},
+		Limits:     defaultLimits(),
 	}
 }
 
@@ -133,6 +135,7 @@ func fileDefaults() *Config {
 		IMAP:       ListenerConfig{Listen: ":143", ListenTLS: ":993"},
 		Relay:      RelayConfig{Port: 25},
 		Log:        LogConfig{Level: "info", Format: "text"},
+		Limits:     defaultLimits(),
 	}
 }
 
@@ -456,6 +459,7 @@ func (c *Config) validate() []*configError {
 	if !slices.Contains(logFormats, c.Log.Format) {
 		bad("log.format", "must be one of %s, not %q", strings.Join(logFormats, ", "), c.Log.Format)
 	}
+	c.validateLimits(bad)
 	return problems
 }
 

@@ -229,11 +229,29 @@ func (c *cli) verbs(name string, args []string, table map[string]func(*cli, []st
 	return code
 }
 
+// configEnv is the environment variable naming the configuration file of
+// the commands for which -config is optional (DESIGN.md, "Contract").
+const configEnv = "POSTERN_CONFIG"
+
 // configFlag defines the -config flag of the commands for which it is
 // optional (serve, and the store-backed user, domain, alias, mailbox and
-// queue commands): without it they use the embedded default.
+// queue commands): without it they use $POSTERN_CONFIG, and without that
+// the embedded default (see resolveConfig).
 func configFlag(fs *flag.FlagSet) *string {
-	return fs.String("config", "", "configuration `FILE` (default: the embedded default, data in ./postern-data)")
+	return fs.String("config", "", "configuration `FILE` (default: $"+configEnv+", else the embedded default with data in ./postern-data)")
+}
+
+// resolveConfig picks the configuration file: the -config flag's value,
+// then $POSTERN_CONFIG, then "" for the embedded default. from describes
+// the choice for messages ("/etc/postern/postern.toml (from POSTERN_CONFIG)").
+func resolveConfig(flagValue string) (file, from string) {
+	switch env := os.Getenv(configEnv); {
+	case flagValue != "":
+		return flagValue, flagValue
+	case env != "":
+		return env, env + " (from " + configEnv + ")"
+	}
+	return "", "the embedded default"
 }
 
 func cmdVersion(c *cli, args []string) int {
@@ -263,19 +281,20 @@ func cmdConfig(c *cli, args []string) int {
 func cmdConfigCheck(c *cli, args []string) int {
 	const name = "config check"
 	fs := c.flagSet(name, "-config FILE")
-	path := fs.String("config", "", "configuration `FILE` to check")
+	path := fs.String("config", "", "configuration `FILE` to check (default: $"+configEnv+")")
 	if code, ok := c.parse(fs, args); !ok {
 		return code
 	}
-	if *path == "" {
-		return c.usageError(fs, "-config FILE is required")
+	file, _ := resolveConfig(*path)
+	if file == "" {
+		return c.usageError(fs, "-config FILE is required (or %s=FILE)", configEnv)
 	}
 	if fs.NArg() > 0 {
 		return c.usageError(fs, "unexpected argument %q", fs.Arg(0))
 	}
-	if _, err := loadConfig(*path); err != nil {
+	if _, err := loadConfig(file); err != nil {
 		return c.fail(name, err)
 	}
-	fmt.Fprintf(c.stdout, "%s: ok\n", *path)
+	fmt.Fprintf(c.stdout, "%s: ok\n", file)
 	return exitOK
 }

@@ -48,7 +48,7 @@ func parseQueueID(s string) (int64, error) {
 }
 
 func cmdQueueList(c *cli, args []string) int {
-	return c.withStore("queue list", "[-config FILE] [ID]", args, queueIDs(upTo(1)), func(st *mailstore.Store, args []string) error {
+	return c.withStoreRead("queue list", "[-config FILE] [ID]", args, queueIDs(upTo(1)), func(st *mailstore.Store, args []string) error {
 		entries, err := st.Queue(c.ctx, time.Time{}, 0)
 		if err != nil {
 			return err

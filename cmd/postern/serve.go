@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/postern/postern/imapd"
 	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/mailstore/limits"
 	"github.com/postern/postern/pop3d"
 	"github.com/postern/postern/smtpd"
 	"github.com/postern/postern/smtpd/relay"
@@ -68,6 +70,10 @@ type serveEnv struct {
 	smtp *smtpd.Server
 	pop3 *pop3d.Server
 	imap *imapd.Server
+
+	// limits is [limits] as the servers take it (see newServeLimits):
+	// one connection budget, login record and message budget for all.
+	limits serveLimits
 }
 
 // listenServer runs one protocol server on one bound listener. serve is
@@ -109,7 +115,8 @@ func cmdServe(c *cli, args []string) int {
 	if fs.NArg() > 0 {
 		return c.usageError(fs, "unexpected argument %q", fs.Arg(0))
 	}
-	cfg, err := loadConfig(*path)
+	file, _ := resolveConfig(*path)
+	cfg, err := loadConfig(file)
 	if err != nil {
 		return c.fail(name, err)
 	}
@@ -137,6 +144,7 @@ func cmdServe(c *cli, args []string) int {
 // done. It prints the data directory and the listeners to out before it
 // starts the servers.
 func serve(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer) (err error) {
+	plan := planFileDescriptors(cfg, log)
 	store, err := openStoreOpts(cfg, mailstore.Options{Logger: log.With("part", "mailstore")})
 	if err != nil {
 		return err
@@ -153,14 +161,39 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer) (e
 	if err != nil {
 		return err
 	}
-	env := &serveEnv{cfg: cfg, log: log, store: store, tls: tlsConfig}
+	// A process that was killed leaves the spool files of the messages
+	// it was receiving; nothing refers to them any more.
+	if err := limits.RemoveStale(cfg.DataDir); err != nil {
+		log.Warn("stale spool files left in the data directory", "data_dir", cfg.DataDir, "err", err)
+	}
+	env := &serveEnv{cfg: cfg, log: log, store: store, tls: tlsConfig, limits: newServeLimits(cfg, plan.Connections)}
 	servers, err := buildServers(env)
 	if err != nil {
 		return err
 	}
 	printListeners(out, cfg, servers)
-	log.Info("serving", "hostname", cfg.Hostname, "data_dir", cfg.DataDir, "servers", len(servers))
+	log.Info("serving", "hostname", cfg.Hostname, "data_dir", cfg.DataDir, "servers", len(servers),
+		"connections", plan.Connections)
 	return runServers(ctx, log, servers)
+}
+
+// planFileDescriptors raises the file-descriptor limit and decides the
+// process-wide connection budget under it, warning when the configured
+// budgets do not fit.
+func planFileDescriptors(cfg *Config, log *slog.Logger) connPlan {
+	soft, err := raiseFileLimit()
+	if err != nil {
+		log.Warn("file-descriptor limit", "err", err)
+		if soft == 0 {
+			soft = math.MaxUint64 // unknown: do not cap
+		}
+	}
+	plan := planConnections(cfg.Limits.Connections, cfg.enabledGroups(), soft)
+	if plan.Warning != "" {
+		log.Warn("connection budgets exceed the file descriptors", "fd_limit", soft, "available", plan.Available,
+			"groups", plan.Groups, "connections", plan.Connections, "detail", plan.Warning)
+	}
+	return plan
 }
 
 // buildServers creates the servers for env.cfg: one per non-empty listener

@@ -24,15 +24,16 @@ func openStore(cfg *Config) (*mailstore.Store, error) {
 	return openStoreOpts(cfg, mailstore.Options{})
 }
 
-// openStoreOpts creates cfg.DataDir (mode 0700) if it does not exist and
-// opens the database in it with opts. The caller closes the store.
+// openStoreOpts creates cfg.DataDir if it does not exist, makes it private
+// (privateDataDir) and opens the database in it with opts. The caller
+// closes the store.
 func openStoreOpts(cfg *Config, opts mailstore.Options) (*mailstore.Store, error) {
 	// Every user's mail and the password hashes are in the database:
 	// files Postern creates (SQLite's -wal and -shm too) are private, and
 	// those of an earlier start are made so.
 	syscall.Umask(0o077)
-	if err := os.MkdirAll(cfg.DataDir, dataDirPerm); err != nil {
-		return nil, fmt.Errorf("data directory: %w", err)
+	if err := privateDataDir(cfg.DataDir); err != nil {
+		return nil, err
 	}
 	for _, suffix := range []string{"", "-wal", "-shm"} {
 		if err := os.Chmod(filepath.Join(cfg.DataDir, storeFile+suffix), 0o600); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -53,4 +54,30 @@ func openStoreOpts(cfg *Config, opts mailstore.Options) (*mailstore.Store, error
 		}
 	}
 	return st, nil
+}
+
+// privateDataDir creates dir with mode 0700, or tightens it to 0700 when it
+// exists with a looser mode (made by hand, or by a package): it holds every
+// user's mail, the password hashes and the TLS key. A shared directory
+// such as /tmp (sticky bit) is refused rather than changed.
+func privateDataDir(dir string) error {
+	if err := os.MkdirAll(dir, dataDirPerm); err != nil {
+		return fmt.Errorf("data directory: %w", err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("data directory: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("data directory %s is not a directory", dir)
+	}
+	if fi.Mode()&os.ModeSticky != 0 {
+		return fmt.Errorf("data directory %s is a shared directory (sticky bit, like /tmp): give Postern a directory of its own", dir)
+	}
+	if fi.Mode().Perm() != dataDirPerm {
+		if err := os.Chmod(dir, dataDirPerm); err != nil {
+			return fmt.Errorf("data directory: make it private: %w", err)
+		}
+	}
+	return nil
 }
