@@ -40,7 +40,7 @@ const (
 	// maxSweep bounds the bodies deleted in one transaction, so that a
 	// large expunge does not make the next commit slow; the rest go in
 	// the following ones.
-	maxSweep = 1000
+	maxSweep = 256
 )
 
 // keeper tracks the open Holds and the commit epoch.

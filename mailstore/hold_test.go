@@ -437,3 +437,39 @@ func TestCrashWhileHeldSweepsAtOpen(t *testing.T) {
 		t.Errorf("the message left: %d bytes, %v", len(got), err)
 	}
 }
+
+// Bodies whose messages go with their mailbox or user (ON DELETE CASCADE)
+// wait for the Holds like expunged ones.
+func TestHoldCoversCascadedDeletes(t *testing.T) {
+	s := openTest(t)
+	ctx := context.Background()
+	u := addUser(t, s, "u@example.test")
+	other, err := s.CreateMailbox(ctx, u.ID, "Other", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := appendMsg(t, s, other.ID, testMessage(1))
+	b := appendMsg(t, s, inbox(t, s, u).ID, testMessage(2))
+	h := s.Hold()
+	if err := s.DeleteMailbox(ctx, u.ID, "Other"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteUser(ctx, u.Address); err != nil {
+		t.Fatal(err)
+	}
+	s.sweepNow(t)
+	for _, m := range []Message{a, b} {
+		if _, err := s.ReadBody(ctx, m.BodyID); err != nil {
+			t.Fatalf("body %d while held: %v", m.BodyID, err)
+		}
+	}
+	h.Close()
+	s.sweepNow(t)
+	if n := unreferenced(t, s); n != 0 {
+		t.Fatalf("%d unreferenced rows after the Hold closed", n)
+	}
+	var n int
+	if err := s.rdb.QueryRow("SELECT count(*) FROM bodies").Scan(&n); err != nil || n != 0 {
+		t.Fatalf("%d bodies left (%v)", n, err)
+	}
+}

@@ -12,6 +12,8 @@
 //     readers, the database is the truth.
 //   - Readers use a separate pool of read-only connections and never wait
 //     for the writer (WAL).
+//   - A body outlives its last message while a Hold may still address it
+//     (RFC 2180 4.1); the writer deletes it later (hold.go).
 //   - No SQLite type crosses the package API.
 package mailstore
 
