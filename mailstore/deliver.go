@@ -240,9 +240,10 @@ func (t *wtx) deliverReport(s *Store, sender string, report []byte, now time.Tim
 		reported, queued = true, true
 	}
 	if !reported {
-		// Nobody took the body: let it go with the savepoint's work
-		// rather than leave it unreferenced.
-		if _, err := t.exec("DELETE FROM bodies WHERE id = ? AND refs <= 0", bodyID); err != nil {
+		// Nobody took the body. It may be one that a Hold still needs
+		// (same content, expunged), so it is not deleted here: the
+		// sweep takes it like any other unreferenced body.
+		if err := t.noteOrphan(bodyID); err != nil {
 			return false, false, err
 		}
 	}

@@ -375,3 +375,48 @@ func (s *Store) SetSubscribed(ctx context.Context, userID int64, name string, su
 		return affected(res, "subscribe mailbox "+n)
 	})
 }
+
+// ClaimRecent gives the caller \Recent for the mailbox's messages that no
+// session has had it for yet (RFC 3501 2.3.2: the first session to be told
+// of a message sees it as recent): every UID above the mailbox's stored
+// mark, up to UIDNEXT-1, is marked claimed and returned as the inclusive
+// range first..last, with first > last when there is none. Claims are made
+// one at a time in the writer, so two sessions never get the same UID.
+// Expunged UIDs inside the range are simply absent from the mailbox.
+func (s *Store) ClaimRecent(ctx context.Context, mailboxID int64) (first, last uint32, err error) {
+	// Most calls find nothing new: answer those without a write.
+	var mark, uidnext uint32
+	err = s.readRow(ctx, "SELECT recent_uid, uidnext FROM mailboxes WHERE id = ?", mailboxID).Scan(&mark, &uidnext)
+	if isNoRows(err) {
+		return 0, 0, fmt.Errorf("claim recent in mailbox %d: %w", mailboxID, ErrNotFound)
+	}
+	if err != nil {
+		return 0, 0, fmt.Errorf("claim recent in mailbox %d: %w", mailboxID, err)
+	}
+	if mark+1 >= uidnext {
+		return uidnext, uidnext - 1, nil
+	}
+	err = s.w.do(ctx, func(t *wtx) error {
+		err := t.queryRow("SELECT recent_uid, uidnext FROM mailboxes WHERE id = ?", mailboxID).Scan(&mark, &uidnext)
+		if isNoRows(err) {
+			return fmt.Errorf("claim recent in mailbox %d: %w", mailboxID, ErrNotFound)
+		}
+		if err != nil {
+			return fmt.Errorf("claim recent in mailbox %d: %w", mailboxID, err)
+		}
+		if mark+1 >= uidnext {
+			return nil
+		}
+		if _, err := t.exec("UPDATE mailboxes SET recent_uid = ? WHERE id = ?", uidnext-1, mailboxID); err != nil {
+			return fmt.Errorf("claim recent in mailbox %d: %w", mailboxID, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, 0, err
+	}
+	if mark+1 >= uidnext {
+		return uidnext, uidnext - 1, nil
+	}
+	return mark + 1, uidnext - 1, nil
+}

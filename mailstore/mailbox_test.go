@@ -396,6 +396,7 @@ func TestAliasesAndQueue(t *testing.T) {
 	if _, err := s.Deliver(ctx, "", []string{"nobody@example.test"}, testMessage(2)); !errors.Is(err, ErrNoSuchUser) {
 		t.Errorf("deliver to unknown: %v", err)
 	}
+	s.sweepNow(t)
 	var bodies int
 	s.rdb.QueryRow("SELECT count(*) FROM bodies").Scan(&bodies)
 	if bodies != 0 {

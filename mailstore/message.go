@@ -309,7 +309,8 @@ type Body struct {
 }
 
 // OpenBody opens a stored body for reading. The size and the first chunk
-// come in one query, so a small message costs one.
+// come in one query, so a small message costs one. A body that is gone
+// (see Hold) fails with an error that wraps ErrNotFound, here or in Read.
 func (s *Store) OpenBody(ctx context.Context, bodyID int64) (*Body, error) {
 	b := &Body{s: s, ctx: ctx, id: bodyID}
 	err := s.readRow(ctx, `SELECT b.size, c.data FROM bodies b JOIN body_chunks c ON c.body_id = b.id AND c.seq = 0
@@ -376,7 +377,8 @@ func (b *Body) Close() error {
 }
 
 // ReadBody returns a whole body; for small bodies and tests. Large ones
-// should be streamed with OpenBody.
+// should be streamed with OpenBody. A body that is gone fails with an error
+// that wraps ErrNotFound.
 func (s *Store) ReadBody(ctx context.Context, bodyID int64) ([]byte, error) {
 	b, err := s.OpenBody(ctx, bodyID)
 	if err != nil {

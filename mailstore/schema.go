@@ -140,6 +140,25 @@ CREATE TABLE body_meta (
 	`
 ALTER TABLE queue ADD COLUMN delay_warned INTEGER NOT NULL DEFAULT 0;
 `,
+	// 4: a body whose last reference goes is no longer deleted by the
+	// trigger: sessions that have not been told of the expunge may still
+	// read it (RFC 2180 4.1), so the store deletes it later (see hold.go);
+	// the partial index finds such bodies at once. Mailboxes remember the
+	// highest UID a session has been given \Recent for (RFC 3501 2.3.2);
+	// mail already there when the store is upgraded is not new.
+	`
+DROP TRIGGER message_unref;
+CREATE TRIGGER message_unref AFTER DELETE ON messages BEGIN
+	UPDATE bodies SET refs = refs - 1 WHERE id = OLD.body_id;
+END;
+DROP TRIGGER queue_unref;
+CREATE TRIGGER queue_unref AFTER DELETE ON queue BEGIN
+	UPDATE bodies SET refs = refs - 1 WHERE id = OLD.body_id;
+END;
+CREATE INDEX bodies_unreferenced ON bodies (id) WHERE refs <= 0;
+ALTER TABLE mailboxes ADD COLUMN recent_uid INTEGER NOT NULL DEFAULT 0;
+UPDATE mailboxes SET recent_uid = uidnext - 1;
+`,
 }
 
 // migrate applies the migrations the database has not seen yet.

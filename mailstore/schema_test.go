@@ -80,6 +80,7 @@ func TestBodyMetaGoesWithBody(t *testing.T) {
 	if _, err := s.DeleteMessages(ctx, mb.ID, []uint32{m.UID}); err != nil {
 		t.Fatal(err)
 	}
+	s.sweepNow(t)
 	var n int
 	if err := s.readRow(ctx, "SELECT count(*) FROM body_meta").Scan(&n); err != nil || n != 0 {
 		t.Fatalf("%d meta rows left after the body went (%v)", n, err)

@@ -12,6 +12,8 @@
 //     readers, the database is the truth.
 //   - Readers use a separate pool of read-only connections and never wait
 //     for the writer (WAL).
+//   - A body outlives its last message while a Hold may still address it
+//     (RFC 2180 4.1); the writer deletes it later (hold.go).
 //   - No SQLite type crosses the package API.
 package mailstore
 
@@ -34,6 +36,10 @@ import (
 
 // Errors callers can test for with errors.Is.
 var (
+	// ErrNotFound: no such user, mailbox, message, queue entry or body.
+	// A body is not found once no message uses it and every Hold that
+	// could still address it has synced or closed (or kept it for
+	// Options.HoldMaxAge); IMAP answers that as EXPUNGEISSUED (RFC 5530).
 	ErrNotFound       = errors.New("not found")
 	ErrExists         = errors.New("already exists")
 	ErrAuthFailed     = errors.New("authentication failed")
@@ -69,6 +75,10 @@ type Options struct {
 	// PasswordCost selects the argon2id parameters; the zero value is the
 	// production setting. Tests may use FastPasswordHash.
 	PasswordCost PasswordCost
+	// HoldMaxAge bounds how long a body that no message uses any more is
+	// kept for open Holds that have not synced since (see Hold); zero
+	// means 24 hours.
+	HoldMaxAge time.Duration
 }
 
 // Store is an open mailstore. It is safe for concurrent use.
@@ -129,6 +139,12 @@ func Open(path string, opts Options) (*Store, error) {
 		wdb.Close()
 		return nil, fmt.Errorf("open mailstore %s: %w", path, err)
 	}
+	// No Hold survives a restart: bodies left without a reference (kept
+	// for sessions, or by a crash before their sweep) go now.
+	if _, err := wdb.Exec("DELETE FROM bodies WHERE refs <= 0"); err != nil {
+		wdb.Close()
+		return nil, fmt.Errorf("open mailstore %s: delete unreferenced bodies: %w", path, err)
+	}
 	s.rdb, err = sql.Open("sqlite", dsn(path, true))
 	if err != nil {
 		wdb.Close()
@@ -136,7 +152,11 @@ func Open(path string, opts Options) (*Store, error) {
 	}
 	s.rdb.SetMaxOpenConns(maxReaders)
 	s.rdb.SetMaxIdleConns(maxReaders)
-	s.w, err = newWriter(wdb, s.feed)
+	maxAge := opts.HoldMaxAge
+	if maxAge <= 0 {
+		maxAge = defaultHoldMaxAge
+	}
+	s.w, err = newWriter(wdb, s.feed, s.log, s.now, maxAge)
 	if err != nil {
 		s.rdb.Close()
 		wdb.Close()

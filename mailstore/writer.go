@@ -5,7 +5,9 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
+	"time"
 )
 
 // maxBatch bounds how many requests share one transaction, so that one
@@ -24,6 +26,12 @@ type writer struct {
 	shut  bool
 	done  chan struct{}
 	stmts map[string]*sql.Stmt // only touched by the writer goroutine
+
+	keep    *keeper
+	log     *slog.Logger
+	now     func() time.Time
+	maxAge  time.Duration
+	orphans map[int64]orphan // bodies waiting for deletion; only touched by the writer goroutine
 }
 
 type writeReq struct {
@@ -42,17 +50,26 @@ type wtx struct {
 	after   []func()
 }
 
-func newWriter(db *sql.DB, f *feed) (*writer, error) {
+func newWriter(db *sql.DB, f *feed, log *slog.Logger, now func() time.Time, maxAge time.Duration) (*writer, error) {
 	w := &writer{
-		db:    db,
-		feed:  f,
-		reqs:  make(chan *writeReq, 4*maxBatch),
-		done:  make(chan struct{}),
-		stmts: make(map[string]*sql.Stmt),
+		db:      db,
+		feed:    f,
+		reqs:    make(chan *writeReq, 4*maxBatch),
+		done:    make(chan struct{}),
+		stmts:   make(map[string]*sql.Stmt),
+		keep:    newKeeper(),
+		log:     log,
+		now:     now,
+		maxAge:  maxAge,
+		orphans: make(map[int64]orphan),
 	}
 	conn, err := db.Conn(context.Background())
 	if err != nil {
 		return nil, fmt.Errorf("connect writer: %w", err)
+	}
+	if _, err := conn.ExecContext(context.Background(), orphanLogSchema); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("create orphan log: %w", err)
 	}
 	w.conn = conn
 	go w.loop()
@@ -96,29 +113,81 @@ func (w *writer) close() error {
 func (w *writer) loop() {
 	defer close(w.done)
 	batch := make([]*writeReq, 0, maxBatch)
-	for req := range w.reqs {
-		batch = append(batch[:0], req)
-	gather:
-		for len(batch) < maxBatch {
-			select {
-			case r, ok := <-w.reqs:
-				if !ok {
+	tick := time.NewTicker(sweepInterval)
+	defer tick.Stop()
+	var soon <-chan time.Time // armed while a sweep may have work
+	for {
+		var again bool
+		select {
+		case req, ok := <-w.reqs:
+			if !ok {
+				return
+			}
+			batch = append(batch[:0], req)
+		gather:
+			for len(batch) < maxBatch {
+				select {
+				case r, ok := <-w.reqs:
+					if !ok {
+						break gather
+					}
+					batch = append(batch, r)
+				default:
 					break gather
 				}
-				batch = append(batch, r)
-			default:
-				break gather
 			}
+			again = w.run(batch)
+		case <-w.keep.kick:
+			again = true
+		case <-soon:
+			soon = nil
+			again = w.sweepAlone()
+		case <-tick.C:
+			again = w.sweepAlone()
 		}
-		w.run(batch)
+		if again && soon == nil && len(w.orphans) > 0 {
+			soon = time.After(sweepDelay)
+		}
 	}
+}
+
+// sweepAlone deletes, in a transaction of its own, the orphans no Hold
+// needs, when there are any; it reports whether more wait.
+func (w *writer) sweepAlone() (more bool) {
+	ids, more := w.deletable()
+	if len(ids) == 0 {
+		return false
+	}
+	t := &wtx{w: w}
+	if _, err := t.exec("BEGIN IMMEDIATE"); err != nil {
+		w.log.Error("sweep unreferenced bodies", "err", err)
+		return false
+	}
+	if err := t.sweep(ids); err != nil {
+		t.exec("ROLLBACK")
+		w.log.Error("sweep unreferenced bodies", "err", err)
+		return false
+	}
+	if _, err := t.exec("COMMIT"); err != nil {
+		t.exec("ROLLBACK")
+		w.log.Error("sweep unreferenced bodies", "err", err)
+		return false
+	}
+	for _, id := range ids {
+		delete(w.orphans, id)
+	}
+	w.keep.advance()
+	return more
 }
 
 // run applies one batch in one transaction. Statements run under a
 // background context: interrupting a statement would make SQLite roll back
 // the whole transaction, other requests included, so a request's context
-// is only checked before the request starts.
-func (w *writer) run(batch []*writeReq) {
+// is only checked before the request starts. The transaction also deletes
+// the unreferenced bodies no Hold needs any more. run reports whether a
+// sweep may have work: bodies lost their last reference, or more were
+// deletable than one transaction takes.
+func (w *writer) run(batch []*writeReq) (sweepAgain bool) {
 	errs := make([]error, len(batch))
 	ctl := &wtx{w: w}
 	fail := func(what string, err error) {
@@ -129,7 +198,28 @@ func (w *writer) run(batch []*writeReq) {
 	}
 	if _, err := ctl.exec("BEGIN IMMEDIATE"); err != nil {
 		fail("begin write transaction", err)
-		return
+		return false
+	}
+	swept, more := w.deletable()
+	if len(swept) > 0 {
+		// In a savepoint of its own: a failed sweep must not fail the
+		// requests; the bodies stay for a later one.
+		if _, err := ctl.exec("SAVEPOINT sweep"); err != nil {
+			fail("savepoint", err)
+			return false
+		}
+		if err := ctl.sweep(swept); err != nil {
+			w.log.Error("sweep unreferenced bodies", "err", err)
+			swept = nil
+			if _, err := ctl.exec("ROLLBACK TO sweep"); err != nil {
+				fail("roll back failed sweep", err)
+				return false
+			}
+		}
+		if _, err := ctl.exec("RELEASE sweep"); err != nil {
+			fail("release savepoint", err)
+			return false
+		}
 	}
 	for i, r := range batch {
 		if err := r.ctx.Err(); err != nil {
@@ -139,7 +229,7 @@ func (w *writer) run(batch []*writeReq) {
 		r.tx = &wtx{w: w}
 		if _, err := ctl.exec("SAVEPOINT req"); err != nil {
 			fail("savepoint", err)
-			return
+			return false
 		}
 		errs[i] = r.fn(r.tx)
 		if errs[i] != nil {
@@ -147,17 +237,22 @@ func (w *writer) run(batch []*writeReq) {
 			// some errors), this fails and so does the batch.
 			if _, err := ctl.exec("ROLLBACK TO req"); err != nil {
 				fail("roll back failed request", err)
-				return
+				return false
 			}
 		}
 		if _, err := ctl.exec("RELEASE req"); err != nil {
 			fail("release savepoint", err)
-			return
+			return false
 		}
+	}
+	orphaned, err := ctl.takeOrphans()
+	if err != nil {
+		fail("collect unreferenced bodies", err)
+		return false
 	}
 	if _, err := ctl.exec("COMMIT"); err != nil {
 		fail("commit", err)
-		return
+		return false
 	}
 	for i, r := range batch {
 		if errs[i] == nil && r.tx != nil {
@@ -166,8 +261,20 @@ func (w *writer) run(batch []*writeReq) {
 				f()
 			}
 		}
+	}
+	// Published first, then the epoch moves: see hold.go.
+	epoch := w.keep.advance()
+	for _, id := range swept {
+		delete(w.orphans, id)
+	}
+	now := w.now()
+	for _, id := range orphaned {
+		w.orphans[id] = orphan{epoch: epoch, since: now}
+	}
+	for i, r := range batch {
 		r.done <- errs[i]
 	}
+	return more || len(orphaned) > 0
 }
 
 // stmt returns a statement prepared once on the write connection.
