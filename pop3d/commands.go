@@ -284,7 +284,8 @@ func (sess *session) checkLogin(mech, name string, verify func(context.Context) 
 }
 
 // loginResult answers a login attempt: after a success it locks and opens
-// the maildrop and enters TRANSACTION. Failures were logged by checkLogin.
+// the maildrop and enters TRANSACTION. Failed logins were logged by
+// limits.Logins.Check.
 func (sess *session) loginResult(mech, name string, user mailstore.User, err error) {
 	switch {
 	case errors.Is(err, limits.ErrLoginFailed):
