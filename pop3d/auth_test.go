@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/postern/postern/mailstore/limits"
 )
 
 // insecure makes every connection without TLS count as not secure, as a
@@ -230,11 +232,13 @@ func TestAuthPlain(t *testing.T) {
 }
 
 // TestFailedLoginDelay: a failed login is answered only after
-// AuthFailureDelay; a good one at once.
+// the shared login policy's FailureDelay; a good one at once.
 func TestFailedLoginDelay(t *testing.T) {
 	st := openStore(t)
 	const delay = 300 * time.Millisecond
-	ts := startServer(t, st, func(cfg *Config) { cfg.AuthFailureDelay = delay })
+	ts := startServer(t, st, func(cfg *Config) {
+		cfg.Shared.Logins = limits.NewLogins(limits.LoginPolicy{FailureDelay: delay})
+	})
 	c := dial(t, ts.addr)
 	for _, cmd := range [][]string{{"USER " + alice, "PASS wrong"}, {"AUTH PLAIN " + plainIR("", alice, "wrong")}} {
 		start := time.Now()

@@ -7,11 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"time"
 
 	"github.com/emersion/go-sasl"
 
 	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/mailstore/limits"
 )
 
 // command is one POP3 command: the states it is valid in and its handler.
@@ -143,8 +143,11 @@ func (sess *session) cmdPass(arg string) {
 	case !sess.plaintextAllowed():
 		sess.send(errPlaintext)
 	default:
-		user, err := sess.authenticate(sess.pendingUser, arg)
-		sess.loginResult("USER", sess.pendingUser, user, err)
+		name, password := sess.pendingUser, arg
+		user, err := sess.checkLogin("USER", name, func(ctx context.Context) (mailstore.User, error) {
+			return sess.srv.store.Authenticate(ctx, name, password)
+		})
+		sess.loginResult("USER", name, user, err)
 	}
 }
 
@@ -192,29 +195,34 @@ func (sess *session) cmdAuth(arg string) {
 	var (
 		user     mailstore.User
 		authErr  error
+		checked  bool
 		authName string
 	)
 	server := sasl.NewPlainServer(func(identity, username, password string) error {
-		authName = username
-		if identity != "" && identity != username {
-			authErr = fmt.Errorf("%w (%q for %q): %w", errAuthzid, identity, username, mailstore.ErrAuthFailed)
-			return authErr
-		}
-		user, authErr = sess.authenticate(username, password)
+		checked, authName = true, username
+		user, authErr = sess.checkLogin(sasl.Plain, username, func(ctx context.Context) (mailstore.User, error) {
+			if identity != "" && identity != username {
+				return mailstore.User{}, fmt.Errorf("%w (%q for %q): %w", errAuthzid, identity, username, mailstore.ErrAuthFailed)
+			}
+			return sess.srv.store.Authenticate(ctx, username, password)
+		})
 		return authErr
 	})
 	for step := 0; ; step++ {
 		challenge, done, err := server.Next(resp)
 		if err != nil {
-			if authErr == nil {
-				// A malformed PLAIN message: treat it as a failed login.
-				authErr = fmt.Errorf("%w: %w", mailstore.ErrAuthFailed, err)
+			if !checked {
+				// A malformed PLAIN message is a failed login too: it
+				// counts against the address like a wrong password.
+				_, authErr = sess.checkLogin(sasl.Plain, "", func(context.Context) (mailstore.User, error) {
+					return mailstore.User{}, fmt.Errorf("malformed PLAIN response: %w: %w", err, mailstore.ErrAuthFailed)
+				})
 			}
-			sess.loginResult("AUTH PLAIN", authName, user, authErr)
+			sess.loginResult(sasl.Plain, authName, user, authErr)
 			return
 		}
 		if done {
-			sess.loginResult("AUTH PLAIN", authName, user, nil)
+			sess.loginResult(sasl.Plain, authName, user, nil)
 			return
 		}
 		if step >= maxSASLSteps {
@@ -249,21 +257,45 @@ func (sess *session) cmdAuth(arg string) {
 	}
 }
 
-// authenticate checks a login with the mailstore.
-func (sess *session) authenticate(address, password string) (mailstore.User, error) {
+// checkLogin decides a login through the process's shared record of
+// failed logins (limits.Logins.Check, which also logs each failure):
+// verify runs the password check in a slot of the shared gate, and its
+// mailstore.ErrAuthFailed counts as wrong credentials. It returns the user
+// on success, else limits.ErrLoginFailed, ErrBlocked, ErrBusy or another
+// error.
+func (sess *session) checkLogin(mech, name string, verify func(context.Context) (mailstore.User, error)) (mailstore.User, error) {
 	ctx, cancel := context.WithTimeout(sess.srv.baseCtx, storeTimeout)
 	defer cancel()
-	return sess.srv.store.Authenticate(ctx, address, password)
+	var user mailstore.User
+	a := limits.Attempt{Protocol: "pop3", Mechanism: mech, Remote: sess.remote, User: name, Log: sess.authLog}
+	err := sess.srv.logins.Check(ctx, a, func(ctx context.Context) (bool, error) {
+		u, err := verify(ctx)
+		switch {
+		case errors.Is(err, mailstore.ErrAuthFailed):
+			sess.log.Debug("credentials refused", "mechanism", mech, "user", name, "err", err)
+			return false, nil
+		case err != nil:
+			return false, err
+		}
+		user = u
+		return true, nil
+	})
+	return user, err
 }
 
 // loginResult answers a login attempt: after a success it locks and opens
-// the maildrop and enters TRANSACTION.
+// the maildrop and enters TRANSACTION. Failed logins were logged by
+// limits.Logins.Check.
 func (sess *session) loginResult(mech, name string, user mailstore.User, err error) {
 	switch {
-	case errors.Is(err, mailstore.ErrAuthFailed):
-		sess.log.Info("login failed", "mechanism", mech, "user", name, "err", err)
-		sess.authDelay()
+	case errors.Is(err, limits.ErrLoginFailed):
 		sess.send(errAuthFailed)
+		return
+	case errors.Is(err, limits.ErrBlocked):
+		sess.send(errBlocked)
+		return
+	case errors.Is(err, limits.ErrBusy):
+		sess.send(errLoginBusy)
 		return
 	case err != nil:
 		sess.log.Error("login check failed", "mechanism", mech, "user", name, "err", err)
@@ -291,21 +323,6 @@ func (sess *session) loginResult(mech, name string, user mailstore.User, err err
 	n, size := drop.stat()
 	sess.log.Info("login", "mechanism", mech, "user", user.Address, "tls", sess.tls, "messages", n, "octets", size)
 	sess.send(ok(fmt.Sprintf("maildrop locked and ready, %d messages (%d octets)", n, size)))
-}
-
-// authDelay slows down password guessing: a failed login waits before its
-// answer (cut short by Shutdown).
-func (sess *session) authDelay() {
-	d := sess.srv.cfg.AuthFailureDelay
-	if d <= 0 {
-		return
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-sess.srv.quit:
-	}
 }
 
 func (sess *session) cmdStls(arg string) {

@@ -18,7 +18,10 @@
 //
 // Response codes, in brackets after -ERR: IN-USE when another POP3 session
 // holds the maildrop, AUTH for refused credentials or a plaintext login
-// without TLS, SYS/TEMP when the mailstore fails.
+// without TLS, SYS/TEMP when the mailstore fails, when a connection is over
+// the connection limits (the line is sent in place of the greeting and the
+// connection closed), and when a login is refused for the client address
+// (too many failed logins) or because too many password checks are waiting.
 //
 // # Use
 //
@@ -31,6 +34,8 @@
 //		AllowInsecureAuth: cfg.Auth.AllowInsecure,
 //		Logger:            log.With("server", "pop3"),
 //		Trace:             cfg.Log.Trace,
+//		Limits:            cfg.Limits.POP3,          // limits.Protocol; zero fields: DefaultLimits
+//		Shared:            shared,                   // limits.Shared of the whole process
 //	}, store)
 //	go srv.Serve(ln)       // pop3.listen: STLS offered when TLSConfig != nil
 //	go srv.ServeTLS(tlsLn) // pop3.listen_tls: TLS from the first byte
@@ -64,10 +69,22 @@
 //     next message's body (up to 256 KiB) ahead while the client handles
 //     the current one. Replies are buffered and flushed once per response,
 //     or once per batch of pipelined commands.
-//   - Every read and every write has a deadline (Config.IdleTimeout: 10
-//     minutes by default, RFC 1939 section 3); command lines are limited
-//     to 255 octets (RFC 2449 section 4); a session ends after 10 errors;
-//     a failed login waits Config.AuthFailureDelay before its answer. No
-//     input makes the server panic (FuzzSession).
+//   - Connections are counted in a budget of their own (all, and per
+//     client address: an IPv4 address or an IPv6 /64) inside the
+//     process-wide one of Config.Shared; one over it gets -ERR [SYS/TEMP]
+//     from a bounded set of goroutines and is closed, and the accept loop
+//     goes on at once.
+//   - Every read and every write has a deadline: Limits.LoginTimeout (1
+//     minute by default) until login, then Limits.IdleTimeout (10 minutes,
+//     RFC 1939 section 3); command lines are limited to 255 octets (RFC
+//     2449 section 4); a session ends after Limits.MaxErrors errors
+//     (unknown commands, bad arguments, failed logins). No input makes the
+//     server panic (FuzzSession).
+//   - Every login (USER/PASS, AUTH PLAIN, a malformed PLAIN response too)
+//     goes through the Logins of Config.Shared, which all of the process's
+//     servers share: password checks wait there for a slot, failures are
+//     counted per client address across protocols, and logged in the one
+//     form fail2ban reads; a failed login is answered after the policy's
+//     FailureDelay.
 //   - Passwords and SASL data never reach the log, traced or not.
 package pop3d

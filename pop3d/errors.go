@@ -24,7 +24,7 @@ type reply struct {
 	text string
 	// free is set on -ERR replies that are not the client's fault (a
 	// locked maildrop, a store failure): they do not count towards
-	// maxErrors.
+	// Limits.MaxErrors.
 	free bool
 }
 
@@ -71,9 +71,13 @@ var (
 	errAuthMech     = errReply("unsupported authentication mechanism")
 	errAuthSyntax   = errReply("invalid base64 in SASL response")
 	errInUse        = reply{code: codeInUse, text: "maildrop is in use by another POP3 session", free: true}
-	errTemporary    = reply{code: codeSysTemp, text: "temporary server problem, try again later", free: true}
-	errNoTLS        = errReply("STLS is not available")
-	errAlreadyTLS   = errReply("TLS is already active")
+	// RFC 3206 section 4: refusals that pass with time. A blocked address
+	// counts as an error (it is still guessing); a busy server does not.
+	errBlocked    = reply{code: codeSysTemp, text: "too many failed logins from this address, try again later"}
+	errLoginBusy  = reply{code: codeSysTemp, text: "too many logins in progress, try again later", free: true}
+	errTemporary  = reply{code: codeSysTemp, text: "temporary server problem, try again later", free: true}
+	errNoTLS      = errReply("STLS is not available")
+	errAlreadyTLS = errReply("TLS is already active")
 	// RFC 1939 section 6: the reply to QUIT when the removals failed.
 	errNotRemoved = reply{code: codeSysTemp, text: "some deleted messages not removed", free: true}
 )

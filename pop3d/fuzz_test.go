@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/postern/postern/mailstore/limits"
 )
 
 // fuzzConn is a connection whose client sends the fuzzer's bytes and then
@@ -40,7 +42,12 @@ func FuzzSession(f *testing.F) {
 	st := openStore(f)
 	mb := inbox(f, st, alice)
 	var replies []fuzzReply
-	srv := New(Config{AuthFailureDelay: -1, IdleTimeout: time.Second}, st)
+	srv := New(Config{
+		Limits: limits.Protocol{LoginTimeout: time.Second, IdleTimeout: time.Second},
+		// Every input comes from one address: it must never be blocked,
+		// or the fuzzer could not reach TRANSACTION after a few inputs.
+		Shared: limits.Shared{Logins: noDelayLogins(limits.LoginPolicy{MaxFailures: 1 << 30})},
+	}, st)
 	srv.onReply = func(line string, multiline bool) { replies = append(replies, fuzzReply{line, multiline}) }
 
 	f.Fuzz(func(t *testing.T, data []byte) {

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/mailstore/limits"
 )
 
 const (
@@ -186,9 +187,9 @@ func startServer(t testing.TB, st *mailstore.Store, configure func(*Config)) *te
 	t.Helper()
 	ts := &testServer{logs: &syncBuffer{}, served: make(chan error, 2)}
 	cfg := Config{
-		Hostname:         "pop.example.org",
-		Logger:           slog.New(slog.NewTextHandler(ts.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		AuthFailureDelay: -1,
+		Hostname: "pop.example.org",
+		Logger:   slog.New(slog.NewTextHandler(ts.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Shared:   limits.Shared{Logins: noDelayLogins(limits.LoginPolicy{})},
 	}
 	if configure != nil {
 		configure(&cfg)
@@ -278,6 +279,32 @@ func dial(t testing.TB, addr string) *client {
 		t.Fatal(err)
 	}
 	return newClient(t, conn)
+}
+
+// noDelayLogins is a failed-login record with policy p that answers
+// failed logins at once.
+func noDelayLogins(p limits.LoginPolicy) *limits.Logins {
+	p.FailureDelay = -1
+	return limits.NewLogins(p)
+}
+
+// dialRaw connects to addr from the loopback address from (any of
+// 127.0.0.0/8 works on Linux), so that tests can play many clients.
+func dialRaw(t testing.TB, addr, from string) net.Conn {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}, Timeout: clientTimeout}
+	conn, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatalf("dial %s from %s: %v", addr, from, err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// dialFrom is dial from the loopback address from.
+func dialFrom(t testing.TB, addr, from string) *client {
+	t.Helper()
+	return newClient(t, dialRaw(t, addr, from))
 }
 
 func dialTLS(t testing.TB, addr string, cfg *tls.Config) *client {

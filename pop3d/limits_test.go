@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/postern/postern/mailstore/limits"
 )
 
 // TestLineLength: a command line may have 255 octets with its CRLF (RFC
@@ -47,11 +49,11 @@ func TestTooManyErrors(t *testing.T) {
 	st := openStore(t)
 	ts := startServer(t, st, nil)
 	c := dial(t, ts.addr)
-	for i := 1; i <= maxErrors; i++ {
+	for i := 1; i <= DefaultLimits.MaxErrors; i++ {
 		if got := c.cmd("XYZZY"); !strings.HasPrefix(got, "-ERR") {
 			t.Fatalf("error %d: %q", i, got)
 		}
-		if i == maxErrors-1 {
+		if i == DefaultLimits.MaxErrors-1 {
 			// Good commands do not reset the count.
 			c.ok("CAPA")
 			c.body()
@@ -65,7 +67,7 @@ func TestTooManyErrors(t *testing.T) {
 	c1 := dial(t, ts.addr)
 	c1.login(alice, alicePass)
 	c2 := dial(t, ts.addr)
-	for range maxErrors + 2 {
+	for range DefaultLimits.MaxErrors + 2 {
 		c2.ok("USER " + alice)
 		if got := c2.cmd("PASS " + alicePass); !strings.HasPrefix(got, "-ERR [IN-USE]") {
 			t.Fatalf("PASS: %q", got)
@@ -80,7 +82,7 @@ func TestTooManyErrors(t *testing.T) {
 func TestIdleTimeout(t *testing.T) {
 	st := openStore(t)
 	appendMessages(t, st, alice, [][]byte{makeMessage(1, 500)})
-	ts := startServer(t, st, func(cfg *Config) { cfg.IdleTimeout = 200 * time.Millisecond })
+	ts := startServer(t, st, func(cfg *Config) { cfg.Limits.IdleTimeout = 200 * time.Millisecond })
 	c := dial(t, ts.addr)
 	c.login(alice, alicePass)
 	c.ok("DELE 1")
@@ -103,11 +105,19 @@ func TestIdleTimeout(t *testing.T) {
 
 func TestDefaults(t *testing.T) {
 	srv := New(Config{}, nil)
-	if srv.cfg.IdleTimeout < 10*time.Minute {
-		t.Errorf("default idle timeout %v: RFC 1939 section 3 wants at least 10 minutes", srv.cfg.IdleTimeout)
+	if srv.lim != DefaultLimits {
+		t.Errorf("limits in force %+v, want DefaultLimits %+v", srv.lim, DefaultLimits)
 	}
-	if srv.cfg.AuthFailureDelay <= 0 {
-		t.Errorf("default failed-login delay %v", srv.cfg.AuthFailureDelay)
+	if DefaultLimits.IdleTimeout < 10*time.Minute {
+		t.Errorf("default idle timeout %v: RFC 1939 section 3 wants at least 10 minutes", DefaultLimits.IdleTimeout)
+	}
+	if d := srv.logins.Policy().FailureDelay; d <= 0 {
+		t.Errorf("default failed-login delay %v", d)
+	}
+	// A field set keeps its value; the others take the defaults.
+	srv = New(Config{Limits: limits.Protocol{MaxErrors: 3}}, nil)
+	if srv.lim.MaxErrors != 3 || srv.lim.LoginTimeout != DefaultLimits.LoginTimeout || srv.budget.Max() != DefaultLimits.MaxConnections {
+		t.Errorf("limits in force %+v", srv.lim)
 	}
 	if srv.cfg.Hostname == "" {
 		t.Error("no default hostname")
@@ -127,7 +137,7 @@ func TestShutdown(t *testing.T) {
 	st := openStore(t)
 	appendMessages(t, st, alice, [][]byte{makeMessage(1, 500), makeMessage(2, 500)})
 	logs := &syncBuffer{}
-	srv := New(Config{AuthFailureDelay: -1, Logger: slog.New(slog.NewTextHandler(logs, nil))}, st)
+	srv := New(Config{Shared: limits.Shared{Logins: noDelayLogins(limits.LoginPolicy{})}, Logger: slog.New(slog.NewTextHandler(logs, nil))}, st)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -11,18 +11,29 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/mailstore/limits"
 )
 
+// DefaultLimits are the limits in force where Config.Limits leaves a
+// field zero ([limits.pop3]).
+var DefaultLimits = limits.Protocol{
+	MaxConnections:           1000,
+	MaxConnectionsPerAddress: 20,
+	// LoginTimeout is short: a client that has not logged in holds a
+	// connection and has nothing to wait for.
+	LoginTimeout: time.Minute,
+	// IdleTimeout is the autologout timer: RFC 1939 section 3 says it must
+	// be at least 10 minutes.
+	IdleTimeout: 10 * time.Minute,
+	MaxErrors:   10,
+}
+
 const (
-	// defaultIdleTimeout is the autologout timer: RFC 1939 section 3 says
-	// it must be at least 10 minutes.
-	defaultIdleTimeout = 10 * time.Minute
-	// defaultAuthFailureDelay slows password guessing; Dovecot waits 2s too.
-	defaultAuthFailureDelay = 2 * time.Second
 	// tlsHandshakeTimeout bounds a TLS handshake, implicit or after STLS.
 	tlsHandshakeTimeout = 30 * time.Second
 	// updateTimeout bounds the UPDATE-state removal. It is not tied to the
@@ -33,6 +44,12 @@ const (
 	storeTimeout = time.Minute
 	// maxAcceptDelay caps the back-off after a temporary Accept error.
 	maxAcceptDelay = time.Second
+	// refuseTimeout bounds answering a connection over the limits (its
+	// TLS handshake on the implicit-TLS port, and the -ERR line).
+	refuseTimeout = 5 * time.Second
+	// maxRefusing bounds the goroutines answering such connections; beyond
+	// it one is closed without a word.
+	maxRefusing = 64
 )
 
 // Config is what a Server needs to know. cmd/postern fills it from the
@@ -55,13 +72,17 @@ type Config struct {
 	// (C: client, S: server). Passwords and SASL data are shown as "***";
 	// message contents are not logged.
 	Trace bool
-	// IdleTimeout closes a session that sends nothing for this long, and
-	// bounds each write. Zero means 10 minutes (RFC 1939 section 3 asks for
-	// at least that; shorter values are for tests).
-	IdleTimeout time.Duration
-	// AuthFailureDelay is how long a failed login waits before its -ERR.
-	// Zero means 2 seconds; a negative value means no wait (tests).
-	AuthFailureDelay time.Duration
+	// Limits bounds connections (all, and per client address), idle time
+	// before login (LoginTimeout, also each write until then) and after
+	// (IdleTimeout, also each write), and errors per session. A zero field
+	// takes its value from DefaultLimits.
+	Limits limits.Protocol
+	// Shared is what this server shares with the process's other servers:
+	// the process-wide connection budget (the parent of this server's) and
+	// the record of failed logins with its password-check gate, whose
+	// policy also sets the delay before a failed login is answered. Nil
+	// fields get private defaults.
+	Shared limits.Shared
 }
 
 // Server is a POP3 server over a mailstore. Its methods are safe for
@@ -70,12 +91,20 @@ type Server struct {
 	cfg   Config
 	store *mailstore.Store
 	log   *slog.Logger
+	// lim is cfg.Limits with the defaults filled in; budget is the
+	// connection budget made from it.
+	lim    limits.Protocol
+	budget *limits.Conns
+	logins *limits.Logins
+	// refusing counts the goroutines answering refused connections.
+	refusing atomic.Int32
 
 	// baseCtx is the parent of every session's store calls; it is
 	// canceled when Shutdown gives up waiting.
 	baseCtx    context.Context
 	cancelBase context.CancelFunc
-	// quit is closed when Shutdown starts; it cuts failed-login delays short.
+	// quit is closed when Shutdown starts; it cuts the Accept back-off
+	// short.
 	quit chan struct{}
 
 	mu        sync.Mutex
@@ -96,12 +125,9 @@ func New(cfg Config, store *mailstore.Store) *Server {
 	if cfg.Hostname == "" {
 		cfg.Hostname = "localhost"
 	}
-	if cfg.IdleTimeout <= 0 {
-		cfg.IdleTimeout = defaultIdleTimeout
-	}
-	if cfg.AuthFailureDelay == 0 {
-		cfg.AuthFailureDelay = defaultAuthFailureDelay
-	}
+	cfg.Shared = cfg.Shared.WithDefaults()
+	budget, lim := cfg.Shared.Group(cfg.Limits, DefaultLimits)
+	cfg.Limits = lim
 	if cfg.Secure == nil {
 		cfg.Secure = isLoopback
 	}
@@ -114,6 +140,9 @@ func New(cfg Config, store *mailstore.Store) *Server {
 		cfg:        cfg,
 		store:      store,
 		log:        log,
+		lim:        lim,
+		budget:     budget,
+		logins:     cfg.Shared.Logins,
 		baseCtx:    ctx,
 		cancelBase: cancel,
 		quit:       make(chan struct{}),
@@ -173,16 +202,51 @@ func (s *Server) serve(ln net.Listener, implicitTLS bool) error {
 			continue
 		}
 		delay = 0
+		release, err := s.budget.Acquire(limits.RemoteIP(c))
+		if err != nil {
+			s.log.Warn("connection refused", "listener", ln.Addr().String(), "remote", c.RemoteAddr().String(), "reason", err.Error())
+			s.refuse(c, implicitTLS, err)
+			continue
+		}
 		if !s.addConn(c) {
+			release()
 			c.Close()
 			return ErrServerClosed
 		}
 		go func() {
 			defer s.sessions.Done()
+			defer release()
 			defer s.removeConn(c)
 			s.serveConn(c, implicitTLS)
 		}()
 	}
+}
+
+// refuse answers a connection over the limits with -ERR [SYS/TEMP] (RFC
+// 3206 section 4: try again later) and closes it, in a goroutine of its
+// own so that a client that does not read cannot hold up the accept loop.
+// Past maxRefusing such goroutines, c is closed without a word.
+func (s *Server) refuse(c net.Conn, implicitTLS bool, why error) {
+	if s.refusing.Add(1) > maxRefusing {
+		s.refusing.Add(-1)
+		c.Close()
+		return
+	}
+	go func() {
+		defer s.refusing.Add(-1)
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(refuseTimeout))
+		var w io.Writer = c
+		if implicitTLS {
+			tc := tls.Server(c, s.cfg.TLSConfig)
+			if err := tc.Handshake(); err != nil {
+				return
+			}
+			defer tc.Close()
+			w = tc
+		}
+		io.WriteString(w, reply{code: codeSysTemp, text: why.Error() + ", try again later"}.String()+"\r\n")
+	}()
 }
 
 // temporary reports whether an Accept error may go away by itself (out of

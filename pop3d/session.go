@@ -10,10 +10,12 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"time"
 
 	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/mailstore/limits"
 )
 
 const (
@@ -26,9 +28,6 @@ const (
 	// maxDiscard is how much of an over-long line is read and dropped
 	// before the connection is closed instead.
 	maxDiscard = 64 << 10
-	// maxErrors: a client that made this many errors is confused or
-	// hostile; the session ends after the reply to the last one.
-	maxErrors = 10
 	// maxSASLSteps bounds the challenges of one AUTH exchange (PLAIN
 	// needs at most one).
 	maxSASLSteps = 4
@@ -70,6 +69,10 @@ type session struct {
 	srv *Server
 	id  string
 	log *slog.Logger
+	// authLog is log without the remote address (ip:port), for the failed
+	// login line that limits writes with the address alone.
+	authLog *slog.Logger
+	remote  netip.Addr
 
 	conn net.Conn // the current connection: *tls.Conn after STLS
 	br   *bufio.Reader
@@ -102,7 +105,9 @@ func (s *Server) serveConn(c net.Conn, implicitTLS bool) {
 		id:    newSessionID(),
 		state: stateAuthorization,
 	}
-	sess.log = s.log.With("session", sess.id, "remote", c.RemoteAddr().String())
+	sess.authLog = s.log.With("session", sess.id)
+	sess.log = sess.authLog.With("remote", c.RemoteAddr().String())
+	sess.remote = limits.RemoteIP(c)
 	defer sess.end()
 	if implicitTLS {
 		tc := tls.Server(c, s.cfg.TLSConfig)
@@ -121,15 +126,24 @@ func (s *Server) serveConn(c net.Conn, implicitTLS bool) {
 // timedWriter gives every write to the connection a deadline, so that a
 // client that stops reading cannot hold a session forever.
 type timedWriter struct {
-	c       net.Conn
-	timeout time.Duration
+	c    net.Conn
+	sess *session
 }
 
 func (w timedWriter) Write(p []byte) (int, error) {
-	if err := w.c.SetWriteDeadline(time.Now().Add(w.timeout)); err != nil {
+	if err := w.c.SetWriteDeadline(time.Now().Add(w.sess.timeout())); err != nil {
 		return 0, err
 	}
 	return w.c.Write(p)
+}
+
+// timeout is how long the session may wait for the client: LoginTimeout
+// until it has logged in, then IdleTimeout (RFC 1939 section 3).
+func (sess *session) timeout() time.Duration {
+	if sess.state == stateAuthorization {
+		return sess.srv.lim.LoginTimeout
+	}
+	return sess.srv.lim.IdleTimeout
 }
 
 // setConn starts reading and writing on c. Anything the client sent
@@ -139,7 +153,7 @@ func (sess *session) setConn(c net.Conn, isTLS bool) {
 	sess.conn = c
 	sess.tls = isTLS
 	sess.br = bufio.NewReaderSize(c, readBufferSize)
-	sess.bw = bufio.NewWriterSize(timedWriter{c, sess.srv.cfg.IdleTimeout}, writeBufferSize)
+	sess.bw = bufio.NewWriterSize(timedWriter{c, sess}, writeBufferSize)
 }
 
 func (sess *session) handshake(tc *tls.Conn) error {
@@ -158,7 +172,8 @@ func (sess *session) plaintextAllowed() bool {
 }
 
 // run reads and answers commands until QUIT, an I/O error, the idle
-// timeout or too many errors.
+// timeout or too many errors (Limits.MaxErrors: the reply to the last one
+// is its -ERR, then the connection is closed).
 func (sess *session) run() {
 	sess.send(ok(sess.srv.cfg.Hostname + " POP3 server ready"))
 	for !sess.done {
@@ -178,7 +193,7 @@ func (sess *session) run() {
 		default:
 			sess.dispatch(line)
 		}
-		if sess.errors >= maxErrors && !sess.done {
+		if sess.errors >= sess.srv.lim.MaxErrors && !sess.done {
 			sess.log.Info("too many errors, closing", "errors", sess.errors)
 			sess.done = true
 		}
@@ -206,7 +221,7 @@ func (sess *session) flushUnlessPipelined() error {
 // maxDiscard is an error that ends the session. The returned slice is valid
 // until the next call.
 func (sess *session) readLine(limit int) ([]byte, error) {
-	if err := sess.conn.SetReadDeadline(time.Now().Add(sess.srv.cfg.IdleTimeout)); err != nil {
+	if err := sess.conn.SetReadDeadline(time.Now().Add(sess.timeout())); err != nil {
 		return nil, err
 	}
 	sess.line = sess.line[:0]

@@ -485,7 +485,7 @@ func TestStoreFailure(t *testing.T) {
 		t.Errorf("PASS with the store closed: %q", got)
 	}
 	// Not the client's fault: these do not end the session.
-	for range maxErrors {
+	for range DefaultLimits.MaxErrors {
 		c2.ok("USER " + alice)
 		c2.cmd("PASS " + alicePass)
 	}
