@@ -288,6 +288,8 @@ func newServer(env *serveEnv, l listener) (serve func(net.Listener) error, shutd
 				AllowInsecureAuth: cfg.Auth.AllowInsecure,
 				Logger:            env.log.With("part", "pop3"),
 				Trace:             cfg.Log.Trace,
+				Limits:            env.limits.POP3,
+				Shared:            env.limits.Shared,
 			}, env.store)
 		}
 		if l.Proto == "pop3s" {
