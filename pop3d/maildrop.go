@@ -22,6 +22,10 @@ type maildrop struct {
 	mailboxID   int64
 	uidValidity uint32
 	msgs        []dropMessage
+	// hold keeps the bodies of the listed messages readable while the
+	// session lasts, even when another session expunges them (the
+	// maildrop is a snapshot, RFC 1939 section 3).
+	hold *mailstore.Hold
 }
 
 // dropMessage is one message of the maildrop.
@@ -37,16 +41,21 @@ func openMaildrop(ctx context.Context, store *mailstore.Store, userID int64) (*m
 	if err != nil {
 		return nil, fmt.Errorf("open maildrop: %w", err)
 	}
+	hold := store.Hold() // before the list, so that nothing listed can go
 	msgs, err := store.Messages(ctx, mb.ID, nil)
 	if err != nil {
+		hold.Close()
 		return nil, fmt.Errorf("open maildrop: %w", err)
 	}
-	d := &maildrop{mailboxID: mb.ID, uidValidity: mb.UIDValidity, msgs: make([]dropMessage, len(msgs))}
+	d := &maildrop{mailboxID: mb.ID, uidValidity: mb.UIDValidity, msgs: make([]dropMessage, len(msgs)), hold: hold}
 	for i, m := range msgs {
 		d.msgs[i] = dropMessage{uid: m.UID, size: m.Size, bodyID: m.BodyID}
 	}
 	return d, nil
 }
+
+// close lets the store free the bodies of messages expunged meanwhile.
+func (d *maildrop) close() { d.hold.Close() }
 
 // stat counts the messages not marked deleted and their octets (RFC 1939
 // section 5: deleted messages are not counted).

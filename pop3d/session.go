@@ -344,6 +344,9 @@ func (sess *session) fail(err error) {
 func (sess *session) end() {
 	sess.stopReadAhead()
 	sess.releaseLock()
+	if sess.drop != nil {
+		sess.drop.close()
+	}
 	attrs := []any{"state", sess.state.String(), "errors", sess.errors}
 	if sess.account.Address != "" {
 		attrs = append(attrs, "user", sess.account.Address, "retrieved", sess.retrieved, "deleted", sess.deleted)

@@ -3,6 +3,7 @@ package pop3d
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -490,4 +491,48 @@ func TestStoreFailure(t *testing.T) {
 		c2.cmd("PASS " + alicePass)
 	}
 	c2.ok("QUIT")
+}
+
+// TestRetrAfterExpungeElsewhere: a message another session removes while
+// a POP3 session has it listed is still retrieved whole (the maildrop is a
+// snapshot); once the POP3 session ends, the store frees its body.
+func TestRetrAfterExpungeElsewhere(t *testing.T) {
+	st := openStore(t)
+	msgs := [][]byte{makeMessage(1, 300_000), makeMessage(2, 2000)}
+	appendMessages(t, st, alice, msgs)
+	stored, bodies := storedMessages(t, st, alice)
+	ts := startServer(t, st, nil)
+	c := dial(t, ts.addr)
+	c.login(alice, alicePass)
+
+	ctx := context.Background()
+	mb := inbox(t, st, alice)
+	if _, err := st.DeleteMessages(ctx, mb.ID, []uint32{stored[0].UID, stored[1].UID}); err != nil {
+		t.Fatal(err)
+	}
+	// Other writes and time give the store every chance to sweep.
+	appendMessages(t, st, bob, [][]byte{makeMessage(3, 100)})
+	time.Sleep(300 * time.Millisecond)
+	appendMessages(t, st, bob, [][]byte{makeMessage(4, 100)})
+
+	for i := range stored {
+		got := c.multi(fmt.Sprintf("RETR %d", i+1))
+		if !bytes.Equal(got, bodies[i]) {
+			t.Fatalf("RETR %d after the message was removed elsewhere: %d octets, want %d", i+1, len(got), len(bodies[i]))
+		}
+	}
+	c.ok("QUIT")
+
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := st.ReadBody(ctx, stored[0].BodyID)
+		if errors.Is(err, mailstore.ErrNotFound) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("body still there 10s after the session ended: %v", err)
+		}
+		appendMessages(t, st, bob, [][]byte{makeMessage(5, 100)})
+		time.Sleep(50 * time.Millisecond)
+	}
 }
