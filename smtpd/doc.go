@@ -57,13 +57,28 @@
 //
 // # Limits
 //
-// Every read has a deadline: Config.CommandTimeout per command line (RFC 5321 4.5.3.2.7), and
-// during DATA or BDAT Config.DataBlockTimeout per read (RFC 5321 4.5.3.2.5) within
-// Config.DataTimeout for the whole message, so a large message on a slow link still arrives.
-// Connections are limited overall and per client address (IPv4 address, IPv6 /64): 421 4.7.0.
-// Failed logins from one address are slowed, then refused for a while (454 4.7.0); a session
-// ends after three failed logins or too many commands without a message.
+// Admission control is mailstore/limits, shared with the other servers of the process:
 //
+//   - Connections: the MX listener (Config.Limits) and both submission listeners together
+//     (Config.SubmissionLimits) have separate budgets inside the process-wide one
+//     (Config.Shared.Conns), overall and per client address (IPv4 address, IPv6 /64): 421 4.7.0.
+//   - Every read has a deadline: the wait for a command is LoginTimeout (RFC 5321 4.5.3.2.7: at
+//     least 5 minutes on the MX; on submission the wait before AUTH, IdleTimeout after it), and
+//     during DATA or BDAT Config.DataBlockTimeout per read (RFC 5321 4.5.3.2.5) within
+//     Config.DataTimeout for the whole message, so a large message on a slow link still arrives.
+//   - Errors: unknown, malformed and out-of-sequence commands, refused MAIL, failed AUTH and
+//     refused recipients beyond the first few of a transaction count; past MaxErrors since the
+//     last delivered message the session ends with 421 4.7.0. A session also ends after three
+//     failed logins or too many commands without a message.
+//   - AUTH goes through Config.Shared.Logins: an address that failed too often on any protocol is
+//     refused (454 4.7.0) even with the right password, password checks run a bounded number at
+//     a time (454 4.7.0 when the queue is full), and each failure is logged in one form for
+//     fail2ban.
+//   - Message data goes into a limits.Spool as it arrives: in memory while Config.Shared.Memory
+//     allows, then in a private temporary file in Config.Shared.SpoolDir. The whole message is
+//     loaded for checking and storing only when the budget gives room for it (452 4.3.1 when it
+//     does not in time).
+
 // # Implementation notes
 //
 //   - go-smtp v0.25 has no per-connection settings, no connection limit, and sets one read

@@ -12,6 +12,7 @@ var (
 
 	errTooManyConns      = reply(421, 4, 7, 0, "Too many connections, try again later")
 	errTooManyConnsForIP = reply(421, 4, 7, 0, "Too many connections from your address, try again later")
+	errTooManyErrors     = reply(421, 4, 7, 0, "Too many errors, closing connection")
 
 	// AUTH (RFC 4954)
 
@@ -22,6 +23,7 @@ var (
 	errAuthFailed        = reply(535, 5, 7, 8, "Authentication credentials invalid")
 	errAuthTooManyFailed = reply(454, 4, 7, 0, "Too many failed logins from your address, try again later")
 	errAuthTemporary     = reply(454, 4, 7, 0, "Temporary authentication failure, try again later")
+	errAuthBusy          = reply(454, 4, 7, 0, "Too many logins in progress, try again later")
 
 	// MAIL
 

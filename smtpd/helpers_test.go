@@ -27,6 +27,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/mailstore/limits"
 )
 
 // The test world: example.test is local, with alice, bob, a team alias to
@@ -75,10 +76,14 @@ func newTestEnv(t testing.TB, opts ...func(*Config)) *testEnv {
 	serverTLS, clientTLS := testCertificates(t)
 	logs := &syncBuffer{}
 	cfg := Config{
-		Hostname:      testHost,
-		TLSConfig:     serverTLS,
-		Logger:        slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		MaxConnsPerIP: 200,
+		Hostname:  testHost,
+		TLSConfig: serverTLS,
+		Logger:    slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		// Every test client comes from 127.0.0.1.
+		Limits:           limits.Protocol{MaxConnectionsPerAddress: 200},
+		SubmissionLimits: limits.Protocol{MaxConnectionsPerAddress: 200},
+		// Failed logins are answered at once, and many are allowed.
+		Shared: limits.Shared{Logins: limits.NewLogins(limits.LoginPolicy{FailureDelay: -1, MaxFailures: 1000})},
 	}
 	for _, o := range opts {
 		o(&cfg)
