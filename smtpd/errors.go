@@ -50,6 +50,7 @@ var (
 	errLineTooLong   = reply(554, 5, 6, 0, "Message has a line longer than 998 octets (RFC 5322 2.1.1)")
 	errMalformed     = reply(554, 5, 6, 0, "Message is not an RFC 5322 message: malformed header")
 	errMailLoop      = reply(554, 5, 4, 6, "Too many Received header fields: mail loop")
+	errNoMemory      = reply(452, 4, 3, 1, "Insufficient system storage: too many messages in transfer, try again later")
 	errStoreFailed   = reply(451, 4, 3, 0, "Temporary storage failure, nothing was stored: try again later")
 	errDataAborted   = reply(451, 4, 4, 2, "Message transfer interrupted, nothing was stored")
 	errNothingStored = reply(554, 5, 0, 0, "No recipient could take the message")
