@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/emersion/go-message/mail"
 	"github.com/emersion/go-message/textproto"
 	"github.com/emersion/go-smtp"
 
@@ -79,6 +80,11 @@ func (s *session) Data(r io.Reader) error {
 	if n := mime.CountReceived(h); n > s.cl.srv.cfg.MaxReceived {
 		return s.refuse(tx, errMailLoop, fmt.Errorf("%d Received fields", n))
 	}
+	if s.cl.kind.submission() && s.user != nil {
+		if err := s.checkAuthors(tx, h); err != nil {
+			return err
+		}
+	}
 	prefix, err := s.traceFields(tx, h)
 	if err != nil {
 		s.log.Error("message refused", "id", tx.id, "err", err)
@@ -136,6 +142,51 @@ func (s *session) readMessage(r io.Reader, tx *transaction, sp *limits.Spool) er
 	}
 }
 
+// checkAuthors allows a submitted message only when every address in its
+// From fields (RFC 5322 3.6.2: the authors) and Sender fields (the one who
+// sent it) is one the logged-in user may send as: their own address or an
+// alias that resolves to them. The display name plays no part: in
+// "alice@example.test" <bob@example.test> the address is bob's. A From or
+// Sender that does not parse as addresses is refused too, so that no
+// reader can be shown an author the check did not see. A message with no
+// From is left alone.
+func (s *session) checkAuthors(tx *transaction, h textproto.Header) error {
+	const maxAuthors = 100 // bounds the store lookups of one message
+	checked := 0
+	for _, field := range []string{"From", "Sender"} {
+		for _, v := range h.Values(field) {
+			list, err := mail.ParseAddressList(unfold(v))
+			if err == nil && len(list) == 0 {
+				err = errors.New("no address")
+			}
+			if err != nil {
+				return s.refuse(tx, errAuthorUnreadable, fmt.Errorf("%s field: %w", field, err))
+			}
+			for _, a := range list {
+				if checked++; checked > maxAuthors {
+					return s.refuse(tx, errAuthorUnreadable, fmt.Errorf("over %d addresses in From and Sender", maxAuthors))
+				}
+				ok, err := s.mayUse(a.Address)
+				if err != nil {
+					s.log.Error("author check failed", "id", tx.id, "address", printable(a.Address), "err", err)
+					return errTemporaryFailure
+				}
+				if !ok {
+					s.log.Info("message refused", "id", tx.id, "user", s.user.Address, "field", field,
+						"address", printable(a.Address), "reason", "not the user's address")
+					return errAuthorNotOwned
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// unfold undoes header folding (RFC 5322 2.2.3).
+func unfold(v string) string {
+	return strings.NewReplacer("\r\n", "", "\n", "").Replace(v)
+}
+
 // refuse logs why a message is refused and returns the reply.
 func (s *session) refuse(tx *transaction, reply *smtp.SMTPError, cause error) *smtp.SMTPError {
 	s.log.Info("message refused", "id", tx.id, "from", tx.from, "code", reply.Code, "reason", cause.Error())
@@ -167,7 +218,11 @@ func (s *session) traceFields(tx *transaction, h textproto.Header) (string, erro
 	if len(tx.rcpts) == 1 {
 		rec.For = tx.rcpts[0].Address
 	}
-	b.WriteString(rec.Field())
+	field := rec.Field()
+	if s.user != nil {
+		field = withAuthenticatedSender(field, s.user.Address)
+	}
+	b.WriteString(field)
 	if s.cl.kind.submission() {
 		add, err := mime.SubmissionFields(h, s.cl.srv.cfg.Hostname, rec.Date)
 		if err != nil {
@@ -176,6 +231,20 @@ func (s *session) traceFields(tx *transaction, h textproto.Header) (string, erro
 		b.WriteString(add)
 	}
 	return b.String(), nil
+}
+
+// withAuthenticatedSender adds to a Received field, after its "from"
+// clause, the comment that names the user who logged in, as Postfix
+// writes it: "(Authenticated sender: alice@example.com)". Parentheses and
+// backslashes in the address are quoted (RFC 5322 3.2.2: quoted-pair in a
+// comment).
+func withAuthenticatedSender(field, user string) string {
+	first, rest, ok := strings.Cut(field, "\r\n")
+	if !ok {
+		return field
+	}
+	quoted := strings.NewReplacer("\\", "\\\\", "(", "\\(", ")", "\\)").Replace(user)
+	return first + "\r\n\t(Authenticated sender: " + quoted + ")\r\n" + rest
 }
 
 // protocol names the "with" of Received from the RFC 3848 and RFC 6531

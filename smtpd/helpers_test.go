@@ -336,9 +336,14 @@ func (e *testEnv) submit(t testing.TB, user, password, from string, to []string,
 	return c.SendMail(from, to, strings.NewReader(msg))
 }
 
-// simpleMessage is a small valid message.
+// simpleMessage is a small valid message from alice.
 func simpleMessage(subject string) string {
-	return "From: Alice <alice@example.test>\r\nTo: bob@example.test\r\nSubject: " + subject +
+	return messageFrom("Alice <alice@example.test>", subject)
+}
+
+// messageFrom is a small valid message with the From field given.
+func messageFrom(from, subject string) string {
+	return "From: " + from + "\r\nTo: bob@example.test\r\nSubject: " + subject +
 		"\r\nDate: Tue, 24 Nov 2026 10:00:00 +0000\r\nMessage-ID: <" + subject + "@example.test>\r\n\r\nHello.\r\n"
 }
 

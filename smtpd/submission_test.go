@@ -106,7 +106,7 @@ func TestSubmissionAuthMechanisms(t *testing.T) {
 	must(t, err)
 	defer cl.Close()
 	must(t, cl.Auth(sasl.NewLoginClient(bob, bobPassword)))
-	must(t, cl.SendMail(bob, []string{alice}, strings.NewReader(simpleMessage("login"))))
+	must(t, cl.SendMail(bob, []string{alice}, strings.NewReader(messageFrom(bob, "login"))))
 }
 
 func TestAuthFailuresRefused(t *testing.T) {
