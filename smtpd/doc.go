@@ -81,7 +81,7 @@
 
 // # Implementation notes
 //
-//   - go-smtp v0.25 has no per-connection settings, no connection limit, and sets one read
+//   - go-smtp (v0.26) has no per-connection settings, no connection limit, and sets one read
 //     deadline per command line (which would cap a whole DATA transfer). So each accepted
 //     connection gets its own smtp.Server, run on a one-connection listener over a net.Conn
 //     wrapper (conn.go) that applies per-read deadlines during a message, the trace, and the
@@ -92,8 +92,9 @@
 //     SIZE check see the real limit.
 //   - go-smtp calls NewSession at the first HELO/EHLO and again after STARTTLS, so a session
 //     never outlives a change of TLS state, and AUTH is dropped by STARTTLS as RFC 3207 requires.
-//   - go-smtp requires a domain in RCPT TO, so "RCPT TO:<postmaster>" (RFC 5321 4.5.1) gets 501;
-//     postmaster@<local domain> works as any local address.
+//   - go-smtp passes "RCPT TO:<postmaster>" without a domain (RFC 5321 4.5.1); it stands for
+//     postmaster at the host name when that is a local domain with a postmaster, else at the first
+//     local domain that has one (550 5.1.1 when none has).
 //   - go-smtp cannot tell HELO from EHLO, so Received always says ESMTP (or its TLS, AUTH and
 //     UTF8 forms of RFC 3848 and RFC 6531).
 package smtpd

@@ -109,3 +109,20 @@ func TestWithAuthenticatedSender(t *testing.T) {
 		t.Errorf("got %q\nwant %q", got, want)
 	}
 }
+
+// RFC 5321 4.5.1: "RCPT TO:<Postmaster>" without a domain is taken.
+func TestBarePostmaster(t *testing.T) {
+	e := newTestEnv(t)
+	c := e.dial(t, e.mx)
+	c.cmd("EHLO client.example.test", "250")
+	c.cmd("MAIL FROM:<s@elsewhere.test>", "250 ")
+	c.cmd("RCPT TO:<Postmaster>", "550 5.1.1 ") // nobody is postmaster yet
+	must(t, e.store.AddAlias(context.Background(), "postmaster@example.test", alice))
+	c.cmd("RCPT TO:<Postmaster>", "250 ")
+	if r := c.data(simpleMessage("to the postmaster")); !strings.HasPrefix(r, "250 ") {
+		t.Fatal(r)
+	}
+	if n := len(e.inbox(t, alice)); n != 1 {
+		t.Errorf("alice has %d messages, want 1", n)
+	}
+}

@@ -243,6 +243,14 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 }
 
 func (s *session) rcpt(tx *transaction, to string, opts *smtp.RcptOptions) error {
+	if strings.EqualFold(to, "postmaster") {
+		// RFC 5321 4.5.1: "postmaster" without a domain must be taken.
+		pm, err := s.postmaster()
+		if err != nil {
+			return err
+		}
+		to = pm
+	}
 	// RFC 5321 4.5.3.1.8: at least 100 recipients; beyond the limit, 452
 	// asks the client to send the rest in another transaction.
 	if len(tx.rcpts) >= s.cl.srv.cfg.MaxRecipients {
@@ -304,6 +312,38 @@ func (s *session) rcpt(tx *transaction, to string, opts *smtp.RcptOptions) error
 	tx.add(norm, opts)
 	tx.local = tx.local || len(res.Users) > 0
 	return nil
+}
+
+// postmaster is the address a bare "postmaster" recipient stands for:
+// postmaster at the server's host name if that is a local domain and has
+// one, else at the first local domain that has one.
+func (s *session) postmaster() (string, error) {
+	store, ctx := s.cl.srv.store, s.cl.srv.ctx
+	domains, err := store.Domains(ctx)
+	if err != nil {
+		s.log.Error("recipient check failed", "to", "postmaster", "err", err)
+		return "", errTemporaryFailure
+	}
+	host := strings.ToLower(s.cl.srv.cfg.Hostname)
+	for i, d := range domains {
+		if d == host {
+			domains[0], domains[i] = domains[i], domains[0]
+		}
+	}
+	for _, d := range domains {
+		a := "postmaster@" + d
+		_, err := store.Resolve(ctx, a)
+		switch {
+		case err == nil:
+			return a, nil
+		case errors.Is(err, mailstore.ErrNoSuchUser), errors.Is(err, mailstore.ErrInvalidAddress):
+			continue
+		}
+		s.log.Error("recipient check failed", "to", a, "err", err)
+		return "", errTemporaryFailure
+	}
+	s.log.Info("recipient refused", "to", "postmaster", "reason", "no postmaster in any local domain")
+	return "", errNoSuchUser
 }
 
 // mailboxesFull reports whether every mailbox the recipient reaches is
