@@ -6,13 +6,14 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"time"
 )
 
 // conn wraps a client connection for go-smtp. It is the net.Conn go-smtp
 // reads and writes (for STARTTLS, the one under go-smtp's tls.Conn), and
-// adds what go-smtp v0.25 lacks:
+// adds what go-smtp lacks:
 //
 //   - During DATA and BDAT each read gets its own deadline, DataBlockTimeout
 //     from now, within DataTimeout for the message; go-smtp's one deadline
@@ -22,7 +23,10 @@ import (
 //   - expire makes reads fail at once, so that go-smtp answers 421 and
 //     closes the connection the next time it waits for a command.
 //   - It counts command lines and the kind of the last operation, for the
-//     command bound and for the tracer.
+//     command bound and for the tracer, and the session's errors.
+//   - end writes a last reply and then stops the session: reads fail at
+//     once and go-smtp's further writes are dropped, so the client gets
+//     that reply last.
 type conn struct {
 	net.Conn
 	log         *slog.Logger
@@ -30,6 +34,7 @@ type conn struct {
 	block       time.Duration // DataBlockTimeout
 	dataTimeout time.Duration // DataTimeout
 	maxIdle     int           // command lines allowed without a message
+	maxErrors   int           // errors allowed without a message
 
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -41,6 +46,8 @@ type conn struct {
 	dataUntil time.Time // end of the whole message's transfer
 	expired   bool
 	commands  int  // command lines since the last message
+	errors    int  // errors since the last message
+	ended     bool // end was called: no more reads or writes
 	lastWrite bool // the last operation was a write
 	writes    int  // writes since the tracer last looked
 }
@@ -49,7 +56,7 @@ type conn struct {
 // (Deadlines are on the real clock, whatever Config.Now says.)
 var aLongTimeAgo = time.Unix(1, 0)
 
-func newConn(c net.Conn, s *Server, log *slog.Logger) *conn {
+func newConn(c net.Conn, s *Server, log *slog.Logger, maxErrors int) *conn {
 	return &conn{
 		Conn:        c,
 		log:         log,
@@ -57,12 +64,17 @@ func newConn(c net.Conn, s *Server, log *slog.Logger) *conn {
 		block:       s.cfg.DataBlockTimeout,
 		dataTimeout: s.cfg.DataTimeout,
 		maxIdle:     max(minIdleCommands, 2*s.cfg.MaxRecipients+100),
+		maxErrors:   maxErrors,
 		closed:      make(chan struct{}),
 	}
 }
 
 func (c *conn) Read(p []byte) (int, error) {
 	c.mu.Lock()
+	if c.ended {
+		c.mu.Unlock()
+		return 0, os.ErrDeadlineExceeded
+	}
 	if c.data {
 		// RFC 5321 4.5.3.2.5: a time limit per data block, not per message.
 		d := time.Now().Add(c.block)
@@ -82,6 +94,10 @@ func (c *conn) Read(p []byte) (int, error) {
 func (c *conn) Write(p []byte) (int, error) {
 	out := p
 	c.mu.Lock()
+	if c.ended {
+		c.mu.Unlock()
+		return len(p), nil
+	}
 	if !c.greeted {
 		c.greeted = true
 		if bytes.HasPrefix(p, []byte("220 ")) {
@@ -180,11 +196,47 @@ func (c *conn) endData() {
 	c.dataEnd = true
 }
 
-// delivered restarts the count of command lines.
+// delivered restarts the counts of command lines and errors: the bounds
+// are on what a client does without delivering mail, as in Postfix.
 func (c *conn) delivered() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.commands = 0
+	c.errors = 0
+}
+
+// countError counts one error and reports whether that makes more than
+// maxErrors since the last message. Once the session has ended nothing
+// counts.
+func (c *conn) countError() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ended {
+		return false
+	}
+	c.errors++
+	return c.errors > c.maxErrors
+}
+
+// isEnded reports whether end was called.
+func (c *conn) isEnded() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.ended
+}
+
+// end writes reply to w, the plaintext side of the connection (nil: none
+// can be written), and ends the session: from now on reads fail at once,
+// so that go-smtp closes the connection, and go-smtp's writes, such as its
+// own 421 or replies to commands it had already buffered, are dropped.
+func (c *conn) end(w io.Writer, reply string) {
+	if w != nil {
+		io.WriteString(w, reply)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.ended, c.expired = true, true
+	c.Conn.SetReadDeadline(aLongTimeAgo)
 }
 
 // expire ends the session the next time go-smtp waits for a command: the

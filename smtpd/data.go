@@ -9,26 +9,33 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/emersion/go-message/mail"
 	"github.com/emersion/go-message/textproto"
 	"github.com/emersion/go-smtp"
 
 	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/mailstore/limits"
 	"github.com/postern/postern/mime"
 )
 
 const (
-	// headroom is room kept before the message as it is read, for the trace
-	// fields to be prepended without copying the message.
+	// headroom is room kept before the message when it is loaded, for the
+	// trace fields to be prepended without copying the message.
 	headroom = 2048
-	// readChunk is the first buffer for a message without a SIZE parameter.
-	readChunk = 64 << 10
-	// maxInitialBuffer bounds the first buffer a SIZE parameter asks for:
-	// a client may announce 32 MiB and send one octet.
-	maxInitialBuffer = 1 << 20
+	// readChunk is the buffer message data is read through into the spool.
+	readChunk = 32 << 10
+	// loadFactor is the memory, in message sizes, that checking and
+	// storing a loaded message may take: the message, the copy
+	// mime.CanonicalText makes of a message with bare line ends, and the
+	// store's work.
+	loadFactor = 3
 )
 
-// Data reads the message (DATA or BDAT), checks it, adds the trace fields
-// and stores it; go-smtp answers 250 when it returns nil.
+// Data reads the message (DATA or BDAT) into a spool, which keeps it in
+// memory while the process's budget allows and in a private temporary
+// file beyond; then, once the budget has room for it, checks it, adds the
+// trace fields and stores it. go-smtp answers 250 when it returns nil,
+// after the store's commit.
 func (s *session) Data(r io.Reader) error {
 	s.cl.conn.beginData()
 	defer s.cl.conn.endData()
@@ -36,9 +43,23 @@ func (s *session) Data(r io.Reader) error {
 	if tx == nil {
 		return errTemporaryFailure // go-smtp calls Data only after RCPT
 	}
-	buf, err := s.readMessage(r, tx)
-	if err != nil {
+	sh := s.cl.srv.sh
+	sp := sh.Memory.NewSpool(sh.SpoolDir, s.cl.srv.cfg.MaxMessageBytes+1)
+	defer func() {
+		if err := sp.Close(); err != nil {
+			s.log.Warn("spool not removed", "id", tx.id, "err", err)
+		}
+	}()
+	if err := s.readMessage(r, tx, sp); err != nil {
 		return err
+	}
+	buf, err := sp.Load(s.cl.srv.ctx, headroom, loadFactor)
+	switch {
+	case errors.Is(err, limits.ErrNoMemory):
+		return s.refuse(tx, errNoMemory, err)
+	case err != nil:
+		s.log.Error("message not loaded", "id", tx.id, "size", sp.Size(), "on_disk", sp.OnDisk(), "err", err)
+		return errTemporaryFailure
 	}
 	body := buf[headroom:]
 	msg, err := mime.CanonicalText(body)
@@ -59,6 +80,11 @@ func (s *session) Data(r io.Reader) error {
 	if n := mime.CountReceived(h); n > s.cl.srv.cfg.MaxReceived {
 		return s.refuse(tx, errMailLoop, fmt.Errorf("%d Received fields", n))
 	}
+	if s.cl.kind.submission() && s.user != nil {
+		if err := s.checkAuthors(tx, h); err != nil {
+			return err
+		}
+	}
 	prefix, err := s.traceFields(tx, h)
 	if err != nil {
 		s.log.Error("message refused", "id", tx.id, "err", err)
@@ -75,45 +101,90 @@ func (s *session) Data(r io.Reader) error {
 	return s.deliver(tx, full)
 }
 
-// readMessage reads the whole message after headroom octets of room. The
-// reader is go-smtp's: it stops DATA with ErrDataTooLarge past the limit
-// (one octet above ours during a transaction).
-func (s *session) readMessage(r io.Reader, tx *transaction) ([]byte, error) {
+// readMessage copies the message into sp. The reader is go-smtp's: it
+// stops DATA with ErrDataTooLarge past the limit (one octet above ours
+// during a transaction).
+func (s *session) readMessage(r io.Reader, tx *transaction, sp *limits.Spool) error {
 	limit := s.cl.srv.cfg.MaxMessageBytes
-	initial := int64(readChunk)
-	if tx.size > 0 {
-		// Trust SIZE= only so far: the buffer grows with what arrives.
-		initial = min(tx.size, limit, maxInitialBuffer) + 1
-	}
-	buf := make([]byte, headroom, headroom+int(initial))
+	buf := make([]byte, readChunk)
 	for {
-		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)] // grow
-		}
-		n, err := r.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
-		if int64(len(buf)-headroom) > limit {
-			return nil, s.refuse(tx, errMessageTooBig, errors.New("over the limit"))
+		n, err := r.Read(buf)
+		if n > 0 {
+			if _, werr := sp.Write(buf[:n]); werr != nil {
+				if errors.Is(werr, limits.ErrTooLarge) {
+					return s.refuse(tx, errMessageTooBig, werr)
+				}
+				s.log.Error("message not spooled", "id", tx.id, "octets", sp.Size(), "err", werr)
+				return errTemporaryFailure
+			}
+			if sp.Size() > limit {
+				return s.refuse(tx, errMessageTooBig, errors.New("over the limit"))
+			}
 		}
 		switch {
 		case err == nil:
 			continue
 		case err == io.EOF:
-			return buf, nil
+			return nil
 		case errors.Is(err, smtp.ErrDataTooLarge):
-			return nil, s.refuse(tx, errMessageTooBig, err)
+			return s.refuse(tx, errMessageTooBig, err)
 		case errors.Is(err, smtp.ErrTooLongLine):
 			// go-smtp ends the connection after this reply.
-			return nil, s.refuse(tx, errLineTooLong, err)
+			return s.refuse(tx, errLineTooLong, err)
 		}
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
-			s.log.Info("message transfer timed out", "id", tx.id, "octets", len(buf)-headroom)
+			s.log.Info("message transfer timed out", "id", tx.id, "octets", sp.Size())
 		} else {
-			s.log.Info("message transfer aborted", "id", tx.id, "octets", len(buf)-headroom, "err", err)
+			s.log.Info("message transfer aborted", "id", tx.id, "octets", sp.Size(), "err", err)
 		}
-		return nil, errDataAborted
+		return errDataAborted
 	}
+}
+
+// checkAuthors allows a submitted message only when every address in its
+// From fields (RFC 5322 3.6.2: the authors) and Sender fields (the one who
+// sent it) is one the logged-in user may send as: their own address or an
+// alias that resolves to them. The display name plays no part: in
+// "alice@example.test" <bob@example.test> the address is bob's. A From or
+// Sender that does not parse as addresses is refused too, so that no
+// reader can be shown an author the check did not see. A message with no
+// From is left alone.
+func (s *session) checkAuthors(tx *transaction, h textproto.Header) error {
+	const maxAuthors = 100 // bounds the store lookups of one message
+	checked := 0
+	for _, field := range []string{"From", "Sender"} {
+		for _, v := range h.Values(field) {
+			list, err := mail.ParseAddressList(unfold(v))
+			if err == nil && len(list) == 0 {
+				err = errors.New("no address")
+			}
+			if err != nil {
+				return s.refuse(tx, errAuthorUnreadable, fmt.Errorf("%s field: %w", field, err))
+			}
+			for _, a := range list {
+				if checked++; checked > maxAuthors {
+					return s.refuse(tx, errAuthorUnreadable, fmt.Errorf("over %d addresses in From and Sender", maxAuthors))
+				}
+				ok, err := s.mayUse(a.Address)
+				if err != nil {
+					s.log.Error("author check failed", "id", tx.id, "address", printable(a.Address), "err", err)
+					return errTemporaryFailure
+				}
+				if !ok {
+					s.log.Info("message refused", "id", tx.id, "user", s.user.Address, "field", field,
+						"address", printable(a.Address), "reason", "not the user's address")
+					return errAuthorNotOwned
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// unfold undoes header folding (RFC 5322 2.2.3).
+func unfold(v string) string {
+	return strings.NewReplacer("\r\n", "", "\n", "").Replace(v)
 }
 
 // refuse logs why a message is refused and returns the reply.
@@ -147,7 +218,11 @@ func (s *session) traceFields(tx *transaction, h textproto.Header) (string, erro
 	if len(tx.rcpts) == 1 {
 		rec.For = tx.rcpts[0].Address
 	}
-	b.WriteString(rec.Field())
+	field := rec.Field()
+	if s.user != nil {
+		field = withAuthenticatedSender(field, s.user.Address)
+	}
+	b.WriteString(field)
 	if s.cl.kind.submission() {
 		add, err := mime.SubmissionFields(h, s.cl.srv.cfg.Hostname, rec.Date)
 		if err != nil {
@@ -156,6 +231,20 @@ func (s *session) traceFields(tx *transaction, h textproto.Header) (string, erro
 		b.WriteString(add)
 	}
 	return b.String(), nil
+}
+
+// withAuthenticatedSender adds to a Received field, after its "from"
+// clause, the comment that names the user who logged in, as Postfix
+// writes it: "(Authenticated sender: alice@example.com)". Parentheses and
+// backslashes in the address are quoted (RFC 5322 3.2.2: quoted-pair in a
+// comment).
+func withAuthenticatedSender(field, user string) string {
+	first, rest, ok := strings.Cut(field, "\r\n")
+	if !ok {
+		return field
+	}
+	quoted := strings.NewReplacer("\\", "\\\\", "(", "\\(", ")", "\\)").Replace(user)
+	return first + "\r\n\t(Authenticated sender: " + quoted + ")\r\n" + rest
 }
 
 // protocol names the "with" of Received from the RFC 3848 and RFC 6531

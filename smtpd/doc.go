@@ -57,16 +57,31 @@
 //
 // # Limits
 //
-// Every read has a deadline: Config.CommandTimeout per command line (RFC 5321 4.5.3.2.7), and
-// during DATA or BDAT Config.DataBlockTimeout per read (RFC 5321 4.5.3.2.5) within
-// Config.DataTimeout for the whole message, so a large message on a slow link still arrives.
-// Connections are limited overall and per client address (IPv4 address, IPv6 /64): 421 4.7.0.
-// Failed logins from one address are slowed, then refused for a while (454 4.7.0); a session
-// ends after three failed logins or too many commands without a message.
+// Admission control is mailstore/limits, shared with the other servers of the process:
 //
+//   - Connections: the MX listener (Config.Limits) and both submission listeners together
+//     (Config.SubmissionLimits) have separate budgets inside the process-wide one
+//     (Config.Shared.Conns), overall and per client address (IPv4 address, IPv6 /64): 421 4.7.0.
+//   - Every read has a deadline: the wait for a command is LoginTimeout (RFC 5321 4.5.3.2.7: at
+//     least 5 minutes on the MX; on submission the wait before AUTH, IdleTimeout after it), and
+//     during DATA or BDAT Config.DataBlockTimeout per read (RFC 5321 4.5.3.2.5) within
+//     Config.DataTimeout for the whole message, so a large message on a slow link still arrives.
+//   - Errors: unknown, malformed and out-of-sequence commands, refused MAIL, failed AUTH and
+//     refused recipients beyond the first few of a transaction count; past MaxErrors since the
+//     last delivered message the session ends with 421 4.7.0. A session also ends after three
+//     failed logins or too many commands without a message.
+//   - AUTH goes through Config.Shared.Logins: an address that failed too often on any protocol is
+//     refused (454 4.7.0) even with the right password, password checks run a bounded number at
+//     a time (454 4.7.0 when the queue is full), and each failure is logged in one form for
+//     fail2ban.
+//   - Message data goes into a limits.Spool as it arrives: in memory while Config.Shared.Memory
+//     allows, then in a private temporary file in Config.Shared.SpoolDir. The whole message is
+//     loaded for checking and storing only when the budget gives room for it (452 4.3.1 when it
+//     does not in time).
+
 // # Implementation notes
 //
-//   - go-smtp v0.25 has no per-connection settings, no connection limit, and sets one read
+//   - go-smtp (v0.26) has no per-connection settings, no connection limit, and sets one read
 //     deadline per command line (which would cap a whole DATA transfer). So each accepted
 //     connection gets its own smtp.Server, run on a one-connection listener over a net.Conn
 //     wrapper (conn.go) that applies per-read deadlines during a message, the trace, and the
@@ -77,8 +92,9 @@
 //     SIZE check see the real limit.
 //   - go-smtp calls NewSession at the first HELO/EHLO and again after STARTTLS, so a session
 //     never outlives a change of TLS state, and AUTH is dropped by STARTTLS as RFC 3207 requires.
-//   - go-smtp requires a domain in RCPT TO, so "RCPT TO:<postmaster>" (RFC 5321 4.5.1) gets 501;
-//     postmaster@<local domain> works as any local address.
+//   - go-smtp passes "RCPT TO:<postmaster>" without a domain (RFC 5321 4.5.1); it stands for
+//     postmaster at the host name when that is a local domain with a postmaster, else at the first
+//     local domain that has one (550 5.1.1 when none has).
 //   - go-smtp cannot tell HELO from EHLO, so Received always says ESMTP (or its TLS, AUTH and
 //     UTF8 forms of RFC 3848 and RFC 6531).
 package smtpd

@@ -12,6 +12,7 @@ var (
 
 	errTooManyConns      = reply(421, 4, 7, 0, "Too many connections, try again later")
 	errTooManyConnsForIP = reply(421, 4, 7, 0, "Too many connections from your address, try again later")
+	errTooManyErrors     = reply(421, 4, 7, 0, "Too many errors, closing connection")
 
 	// AUTH (RFC 4954)
 
@@ -22,6 +23,7 @@ var (
 	errAuthFailed        = reply(535, 5, 7, 8, "Authentication credentials invalid")
 	errAuthTooManyFailed = reply(454, 4, 7, 0, "Too many failed logins from your address, try again later")
 	errAuthTemporary     = reply(454, 4, 7, 0, "Temporary authentication failure, try again later")
+	errAuthBusy          = reply(454, 4, 7, 0, "Too many logins in progress, try again later")
 
 	// MAIL
 
@@ -43,14 +45,17 @@ var (
 
 	// DATA and BDAT
 
-	errMessageTooBig = reply(552, 5, 3, 4, "Message exceeds the maximum message size")
-	errNUL           = reply(554, 5, 6, 0, "Message contains a NUL octet")
-	errLineTooLong   = reply(554, 5, 6, 0, "Message has a line longer than 998 octets (RFC 5322 2.1.1)")
-	errMalformed     = reply(554, 5, 6, 0, "Message is not an RFC 5322 message: malformed header")
-	errMailLoop      = reply(554, 5, 4, 6, "Too many Received header fields: mail loop")
-	errStoreFailed   = reply(451, 4, 3, 0, "Temporary storage failure, nothing was stored: try again later")
-	errDataAborted   = reply(451, 4, 4, 2, "Message transfer interrupted, nothing was stored")
-	errNothingStored = reply(554, 5, 0, 0, "No recipient could take the message")
+	errMessageTooBig    = reply(552, 5, 3, 4, "Message exceeds the maximum message size")
+	errNUL              = reply(554, 5, 6, 0, "Message contains a NUL octet")
+	errLineTooLong      = reply(554, 5, 6, 0, "Message has a line longer than 998 octets (RFC 5322 2.1.1)")
+	errMalformed        = reply(554, 5, 6, 0, "Message is not an RFC 5322 message: malformed header")
+	errMailLoop         = reply(554, 5, 4, 6, "Too many Received header fields: mail loop")
+	errAuthorNotOwned   = reply(553, 5, 7, 1, "From or Sender names an address that is not yours: use your own address or one of its aliases")
+	errAuthorUnreadable = reply(553, 5, 7, 1, "From or Sender header field cannot be read as addresses")
+	errNoMemory         = reply(452, 4, 3, 1, "Insufficient system storage: too many messages in transfer, try again later")
+	errStoreFailed      = reply(451, 4, 3, 0, "Temporary storage failure, nothing was stored: try again later")
+	errDataAborted      = reply(451, 4, 4, 2, "Message transfer interrupted, nothing was stored")
+	errNothingStored    = reply(554, 5, 0, 0, "No recipient could take the message")
 )
 
 func reply(code, class, subject, detail int, text string) *smtp.SMTPError {

@@ -27,6 +27,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/mailstore/limits"
 )
 
 // The test world: example.test is local, with alice, bob, a team alias to
@@ -75,10 +76,14 @@ func newTestEnv(t testing.TB, opts ...func(*Config)) *testEnv {
 	serverTLS, clientTLS := testCertificates(t)
 	logs := &syncBuffer{}
 	cfg := Config{
-		Hostname:      testHost,
-		TLSConfig:     serverTLS,
-		Logger:        slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		MaxConnsPerIP: 200,
+		Hostname:  testHost,
+		TLSConfig: serverTLS,
+		Logger:    slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		// Every test client comes from 127.0.0.1.
+		Limits:           limits.Protocol{MaxConnectionsPerAddress: 200},
+		SubmissionLimits: limits.Protocol{MaxConnectionsPerAddress: 200},
+		// Failed logins are answered at once, and many are allowed.
+		Shared: limits.Shared{Logins: limits.NewLogins(limits.LoginPolicy{FailureDelay: -1, MaxFailures: 1000})},
 	}
 	for _, o := range opts {
 		o(&cfg)
@@ -331,9 +336,14 @@ func (e *testEnv) submit(t testing.TB, user, password, from string, to []string,
 	return c.SendMail(from, to, strings.NewReader(msg))
 }
 
-// simpleMessage is a small valid message.
+// simpleMessage is a small valid message from alice.
 func simpleMessage(subject string) string {
-	return "From: Alice <alice@example.test>\r\nTo: bob@example.test\r\nSubject: " + subject +
+	return messageFrom("Alice <alice@example.test>", subject)
+}
+
+// messageFrom is a small valid message with the From field given.
+func messageFrom(from, subject string) string {
+	return "From: " + from + "\r\nTo: bob@example.test\r\nSubject: " + subject +
 		"\r\nDate: Tue, 24 Nov 2026 10:00:00 +0000\r\nMessage-ID: <" + subject + "@example.test>\r\n\r\nHello.\r\n"
 }
 

@@ -7,9 +7,15 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/mailstore/limits"
 )
 
 // dialFrom connects from a given loopback address (all of 127/8 is
@@ -28,7 +34,12 @@ func dialFrom(t *testing.T, addr, from string) (net.Conn, string) {
 }
 
 func TestConnectionLimits(t *testing.T) {
-	e := newTestEnv(t, func(c *Config) { c.MaxConns = 3; c.MaxConnsPerIP = 2 })
+	// One budget for the whole process, as cmd/postern makes it.
+	e := newTestEnv(t, func(c *Config) {
+		c.Shared.Conns = limits.NewConns(3, 2, nil)
+		c.Limits.MaxConnectionsPerAddress = 0
+		c.SubmissionLimits.MaxConnectionsPerAddress = 0
+	})
 	a, g := dialFrom(t, e.mx, "127.0.0.1")
 	if !strings.HasPrefix(g, "220 ") {
 		t.Fatal(g)
@@ -72,7 +83,7 @@ func TestConnectionLimits(t *testing.T) {
 }
 
 func TestCommandTimeout(t *testing.T) {
-	e := newTestEnv(t, func(c *Config) { c.CommandTimeout = 200 * time.Millisecond })
+	e := newTestEnv(t, func(c *Config) { c.Limits.LoginTimeout = 200 * time.Millisecond })
 	c := e.dial(t, e.mx)
 	c.cmd("EHLO client.example.test", "250")
 	start := time.Now()
@@ -89,7 +100,7 @@ func TestSlowDataIsAccepted(t *testing.T) {
 	// The whole transfer takes much longer than a command may, but no
 	// read waits longer than DataBlockTimeout (RFC 5321 4.5.3.2.5).
 	e := newTestEnv(t, func(c *Config) {
-		c.CommandTimeout = 300 * time.Millisecond
+		c.Limits.LoginTimeout = 300 * time.Millisecond
 		c.DataBlockTimeout = 400 * time.Millisecond
 		c.DataTimeout = 20 * time.Second
 	})
@@ -118,7 +129,7 @@ func TestSlowDataIsAccepted(t *testing.T) {
 
 func TestStalledData(t *testing.T) {
 	e := newTestEnv(t, func(c *Config) {
-		c.CommandTimeout = 300 * time.Millisecond
+		c.Limits.LoginTimeout = 300 * time.Millisecond
 		c.DataBlockTimeout = 200 * time.Millisecond
 		c.DataTimeout = time.Second
 	})
@@ -233,4 +244,199 @@ func TestShutdownDeadline(t *testing.T) {
 	if n := len(e.inbox(t, alice)); n != 0 {
 		t.Errorf("%d messages stored", n)
 	}
+}
+
+// A flood on the MX never takes the connections submission users need:
+// the two listener groups have separate budgets.
+func TestSeparateBudgets(t *testing.T) {
+	e := newTestEnv(t, func(c *Config) {
+		c.Limits = limits.Protocol{MaxConnections: 3, MaxConnectionsPerAddress: 100}
+		c.SubmissionLimits = limits.Protocol{MaxConnections: 2, MaxConnectionsPerAddress: 100}
+	})
+	for range 3 {
+		e.dial(t, e.mx)
+	}
+	if _, g := dialFrom(t, e.mx, "127.0.0.1"); g != "421 4.7.0 mx.example.test Too many connections, try again later" {
+		t.Fatalf("MX over its budget: %q", g)
+	}
+	// Submission still answers, on both its listeners, until its own
+	// budget is spent.
+	c := e.dial(t, e.sub)
+	c.cmd("EHLO client.example.test", "250")
+	c.cmd("AUTH PLAIN "+plainAuth(alice, alicePassword), "235 ")
+	e.dialTLS(t)
+	if _, g := dialFrom(t, e.sub, "127.0.0.1"); !strings.HasPrefix(g, "421 4.7.0 ") {
+		t.Fatalf("submission over its budget: %q", g)
+	}
+}
+
+func TestPerAddressLimit(t *testing.T) {
+	e := newTestEnv(t, func(c *Config) {
+		c.Limits = limits.Protocol{MaxConnectionsPerAddress: 2}
+		c.SubmissionLimits = limits.Protocol{MaxConnectionsPerAddress: 1}
+	})
+	dialFrom(t, e.mx, "127.0.0.1")
+	dialFrom(t, e.mx, "127.0.0.1")
+	if _, g := dialFrom(t, e.mx, "127.0.0.1"); g != "421 4.7.0 mx.example.test Too many connections from your address, try again later" {
+		t.Errorf("third from one address: %q", g)
+	}
+	if _, g := dialFrom(t, e.mx, "127.0.0.2"); !strings.HasPrefix(g, "220 ") {
+		t.Errorf("from another address: %q", g)
+	}
+	if _, g := dialFrom(t, e.sub, "127.0.0.1"); !strings.HasPrefix(g, "220 ") {
+		t.Errorf("submission, first from the address: %q", g)
+	}
+	if _, g := dialFrom(t, e.sub, "127.0.0.1"); !strings.HasPrefix(g, "421 4.7.0 ") {
+		t.Errorf("submission, second from the address: %q", g)
+	}
+}
+
+// Failed logins recorded by another protocol through the same Logins block
+// AUTH here, even with the right password.
+func TestCrossProtocolLoginBlock(t *testing.T) {
+	logins := limits.NewLogins(limits.LoginPolicy{MaxFailures: 3, FailureDelay: -1})
+	e := newTestEnv(t, func(c *Config) { c.Shared.Logins = logins })
+	c := e.dial(t, e.sub)
+	c.cmd("EHLO client.example.test", "250")
+	c.cmd("AUTH PLAIN "+plainAuth(alice, alicePassword), "235 ")
+
+	wrong := func(context.Context) (bool, error) { return false, nil }
+	for range 3 {
+		err := logins.Check(context.Background(), limits.Attempt{Protocol: "pop3", Mechanism: "USER",
+			Remote: netip.MustParseAddr("127.0.0.1"), User: alice}, wrong)
+		if !errors.Is(err, limits.ErrLoginFailed) {
+			t.Fatalf("pop3 check: %v", err)
+		}
+	}
+	c = e.dial(t, e.sub)
+	c.cmd("EHLO client.example.test", "250")
+	c.cmd("AUTH PLAIN "+plainAuth(alice, alicePassword), "454 4.7.0 ")
+	c.cmd("MAIL FROM:<"+alice+">", "530 5.7.0 ")
+	// Another address is not blocked.
+	conn, g := dialFrom(t, e.sub, "127.0.0.2")
+	if !strings.HasPrefix(g, "220 ") {
+		t.Fatal(g)
+	}
+	c2 := &raw{t: t, conn: conn, r: bufio.NewReader(conn)}
+	c2.cmd("EHLO client.example.test", "250")
+	c2.cmd("AUTH PLAIN "+plainAuth(alice, alicePassword), "235 ")
+}
+
+// With one password-check slot, concurrent AUTH never check two passwords
+// with the store at once, and all get their answer.
+func TestPasswordChecksBounded(t *testing.T) {
+	logins := limits.NewLogins(limits.LoginPolicy{MaxHashes: 1, MaxFailures: 1000, FailureDelay: -1})
+	e := newTestEnv(t, func(c *Config) { c.Shared.Logins = logins })
+	var running, most atomic.Int32
+	check := e.srv.checkPassword
+	e.srv.checkPassword = func(ctx context.Context, user, password string) (mailstore.User, error) {
+		n := running.Add(1)
+		defer running.Add(-1)
+		for {
+			m := most.Load()
+			if n <= m || most.CompareAndSwap(m, n) {
+				break
+			}
+		}
+		time.Sleep(5 * time.Millisecond) // let others try to overlap
+		return check(ctx, user, password)
+	}
+	const clients = 24
+	var wg sync.WaitGroup
+	replies := make(chan string, clients)
+	for i := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			conn, err := net.DialTimeout("tcp", e.sub, 5*time.Second)
+			if err != nil {
+				replies <- err.Error()
+				return
+			}
+			defer conn.Close()
+			conn.SetDeadline(time.Now().Add(30 * time.Second))
+			r := bufio.NewReader(conn)
+			password := alicePassword
+			if i%2 == 1 {
+				password = "wrong"
+			}
+			io.WriteString(conn, "EHLO client.example.test\r\nAUTH PLAIN "+plainAuth(alice, password)+"\r\n")
+			var last string
+			for !strings.HasPrefix(last, "235 ") && !strings.HasPrefix(last, "535 ") && !strings.HasPrefix(last, "454 ") {
+				line, err := r.ReadString('\n')
+				if err != nil {
+					replies <- "read: " + err.Error()
+					return
+				}
+				last = line
+			}
+			replies <- last[:3] + map[bool]string{true: " wrong", false: " right"}[password == "wrong"]
+		}()
+	}
+	wg.Wait()
+	close(replies)
+	for r := range replies {
+		if r != "235 right" && r != "535 wrong" {
+			t.Errorf("reply %q", r)
+		}
+	}
+	if m := most.Load(); m != 1 {
+		t.Errorf("%d password checks ran at once, want 1", m)
+	}
+}
+
+func TestMaxErrors(t *testing.T) {
+	e := newTestEnv(t, func(c *Config) { c.Limits.MaxErrors = 3 })
+	t.Run("go-smtp's own refusals", func(t *testing.T) {
+		c := e.dial(t, e.mx)
+		c.cmd("EHLO client.example.test", "250")
+		for range 3 {
+			c.cmd("MAIL FROM:<s@elsewhere.test> FOO=BAR", "500 5.5.4 ")
+		}
+		// Pipelined: the fourth error ends the session; what follows is
+		// not answered.
+		c.send("MAIL FROM:<s@elsewhere.test> FOO=BAR", "NOOP", "NOOP")
+		c.expect("500 5.5.4 ")
+		c.expect("421 4.7.0 mx.example.test Too many errors")
+		c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if rest, err := io.ReadAll(c.r); err != nil || len(rest) > 0 {
+			t.Errorf("after 421: %q, %v", rest, err)
+		}
+	})
+	t.Run("refused recipients beyond a few", func(t *testing.T) {
+		c := e.dial(t, e.mx)
+		c.cmd("EHLO client.example.test", "250")
+		c.cmd("MAIL FROM:<s@elsewhere.test>", "250 ")
+		for i := range freeRcptRefusals + 3 {
+			c.cmd("RCPT TO:<nobody"+itoa(i)+"@example.test>", "550 5.1.1 ")
+		}
+		c.cmd("RCPT TO:<someone@example.test>", "421 4.7.0 ")
+	})
+	t.Run("a delivered message restarts the count", func(t *testing.T) {
+		c := e.dial(t, e.mx)
+		c.cmd("EHLO client.example.test", "250")
+		for range 3 {
+			c.cmd("MAIL FROM:<s@elsewhere.test> FOO=BAR", "500 ")
+		}
+		c.cmd("MAIL FROM:<s@elsewhere.test>", "250 ")
+		c.cmd("RCPT TO:<"+alice+">", "250 ")
+		if r := c.data(simpleMessage("ok")); !strings.HasPrefix(r, "250 ") {
+			t.Fatal(r)
+		}
+		for range 3 {
+			c.cmd("MAIL FROM:<s@elsewhere.test> FOO=BAR", "500 ")
+		}
+		c.cmd("NOOP", "250 ")
+	})
+	t.Run("under STARTTLS", func(t *testing.T) {
+		c := e.dial(t, e.mx)
+		c.cmd("EHLO client.example.test", "250")
+		c.startTLS(e.clientTLS)
+		c.cmd("EHLO client.example.test", "250")
+		for range 3 {
+			c.cmd("RCPT TO:<"+alice+">", "502 5.5.1 ")
+		}
+		c.cmd("RCPT TO:<"+alice+">", "502 5.5.1 ")
+		c.expect("421 4.7.0 ")
+	})
 }

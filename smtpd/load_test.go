@@ -39,7 +39,7 @@ func TestConcurrentClients(t *testing.T) {
 				}
 			}
 			for j := range perClient {
-				msg := simpleMessage(fmt.Sprintf("load-%d-%d", i, j))
+				msg := messageFrom(from, fmt.Sprintf("load-%d-%d", i, j))
 				if err := c.SendMail(from, []string{alice}, strings.NewReader(msg)); err != nil {
 					errs <- fmt.Errorf("client %d message %d: %w", i, j, err)
 					return

@@ -19,6 +19,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/mailstore/limits"
 )
 
 // Defaults for the zero fields of Config.
@@ -30,9 +31,6 @@ const (
 	// defaultMaxReceived: more Received fields than this is a loop (RFC 5321 6.3
 	// suggests counting them; 50 is what Postfix and sendmail use).
 	defaultMaxReceived = 50
-	// defaultCommandTimeout: RFC 5321 4.5.3.2.7 says a server should wait at
-	// least 5 minutes for the next command.
-	defaultCommandTimeout = 5 * time.Minute
 	// defaultDataBlockTimeout: RFC 5321 4.5.3.2.5 gives a client 3 minutes per
 	// data block; the server allows as much for each read of message data.
 	defaultDataBlockTimeout = 3 * time.Minute
@@ -42,13 +40,30 @@ const (
 	// defaultWriteTimeout bounds writing one reply, a few dozen octets, to a
 	// client that does not read.
 	defaultWriteTimeout = 2 * time.Minute
-	// defaultMaxConns bounds the sessions held at once, each a few goroutines
-	// and up to one message in memory.
-	defaultMaxConns = 1000
-	// defaultMaxConnsPerIP bounds one client address (an IPv6 /64), enough
-	// for a busy sending MTA and for 50 parallel test clients.
-	defaultMaxConnsPerIP = 50
 )
+
+// DefaultLimits are the MX listener group's limits ([limits.mx]) that a
+// zero field of Config.Limits takes. RFC 5321 4.5.3.2.7 says a server
+// should wait at least 5 minutes for the next command.
+var DefaultLimits = limits.Protocol{
+	MaxConnections:           1000,
+	MaxConnectionsPerAddress: 20,
+	LoginTimeout:             5 * time.Minute,
+	IdleTimeout:              5 * time.Minute,
+	MaxErrors:                20,
+}
+
+// DefaultSubmissionLimits are the limits of both submission listeners
+// together ([limits.submission]) that a zero field of
+// Config.SubmissionLimits takes: a short wait for a command before AUTH,
+// RFC 5321's 5 minutes after it.
+var DefaultSubmissionLimits = limits.Protocol{
+	MaxConnections:           500,
+	MaxConnectionsPerAddress: 20,
+	LoginTimeout:             time.Minute,
+	IdleTimeout:              5 * time.Minute,
+	MaxErrors:                10,
+}
 
 // Fixed limits.
 const (
@@ -61,6 +76,10 @@ const (
 	maxRefusing = 64
 	// maxAuthFailuresPerSession ends a session after that many failed AUTH.
 	maxAuthFailuresPerSession = 3
+	// freeRcptRefusals is how many refused recipients of one transaction
+	// are not counted as errors: a list with a few stale addresses is
+	// normal, a dictionary attack is not.
+	freeRcptRefusals = 5
 	// minIdleCommands is the least number of command lines a session may
 	// send without a message being delivered (MAIL, RCPT, NOOP, RSET...);
 	// the bound is at least twice MaxRecipients.
@@ -71,9 +90,9 @@ const (
 
 // Config is what a Server needs; cmd/postern fills it from the TOML file.
 // A zero field takes its default: Hostname "localhost", MaxMessageBytes
-// 32 MiB, MaxRecipients 100, MaxReceived 50, CommandTimeout 5m,
-// DataBlockTimeout 3m, DataTimeout 1h, WriteTimeout 2m, MaxConns 1000,
-// MaxConnsPerIP 50.
+// 32 MiB, MaxRecipients 100, MaxReceived 50, DataBlockTimeout 3m,
+// DataTimeout 1h, WriteTimeout 2m, Limits DefaultLimits,
+// SubmissionLimits DefaultSubmissionLimits.
 type Config struct {
 	// Hostname names this server in the greeting, Received fields and
 	// generated Message-IDs.
@@ -101,13 +120,26 @@ type Config struct {
 	// AUTH data is redacted and message data summarised.
 	Trace bool
 
-	CommandTimeout   time.Duration // per command line
 	DataBlockTimeout time.Duration // per read during DATA or BDAT
 	DataTimeout      time.Duration // one message's whole transfer
 	WriteTimeout     time.Duration // one reply
 
-	MaxConns      int // connections at once, all listeners
-	MaxConnsPerIP int // from one IPv4 address or IPv6 /64
+	// Limits are the MX listener's ([limits.mx]): connections at once and
+	// per client address, the wait for each command (LoginTimeout; the MX
+	// has no login) and the errors a session may make. SubmissionLimits
+	// are those of both submission listeners together ([limits.submission]),
+	// a separate budget, so that a flood on port 25 never makes submission
+	// refuse its users; their LoginTimeout is the wait for a command before
+	// AUTH and IdleTimeout after it. Zero fields take DefaultLimits and
+	// DefaultSubmissionLimits.
+	Limits           limits.Protocol
+	SubmissionLimits limits.Protocol
+	// Shared is what all servers of the process share: the process-wide
+	// connection budget (the parent of both groups above), the record of
+	// failed logins with the password-check gate, and the budget of
+	// message bytes in memory with the directory spools beyond it go to
+	// (data_dir). nil fields: private ones with default settings.
+	Shared limits.Shared
 
 	// Now is the clock for Received dates and the login limiter; nil
 	// means time.Now. Network deadlines always use the real clock.
@@ -128,8 +160,15 @@ type Server struct {
 	now    func() time.Time
 	secure func(netip.Addr) bool
 
-	conns connLimiter
-	auth  *authLimiter
+	sh       limits.Shared
+	mxConns  *limits.Conns   // the MX group's budget
+	subConns *limits.Conns   // both submission listeners'
+	mxLim    limits.Protocol // Config.Limits, defaults filled in
+	subLim   limits.Protocol // Config.SubmissionLimits, defaults filled in
+
+	// checkPassword is the store's Authenticate; tests wrap it to watch
+	// the password checks.
+	checkPassword func(ctx context.Context, address, password string) (mailstore.User, error)
 
 	// ctx is for store calls; it ends when Shutdown gives up waiting.
 	ctx    context.Context
@@ -151,19 +190,16 @@ func New(cfg Config, store *mailstore.Store) *Server {
 	setDefault(&cfg.MaxMessageBytes, defaultMaxMessageBytes)
 	setDefault(&cfg.MaxRecipients, defaultMaxRecipients)
 	setDefault(&cfg.MaxReceived, defaultMaxReceived)
-	setDefault(&cfg.CommandTimeout, defaultCommandTimeout)
 	setDefault(&cfg.DataBlockTimeout, defaultDataBlockTimeout)
 	setDefault(&cfg.DataTimeout, defaultDataTimeout)
 	setDefault(&cfg.WriteTimeout, defaultWriteTimeout)
-	setDefault(&cfg.MaxConns, defaultMaxConns)
-	setDefault(&cfg.MaxConnsPerIP, defaultMaxConnsPerIP)
 	s := &Server{
 		cfg:       cfg,
 		store:     store,
 		log:       cfg.Logger,
 		now:       cfg.Now,
 		secure:    cfg.SecureAddr,
-		conns:     connLimiter{max: cfg.MaxConns, maxPerKey: cfg.MaxConnsPerIP, count: make(map[netip.Prefix]int)},
+		sh:        cfg.Shared.WithDefaults(),
 		listeners: make(map[net.Listener]struct{}),
 		active:    make(map[*conn]struct{}),
 	}
@@ -180,7 +216,9 @@ func New(cfg Config, store *mailstore.Store) *Server {
 		s.tls = cfg.TLSConfig.Clone()
 		s.tls.MinVersion = max(s.tls.MinVersion, tls.VersionTLS12)
 	}
-	s.auth = newAuthLimiter(defaultAuthPolicy, s.now)
+	s.checkPassword = store.Authenticate
+	s.mxConns, s.mxLim = s.sh.Group(cfg.Limits, DefaultLimits)
+	s.subConns, s.subLim = s.sh.Group(cfg.SubmissionLimits, DefaultSubmissionLimits)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s
 }
@@ -205,6 +243,14 @@ func (k listenerKind) String() string {
 }
 
 func (k listenerKind) submission() bool { return k != listenMX }
+
+// group returns the connection budget and limits of kind's listener group.
+func (s *Server) group(kind listenerKind) (*limits.Conns, limits.Protocol) {
+	if kind.submission() {
+		return s.subConns, s.subLim
+	}
+	return s.mxConns, s.mxLim
+}
 
 // ServeMX serves inbound mail for the local domains on ln (port 25) until
 // ln fails or Shutdown is called; then it returns nil.
@@ -268,17 +314,22 @@ func (s *Server) isShutting() bool {
 // accept starts serving a new connection, or refuses it when a limit is
 // reached.
 func (s *Server) accept(raw net.Conn, kind listenerKind) {
-	ip := remoteIP(raw)
-	key := clientKey(ip)
-	if err := s.conns.acquire(key); err != nil {
-		s.log.Warn("connection refused", "listener", kind.String(), "remote", raw.RemoteAddr().String(), "reason", err.Message)
-		s.refuse(raw, kind, err)
+	ip := limits.RemoteIP(raw)
+	conns, _ := s.group(kind)
+	release, err := conns.Acquire(ip)
+	if err != nil {
+		reply := errTooManyConns
+		if errors.Is(err, limits.ErrTooManyFromAddress) {
+			reply = errTooManyConnsForIP
+		}
+		s.log.Warn("connection refused", "listener", kind.String(), "remote", raw.RemoteAddr().String(), "reason", err.Error())
+		s.refuse(raw, kind, reply)
 		return
 	}
 	s.mu.Lock()
 	if s.shutting {
 		s.mu.Unlock()
-		s.conns.release(key)
+		release()
 		raw.Close()
 		return
 	}
@@ -286,7 +337,7 @@ func (s *Server) accept(raw net.Conn, kind listenerKind) {
 	s.mu.Unlock()
 	go func() {
 		defer s.wg.Done()
-		defer s.conns.release(key)
+		defer release()
 		s.handle(raw, kind, ip)
 	}()
 }
@@ -336,7 +387,9 @@ func (s *Server) handle(raw net.Conn, kind listenerKind, ip netip.Addr) {
 		cl.implicitTLS = tc
 		raw = tc
 	}
-	c := newConn(raw, s, log)
+	_, lim := s.group(kind)
+	cl.lim = lim
+	c := newConn(raw, s, log, lim.MaxErrors)
 	cl.conn = c
 	s.mu.Lock()
 	if s.shutting {
@@ -355,7 +408,9 @@ func (s *Server) handle(raw net.Conn, kind listenerKind, ip netip.Addr) {
 	srv := smtp.NewServer(cl)
 	srv.Domain = s.cfg.Hostname
 	srv.MaxMessageBytes = s.cfg.MaxMessageBytes
-	srv.ReadTimeout = s.cfg.CommandTimeout
+	// The wait for a command; a submission session gets IdleTimeout once
+	// it has logged in (session.authenticate).
+	srv.ReadTimeout = lim.LoginTimeout
 	srv.WriteTimeout = s.cfg.WriteTimeout
 	// The session decides who may AUTH (session.AuthMechanisms); go-smtp's
 	// own check cannot see implicit TLS through the wrapper.
@@ -366,9 +421,13 @@ func (s *Server) handle(raw net.Conn, kind listenerKind, ip netip.Addr) {
 		srv.TLSConfig = s.tls
 	}
 	srv.ErrorLog = libraryLog{log}
+	// go-smtp copies every read and write to Debug in plaintext: the
+	// observer counts the errors go-smtp answers itself, and traces.
+	cl.obs = &observer{cl: cl}
 	if s.cfg.Trace {
-		srv.Debug = newTracer(log, c, s.cfg.Hostname)
+		cl.obs.trace = newTracer(log, c, s.cfg.Hostname)
 	}
+	srv.Debug = cl.obs
 	srv.Serve(&oneConnListener{c: c})
 	log.Info("disconnect", "duration", s.now().Sub(start).Round(time.Millisecond).String(), "messages", cl.delivered)
 }
@@ -454,58 +513,4 @@ func newSessionID() string {
 	var b [6]byte
 	rand.Read(b[:])
 	return sessionIDEncoding.EncodeToString(b[:])[:10]
-}
-
-// remoteIP is the client's address, IPv4 unmapped.
-func remoteIP(c net.Conn) netip.Addr {
-	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
-		return ap.Addr().Unmap()
-	}
-	return netip.Addr{}
-}
-
-// clientKey groups client addresses for limits: an IPv4 address, or an
-// IPv6 /64 (one site's allocation, RFC 6177).
-func clientKey(ip netip.Addr) netip.Prefix {
-	bits := 32
-	if ip.Is6() {
-		bits = 64
-	}
-	p, err := ip.Prefix(bits)
-	if err != nil {
-		return netip.Prefix{}
-	}
-	return p
-}
-
-// connLimiter counts connections overall and per client key.
-type connLimiter struct {
-	mu        sync.Mutex
-	max       int
-	maxPerKey int
-	total     int
-	count     map[netip.Prefix]int
-}
-
-func (l *connLimiter) acquire(key netip.Prefix) *smtp.SMTPError {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.total >= l.max {
-		return errTooManyConns
-	}
-	if l.count[key] >= l.maxPerKey {
-		return errTooManyConnsForIP
-	}
-	l.total++
-	l.count[key]++
-	return nil
-}
-
-func (l *connLimiter) release(key netip.Prefix) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.total--
-	if l.count[key]--; l.count[key] <= 0 {
-		delete(l.count, key)
-	}
 }

@@ -1,19 +1,21 @@
 package smtpd
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
 	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/mailstore/limits"
 )
 
 // client is one connection: the smtp.Backend of its own smtp.Server.
@@ -25,6 +27,9 @@ type client struct {
 	id          string
 	log         *slog.Logger
 	implicitTLS *tls.Conn // on the implicit-TLS listener
+	lim         limits.Protocol
+	obs         *observer
+	smtpConn    *smtp.Conn // go-smtp's connection, from the first EHLO
 
 	authFailures int // failed AUTH on this connection
 	transactions int // MAIL commands accepted
@@ -35,6 +40,9 @@ type client struct {
 // STARTTLS.
 func (cl *client) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	s := &session{cl: cl, c: c, log: cl.log}
+	cl.smtpConn = c
+	// Not logged in (again, after STARTTLS): the wait before AUTH.
+	c.Server().ReadTimeout = cl.lim.LoginTimeout
 	if cl.implicitTLS != nil {
 		st := cl.implicitTLS.ConnectionState()
 		s.tls = &st
@@ -80,6 +88,8 @@ type transaction struct {
 	rcpts []mailstore.Recipient
 	seen  map[string]bool
 	local bool // some recipient reaches a local mailbox
+
+	refused int // recipients refused, for the error count
 }
 
 var (
@@ -89,8 +99,20 @@ var (
 )
 
 // Mail starts a transaction. go-smtp has parsed the reverse-path and its
-// parameters and checked SIZE against the limit.
+// parameters and checked SIZE against the limit. A permanent refusal
+// counts as an error of the session.
 func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+	err := s.mail(from, opts)
+	if isPermanent(err) {
+		s.cl.protocolError("MAIL refused")
+	}
+	return err
+}
+
+func (s *session) mail(from string, opts *smtp.MailOptions) error {
+	if s.cl.conn.isEnded() {
+		return errTooManyErrors
+	}
 	s.endTransaction()
 	if s.cl.kind.submission() && s.user == nil {
 		return errAuthRequired
@@ -114,6 +136,8 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 			if err := s.checkSender(sender); err != nil {
 				return err
 			}
+		} else if err := s.inboundSender(a); err != nil {
+			return err
 		}
 	}
 	s.cl.transactions++
@@ -139,35 +163,93 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 // checkSender allows an authenticated user to send as their own address or
 // an alias that reaches them.
 func (s *session) checkSender(sender string) error {
-	a, err := mailstore.NormalizeAddress(sender)
-	if err != nil {
+	ok, err := s.mayUse(sender)
+	switch {
+	case err != nil:
+		s.log.Error("sender check failed", "from", printable(sender), "err", err)
+		return errTemporaryFailure
+	case !ok:
+		s.log.Info("sender refused", "from", printable(sender), "user", s.user.Address, "reason", "not the user's address")
 		return errSenderNotOwned
 	}
+	return nil
+}
+
+// mayUse reports whether the logged-in user may send as addr: it is their
+// own address, or an alias that resolves to them (mailstore Resolve). An
+// error means the store could not tell.
+func (s *session) mayUse(addr string) (bool, error) {
+	a, err := mailstore.NormalizeAddress(addr)
+	if err != nil {
+		return false, nil
+	}
 	if a == s.user.Address {
-		return nil
+		return true, nil
 	}
 	res, err := s.cl.srv.store.Resolve(s.cl.srv.ctx, a)
 	switch {
 	case errors.Is(err, mailstore.ErrNoSuchUser), errors.Is(err, mailstore.ErrInvalidAddress):
+		return false, nil
 	case err != nil:
-		s.log.Error("sender check failed", "from", a, "err", err)
-		return errTemporaryFailure
-	default:
-		for _, u := range res.Users {
-			if u.ID == s.user.ID {
-				return nil
-			}
+		return false, fmt.Errorf("resolve %s: %w", a, err)
+	}
+	for _, u := range res.Users {
+		if u.ID == s.user.ID {
+			return true, nil
 		}
 	}
-	s.log.Info("sender refused", "from", a, "user", s.user.Address, "reason", "not the user's address")
-	return errSenderNotOwned
+	return false, nil
 }
 
-// Rcpt adds a recipient after the relay, user and quota checks.
+// inboundSender is the policy hook for the reverse-path of mail from a
+// client that has not logged in (the MX). A sender in a local domain
+// from such a client claims to be one of our users without proof: this
+// is where the SPF (RFC 7208) and DMARC (RFC 7489) checks of
+// smtpd/msgauth plug in, to refuse or mark such mail. There is no policy
+// yet: the claim is logged and the mail accepted.
+func (s *session) inboundSender(a address) error {
+	if a.literal {
+		return nil
+	}
+	local, err := s.cl.srv.store.IsLocalDomain(s.cl.srv.ctx, a.domain)
+	if err != nil {
+		s.log.Error("sender check failed", "from", a.String(), "err", err)
+		return errTemporaryFailure
+	}
+	if local {
+		s.log.Info("unauthenticated sender in a local domain", "from", a.String())
+	}
+	return nil
+}
+
+// Rcpt adds a recipient after the relay, user and quota checks. Beyond
+// freeRcptRefusals in a transaction, each permanent refusal counts as an
+// error of the session (address harvesting, relay probing).
 func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	if s.cl.conn.isEnded() {
+		return errTooManyErrors
+	}
 	tx := s.transaction()
 	if tx == nil {
 		return errTemporaryFailure // go-smtp sends RCPT only after a MAIL we accepted
+	}
+	err := s.rcpt(tx, to, opts)
+	if isPermanent(err) {
+		if tx.refused++; tx.refused > freeRcptRefusals {
+			s.cl.protocolError("recipient refused")
+		}
+	}
+	return err
+}
+
+func (s *session) rcpt(tx *transaction, to string, opts *smtp.RcptOptions) error {
+	if strings.EqualFold(to, "postmaster") {
+		// RFC 5321 4.5.1: "postmaster" without a domain must be taken.
+		pm, err := s.postmaster()
+		if err != nil {
+			return err
+		}
+		to = pm
 	}
 	// RFC 5321 4.5.3.1.8: at least 100 recipients; beyond the limit, 452
 	// asks the client to send the rest in another transaction.
@@ -230,6 +312,38 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	tx.add(norm, opts)
 	tx.local = tx.local || len(res.Users) > 0
 	return nil
+}
+
+// postmaster is the address a bare "postmaster" recipient stands for:
+// postmaster at the server's host name if that is a local domain and has
+// one, else at the first local domain that has one.
+func (s *session) postmaster() (string, error) {
+	store, ctx := s.cl.srv.store, s.cl.srv.ctx
+	domains, err := store.Domains(ctx)
+	if err != nil {
+		s.log.Error("recipient check failed", "to", "postmaster", "err", err)
+		return "", errTemporaryFailure
+	}
+	host := strings.ToLower(s.cl.srv.cfg.Hostname)
+	for i, d := range domains {
+		if d == host {
+			domains[0], domains[i] = domains[i], domains[0]
+		}
+	}
+	for _, d := range domains {
+		a := "postmaster@" + d
+		_, err := store.Resolve(ctx, a)
+		switch {
+		case err == nil:
+			return a, nil
+		case errors.Is(err, mailstore.ErrNoSuchUser), errors.Is(err, mailstore.ErrInvalidAddress):
+			continue
+		}
+		s.log.Error("recipient check failed", "to", a, "err", err)
+		return "", errTemporaryFailure
+	}
+	s.log.Info("recipient refused", "to", "postmaster", "reason", "no postmaster in any local domain")
+	return "", errNoSuchUser
 }
 
 // mailboxesFull reports whether every mailbox the recipient reaches is
@@ -307,13 +421,13 @@ func (s *session) AuthMechanisms() []string {
 // Auth starts an AUTH exchange; go-smtp has checked it is the first.
 func (s *session) Auth(mech string) (sasl.Server, error) {
 	switch {
+	case s.cl.conn.isEnded():
+		return nil, errTooManyErrors
 	case !s.cl.kind.submission():
 		return nil, errAuthNotOffered
 	case !s.authAllowed():
+		s.cl.protocolError("AUTH without TLS")
 		return nil, errEncryptionNeeded
-	case s.cl.srv.auth.blocked(clientKey(s.cl.ip)):
-		s.log.Warn("auth refused", "reason", "too many failures from this address")
-		return nil, errAuthTooManyFailed
 	}
 	switch mech {
 	case sasl.Plain:
@@ -324,35 +438,57 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 	return nil, errAuthMechanism
 }
 
-// authenticate checks a password with the mailstore. A failure is answered
-// late once the address has failed a few times; the session ends after
-// maxAuthFailuresPerSession.
+// authenticate checks a password through the process's login gate
+// (limits.Logins), which refuses an address that failed too often on any
+// protocol, bounds the password checks running at once, delays failures
+// and logs each in the one form fail2ban reads. A failure counts as an
+// error of the session, which ends after maxAuthFailuresPerSession.
 func (s *session) authenticate(mech, username, password string) error {
-	u, err := s.cl.srv.store.Authenticate(s.cl.srv.ctx, username, password)
-	if err == nil {
-		s.user = &u
-		s.log.Info("auth", "user", u.Address, "mechanism", mech)
-		return nil
+	if s.cl.conn.isEnded() {
+		return errTooManyErrors
 	}
-	if !errors.Is(err, mailstore.ErrAuthFailed) {
-		s.log.Error("auth failed", "mechanism", mech, "err", err)
-		return errAuthTemporary
-	}
-	delay, failures := s.cl.srv.auth.fail(clientKey(s.cl.ip))
-	s.cl.authFailures++
-	s.log.Warn("auth failed", "user", printable(username), "mechanism", mech, "failures_from_address", failures, "delay", delay.String())
-	if delay > 0 {
-		t := time.NewTimer(delay)
-		select {
-		case <-t.C:
-		case <-s.cl.srv.ctx.Done():
-			t.Stop()
+	var user mailstore.User
+	check := s.cl.srv.checkPassword
+	attempt := limits.Attempt{Protocol: "smtp", Mechanism: mech, Remote: s.cl.ip, User: username, Log: s.log}
+	err := s.cl.srv.sh.Logins.Check(s.cl.srv.ctx, attempt, func(ctx context.Context) (bool, error) {
+		u, err := check(ctx, username, password)
+		switch {
+		case err == nil:
+			user = u
+			return true, nil
+		case errors.Is(err, mailstore.ErrAuthFailed):
+			return false, nil
 		}
+		return false, err
+	})
+	switch {
+	case err == nil:
+		s.user = &user
+		// Logged in: the wait for a command is the idle timeout now.
+		s.c.Server().ReadTimeout = s.cl.lim.IdleTimeout
+		s.log.Info("auth", "user", user.Address, "mechanism", mech)
+		return nil
+	case errors.Is(err, limits.ErrLoginFailed):
+		s.cl.authFailures++
+		if s.cl.authFailures >= maxAuthFailuresPerSession {
+			s.cl.conn.expire("too many failed logins")
+		}
+		s.cl.protocolError("authentication failed")
+		return errAuthFailed
+	case errors.Is(err, limits.ErrBlocked):
+		s.cl.protocolError("address blocked after failed logins")
+		return errAuthTooManyFailed
+	case errors.Is(err, limits.ErrBusy):
+		return errAuthBusy
 	}
-	if s.cl.authFailures >= maxAuthFailuresPerSession {
-		s.cl.conn.expire("too many failed logins")
-	}
-	return errAuthFailed
+	s.log.Error("auth failed", "mechanism", mech, "err", err)
+	return errAuthTemporary
+}
+
+// isPermanent reports whether err is a 5xx reply.
+func isPermanent(err error) bool {
+	var se *smtp.SMTPError
+	return errors.As(err, &se) && se.Code >= 500
 }
 
 // printable shortens s and replaces control characters, for logs.

@@ -5,7 +5,7 @@ package relay
 // message with an outcome per recipient. go-smtp's Client does the
 // protocol; this file drives it.
 //
-// go-smtp v0.25 facts this file works around:
+// go-smtp facts (still so in v0.26) this file works around:
 //   - NewClientStartTLS greets with "EHLO localhost" before the upgrade,
 //     and the Client has no exported STARTTLS. So the session says EHLO
 //     with Client.Hello(hostname), sends STARTTLS itself on the raw
