@@ -251,8 +251,8 @@ func newServer(env *serveEnv, l listener) (serve func(net.Listener) error, shutd
 	cfg := env.cfg
 	switch l.Proto {
 	case "smtp", "submission", "submissions":
-		// One server for the three listeners: the connection and login
-		// limits are shared.
+		// One server for the three listeners; MX and submission have
+		// separate connection budgets ([limits.mx], [limits.submission]).
 		if env.smtp == nil {
 			env.smtp = smtpd.New(smtpd.Config{
 				Hostname:          cfg.Hostname,
@@ -262,6 +262,9 @@ func newServer(env *serveEnv, l listener) (serve func(net.Listener) error, shutd
 				AllowInsecureAuth: cfg.Auth.AllowInsecure,
 				Logger:            env.log.With("part", "smtp"),
 				Trace:             cfg.Log.Trace,
+				Limits:            env.limits.MX,
+				SubmissionLimits:  env.limits.Submission,
+				Shared:            env.limits.Shared,
 				// The relay is made after the listeners, before any
 				// session starts.
 				Queued: func() {
