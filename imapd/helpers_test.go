@@ -26,6 +26,7 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 
 	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/mailstore/limits"
 )
 
 const (
@@ -84,10 +85,10 @@ func newEnv(t testing.TB, configure ...func(*Config)) *testEnv {
 	tlsConfig, cert := selfSigned(t)
 	logs := &syncBuffer{}
 	cfg := Config{
-		Hostname:         "mail.example.test",
-		TLSConfig:        tlsConfig,
-		Logger:           slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		AuthFailureDelay: -1,
+		Hostname:  "mail.example.test",
+		TLSConfig: tlsConfig,
+		Logger:    slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Shared:    limits.Shared{Logins: limits.NewLogins(limits.LoginPolicy{FailureDelay: -1})},
 	}
 	for _, f := range configure {
 		f(&cfg)
