@@ -318,3 +318,10 @@ func asIMAPError(err error, target **imap.Error) bool { return errors.As(err, ta
 
 // newEnvLogger discards, for servers built outside newEnv.
 func newEnvLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// Reset empties the buffer.
+func (s *syncBuffer) Reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.b.Reset()
+}
