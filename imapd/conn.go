@@ -138,7 +138,7 @@ func (c *clientConn) Close() error {
 func (c *clientConn) Read(p []byte) (int, error) {
 	for {
 		c.mu.Lock()
-		eof, answered, cont := c.eof, c.answered, c.cont
+		eof, answered, cont, started := c.eof, c.answered, c.cont, c.tag != ""
 		c.mu.Unlock()
 		if eof {
 			return 0, io.EOF
@@ -183,6 +183,11 @@ func (c *clientConn) Read(p []byte) (int, error) {
 				return 0, err
 			}
 			continue
+		}
+		if started && !answered && !c.tail {
+			// imapserver reads on past the command's end (a quoted
+			// string across lines, say): the command ends here.
+			return 0, io.EOF
 		}
 		if err := c.frame(); err != nil {
 			return 0, err
@@ -261,6 +266,15 @@ func (c *clientConn) frame() error {
 			return err
 		}
 		text := bytes.TrimSuffix(bytes.TrimSuffix(line, []byte("\n")), []byte("\r"))
+		if bytes.IndexByte(text, '\r') >= 0 {
+			// imapserver would end the line at the CR and read the rest
+			// as another command (RFC 3501 9: CR only in CRLF).
+			t := tag
+			if !tail && len(segs) == 0 {
+				t, _, _ = parseStart(text)
+			}
+			return c.refuse(t, "BAD [CLIENTBUG] CR without LF", false)
+		}
 		first := !tail && len(segs) == 0
 		if first {
 			if len(text) == 0 {
@@ -579,12 +593,9 @@ func (c *clientConn) mayHold(start []byte) bool {
 	if c.greeting {
 		return true
 	}
-	if start[0] == '+' {
-		return true
-	}
-	want := c.tag + " "
-	k := min(len(start), len(want))
-	return c.tag != "" && string(start[:k]) == want[:k]
+	// Any tagged line: imapserver's internal error is rewritten whatever
+	// the tag. Untagged lines ("* ") pass at once.
+	return start[0] != '*' || (len(start) > 1 && start[1] != ' ')
 }
 
 // completeLine handles a whole response line that was held.
@@ -594,11 +605,11 @@ func (c *clientConn) completeLine(line []byte) error {
 		return nil
 	}
 	text := bytes.TrimSuffix(bytes.TrimSuffix(line, []byte("\n")), []byte("\r"))
+	if sp := bytes.IndexByte(text, ' '); sp > 0 && string(text[sp+1:]) == libInternalError {
+		line = append(text[:sp:sp], " BAD [CLIENTBUG] Malformed command\r\n"...)
+		text = line[:len(line)-2]
+	}
 	if c.tag != "" && bytes.HasPrefix(text, []byte(c.tag+" ")) {
-		if string(text[len(c.tag)+1:]) == libInternalError {
-			line = []byte(c.tag + " BAD [CLIENTBUG] Malformed command\r\n")
-			text = line[:len(line)-2]
-		}
 		if err := c.emit(line); err != nil {
 			return err
 		}
