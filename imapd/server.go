@@ -41,14 +41,15 @@
 //   - SEARCH is evaluated here: flags, UIDs, dates and sizes from the
 //     message list, then headers and decoded text only for the messages
 //     still in question.
-//   - Limits: connections in all and per client address
-//     (Config.MaxConnections, MaxConnectionsPerIP), failed logins per
-//     address (slowed by Config.AuthFailureDelay, refused for a while after
-//     maxAuthFailuresPerIP) and per session (maxAuthFailures, then BYE).
-//     imapserver bounds command lines and sets every read and write
-//     deadline (30 s per command, 35 min between commands, RFC 3501 5.4).
+//   - Limits come from mailstore/limits (Config.Limits, Config.Shared):
+//     connections per server, per client address and per process; failed
+//     logins across protocols and the password-check gate; the memory
+//     budget APPEND spools through. clientConn (conn.go) frames commands
+//     before imapserver reads them: it bounds lines and literals, sets
+//     login and idle timeouts, counts errors, and does STARTTLS.
 //   - Errors the client sees are tagged NO/BAD with response codes
-//     (errors.go); what went wrong inside is logged with the session ID,
+//     (errors.go); SERVERBUG only for a real internal failure, logged at
+//     ERROR; what went wrong inside is logged with the session ID,
 //     never sent. Passwords are never logged; Config.Trace logs protocol
 //     lines with LOGIN and AUTHENTICATE data replaced by "***".
 package imapd
