@@ -305,7 +305,7 @@ func BenchmarkIdleConnections(b *testing.B) {
 			},
 			Caps:         imap.CapSet{imap.CapIMAP4rev1: {}},
 			InsecureAuth: true,
-			Logger:       slogPrintf{newEnvLogger()},
+			Logger:       libLogger{&Server{log: newEnvLogger()}, "stub"},
 		})
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -316,7 +316,7 @@ func BenchmarkIdleConnections(b *testing.B) {
 		stub.Close()
 
 		env := newEnv(b, func(c *Config) {
-			c.MaxConnectionsPerIP = n + 10
+			c.Limits.MaxConnectionsPerAddress = n + 10
 			// Info level, as in production: lines are formatted, then
 			// dropped rather than kept in the test's buffer.
 			c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))

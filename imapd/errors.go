@@ -2,6 +2,7 @@ package imapd
 
 import (
 	"errors"
+	"net"
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapserver"
@@ -30,12 +31,20 @@ var (
 	errUnknownCTE    = &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeUnknownCTE, Text: "Unknown Content-Transfer-Encoding"}
 	errTemporary     = &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeUnavailable, Text: "Temporary server problem, try again later"}
 	errAuthThrottled = &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeUnavailable, Text: "Too many failed logins from your address, try again later"}
-	errAuthFailed    = imapserver.ErrAuthFailed
+	errAuthBusy      = &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeUnavailable, Text: "Too many logins in progress, try again soon"}
+	errNoMemory      = &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeUnavailable, Text: "Too many messages in transit, try again soon"}
+	errTooBig        = &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeTooBig, Text: "Message too big"}
+	// errExpungeIssued: a message the client may still address is gone
+	// (RFC 2180 4.1.3, RFC 5530 EXPUNGEISSUED).
+	errExpungeIssued = &imap.Error{Type: imap.StatusResponseTypeNo, Code: "EXPUNGEISSUED", Text: "Some of the requested messages no longer exist"}
+	// errServerBug has a text of its own: clientConn turns imapserver's
+	// "Internal server error" into BAD, since imapserver says it for
+	// input it rejects.
+	errServerBug  = &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeServerBug, Text: "Internal error, logged on the server"}
+	errAuthFailed = imapserver.ErrAuthFailed
 
-	errTooManyKeywords    = &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeLimit, Text: "Too many keywords in this mailbox"}
-	errShuttingDown       = &imap.Error{Type: imap.StatusResponseTypeBye, Code: imap.ResponseCodeUnavailable, Text: "Server shutting down"}
-	errTooManyConnections = &imap.Error{Type: imap.StatusResponseTypeBye, Code: imap.ResponseCodeUnavailable, Text: "Too many connections, try again later"}
-	errTooManyFromIP      = &imap.Error{Type: imap.StatusResponseTypeBye, Code: imap.ResponseCodeUnavailable, Text: "Too many connections from your address"}
+	errTooManyKeywords = &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeLimit, Text: "Too many keywords in this mailbox"}
+	errShuttingDown    = &imap.Error{Type: imap.StatusResponseTypeBye, Code: imap.ResponseCodeUnavailable, Text: "Server shutting down"}
 )
 
 // storeError turns a mailstore error about a mailbox name into the
@@ -58,4 +67,10 @@ func storeError(err error) *imap.Error {
 		return errTooManyKeywords
 	}
 	return nil
+}
+
+// isNetError reports whether err came from the client's connection.
+func isNetError(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne)
 }

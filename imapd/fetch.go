@@ -74,16 +74,35 @@ func (s *session) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *
 		}
 	}
 
+	gone := false
 	for _, t := range targets {
 		m := byUID[t.uid]
 		if m == nil {
-			continue // expunged meanwhile; its EXPUNGE comes later
+			gone = true // expunged meanwhile; its EXPUNGE comes later
+			continue
 		}
 		if err := s.fetchOne(ctx, w, t.seq, m, options, seenNow[m.UID]); err != nil {
 			return err
 		}
 	}
+	if gone {
+		// RFC 2180 4.1.3: the messages that still exist, then NO.
+		s.info("fetch of expunged messages")
+		return errExpungeIssued
+	}
 	return nil
+}
+
+// bodyError is FETCH's answer when a message's body cannot be read: one
+// expunged by another session meanwhile (mailstore.ErrNotFound) is the
+// client's to learn about with NOOP (RFC 2180 4.1.3, RFC 5530
+// EXPUNGEISSUED); anything else is the server's.
+func (s *session) bodyError(op string, uid uint32, err error) error {
+	if errors.Is(err, mailstore.ErrNotFound) {
+		s.info("message expunged while fetched", "uid", uid, "err", err)
+		return errExpungeIssued
+	}
+	return s.internal(op, err)
 }
 
 // fetchItem is one body section, prepared before the response starts:
@@ -107,7 +126,7 @@ func (s *session) fetchOne(ctx context.Context, w *imapserver.FetchWriter, seq u
 	if needData {
 		var err error
 		if data, err = s.srv.cache.get(ctx, m.BodyID); err != nil {
-			return s.internal("read message structure", err)
+			return s.bodyError("read message structure", m.UID, err)
 		}
 	}
 	var items []fetchItem
@@ -133,10 +152,10 @@ func (s *session) fetchOne(ctx context.Context, w *imapserver.FetchWriter, seq u
 		} else {
 			b, err := openBody()
 			if err != nil {
-				return s.internal("open message", err)
+				return s.bodyError("open message", m.UID, err)
 			}
 			if _, err := b.Seek(0, io.SeekStart); err != nil {
-				return s.internal("open message", err)
+				return s.bodyError("open message", m.UID, err)
 			}
 			if len(bs.Part) > maxSectionDepth {
 				it.data = nil
@@ -152,10 +171,10 @@ func (s *session) fetchOne(ctx context.Context, w *imapserver.FetchWriter, seq u
 		}
 		b, err := openBody()
 		if err != nil {
-			return s.internal("open message", err)
+			return s.bodyError("open message", m.UID, err)
 		}
 		if _, err := b.Seek(0, io.SeekStart); err != nil {
-			return s.internal("open message", err)
+			return s.bodyError("open message", m.UID, err)
 		}
 		items = append(items, fetchItem{binary: bs, data: imapserver.ExtractBinarySection(b, bs)})
 	}
@@ -165,17 +184,17 @@ func (s *session) fetchOne(ctx context.Context, w *imapserver.FetchWriter, seq u
 		}
 		b, err := openBody()
 		if err != nil {
-			return s.internal("open message", err)
+			return s.bodyError("open message", m.UID, err)
 		}
 		if _, err := b.Seek(0, io.SeekStart); err != nil {
-			return s.internal("open message", err)
+			return s.bodyError("open message", m.UID, err)
 		}
 		items = append(items, fetchItem{sizeFor: bss, size: imapserver.ExtractBinarySectionSize(b, bss)})
 	}
 	for i := range items {
 		if items[i].stream {
 			if _, err := openBody(); err != nil {
-				return s.internal("open message", err)
+				return s.bodyError("open message", m.UID, err)
 			}
 		}
 	}
@@ -219,6 +238,11 @@ func (s *session) fetchOne(ctx context.Context, w *imapserver.FetchWriter, seq u
 			if err := streamRange(wc, body, it.off, it.n); err != nil {
 				// The literal is cut short: the connection cannot go on.
 				s.conn.NetConn().Close()
+				if errors.Is(err, mailstore.ErrNotFound) {
+					s.info("message expunged while its body was sent", "uid", m.UID, "err", err)
+				} else {
+					s.error("stream message body failed", "uid", m.UID, "err", err)
+				}
 				wc.Close()
 				r.Close()
 				return fmt.Errorf("stream message body: %w", err)

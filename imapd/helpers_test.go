@@ -26,6 +26,7 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 
 	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/mailstore/limits"
 )
 
 const (
@@ -84,10 +85,10 @@ func newEnv(t testing.TB, configure ...func(*Config)) *testEnv {
 	tlsConfig, cert := selfSigned(t)
 	logs := &syncBuffer{}
 	cfg := Config{
-		Hostname:         "mail.example.test",
-		TLSConfig:        tlsConfig,
-		Logger:           slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		AuthFailureDelay: -1,
+		Hostname:  "mail.example.test",
+		TLSConfig: tlsConfig,
+		Logger:    slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Shared:    limits.Shared{Logins: limits.NewLogins(limits.LoginPolicy{FailureDelay: -1})},
 	}
 	for _, f := range configure {
 		f(&cfg)
@@ -317,3 +318,10 @@ func asIMAPError(err error, target **imap.Error) bool { return errors.As(err, ta
 
 // newEnvLogger discards, for servers built outside newEnv.
 func newEnvLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// Reset empties the buffer.
+func (s *syncBuffer) Reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.b.Reset()
+}

@@ -105,7 +105,7 @@ func TestMailboxCommands(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if *st.NumMessages != 2 || *st.NumUnseen != 2 || st.UIDNext != 3 || st.UIDValidity == 0 || *st.Size == 0 || *st.NumDeleted != 0 || *st.AppendLimit != defaultAppendLimit {
+	if *st.NumMessages != 2 || *st.NumUnseen != 2 || st.UIDNext != 3 || st.UIDValidity == 0 || *st.Size == 0 || *st.NumDeleted != 0 || *st.AppendLimit != defaultMaxMessageBytes {
 		t.Errorf("STATUS = %+v", st)
 	}
 	if _, err := c.Status("Nope", &imap.StatusOptions{NumMessages: true}).Wait(); !hasCode(err, imap.ResponseCodeNonExistent) {

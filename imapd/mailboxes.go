@@ -1,10 +1,8 @@
 package imapd
 
 import (
-	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"strings"
 
@@ -12,6 +10,7 @@ import (
 	"github.com/emersion/go-imap/v2/imapserver"
 
 	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/mailstore/limits"
 )
 
 // Authenticated state: the commands on mailboxes (RFC 3501 6.3).
@@ -20,10 +19,6 @@ const sep = mailstore.Separator
 
 // maxListPatterns bounds the patterns of one LIST-EXTENDED command.
 const maxListPatterns = 32
-
-// appendInitialBuffer is what an APPEND buffer starts with before the
-// literal's data arrives.
-const appendInitialBuffer = 64 << 10
 
 // mailboxName cleans a name from the client: a trailing separator only
 // says the name will have children (RFC 3501 6.3.3).
@@ -258,7 +253,7 @@ func (s *session) status(ctx context.Context, mb mailstore.Mailbox, options *ima
 		data.NumRecent = &zero
 	}
 	if options.AppendLimit {
-		limit := s.srv.cfg.AppendLimit
+		limit := uint32(s.srv.maxMessage)
 		data.AppendLimit = &limit
 	}
 	if options.DeletedStorage {
@@ -293,15 +288,35 @@ func (s *session) Append(name string, r imap.LiteralReader, options *imap.Append
 	if size == 0 {
 		return nil, errEmptyMessage
 	}
-	// imapserver has checked size against AppendLimit. The buffer grows
-	// with the data that arrives rather than trusting the announced size,
-	// so a client that announces much and sends little holds little.
-	var buf bytes.Buffer
-	buf.Grow(int(min(size, appendInitialBuffer)))
-	if _, err := io.CopyN(&buf, r, size); err != nil {
-		return nil, fmt.Errorf("read APPEND literal: %w", err)
+	// clientConn and imapserver have checked size against the limit. The
+	// message goes to a spool, in memory while the process's budget
+	// allows, else to a private file, so that a client that announces
+	// much and sends little holds little; then it is loaded for the
+	// store with room for its working copies, or refused for now.
+	sp := s.srv.shared.Memory.NewSpool(s.srv.shared.SpoolDir, s.srv.maxMessage)
+	defer func() {
+		if err := sp.Close(); err != nil {
+			s.warn("remove APPEND spool", "err", err)
+		}
+	}()
+	if _, err := io.CopyN(sp, r, size); err != nil {
+		if errors.Is(err, limits.ErrTooLarge) {
+			return nil, errTooBig
+		}
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isNetError(err) {
+			s.info("APPEND literal cut short", "err", err)
+			return nil, errTemporary
+		}
+		return nil, s.internal("spool APPEND", err)
 	}
-	msg := buf.Bytes()
+	msg, err := sp.Load(ctx, 0, 3)
+	if err != nil {
+		if errors.Is(err, limits.ErrNoMemory) {
+			s.info("APPEND refused for now", "size", size, "err", err)
+			return nil, errNoMemory
+		}
+		return nil, s.internal("load APPEND spool", err)
+	}
 	var flags []string
 	for _, f := range options.Flags {
 		flags = append(flags, string(f))

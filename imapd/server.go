@@ -41,14 +41,15 @@
 //   - SEARCH is evaluated here: flags, UIDs, dates and sizes from the
 //     message list, then headers and decoded text only for the messages
 //     still in question.
-//   - Limits: connections in all and per client address
-//     (Config.MaxConnections, MaxConnectionsPerIP), failed logins per
-//     address (slowed by Config.AuthFailureDelay, refused for a while after
-//     maxAuthFailuresPerIP) and per session (maxAuthFailures, then BYE).
-//     imapserver bounds command lines and sets every read and write
-//     deadline (30 s per command, 35 min between commands, RFC 3501 5.4).
+//   - Limits come from mailstore/limits (Config.Limits, Config.Shared):
+//     connections per server, per client address and per process; failed
+//     logins across protocols and the password-check gate; the memory
+//     budget APPEND spools through. clientConn (conn.go) frames commands
+//     before imapserver reads them: it bounds lines and literals, sets
+//     login and idle timeouts, counts errors, and does STARTTLS.
 //   - Errors the client sees are tagged NO/BAD with response codes
-//     (errors.go); what went wrong inside is logged with the session ID,
+//     (errors.go); SERVERBUG only for a real internal failure, logged at
+//     ERROR; what went wrong inside is logged with the session ID,
 //     never sent. Passwords are never logged; Config.Trace logs protocol
 //     lines with LOGIN and AUTHENTICATE data replaced by "***".
 package imapd
@@ -60,7 +61,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -69,39 +72,42 @@ import (
 	"github.com/emersion/go-imap/v2/imapserver"
 
 	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/mailstore/limits"
 )
 
 const (
-	// defaultAuthFailureDelay slows password guessing; Dovecot waits 2s too.
-	defaultAuthFailureDelay = 2 * time.Second
-	// maxAuthFailures ends a session (BYE) after this many failed logins.
-	maxAuthFailures = 5
-	// maxAuthFailuresPerIP refuses logins from an address after this many
-	// failures within authFailureWindow.
-	maxAuthFailuresPerIP = 20
-	authFailureWindow    = 10 * time.Minute
-	// maxThrottledIPs bounds the failed-login table.
-	maxThrottledIPs = 10000
-	// defaultMaxConnections and defaultMaxConnectionsPerIP bound sessions;
-	// a desktop client opens about five per account.
-	defaultMaxConnections      = 5000
-	defaultMaxConnectionsPerIP = 50
-	// defaultAppendLimit is APPENDLIMIT (RFC 7889): the size SMTP accepts
-	// by default (smtp.max_message_bytes).
-	defaultAppendLimit = 32 << 20
-	// tlsHandshakeTimeout bounds the handshake of an implicit-TLS
-	// connection (after STARTTLS, imapserver's command deadline does).
+	// defaultMaxMessageBytes is APPENDLIMIT (RFC 7889): the size SMTP
+	// accepts by default (smtp.max_message_bytes).
+	defaultMaxMessageBytes = 32 << 20
+	// defaultMaxCommandBytes and defaultMaxLiteralBytes bound a command
+	// line and a literal outside APPEND (limits.imap_command_bytes,
+	// limits.imap_literal_bytes); imapserver lowers both (see clientConn).
+	defaultMaxCommandBytes = 64 << 10
+	defaultMaxLiteralBytes = 64 << 10
+	// tlsHandshakeTimeout bounds a TLS handshake.
 	tlsHandshakeTimeout = 30 * time.Second
 	// storeTimeout bounds the mailstore work of one command.
 	storeTimeout = 2 * time.Minute
 	// maxAcceptDelay caps the back-off after a temporary Accept error.
 	maxAcceptDelay = time.Second
-	// byeTimeout bounds the BYE sent to each session at Shutdown.
+	// byeTimeout bounds the BYE sent to each session at Shutdown, and to
+	// a connection refused at once.
 	byeTimeout = 5 * time.Second
 	// shutdownPollInterval is how often Shutdown looks for sessions that
 	// are between commands, to say BYE to them.
 	shutdownPollInterval = 50 * time.Millisecond
 )
+
+// DefaultLimits is what a zero field of Config.Limits means. A desktop
+// client opens about five connections per account; RFC 9051 5.4 asks for
+// at least 30 minutes of idle time after login.
+var DefaultLimits = limits.Protocol{
+	MaxConnections:           2000,
+	MaxConnectionsPerAddress: 50,
+	LoginTimeout:             time.Minute,
+	IdleTimeout:              30 * time.Minute,
+	MaxErrors:                20,
+}
 
 // ErrServerClosed is returned by Serve and ServeTLS after Shutdown.
 var ErrServerClosed = errors.New("imapd: server closed")
@@ -126,17 +132,25 @@ type Config struct {
 	// the session ID and direction (C: client, S: server). LOGIN and AUTHENTICATE data are
 	// shown as "***"; literal contents (messages) are not logged.
 	Trace bool
-	// MaxConnections bounds the sessions of the server, and
-	// MaxConnectionsPerIP those from one client address; a connection
-	// over either gets "* BYE" at once. Zero means 5000 and 50.
-	MaxConnections      int
-	MaxConnectionsPerIP int
-	// AuthFailureDelay is how long a failed login waits before its NO.
-	// Zero means 2 seconds; a negative value means no wait (tests).
-	AuthFailureDelay time.Duration
-	// AppendLimit is the largest message APPEND takes (APPENDLIMIT). Zero
-	// means 32 MiB.
-	AppendLimit uint32
+	// Limits bounds connections ([limits.imap]): over MaxConnections or
+	// MaxConnectionsPerAddress a connection gets "* BYE [UNAVAILABLE]";
+	// LoginTimeout and IdleTimeout end a silent session before and after
+	// login; MaxErrors BAD responses and failed logins end a session.
+	// Zero fields take DefaultLimits.
+	Limits limits.Protocol
+	// Shared is what all servers of the process share: the process-wide
+	// connection budget, failed logins and password checks, the in-flight
+	// message memory (APPEND) and its spool directory.
+	Shared limits.Shared
+	// MaxMessageBytes is the largest message APPEND takes, advertised as
+	// APPENDLIMIT (RFC 7889). Zero means 32 MiB.
+	MaxMessageBytes int64
+	// MaxCommandBytes bounds a command line, literals not counted. Zero
+	// means 64 KiB; imapserver takes no more than 50 KiB.
+	MaxCommandBytes int
+	// MaxLiteralBytes bounds a literal outside APPEND. Zero means 64 KiB;
+	// imapserver takes no more than 4096 octets.
+	MaxLiteralBytes int64
 	// CacheEntries is how many messages' ENVELOPE and BODYSTRUCTURE are
 	// kept in memory. Zero means 4096.
 	CacheEntries int
@@ -145,15 +159,17 @@ type Config struct {
 // Server is an IMAP server over a mailstore. Its methods are safe for
 // concurrent use.
 type Server struct {
-	cfg   Config
-	store *mailstore.Store
-	log   *slog.Logger
-	boxes *registry
-	cache *dataCache
-	auth  *throttle
-
-	// strict refuses plaintext logins before STARTTLS; open allows them.
-	strict, open *imapserver.Server
+	cfg    Config
+	store  *mailstore.Store
+	log    *slog.Logger
+	boxes  *registry
+	cache  *dataCache
+	shared limits.Shared
+	conns  *limits.Conns
+	lim    limits.Protocol
+	// The bounds clientConn enforces.
+	maxLine                int
+	maxLiteral, maxMessage int64
 
 	// baseCtx is the parent of every session's store calls; it is
 	// canceled when Shutdown gives up waiting.
@@ -165,11 +181,9 @@ type Server struct {
 	mu        sync.Mutex
 	closed    bool
 	listeners map[net.Listener]struct{}
-	sessions  map[*session]struct{}
-	perIP     map[string]int
-	traced    map[string]*imapserver.Server // per-connection servers of Trace mode, by session ID
+	clients   map[*clientConn]*session // every connection, with its session once it has one
 	accepting sync.WaitGroup
-	done      chan struct{} // closed when the last session ends after Shutdown
+	done      chan struct{} // closed when the last connection ends after Shutdown
 }
 
 // New returns a server for store. It does not listen: give it listeners
@@ -181,17 +195,14 @@ func New(cfg Config, store *mailstore.Store) *Server {
 	if cfg.Secure == nil {
 		cfg.Secure = isLoopback
 	}
-	if cfg.MaxConnections <= 0 {
-		cfg.MaxConnections = defaultMaxConnections
+	if cfg.MaxMessageBytes <= 0 {
+		cfg.MaxMessageBytes = defaultMaxMessageBytes
 	}
-	if cfg.MaxConnectionsPerIP <= 0 {
-		cfg.MaxConnectionsPerIP = defaultMaxConnectionsPerIP
+	if cfg.MaxCommandBytes <= 0 {
+		cfg.MaxCommandBytes = defaultMaxCommandBytes
 	}
-	if cfg.AuthFailureDelay == 0 {
-		cfg.AuthFailureDelay = defaultAuthFailureDelay
-	}
-	if cfg.AppendLimit == 0 {
-		cfg.AppendLimit = defaultAppendLimit
+	if cfg.MaxLiteralBytes <= 0 {
+		cfg.MaxLiteralBytes = defaultMaxLiteralBytes
 	}
 	if cfg.CacheEntries <= 0 {
 		cfg.CacheEntries = defaultCacheEntries
@@ -200,25 +211,29 @@ func New(cfg Config, store *mailstore.Store) *Server {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
+	shared := cfg.Shared.WithDefaults()
+	conns, lim := shared.Group(cfg.Limits, DefaultLimits)
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
 		cfg:        cfg,
 		store:      store,
 		log:        log.With("server", "imap"),
 		boxes:      newRegistry(store),
-		auth:       newThrottle(),
+		shared:     shared,
+		conns:      conns,
+		lim:        lim,
+		maxLine:    min(cfg.MaxCommandBytes, libMaxLine),
+		maxLiteral: min(cfg.MaxLiteralBytes, libMaxLiteral),
+		// APPENDLIMIT is a number32 (RFC 7889), as is imapserver's.
+		maxMessage: min(cfg.MaxMessageBytes, math.MaxUint32),
 		baseCtx:    ctx,
 		cancelBase: cancel,
 		quit:       make(chan struct{}),
 		listeners:  make(map[net.Listener]struct{}),
-		sessions:   make(map[*session]struct{}),
-		perIP:      make(map[string]int),
-		traced:     make(map[string]*imapserver.Server),
+		clients:    make(map[*clientConn]*session),
 		done:       make(chan struct{}),
 	}
 	s.cache = newDataCache(store, cfg.CacheEntries, s.log)
-	s.strict = imapserver.New(s.options(false, ""))
-	s.open = imapserver.New(s.options(true, ""))
 	return s
 }
 
@@ -243,30 +258,47 @@ var caps = imap.CapSet{
 	imap.CapAppendLimit:      {},
 }
 
-// options configures one imapserver.Server. insecureAuth allows plaintext
-// logins before TLS; traceID, when set, logs the protocol of the one
-// connection that server will serve.
-func (s *Server) options(insecureAuth bool, traceID string) *imapserver.Options {
+// options configures the imapserver.Server of one connection: each has
+// its own, since imapserver decides per server whether plaintext logins
+// are allowed and whether STARTTLS is offered, and logs per server.
+func (s *Server) options(c *clientConn) *imapserver.Options {
 	o := &imapserver.Options{
-		NewSession: func(c *imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
-			return s.newSession(c, traceID)
+		NewSession: func(conn *imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
+			return s.newSession(conn, c)
 		},
 		Caps:         caps,
-		Logger:       slogPrintf{s.log},
-		TLSConfig:    s.cfg.TLSConfig,
-		InsecureAuth: insecureAuth,
+		Logger:       libLogger{s, c.id},
+		InsecureAuth: c.secure,
 	}
-	if traceID != "" {
-		o.DebugWriter = newTraceWriter(s.log.With("session", traceID))
+	if !c.isTLS {
+		o.TLSConfig = s.cfg.TLSConfig // only to offer STARTTLS: clientConn does it
+	}
+	if s.cfg.Trace {
+		o.DebugWriter = newTraceWriter(s.log.With("session", c.id))
 	}
 	return o
 }
 
-// slogPrintf passes imapserver's own messages to the logger.
-type slogPrintf struct{ log *slog.Logger }
+// libLogger passes imapserver's own messages to the logger. It reports
+// input its decoder rejected as an error of its own; those are the
+// client's (clientConn answers them BAD).
+type libLogger struct {
+	s  *Server
+	id string
+}
 
-func (l slogPrintf) Printf(format string, args ...any) {
-	l.log.Warn("imapserver: " + fmt.Sprintf(format, args...))
+func (l libLogger) Printf(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	level := slog.LevelWarn
+	switch {
+	case strings.HasPrefix(format, "handling "):
+		level, msg = slog.LevelInfo, "malformed command: "+msg
+	case strings.HasPrefix(format, "failed to read command"):
+		level = slog.LevelDebug
+	case strings.HasPrefix(format, "panic"):
+		level = slog.LevelError
+	}
+	l.s.log.Log(context.Background(), level, "imapserver: "+msg, "session", l.id)
 }
 
 // isLoopback is the default Config.Secure: a connection from 127.0.0.0/8
@@ -324,29 +356,59 @@ func (s *Server) serve(ln net.Listener) error {
 	}
 }
 
-// hand gives a connection to the imapserver.Server that fits it. Serve
-// on a one-connection listener starts the connection's goroutine and
-// returns at once.
-func (s *Server) hand(c net.Conn) {
-	_, isTLS := c.(*tls.Conn)
+// hand admits a new connection and starts its session.
+func (s *Server) hand(nc net.Conn) {
+	_, isTLS := nc.(*tls.Conn)
+	release, err := s.conns.Acquire(limits.RemoteIP(nc))
+	if err == nil {
+		c := newClientConn(s, nc, newSessionID(), isTLS, isTLS || s.cfg.AllowInsecureAuth || s.cfg.Secure(nc), release)
+		if !s.addConn(c) {
+			release()
+			err = errors.New("shutting down")
+		} else if isTLS {
+			go func() {
+				// Before imapserver, which sets no deadline until the
+				// greeting is written.
+				tc := nc.(*tls.Conn)
+				tc.SetDeadline(time.Now().Add(tlsHandshakeTimeout))
+				if err := tc.Handshake(); err != nil {
+					s.log.Debug("TLS handshake failed", "session", c.id, "remote", nc.RemoteAddr().String(), "err", err)
+					c.Close()
+					return
+				}
+				tc.SetDeadline(time.Time{})
+				s.serveConn(c)
+			}()
+			return
+		} else {
+			s.serveConn(c)
+			return
+		}
+	}
+	s.log.Info("connection refused", "remote", nc.RemoteAddr().String(), "reason", err.Error())
 	if isTLS {
-		// The handshake runs at the greeting, before imapserver sets a
-		// read deadline: bound it here.
-		c.SetDeadline(time.Now().Add(tlsHandshakeTimeout))
+		// Not worth a handshake: hang up.
+		nc.Close()
+		return
 	}
-	insecureOK := isTLS || s.cfg.AllowInsecureAuth || s.cfg.Secure(c)
-	srv := s.strict
-	if insecureOK {
-		srv = s.open
+	text := "Too many connections, try again later"
+	switch {
+	case errors.Is(err, limits.ErrTooManyFromAddress):
+		text = "Too many connections from your address"
+	case s.isClosed():
+		text = "Server shutting down"
 	}
-	if s.cfg.Trace {
-		id := newSessionID()
-		srv = imapserver.New(s.options(insecureOK, id))
-		s.mu.Lock()
-		s.traced[id] = srv
-		s.mu.Unlock()
-	}
-	if err := srv.Serve(&oneConn{c: c}); err != nil {
+	go func() {
+		nc.SetWriteDeadline(time.Now().Add(byeTimeout))
+		io.WriteString(nc, "* BYE [UNAVAILABLE] "+text+"\r\n")
+		nc.Close()
+	}()
+}
+
+// serveConn starts imapserver on c. Serve on a one-connection listener
+// starts the connection's goroutine and returns at once.
+func (s *Server) serveConn(c *clientConn) {
+	if err := imapserver.New(s.options(c)).Serve(&oneConn{c: c}); err != nil {
 		c.Close()
 	}
 }
@@ -399,7 +461,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for ln := range s.listeners {
 		ln.Close()
 	}
-	if len(s.sessions) == 0 {
+	if len(s.clients) == 0 {
 		s.closeDoneLocked()
 	}
 	s.mu.Unlock()
@@ -409,15 +471,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	defer tick.Stop()
 	for {
 		s.mu.Lock()
-		for sess := range s.sessions {
-			if sess.busy.Load() == 0 {
+		for _, sess := range s.clients {
+			if sess != nil && sess.busy.Load() == 0 {
 				sess.sayBye("Server shutting down")
 			}
 		}
 		s.mu.Unlock()
 		select {
 		case <-s.done:
-			s.closeLibServers()
 			s.cache.close()
 			return nil
 		case <-tick.C:
@@ -426,7 +487,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		break
 	}
-	s.closeLibServers()
+	s.mu.Lock()
+	for c := range s.clients {
+		c.Conn.Close() // imapserver's reads fail, and it closes c
+	}
+	s.mu.Unlock()
 	s.cancelBase()
 	select {
 	case <-s.done:
@@ -435,19 +500,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.cache.close()
 	return ctx.Err()
-}
-
-// closeLibServers closes every connection imapserver still holds.
-func (s *Server) closeLibServers() {
-	s.strict.Close()
-	s.open.Close()
-	s.mu.Lock()
-	traced := s.traced
-	s.traced = make(map[string]*imapserver.Server)
-	s.mu.Unlock()
-	for _, srv := range traced {
-		srv.Close()
-	}
 }
 
 func (s *Server) closeDoneLocked() {
@@ -482,36 +534,64 @@ func (s *Server) removeListener(ln net.Listener) {
 	ln.Close()
 }
 
-// admit registers a new session unless a limit or Shutdown forbids it.
-func (s *Server) admit(sess *session) error {
+// addConn registers a new connection unless Shutdown has begun.
+func (s *Server) addConn(c *clientConn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	switch {
-	case s.closed:
-		return errShuttingDown
-	case len(s.sessions) >= s.cfg.MaxConnections:
-		return errTooManyConnections
-	case s.perIP[sess.ip] >= s.cfg.MaxConnectionsPerIP:
-		return errTooManyFromIP
+	if s.closed {
+		return false
 	}
-	s.sessions[sess] = struct{}{}
-	s.perIP[sess.ip]++
-	return nil
+	s.clients[c] = nil
+	return true
 }
 
-// leave unregisters a session that ended.
-func (s *Server) leave(sess *session) {
+// replaceConn puts the TLS connection next in place of the plain one
+// after STARTTLS, unless Shutdown has begun.
+func (s *Server) replaceConn(old, next *clientConn) bool {
+	s.mu.Lock()
+	if _, ok := s.clients[old]; ok && !s.closed {
+		delete(s.clients, old)
+		s.clients[next] = nil
+		s.mu.Unlock()
+		return true
+	}
+	s.mu.Unlock()
+	s.connGone(old)
+	return false
+}
+
+// connGone unregisters a connection that was closed and gives back its
+// place in the connection budget.
+func (s *Server) connGone(c *clientConn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, ok := s.sessions[sess]; !ok {
+	if _, ok := s.clients[c]; !ok {
 		return
 	}
-	delete(s.sessions, sess)
-	if s.perIP[sess.ip]--; s.perIP[sess.ip] <= 0 {
-		delete(s.perIP, sess.ip)
-	}
-	delete(s.traced, sess.id)
-	if s.closed && len(s.sessions) == 0 {
+	delete(s.clients, c)
+	c.release()
+	if s.closed && len(s.clients) == 0 {
 		s.closeDoneLocked()
+	}
+}
+
+// attach records the session of a connection; false after Shutdown.
+func (s *Server) attach(c *clientConn, sess *session) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.clients[c]; !ok || s.closed {
+		return false
+	}
+	s.clients[c] = sess
+	return true
+}
+
+// detach forgets the session of a connection that goes on (STARTTLS) or
+// ends.
+func (s *Server) detach(c *clientConn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.clients[c]; ok {
+		s.clients[c] = nil
 	}
 }

@@ -12,6 +12,8 @@ import (
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
 	"github.com/emersion/go-sasl"
+
+	"github.com/postern/postern/mailstore/limits"
 )
 
 func TestCapabilities(t *testing.T) {
@@ -80,9 +82,10 @@ func TestAllowInsecureAuth(t *testing.T) {
 }
 
 func TestLoginFailures(t *testing.T) {
-	env := newEnv(t)
+	const maxErrors = 5
+	env := newEnv(t, func(c *Config) { c.Limits.MaxErrors = maxErrors })
 	rc := dialRaw(t, env.addr)
-	for i := 0; i < maxAuthFailures-1; i++ {
+	for i := 0; i < maxErrors-1; i++ {
 		got := rc.cmd("a", `LOGIN u@example.test wrong`)
 		if !strings.HasPrefix(got[len(got)-1], "a NO [AUTHENTICATIONFAILED]") {
 			t.Fatalf("bad password = %q", got)
@@ -95,42 +98,45 @@ func TestLoginFailures(t *testing.T) {
 	if strings.Contains(env.logs.String(), "secret pw") {
 		t.Error("the password shows in the log")
 	}
+	// One line per failure, written by limits for fail2ban.
+	if n := strings.Count(env.logs.String(), `protocol=imap remote=127.0.0.1 user=u@example.test mechanism=LOGIN`); n != maxErrors-1 {
+		t.Errorf("%d login failure lines, want %d:\n%s", n, maxErrors-1, env.logs)
+	}
 
-	// maxAuthFailures ends the session.
+	// MaxErrors failures end the session.
 	rc2 := dialRaw(t, env.addr)
-	for i := 0; i < maxAuthFailures-1; i++ {
+	for i := 0; i < maxErrors-1; i++ {
 		rc2.cmd("a", `LOGIN u@example.test wrong`)
 	}
 	fmt.Fprintf(rc2.c, "z LOGIN u@example.test wrong\r\n")
 	rc2.c.SetReadDeadline(time.Now().Add(waitTimeout))
 	all, _ := io.ReadAll(rc2.c)
-	if !strings.Contains(string(all), "* BYE") {
-		t.Errorf("after %d failures the server said %q, want BYE", maxAuthFailures, all)
+	if !strings.Contains(string(all), "z NO [AUTHENTICATIONFAILED]") || !strings.Contains(string(all), "* BYE") {
+		t.Errorf("after %d failures the server said %q, want NO and BYE", maxErrors, all)
 	}
 }
 
-func TestThrottlePerIP(t *testing.T) {
-	th := newThrottle()
-	now := time.Now()
-	for i := 0; i < maxAuthFailuresPerIP; i++ {
-		if th.blocked("192.0.2.1", now) {
-			t.Fatalf("blocked after %d failures", i)
+func TestLoginBlockedAcrossSessions(t *testing.T) {
+	logins := limits.NewLogins(limits.LoginPolicy{FailureDelay: -1, MaxFailures: 3})
+	env := newEnv(t, func(c *Config) { c.Shared.Logins = logins })
+	for i := 0; i < 3; i++ {
+		rc := dialRaw(t, env.addr)
+		if got := rc.cmd("a", `LOGIN u@example.test wrong`); !strings.HasPrefix(got[len(got)-1], "a NO [AUTHENTICATIONFAILED]") {
+			t.Fatalf("bad password = %q", got)
 		}
-		th.fail("192.0.2.1", now)
 	}
-	if !th.blocked("192.0.2.1", now) {
-		t.Error("not blocked after maxAuthFailuresPerIP failures")
+	// Blocked now, even with the right password, on a new connection.
+	rc := dialRaw(t, env.addr)
+	if got := rc.cmd("b", `LOGIN u@example.test "secret pw"`); !strings.HasPrefix(got[len(got)-1], "b NO [UNAVAILABLE]") {
+		t.Errorf("good password from a blocked address = %q", got)
 	}
-	if th.blocked("192.0.2.2", now) {
-		t.Error("another address is blocked")
-	}
-	if th.blocked("192.0.2.1", now.Add(authFailureWindow+time.Second)) {
-		t.Error("still blocked after the window")
+	if got := rc.cmd("c", "AUTHENTICATE PLAIN AHVAZXhhbXBsZS50ZXN0AHNlY3JldCBwdw=="); !strings.HasPrefix(got[len(got)-1], "c NO [UNAVAILABLE]") {
+		t.Errorf("AUTHENTICATE from a blocked address = %q", got)
 	}
 }
 
 func TestConnectionLimits(t *testing.T) {
-	env := newEnv(t, func(c *Config) { c.MaxConnectionsPerIP = 2 })
+	env := newEnv(t, func(c *Config) { c.Limits.MaxConnectionsPerAddress = 2 })
 	dialRaw(t, env.addr)
 	dialRaw(t, env.addr)
 	c, err := net.Dial("tcp", env.addr)
@@ -141,8 +147,23 @@ func TestConnectionLimits(t *testing.T) {
 	c.SetReadDeadline(time.Now().Add(waitTimeout))
 	buf := make([]byte, 200)
 	n, _ := c.Read(buf)
-	if got := string(buf[:n]); !strings.HasPrefix(got, "* BYE") {
-		t.Errorf("third connection got %q, want BYE", got)
+	if got := string(buf[:n]); !strings.HasPrefix(got, "* BYE [UNAVAILABLE]") {
+		t.Errorf("third connection got %q, want BYE [UNAVAILABLE]", got)
+	}
+
+	// The process-wide budget, shared with other servers, counts too.
+	shared := limits.NewConns(1, 0, nil)
+	env2 := newEnv(t, func(c *Config) { c.Shared.Conns = shared })
+	dialRaw(t, env2.addr)
+	c2, err := net.Dial("tcp", env2.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	c2.SetReadDeadline(time.Now().Add(waitTimeout))
+	n, _ = c2.Read(buf)
+	if got := string(buf[:n]); !strings.HasPrefix(got, "* BYE [UNAVAILABLE] Too many connections") {
+		t.Errorf("connection over the shared budget got %q", got)
 	}
 }
 

@@ -3,19 +3,17 @@ package imapd
 import (
 	"context"
 	"crypto/rand"
-	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"log/slog"
-	"net"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapserver"
 
 	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/mailstore/limits"
 )
 
 // session is one IMAP connection's backend. imapserver calls its methods
@@ -23,16 +21,15 @@ import (
 type session struct {
 	srv  *Server
 	conn *imapserver.Conn
+	cc   *clientConn
 	id   string
-	ip   string
 
 	// busy counts the calls in progress: Shutdown says BYE only to a
 	// session between commands.
 	busy    atomic.Int32
 	byeOnce sync.Once
 
-	user     *mailstore.User
-	failures int
+	user *mailstore.User
 	// view is the selected mailbox. It changes only on imapserver's
 	// command goroutine, under mu, which Idle (on its own goroutine, and
 	// possibly still running when Close is called) takes to read it.
@@ -50,33 +47,16 @@ var (
 	_ imapserver.SessionMove           = (*session)(nil)
 )
 
-func (s *Server) newSession(c *imapserver.Conn, traceID string) (imapserver.Session, *imapserver.GreetingData, error) {
-	nc := c.NetConn()
-	id := traceID
-	if id == "" {
-		id = newSessionID()
+func (s *Server) newSession(c *imapserver.Conn, cc *clientConn) (imapserver.Session, *imapserver.GreetingData, error) {
+	sess := &session{srv: s, conn: c, cc: cc, id: cc.id}
+	if !s.attach(cc, sess) {
+		return nil, nil, errShuttingDown
 	}
-	ip := nc.RemoteAddr().String()
-	if host, _, err := net.SplitHostPort(ip); err == nil {
-		ip = host
+	if cc.greeting {
+		sess.info("TLS started")
+	} else {
+		sess.info("connect", "remote", cc.RemoteAddr().String(), "local", cc.LocalAddr().String(), "tls", cc.isTLS)
 	}
-	sess := &session{srv: s, conn: c, id: id, ip: ip}
-	if err := s.admit(sess); err != nil {
-		sess.info("connection refused", "remote", nc.RemoteAddr().String(), "reason", err.Error())
-		if tc, ok := nc.(*tls.Conn); ok && !tc.ConnectionState().HandshakeComplete {
-			// The refusal would be written through a TLS handshake the
-			// client may never answer: hang up instead of waiting for it.
-			nc.Close()
-		}
-		if traceID != "" {
-			s.mu.Lock()
-			delete(s.traced, traceID)
-			s.mu.Unlock()
-		}
-		return nil, nil, err
-	}
-	_, isTLS := nc.(*tls.Conn)
-	sess.info("connect", "remote", nc.RemoteAddr().String(), "local", nc.LocalAddr().String(), "tls", isTLS)
 	return sess, nil, nil
 }
 
@@ -135,14 +115,16 @@ func (s *session) ctx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(s.srv.baseCtx, storeTimeout)
 }
 
-// internal logs an unexpected store failure and returns what the client
-// is told.
+// internal logs an unexpected failure and returns what the client is
+// told: NO [UNAVAILABLE] when the store is closing or the command took
+// too long, else NO [SERVERBUG], logged at ERROR with its cause.
 func (s *session) internal(op string, err error) error {
-	if errors.Is(err, context.Canceled) || errors.Is(err, mailstore.ErrClosed) {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, mailstore.ErrClosed) {
+		s.info(op+" interrupted", "err", err)
 		return errTemporary
 	}
 	s.error(op+" failed", "err", err)
-	return errTemporary
+	return errServerBug
 }
 
 // sayBye ends the session with an untagged BYE, once, without waiting.
@@ -156,46 +138,50 @@ func (s *session) sayBye(text string) {
 	})
 }
 
-// Close is called by imapserver when the connection ends.
+// Close is called by imapserver when the connection ends, or is handed
+// on after STARTTLS.
 func (s *session) Close() error {
 	s.setView(nil)
-	s.srv.leave(s)
-	s.info("disconnect")
+	s.srv.detach(s.cc)
+	if s.cc.handover {
+		s.info("STARTTLS")
+	} else {
+		s.info("disconnect")
+	}
 	return nil
 }
 
-// Login checks a LOGIN or AUTHENTICATE PLAIN. imapserver refuses both on a
-// connection that is not secure (see Config.Secure) before calling it.
+// Login checks a LOGIN or AUTHENTICATE PLAIN through the process's
+// failed-login record and password-check gate, which also logs each
+// failure. imapserver refuses both on a connection that is not secure
+// (see Config.Secure) before calling it.
 func (s *session) Login(username, password string) error {
 	defer s.enter()()
-	if s.srv.auth.blocked(s.ip, time.Now()) {
-		s.warn("login refused: too many failures from address", "user", username)
-		return errAuthThrottled
-	}
 	ctx, cancel := s.ctx()
 	defer cancel()
+	mech := "PLAIN"
+	if s.cc.command() == "LOGIN" {
+		mech = "LOGIN"
+	}
 	var u mailstore.User
-	var err error
-	offStack(func() { u, err = s.srv.store.Authenticate(ctx, username, password) })
-	if err != nil {
-		if !errors.Is(err, mailstore.ErrAuthFailed) {
-			return s.internal("authenticate", err)
+	a := limits.Attempt{Protocol: "imap", Mechanism: mech, Remote: limits.RemoteIP(s.cc.Conn), User: username, Log: s.logger()}
+	err := s.srv.shared.Logins.Check(ctx, a, func(ctx context.Context) (ok bool, err error) {
+		offStack(func() { u, err = s.srv.store.Authenticate(ctx, username, password) })
+		if errors.Is(err, mailstore.ErrAuthFailed) {
+			return false, nil
 		}
-		s.failures++
-		s.srv.auth.fail(s.ip, time.Now())
-		s.warn("login failed", "user", username, "failures", s.failures)
-		if d := s.srv.cfg.AuthFailureDelay; d > 0 {
-			t := time.NewTimer(d)
-			select {
-			case <-t.C:
-			case <-s.srv.quit:
-				t.Stop()
-			}
-		}
-		if s.failures >= maxAuthFailures {
-			s.sayBye("Too many failed logins")
-		}
+		return err == nil, err
+	})
+	switch {
+	case err == nil:
+	case errors.Is(err, limits.ErrLoginFailed):
 		return errAuthFailed
+	case errors.Is(err, limits.ErrBlocked):
+		return errAuthThrottled
+	case errors.Is(err, limits.ErrBusy):
+		return errAuthBusy
+	default:
+		return s.internal("authenticate", err)
 	}
 	s.user = &u
 	s.info("login")
@@ -218,52 +204,7 @@ func (s *session) Namespace() (*imap.NamespaceData, error) {
 }
 
 // AppendLimit is advertised as APPENDLIMIT=n (RFC 7889).
-func (s *session) AppendLimit() uint32 { return s.srv.cfg.AppendLimit }
-
-// throttle counts failed logins per client address.
-type throttle struct {
-	mu  sync.Mutex
-	ips map[string]*failures
-}
-
-type failures struct {
-	n     int
-	first time.Time
-}
-
-func newThrottle() *throttle { return &throttle{ips: make(map[string]*failures)} }
-
-func (t *throttle) blocked(ip string, now time.Time) bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	f := t.ips[ip]
-	if f == nil {
-		return false
-	}
-	if now.Sub(f.first) > authFailureWindow {
-		delete(t.ips, ip)
-		return false
-	}
-	return f.n >= maxAuthFailuresPerIP
-}
-
-func (t *throttle) fail(ip string, now time.Time) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	f := t.ips[ip]
-	if f == nil || now.Sub(f.first) > authFailureWindow {
-		if len(t.ips) >= maxThrottledIPs {
-			for k, v := range t.ips { // drop the expired, or any one
-				if now.Sub(v.first) > authFailureWindow || len(t.ips) >= maxThrottledIPs {
-					delete(t.ips, k)
-				}
-			}
-		}
-		f = &failures{first: now}
-		t.ips[ip] = f
-	}
-	f.n++
-}
+func (s *session) AppendLimit() uint32 { return uint32(s.srv.maxMessage) }
 
 // setView replaces the selected mailbox, closing the one before.
 func (s *session) setView(v *view) {
