@@ -307,6 +307,11 @@ func newServer(env *serveEnv, l listener) (serve func(net.Listener) error, shutd
 				AllowInsecureAuth: cfg.Auth.AllowInsecure,
 				Logger:            env.log.With("part", "imap"),
 				Trace:             cfg.Log.Trace,
+				Limits:            env.limits.IMAP,
+				Shared:            env.limits.Shared,
+				MaxMessageBytes:   env.limits.MaxMessageBytes,
+				MaxCommandBytes:   env.limits.IMAPCommandBytes,
+				MaxLiteralBytes:   env.limits.IMAPLiteralBytes,
 			}, env.store)
 		}
 		if l.Proto == "imaps" {
