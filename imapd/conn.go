@@ -85,11 +85,6 @@ const (
 	commandTimeout = 30 * time.Second
 	// literalTimeout bounds each read of an APPEND literal.
 	literalTimeout = time.Minute
-	// libMaxLine and libMaxLiteral are imapserver's own bounds
-	// (imapserver/conn.go: maxCommandSize, checkBufferedLiteral), which
-	// Config.MaxCommandBytes and MaxLiteralBytes cannot exceed.
-	libMaxLine    = 50 * 1024
-	libMaxLiteral = 4096
 	// maxCommandLiterals bounds the literal bytes of one command (other
 	// than an APPEND message).
 	maxCommandLiterals = 64 << 10

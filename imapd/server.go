@@ -75,6 +75,16 @@ import (
 	"github.com/postern/postern/mailstore/limits"
 )
 
+// LibraryMaxCommandBytes and LibraryMaxLiteralBytes are imapserver's own
+// bounds on a command line and on a literal outside APPEND
+// (imapserver/conn.go: maxCommandSize, checkBufferedLiteral), which
+// Config.MaxCommandBytes and MaxLiteralBytes cannot exceed; they are also
+// the defaults.
+const (
+	LibraryMaxCommandBytes = 50 * 1024
+	LibraryMaxLiteralBytes = 4096
+)
+
 const (
 	// defaultMaxMessageBytes is APPENDLIMIT (RFC 7889): the size SMTP
 	// accepts by default (smtp.max_message_bytes).
@@ -82,8 +92,8 @@ const (
 	// defaultMaxCommandBytes and defaultMaxLiteralBytes bound a command
 	// line and a literal outside APPEND (limits.imap_command_bytes,
 	// limits.imap_literal_bytes); imapserver lowers both (see clientConn).
-	defaultMaxCommandBytes = 64 << 10
-	defaultMaxLiteralBytes = 64 << 10
+	defaultMaxCommandBytes = LibraryMaxCommandBytes
+	defaultMaxLiteralBytes = LibraryMaxLiteralBytes
 	// tlsHandshakeTimeout bounds a TLS handshake.
 	tlsHandshakeTimeout = 30 * time.Second
 	// storeTimeout bounds the mailstore work of one command.
@@ -222,8 +232,8 @@ func New(cfg Config, store *mailstore.Store) *Server {
 		shared:     shared,
 		conns:      conns,
 		lim:        lim,
-		maxLine:    min(cfg.MaxCommandBytes, libMaxLine),
-		maxLiteral: min(cfg.MaxLiteralBytes, libMaxLiteral),
+		maxLine:    min(cfg.MaxCommandBytes, LibraryMaxCommandBytes),
+		maxLiteral: min(cfg.MaxLiteralBytes, LibraryMaxLiteralBytes),
 		// APPENDLIMIT is a number32 (RFC 7889), as is imapserver's.
 		maxMessage: min(cfg.MaxMessageBytes, math.MaxUint32),
 		baseCtx:    ctx,

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/postern/postern/imapd"
 	"github.com/postern/postern/mailstore/limits"
 )
 
@@ -60,8 +61,8 @@ func defaultLimits() LimitsConfig {
 		LoginBlock:         "15m",
 		LoginFailureDelay:  "2s",
 		InFlightBytes:      limits.DefaultMemory,
-		IMAPCommandBytes:   64 << 10,
-		IMAPLiteralBytes:   64 << 10,
+		IMAPCommandBytes:   imapd.LibraryMaxCommandBytes,
+		IMAPLiteralBytes:   imapd.LibraryMaxLiteralBytes,
 		MX:                 ProtocolLimits{1000, 20, "5m", "5m", 20},
 		Submission:         ProtocolLimits{500, 20, "1m", "5m", 10},
 		POP3:               ProtocolLimits{1000, 20, "1m", "10m", 10},
@@ -142,6 +143,14 @@ func (c *Config) validateLimits(bad func(key, format string, args ...any)) {
 	}
 	atLeast("limits.imap_command_bytes", int64(l.IMAPCommandBytes), minIMAPCommandBytes)
 	atLeast("limits.imap_literal_bytes", int64(l.IMAPLiteralBytes), 1)
+	// The IMAP library bounds both itself; a larger value would promise
+	// what it refuses.
+	if l.IMAPCommandBytes > imapd.LibraryMaxCommandBytes {
+		bad("limits.imap_command_bytes", "must be at most %d (the IMAP library's own bound)", imapd.LibraryMaxCommandBytes)
+	}
+	if l.IMAPLiteralBytes > imapd.LibraryMaxLiteralBytes {
+		bad("limits.imap_literal_bytes", "must be at most %d (the IMAP library's own bound)", imapd.LibraryMaxLiteralBytes)
+	}
 
 	largest, largestKey := 0, ""
 	for _, g := range l.groups() {
