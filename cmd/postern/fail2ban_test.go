@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -11,6 +12,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/postern/postern/mailstore/limits"
 )
@@ -301,5 +303,70 @@ func TestSystemdUnit(t *testing.T) {
 	}
 	if !strings.Contains(string(filter), "_SYSTEMD_UNIT="+filepath.Base(unit)) {
 		t.Errorf("the fail2ban filter's journalmatch does not name %s", filepath.Base(unit))
+	}
+}
+
+// TestServeFailedLoginsAcrossProtocols runs serve, fails logins over
+// submission, POP3 and IMAP from one address until it is blocked, checks
+// that the right password is then refused on every protocol, and that
+// every "login failed" line serve logged, in text and in JSON, is counted
+// by the shipped fail2ban filter with the client's address.
+func TestServeFailedLoginsAcrossProtocols(t *testing.T) {
+	fail, ignore := readFilter(t, fail2banFilter)
+	for _, format := range []string{"text", "json"} {
+		t.Run(format, func(t *testing.T) {
+			r := startServe(t, "[limits]\nlogin_failures = 4\nlogin_failure_delay = \"0s\"\n[log]\nformat = \""+format+"\"\n")
+			r.addUser(t, "user@example.test", "right")
+			try := func(p loginProto, pass string) bool {
+				t.Helper()
+				conn, err := net.DialTimeout("tcp", r.addrs[p.service], 10*time.Second)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer conn.Close()
+				conn.SetDeadline(time.Now().Add(20 * time.Second))
+				br := bufio.NewReader(conn)
+				if err := p.greet(br, conn); err != nil {
+					t.Fatalf("%s greeting: %v", p.service, err)
+				}
+				ok, _, err := p.login(br, conn, "user@example.test", pass)
+				if err != nil {
+					t.Fatalf("%s login: %v", p.service, err)
+				}
+				return ok
+			}
+			// Four failures spread over the protocols block 127.0.0.1.
+			for i, p := range []loginProto{loginProtos[0], loginProtos[1], loginProtos[2], loginProtos[0]} {
+				if try(p, "wrong") {
+					t.Fatalf("failure %d: a wrong password was accepted over %s", i, p.service)
+				}
+			}
+			for _, p := range loginProtos {
+				if try(p, "right") {
+					t.Errorf("%s accepted the right password from a blocked address", p.service)
+				}
+			}
+			// Every failed login gave one line the filter counts.
+			seen := map[string]int{}
+			lines := 0
+			for _, line := range strings.Split(r.stderr.String(), "\n") {
+				if !strings.Contains(line, "login failed") {
+					continue
+				}
+				lines++
+				host, ok := f2bMatch(fail, ignore, line)
+				if !ok || host != "127.0.0.1" {
+					t.Errorf("filter gave %q, %v for %s", host, ok, line)
+				}
+				for _, proto := range []string{"smtp", "pop3", "imap"} {
+					if strings.Contains(line, `protocol=`+proto+` `) || strings.Contains(line, `"protocol":"`+proto+`"`) {
+						seen[proto]++
+					}
+				}
+			}
+			if lines != 7 || seen["smtp"] != 3 || seen["pop3"] != 2 || seen["imap"] != 2 {
+				t.Fatalf("%d login-failed lines, per protocol %v; want 7 (smtp 3, pop3 2, imap 2):\n%s", lines, seen, r.stderr.String())
+			}
+		})
 	}
 }
