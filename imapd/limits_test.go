@@ -108,4 +108,9 @@ func TestFetchRacesExpunge(t *testing.T) {
 	if strings.Contains(env.logs.String(), "level=ERROR") {
 		t.Errorf("ERROR logged:\n%s", env.logs)
 	}
+	// The session's Hold keeps the body of a message it still shows: a
+	// FETCH that found the message never finds its body gone.
+	if strings.Contains(env.logs.String(), "message expunged while fetched") {
+		t.Errorf("a body went while the session could still address its message:\n%s", env.logs)
+	}
 }

@@ -92,6 +92,10 @@ type mailboxState struct {
 type view struct {
 	st       *mailboxState
 	readOnly bool
+	// hold keeps the bodies of messages expunged elsewhere readable until
+	// the client has been told of the expunge (RFC 2180 4.1): it is
+	// synced only when every queued EXPUNGE is about to be sent.
+	hold *mailstore.Hold
 
 	// Guarded by st.mu.
 	count  uint32   // messages the client knows of
@@ -118,6 +122,9 @@ func (r *registry) open(ctx context.Context, mb mailstore.Mailbox, readOnly bool
 	}
 	r.mu.Unlock()
 
+	// Hold before reading, so that no message the client is told of can
+	// lose its body before the client is told it is gone.
+	hold := r.store.Hold()
 	var msgs []mailstore.Message
 	if st == nil {
 		// Subscribe before reading, so that nothing committed in between
@@ -127,6 +134,7 @@ func (r *registry) open(ctx context.Context, mb mailstore.Mailbox, readOnly bool
 		msgs, err = r.store.Messages(ctx, mb.ID, nil)
 		if err != nil {
 			sub.Close()
+			hold.Close()
 			return nil, nil, err
 		}
 		fresh := &mailboxState{reg: r, id: mb.ID, sub: sub, refs: 1, views: make(map[*view]struct{})}
@@ -151,11 +159,12 @@ func (r *registry) open(ctx context.Context, mb mailstore.Mailbox, readOnly bool
 		msgs, err = r.store.Messages(ctx, mb.ID, nil)
 		if err != nil {
 			st.release()
+			hold.Close()
 			return nil, nil, err
 		}
 	}
 
-	v := &view{st: st, readOnly: readOnly}
+	v := &view{st: st, readOnly: readOnly, hold: hold}
 	st.mu.Lock()
 	st.sync(ctx)
 	v.count = uint32(len(st.uids))
@@ -196,6 +205,7 @@ func (v *view) close() {
 	v.queue, v.own = nil, nil
 	st.mu.Unlock()
 	st.release()
+	v.hold.Close()
 }
 
 // sync applies what the change feed has gathered, queueing updates for
@@ -530,6 +540,12 @@ func (v *view) changed(ctx context.Context) {
 // EXPUNGE when expunges are not allowed (RFC 3501 7.4.1: not during
 // FETCH, STORE or SEARCH).
 func (v *view) take(ctx context.Context, allowExpunge bool) []update {
+	if allowExpunge {
+		// Every expunge committed before this Sync is in the feed now, is
+		// drained below and sent with the rest of the queue before the
+		// session reads another body (the store's order, see Hold.Sync).
+		v.hold.Sync()
+	}
 	st := v.st
 	st.mu.Lock()
 	defer st.mu.Unlock()
