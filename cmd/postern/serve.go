@@ -15,6 +15,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -166,6 +167,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer) (e
 	if err := limits.RemoveStale(cfg.DataDir); err != nil {
 		log.Warn("stale spool files left in the data directory", "data_dir", cfg.DataDir, "err", err)
 	}
+	setMemoryLimit(cfg, log)
 	env := &serveEnv{cfg: cfg, log: log, store: store, tls: tlsConfig, limits: newServeLimits(cfg, plan.Connections)}
 	servers, err := buildServers(env)
 	if err != nil {
@@ -175,6 +177,25 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer) (e
 	log.Info("serving", "hostname", cfg.Hostname, "data_dir", cfg.DataDir, "servers", len(servers),
 		"connections", plan.Connections)
 	return runServers(ctx, log, servers)
+}
+
+// memoryHeadroom is what serve needs besides the messages in memory
+// (limits.in_flight_bytes): password checks (19 MiB each), the store's
+// caches, sessions and the runtime.
+const memoryHeadroom = 128 << 20
+
+// setMemoryLimit gives the Go runtime a soft memory limit of
+// limits.in_flight_bytes plus memoryHeadroom, unless GOMEMLIMIT sets one:
+// the garbage collector then works harder near it instead of letting the
+// heap grow to twice what is live, so that a burst of large messages does
+// not leave the process twice as large as its budget says.
+func setMemoryLimit(cfg *Config, log *slog.Logger) {
+	if os.Getenv("GOMEMLIMIT") != "" {
+		return
+	}
+	limit := cfg.Limits.InFlightBytes + memoryHeadroom
+	debug.SetMemoryLimit(limit)
+	log.Info("memory limit", "bytes", limit)
 }
 
 // planFileDescriptors raises the file-descriptor limit and decides the

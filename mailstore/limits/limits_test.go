@@ -521,3 +521,40 @@ func TestRemoveStale(t *testing.T) {
 		t.Fatalf("left %v, want only mail.db", files)
 	}
 }
+
+func TestLoadMovesIdleSpoolsToDisk(t *testing.T) {
+	dir := t.TempDir()
+	b := NewBudget(1 << 20)
+	a, bb := b.NewSpool(dir, 0), b.NewSpool(dir, 0)
+	defer a.Close()
+	defer bb.Close()
+	msgA := bytes.Repeat([]byte("A"), 400<<10)
+	a.Write(msgA)
+	bb.Write(bytes.Repeat([]byte("B"), 300<<10))
+	if a.OnDisk() || bb.OnDisk() {
+		t.Fatal("spools within the budget went to disk")
+	}
+	c := b.NewSpool(dir, 0)
+	defer c.Close()
+	msgC := bytes.Repeat([]byte("C"), 200<<10)
+	c.Write(msgC)
+	start := time.Now()
+	got, err := c.Load(context.Background(), 0, 3) // 600 KiB: more than is free
+	if err != nil {
+		t.Fatalf("Load: %v after %v", err, time.Since(start))
+	}
+	if !bytes.Equal(got, msgC) {
+		t.Fatal("loaded message differs")
+	}
+	if !a.OnDisk() {
+		t.Fatal("the largest idle spool was not moved to disk to make room")
+	}
+	if b.Used() > b.Max() {
+		t.Fatalf("budget overrun: %d", b.Used())
+	}
+	c.Close()
+	gotA, err := a.Load(context.Background(), 0, 1)
+	if err != nil || !bytes.Equal(gotA, msgA) {
+		t.Fatalf("spool moved to disk reads back wrong: %v", err)
+	}
+}

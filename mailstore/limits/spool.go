@@ -1,12 +1,14 @@
 package limits
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 )
@@ -27,6 +29,11 @@ type Budget struct {
 	mu      sync.Mutex
 	used    int64
 	waiters []*reservation // FIFO; while any waits, TryReserve fails
+	// spools are the spools holding memory that they could give up by
+	// moving to a file: a Reserve that has to wait asks them to, so that
+	// transfers left unfinished (or finished and waiting their turn) never
+	// keep a message that is ready to be stored out of memory.
+	spools map[*Spool]struct{}
 }
 
 type reservation struct {
@@ -35,7 +42,7 @@ type reservation struct {
 }
 
 // NewBudget makes a budget of max bytes (> 0).
-func NewBudget(max int64) *Budget { return &Budget{max: max} }
+func NewBudget(max int64) *Budget { return &Budget{max: max, spools: make(map[*Spool]struct{})} }
 
 // Max is the budget's size.
 func (b *Budget) Max() int64 { return b.max }
@@ -72,7 +79,13 @@ func (b *Budget) Reserve(ctx context.Context, n int64, wait time.Duration) error
 	}
 	r := &reservation{n: n, ready: make(chan struct{})}
 	b.waiters = append(b.waiters, r)
+	short := b.used + n - b.max
+	spools := make([]*Spool, 0, len(b.spools))
+	for sp := range b.spools {
+		spools = append(spools, sp)
+	}
 	b.mu.Unlock()
+	b.reclaim(spools, short)
 
 	t := time.NewTimer(wait)
 	defer t.Stop()
@@ -108,6 +121,26 @@ func (b *Budget) Release(n int64) {
 	b.grant()
 }
 
+// reclaim asks spools holding memory to move to files, the largest first,
+// until about short bytes are freed. Releasing wakes the waiters.
+func (b *Budget) reclaim(spools []*Spool, short int64) {
+	type sized struct {
+		sp   *Spool
+		held int64
+	}
+	list := make([]sized, len(spools))
+	for i, sp := range spools {
+		list[i] = sized{sp, sp.heldNow()}
+	}
+	slices.SortFunc(list, func(x, y sized) int { return cmp.Compare(y.held, x.held) })
+	for _, x := range list {
+		if short <= 0 {
+			return
+		}
+		short -= x.sp.giveUp()
+	}
+}
+
 // grant serves waiters in order while they fit. b.mu is held.
 func (b *Budget) grant() {
 	for len(b.waiters) > 0 && b.used+b.waiters[0].n <= b.max {
@@ -129,16 +162,19 @@ const (
 
 // Spool holds one message as it arrives: in memory while the budget gives
 // room, then in a temporary file (mode 0600, in dir) that Close removes.
-// A Spool is used by one goroutine.
+// A Spool is used by one goroutine; the budget may move it to its file
+// from another when memory is wanted.
 type Spool struct {
 	b     *Budget
 	dir   string
 	limit int64
 
-	mem  []byte
-	held int64 // reserved from b
-	f    *os.File
-	size int64
+	mu     sync.Mutex
+	mem    [][]byte // spoolStep-sized chunks, so that memory is what is reserved
+	held   int64    // reserved from b
+	f      *os.File
+	size   int64
+	loaded bool // Load has given out the message: it stays where it is
 }
 
 // NewSpool starts a spool for at most limit bytes (<= 0: no limit) whose
@@ -150,17 +186,22 @@ func (b *Budget) NewSpool(dir string, limit int64) *Spool {
 // Write appends p; past the limit it keeps nothing more and returns
 // ErrTooLarge.
 func (s *Spool) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.limit > 0 && s.size+int64(len(p)) > s.limit {
 		return 0, fmt.Errorf("spool %d more bytes after %d: %w", len(p), s.size, ErrTooLarge)
 	}
 	if s.f == nil {
-		need := int64(len(s.mem) + len(p))
+		need := s.size + int64(len(p))
 		for need > s.held {
 			if !s.b.TryReserve(spoolStep) {
 				if err := s.spill(); err != nil {
 					return 0, err
 				}
 				break
+			}
+			if s.held == 0 {
+				s.b.track(s, true)
 			}
 			s.held += spoolStep
 		}
@@ -173,34 +214,88 @@ func (s *Spool) Write(p []byte) (int, error) {
 		}
 		return n, nil
 	}
-	s.mem = append(s.mem, p...)
-	s.size += int64(len(p))
-	return len(p), nil
+	n := len(p)
+	for len(p) > 0 {
+		if len(s.mem) == 0 || len(s.mem[len(s.mem)-1]) == spoolStep {
+			s.mem = append(s.mem, make([]byte, 0, spoolStep))
+		}
+		last := &s.mem[len(s.mem)-1]
+		k := min(len(p), spoolStep-len(*last))
+		*last = append(*last, p[:k]...)
+		p = p[k:]
+	}
+	s.size += int64(n)
+	return n, nil
+}
+
+// track adds or removes s among the spools that could give up memory.
+func (b *Budget) track(s *Spool, on bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if on {
+		b.spools[s] = struct{}{}
+	} else {
+		delete(b.spools, s)
+	}
+}
+
+// heldNow is the memory s holds, for reclaim's order.
+func (s *Spool) heldNow() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.held
+}
+
+// giveUp moves s to its file if it is in memory and not loaded, and
+// returns the bytes it gave back.
+func (s *Spool) giveUp() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.f != nil || s.loaded || s.held == 0 {
+		return 0
+	}
+	held := s.held
+	if err := s.spill(); err != nil {
+		return 0 // it keeps its memory; the writer will meet the error itself
+	}
+	return held
 }
 
 // spill moves the message so far to a file and gives back its memory.
+// s.mu is held.
 func (s *Spool) spill() error {
 	f, err := os.CreateTemp(s.dir, "spool-*.tmp") // CreateTemp makes it 0600
 	if err != nil {
 		return fmt.Errorf("spool message: %w", err)
 	}
-	if _, err := f.Write(s.mem); err != nil {
-		f.Close()
-		os.Remove(f.Name())
-		return fmt.Errorf("spool to %s: %w", f.Name(), err)
+	for _, chunk := range s.mem {
+		if _, err := f.Write(chunk); err != nil {
+			f.Close()
+			os.Remove(f.Name())
+			return fmt.Errorf("spool to %s: %w", f.Name(), err)
+		}
 	}
 	s.f = f
 	s.mem = nil
+	s.b.track(s, false)
 	s.b.Release(s.held)
 	s.held = 0
 	return nil
 }
 
 // Size is the bytes written so far.
-func (s *Spool) Size() int64 { return s.size }
+func (s *Spool) Size() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.size
+}
 
 // OnDisk reports whether the message went to a file.
-func (s *Spool) OnDisk() bool { return s.f != nil }
+func (s *Spool) OnDisk() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.f != nil
+}
 
 // Load returns the whole message in memory after headroom free bytes (so
 // that a caller can prepend without copying), holding from the budget
@@ -208,22 +303,37 @@ func (s *Spool) OnDisk() bool { return s.f != nil }
 // size, at most the whole budget) until Close. It waits for memory in
 // turn, and returns ErrNoMemory if none comes in time.
 func (s *Spool) Load(ctx context.Context, headroom int, factor int64) ([]byte, error) {
-	want := min(factor*(s.size+int64(headroom)), s.b.max)
-	if want > s.held {
-		if s.held > 0 && s.f == nil {
+	// Once loaded is set nobody else touches the spool, so the wait
+	// below is made without its lock (reclaim may be looking at it).
+	s.mu.Lock()
+	s.loaded = true
+	held, size := s.held, s.size
+	s.held = 0
+	s.mu.Unlock()
+	s.b.track(s, false)
+	want := min(factor*(size+int64(headroom)), s.b.max)
+	if want > held {
+		if held > 0 {
 			// Waiting while holding part of the budget could starve
 			// everyone: give it back and wait in turn for the whole.
-			s.b.Release(s.held)
-			s.held = 0
+			s.b.Release(held)
+			held = 0
 		}
-		if err := s.b.Reserve(ctx, want-s.held, loadWait); err != nil {
-			return nil, fmt.Errorf("load a %d byte message: %w", s.size, err)
+		if err := s.b.Reserve(ctx, want, loadWait); err != nil {
+			return nil, fmt.Errorf("load a %d byte message: %w", size, err)
 		}
-		s.held = want
+		held = want
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.held = held
 	buf := make([]byte, headroom, headroom+int(s.size))
 	if s.f == nil {
-		return append(buf, s.mem...), nil
+		for _, chunk := range s.mem {
+			buf = append(buf, chunk...)
+		}
+		s.mem = nil // the copy is the message now
+		return buf, nil
 	}
 	buf = buf[:headroom+int(s.size)]
 	if _, err := s.f.ReadAt(buf[headroom:], 0); err != nil && !errors.Is(err, io.EOF) {
@@ -235,6 +345,10 @@ func (s *Spool) Load(ctx context.Context, headroom int, factor int64) ([]byte, e
 // Close gives back the memory and removes the file. The spool is empty
 // afterwards and may not be used again.
 func (s *Spool) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.b.track(s, false)
+	s.loaded = true
 	s.b.Release(s.held)
 	s.held = 0
 	s.mem = nil
