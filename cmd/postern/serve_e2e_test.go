@@ -36,9 +36,18 @@ type running struct {
 // startServe runs `postern serve` in-process on a temporary configuration
 // whose listeners are all on 127.0.0.1 with ports chosen by the system,
 // and returns the addresses it printed. extra is appended to the
-// configuration.
+// configuration; if it starts with an [smtp] table, that table's keys go
+// into the one the listener is in.
 func startServe(t *testing.T, extra string) *running {
 	t.Helper()
+	smtpKeys := ""
+	if rest, ok := strings.CutPrefix(extra, "[smtp]\n"); ok {
+		if i := strings.Index(rest, "\n["); i >= 0 {
+			smtpKeys, extra = rest[:i+1], rest[i+1:]
+		} else {
+			smtpKeys, extra = rest, ""
+		}
+	}
 	dir := t.TempDir()
 	r := &running{dataDir: filepath.Join(dir, "data"), addrs: map[string]string{}, stdout: &syncBuffer{}, stderr: &syncBuffer{}}
 	r.config = writeFile(t, "serve.toml", `hostname = "mail.example.test"
@@ -46,7 +55,7 @@ data_dir = "`+r.dataDir+`"
 domains = ["example.test"]
 [smtp]
 listen = "127.0.0.1:0"
-[submission]
+`+smtpKeys+`[submission]
 listen = "127.0.0.1:0"
 listen_tls = "127.0.0.1:0"
 [pop3]
@@ -335,5 +344,51 @@ func TestServeStopsWithOpenSession(t *testing.T) {
 	}
 	if !strings.Contains(r.stderr.String(), "sessions cut at the end of the grace period") {
 		t.Errorf("the cut sessions were not logged:\n%s", r.stderr.String())
+	}
+}
+
+// TestServeAppendLimitFollowsMessageSize: IMAP announces APPENDLIMIT as
+// smtp.max_message_bytes and refuses a larger APPEND before its literal.
+func TestServeAppendLimitFollowsMessageSize(t *testing.T) {
+	r := startServe(t, "[smtp]\nmax_message_bytes = 1000000\n")
+	r.addUser(t, "user@example.test", "pw")
+	conn, err := net.DialTimeout("tcp", r.addrs["imap"], 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(20 * time.Second))
+	br := bufio.NewReader(conn)
+	tagged := func(cmd, tag string) (string, string) {
+		t.Helper()
+		fmt.Fprintf(conn, "%s\r\n", cmd)
+		var untagged strings.Builder
+		for {
+			line, err := br.ReadString('\n')
+			if err != nil {
+				t.Fatalf("%s: %v", cmd, err)
+			}
+			if strings.HasPrefix(line, tag+" ") || strings.HasPrefix(line, "+") {
+				return untagged.String(), line
+			}
+			untagged.WriteString(line)
+		}
+	}
+	br.ReadString('\n') // greeting
+	if _, st := tagged(`b LOGIN "user@example.test" "pw"`, "b"); !strings.HasPrefix(st, "b OK") {
+		t.Fatalf("login: %q", st)
+	}
+	caps, _ := tagged("a CAPABILITY", "a")
+	if !strings.Contains(caps, "APPENDLIMIT=1000000") {
+		t.Fatalf("capabilities %q lack APPENDLIMIT=1000000", caps)
+	}
+	if _, st := tagged("c APPEND INBOX {1000001}", "c"); !strings.HasPrefix(st, "c NO [TOOBIG]") {
+		t.Fatalf("APPEND over the limit: %q, want NO [TOOBIG] before any +", st)
+	}
+	if _, st := tagged("d APPEND INBOX {13}", "d"); !strings.HasPrefix(st, "+") {
+		t.Fatalf("APPEND within the limit: %q, want +", st)
+	}
+	if _, st := tagged("Subject: x\r\n\r\n", "d"); !strings.HasPrefix(st, "d OK") {
+		t.Fatalf("APPEND: %q", st)
 	}
 }
