@@ -204,7 +204,7 @@ func (s *session) fetchOne(ctx context.Context, w *imapserver.FetchWriter, seq u
 		r.WriteUID(imap.UID(m.UID))
 	}
 	if options.Flags || seenNow {
-		r.WriteFlags(toIMAPFlags(m.Flags))
+		r.WriteFlags(s.view.flagsOut(m.UID, m.Flags))
 	}
 	if options.InternalDate {
 		r.WriteInternalDate(m.InternalDate)

@@ -249,8 +249,25 @@ func (s *session) status(ctx context.Context, mb mailstore.Mailbox, options *ima
 		data.Size = &st.Size
 	}
 	if options.NumRecent {
-		var zero uint32 // Postern keeps no \Recent
-		data.NumRecent = &zero
+		// imapserver accepts RECENT whenever the server speaks IMAP4rev1,
+		// and writes the number it is given: a session that enabled
+		// IMAP4rev2, which has no \Recent, is told 0.
+		var n uint32
+		if !s.conn.EnabledCaps().Has(imap.CapIMAP4rev2) {
+			if n, err = s.unclaimedRecent(ctx, mb.ID); err != nil {
+				if e := storeError(err); e != nil {
+					return nil, e
+				}
+				return nil, s.internal("status", err)
+			}
+			if v := s.view; v != nil && !v.readOnly && v.st.id == mb.ID {
+				// The messages recent to this session have the flag too.
+				v.st.mu.Lock()
+				n += v.recentCount()
+				v.st.mu.Unlock()
+			}
+		}
+		data.NumRecent = &n
 	}
 	if options.AppendLimit {
 		limit := uint32(s.srv.maxMessage)

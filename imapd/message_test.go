@@ -77,7 +77,7 @@ func TestAppendAndFetch(t *testing.T) {
 
 	m := fetchOne(t, c, imap.SeqSetNum(1), &imap.FetchOptions{UID: true, Flags: true, InternalDate: true, RFC822Size: true,
 		Envelope: true, BodyStructure: &imap.FetchItemBodyStructure{Extended: true}})
-	if m.UID != 1 || !slices.Equal(m.Flags, []imap.Flag{imap.FlagFlagged, "$Work"}) || !m.InternalDate.Equal(date) || m.RFC822Size != int64(len(multipartMessage)) {
+	if m.UID != 1 || !slices.Equal(m.Flags, []imap.Flag{imap.FlagFlagged, "$Work", "\\Recent"}) || !m.InternalDate.Equal(date) || m.RFC822Size != int64(len(multipartMessage)) {
 		t.Errorf("FETCH = uid %d flags %v date %v size %d", m.UID, m.Flags, m.InternalDate, m.RFC822Size)
 	}
 	env1 := m.Envelope
@@ -410,7 +410,9 @@ func TestSearch(t *testing.T) {
 		{"FLAGGED", imap.SearchCriteria{Flag: []imap.Flag{imap.FlagFlagged}}, []uint32{1}},
 		{"UNSEEN", imap.SearchCriteria{NotFlag: []imap.Flag{imap.FlagSeen}}, []uint32{1, 2}},
 		{"KEYWORD todo", imap.SearchCriteria{Flag: []imap.Flag{"todo"}}, []uint32{1}},
-		{"NEW", imap.SearchCriteria{Flag: []imap.Flag{"\\Recent"}}, nil},
+		// This session selected first: every message is recent to it.
+		{"NEW", imap.SearchCriteria{Flag: []imap.Flag{"\\Recent"}, NotFlag: []imap.Flag{imap.FlagSeen}}, []uint32{1, 2}},
+		{"OLD", imap.SearchCriteria{NotFlag: []imap.Flag{"\\Recent"}}, nil},
 		{"SUBJECT apple", imap.SearchCriteria{Header: []imap.SearchCriteriaHeaderField{{Key: "Subject", Value: "APPLE"}}}, []uint32{1}},
 		{"SUBJECT decoded", imap.SearchCriteria{Header: []imap.SearchCriteriaHeaderField{{Key: "Subject", Value: "grüße"}}}, []uint32{2}},
 		{"FROM", imap.SearchCriteria{Header: []imap.SearchCriteriaHeaderField{{Key: "From", Value: "ann example"}}}, []uint32{2}},

@@ -150,12 +150,12 @@ func (sr *searcher) match(c *candidate, crit *imap.SearchCriteria) (bool, error)
 		}
 	}
 	for _, f := range crit.Flag {
-		if !hasFlag(c.m, f) {
+		if !sr.hasFlag(c, f) {
 			return false, nil
 		}
 	}
 	for _, f := range crit.NotFlag {
-		if hasFlag(c.m, f) {
+		if sr.hasFlag(c, f) {
 			return false, nil
 		}
 	}
@@ -221,11 +221,13 @@ func (sr *searcher) match(c *candidate, crit *imap.SearchCriteria) (bool, error)
 	return true, nil
 }
 
-func hasFlag(m *mailstore.Message, f imap.Flag) bool {
-	if strings.EqualFold(string(f), `\Recent`) {
-		return false // Postern keeps no \Recent: NEW and RECENT match nothing
+// hasFlag tests a flag; \Recent is the session's own (RECENT, NEW, OLD:
+// imapserver turns NEW into RECENT UNSEEN and OLD into NOT RECENT).
+func (sr *searcher) hasFlag(c *candidate, f imap.Flag) bool {
+	if isRecentFlag(f) {
+		return sr.s.view.isRecent(c.m.UID)
 	}
-	return m.HasFlag(string(f))
+	return c.m.HasFlag(string(f))
 }
 
 // seqContains tests a sequence set where "*" is the client's last message.

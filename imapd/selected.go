@@ -39,6 +39,19 @@ func (s *session) selectMailbox(name string, options *imap.SelectOptions) (*imap
 	if err != nil {
 		return nil, s.internal("select", err)
 	}
+	if !s.conn.EnabledCaps().Has(imap.CapIMAP4rev2) {
+		// IMAP4rev1: SELECT claims \Recent, EXAMINE only looks (RFC 3501
+		// 6.3.1-2). ENABLE comes before SELECT (RFC 5161 3.1), so the
+		// version cannot change while the mailbox is selected.
+		v.recent, v.warn = &recentSet{}, s.warn
+		if err := v.learnRecent(ctx); err != nil {
+			v.close()
+			if e := storeError(err); e != nil {
+				return nil, e
+			}
+			return nil, s.internal("select", err)
+		}
+	}
 	s.setView(v)
 	s.mailbox, s.searchRes = mb, nil
 
@@ -60,11 +73,13 @@ func (s *session) selectMailbox(name string, options *imap.SelectOptions) (*imap
 		uidNext = st.uids[n-1] + 1
 	}
 	flags := mailboxFlags(st.keywords)
+	recent := v.recentCount()
 	st.mu.Unlock()
 
 	data := &imap.SelectData{
 		Flags:             flags,
 		NumMessages:       count,
+		NumRecent:         recent,
 		FirstUnseenSeqNum: firstUnseen,
 		UIDNext:           imap.UID(uidNext),
 		UIDValidity:       mb.UIDValidity,
@@ -78,7 +93,7 @@ func (s *session) selectMailbox(name string, options *imap.SelectOptions) (*imap
 		// RFC 9051 6.3.2: a LIST response with the mailbox's name.
 		data.List = &imap.ListData{Delim: rune(sep[0]), Mailbox: mb.Name}
 	}
-	s.info("select", "mailbox", mb.Name, "messages", count, "read_only", readOnly)
+	s.info("select", "mailbox", mb.Name, "messages", count, "recent", recent, "read_only", readOnly)
 	return data, nil
 }
 
