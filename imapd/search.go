@@ -329,8 +329,27 @@ func (sr *searcher) headerMatch(c *candidate, hf imap.SearchCriteriaHeaderField)
 		if strings.Contains(strings.ToLower(raw), needle) || strings.Contains(strings.ToLower(mime.HeaderText(raw)), needle) {
 			return true, nil
 		}
+		if addressField(hf.Key) {
+			// Any part of an address: name, mailbox, host, or the
+			// whole "name <mailbox@host>" (RFC 3501 6.4.4).
+			for _, t := range mime.AddressSearchTexts(raw) {
+				if strings.Contains(strings.ToLower(t), needle) {
+					return true, nil
+				}
+			}
+		}
 	}
 	return false, nil
+}
+
+// addressField reports whether a SEARCH header key is one of the address
+// keys FROM, TO, CC and BCC (imapserver passes them as HEADER keys).
+func addressField(key string) bool {
+	switch strings.ToLower(key) {
+	case "from", "to", "cc", "bcc":
+		return true
+	}
+	return false
 }
 
 // textMatch: BODY (withHeader false) and TEXT, on the decoded text.

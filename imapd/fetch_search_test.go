@@ -52,3 +52,34 @@ func TestBinaryPartial(t *testing.T) {
 		}
 	}
 }
+
+// RFC 3501 6.4.4: FROM, TO, CC and BCC match any part of an address, as
+// a case-insensitive substring: the display name (encoded words decoded,
+// quotes and folding gone), the mailbox, the host, and the whole
+// "name <mailbox@host>".
+func TestSearchAddressParts(t *testing.T) {
+	env := newEnv(t)
+	env.deliver(t, "From: \"Doe, John\" <John.Doe@Example.ORG>\r\nTo: \"Very Long\r\n Display Name\" <vl@example.net> (work)\r\nSubject: one\r\n\r\nx\r\n")
+	env.deliver(t, "From: \"=?utf-8?q?J=C3=BCrgen_M=C3=BCller?=\" <jm@example.de>\r\nCc: Team: ann@example.org, <@relay.example:bob@example.org>;\r\nBcc: =?iso-8859-1?q?Andr=E9?= <andre@example.fr>\r\nSubject: two\r\n\r\nx\r\n")
+	rc := rawLogin(t, env)
+	rc.cmd("s", "SELECT INBOX")
+	for _, tc := range []struct{ key, want string }{
+		{`FROM "doe, john <john.doe@example.org>"`, "* SEARCH 1"},
+		{`FROM "Doe, John"`, "* SEARCH 1"},
+		{`FROM "john.doe"`, "* SEARCH 1"},
+		{`FROM "EXAMPLE.ORG"`, "* SEARCH 1"},
+		{`TO "very long display name <vl@"`, "* SEARCH 1"},
+		{`TO "long display"`, "* SEARCH 1"},
+		{`FROM "jürgen müller <jm@example.de>"`, "* SEARCH 2"},
+		{`FROM "MÜLLER"`, "* SEARCH 2"},
+		{`CC "team"`, "* SEARCH 2"},
+		{`CC "bob@example.org"`, "* SEARCH 2"},
+		{`BCC "andré <andre@example.fr>"`, "* SEARCH 2"},
+		{`FROM "nobody"`, "* SEARCH"},
+	} {
+		r := rc.cmd("f", "SEARCH CHARSET UTF-8 "+tc.key)
+		if len(r) < 2 || r[len(r)-2] != tc.want {
+			t.Errorf("SEARCH %s = %q, want %q", tc.key, r, tc.want)
+		}
+	}
+}
