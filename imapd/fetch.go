@@ -176,7 +176,11 @@ func (s *session) fetchOne(ctx context.Context, w *imapserver.FetchWriter, seq u
 		if _, err := b.Seek(0, io.SeekStart); err != nil {
 			return s.bodyError("open message", m.UID, err)
 		}
-		items = append(items, fetchItem{binary: bs, data: imapserver.ExtractBinarySection(b, bs)})
+		data, err := binarySection(b, bs.Part)
+		if err != nil {
+			return s.bodyError("read message part", m.UID, err)
+		}
+		items = append(items, fetchItem{binary: bs, data: partialOf(data, bs.Partial)})
 	}
 	for _, bss := range options.BinarySectionSize {
 		if len(bss.Part) > maxSectionDepth {
@@ -189,7 +193,11 @@ func (s *session) fetchOne(ctx context.Context, w *imapserver.FetchWriter, seq u
 		if _, err := b.Seek(0, io.SeekStart); err != nil {
 			return s.bodyError("open message", m.UID, err)
 		}
-		items = append(items, fetchItem{sizeFor: bss, size: imapserver.ExtractBinarySectionSize(b, bss)})
+		data, err := binarySection(b, bss.Part)
+		if err != nil {
+			return s.bodyError("read message part", m.UID, err)
+		}
+		items = append(items, fetchItem{sizeFor: bss, size: uint32(len(data))})
 	}
 	for i := range items {
 		if items[i].stream {
@@ -204,7 +212,7 @@ func (s *session) fetchOne(ctx context.Context, w *imapserver.FetchWriter, seq u
 		r.WriteUID(imap.UID(m.UID))
 	}
 	if options.Flags || seenNow {
-		r.WriteFlags(toIMAPFlags(m.Flags))
+		r.WriteFlags(s.view.flagsOut(m.UID, m.Flags))
 	}
 	if options.InternalDate {
 		r.WriteInternalDate(m.InternalDate)
@@ -265,6 +273,26 @@ func (s *session) fetchOne(ctx context.Context, w *imapserver.FetchWriter, seq u
 		}
 	}
 	return r.Close()
+}
+
+// binarySection is a part's content for BINARY and BINARY.SIZE: decoded
+// from its transfer encoding only (RFC 3516 4.2); a part that does not
+// exist is empty.
+func binarySection(b *mailstore.Body, part []int) ([]byte, error) {
+	data, _, err := mime.BinarySection(b, part)
+	return data, err
+}
+
+// partialOf cuts a BINARY <partial> from the decoded octets (RFC 3516
+// 4.2: the offset counts in the decoded data); past the end it is empty.
+func partialOf(data []byte, p *imap.SectionPartial) []byte {
+	if p == nil {
+		return data
+	}
+	if p.Offset >= int64(len(data)) {
+		return nil
+	}
+	return data[p.Offset:min(int64(len(data)), p.Offset+p.Size)]
 }
 
 // wholeRange says whether a section is a byte range of the stored message

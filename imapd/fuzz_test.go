@@ -33,6 +33,8 @@ func FuzzSession(f *testing.F) {
 		"a SEARCH OR FROM x (TO y) NOT SUBJECT {3+}\r\nabc\r\n",
 		"a APPEND INBOX {5+}\r\nhello\r\n",
 		"a IDLE\r\nDONE\r\n",
+		"a COPY 1 INBOX\r\nb MOVE 1:* INBOX\r\nc FETCH 1:* (FLAGS BINARY.SIZE[1] BINARY.PEEK[]<3.7>)\r\n",
+		"a SEARCH NEW OLD RECENT UNSEEN FROM sender\r\nb STATUS INBOX (RECENT)\r\nc LSUB \"\" %\r\n",
 	} {
 		f.Add([]byte(s))
 	}

@@ -54,8 +54,18 @@ M.login(user, pw)
 typ, data = M.append("INBOX", r"(\Flagged)", imaplib.Time2Internaldate(1700000000),
     b"From: py@example.test\r\nSubject: from python\r\n\r\nhello from imaplib\r\n")
 print("append", typ, data[0].decode())
+M2 = imaplib.IMAP4(host, port)
+M2.login(user, pw)
+typ, data = M2.status("INBOX", "(RECENT)")
+print("status before select", data[0].decode())
 typ, data = M.select("INBOX")
 print("select", typ, data[0].decode())
+print("select recent", M.response("RECENT")[1][0].decode())
+typ, data = M2.status("INBOX", "(RECENT)")
+print("status after select", data[0].decode())
+M2.logout()
+typ, data = M.search(None, "NEW")
+print("search new", typ, data[0].decode())
 typ, data = M.search(None, "FLAGGED")
 print("search", typ, data[0].decode())
 typ, data = M.fetch("1:*", "(UID FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
@@ -92,12 +102,16 @@ func TestPythonImaplib(t *testing.T) {
 	for _, want := range []string{
 		"IMAP4REV1", "IMAP4REV2", "AUTH=PLAIN", "STARTTLS",
 		"append OK [APPENDUID ",
+		"status before select INBOX (RECENT 2)",
 		"select OK 2",
+		"select recent 2",
+		"status after select INBOX (RECENT 0)",
+		"search new OK 1 2",
 		"search OK 2",
-		`fetch 1 (UID 1 FLAGS () RFC822.SIZE 165 BODY[HEADER.FIELDS ("SUBJECT")] {22} 'Subject: delivered\r\n\r\n'`,
-		`fetch 2 (UID 2 FLAGS (\Flagged) RFC822.SIZE 67 BODY[HEADER.FIELDS ("SUBJECT")] {24} 'Subject: from python\r\n\r\n'`,
+		`fetch 1 (UID 1 FLAGS (\Recent) RFC822.SIZE 165 BODY[HEADER.FIELDS ("SUBJECT")] {22} 'Subject: delivered\r\n\r\n'`,
+		`fetch 2 (UID 2 FLAGS (\Flagged \Recent) RFC822.SIZE 67 BODY[HEADER.FIELDS ("SUBJECT")] {24} 'Subject: from python\r\n\r\n'`,
 		"rfc822 from python hello from imaplib",
-		`store OK 1 (UID 1 FLAGS (\Deleted))`,
+		`store OK 1 (UID 1 FLAGS (\Deleted \Recent))`,
 		"copy OK",
 		"expunge OK ['1']",
 		"list 6",

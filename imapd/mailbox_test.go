@@ -234,3 +234,29 @@ func TestRawDialogue(t *testing.T) {
 		}
 	}
 }
+
+// RFC 3501 6.3.9: LSUB with "%" gives an unsubscribed parent of a
+// subscribed mailbox as \Noselect; a subscribed name kept only for its
+// children is \Noselect in LSUB and LIST (SUBSCRIBED) (RFC 5258 3.1).
+func TestLsubNoselect(t *testing.T) {
+	env := newEnv(t)
+	rc := rawLogin(t, env)
+	for _, c := range []string{"CREATE news/comp/mail", "SUBSCRIBE news/comp/mail", "CREATE gone/child", "SUBSCRIBE gone", "DELETE gone"} {
+		if r := rc.cmd("c", c); !strings.HasPrefix(r[len(r)-1], "c OK") {
+			t.Fatalf("%s: %q", c, r)
+		}
+	}
+	r := rc.cmd("l", `LSUB "" %`)
+	wantLine(t, "LSUB %", r, `* LSUB (\Noselect) "/" "news"`)
+	wantLine(t, "LSUB %", r, `* LSUB (\Noselect`, `"gone"`)
+	r = rc.cmd("l", `LSUB "" news/%`)
+	wantLine(t, "LSUB news/%", r, `* LSUB (\Noselect) "/" "news/comp"`)
+	r = rc.cmd("l", `LSUB "" *`)
+	noLine(t, "LSUB *", r, `"news"`)
+	noLine(t, "LSUB *", r, `"news/comp"`)
+	wantLine(t, "LSUB *", r, `"news/comp/mail"`)
+	r = rc.cmd("l", `LIST (SUBSCRIBED) "" *`)
+	noLine(t, "LIST (SUBSCRIBED)", r, `"news"`)
+	wantLine(t, "LIST (SUBSCRIBED)", r, `\Noselect`, `\Subscribed`, `"gone"`)
+	wantLine(t, "LIST (SUBSCRIBED)", r, `\Subscribed`, `"news/comp/mail"`)
+}

@@ -164,11 +164,34 @@ func (s *session) List(w *imapserver.ListWriter, ref string, patterns []string, 
 		}
 		return false
 	}
+	lsub := options.SelectSubscribed && s.cc.command() == "LSUB"
+	// RFC 3501 6.3.9: LSUB with "%" returns a name that is not
+	// subscribed, as \Noselect, when a subscribed name below it does not
+	// match the pattern itself.
+	hiddenSubscribed := make(map[string]bool)
+	if lsub {
+		for _, mb := range boxes {
+			if !mb.Subscribed || matches(mb.Name) {
+				continue
+			}
+			parts := strings.Split(mb.Name, sep)
+			for i := 1; i < len(parts); i++ {
+				hiddenSubscribed[strings.Join(parts[:i], sep)] = true
+			}
+		}
+	}
 	for _, mb := range boxes {
 		if !matches(mb.Name) {
 			continue
 		}
 		data := &imap.ListData{Delim: rune(sep[0]), Mailbox: mb.Name}
+		if lsub && !mb.Subscribed && hiddenSubscribed[mb.Name] {
+			data.Attrs = []imap.MailboxAttr{imap.MailboxAttrNoSelect}
+			if err := w.WriteList(data); err != nil {
+				return err
+			}
+			continue
+		}
 		if options.SelectSubscribed && !mb.Subscribed {
 			// RFC 5258 3.5: a parent of subscribed mailboxes, with
 			// CHILDINFO, when RECURSIVEMATCH asks for it.
@@ -249,8 +272,25 @@ func (s *session) status(ctx context.Context, mb mailstore.Mailbox, options *ima
 		data.Size = &st.Size
 	}
 	if options.NumRecent {
-		var zero uint32 // Postern keeps no \Recent
-		data.NumRecent = &zero
+		// imapserver accepts RECENT whenever the server speaks IMAP4rev1,
+		// and writes the number it is given: a session that enabled
+		// IMAP4rev2, which has no \Recent, is told 0.
+		var n uint32
+		if !s.conn.EnabledCaps().Has(imap.CapIMAP4rev2) {
+			if n, err = s.unclaimedRecent(ctx, mb.ID); err != nil {
+				if e := storeError(err); e != nil {
+					return nil, e
+				}
+				return nil, s.internal("status", err)
+			}
+			if v := s.view; v != nil && !v.readOnly && v.st.id == mb.ID {
+				// The messages recent to this session have the flag too.
+				v.st.mu.Lock()
+				n += v.recentCount()
+				v.st.mu.Unlock()
+			}
+		}
+		data.NumRecent = &n
 	}
 	if options.AppendLimit {
 		limit := uint32(s.srv.maxMessage)

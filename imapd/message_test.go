@@ -77,7 +77,7 @@ func TestAppendAndFetch(t *testing.T) {
 
 	m := fetchOne(t, c, imap.SeqSetNum(1), &imap.FetchOptions{UID: true, Flags: true, InternalDate: true, RFC822Size: true,
 		Envelope: true, BodyStructure: &imap.FetchItemBodyStructure{Extended: true}})
-	if m.UID != 1 || !slices.Equal(m.Flags, []imap.Flag{imap.FlagFlagged, "$Work"}) || !m.InternalDate.Equal(date) || m.RFC822Size != int64(len(multipartMessage)) {
+	if m.UID != 1 || !slices.Equal(m.Flags, []imap.Flag{imap.FlagFlagged, "$Work", "\\Recent"}) || !m.InternalDate.Equal(date) || m.RFC822Size != int64(len(multipartMessage)) {
 		t.Errorf("FETCH = uid %d flags %v date %v size %d", m.UID, m.Flags, m.InternalDate, m.RFC822Size)
 	}
 	env1 := m.Envelope
@@ -214,9 +214,6 @@ func TestStoreCopyMoveExpunge(t *testing.T) {
 		t.Errorf("MOVE COPYUID = %v -> %v", md.SourceUIDs, md.DestUIDs)
 	}
 	u.waitFor(t, "EXPUNGE after MOVE", func(u *updates) bool { return slices.Equal(u.expunges, []uint32{2}) })
-	if _, err := c.Move(imap.SeqSetNum(1), "INBOX").Wait(); !hasCode(err, imap.ResponseCodeCannot) {
-		t.Errorf("MOVE to itself = %v", err)
-	}
 
 	// EXPUNGE removes the rest of \Deleted.
 	if seqs, err := c.Expunge().Collect(); err != nil || !slices.Equal(seqs, []uint32{1}) {
@@ -410,7 +407,9 @@ func TestSearch(t *testing.T) {
 		{"FLAGGED", imap.SearchCriteria{Flag: []imap.Flag{imap.FlagFlagged}}, []uint32{1}},
 		{"UNSEEN", imap.SearchCriteria{NotFlag: []imap.Flag{imap.FlagSeen}}, []uint32{1, 2}},
 		{"KEYWORD todo", imap.SearchCriteria{Flag: []imap.Flag{"todo"}}, []uint32{1}},
-		{"NEW", imap.SearchCriteria{Flag: []imap.Flag{"\\Recent"}}, nil},
+		// This session selected first: every message is recent to it.
+		{"NEW", imap.SearchCriteria{Flag: []imap.Flag{"\\Recent"}, NotFlag: []imap.Flag{imap.FlagSeen}}, []uint32{1, 2}},
+		{"OLD", imap.SearchCriteria{NotFlag: []imap.Flag{"\\Recent"}}, nil},
 		{"SUBJECT apple", imap.SearchCriteria{Header: []imap.SearchCriteriaHeaderField{{Key: "Subject", Value: "APPLE"}}}, []uint32{1}},
 		{"SUBJECT decoded", imap.SearchCriteria{Header: []imap.SearchCriteriaHeaderField{{Key: "Subject", Value: "grüße"}}}, []uint32{2}},
 		{"FROM", imap.SearchCriteria{Header: []imap.SearchCriteriaHeaderField{{Key: "From", Value: "ann example"}}}, []uint32{2}},
@@ -530,4 +529,66 @@ func TestAppendToSelectedAndCopyIntoIt(t *testing.T) {
 	if err != nil || len(msgs) != 4 || msgs[3].UID != 4 {
 		t.Errorf("FETCH 1:* = %d messages, %v", len(msgs), err)
 	}
+}
+
+// COPY and MOVE into the selected mailbox itself: new UIDs with COPYUID,
+// EXISTS, and for MOVE the originals expunged (RFC 3501 6.4.7, RFC 6851
+// 3.3), seen alike by another session on the mailbox.
+func TestCopyMoveWithinMailbox(t *testing.T) {
+	env := newEnv(t)
+	for i := 1; i <= 3; i++ {
+		env.deliver(t, testMessage(i, fmt.Sprintf("msg %d", i)))
+	}
+	u := newUpdates()
+	c := env.dial(t, u)
+	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	ou := newUpdates()
+	other := env.dial(t, ou)
+	if _, err := other.Select("INBOX", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Store(imap.SeqSetNum(1), &imap.StoreFlags{Op: imap.StoreFlagsAdd, Silent: true, Flags: []imap.Flag{imap.FlagFlagged}}, nil).Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	cd, err := c.Copy(imap.SeqSetNum(1, 2), "INBOX").Wait()
+	if err != nil {
+		t.Fatalf("COPY into INBOX: %v", err)
+	}
+	if cd.SourceUIDs.String() != "1:2" || cd.DestUIDs.String() != "4:5" {
+		t.Errorf("COPYUID = %v -> %v, want 1:2 -> 4:5", cd.SourceUIDs, cd.DestUIDs)
+	}
+	u.waitFor(t, "EXISTS 5 after COPY", func(u *updates) bool { return slices.Contains(u.exists, 5) })
+
+	md, err := c.Move(imap.SeqSetNum(1), "INBOX").Wait()
+	if err != nil {
+		t.Fatalf("MOVE into INBOX: %v", err)
+	}
+	if md.SourceUIDs.String() != "1" || md.DestUIDs.String() != "6" {
+		t.Errorf("MOVE COPYUID = %v -> %v, want 1 -> 6", md.SourceUIDs, md.DestUIDs)
+	}
+	u.waitFor(t, "EXISTS 6 and EXPUNGE 1 after MOVE", func(u *updates) bool {
+		return slices.Contains(u.exists, 6) && slices.Equal(u.expunges, []uint32{1})
+	})
+
+	for _, cl := range []*imapclient.Client{c, other} {
+		if err := cl.Noop().Wait(); err != nil {
+			t.Fatal(err)
+		}
+		msgs, err := cl.Fetch(imap.SeqSetNum(1, 2, 3, 4, 5), &imap.FetchOptions{UID: true, Flags: true, Envelope: true}).Collect()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, m := range msgs {
+			got = append(got, fmt.Sprintf("%d:%d %s %v", m.SeqNum, m.UID, m.Envelope.Subject, slices.Contains(m.Flags, imap.FlagFlagged)))
+		}
+		want := []string{"1:2 msg 2 false", "2:3 msg 3 false", "3:4 msg 1 true", "4:5 msg 2 false", "5:6 msg 1 true"}
+		if !slices.Equal(got, want) {
+			t.Errorf("after COPY and MOVE within INBOX: %q, want %q", got, want)
+		}
+	}
+	ou.waitFor(t, "the other session told of the EXPUNGE", func(u *updates) bool { return slices.Equal(u.expunges, []uint32{1}) })
 }

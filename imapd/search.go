@@ -150,12 +150,12 @@ func (sr *searcher) match(c *candidate, crit *imap.SearchCriteria) (bool, error)
 		}
 	}
 	for _, f := range crit.Flag {
-		if !hasFlag(c.m, f) {
+		if !sr.hasFlag(c, f) {
 			return false, nil
 		}
 	}
 	for _, f := range crit.NotFlag {
-		if hasFlag(c.m, f) {
+		if sr.hasFlag(c, f) {
 			return false, nil
 		}
 	}
@@ -221,11 +221,13 @@ func (sr *searcher) match(c *candidate, crit *imap.SearchCriteria) (bool, error)
 	return true, nil
 }
 
-func hasFlag(m *mailstore.Message, f imap.Flag) bool {
-	if strings.EqualFold(string(f), `\Recent`) {
-		return false // Postern keeps no \Recent: NEW and RECENT match nothing
+// hasFlag tests a flag; \Recent is the session's own (RECENT, NEW, OLD:
+// imapserver turns NEW into RECENT UNSEEN and OLD into NOT RECENT).
+func (sr *searcher) hasFlag(c *candidate, f imap.Flag) bool {
+	if isRecentFlag(f) {
+		return sr.s.view.isRecent(c.m.UID)
 	}
-	return m.HasFlag(string(f))
+	return c.m.HasFlag(string(f))
 }
 
 // seqContains tests a sequence set where "*" is the client's last message.
@@ -327,8 +329,27 @@ func (sr *searcher) headerMatch(c *candidate, hf imap.SearchCriteriaHeaderField)
 		if strings.Contains(strings.ToLower(raw), needle) || strings.Contains(strings.ToLower(mime.HeaderText(raw)), needle) {
 			return true, nil
 		}
+		if addressField(hf.Key) {
+			// Any part of an address: name, mailbox, host, or the
+			// whole "name <mailbox@host>" (RFC 3501 6.4.4).
+			for _, t := range mime.AddressSearchTexts(raw) {
+				if strings.Contains(strings.ToLower(t), needle) {
+					return true, nil
+				}
+			}
+		}
 	}
 	return false, nil
+}
+
+// addressField reports whether a SEARCH header key is one of the address
+// keys FROM, TO, CC and BCC (imapserver passes them as HEADER keys).
+func addressField(key string) bool {
+	switch strings.ToLower(key) {
+	case "from", "to", "cc", "bcc":
+		return true
+	}
+	return false
 }
 
 // textMatch: BODY (withHeader false) and TEXT, on the decoded text.

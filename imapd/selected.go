@@ -1,7 +1,9 @@
 package imapd
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"slices"
 
 	"github.com/emersion/go-imap/v2"
@@ -39,6 +41,19 @@ func (s *session) selectMailbox(name string, options *imap.SelectOptions) (*imap
 	if err != nil {
 		return nil, s.internal("select", err)
 	}
+	if !s.conn.EnabledCaps().Has(imap.CapIMAP4rev2) {
+		// IMAP4rev1: SELECT claims \Recent, EXAMINE only looks (RFC 3501
+		// 6.3.1-2). ENABLE comes before SELECT (RFC 5161 3.1), so the
+		// version cannot change while the mailbox is selected.
+		v.recent, v.warn = &recentSet{}, s.warn
+		if err := v.learnRecent(ctx); err != nil {
+			v.close()
+			if e := storeError(err); e != nil {
+				return nil, e
+			}
+			return nil, s.internal("select", err)
+		}
+	}
 	s.setView(v)
 	s.mailbox, s.searchRes = mb, nil
 
@@ -60,11 +75,13 @@ func (s *session) selectMailbox(name string, options *imap.SelectOptions) (*imap
 		uidNext = st.uids[n-1] + 1
 	}
 	flags := mailboxFlags(st.keywords)
+	recent := v.recentCount()
 	st.mu.Unlock()
 
 	data := &imap.SelectData{
 		Flags:             flags,
 		NumMessages:       count,
+		NumRecent:         recent,
 		FirstUnseenSeqNum: firstUnseen,
 		UIDNext:           imap.UID(uidNext),
 		UIDValidity:       mb.UIDValidity,
@@ -78,7 +95,7 @@ func (s *session) selectMailbox(name string, options *imap.SelectOptions) (*imap
 		// RFC 9051 6.3.2: a LIST response with the mailbox's name.
 		data.List = &imap.ListData{Delim: rune(sep[0]), Mailbox: mb.Name}
 	}
-	s.info("select", "mailbox", mb.Name, "messages", count, "read_only", readOnly)
+	s.info("select", "mailbox", mb.Name, "messages", count, "recent", recent, "read_only", readOnly)
 	return data, nil
 }
 
@@ -279,14 +296,16 @@ func (s *session) Move(w *imapserver.MoveWriter, numSet imap.NumSet, dest string
 	if err != nil {
 		return err
 	}
-	if dst.ID == s.mailbox.ID {
-		return errSameMailbox
-	}
 	targets := s.view.resolve(ctx, s.numSet(numSet))
 	if len(targets) == 0 {
 		return nil
 	}
-	pairs, err := s.srv.store.Move(ctx, s.mailbox.ID, uidSetOf(targets), dst.ID)
+	var pairs []mailstore.UIDPair
+	if dst.ID == s.mailbox.ID {
+		pairs, err = s.moveWithin(ctx, targets)
+	} else {
+		pairs, err = s.srv.store.Move(ctx, s.mailbox.ID, uidSetOf(targets), dst.ID)
+	}
 	if err != nil {
 		if e := storeError(err); e != nil {
 			if e == errNonExistent {
@@ -301,6 +320,26 @@ func (s *session) Move(w *imapserver.MoveWriter, numSet imap.NumSet, dest string
 		return w.WriteCopyData(data)
 	}
 	return nil
+}
+
+// moveWithin moves messages into the mailbox they are in (RFC 6851 3.3
+// does not forbid it): new UIDs, the originals expunged. mailstore.Move
+// refuses a move within one mailbox, so this is a copy, then the removal
+// of exactly the originals: were the second step to fail, the messages
+// would be there twice, never lost.
+func (s *session) moveWithin(ctx context.Context, targets []target) ([]mailstore.UIDPair, error) {
+	pairs, err := s.srv.store.Copy(ctx, s.mailbox.ID, uidSetOf(targets), s.mailbox.ID)
+	if err != nil || len(pairs) == 0 {
+		return pairs, err
+	}
+	uids := make([]uint32, len(pairs))
+	for i, p := range pairs {
+		uids[i] = p.Src
+	}
+	if _, err := s.srv.store.DeleteMessages(ctx, s.mailbox.ID, uids); err != nil {
+		return nil, fmt.Errorf("remove the originals of a move within mailbox %q: %w", s.mailbox.Name, err)
+	}
+	return pairs, nil
 }
 
 // destination finds the target of COPY or MOVE; a missing one is

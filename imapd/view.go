@@ -96,6 +96,12 @@ type view struct {
 	// the client has been told of the expunge (RFC 2180 4.1): it is
 	// synced only when every queued EXPUNGE is about to be sent.
 	hold *mailstore.Hold
+	// recent holds the messages recent to this session (RFC 3501 2.3.2);
+	// nil when the session speaks IMAP4rev2, which has no \Recent. Set
+	// before the view is used, never changed after.
+	recent *recentSet
+	// warn logs a failure that the client is not told of.
+	warn func(msg string, args ...any)
 
 	// Guarded by st.mu.
 	count  uint32   // messages the client knows of
@@ -596,15 +602,37 @@ func (v *view) take(ctx context.Context, allowExpunge bool) []update {
 
 // poll sends the updates owed to the client.
 func (v *view) poll(ctx context.Context, w *imapserver.UpdateWriter, allowExpunge bool) error {
-	for _, u := range v.take(ctx, allowExpunge) {
+	out := v.take(ctx, allowExpunge)
+	lastExists := -1
+	for i, u := range out {
+		if u.kind == updExists {
+			lastExists = i
+		}
+	}
+	var recent uint32
+	if lastExists >= 0 && v.recent != nil {
+		// The client is told of new messages: this session claims the
+		// ones no other has been told of (RFC 3501 2.3.2), and says how
+		// many are recent after the last EXISTS (RFC 3501 7.3.2).
+		if err := v.learnRecent(ctx); err != nil && v.warn != nil {
+			v.warn("claim \\Recent", "err", err)
+		}
+		v.st.mu.Lock()
+		recent = v.recentCount()
+		v.st.mu.Unlock()
+	}
+	for i, u := range out {
 		var err error
 		switch u.kind {
 		case updExists:
 			err = w.WriteNumMessages(u.num)
+			if err == nil && i == lastExists && v.recent != nil {
+				err = w.WriteNumRecent(recent)
+			}
 		case updExpunge:
 			err = w.WriteExpunge(u.num)
 		case updFlags:
-			err = w.WriteMessageFlags(u.num, imap.UID(u.uid), toIMAPFlags(u.flags))
+			err = w.WriteMessageFlags(u.num, imap.UID(u.uid), v.flagsOut(u.uid, u.flags))
 		case updMailboxFlags:
 			err = w.WriteMailboxFlags(mailboxFlags(u.flags))
 		}
@@ -635,8 +663,9 @@ func (v *view) feedSignalled(ctx context.Context) {
 	v.st.drain(ctx)
 }
 
-// systemFlags are the flags of RFC 3501 2.3.2 that Postern keeps (not
-// \Recent, which IMAP4rev2 dropped and Postern never sets).
+// systemFlags are the flags of RFC 3501 2.3.2 that Postern stores (not
+// \Recent, which is per session, see recent.go, and which IMAP4rev2
+// dropped).
 var systemFlags = []string{mailstore.FlagSeen, mailstore.FlagAnswered, mailstore.FlagFlagged, mailstore.FlagDeleted, mailstore.FlagDraft}
 
 // mailboxFlags is the FLAGS list: system flags and keywords.

@@ -420,3 +420,20 @@ func (s *Store) ClaimRecent(ctx context.Context, mailboxID int64) (first, last u
 	}
 	return mark + 1, uidnext - 1, nil
 }
+
+// RecentMark is the highest UID of the mailbox that some session has
+// claimed \Recent for (see ClaimRecent); every message above it is still
+// recent to the next session that claims. It only reads: EXAMINE and
+// STATUS use it, since they must not take \Recent from anyone (RFC 3501
+// 6.3.2).
+func (s *Store) RecentMark(ctx context.Context, mailboxID int64) (uint32, error) {
+	var mark uint32
+	err := s.readRow(ctx, "SELECT recent_uid FROM mailboxes WHERE id = ?", mailboxID).Scan(&mark)
+	if isNoRows(err) {
+		return 0, fmt.Errorf("read recent mark of mailbox %d: %w", mailboxID, ErrNotFound)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read recent mark of mailbox %d: %w", mailboxID, err)
+	}
+	return mark, nil
+}

@@ -206,3 +206,29 @@ func TestMigratesFromVersion3(t *testing.T) {
 		t.Fatalf("%d unreferenced rows", n)
 	}
 }
+
+// RecentMark reads the mark that ClaimRecent moves, and moves nothing.
+func TestRecentMark(t *testing.T) {
+	s := openTest(t)
+	ctx := context.Background()
+	mb := inbox(t, s, addUser(t, s, "u@example.test"))
+	for i := range 3 {
+		appendMsg(t, s, mb.ID, testMessage(i))
+	}
+	for range 2 {
+		if mark, err := s.RecentMark(ctx, mb.ID); err != nil || mark != 0 {
+			t.Fatalf("mark before any claim: %d, %v", mark, err)
+		}
+	}
+	claim(t, s, mb.ID)
+	appendMsg(t, s, mb.ID, testMessage(4))
+	if mark, err := s.RecentMark(ctx, mb.ID); err != nil || mark != 3 {
+		t.Fatalf("mark after a claim: %d, %v; want 3", mark, err)
+	}
+	if first, last := claim(t, s, mb.ID); first != 4 || last != 4 {
+		t.Fatalf("claim after reading the mark %d:%d, want 4:4", first, last)
+	}
+	if _, err := s.RecentMark(ctx, 9999); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("mark of an unknown mailbox: %v", err)
+	}
+}

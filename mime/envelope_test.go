@@ -94,3 +94,23 @@ func TestEnvelopeAddressListBounded(t *testing.T) {
 		EnvelopeAddressList(s) // no panic
 	}
 }
+
+func TestBinarySection(t *testing.T) {
+	msg := crlf("Content-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: text/plain; charset=iso-8859-1\nContent-Transfer-Encoding: quoted-printable\n\ncaf=E9\n--b\nContent-Type: message/rfc822\n\nSubject: in\nContent-Type: multipart/alternative; boundary=c\n\n--c\nContent-Transfer-Encoding: base64\n\naGk=\n--c--\n--b--\n")
+	for _, tc := range []struct {
+		part []int
+		want string
+		ok   bool
+	}{
+		{[]int{1}, "caf\xe9", true},
+		{[]int{2, 1}, "hi", true},
+		{[]int{2, 2}, "", false},
+		{[]int{3}, "", false},
+		{[]int{1, 2}, "", false},
+	} {
+		got, ok, err := BinarySection(strings.NewReader(msg), tc.part)
+		if err != nil || ok != tc.ok || string(got) != tc.want {
+			t.Errorf("BINARY%v = %q, %v, %v; want %q, %v", tc.part, got, ok, err, tc.want, tc.ok)
+		}
+	}
+}

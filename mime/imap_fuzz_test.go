@@ -35,5 +35,10 @@ func FuzzParseIMAPData(f *testing.F) {
 		}
 		MessageText(bytes.NewReader(msg), true, func(string) bool { return true })
 		EnvelopeAddressList(strings.ToValidUTF8(string(msg), ""))
+		for _, part := range [][]int{nil, {1}, {2, 1}, {1, 1, 1}} {
+			if data, _, err := BinarySection(bytes.NewReader(msg), part); err != nil || len(data) > 2*len(msg)+64 {
+				t.Fatalf("BINARY %v: %d octets, %v", part, len(data), err)
+			}
+		}
 	})
 }

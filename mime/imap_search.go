@@ -137,3 +137,42 @@ func toUTF8(b []byte, charset string) string {
 	}
 	return string(b)
 }
+
+// AddressSearchTexts is what IMAP SEARCH FROM, TO, CC and BCC look in
+// (RFC 3501 6.4.4: a substring of the field) besides the field's own
+// text: for each address of an address-list value, its display name
+// (unquoted, encoded words decoded), its mailbox, its host,
+// "mailbox@host" and "name <mailbox@host>"; for a group, its name. So a
+// search for a name as a reader sees it, or for the address as written
+// in an address book, finds the message whatever quoting, comments,
+// folding or encoding the field uses.
+func AddressSearchTexts(v string) []string {
+	var out []string
+	for _, a := range EnvelopeAddressList(v) {
+		if a.Host == "" {
+			if a.Mailbox != "" {
+				out = append(out, a.Mailbox) // a group's name
+			}
+			continue
+		}
+		// A quoted encoded word is left for the client in ENVELOPE but
+		// decoded here: senders write them so, and readers see the text.
+		name := HeaderText(a.Name)
+		mb, host := a.Mailbox, a.Host
+		if mb == envMissingMailbox {
+			mb = ""
+		}
+		if host == envMissingDomain {
+			host = ""
+		}
+		addr := mb
+		if host != "" {
+			addr += "@" + host
+		}
+		out = append(out, name, mb, host, addr)
+		if name != "" {
+			out = append(out, name+" <"+addr+">")
+		}
+	}
+	return out
+}
