@@ -100,8 +100,10 @@ func TestSlowDataIsAccepted(t *testing.T) {
 	// The whole transfer takes much longer than a command may, but no
 	// read waits longer than DataBlockTimeout (RFC 5321 4.5.3.2.5).
 	e := newTestEnv(t, func(c *Config) {
+		// Generous beside the 150 ms pauses below: under -race on a busy
+		// machine a read can be late by a few hundred milliseconds.
 		c.Limits.LoginTimeout = 300 * time.Millisecond
-		c.DataBlockTimeout = 400 * time.Millisecond
+		c.DataBlockTimeout = 2 * time.Second
 		c.DataTimeout = 20 * time.Second
 	})
 	for _, bdat := range []bool{false, true} {
