@@ -20,7 +20,7 @@ import (
 // and is stored byte for byte; the file is gone afterwards.
 func TestAppendSpooledToDisk(t *testing.T) {
 	spoolDir := t.TempDir()
-	mem := limits.NewBudget(64 << 10)
+	mem := limits.NewBudget(64<<10, 0)
 	env := newEnv(t, func(c *Config) {
 		c.Shared.Memory = mem
 		c.Shared.SpoolDir = spoolDir

@@ -343,6 +343,10 @@ func (s *session) Append(name string, r imap.LiteralReader, options *imap.Append
 		if errors.Is(err, limits.ErrTooLarge) {
 			return nil, errTooBig
 		}
+		if errors.Is(err, limits.ErrSpoolFull) {
+			s.info("APPEND refused for now", "size", size, "err", err)
+			return nil, errNoMemory
+		}
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isNetError(err) {
 			s.info("APPEND literal cut short", "err", err)
 			return nil, errTemporary

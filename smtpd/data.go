@@ -114,6 +114,9 @@ func (s *session) readMessage(r io.Reader, tx *transaction, sp *limits.Spool) er
 				if errors.Is(werr, limits.ErrTooLarge) {
 					return s.refuse(tx, errMessageTooBig, werr)
 				}
+				if errors.Is(werr, limits.ErrSpoolFull) {
+					return s.refuse(tx, errNoMemory, werr)
+				}
 				s.log.Error("message not spooled", "id", tx.id, "octets", sp.Size(), "err", werr)
 				return errTemporaryFailure
 			}

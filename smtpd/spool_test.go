@@ -17,7 +17,7 @@ import (
 // files, every message is stored byte for byte, and no file is left.
 func TestSpoolLargeMessages(t *testing.T) {
 	const budget = 256 << 10
-	mem := limits.NewBudget(budget)
+	mem := limits.NewBudget(budget, 0)
 	dir := t.TempDir()
 	e := newTestEnv(t, func(c *Config) {
 		c.Shared.Memory = mem
@@ -133,7 +133,7 @@ func indexOf(msgs []string, body []byte) int {
 func TestSpoolRemovedOnAbort(t *testing.T) {
 	dir := t.TempDir()
 	e := newTestEnv(t, func(c *Config) {
-		c.Shared.Memory = limits.NewBudget(64 << 10)
+		c.Shared.Memory = limits.NewBudget(64<<10, 0)
 		c.Shared.SpoolDir = dir
 	})
 	c := e.dial(t, e.mx)
@@ -167,5 +167,38 @@ func TestSpoolRemovedOnAbort(t *testing.T) {
 	}
 	if n := len(e.inbox(t, alice)); n != 0 {
 		t.Errorf("%d messages stored", n)
+	}
+}
+
+// A message that would pass the spool files' disk bound gets a temporary
+// failure, and the space comes back for the next one.
+func TestSpoolDiskFull(t *testing.T) {
+	dir := t.TempDir()
+	mem := limits.NewBudget(64<<10, 200<<10)
+	e := newTestEnv(t, func(c *Config) {
+		c.Shared.Memory = mem
+		c.Shared.SpoolDir = dir
+	})
+	send := func(lines int) string {
+		c := e.dial(t, e.mx)
+		c.cmd("EHLO client.example.test", "250")
+		c.cmd("MAIL FROM:<s@elsewhere.test>", "250 ")
+		c.cmd("RCPT TO:<"+alice+">", "250 ")
+		c.cmd("DATA", "354 ")
+		c.send("Subject: big", "", strings.Repeat(strings.Repeat("z", 998)+"\r\n", lines), ".")
+		line, err := c.r.ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		return line
+	}
+	if reply := send(300); !strings.HasPrefix(reply, "452 4.3.1 ") {
+		t.Fatalf("300 KB message past a 200 KiB spool bound: %q, want 452 4.3.1", reply)
+	}
+	if mem.DiskUsed() != 0 {
+		t.Fatalf("spool bytes still counted after the refusal: %d", mem.DiskUsed())
+	}
+	if reply := send(150); !strings.HasPrefix(reply, "250 ") {
+		t.Fatalf("150 KB message within the bound: %q", reply)
 	}
 }

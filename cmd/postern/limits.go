@@ -25,6 +25,7 @@ type LimitsConfig struct {
 	LoginBlock         string `toml:"login_block"`          // ...for this long
 	LoginFailureDelay  string `toml:"login_failure_delay"`  // wait before answering a failed login; "0s": none
 	InFlightBytes      int64  `toml:"in_flight_bytes"`      // message bytes in memory, all sessions
+	SpoolBytes         int64  `toml:"spool_bytes"`          // message bytes in spool files, all sessions
 	IMAPCommandBytes   int    `toml:"imap_command_bytes"`   // longest IMAP command line
 	IMAPLiteralBytes   int64  `toml:"imap_literal_bytes"`   // longest IMAP literal outside APPEND
 
@@ -61,6 +62,7 @@ func defaultLimits() LimitsConfig {
 		LoginBlock:         "15m",
 		LoginFailureDelay:  "2s",
 		InFlightBytes:      limits.DefaultMemory,
+		SpoolBytes:         limits.DefaultSpool,
 		IMAPCommandBytes:   imapd.LibraryMaxCommandBytes,
 		IMAPLiteralBytes:   imapd.LibraryMaxLiteralBytes,
 		MX:                 ProtocolLimits{1000, 20, "5m", "5m", 20},
@@ -141,6 +143,11 @@ func (c *Config) validateLimits(bad func(key, format string, args ...any)) {
 		// is stored (limits.Spool.Load).
 		bad("limits.in_flight_bytes", "must be at least smtp.max_message_bytes (%d)", c.SMTP.MaxMessageBytes)
 	}
+	if l.SpoolBytes < c.SMTP.MaxMessageBytes {
+		// A message of the largest size that arrives while memory is
+		// spent must fit in a spool file.
+		bad("limits.spool_bytes", "must be at least smtp.max_message_bytes (%d)", c.SMTP.MaxMessageBytes)
+	}
 	atLeast("limits.imap_command_bytes", int64(l.IMAPCommandBytes), minIMAPCommandBytes)
 	atLeast("limits.imap_literal_bytes", int64(l.IMAPLiteralBytes), 1)
 	// The IMAP library bounds both itself; a larger value would promise
@@ -211,7 +218,7 @@ func newServeLimits(cfg *Config, connections int) serveLimits {
 				BlockFor:      mustDuration(l.LoginBlock),
 				FailureDelay:  delay,
 			}),
-			Memory:   limits.NewBudget(l.InFlightBytes),
+			Memory:   limits.NewBudget(l.InFlightBytes, l.SpoolBytes),
 			SpoolDir: cfg.DataDir,
 		},
 		MX:               l.MX.protocol(),

@@ -42,6 +42,8 @@ func TestLimitsConfigErrors(t *testing.T) {
 			`key "limits.in_flight_bytes": must be greater than 0`},
 		{"in_flight_bytes below a message", h + "[smtp]\nmax_message_bytes = 1000\n[limits]\nin_flight_bytes = 999\n",
 			`t.toml:5: key "limits.in_flight_bytes": must be at least smtp.max_message_bytes (1000)`},
+		{"spool_bytes below a message", h + "[limits]\nspool_bytes = 1000\n",
+			`key "limits.spool_bytes": must be at least smtp.max_message_bytes (33554432)`},
 		{"imap_command_bytes", h + "[limits]\nimap_command_bytes = 1000\n",
 			`key "limits.imap_command_bytes": must be at least 8192`},
 		{"imap_literal_bytes", h + "[limits]\nimap_literal_bytes = 0\n",

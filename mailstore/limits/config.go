@@ -36,8 +36,13 @@ type Shared struct {
 	SpoolDir string
 }
 
-// DefaultMemory is the default in-flight message budget, limits.in_flight_bytes.
-const DefaultMemory = 128 << 20
+// DefaultMemory is the default in-flight message budget in memory,
+// limits.in_flight_bytes, and DefaultSpool the default for spool files,
+// limits.spool_bytes.
+const (
+	DefaultMemory = 128 << 20
+	DefaultSpool  = 2 << 30
+)
 
 // WithDefaults returns sh with nil fields filled with private defaults.
 func (sh Shared) WithDefaults() Shared {
@@ -45,7 +50,7 @@ func (sh Shared) WithDefaults() Shared {
 		sh.Logins = NewLogins(LoginPolicy{})
 	}
 	if sh.Memory == nil {
-		sh.Memory = NewBudget(DefaultMemory)
+		sh.Memory = NewBudget(DefaultMemory, DefaultSpool)
 	}
 	if sh.SpoolDir == "" {
 		sh.SpoolDir = os.TempDir()

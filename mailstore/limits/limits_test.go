@@ -361,7 +361,7 @@ func TestLogFailureForm(t *testing.T) {
 }
 
 func TestBudgetFIFO(t *testing.T) {
-	b := NewBudget(100)
+	b := NewBudget(100, 0)
 	if !b.TryReserve(60) {
 		t.Fatal("TryReserve(60) of 100 failed")
 	}
@@ -405,7 +405,7 @@ func TestBudgetFIFO(t *testing.T) {
 
 func TestSpoolSpillsBeyondBudget(t *testing.T) {
 	dir := t.TempDir()
-	b := NewBudget(256 << 10)
+	b := NewBudget(256 << 10, 0)
 	msg := bytes.Repeat([]byte("0123456789abcdef"), 64<<10) // 1 MiB
 	sp := b.NewSpool(dir, int64(len(msg)))
 	for off := 0; off < len(msg); off += 1000 {
@@ -454,7 +454,7 @@ func TestSpoolSpillsBeyondBudget(t *testing.T) {
 
 func TestSpoolSmallStaysInMemory(t *testing.T) {
 	dir := t.TempDir()
-	b := NewBudget(1 << 20)
+	b := NewBudget(1 << 20, 0)
 	sp := b.NewSpool(dir, 0)
 	defer sp.Close()
 	sp.Write([]byte("Subject: hi\r\n\r\nbody\r\n"))
@@ -469,7 +469,7 @@ func TestSpoolSmallStaysInMemory(t *testing.T) {
 
 func TestSpoolsTogetherStayWithinBudget(t *testing.T) {
 	dir := t.TempDir()
-	b := NewBudget(1 << 20)
+	b := NewBudget(1 << 20, 0)
 	chunk := bytes.Repeat([]byte("x"), 8192)
 	var wg sync.WaitGroup
 	var spools []*Spool
@@ -524,7 +524,7 @@ func TestRemoveStale(t *testing.T) {
 
 func TestLoadMovesIdleSpoolsToDisk(t *testing.T) {
 	dir := t.TempDir()
-	b := NewBudget(1 << 20)
+	b := NewBudget(1 << 20, 0)
 	a, bb := b.NewSpool(dir, 0), b.NewSpool(dir, 0)
 	defer a.Close()
 	defer bb.Close()
@@ -556,5 +556,59 @@ func TestLoadMovesIdleSpoolsToDisk(t *testing.T) {
 	gotA, err := a.Load(context.Background(), 0, 1)
 	if err != nil || !bytes.Equal(gotA, msgA) {
 		t.Fatalf("spool moved to disk reads back wrong: %v", err)
+	}
+}
+
+// TestLoginsQueuedGuessesStopAtBlock: guesses from one address that were
+// waiting for a password check when the address got blocked are not
+// checked.
+func TestLoginsQueuedGuessesStopAtBlock(t *testing.T) {
+	l := NewLogins(LoginPolicy{MaxHashes: 1, HashQueue: 64, HashWait: 10 * time.Second, MaxFailures: 3, FailureDelay: -1})
+	var checked atomic.Int32
+	var wg sync.WaitGroup
+	for range 40 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l.Check(context.Background(), Attempt{Remote: netip.MustParseAddr("192.0.2.7")}, func(context.Context) (bool, error) {
+				checked.Add(1)
+				time.Sleep(5 * time.Millisecond)
+				return false, nil
+			})
+		}()
+	}
+	wg.Wait()
+	if n := checked.Load(); n > 3 {
+		t.Fatalf("%d passwords checked for one address with MaxFailures 3", n)
+	}
+}
+
+func TestSpoolDiskBound(t *testing.T) {
+	dir := t.TempDir()
+	b := NewBudget(64<<10, 200<<10)
+	a := b.NewSpool(dir, 0)
+	chunk := bytes.Repeat([]byte("y"), 10<<10)
+	var err error
+	for range 30 {
+		if _, err = a.Write(chunk); err != nil {
+			break
+		}
+	}
+	if !errors.Is(err, ErrSpoolFull) {
+		t.Fatalf("writing 300 KiB past a 64 KiB memory and 200 KiB disk budget: %v, want ErrSpoolFull", err)
+	}
+	if d := b.DiskUsed(); d > 200<<10 {
+		t.Fatalf("disk used %d over the bound", d)
+	}
+	a.Close()
+	if b.DiskUsed() != 0 || b.Used() != 0 {
+		t.Fatalf("after Close: disk %d, memory %d", b.DiskUsed(), b.Used())
+	}
+	c := b.NewSpool(dir, 0)
+	defer c.Close()
+	for range 15 {
+		if _, err := c.Write(chunk); err != nil {
+			t.Fatalf("a new spool after the space came back: %v", err)
+		}
 	}
 }

@@ -149,6 +149,14 @@ func (l *Logins) Check(ctx context.Context, a Attempt, verify func(context.Conte
 		}
 		return err
 	}
+	// Guesses that queued before the address was blocked are refused
+	// too, or one address could have a whole queue of them checked.
+	if blocked, _ := l.state(key); blocked {
+		release()
+		LogFailure(a, "address blocked")
+		l.delay(ctx)
+		return ErrBlocked
+	}
 	ok, err := verify(ctx)
 	release()
 	if err != nil {

@@ -16,6 +16,11 @@ import (
 // ErrTooLarge is returned by Spool.Write past the spool's limit.
 var ErrTooLarge = errors.New("message over the size limit")
 
+// ErrSpoolFull is returned by Spool.Write when the bytes spooled to disk
+// by all sessions together would pass the budget's disk bound: a
+// temporary failure (SMTP 452 4.3.1, IMAP NO [UNAVAILABLE]).
+var ErrSpoolFull = errors.New("spool space used up")
+
 // ErrNoMemory is returned by Spool.Load when the budget could not give the
 // message's bytes in time: a temporary failure (SMTP 452 4.3.1, IMAP NO
 // [UNAVAILABLE]).
@@ -24,10 +29,12 @@ var ErrNoMemory = errors.New("too many messages in memory")
 // Budget bounds the message bytes that all sessions hold in memory
 // together. Its methods are safe for concurrent use.
 type Budget struct {
-	max int64
+	max     int64
+	maxDisk int64 // <= 0: no bound
 
-	mu      sync.Mutex
-	used    int64
+	mu       sync.Mutex
+	used     int64
+	diskUsed int64
 	waiters []*reservation // FIFO; while any waits, TryReserve fails
 	// spools are the spools holding memory that they could give up by
 	// moving to a file: a Reserve that has to wait asks them to, so that
@@ -41,8 +48,36 @@ type reservation struct {
 	ready chan struct{}
 }
 
-// NewBudget makes a budget of max bytes (> 0).
-func NewBudget(max int64) *Budget { return &Budget{max: max, spools: make(map[*Spool]struct{})} }
+// NewBudget makes a budget of max bytes (> 0) in memory and maxDisk bytes
+// (<= 0: no bound) in spool files, for all sessions together.
+func NewBudget(max, maxDisk int64) *Budget {
+	return &Budget{max: max, maxDisk: maxDisk, spools: make(map[*Spool]struct{})}
+}
+
+// takeDisk counts n more spooled bytes if they fit.
+func (b *Budget) takeDisk(n int64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.maxDisk > 0 && b.diskUsed+n > b.maxDisk {
+		return false
+	}
+	b.diskUsed += n
+	return true
+}
+
+// giveDisk gives back n spooled bytes.
+func (b *Budget) giveDisk(n int64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.diskUsed -= n
+}
+
+// DiskUsed is the bytes in spool files now.
+func (b *Budget) DiskUsed() int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.diskUsed
+}
 
 // Max is the budget's size.
 func (b *Budget) Max() int64 { return b.max }
@@ -207,8 +242,12 @@ func (s *Spool) Write(p []byte) (int, error) {
 		}
 	}
 	if s.f != nil {
+		if !s.b.takeDisk(int64(len(p))) {
+			return 0, fmt.Errorf("spool %d more bytes after %d: %w", len(p), s.size, ErrSpoolFull)
+		}
 		n, err := s.f.Write(p)
 		s.size += int64(n)
+		s.b.giveDisk(int64(len(p) - n))
 		if err != nil {
 			return n, fmt.Errorf("spool to %s: %w", s.f.Name(), err)
 		}
@@ -264,14 +303,19 @@ func (s *Spool) giveUp() int64 {
 // spill moves the message so far to a file and gives back its memory.
 // s.mu is held.
 func (s *Spool) spill() error {
+	if !s.b.takeDisk(s.size) {
+		return fmt.Errorf("spool %d bytes to disk: %w", s.size, ErrSpoolFull)
+	}
 	f, err := os.CreateTemp(s.dir, "spool-*.tmp") // CreateTemp makes it 0600
 	if err != nil {
+		s.b.giveDisk(s.size)
 		return fmt.Errorf("spool message: %w", err)
 	}
 	for _, chunk := range s.mem {
 		if _, err := f.Write(chunk); err != nil {
 			f.Close()
 			os.Remove(f.Name())
+			s.b.giveDisk(s.size)
 			return fmt.Errorf("spool to %s: %w", f.Name(), err)
 		}
 	}
@@ -355,6 +399,7 @@ func (s *Spool) Close() error {
 	if s.f == nil {
 		return nil
 	}
+	s.b.giveDisk(s.size)
 	name := s.f.Name()
 	err := s.f.Close()
 	if rerr := os.Remove(name); rerr != nil && err == nil {
