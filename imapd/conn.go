@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"strconv"
 	"sync"
@@ -58,6 +59,9 @@ type clientConn struct {
 	awaitLit int64    // a synchronizing APPEND literal awaits imapserver's "+"
 	tail     bool     // the rest of an APPEND follows its message literal
 	handover bool     // STARTTLS: Close starts TLS instead of closing
+	// dropped holds the last bytes of a line readLine dropped as too
+	// long, so that a literal it announces is seen.
+	dropped []byte
 
 	mu       sync.Mutex
 	tag, cmd string // the command in progress
@@ -255,7 +259,9 @@ func (c *clientConn) frame() error {
 			if !tail && len(segs) == 0 {
 				t, _, _ = parseStart(line)
 			}
-			return c.refuse(t, "BAD [TOOBIG] Command line too long", false)
+			// After an APPEND message imapserver still waits for the
+			// command's end: only ending the session keeps the two apart.
+			return c.refuse(t, "BAD [TOOBIG] Command line too long", tail || announcesNonSync(c.dropped))
 		}
 		if err != nil {
 			return err
@@ -268,7 +274,7 @@ func (c *clientConn) frame() error {
 			if !tail && len(segs) == 0 {
 				t, _, _ = parseStart(text)
 			}
-			return c.refuse(t, "BAD [CLIENTBUG] CR without LF", false)
+			return c.refuse(t, "BAD [CLIENTBUG] CR without LF", announcesNonSync(text))
 		}
 		first := !tail && len(segs) == 0
 		if first {
@@ -278,7 +284,7 @@ func (c *clientConn) frame() error {
 			var ok bool
 			tag, name, ok = parseStart(text)
 			if !ok {
-				return c.refuse(tag, "BAD [CLIENTBUG] A command is a tag, a space and a command name", false)
+				return c.refuse(tag, "BAD [CLIENTBUG] A command is a tag, a space and a command name", announcesNonSync(text))
 			}
 			if name == "STARTTLS" && len(text) == len(tag)+len(" STARTTLS") && c.canStartTLS() {
 				return c.beginTLS(tag)
@@ -294,6 +300,11 @@ func (c *clientConn) frame() error {
 		// literal that opens the arguments is the mailbox name.
 		message := name == "APPEND" && !tail && !(first && opensArgs(text, tag, name))
 		switch {
+		case message && !c.loggedIn():
+			// Refused before any "+", so that no message is read for a
+			// command that cannot succeed (RFC 3501 6.3.11: APPEND is for
+			// the authenticated state).
+			return c.refuse(tag, "BAD [CLIENTBUG] APPEND needs a login first", nonSync)
 		case message && n > c.srv.maxMessage:
 			return c.refuse(tag, fmt.Sprintf("NO [TOOBIG] Messages are limited to %d octets", c.srv.maxMessage), nonSync)
 		case !message && (n > c.srv.maxLiteral || lits+n > maxCommandLiterals):
@@ -362,17 +373,21 @@ func (c *clientConn) refuse(tag, resp string, end bool) error {
 }
 
 // readLine reads up to and including LF, at most limit bytes; past
-// that, it drops the line and returns its start with errLineTooLong.
+// that, it drops the line and returns its start with errLineTooLong,
+// keeping its last bytes in c.dropped.
 func (c *clientConn) readLine(limit int) ([]byte, error) {
+	c.dropped = c.dropped[:0]
 	var line []byte
 	for {
 		frag, err := c.r.ReadSlice('\n')
 		if len(line)+len(frag) > limit {
 			line = append(line, frag[:min(len(frag), max(0, 256-len(line)))]...)
 			dropped := len(frag)
+			c.keepTail(frag)
 			for errors.Is(err, bufio.ErrBufferFull) && dropped < maxDiscard {
 				frag, err = c.r.ReadSlice('\n')
 				dropped += len(frag)
+				c.keepTail(frag)
 			}
 			if err != nil {
 				if errors.Is(err, bufio.ErrBufferFull) {
@@ -390,6 +405,30 @@ func (c *clientConn) readLine(limit int) ([]byte, error) {
 			return nil, err
 		}
 	}
+}
+
+// keepTail keeps the last bytes seen of a line being dropped.
+func (c *clientConn) keepTail(frag []byte) {
+	const keep = 32
+	c.dropped = append(c.dropped, frag...)
+	if len(c.dropped) > keep {
+		c.dropped = append(c.dropped[:0], c.dropped[len(c.dropped)-keep:]...)
+	}
+}
+
+// announcesNonSync reports whether a line ends in a non-synchronizing
+// literal (RFC 7888): its data follows at once, so a refused command's
+// data would be read as commands unless the session ends.
+func announcesNonSync(line []byte) bool {
+	text := bytes.TrimSuffix(bytes.TrimSuffix(line, []byte("\n")), []byte("\r"))
+	_, nonSync, ok := literalHeader(text)
+	return ok && nonSync
+}
+
+func (c *clientConn) loggedIn() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.authed
 }
 
 // parseStart reads a command's tag and name (with UID's subcommand
@@ -466,13 +505,16 @@ func literalHeader(text []byte) (n int64, nonSync, ok bool) {
 	if len(num) > 0 && num[len(num)-1] == '+' {
 		nonSync, num = true, num[:len(num)-1]
 	}
-	if len(num) == 0 || len(num) > 18 {
-		return 0, false, len(num) > 18 // too many digits: refused as too big
+	if len(num) == 0 {
+		return 0, false, false
 	}
 	for _, d := range num {
 		if d < '0' || d > '9' {
 			return 0, false, false
 		}
+	}
+	if len(num) > 18 {
+		return math.MaxInt64, nonSync, true // too many digits: refused as too big
 	}
 	v, err := strconv.ParseInt(string(num), 10, 64)
 	if err != nil {

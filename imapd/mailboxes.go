@@ -309,9 +309,9 @@ func (s *session) status(ctx context.Context, mb mailstore.Mailbox, options *ima
 // Append adds a message to a mailbox (RFC 3501 6.3.11, UIDPLUS APPENDUID).
 func (s *session) Append(name string, r imap.LiteralReader, options *imap.AppendOptions) (*imap.AppendData, error) {
 	defer s.enter()()
-	ctx, cancel := s.ctx()
-	defer cancel()
-	mb, err := s.srv.store.MailboxByName(ctx, s.user.ID, mailboxName(name))
+	lookup, cancelLookup := s.ctx()
+	mb, err := s.srv.store.MailboxByName(lookup, s.user.ID, mailboxName(name))
+	cancelLookup()
 	if err != nil {
 		if errors.Is(err, mailstore.ErrNotFound) {
 			return nil, errTryCreate // RFC 3501 6.3.11
@@ -353,6 +353,10 @@ func (s *session) Append(name string, r imap.LiteralReader, options *imap.Append
 		}
 		return nil, s.internal("spool APPEND", err)
 	}
+	// The store's time starts once the message is here: reading it is
+	// bounded per read (literalTimeout), however long a slow link takes.
+	ctx, cancel := s.ctx()
+	defer cancel()
 	msg, err := sp.Load(ctx, 0, 3)
 	if err != nil {
 		if errors.Is(err, limits.ErrNoMemory) {
