@@ -405,7 +405,7 @@ func TestBudgetFIFO(t *testing.T) {
 
 func TestSpoolSpillsBeyondBudget(t *testing.T) {
 	dir := t.TempDir()
-	b := NewBudget(256 << 10, 0)
+	b := NewBudget(256<<10, 0)
 	msg := bytes.Repeat([]byte("0123456789abcdef"), 64<<10) // 1 MiB
 	sp := b.NewSpool(dir, int64(len(msg)))
 	for off := 0; off < len(msg); off += 1000 {
@@ -454,7 +454,7 @@ func TestSpoolSpillsBeyondBudget(t *testing.T) {
 
 func TestSpoolSmallStaysInMemory(t *testing.T) {
 	dir := t.TempDir()
-	b := NewBudget(1 << 20, 0)
+	b := NewBudget(1<<20, 0)
 	sp := b.NewSpool(dir, 0)
 	defer sp.Close()
 	sp.Write([]byte("Subject: hi\r\n\r\nbody\r\n"))
@@ -469,7 +469,7 @@ func TestSpoolSmallStaysInMemory(t *testing.T) {
 
 func TestSpoolsTogetherStayWithinBudget(t *testing.T) {
 	dir := t.TempDir()
-	b := NewBudget(1 << 20, 0)
+	b := NewBudget(1<<20, 0)
 	chunk := bytes.Repeat([]byte("x"), 8192)
 	var wg sync.WaitGroup
 	var spools []*Spool
@@ -524,7 +524,7 @@ func TestRemoveStale(t *testing.T) {
 
 func TestLoadMovesIdleSpoolsToDisk(t *testing.T) {
 	dir := t.TempDir()
-	b := NewBudget(1 << 20, 0)
+	b := NewBudget(1<<20, 0)
 	a, bb := b.NewSpool(dir, 0), b.NewSpool(dir, 0)
 	defer a.Close()
 	defer bb.Close()

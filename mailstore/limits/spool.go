@@ -35,7 +35,7 @@ type Budget struct {
 	mu       sync.Mutex
 	used     int64
 	diskUsed int64
-	waiters []*reservation // FIFO; while any waits, TryReserve fails
+	waiters  []*reservation // FIFO; while any waits, TryReserve fails
 	// spools are the spools holding memory that they could give up by
 	// moving to a file: a Reserve that has to wait asks them to, so that
 	// transfers left unfinished (or finished and waiting their turn) never
