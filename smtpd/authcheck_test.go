@@ -44,7 +44,7 @@ type authWorld struct {
 	dns *msgauthtest.DNS
 }
 
-func newAuthWorld(t *testing.T, opts ...func(*Config)) *authWorld {
+func newAuthWorld(t testing.TB, opts ...func(*Config)) *authWorld {
 	t.Helper()
 	d := msgauthtest.NewDNS(t)
 	for _, dom := range []string{testDomain, "alpha.test"} {

@@ -414,3 +414,27 @@ func TestResolverCache(t *testing.T) {
 		t.Error("NXDOMAIN gave no error")
 	}
 }
+
+// BenchmarkSign is the signing cost per submitted message (4 KiB) for
+// each key type.
+func BenchmarkSign(b *testing.B) {
+	keys := keysFor(b, "alpha.test")
+	msg := message("alice@alpha.test")
+	for len(msg) < 4096 {
+		msg = append(msg, strings.Repeat("0123456789abcdef", 4)+"\r\n"...)
+	}
+	for _, k := range keys {
+		name := string(k.Algorithm)
+		if k.Algorithm == RSA {
+			name = "rsa2048"
+		}
+		b.Run(name, func(b *testing.B) {
+			b.SetBytes(int64(len(msg)))
+			for b.Loop() {
+				if _, err := Sign(msg, []Key{k}, day); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
