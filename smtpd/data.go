@@ -85,10 +85,30 @@ func (s *session) Data(r io.Reader) error {
 			return err
 		}
 	}
+	msg, arField, junk, err := s.checkInbound(tx, h, msg)
+	if err != nil {
+		return err
+	}
+	tx.junk = junk
 	prefix, err := s.traceFields(tx, h)
 	if err != nil {
 		s.log.Error("message refused", "id", tx.id, "err", err)
 		return errTemporaryFailure
+	}
+	if s.cl.kind.submission() && s.user != nil {
+		// Signed as it will be stored or queued, trace fields included
+		// (they are not signed, but Date and Message-ID added here are).
+		sig, err := s.sign(tx, h, append([]byte(prefix), msg...))
+		if err != nil {
+			s.log.Error("message not signed", "id", tx.id, "err", err)
+			return errTemporaryFailure
+		}
+		prefix = sig + prefix
+	}
+	// RFC 5321 4.4: Return-Path is the first field at final delivery.
+	prefix = arField + prefix
+	if tx.local {
+		prefix = mime.ReturnPath(tx.from) + prefix
 	}
 	var full []byte
 	if len(prefix) <= headroom && len(msg) > 0 && len(msg) == len(body) && &msg[0] == &body[0] {
@@ -196,17 +216,15 @@ func (s *session) refuse(tx *transaction, reply *smtp.SMTPError, cause error) *s
 	return reply
 }
 
-// traceFields returns what is put before the message: Return-Path and
-// Received (RFC 5321 4.4), and on submission Date and Message-ID when the
-// header lacks them (RFC 6409 8.2, 8.3). Return-Path is for final delivery
-// only, so a message for remote recipients alone does not get one; the
-// mailstore keeps one body for all recipients, so when a message has both,
-// the queued copy has it too (see doc.go).
+// traceFields returns Received (RFC 5321 4.4), and on submission Date and
+// Message-ID when the header lacks them (RFC 6409 8.2, 8.3). Data puts
+// them after Return-Path, which is for final delivery only, so a message
+// for remote recipients alone does not get one; the mailstore keeps one
+// body for all recipients, so when a message has both, the queued copy
+// has it too (see doc.go). DKIM-Signature (submission) or
+// Authentication-Results (MX) go between the two.
 func (s *session) traceFields(tx *transaction, h textproto.Header) (string, error) {
 	var b strings.Builder
-	if tx.local {
-		b.WriteString(mime.ReturnPath(tx.from))
-	}
 	rec := mime.Received{
 		Helo:     s.c.Hostname(),
 		ClientIP: s.cl.ip,
@@ -288,8 +306,13 @@ func (s *session) deliver(tx *transaction, msg []byte) error {
 	}
 	s.cl.delivered++
 	s.cl.conn.delivered()
-	s.log.Info("message accepted", "id", tx.id, "from", tx.from, "to", recipientList(tx.rcpts),
-		"size", len(msg), "stored", len(d.Stored), "queued", len(d.Queued))
+	attrs := []any{"id", tx.id, "from", tx.from, "to", recipientList(tx.rcpts),
+		"size", len(msg), "stored", len(d.Stored), "queued", len(d.Queued)}
+	if tx.junk {
+		// mailstore has no delivery into a named mailbox yet: INBOX.
+		attrs = append(attrs, "junk", true, "mailbox", "INBOX")
+	}
+	s.log.Info("message accepted", attrs...)
 	for _, f := range d.Failed {
 		// One reply answers for all recipients: the others have the message.
 		s.log.Warn("recipient did not get the message", "id", tx.id, "to", f.Recipient, "err", f.Err)

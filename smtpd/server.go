@@ -20,6 +20,7 @@ import (
 
 	"github.com/postern/postern/mailstore"
 	"github.com/postern/postern/mailstore/limits"
+	"github.com/postern/postern/smtpd/msgauth"
 )
 
 // Defaults for the zero fields of Config.
@@ -149,6 +150,20 @@ type Config struct {
 	// the outbound queue, so that the relay need not wait for its next
 	// poll.
 	Queued func()
+
+	// Signer signs every message accepted on submission whose header From
+	// is in a local domain, before it is stored or queued (DKIM, RFC
+	// 6376): one DKIM-Signature per key of that domain. nil: no signing.
+	Signer *msgauth.Signer
+	// Checks runs SPF, DKIM and DMARC on every message received on the
+	// MX (not on submission), prepends its Authentication-Results field
+	// (authserv-id Hostname, after removing any that claim it) and refuses
+	// mail that claims a local domain without SPF or DKIM passing for it.
+	// nil: no inbound checks ([checks] off).
+	Checks *msgauth.Checker
+	// CheckPolicy says what Checks' results do ([checks]); zero fields
+	// take DefaultCheckPolicy.
+	CheckPolicy CheckPolicy
 }
 
 // Server serves SMTP on any number of listeners over one mailstore.
@@ -160,11 +175,12 @@ type Server struct {
 	now    func() time.Time
 	secure func(netip.Addr) bool
 
-	sh       limits.Shared
-	mxConns  *limits.Conns   // the MX group's budget
-	subConns *limits.Conns   // both submission listeners'
-	mxLim    limits.Protocol // Config.Limits, defaults filled in
-	subLim   limits.Protocol // Config.SubmissionLimits, defaults filled in
+	sh          limits.Shared
+	mxConns     *limits.Conns   // the MX group's budget
+	subConns    *limits.Conns   // both submission listeners'
+	mxLim       limits.Protocol // Config.Limits, defaults filled in
+	subLim      limits.Protocol // Config.SubmissionLimits, defaults filled in
+	checkPolicy CheckPolicy     // Config.CheckPolicy, defaults filled in
 
 	// checkPassword is the store's Authenticate; tests wrap it to watch
 	// the password checks.
@@ -194,14 +210,15 @@ func New(cfg Config, store *mailstore.Store) *Server {
 	setDefault(&cfg.DataTimeout, defaultDataTimeout)
 	setDefault(&cfg.WriteTimeout, defaultWriteTimeout)
 	s := &Server{
-		cfg:       cfg,
-		store:     store,
-		log:       cfg.Logger,
-		now:       cfg.Now,
-		secure:    cfg.SecureAddr,
-		sh:        cfg.Shared.WithDefaults(),
-		listeners: make(map[net.Listener]struct{}),
-		active:    make(map[*conn]struct{}),
+		cfg:         cfg,
+		store:       store,
+		log:         cfg.Logger,
+		now:         cfg.Now,
+		secure:      cfg.SecureAddr,
+		sh:          cfg.Shared.WithDefaults(),
+		checkPolicy: cfg.CheckPolicy.withDefaults(),
+		listeners:   make(map[net.Listener]struct{}),
+		active:      make(map[*conn]struct{}),
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.NewTextHandler(io.Discard, nil))

@@ -88,6 +88,7 @@ type transaction struct {
 	rcpts []mailstore.Recipient
 	seen  map[string]bool
 	local bool // some recipient reaches a local mailbox
+	junk  bool // the inbound checks asked for the Junk mailbox
 
 	refused int // recipients refused, for the error count
 }
@@ -203,10 +204,10 @@ func (s *session) mayUse(addr string) (bool, error) {
 
 // inboundSender is the policy hook for the reverse-path of mail from a
 // client that has not logged in (the MX). A sender in a local domain
-// from such a client claims to be one of our users without proof: this
-// is where the SPF (RFC 7208) and DMARC (RFC 7489) checks of
-// smtpd/msgauth plug in, to refuse or mark such mail. There is no policy
-// yet: the claim is logged and the mail accepted.
+// from such a client claims to be one of our users without proof: it is
+// logged here, and at the end of DATA, with Config.Checks set,
+// checkInbound refuses the message with 550 5.7.1 unless SPF or DKIM
+// passes for that domain (the DKIM result is known only then).
 func (s *session) inboundSender(a address) error {
 	if a.literal {
 		return nil
