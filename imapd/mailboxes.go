@@ -96,10 +96,11 @@ func (s *session) Rename(oldName, newName string, _ *imap.RenameOptions) error {
 	return nil
 }
 
-// Subscribe adds a mailbox to the subscriptions (RFC 3501 6.3.6).
+// Subscribe adds a name to the subscriptions, whether or not a mailbox
+// has it (RFC 3501 6.3.6).
 func (s *session) Subscribe(name string) error { return s.subscribe(name, true) }
 
-// Unsubscribe removes a mailbox from the subscriptions (RFC 3501 6.3.7).
+// Unsubscribe removes a name from the subscriptions (RFC 3501 6.3.7).
 func (s *session) Unsubscribe(name string) error { return s.subscribe(name, false) }
 
 func (s *session) subscribe(name string, on bool) error {
@@ -107,6 +108,9 @@ func (s *session) subscribe(name string, on bool) error {
 	ctx, cancel := s.ctx()
 	defer cancel()
 	if err := s.srv.store.SetSubscribed(ctx, s.user.ID, mailboxName(name), on); err != nil {
+		if errors.Is(err, mailstore.ErrLimit) {
+			return errTooManySubs
+		}
 		if e := storeError(err); e != nil {
 			return e
 		}
