@@ -43,6 +43,7 @@ var (
 	errAuthFailed = imapserver.ErrAuthFailed
 
 	errTooManyKeywords = &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeLimit, Text: "Too many keywords in this mailbox"}
+	errTooManySubs     = &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeLimit, Text: "Too many subscriptions: unsubscribe some first"}
 	errShuttingDown    = &imap.Error{Type: imap.StatusResponseTypeBye, Code: imap.ResponseCodeUnavailable, Text: "Server shutting down"}
 )
 

@@ -35,6 +35,7 @@ func FuzzSession(f *testing.F) {
 		"a IDLE\r\nDONE\r\n",
 		"a COPY 1 INBOX\r\nb MOVE 1:* INBOX\r\nc FETCH 1:* (FLAGS BINARY.SIZE[1] BINARY.PEEK[]<3.7>)\r\n",
 		"a SEARCH NEW OLD RECENT UNSEEN FROM sender\r\nb STATUS INBOX (RECENT)\r\nc LSUB \"\" %\r\n",
+		"a SUBSCRIBE no/such/name\r\nb LSUB \"\" *\r\nc LIST (SUBSCRIBED RECURSIVEMATCH) \"\" % RETURN (CHILDREN STATUS (MESSAGES))\r\nd UNSUBSCRIBE no/such/name\r\n",
 	} {
 		f.Add([]byte(s))
 	}

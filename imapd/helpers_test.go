@@ -47,6 +47,7 @@ type testEnv struct {
 	cert  *x509.Certificate
 	user  mailstore.User
 	logs  *syncBuffer
+	db    string // the store's database file
 }
 
 type syncBuffer struct {
@@ -70,7 +71,8 @@ func (s *syncBuffer) String() string {
 func newEnv(t testing.TB, configure ...func(*Config)) *testEnv {
 	t.Helper()
 	dir := t.TempDir()
-	store, err := mailstore.Open(filepath.Join(dir, "postern.db"), mailstore.Options{PasswordCost: mailstore.FastPasswordHash})
+	dbPath := filepath.Join(dir, "postern.db")
+	store, err := mailstore.Open(dbPath, mailstore.Options{PasswordCost: mailstore.FastPasswordHash})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +107,7 @@ func newEnv(t testing.TB, configure ...func(*Config)) *testEnv {
 	done := make(chan struct{}, 2)
 	go func() { srv.Serve(plain); done <- struct{}{} }()
 	go func() { srv.ServeTLS(implicit); done <- struct{}{} }()
-	env := &testEnv{store: store, srv: srv, addr: plain.Addr().String(), tls: implicit.Addr().String(), cert: cert, user: u, logs: logs}
+	env := &testEnv{store: store, srv: srv, addr: plain.Addr().String(), tls: implicit.Addr().String(), cert: cert, user: u, logs: logs, db: dbPath}
 	if tt, ok := t.(*testing.T); ok {
 		env.t = tt
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"sort"
 	"strings"
 
 	"github.com/emersion/go-imap/v2"
@@ -95,10 +96,11 @@ func (s *session) Rename(oldName, newName string, _ *imap.RenameOptions) error {
 	return nil
 }
 
-// Subscribe adds a mailbox to the subscriptions (RFC 3501 6.3.6).
+// Subscribe adds a name to the subscriptions, whether or not a mailbox
+// has it (RFC 3501 6.3.6).
 func (s *session) Subscribe(name string) error { return s.subscribe(name, true) }
 
-// Unsubscribe removes a mailbox from the subscriptions (RFC 3501 6.3.7).
+// Unsubscribe removes a name from the subscriptions (RFC 3501 6.3.7).
 func (s *session) Unsubscribe(name string) error { return s.subscribe(name, false) }
 
 func (s *session) subscribe(name string, on bool) error {
@@ -106,6 +108,9 @@ func (s *session) subscribe(name string, on bool) error {
 	ctx, cancel := s.ctx()
 	defer cancel()
 	if err := s.srv.store.SetSubscribed(ctx, s.user.ID, mailboxName(name), on); err != nil {
+		if errors.Is(err, mailstore.ErrLimit) {
+			return errTooManySubs
+		}
 		if e := storeError(err); e != nil {
 			return e
 		}
@@ -140,17 +145,38 @@ func (s *session) List(w *imapserver.ListWriter, ref string, patterns []string, 
 	if err != nil {
 		return s.internal("list mailboxes", err)
 	}
-	children := make(map[string]bool)        // names with children
-	subscribedChild := make(map[string]bool) // names with a subscribed descendant
-	for _, mb := range boxes {
-		parts := strings.Split(mb.Name, sep)
-		for i := 1; i < len(parts); i++ {
-			parent := strings.Join(parts[:i], sep)
-			children[parent] = true
-			if mb.Subscribed {
-				subscribedChild[parent] = true
-			}
+	// Subscriptions are names, with or without a mailbox (RFC 3501
+	// 6.3.6); read only when the command asks about them.
+	wantSubs := options.SelectSubscribed || options.ReturnSubscribed
+	subscribed := make(map[string]bool)
+	var subs []string
+	if wantSubs {
+		if subs, err = s.srv.store.Subscriptions(ctx, s.user.ID); err != nil {
+			return s.internal("list subscriptions", err)
 		}
+		for _, n := range subs {
+			subscribed[n] = true
+		}
+	}
+	byName := make(map[string]*mailstore.Mailbox, len(boxes))
+	children := make(map[string]bool) // names with a mailbox below them
+	for i := range boxes {
+		mb := &boxes[i]
+		byName[mb.Name] = mb
+		forEachParent(mb.Name, func(parent string) bool {
+			children[parent] = true
+			return true
+		})
+	}
+	subscribedChild := make(map[string]bool) // names with a subscribed name below them
+	for _, n := range subs {
+		forEachParent(n, func(parent string) bool {
+			if subscribedChild[parent] {
+				return false // and its parents were marked with it
+			}
+			subscribedChild[parent] = true
+			return true
+		})
 	}
 	matchers := make([]*listMatcher, len(patterns))
 	for i, p := range patterns {
@@ -170,32 +196,63 @@ func (s *session) List(w *imapserver.ListWriter, ref string, patterns []string, 
 	// match the pattern itself.
 	hiddenSubscribed := make(map[string]bool)
 	if lsub {
-		for _, mb := range boxes {
-			if !mb.Subscribed || matches(mb.Name) {
+		for _, n := range subs {
+			if matches(n) {
 				continue
 			}
-			parts := strings.Split(mb.Name, sep)
-			for i := 1; i < len(parts); i++ {
-				hiddenSubscribed[strings.Join(parts[:i], sep)] = true
-			}
+			forEachParent(n, func(parent string) bool {
+				hiddenSubscribed[parent] = true
+				return true
+			})
 		}
 	}
+	// The names to consider: every mailbox, and when the command selects
+	// subscriptions, every subscribed name and its parents, mailbox or
+	// not (RFC 5258 3.1, 3.5).
+	names := make([]string, 0, len(boxes)+len(subscribedChild)+len(subs))
 	for _, mb := range boxes {
-		if !matches(mb.Name) {
+		names = append(names, mb.Name)
+	}
+	if options.SelectSubscribed {
+		for _, n := range subs {
+			if byName[n] == nil {
+				names = append(names, n)
+			}
+		}
+		for n := range subscribedChild {
+			if byName[n] == nil && !subscribed[n] {
+				names = append(names, n)
+			}
+		}
+		sort.Strings(names)
+	}
+	for i, name := range names {
+		if i%1024 == 1023 && ctx.Err() != nil {
+			return s.internal("list mailboxes", ctx.Err())
+		}
+		if !matches(name) {
 			continue
 		}
-		data := &imap.ListData{Delim: rune(sep[0]), Mailbox: mb.Name}
-		if lsub && !mb.Subscribed && hiddenSubscribed[mb.Name] {
+		mb := byName[name]
+		if mb == nil {
+			if err := s.listMissing(w, name, subscribed[name], subscribedChild[name], lsub, hiddenSubscribed[name], options); err != nil {
+				return err
+			}
+			continue
+		}
+		sub := subscribed[name]
+		data := &imap.ListData{Delim: rune(sep[0]), Mailbox: name}
+		if lsub && !sub && hiddenSubscribed[name] {
 			data.Attrs = []imap.MailboxAttr{imap.MailboxAttrNoSelect}
 			if err := w.WriteList(data); err != nil {
 				return err
 			}
 			continue
 		}
-		if options.SelectSubscribed && !mb.Subscribed {
+		if options.SelectSubscribed && !sub {
 			// RFC 5258 3.5: a parent of subscribed mailboxes, with
 			// CHILDINFO, when RECURSIVEMATCH asks for it.
-			if !options.SelectRecursiveMatch || !subscribedChild[mb.Name] {
+			if !options.SelectRecursiveMatch || !subscribedChild[name] {
 				continue
 			}
 			data.ChildInfo = &imap.ListDataChildInfo{Subscribed: true}
@@ -206,19 +263,19 @@ func (s *session) List(w *imapserver.ListWriter, ref string, patterns []string, 
 		if mb.NoSelect {
 			data.Attrs = append(data.Attrs, imap.MailboxAttrNoSelect)
 		}
-		if children[mb.Name] {
+		if children[name] {
 			data.Attrs = append(data.Attrs, imap.MailboxAttrHasChildren)
 		} else {
 			data.Attrs = append(data.Attrs, imap.MailboxAttrHasNoChildren)
 		}
-		if mb.Subscribed && (options.ReturnSubscribed || options.SelectSubscribed) {
+		if sub {
 			data.Attrs = append(data.Attrs, imap.MailboxAttrSubscribed)
 		}
 		if mb.SpecialUse != "" {
 			data.Attrs = append(data.Attrs, imap.MailboxAttr(mb.SpecialUse))
 		}
 		if options.ReturnStatus != nil && !mb.NoSelect {
-			st, err := s.status(ctx, mb, options.ReturnStatus)
+			st, err := s.status(ctx, *mb, options.ReturnStatus)
 			if err != nil {
 				return err
 			}
@@ -229,6 +286,46 @@ func (s *session) List(w *imapserver.ListWriter, ref string, patterns []string, 
 		}
 	}
 	return nil
+}
+
+// listMissing writes the LIST or LSUB line, if any, for a name that is
+// subscribed, or has subscribed names below it, but has no mailbox. LSUB
+// gives it as \Noselect (RFC 3501 6.3.9); LIST (SUBSCRIBED) as
+// \NonExistent, which implies \Noselect (RFC 5258 3.1, RFC 9051 7.3.1),
+// and a parent only with RECURSIVEMATCH, with CHILDINFO (RFC 5258 3.5).
+func (s *session) listMissing(w *imapserver.ListWriter, name string, sub, subChild, lsub, hidden bool, options *imap.ListOptions) error {
+	data := &imap.ListData{Delim: rune(sep[0]), Mailbox: name}
+	switch {
+	case lsub:
+		if !sub && !hidden {
+			return nil
+		}
+		data.Attrs = []imap.MailboxAttr{imap.MailboxAttrNoSelect}
+		return w.WriteList(data)
+	case options.SelectSpecialUse:
+		return nil // no mailbox, no special use
+	case sub:
+		data.Attrs = []imap.MailboxAttr{imap.MailboxAttrNonExistent, imap.MailboxAttrSubscribed}
+	case options.SelectRecursiveMatch && subChild:
+		data.Attrs = []imap.MailboxAttr{imap.MailboxAttrNonExistent}
+	default:
+		return nil
+	}
+	if options.SelectRecursiveMatch && subChild {
+		data.ChildInfo = &imap.ListDataChildInfo{Subscribed: true}
+	}
+	return w.WriteList(data)
+}
+
+// forEachParent calls f with each parent of a hierarchical name, the
+// nearest first, until f returns false. The parents share the name's
+// memory.
+func forEachParent(name string, f func(parent string) bool) {
+	for i := strings.LastIndex(name, sep); i > 0; i = strings.LastIndex(name[:i], sep) {
+		if !f(name[:i]) {
+			return
+		}
+	}
 }
 
 // Status answers STATUS (RFC 3501 6.3.10, RFC 8438 SIZE, RFC 7889

@@ -1,9 +1,7 @@
 package imapd
 
 import (
-	"context"
 	"errors"
-	"fmt"
 	"slices"
 
 	"github.com/emersion/go-imap/v2"
@@ -300,12 +298,10 @@ func (s *session) Move(w *imapserver.MoveWriter, numSet imap.NumSet, dest string
 	if len(targets) == 0 {
 		return nil
 	}
-	var pairs []mailstore.UIDPair
-	if dst.ID == s.mailbox.ID {
-		pairs, err = s.moveWithin(ctx, targets)
-	} else {
-		pairs, err = s.srv.store.Move(ctx, s.mailbox.ID, uidSetOf(targets), dst.ID)
-	}
+	// The destination may be the selected mailbox itself (RFC 6851 3.3
+	// does not forbid it): the store gives the messages new UIDs and
+	// expunges the originals in one transaction.
+	pairs, err := s.srv.store.Move(ctx, s.mailbox.ID, uidSetOf(targets), dst.ID)
 	if err != nil {
 		if e := storeError(err); e != nil {
 			if e == errNonExistent {
@@ -320,26 +316,6 @@ func (s *session) Move(w *imapserver.MoveWriter, numSet imap.NumSet, dest string
 		return w.WriteCopyData(data)
 	}
 	return nil
-}
-
-// moveWithin moves messages into the mailbox they are in (RFC 6851 3.3
-// does not forbid it): new UIDs, the originals expunged. mailstore.Move
-// refuses a move within one mailbox, so this is a copy, then the removal
-// of exactly the originals: were the second step to fail, the messages
-// would be there twice, never lost.
-func (s *session) moveWithin(ctx context.Context, targets []target) ([]mailstore.UIDPair, error) {
-	pairs, err := s.srv.store.Copy(ctx, s.mailbox.ID, uidSetOf(targets), s.mailbox.ID)
-	if err != nil || len(pairs) == 0 {
-		return pairs, err
-	}
-	uids := make([]uint32, len(pairs))
-	for i, p := range pairs {
-		uids[i] = p.Src
-	}
-	if _, err := s.srv.store.DeleteMessages(ctx, s.mailbox.ID, uids); err != nil {
-		return nil, fmt.Errorf("remove the originals of a move within mailbox %q: %w", s.mailbox.Name, err)
-	}
-	return pairs, nil
 }
 
 // destination finds the target of COPY or MOVE; a missing one is

@@ -14,6 +14,9 @@ const Separator = "/"
 const (
 	maxMailboxName  = 1000
 	maxMailboxDepth = 32
+	// MaxSubscriptions bounds the names one user can subscribe to; they
+	// need no mailbox, so nothing else bounds them.
+	MaxSubscriptions = 10000
 )
 
 // Mailbox is one of a user's mailboxes.
@@ -24,8 +27,8 @@ type Mailbox struct {
 	UIDValidity   uint32
 	UIDNext       uint32
 	HighestModSeq uint64
-	SpecialUse    string // `\Sent`, `\Drafts`, ... (RFC 6154) or ""
-	Subscribed    bool
+	SpecialUse    string   // `\Sent`, `\Drafts`, ... (RFC 6154) or ""
+	Subscribed    bool     // the name is in the user's subscriptions (see Subscriptions)
 	NoSelect      bool     // a name kept only because it has children
 	Keywords      []string // keywords ever used in the mailbox
 }
@@ -67,7 +70,10 @@ func NormalizeMailboxName(name string) (string, error) {
 	return strings.Join(parts, Separator), nil
 }
 
-const mailboxColumns = "id, user_id, name, uidvalidity, uidnext, highestmodseq, special_use, subscribed, noselect, keywords"
+// mailboxColumns reads a mailbox row (FROM mailboxes, unaliased) with
+// whether its name is subscribed.
+const mailboxColumns = "id, user_id, name, uidvalidity, uidnext, highestmodseq, special_use, " +
+	"EXISTS (SELECT 1 FROM subscriptions s WHERE s.user_id = mailboxes.user_id AND s.name = mailboxes.name), noselect, keywords"
 
 func scanMailbox(sc interface{ Scan(...any) error }) (Mailbox, error) {
 	var mb Mailbox
@@ -190,9 +196,15 @@ func validSpecialUse(use string) bool {
 	return false
 }
 
-// createMailbox inserts a mailbox with a fresh UIDVALIDITY. A \Noselect
-// placeholder of the same name becomes a real mailbox.
+// createMailbox inserts a mailbox with a fresh UIDVALIDITY, and subscribes
+// its name if asked. A \Noselect placeholder of the same name becomes a
+// real mailbox.
 func (t *wtx) createMailbox(userID int64, name, specialUse string, subscribed bool) (int64, error) {
+	if subscribed {
+		if err := t.subscribe(userID, name); err != nil {
+			return 0, err
+		}
+	}
 	var uidvalidity uint32
 	if err := t.queryRow("UPDATE meta SET value = value + 1 WHERE key = 'uidvalidity' RETURNING value").Scan(&uidvalidity); err != nil {
 		return 0, fmt.Errorf("next uidvalidity: %w", err)
@@ -209,8 +221,8 @@ func (t *wtx) createMailbox(userID int64, name, specialUse string, subscribed bo
 	case !isNoRows(err):
 		return 0, err
 	}
-	res, err := t.exec("INSERT INTO mailboxes (user_id, name, uidvalidity, special_use, subscribed) VALUES (?, ?, ?, ?, ?)",
-		userID, name, uidvalidity, specialUse, subscribed)
+	res, err := t.exec("INSERT INTO mailboxes (user_id, name, uidvalidity, special_use) VALUES (?, ?, ?, ?)",
+		userID, name, uidvalidity, specialUse)
 	if err != nil {
 		return 0, err
 	}
@@ -219,7 +231,7 @@ func (t *wtx) createMailbox(userID int64, name, specialUse string, subscribed bo
 
 // DeleteMailbox deletes a mailbox and its messages (RFC 3501 6.3.4). A
 // mailbox with children keeps its name as \Noselect; INBOX cannot be
-// deleted.
+// deleted. A subscription to the name stays (RFC 3501 6.3.6).
 func (s *Store) DeleteMailbox(ctx context.Context, userID int64, name string) error {
 	n, err := NormalizeMailboxName(name)
 	if err != nil {
@@ -268,7 +280,9 @@ func (s *Store) DeleteMailbox(ctx context.Context, userID int64, name string) er
 
 // RenameMailbox renames a mailbox and its children (RFC 3501 6.3.5).
 // Renaming INBOX moves its messages into a new mailbox and leaves INBOX
-// empty; INBOX's children stay where they are.
+// empty; INBOX's children stay where they are. Subscriptions are names
+// and are not renamed (RFC 3501 6.3.6: a subscription outlives its
+// mailbox).
 func (s *Store) RenameMailbox(ctx context.Context, userID int64, oldName, newName string) error {
 	from, err := NormalizeMailboxName(oldName)
 	if err != nil {
@@ -361,19 +375,84 @@ func (s *Store) RenameMailbox(ctx context.Context, userID int64, oldName, newNam
 	})
 }
 
-// SetSubscribed subscribes or unsubscribes a mailbox.
+// SetSubscribed adds a name to the user's subscriptions or removes it
+// (RFC 3501 6.3.6, 6.3.7). Any valid mailbox name can be subscribed,
+// whether or not a mailbox has it; more than MaxSubscriptions names fail
+// with ErrLimit. Unsubscribing a name that is neither subscribed nor a
+// mailbox fails with ErrNotFound; subscribing twice, or unsubscribing a
+// mailbox that is not subscribed, is no error.
 func (s *Store) SetSubscribed(ctx context.Context, userID int64, name string, subscribed bool) error {
 	n, err := NormalizeMailboxName(name)
 	if err != nil {
 		return err
 	}
 	return s.w.do(ctx, func(t *wtx) error {
-		res, err := t.exec("UPDATE mailboxes SET subscribed = ? WHERE user_id = ? AND name = ?", subscribed, userID, n)
-		if err != nil {
-			return fmt.Errorf("subscribe mailbox %q: %w", n, err)
+		if subscribed {
+			if err := t.subscribe(userID, n); err != nil {
+				return fmt.Errorf("subscribe %q: %w", n, err)
+			}
+			return nil
 		}
-		return affected(res, "subscribe mailbox "+n)
+		res, err := t.exec("DELETE FROM subscriptions WHERE user_id = ? AND name = ?", userID, n)
+		if err != nil {
+			return fmt.Errorf("unsubscribe %q: %w", n, err)
+		}
+		if k, _ := res.RowsAffected(); k > 0 {
+			return nil
+		}
+		var exists int
+		if err := t.queryRow("SELECT count(*) FROM mailboxes WHERE user_id = ? AND name = ?", userID, n).Scan(&exists); err != nil {
+			return fmt.Errorf("unsubscribe %q: %w", n, err)
+		}
+		if exists == 0 {
+			return fmt.Errorf("unsubscribe %q: not subscribed: %w", n, ErrNotFound)
+		}
+		return nil
 	})
+}
+
+// subscribe adds a normalized name to the user's subscriptions, within
+// MaxSubscriptions.
+func (t *wtx) subscribe(userID int64, name string) error {
+	var have, count int
+	if err := t.queryRow("SELECT count(*) FROM subscriptions WHERE user_id = ? AND name = ?", userID, name).Scan(&have); err != nil {
+		return fmt.Errorf("find subscription of user %d: %w", userID, err)
+	}
+	if have > 0 {
+		return nil
+	}
+	if err := t.queryRow("SELECT count(*) FROM subscriptions WHERE user_id = ?", userID).Scan(&count); err != nil {
+		return fmt.Errorf("count subscriptions of user %d: %w", userID, err)
+	}
+	if count >= MaxSubscriptions {
+		return fmt.Errorf("user %d: %w: %d subscriptions is the most allowed", userID, ErrLimit, MaxSubscriptions)
+	}
+	if _, err := t.exec("INSERT INTO subscriptions (user_id, name) VALUES (?, ?)", userID, name); err != nil {
+		return fmt.Errorf("insert subscription of user %d: %w", userID, err)
+	}
+	return nil
+}
+
+// Subscriptions lists the names the user is subscribed to, sorted, with
+// or without a mailbox of that name (RFC 3501 6.3.9, RFC 5258 3.1).
+func (s *Store) Subscriptions(ctx context.Context, userID int64) ([]string, error) {
+	rows, err := s.read(ctx, "SELECT name FROM subscriptions WHERE user_id = ? ORDER BY name LIMIT ?", userID, MaxSubscriptions)
+	if err != nil {
+		return nil, fmt.Errorf("list subscriptions of user %d: %w", userID, err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			return nil, fmt.Errorf("list subscriptions of user %d: %w", userID, err)
+		}
+		out = append(out, n)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list subscriptions of user %d: %w", userID, err)
+	}
+	return out, nil
 }
 
 // ClaimRecent gives the caller \Recent for the mailbox's messages that no

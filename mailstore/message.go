@@ -687,16 +687,17 @@ func (s *Store) Copy(ctx context.Context, srcID int64, set UIDSet, dstID int64) 
 	return s.copyOrMove(ctx, srcID, set, dstID, false)
 }
 
-// Move moves the messages in set to another mailbox in one transaction
-// (RFC 6851): copies appear and originals are expunged together.
+// Move moves the messages in set to a mailbox in one transaction (RFC
+// 6851): copies appear and originals are expunged together. The
+// destination may be the source itself (RFC 6851 3.3 does not forbid it):
+// the messages get new UIDs at the end of the mailbox. A move between
+// mailboxes of one user adds nothing to the user's usage, so it is never
+// refused for quota.
 func (s *Store) Move(ctx context.Context, srcID int64, set UIDSet, dstID int64) ([]UIDPair, error) {
 	return s.copyOrMove(ctx, srcID, set, dstID, true)
 }
 
 func (s *Store) copyOrMove(ctx context.Context, srcID int64, set UIDSet, dstID int64, move bool) ([]UIDPair, error) {
-	if srcID == dstID && move {
-		return nil, fmt.Errorf("move within mailbox %d: %w", srcID, ErrInvalidName)
-	}
 	var pairs []UIDPair
 	err := s.w.do(ctx, func(t *wtx) error {
 		var err error

@@ -159,6 +159,19 @@ CREATE INDEX bodies_unreferenced ON bodies (id) WHERE refs <= 0;
 ALTER TABLE mailboxes ADD COLUMN recent_uid INTEGER NOT NULL DEFAULT 0;
 UPDATE mailboxes SET recent_uid = uidnext - 1;
 `,
+	// 5: subscriptions are names, not a property of a mailbox: a name
+	// can be subscribed without a mailbox, and DELETE and RENAME leave
+	// the subscription alone (RFC 3501 6.3.4-6.3.6). The flags on the
+	// mailboxes become rows.
+	`
+CREATE TABLE subscriptions (
+	user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+	name    TEXT NOT NULL,
+	PRIMARY KEY (user_id, name)
+);
+INSERT INTO subscriptions (user_id, name) SELECT user_id, name FROM mailboxes WHERE subscribed != 0;
+ALTER TABLE mailboxes DROP COLUMN subscribed;
+`,
 }
 
 // migrate applies the migrations the database has not seen yet.
