@@ -172,6 +172,20 @@ CREATE TABLE subscriptions (
 INSERT INTO subscriptions (user_id, name) SELECT user_id, name FROM mailboxes WHERE subscribed != 0;
 ALTER TABLE mailboxes DROP COLUMN subscribed;
 `,
+	// 6: DKIM signing keys of the local domains (RFC 6376), private keys
+	// as PEM; a retired key no longer signs but stays for export until
+	// it is deleted with its domain.
+	`
+CREATE TABLE dkim_keys (
+	domain      TEXT NOT NULL REFERENCES domains(name) ON DELETE CASCADE,
+	selector    TEXT NOT NULL,
+	algorithm   TEXT NOT NULL,
+	private_pem BLOB NOT NULL,
+	created     INTEGER NOT NULL,
+	retired     INTEGER NOT NULL DEFAULT 0,
+	PRIMARY KEY (domain, selector)
+);
+`,
 }
 
 // migrate applies the migrations the database has not seen yet.
