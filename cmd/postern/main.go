@@ -116,6 +116,9 @@ func commands() []command {
 		{"demo", []string{
 			"demo [-json] [-keep]\tthe whole mail flow on loopback, traced: DNS, SMTP, queue, relay, POP3, IMAP",
 		}, cmdDemo},
+		{"autoconfig", []string{
+			"autoconfig [-config FILE] DOMAIN\tprint the DNS records (zone-file syntax) that point mail clients and MTA-STS at this server",
+		}, cmdAutoconfig},
 		{"version", []string{
 			"version\tprint the version of postern and of Go",
 		}, cmdVersion},
