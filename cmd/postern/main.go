@@ -116,6 +116,12 @@ func commands() []command {
 		{"demo", []string{
 			"demo [-json] [-keep]\tthe whole mail flow on loopback, traced: DNS, SMTP, queue, relay, POP3, IMAP",
 		}, cmdDemo},
+		{"backup", []string{
+			"backup [-config FILE] DEST\ta consistent copy of the running store into the new file DEST, checked",
+		}, cmdBackup},
+		{"restore", []string{
+			"restore [-config FILE] SRC\tmake the backup SRC the store (serve must be stopped); the old store is kept",
+		}, cmdRestore},
 		{"autoconfig", []string{
 			"autoconfig [-config FILE] DOMAIN\tprint the DNS records (zone-file syntax) that point mail clients and MTA-STS at this server",
 		}, cmdAutoconfig},

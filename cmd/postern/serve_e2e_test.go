@@ -67,6 +67,15 @@ listen_tls = "127.0.0.1:0"
 [relay]
 dns = "127.0.0.1:1"
 `+extra)
+	return startServeConfig(t, r)
+}
+
+// startServeConfig runs serve on r.config, which keeps its data in
+// r.dataDir, and fills in r.
+func startServeConfig(t *testing.T, r *running) *running {
+	t.Helper()
+	r.stdout, r.stderr = &syncBuffer{}, &syncBuffer{}
+	r.addrs = map[string]string{}
 	ctx, cancel := context.WithCancel(context.Background())
 	exited := make(chan int, 1)
 	go func() {
