@@ -89,6 +89,8 @@ func commands() []command {
 			"user passwd [-config FILE] ADDRESS\tchange a user's password",
 			"user del [-config FILE] ADDRESS\tdelete a user with all its mail",
 			"user list [-config FILE]\tlist the users",
+			"user quota [-config FILE] ADDRESS SIZE|none\tset a user's storage quota (such as 500M or 2G)",
+			"user disable|enable [-config FILE] ADDRESS\tstop or allow a user's logins and incoming mail; the mail is kept",
 		}, cmdUser},
 		{"domain", []string{
 			"domain add|del [-config FILE] DOMAIN\tadd or delete a local domain",
@@ -138,6 +140,9 @@ type cli struct {
 	stdin  io.Reader
 	stdout io.Writer
 	stderr io.Writer
+	// cfg is the configuration a store-backed command loaded, for its
+	// function to read (such as auth.min_password_length).
+	cfg *Config
 }
 
 // printUsage writes the usage text listing every command to w.

@@ -360,7 +360,7 @@ func TestServeStopsWithOpenSession(t *testing.T) {
 // smtp.max_message_bytes and refuses a larger APPEND before its literal.
 func TestServeAppendLimitFollowsMessageSize(t *testing.T) {
 	r := startServe(t, "[smtp]\nmax_message_bytes = 1000000\n")
-	r.addUser(t, "user@example.test", "pw")
+	r.addUser(t, "user@example.test", "password")
 	conn, err := net.DialTimeout("tcp", r.addrs["imap"], 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -384,7 +384,7 @@ func TestServeAppendLimitFollowsMessageSize(t *testing.T) {
 		}
 	}
 	br.ReadString('\n') // greeting
-	if _, st := tagged(`b LOGIN "user@example.test" "pw"`, "b"); !strings.HasPrefix(st, "b OK") {
+	if _, st := tagged(`b LOGIN "user@example.test" "password"`, "b"); !strings.HasPrefix(st, "b OK") {
 		t.Fatalf("login: %q", st)
 	}
 	caps, _ := tagged("a CAPABILITY", "a")
