@@ -173,7 +173,8 @@ func (s *Server) serve(ln net.Listener, useTLS bool) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		return http.ErrServerClosed
+		ln.Close()
+		return nil
 	}
 	s.servers = append(s.servers, hs)
 	s.mu.Unlock()
