@@ -9,8 +9,10 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
+	"unicode/utf8"
 
 	"golang.org/x/term"
 
@@ -70,6 +72,7 @@ func (c *cli) storeCommand(name, synopsis string, args []string, valid argCheck,
 	if err != nil {
 		return c.fail(name, err)
 	}
+	c.cfg = cfg
 	if !exists {
 		fmt.Fprintf(c.stderr, "postern: %s: created a new mailstore at %s (data_dir of %s)\n", name, db, from)
 	}
@@ -102,8 +105,24 @@ func atLeast(n int) argCheck { return count(func(got int) bool { return got >= n
 func upTo(n int) argCheck    { return count(func(got int) bool { return got <= n }) }
 
 // readPassword reads a new password: prompted twice without echo on a
-// terminal, else the first line of standard input.
+// terminal, else the first line of standard input. It must have at least
+// auth.min_password_length characters.
 func (c *cli) readPassword(address string) (string, error) {
+	pw, err := c.readPasswordText(address)
+	if err != nil {
+		return "", err
+	}
+	minLen := defaultMinPasswordLength
+	if c.cfg != nil {
+		minLen = c.cfg.Auth.MinPasswordLength
+	}
+	if n := utf8.RuneCountInString(pw); n < minLen {
+		return "", fmt.Errorf("the password has %d characters; it needs at least %d (auth.min_password_length)", n, minLen)
+	}
+	return pw, nil
+}
+
+func (c *cli) readPasswordText(address string) (string, error) {
 	if f, ok := c.stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		fmt.Fprintf(c.stderr, "Password for %s: ", address)
 		p1, err := term.ReadPassword(int(f.Fd()))
@@ -142,15 +161,27 @@ func (c *cli) readPassword(address string) (string, error) {
 
 func cmdUser(c *cli, args []string) int {
 	return c.verbs("user", args, map[string]func(*cli, []string) int{
-		"add":    cmdUserAdd,
-		"passwd": cmdUserPasswd,
-		"del":    cmdUserDel,
-		"list":   cmdUserList,
+		"add":     cmdUserAdd,
+		"passwd":  cmdUserPasswd,
+		"del":     cmdUserDel,
+		"list":    cmdUserList,
+		"quota":   cmdUserQuota,
+		"disable": func(c *cli, args []string) int { return cmdUserDisable(c, args, true) },
+		"enable":  func(c *cli, args []string) int { return cmdUserDisable(c, args, false) },
 	})
 }
 
 func cmdUserAdd(c *cli, args []string) int {
 	return c.withStore("user add", "[-config FILE] ADDRESS", args, exactly(1), func(st *mailstore.Store, args []string) error {
+		// Refuse what AddUser would refuse before asking for a password.
+		if u, err := st.UserByAddress(c.ctx, args[0]); err == nil {
+			return fmt.Errorf("add user %s: %w", u.Address, mailstore.ErrExists)
+		}
+		if at := strings.LastIndexByte(args[0], '@'); at >= 0 {
+			if local, err := st.IsLocalDomain(c.ctx, args[0][at+1:]); err == nil && !local {
+				return fmt.Errorf("add user %s: %w (add the domain to domains in the configuration, or run postern domain add)", args[0], mailstore.ErrNotLocal)
+			}
+		}
 		pw, err := c.readPassword(args[0])
 		if err != nil {
 			return err
@@ -312,5 +343,66 @@ func cmdMailbox(c *cli, args []string) int {
 				return tw.Flush()
 			})
 		},
+	})
+}
+
+// parseSize reads a quota: "none" or 0 for none, else bytes with an
+// optional K, M, G or T suffix (powers of 1024; a trailing B or iB is
+// allowed: 500M, 500MB, 500MiB).
+func parseSize(s string) (int64, error) {
+	t := strings.ToUpper(strings.TrimSpace(s))
+	if t == "NONE" {
+		return 0, nil
+	}
+	t = strings.TrimSuffix(strings.TrimSuffix(t, "B"), "I")
+	mult := int64(1)
+	if n := len(t); n > 0 {
+		if i := strings.IndexByte("KMGT", t[n-1]); i >= 0 {
+			mult = int64(1) << (10 * (i + 1))
+			t = t[:n-1]
+		}
+	}
+	n, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || n < 0 || n > (1<<62)/mult {
+		return 0, fmt.Errorf("size %q: want a number of bytes, optionally with K, M, G or T (such as 500M or 2G), or none", s)
+	}
+	return n * mult, nil
+}
+
+func cmdUserQuota(c *cli, args []string) int {
+	valid := func(args []string) error {
+		if len(args) != 2 {
+			return errArgCount
+		}
+		_, err := parseSize(args[1])
+		return err
+	}
+	return c.withStore("user quota", "[-config FILE] ADDRESS SIZE|none", args, valid, func(st *mailstore.Store, args []string) error {
+		size, _ := parseSize(args[1])
+		if err := st.SetQuota(c.ctx, args[0], size); err != nil {
+			return err
+		}
+		if size == 0 {
+			fmt.Fprintf(c.stdout, "%s has no quota\n", args[0])
+			return nil
+		}
+		fmt.Fprintf(c.stdout, "quota of %s is %d bytes\n", args[0], size)
+		return nil
+	})
+}
+
+// cmdUserDisable disables (or enables) a user: a disabled user can neither
+// log in nor receive mail; the mail is kept.
+func cmdUserDisable(c *cli, args []string, disable bool) int {
+	verb := "enable"
+	if disable {
+		verb = "disable"
+	}
+	return c.withStore("user "+verb, "[-config FILE] ADDRESS", args, exactly(1), func(st *mailstore.Store, args []string) error {
+		if err := st.SetDisabled(c.ctx, args[0], disable); err != nil {
+			return err
+		}
+		fmt.Fprintf(c.stdout, "%sd %s\n", verb, args[0])
+		return nil
 	})
 }

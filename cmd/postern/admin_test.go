@@ -113,11 +113,11 @@ func TestDomainAndAliasRoundTrip(t *testing.T) {
 		{"", []string{"domain", "add", "-config", config, "other.test"}, exitFailure, "already exists"},
 		{"", []string{"domain", "add", "-config", config, "bad_domain!"}, exitFailure, "invalid name"},
 		{"", []string{"domain", "list", "-config", config}, exitOK, "example.test\nother.test\n"},
-		{"pw\n", []string{"user", "add", "-config", config, "dave@other.test"}, exitOK, "added"},
+		{"password\n", []string{"user", "add", "-config", config, "dave@other.test"}, exitOK, "added"},
 		{"", []string{"domain", "del", "-config", config, "other.test"}, exitFailure, "still has 1 users"},
 		{"", []string{"user", "del", "-config", config, "dave@other.test"}, exitOK, "deleted"},
 		{"", []string{"domain", "del", "-config", config, "other.test"}, exitOK, "deleted other.test"},
-		{"pw\n", []string{"user", "add", "-config", config, "erin@example.test"}, exitOK, "added"},
+		{"password\n", []string{"user", "add", "-config", config, "erin@example.test"}, exitOK, "added"},
 		{"", []string{"alias", "add", "-config", config, "team@example.test", "erin@example.test", "far@remote.test"}, exitOK, "team@example.test -> erin@example.test, far@remote.test"},
 		{"", []string{"alias", "add", "-config", config, "ghosts@example.test", "nobody@example.test"}, exitFailure, "no such user"},
 		{"", []string{"alias", "add", "-config", config, "lonely@example.test"}, exitUsage, "wrong number"},
@@ -147,7 +147,7 @@ func TestStoreFilesArePrivate(t *testing.T) {
 	if err := os.MkdirAll(dataDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if code, _, errOut := runIn(t, "pw\n", "user", "add", "-config", config, "a@example.test"); code != exitOK {
+	if code, _, errOut := runIn(t, "password\n", "user", "add", "-config", config, "a@example.test"); code != exitOK {
 		t.Fatalf("user add: %s", errOut)
 	}
 	entries, err := os.ReadDir(dataDir)

@@ -52,14 +52,14 @@ func TestWriteCommandSaysItCreatedAStore(t *testing.T) {
 	t.Setenv(configEnv, "")
 	config, dataDir := adminConfig(t)
 	db := filepath.Join(dataDir, storeFile)
-	code, out, errOut := runIn(t, "pw\n", "user", "add", "-config", config, "a@example.test")
+	code, out, errOut := runIn(t, "password\n", "user", "add", "-config", config, "a@example.test")
 	if code != exitOK || !strings.Contains(out, "added a@example.test") {
 		t.Fatalf("user add: exit %d, stdout %q, stderr %q", code, out, errOut)
 	}
 	if want := "postern: user add: created a new mailstore at " + db + " (data_dir of " + config + ")"; !strings.Contains(errOut, want) {
 		t.Errorf("stderr %q does not contain %q", errOut, want)
 	}
-	code, _, errOut = runIn(t, "pw\n", "user", "add", "-config", config, "b@example.test")
+	code, _, errOut = runIn(t, "password\n", "user", "add", "-config", config, "b@example.test")
 	if code != exitOK || errOut != "" {
 		t.Errorf("second user add: exit %d, stderr %q", code, errOut)
 	}
@@ -73,7 +73,7 @@ func TestConfigFromEnvironment(t *testing.T) {
 	config, dataDir := adminConfig(t)
 	t.Setenv(configEnv, config)
 
-	code, _, errOut := runIn(t, "pw\n", "user", "add", "alice@example.test")
+	code, _, errOut := runIn(t, "password\n", "user", "add", "alice@example.test")
 	if code != exitOK || !strings.Contains(errOut, "created a new mailstore at "+filepath.Join(dataDir, storeFile)) ||
 		!strings.Contains(errOut, "(from "+configEnv+")") {
 		t.Fatalf("user add with %s: exit %d, stderr %q", configEnv, code, errOut)

@@ -16,6 +16,8 @@ import (
 	"strings"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/postern/postern/cmd/postern/console"
 )
 
 // Config is the whole configuration file. serve turns it into one Config
@@ -34,6 +36,7 @@ type Config struct {
 	Relay      RelayConfig    `toml:"relay"`
 	Log        LogConfig      `toml:"log"`
 	Limits     LimitsConfig   `toml:"limits"`
+	HTTP       HTTPConfig     `toml:"http"`
 
 	// source says where the values came from: a file name, or "" for the
 	// embedded default. The TOML decoder skips unexported fields.
@@ -66,12 +69,35 @@ type AuthConfig struct {
 	// AllowInsecure permits plaintext logins on connections that are neither
 	// TLS nor from a loopback address (loopback always counts as secure).
 	AllowInsecure bool `toml:"allow_insecure"`
+	// MinPasswordLength is the fewest characters a password set by
+	// `postern user add` or `user passwd` may have.
+	MinPasswordLength int `toml:"min_password_length"`
+}
+
+// defaultMinPasswordLength is auth.min_password_length when not set.
+const defaultMinPasswordLength = 8
+
+// HTTPConfig is the HTTP listener (cmd/postern/console): health,
+// readiness, client autoconfiguration and the MTA-STS policy.
+type HTTPConfig struct {
+	Listen    string `toml:"listen"`     // plain HTTP
+	ListenTLS string `toml:"listen_tls"` // HTTPS with the mail listeners' certificate
+	// MTASTSMode is the mode of the policy at /.well-known/mta-sts.txt:
+	// testing, enforce or none (RFC 8461 5).
+	MTASTSMode string `toml:"mta_sts_mode"`
+	// Connections and ConnectionsPerAddress bound the listener's
+	// connections, inside limits.connections.
+	Connections           int `toml:"connections"`
+	ConnectionsPerAddress int `toml:"connections_per_address"`
 }
 
 // RelayConfig is outbound delivery to other domains.
 type RelayConfig struct {
 	DNS  string `toml:"dns"`  // "" for the system resolver, else HOST:PORT of a DNS server
 	Port int    `toml:"port"` // port dialled on MX hosts; only tests change it
+	// Hold keeps outbound mail in the queue instead of delivering it
+	// (test environments); `postern queue retry ID` releases one entry.
+	Hold bool `toml:"hold"`
 }
 
 // LogConfig selects the log/slog handler.
@@ -114,6 +140,18 @@ func defaultConfig() *Config {
 		Relay:      RelayConfig{Port: 25},
 		Log:        LogConfig{Level: "info", Format: "text"},
 		Limits:     defaultLimits(),
+		Auth:       AuthConfig{MinPasswordLength: defaultMinPasswordLength},
+		HTTP:       defaultHTTP("127.0.0.1:8025"),
+	}
+}
+
+// defaultHTTP is [http] with listen set to addr.
+func defaultHTTP(addr string) HTTPConfig {
+	return HTTPConfig{
+		Listen:                addr,
+		MTASTSMode:            console.ModeTesting,
+		Connections:           console.DefaultConnections,
+		ConnectionsPerAddress: console.DefaultConnectionsPerAddress,
 	}
 }
 
@@ -122,6 +160,9 @@ func defaultConfig() *Config {
 // configs/postern.toml: the standard ports on every address. Two keys have
 // no sensible value to fall back on: hostname must be set by the file, and
 // domains starts empty (domains can also be added with `postern domain add`).
+// The HTTP listener is the exception to the rule: it is off unless the file
+// sets http.listen or http.listen_tls, so that a configuration written
+// before it existed opens no new port.
 func fileDefaults() *Config {
 	return &Config{
 		DataDir: "/var/lib/postern",
@@ -136,6 +177,8 @@ func fileDefaults() *Config {
 		Relay:      RelayConfig{Port: 25},
 		Log:        LogConfig{Level: "info", Format: "text"},
 		Limits:     defaultLimits(),
+		Auth:       AuthConfig{MinPasswordLength: defaultMinPasswordLength},
+		HTTP:       defaultHTTP(""),
 	}
 }
 
@@ -460,6 +503,21 @@ func (c *Config) validate() []*configError {
 		bad("log.format", "must be one of %s, not %q", strings.Join(logFormats, ", "), c.Log.Format)
 	}
 	c.validateLimits(bad)
+
+	if c.Auth.MinPasswordLength < 1 {
+		bad("auth.min_password_length", "must be at least 1")
+	}
+	if !slices.Contains(console.Modes, c.HTTP.MTASTSMode) {
+		bad("http.mta_sts_mode", "must be one of %s, not %q", strings.Join(console.Modes, ", "), c.HTTP.MTASTSMode)
+	}
+	if c.HTTP.Connections < 1 {
+		bad("http.connections", "must be at least 1")
+	}
+	if c.HTTP.ConnectionsPerAddress < 1 {
+		bad("http.connections_per_address", "must be at least 1")
+	} else if c.HTTP.ConnectionsPerAddress > c.HTTP.Connections && c.HTTP.Connections > 0 {
+		bad("http.connections_per_address", "must not be more than http.connections (%d)", c.HTTP.Connections)
+	}
 	return problems
 }
 
@@ -487,6 +545,8 @@ func (c *Config) listeners() []listener {
 		{"pop3s", "pop3.listen_tls", c.POP3.ListenTLS, "implicit TLS"},
 		{"imap", "imap.listen", c.IMAP.Listen, "STARTTLS"},
 		{"imaps", "imap.listen_tls", c.IMAP.ListenTLS, "implicit TLS"},
+		{"http", "http.listen", c.HTTP.Listen, ""},
+		{"https", "http.listen_tls", c.HTTP.ListenTLS, "implicit TLS"},
 	}
 	return slices.DeleteFunc(all, func(l listener) bool { return l.Addr == "" })
 }

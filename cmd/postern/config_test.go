@@ -31,6 +31,7 @@ func TestDefaultConfig(t *testing.T) {
 		"pop3s":       "127.0.0.1:9950",
 		"imap":        "127.0.0.1:1430",
 		"imaps":       "127.0.0.1:9930",
+		"http":        "127.0.0.1:8025",
 	}
 	got := make(map[string]string)
 	for _, l := range cfg.listeners() {

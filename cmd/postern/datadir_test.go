@@ -103,7 +103,7 @@ func TestAdminTightensDataDir(t *testing.T) {
 	if err := os.Chmod(dataDir, 0o750); err != nil {
 		t.Fatal(err)
 	}
-	if code, _, errOut := runIn(t, "pw\n", "user", "add", "-config", config, "a@example.test"); code != exitOK {
+	if code, _, errOut := runIn(t, "password\n", "user", "add", "-config", config, "a@example.test"); code != exitOK {
 		t.Fatalf("user add: %s", errOut)
 	}
 	fi, err := os.Stat(dataDir)

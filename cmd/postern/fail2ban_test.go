@@ -316,7 +316,7 @@ func TestServeFailedLoginsAcrossProtocols(t *testing.T) {
 	for _, format := range []string{"text", "json"} {
 		t.Run(format, func(t *testing.T) {
 			r := startServe(t, "[limits]\nlogin_failures = 4\nlogin_failure_delay = \"0s\"\n[log]\nformat = \""+format+"\"\n")
-			r.addUser(t, "user@example.test", "right")
+			r.addUser(t, "user@example.test", "right-password")
 			try := func(p loginProto, pass string) bool {
 				t.Helper()
 				conn, err := net.DialTimeout("tcp", r.addrs[p.service], 10*time.Second)
@@ -342,7 +342,7 @@ func TestServeFailedLoginsAcrossProtocols(t *testing.T) {
 				}
 			}
 			for _, p := range loginProtos {
-				if try(p, "right") {
+				if try(p, "right-password") {
 					t.Errorf("%s accepted the right password from a blocked address", p.service)
 				}
 			}

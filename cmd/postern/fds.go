@@ -116,5 +116,8 @@ func (c *Config) enabledGroups() []groupConns {
 			}
 		}
 	}
+	if on["http"] || on["https"] {
+		out = append(out, groupConns{"http.connections", c.HTTP.Connections})
+	}
 	return out
 }

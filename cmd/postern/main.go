@@ -89,6 +89,8 @@ func commands() []command {
 			"user passwd [-config FILE] ADDRESS\tchange a user's password",
 			"user del [-config FILE] ADDRESS\tdelete a user with all its mail",
 			"user list [-config FILE]\tlist the users",
+			"user quota [-config FILE] ADDRESS SIZE|none\tset a user's storage quota (such as 500M or 2G)",
+			"user disable|enable [-config FILE] ADDRESS\tstop or allow a user's logins and incoming mail; the mail is kept",
 		}, cmdUser},
 		{"domain", []string{
 			"domain add|del [-config FILE] DOMAIN\tadd or delete a local domain",
@@ -116,6 +118,15 @@ func commands() []command {
 		{"demo", []string{
 			"demo [-json] [-keep]\tthe whole mail flow on loopback, traced: DNS, SMTP, queue, relay, POP3, IMAP",
 		}, cmdDemo},
+		{"backup", []string{
+			"backup [-config FILE] DEST\ta consistent copy of the running store into the new file DEST, checked",
+		}, cmdBackup},
+		{"restore", []string{
+			"restore [-config FILE] SRC\tmake the backup SRC the store (serve must be stopped); the old store is kept",
+		}, cmdRestore},
+		{"autoconfig", []string{
+			"autoconfig [-config FILE] DOMAIN\tprint the DNS records (zone-file syntax) that point mail clients and MTA-STS at this server",
+		}, cmdAutoconfig},
 		{"version", []string{
 			"version\tprint the version of postern and of Go",
 		}, cmdVersion},
@@ -129,6 +140,9 @@ type cli struct {
 	stdin  io.Reader
 	stdout io.Writer
 	stderr io.Writer
+	// cfg is the configuration a store-backed command loaded, for its
+	// function to read (such as auth.min_password_length).
+	cfg *Config
 }
 
 // printUsage writes the usage text listing every command to w.

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/smtpd/relay"
 )
 
 // queueTimeLayout shows next-attempt times in the queue listing.
@@ -80,7 +81,11 @@ func cmdQueueList(c *cli, args []string) int {
 			if from == "" {
 				from = "<>"
 			}
-			fmt.Fprintf(tw, "%d\t%s\t%d\t%d\t%s\t%s\t%s\n", e.ID, e.NextAttempt.Local().Format(queueTimeLayout),
+			next := e.NextAttempt.Local().Format(queueTimeLayout)
+			if relay.IsHeld(e, time.Now()) {
+				next = "held" // relay.hold; queue retry ID releases it
+			}
+			fmt.Fprintf(tw, "%d\t%s\t%d\t%d\t%s\t%s\t%s\n", e.ID, next,
 				e.Attempts, e.Size, from, e.Recipient, e.LastError)
 		}
 		return tw.Flush()

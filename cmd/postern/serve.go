@@ -16,11 +16,14 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"text/tabwriter"
 	"time"
 
+	"github.com/postern/postern/cmd/postern/console"
 	"github.com/postern/postern/imapd"
 	"github.com/postern/postern/mailstore"
 	"github.com/postern/postern/mailstore/limits"
@@ -68,9 +71,17 @@ type serveEnv struct {
 	tls   *tls.Config
 	relay *relay.Relay
 
-	smtp *smtpd.Server
-	pop3 *pop3d.Server
-	imap *imapd.Server
+	smtp    *smtpd.Server
+	pop3    *pop3d.Server
+	imap    *imapd.Server
+	console *console.Server
+
+	// services are the bound mail listeners, as the console tells
+	// clients about them; set once every listener is bound.
+	services atomic.Pointer[[]console.Service]
+	// up is true from when every listener is bound until serve stops:
+	// the listener half of /readyz.
+	up atomic.Bool
 
 	// limits is [limits] as the servers take it (see newServeLimits):
 	// one connection budget, login record and message budget for all.
@@ -135,6 +146,22 @@ func cmdServe(c *cli, args []string) int {
 	// second one kills the process instead of waiting out the grace period.
 	context.AfterFunc(ctx, stop)
 
+	// SIGHUP (systemctl reload) has nothing to reload yet; it must not
+	// end the process, as its default action would.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				logger.Info("SIGHUP received; nothing is reloaded in this version (restart to apply a new configuration or certificate)")
+			}
+		}
+	}()
+
 	if err := serve(ctx, cfg, logger, c.stdout); err != nil {
 		return c.fail(name, err)
 	}
@@ -146,6 +173,16 @@ func cmdServe(c *cli, args []string) int {
 // starts the servers.
 func serve(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer) (err error) {
 	plan := planFileDescriptors(cfg, log)
+	if err := privateDataDir(cfg.DataDir); err != nil {
+		return err
+	}
+	// The lock tells restore, and a second serve, that this process
+	// holds the store; it is released after the store is closed.
+	unlock, err := lockDataDir(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	store, err := openStoreOpts(cfg, mailstore.Options{Logger: log.With("part", "mailstore")})
 	if err != nil {
 		return err
@@ -173,10 +210,52 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer) (e
 	if err != nil {
 		return err
 	}
+	env.services.Store(new(mailServices(servers)))
 	printListeners(out, cfg, servers)
+	for _, s := range servers {
+		// smtpd logs its own "listening" line; serve logs the others'
+		// in the same form.
+		if proto, _, _ := strings.Cut(s.name, " "); s.bound != "" && !smtpProtos[proto] {
+			log.Info("listening", "listener", proto, "addr", s.bound)
+		}
+	}
 	log.Info("serving", "hostname", cfg.Hostname, "data_dir", cfg.DataDir, "servers", len(servers),
-		"connections", plan.Connections)
+		"connections", plan.Connections, "relay_hold", cfg.Relay.Hold)
+	// Every listener is bound: connections wait in the kernel's queue
+	// until the servers accept them, so systemd may start what depends
+	// on Postern now.
+	env.up.Store(true)
+	if err := sdNotify("READY=1"); err != nil {
+		log.Warn("cannot tell systemd that serve is ready", "err", err)
+	}
+	context.AfterFunc(ctx, func() {
+		env.up.Store(false)
+		sdNotify("STOPPING=1")
+	})
 	return runServers(ctx, log, servers)
+}
+
+// smtpProtos are the listeners of smtpd.
+var smtpProtos = map[string]bool{"smtp": true, "submission": true, "submissions": true}
+
+// mailServices are the bound mail listeners as clients see them.
+func mailServices(servers []namedServer) []console.Service {
+	var out []console.Service
+	for _, s := range servers {
+		proto, _, _ := strings.Cut(s.name, " ")
+		_, portText, err := net.SplitHostPort(s.bound)
+		if err != nil {
+			continue
+		}
+		port, _ := strconv.Atoi(portText)
+		switch proto {
+		case "submission", "imap", "pop3":
+			out = append(out, console.Service{Proto: proto, Port: port})
+		case "submissions", "imaps", "pop3s":
+			out = append(out, console.Service{Proto: strings.TrimSuffix(proto, "s"), Port: port, ImplicitTLS: true})
+		}
+	}
+	return out
 }
 
 // memoryHeadroom is what serve needs besides the messages in memory
@@ -260,6 +339,7 @@ func buildServers(env *serveEnv) ([]namedServer, error) {
 	env.relay = relay.New(relay.Config{
 		Hostname: env.cfg.Hostname, Resolver: resolver, Port: env.cfg.Relay.Port,
 		Logger: env.log.With("part", "relay"), Trace: env.cfg.Log.Trace, LocalAddrs: local,
+		Hold: env.cfg.Relay.Hold,
 	}, env.store)
 	servers = append(servers, namedServer{name: "relay", srv: env.relay})
 	return servers, nil
@@ -339,6 +419,14 @@ func newServer(env *serveEnv, l listener) (serve func(net.Listener) error, shutd
 			return env.imap.ServeTLS, env.imap.Shutdown
 		}
 		return env.imap.Serve, env.imap.Shutdown
+	case "http", "https":
+		if env.console == nil {
+			env.console = newConsole(env)
+		}
+		if l.Proto == "https" {
+			return env.console.ServeTLS, env.console.Shutdown
+		}
+		return env.console.Serve, env.console.Shutdown
 	}
 	return nil, nil
 }
@@ -374,6 +462,11 @@ func printListeners(out io.Writer, cfg *Config, servers []namedServer) {
 		domain = cfg.Domains[0]
 	}
 	fmt.Fprintf(out, "\nAdd a user with: postern user add%s you@%s\n", config, domain)
+	if cfg.Relay.Hold {
+		fmt.Fprintln(out, "Outbound mail is held in the queue, not delivered (relay.hold): postern queue list shows it, postern queue retry ID releases it.")
+	} else {
+		fmt.Fprintln(out, "Outbound mail is relayed to the MX hosts of other domains.")
+	}
 	if cfg.Auth.AllowInsecure {
 		fmt.Fprintln(out, "Plaintext logins are allowed without TLS (auth.allow_insecure).")
 	} else {
@@ -452,4 +545,36 @@ func newLogger(lc LogConfig, w io.Writer) (*slog.Logger, error) {
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
 	return nil, fmt.Errorf("log.format %q: must be text or json", lc.Format)
+}
+
+// newConsole makes the HTTP listener's server from env.
+func newConsole(env *serveEnv) *console.Server {
+	cfg := env.cfg
+	return console.New(console.Config{
+		Hostname: cfg.Hostname,
+		Domains:  env.store.Domains,
+		Services: func() []console.Service {
+			if p := env.services.Load(); p != nil {
+				return *p
+			}
+			return nil
+		},
+		MTASTSMode:   cfg.HTTP.MTASTSMode,
+		MTASTSMaxAge: mtaSTSMaxAge,
+		// Ready: every listener bound, and the store answers a read.
+		Ready: func(ctx context.Context) error {
+			if !env.up.Load() {
+				return errors.New("listeners are not up")
+			}
+			if _, err := env.store.Domains(ctx); err != nil {
+				return fmt.Errorf("mailstore: %w", err)
+			}
+			return nil
+		},
+		TLSConfig:                env.tls,
+		Logger:                   env.log.With("part", "http"),
+		Conns:                    env.limits.Shared.Conns,
+		MaxConnections:           cfg.HTTP.Connections,
+		MaxConnectionsPerAddress: cfg.HTTP.ConnectionsPerAddress,
+	})
 }

@@ -67,6 +67,15 @@ listen_tls = "127.0.0.1:0"
 [relay]
 dns = "127.0.0.1:1"
 `+extra)
+	return startServeConfig(t, r)
+}
+
+// startServeConfig runs serve on r.config, which keeps its data in
+// r.dataDir, and fills in r.
+func startServeConfig(t *testing.T, r *running) *running {
+	t.Helper()
+	r.stdout, r.stderr = &syncBuffer{}, &syncBuffer{}
+	r.addrs = map[string]string{}
 	ctx, cancel := context.WithCancel(context.Background())
 	exited := make(chan int, 1)
 	go func() {
@@ -351,7 +360,7 @@ func TestServeStopsWithOpenSession(t *testing.T) {
 // smtp.max_message_bytes and refuses a larger APPEND before its literal.
 func TestServeAppendLimitFollowsMessageSize(t *testing.T) {
 	r := startServe(t, "[smtp]\nmax_message_bytes = 1000000\n")
-	r.addUser(t, "user@example.test", "pw")
+	r.addUser(t, "user@example.test", "password")
 	conn, err := net.DialTimeout("tcp", r.addrs["imap"], 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -375,7 +384,7 @@ func TestServeAppendLimitFollowsMessageSize(t *testing.T) {
 		}
 	}
 	br.ReadString('\n') // greeting
-	if _, st := tagged(`b LOGIN "user@example.test" "pw"`, "b"); !strings.HasPrefix(st, "b OK") {
+	if _, st := tagged(`b LOGIN "user@example.test" "password"`, "b"); !strings.HasPrefix(st, "b OK") {
 		t.Fatalf("login: %q", st)
 	}
 	caps, _ := tagged("a CAPABILITY", "a")

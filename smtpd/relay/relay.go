@@ -100,6 +100,11 @@ type Config struct {
 	// PollInterval is how often Run looks for due entries when nobody
 	// calls Kick. Default 5 seconds.
 	PollInterval time.Duration
+
+	// Hold keeps outbound mail in the queue instead of delivering it
+	// (hold.go): an entry goes out only once released by QueueRetry.
+	// With Hold off, Run first releases what an earlier run held.
+	Hold bool
 }
 
 // Defaults of Config.
@@ -237,7 +242,10 @@ func (r *Relay) Kick() {
 // PollInterval or on Kick. It then waits for deliveries in progress, which
 // ctx aborts, and returns nil.
 func (r *Relay) Run(ctx context.Context) error {
-	r.log.Info("relay started", "hostname", r.cfg.Hostname, "port", r.cfg.Port)
+	r.log.Info("relay started", "hostname", r.cfg.Hostname, "port", r.cfg.Port, "hold", r.cfg.Hold)
+	if !r.cfg.Hold {
+		r.releaseHeld(ctx)
+	}
 	tick := time.NewTicker(r.cfg.PollInterval)
 	defer tick.Stop()
 	for {
@@ -275,6 +283,17 @@ func (r *Relay) dispatch(ctx context.Context) error {
 	entries, err := r.store.Queue(ctx, r.cfg.Now(), limit)
 	if err != nil {
 		return fmt.Errorf("relay: %w", err)
+	}
+	if r.cfg.Hold {
+		r.mu.Lock()
+		var idle []mailstore.QueueEntry
+		for _, e := range entries {
+			if !r.active[e.Domain] {
+				idle = append(idle, e)
+			}
+		}
+		r.mu.Unlock()
+		entries = r.holdEntries(ctx, idle)
 	}
 	byDomain := make(map[string][]mailstore.QueueEntry)
 	var domains []string
