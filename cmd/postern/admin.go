@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 	"unicode/utf8"
 
 	"golang.org/x/term"
@@ -253,6 +254,16 @@ func cmdDomain(c *cli, args []string) int {
 					return err
 				}
 				fmt.Fprintf(c.stdout, "added %s\n", strings.ToLower(args[0]))
+				// The domain signs its mail from the start; its
+				// records are in postern dns DOMAIN.
+				keys, err := addKeys(c.ctx, st, args[0], time.Now())
+				if err != nil {
+					return err
+				}
+				for _, k := range keys {
+					fmt.Fprintf(c.stdout, "dkim key %s (%s): publish %s TXT (see postern dns %s)\n",
+						k.Selector, k.Algorithm, k.DNSName(), k.Domain)
+				}
 				return nil
 			})
 		},

@@ -62,8 +62,9 @@ listen_tls = ""
 [imap]
 listen = "127.0.0.1:0"
 listen_tls = ""
+[dns]
+server = "127.0.0.1:1"
 [relay]
-dns = "127.0.0.1:1"
 ` + extra
 	if err := os.WriteFile(config, []byte(text), 0o600); err != nil {
 		tb.Fatal(err)

@@ -37,6 +37,12 @@ type Config struct {
 	Log        LogConfig      `toml:"log"`
 	Limits     LimitsConfig   `toml:"limits"`
 	HTTP       HTTPConfig     `toml:"http"`
+	DNS        DNSConfig      `toml:"dns"`
+	Checks     ChecksConfig   `toml:"checks"`
+
+	// warnings are keys that work but should change, such as the
+	// deprecated relay.dns: config check prints them, serve logs them.
+	warnings []*configError
 
 	// source says where the values came from: a file name, or "" for the
 	// embedded default. The TOML decoder skips unexported fields.
@@ -93,7 +99,8 @@ type HTTPConfig struct {
 
 // RelayConfig is outbound delivery to other domains.
 type RelayConfig struct {
-	DNS  string `toml:"dns"`  // "" for the system resolver, else HOST:PORT of a DNS server
+	// DNS is the deprecated alias of dns.server, used when that is empty.
+	DNS  string `toml:"dns"`
 	Port int    `toml:"port"` // port dialled on MX hosts; only tests change it
 	// Hold keeps outbound mail in the queue instead of delivering it
 	// (test environments); `postern queue retry ID` releases one entry.
@@ -142,6 +149,8 @@ func defaultConfig() *Config {
 		Limits:     defaultLimits(),
 		Auth:       AuthConfig{MinPasswordLength: defaultMinPasswordLength},
 		HTTP:       defaultHTTP("127.0.0.1:8025"),
+		DNS:        defaultDNS(),
+		Checks:     defaultChecks(),
 	}
 }
 
@@ -179,6 +188,8 @@ func fileDefaults() *Config {
 		Limits:     defaultLimits(),
 		Auth:       AuthConfig{MinPasswordLength: defaultMinPasswordLength},
 		HTTP:       defaultHTTP(""),
+		DNS:        defaultDNS(),
+		Checks:     defaultChecks(),
 	}
 }
 
@@ -241,6 +252,10 @@ func parseConfig(name string, src []byte) (*Config, error) {
 	problems = append(problems, cfg.validate()...)
 	if err := joinProblems(problems, name, lines); err != nil {
 		return nil, err
+	}
+	for _, w := range cfg.warnings {
+		w.File = name
+		w.Line = lineOf(lines, w.Key)
 	}
 	return cfg, nil
 }
@@ -492,6 +507,8 @@ func (c *Config) validate() []*configError {
 			badErr("relay.dns", err)
 		}
 	}
+	c.validateDNS(bad, badErr)
+	c.validateChecks(bad)
 	if c.Relay.Port < 1 || c.Relay.Port > 65535 {
 		bad("relay.port", "must be between 1 and 65535")
 	}

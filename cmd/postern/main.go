@@ -124,6 +124,11 @@ func commands() []command {
 		{"restore", []string{
 			"restore [-config FILE] SRC\tmake the backup SRC the store (serve must be stopped); the old store is kept",
 		}, cmdRestore},
+		{"dkim", []string{
+			"dkim list [-config FILE] DOMAIN\tlist a domain's DKIM keys: selector, algorithm, created, retired, DNS name",
+			"dkim rotate [-config FILE] [-retire] DOMAIN\tadd a new key pair; older keys retire at the next rotate (or now with -retire)",
+			"dkim export [-config FILE] DOMAIN [SELECTOR]\tprint private keys as PEM (the active ones, or SELECTOR's)",
+		}, cmdDKIM},
 		{"autoconfig", []string{
 			"autoconfig [-config FILE] DOMAIN\tprint the DNS records (zone-file syntax) that point mail clients and MTA-STS at this server",
 		}, cmdAutoconfig},
@@ -306,8 +311,12 @@ func cmdConfigCheck(c *cli, args []string) int {
 	if fs.NArg() > 0 {
 		return c.usageError(fs, "unexpected argument %q", fs.Arg(0))
 	}
-	if _, err := loadConfig(file); err != nil {
+	cfg, err := loadConfig(file)
+	if err != nil {
 		return c.fail(name, err)
+	}
+	for _, w := range cfg.warnings {
+		fmt.Fprintf(c.stderr, "postern: %s: warning: %s\n", name, w.warningText())
 	}
 	fmt.Fprintf(c.stdout, "%s: ok\n", file)
 	return exitOK

@@ -29,6 +29,7 @@ import (
 	"github.com/postern/postern/mailstore/limits"
 	"github.com/postern/postern/pop3d"
 	"github.com/postern/postern/smtpd"
+	"github.com/postern/postern/smtpd/msgauth"
 	"github.com/postern/postern/smtpd/relay"
 )
 
@@ -70,6 +71,9 @@ type serveEnv struct {
 	store *mailstore.Store
 	tls   *tls.Config
 	relay *relay.Relay
+	// resolver is [dns]: every lookup of serve (relay MX, SPF, DKIM,
+	// DMARC) goes through it and its cache.
+	resolver *msgauth.Resolver
 
 	smtp    *smtpd.Server
 	pop3    *pop3d.Server
@@ -205,7 +209,20 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer) (e
 		log.Warn("stale spool files left in the data directory", "data_dir", cfg.DataDir, "err", err)
 	}
 	setMemoryLimit(cfg, log)
-	env := &serveEnv{cfg: cfg, log: log, store: store, tls: tlsConfig, limits: newServeLimits(cfg, plan.Connections)}
+	for _, w := range cfg.warnings {
+		log.Warn("configuration", "warning", w.warningText())
+	}
+	resolver, err := newResolver(cfg)
+	if err != nil {
+		return err
+	}
+	// Domains added before Postern signed mail, or listed in the
+	// configuration, get their DKIM keys now.
+	if err := ensureDKIMKeys(ctx, store, log, time.Now()); err != nil {
+		return err
+	}
+	env := &serveEnv{cfg: cfg, log: log, store: store, tls: tlsConfig, resolver: resolver,
+		limits: newServeLimits(cfg, plan.Connections)}
 	servers, err := buildServers(env)
 	if err != nil {
 		return err
@@ -319,13 +336,6 @@ func buildServers(env *serveEnv) ([]namedServer, error) {
 			bound: ln.Addr().String(),
 		})
 	}
-	resolver, err := relay.ResolverFor(env.cfg.Relay.DNS)
-	if err != nil {
-		for _, s := range servers {
-			s.srv.(*listenServer).ln.Close()
-		}
-		return nil, fmt.Errorf("relay.dns: %w", err)
-	}
 	// An MX that resolves to one of our inbound listeners is ourselves: a
 	// loop (5.4.6), never a delivery.
 	var local []netip.AddrPort
@@ -337,7 +347,7 @@ func buildServers(env *serveEnv) ([]namedServer, error) {
 		}
 	}
 	env.relay = relay.New(relay.Config{
-		Hostname: env.cfg.Hostname, Resolver: resolver, Port: env.cfg.Relay.Port,
+		Hostname: env.cfg.Hostname, Resolver: relayResolver{env.resolver}, Port: env.cfg.Relay.Port,
 		Logger: env.log.With("part", "relay"), Trace: env.cfg.Log.Trace, LocalAddrs: local,
 		Hold: env.cfg.Relay.Hold,
 	}, env.store)
@@ -355,6 +365,10 @@ func newServer(env *serveEnv, l listener) (serve func(net.Listener) error, shutd
 		// One server for the three listeners; MX and submission have
 		// separate connection budgets ([limits.mx], [limits.submission]).
 		if env.smtp == nil {
+			var checks *msgauth.Checker
+			if cfg.Checks.Enabled {
+				checks = &msgauth.Checker{Resolver: env.resolver}
+			}
 			env.smtp = smtpd.New(smtpd.Config{
 				Hostname:          cfg.Hostname,
 				TLSConfig:         env.tls,
@@ -366,6 +380,11 @@ func newServer(env *serveEnv, l listener) (serve func(net.Listener) error, shutd
 				Limits:            env.limits.MX,
 				SubmissionLimits:  env.limits.Submission,
 				Shared:            env.limits.Shared,
+				// Submitted mail is signed with the domain's keys;
+				// mail on the MX is checked ([checks]).
+				Signer:      &msgauth.Signer{Keys: msgauth.StoreKeys{Store: env.store}},
+				Checks:      checks,
+				CheckPolicy: cfg.checkPolicy(),
 				// The relay is made after the listeners, before any
 				// session starts.
 				Queued: func() {
