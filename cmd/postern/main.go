@@ -129,9 +129,13 @@ func commands() []command {
 			"dkim rotate [-config FILE] [-retire] DOMAIN\tadd a new key pair; older keys retire at the next rotate (or now with -retire)",
 			"dkim export [-config FILE] DOMAIN [SELECTOR]\tprint private keys as PEM (the active ones, or SELECTOR's)",
 		}, cmdDKIM},
+		{"dns", []string{
+			"dns [-config FILE] DOMAIN\tprint every DNS record DOMAIN should publish (zone-file syntax): MX, SPF, DKIM, DMARC, MTA-STS, TLS-RPT, SRV",
+			"dns check [-config FILE] DOMAIN\tlook each record up through the configured DNS server: ok, missing or different",
+		}, cmdDNS},
 		{"autoconfig", []string{
-			"autoconfig [-config FILE] DOMAIN\tprint the DNS records (zone-file syntax) that point mail clients and MTA-STS at this server",
-		}, cmdAutoconfig},
+			"autoconfig [-config FILE] DOMAIN\tthe old name of postern dns DOMAIN",
+		}, cmdDNS},
 		{"version", []string{
 			"version\tprint the version of postern and of Go",
 		}, cmdVersion},
