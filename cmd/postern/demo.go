@@ -24,12 +24,14 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
+	"github.com/miekg/dns"
 
 	"github.com/postern/postern/imapd"
 	"github.com/postern/postern/mailstore"
 	"github.com/postern/postern/mime"
 	"github.com/postern/postern/pop3d"
 	"github.com/postern/postern/smtpd"
+	"github.com/postern/postern/smtpd/msgauth"
 	"github.com/postern/postern/smtpd/relay"
 )
 
@@ -62,11 +64,13 @@ type demo struct {
 	dir      string
 	zone     *zoneServer
 	resolver relay.Resolver
-	port     int
-	records  []string // the zone the DNS server serves
-	trace    bool     // relays log their SMTP dialogues
-	alpha    *demoDomain
-	beta     *demoDomain
+	// checks is the resolver of the MX checks (SPF, DKIM, DMARC).
+	checks  *msgauth.Resolver
+	port    int
+	records []string // the zone the DNS server serves
+	trace   bool     // relays log their SMTP dialogues
+	alpha   *demoDomain
+	beta    *demoDomain
 }
 
 func cmdDemo(c *cli, args []string) int {
@@ -147,6 +151,11 @@ func startDemo(out *demoOut, sc scenario) (*demo, error) {
 		return nil, err
 	}
 	d.resolver = relay.NewResolver(d.zone.addr)
+	d.checks, err = msgauth.NewResolver(msgauth.ResolverConfig{Server: d.zone.addr})
+	if err != nil {
+		d.close()
+		return nil, err
+	}
 	for _, p := range []struct {
 		dom *demoDomain
 		mx  net.Listener
@@ -197,6 +206,21 @@ func (d *demo) startDomain(dom *demoDomain, mx net.Listener) error {
 	if _, err := dom.store.AddUser(ctx, dom.user, dom.password); err != nil {
 		return fmt.Errorf("%s: %w", dom.name, err)
 	}
+	// The domain's DKIM keys, and its SPF, DKIM and DMARC records in the
+	// zone. DMARC says p=reject: beta refuses mail forged as alpha's.
+	keys, err := msgauth.AddGeneratedKeys(ctx, dom.store, dom.name, time.Now())
+	if err != nil {
+		return fmt.Errorf("%s: %w", dom.name, err)
+	}
+	records := []string{dom.name + `. 300 IN TXT "v=spf1 mx -all"`}
+	for _, k := range keys {
+		records = append(records, dns.Fqdn(k.DNSName())+" 300 IN TXT "+txtStrings(k.DNSRecord()))
+	}
+	records = append(records, "_dmarc."+dom.name+`. 300 IN TXT "v=DMARC1; p=reject"`)
+	if err := d.zone.add(records...); err != nil {
+		return err
+	}
+	d.records = append(d.records, records...)
 	host := "mx." + dom.name
 	tlsConfig, err := loadTLS(&Config{Hostname: host, DataDir: dom.dir})
 	if err != nil {
@@ -212,7 +236,9 @@ func (d *demo) startDomain(dom *demoDomain, mx net.Listener) error {
 		Hostname: host, TLSConfig: tlsConfig,
 		Logger: logger(short + " smtp"),
 		// The client side of each SMTP dialogue is what the demo shows.
-		Trace: false,
+		Trace:  false,
+		Signer: &msgauth.Signer{Keys: msgauth.StoreKeys{Store: dom.store}},
+		Checks: &msgauth.Checker{Resolver: d.checks},
 	}, dom.store)
 	// The relay connects from the domain's own address, as a separate
 	// machine would.
@@ -346,6 +372,21 @@ func (d *demo) flow(ctx context.Context, attach int) error {
 	e := q[0]
 	out.note("queue entry %d: from <%s> to <%s> (domain %s), %d bytes, attempts %d, next attempt %s",
 		e.ID, e.Sender, e.Recipient, e.Domain, e.Size, e.Attempts, e.NextAttempt.Format(time.TimeOnly))
+	queued, err := a.store.ReadBody(ctx, e.BodyID)
+	if err != nil {
+		return fmt.Errorf("step 3, queued message: %w", err)
+	}
+	out.note("alpha's submission server signed it with alpha.test's keys (DKIM, RFC 6376; Ed25519 and RSA):")
+	signed := 0
+	for _, f := range headerFields(queued) {
+		if strings.EqualFold(f.name, "DKIM-Signature") {
+			out.note("+ %s", f.text)
+			signed++
+		}
+	}
+	if signed == 0 {
+		return errors.New("step 3: the queued message has no DKIM-Signature")
+	}
 
 	out.beginStep("4. The relay looks up where mail for beta.test goes (DNS MX, RFC 5321 5.1)")
 	mx, err := relay.LookupMX(ctx, d.resolver, b.name)
@@ -381,7 +422,10 @@ func (d *demo) flow(ctx context.Context, attach int) error {
 		}
 		out.note("%s%s", mark, f.text)
 	}
-	out.note("(+ marks the fields added on the way: Date and Message-ID by submission, Received by each server, Return-Path at final delivery)")
+	out.note("(+ marks the fields added on the way: Date, Message-ID and DKIM-Signature by submission, Received by each server, Authentication-Results by beta's MX after its SPF, DKIM and DMARC checks, Return-Path at final delivery)")
+	if ar := headerValue(stored, "Authentication-Results"); !strings.Contains(ar, "spf=pass") || !strings.Contains(ar, "dkim=pass") || !strings.Contains(ar, "dmarc=pass") {
+		return fmt.Errorf("step 6: beta's checks did not all pass: Authentication-Results: %s", ar)
+	}
 
 	out.beginStep("7. bob reads it over POP3 (RFC 1939)")
 	popped, err := d.pop3Read(b)

@@ -1,8 +1,9 @@
 package main
 
-// A small authoritative DNS server for `postern demo`: it answers MX and A
-// queries for the demo's domains on loopback, so the relay's MX lookups are
-// real DNS queries and answers.
+// A small authoritative DNS server for `postern demo`: it answers for the
+// demo's domains on loopback (MX, A, and the SPF, DKIM and DMARC TXT
+// records), so the relay's MX lookups and the MX's checks are real DNS
+// queries and answers.
 
 import (
 	"context"
@@ -46,6 +47,23 @@ func startZone(records ...string) (*zoneServer, error) {
 	go z.srv.ActivateAndServe()
 	<-started
 	return z, nil
+}
+
+// add serves more records (in zone file syntax).
+func (z *zoneServer) add(records ...string) error {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	for _, r := range records {
+		rr, err := dns.NewRR(r)
+		if err != nil {
+			return fmt.Errorf("demo zone record %q: %w", r, err)
+		}
+		h := rr.Header()
+		key := strings.ToLower(h.Name) + "/" + dns.TypeToString[h.Rrtype]
+		z.records[key] = append(z.records[key], rr)
+		z.names[strings.ToLower(h.Name)] = true
+	}
+	return nil
 }
 
 func (z *zoneServer) serve(w dns.ResponseWriter, req *dns.Msg) {

@@ -7,8 +7,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"time"
+
+	"github.com/emersion/go-smtp"
 
 	"github.com/postern/postern/mime"
 )
@@ -36,6 +39,8 @@ func scenarios() []scenario {
 			run:     func(d *demo, ctx context.Context) error { return d.flow(ctx, 0) }},
 		{name: "unknown-recipient", about: "a message to a user beta.test does not have comes back as an RFC 3464 report",
 			run: (*demo).unknownRecipient},
+		{name: "spoof", about: "a message forged as alice@alpha.test from an unauthorised host: beta refuses it (550 5.7.1) on alpha's DMARC record",
+			run: (*demo).spoof},
 		{name: "mailstorm", about: "two lists forward to each other; the Received hop limit stops the loop and the sender is told",
 			quiet: true, run: (*demo).mailstorm},
 	}
@@ -136,6 +141,60 @@ func (d *demo) unknownRecipient(ctx context.Context) error {
 		return errors.New("step 4: the report does not say 5.1.1 failed")
 	}
 	d.out.emit(event{Kind: "result", Text: "OK: the refusal came back to alice as a report with Status 5.1.1."})
+	return nil
+}
+
+// spoofHost is the loopback address of the forger in the spoof scenario:
+// neither domain's MX.
+const spoofHost = "127.0.0.66"
+
+// spoof: a host that is not alpha's connects to beta's MX and sends a
+// message From alice@alpha.test without a signature. SPF fails (the host
+// is not alpha's MX), there is no DKIM signature, so DMARC fails, and
+// alpha.test publishes p=reject: beta refuses it at the end of DATA.
+func (d *demo) spoof(ctx context.Context) error {
+	d.intro()
+	a, b := d.alpha, d.beta
+	d.out.beginStep("2. A forger at " + spoofHost + " sends beta's MX a message claiming to be from " + a.user)
+	msg, err := mime.Compose(mime.Draft{From: "Alice <" + a.user + ">", To: []string{b.user},
+		Subject: "Urgent: please send me your password", Text: "Hi Bob,\n\nI lost it, send me yours.\n\nAlice\n",
+		Hostname: "forger.example"})
+	if err != nil {
+		return err
+	}
+	reply, err := submit(ctx, submission{
+		addr: b.mx, mode: tlsNone, helo: "forger.example", from: a.user, to: []string{b.user}, msg: msg,
+		trace: &traceWriter{out: d.out, part: "forger client"},
+		local: &net.TCPAddr{IP: net.ParseIP(spoofHost)},
+	})
+	if err == nil {
+		return fmt.Errorf("step 2: beta accepted the forged message: %s", reply)
+	}
+	var se *smtp.SMTPError
+	if !errors.As(err, &se) || se.Code != 550 || se.EnhancedCode != (smtp.EnhancedCode{5, 7, 1}) {
+		return fmt.Errorf("step 2: want 550 5.7.1, got %w", err)
+	}
+	d.out.note("refused at the end of DATA: 550 5.7.1 %s", se.Message)
+
+	d.out.beginStep("3. Why: the records beta's MX looked up for alpha.test")
+	for _, q := range []struct{ name, why string }{
+		{a.name, "SPF (RFC 7208): only alpha's MX hosts send its mail; " + spoofHost + " is not one -> spf=fail"},
+		{"_dmarc." + a.name, "DMARC (RFC 7489): no aligned SPF or DKIM pass -> dmarc=fail, and p=reject says refuse it"},
+	} {
+		txts, err := d.checks.LookupTXT(ctx, q.name)
+		if err != nil {
+			return fmt.Errorf("step 3: TXT %s: %w", q.name, err)
+		}
+		for _, t := range txts {
+			d.out.note("%s\tTXT\t%q", q.name, t)
+		}
+		d.out.note("  -> %s", q.why)
+	}
+	d.out.note("(the message carried no DKIM signature: only alpha's submission server can make one, with alpha's private key)")
+	if _, err := inboxMessage(ctx, b); err == nil {
+		return errors.New("step 3: the forged message is in bob's INBOX")
+	}
+	d.out.emit(event{Kind: "result", Text: "OK: the forgery was refused with 550 5.7.1 because alpha.test's DMARC record says p=reject."})
 	return nil
 }
 

@@ -21,9 +21,11 @@ func TestDemo(t *testing.T) {
 		"MAIL FROM:<alice@alpha.test>", "RCPT TO:<bob@beta.test>",
 		"C: AUTH PLAIN [credentials redacted]",
 		"== 3. The message waits in alpha's outbound queue", "to <bob@beta.test> (domain beta.test)",
+		"signed it with alpha.test's keys", "+ DKIM-Signature: a=ed25519-sha256;", "d=alpha.test;", "+ DKIM-Signature: a=rsa-sha256;",
 		"== 4. The relay looks up", "beta.test\tmail exchanger = 10 mx.beta.test.", "mx.beta.test\tinternet address = 127.0.0.3",
 		"== 5. alpha's relay delivers", "[alpha relay]    C: EHLO mx.alpha.test", "C: STARTTLS", "(delivered)",
 		"== 6. The message in bob's INBOX", "+ Return-Path: <alice@alpha.test>",
+		"+ Authentication-Results: mx.beta.test; spf=pass smtp.mailfrom=alpha.test; dkim=pass", "dmarc=pass header.from=alpha.test",
 		"+ Received: from mx.alpha.test ([127.0.0.2]) by mx.beta.test", "+ Received: from alice-laptop.alpha.test",
 		"+ Date:", "+ Message-ID:", "  Subject:",
 		"== 7. bob reads it over POP3", "state: AUTHORIZATION", "C: PASS ***", "state: TRANSACTION", "C: RETR 1", "state: UPDATE",
@@ -114,7 +116,10 @@ func TestDemoScenarios(t *testing.T) {
 		"big-message":       {"over 64 KiB", "OK: the message arrived intact"},
 		"dead-mx":           {"mail exchanger = 5 mx1.beta.test.", "(mail exchanger unusable)", "connection refused", "[alpha relay]    C: EHLO mx.alpha.test", "OK: the message arrived intact"},
 		"unknown-recipient": {"RCPT TO:<nobody@beta.test>", "550 5.1.1", "| Action: failed", "| Status: 5.1.1", "OK: the refusal came back"},
-		"mailstorm":         {"hop  1: alpha.test -> beta.test", "carries 50 Received fields", "| Status: 5.4.6", "OK: the storm stopped"},
+		"spoof": {"_dmarc.alpha.test. 300 IN TXT \"v=DMARC1; p=reject\"", "A forger at 127.0.0.66",
+			"[forger client]  C: MAIL FROM:<alice@alpha.test>", "(message refused)", "S: 550 5.7.1",
+			"_dmarc.alpha.test\tTXT\t\"v=DMARC1; p=reject\"", "OK: the forgery was refused with 550 5.7.1"},
+		"mailstorm": {"hop  1: alpha.test -> beta.test", "carries 50 Received fields", "| Status: 5.4.6", "OK: the storm stopped"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			code, out, errOut := runIn(t, "", "demo", "-scenario", name)

@@ -195,11 +195,13 @@ type submission struct {
 	to             []string
 	msg            []byte
 	trace          io.Writer // nil: no trace
+	// local is the address to connect from; nil lets the system choose.
+	local net.Addr
 }
 
 // submit sends s and returns the server's final reply text.
 func submit(ctx context.Context, s submission) (string, error) {
-	var d net.Dialer
+	d := net.Dialer{LocalAddr: s.local}
 	raw, err := d.DialContext(ctx, "tcp", s.addr)
 	if err != nil {
 		return "", fmt.Errorf("connect to %s: %w", s.addr, err)
