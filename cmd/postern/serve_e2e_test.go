@@ -40,6 +40,13 @@ type running struct {
 // into the one the listener is in.
 func startServe(t *testing.T, extra string) *running {
 	t.Helper()
+	return startServeDNS(t, "127.0.0.1:1", extra)
+}
+
+// startServeDNS is startServe with dns.server set to dnsAddr (startServe
+// gives an address that refuses every query).
+func startServeDNS(t *testing.T, dnsAddr, extra string) *running {
+	t.Helper()
 	smtpKeys := ""
 	if rest, ok := strings.CutPrefix(extra, "[smtp]\n"); ok {
 		if i := strings.Index(rest, "\n["); i >= 0 {
@@ -65,7 +72,7 @@ listen_tls = "127.0.0.1:0"
 listen = "127.0.0.1:0"
 listen_tls = "127.0.0.1:0"
 [dns]
-server = "127.0.0.1:1"
+server = "`+dnsAddr+`"
 [relay]
 `+extra)
 	return startServeConfig(t, r)
