@@ -189,12 +189,12 @@ func (s *Store) DeliverEnvelope(ctx context.Context, env Envelope, msg []byte) (
 // the quota unless size is negative, in as few statements as the common
 // case allows.
 func (t *wtx) inboxHead(userID, size int64) (int64, mailboxHead, error) {
-	var id, quota int64
+	var id, quota, used int64
 	var kw string
 	h := mailboxHead{userID: userID}
-	err := t.queryRow(`SELECT b.id, b.uidnext, b.highestmodseq, b.keywords, u.quota_bytes
+	err := t.queryRow(`SELECT b.id, b.uidnext, b.highestmodseq, b.keywords, u.quota_bytes, u.used_bytes
 		FROM mailboxes b JOIN users u ON u.id = b.user_id WHERE b.user_id = ? AND b.name = 'INBOX'`, userID).
-		Scan(&id, &h.uidnext, &h.modseq, &kw, &quota)
+		Scan(&id, &h.uidnext, &h.modseq, &kw, &quota, &used)
 	if isNoRows(err) {
 		return 0, h, fmt.Errorf("no INBOX: %w", ErrNoSuchUser)
 	}
@@ -202,8 +202,8 @@ func (t *wtx) inboxHead(userID, size int64) (int64, mailboxHead, error) {
 		return 0, h, err
 	}
 	h.keywords = splitKeywords(kw)
-	if quota > 0 && size >= 0 {
-		if err := t.checkQuota(userID, size); err != nil {
+	if size >= 0 {
+		if err := t.withinQuota(userID, quota, used, size); err != nil {
 			return 0, h, err
 		}
 	}
@@ -241,16 +241,16 @@ func (t *wtx) deliveryHead(userID int64, use string, size int64) (int64, string,
 		return id, "INBOX", h, err
 	}
 	h := mailboxHead{userID: userID}
-	var quota int64
-	err := t.queryRow("SELECT quota_bytes FROM users WHERE id = ?", userID).Scan(&quota)
+	var quota, used int64
+	err := t.queryRow("SELECT quota_bytes, used_bytes FROM users WHERE id = ?", userID).Scan(&quota, &used)
 	if isNoRows(err) {
 		return 0, "", h, fmt.Errorf("user %d: %w", userID, ErrNoSuchUser)
 	}
 	if err != nil {
 		return 0, "", h, err
 	}
-	if quota > 0 && size >= 0 {
-		if err := t.checkQuota(userID, size); err != nil {
+	if size >= 0 {
+		if err := t.withinQuota(userID, quota, used, size); err != nil {
 			return 0, "", h, err
 		}
 	}

@@ -32,6 +32,11 @@ type writer struct {
 	now     func() time.Time
 	maxAge  time.Duration
 	orphans map[int64]orphan // bodies waiting for deletion; only touched by the writer goroutine
+
+	// usageBySum makes quota checks sum the user's messages, as before
+	// the usage counter (schema 7); only the benchmark that compares the
+	// two sets it, before any write.
+	usageBySum bool
 }
 
 type writeReq struct {
