@@ -361,3 +361,78 @@ func BenchmarkPollIdle(b *testing.B) {
 	}
 	b.ReportMetric(float64(time.Since(t1))/float64(base), "poll/mutex")
 }
+
+// BenchmarkSearch: SEARCH on a 20,000-message INBOX (a third \Seen),
+// with the store selecting by flags, sizes, dates and UIDs, against the
+// matcher alone reading every message (as before), alternately in the
+// same run. Reports each query's milliseconds both ways and their ratio.
+func BenchmarkSearch(b *testing.B) {
+	const n = 20000
+	env := newEnv(b)
+	fillInbox(b, env, n)
+	c, err := imapclient.DialInsecure(env.addr, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login(testUser, testPass).Wait(); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+		b.Fatal(err)
+	}
+	defer searchInGo.Store(false)
+	queries := []struct {
+		name string
+		crit imap.SearchCriteria
+	}{
+		{"seen", imap.SearchCriteria{Flag: []imap.Flag{imap.FlagSeen}}},
+		{"flagged", imap.SearchCriteria{Flag: []imap.Flag{imap.FlagFlagged}}},
+		{"unseen-larger", imap.SearchCriteria{NotFlag: []imap.Flag{imap.FlagSeen}, Larger: 100}},
+		{"since-today", imap.SearchCriteria{Since: time.Now().Add(-24 * time.Hour)}},
+		{"uid-last-100", imap.SearchCriteria{UID: []imap.UIDSet{{{Start: n - 99, Stop: 0}}}}},
+		{"unseen-subject", imap.SearchCriteria{NotFlag: []imap.Flag{imap.FlagSeen}, Header: []imap.SearchCriteriaHeaderField{{Key: "Subject", Value: "bench 1999"}}}},
+	}
+	inGo := make([]time.Duration, len(queries))
+	inStore := make([]time.Duration, len(queries))
+	var counts [2][]uint32
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for q := range queries {
+			order := []bool{true, false}
+			if i%2 == 1 {
+				order = []bool{false, true} // neither always pays for the other's garbage
+			}
+			for _, goOnly := range order {
+				k := 1
+				if goOnly {
+					k = 0
+				}
+				searchInGo.Store(goOnly)
+				t0 := time.Now()
+				data, err := c.UIDSearch(&queries[q].crit, nil).Wait()
+				if err != nil {
+					b.Fatalf("%s: %v", queries[q].name, err)
+				}
+				if goOnly {
+					inGo[q] += time.Since(t0)
+				} else {
+					inStore[q] += time.Since(t0)
+				}
+				if i == 0 {
+					counts[k] = append(counts[k], uint32(len(data.AllUIDs())))
+				}
+			}
+		}
+	}
+	b.StopTimer()
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 / float64(b.N) }
+	for q, qq := range queries {
+		if counts[0][q] != counts[1][q] {
+			b.Errorf("%s: %d hits by the matcher, %d with the store", qq.name, counts[0][q], counts[1][q])
+		}
+		b.ReportMetric(ms(inGo[q]), qq.name+"-go-ms")
+		b.ReportMetric(ms(inStore[q]), qq.name+"-store-ms")
+		b.ReportMetric(float64(inGo[q])/float64(inStore[q]), qq.name+"-go/store")
+	}
+}
