@@ -225,6 +225,15 @@ func (sr *searcher) storeCriteria(crit *imap.SearchCriteria, targets []target) (
 	if !crit.SentSince.IsZero() || !crit.SentBefore.IsZero() || len(crit.Header) > 0 || len(crit.Body) > 0 || len(crit.Text) > 0 {
 		exact = false
 	}
+	// The full-text index narrows BODY and TEXT (BODY's text is part of
+	// what TEXT looks in) and FROM, TO, CC, BCC and SUBJECT; the matcher
+	// decides. Under NOT this is left out whole, as every inexact key is.
+	out.MayContain = append(append(out.MayContain, crit.Body...), crit.Text...)
+	for _, hf := range crit.Header {
+		if addressField(hf.Key) || strings.EqualFold(hf.Key, "Subject") {
+			out.HeaderMayContain = append(out.HeaderMayContain, hf.Value)
+		}
+	}
 	for i := range crit.Not {
 		if not, ok := sr.storeCriteria(&crit.Not[i], targets); ok {
 			out.Not = append(out.Not, not)

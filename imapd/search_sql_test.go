@@ -44,6 +44,9 @@ func searchCorpus(t *testing.T, env *testEnv, rng *rand.Rand, n int) (sizes []in
 		msg := fmt.Sprintf("From: %s <s%d@remote.test>\r\nSubject: %s %d\r\nDate: %s\r\n\r\n%s%s\r\n",
 			words[rng.Intn(len(words))], i, words[rng.Intn(len(words))], i,
 			date.Format(time.RFC1123Z), words[rng.Intn(len(words))], strings.Repeat(" padding", rng.Intn(200)))
+		if rng.Intn(3) == 0 {
+			msg = charsetMessages[rng.Intn(len(charsetMessages))] + strings.Repeat("\r\n", rng.Intn(50))
+		}
 		m, err := env.store.Append(ctx, mb.ID, fl, date, []byte(msg))
 		if err != nil {
 			t.Fatal(err)
@@ -70,6 +73,29 @@ func searchCorpus(t *testing.T, env *testEnv, rng *rand.Rand, n int) (sizes []in
 	}
 	return sizes
 }
+
+// charsetMessages carry their text in charsets, transfer encodings,
+// encoded words and attached messages, for BODY, TEXT and header keys.
+var charsetMessages = []string{
+	binaryMessage,
+	"From: =?utf-8?q?J=C3=BCrgen_M=C3=BCller?= <jm@example.de>\r\nTo: \"Doe, John\" <John.Doe@Example.ORG>\r\n" +
+		"Subject: =?iso-8859-1?q?Caf=E9_noir?=\r\nContent-Type: text/plain; charset=iso-8859-1\r\n" +
+		"Content-Transfer-Encoding: quoted-printable\r\n\r\nUn caf=E9 au lait, M=FCller.\r\n",
+	"From: \"=?utf-8?b?QW5kcsOp?=\" <andre@example.fr>\r\nCc: Team: ann@example.org;\r\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?= delta\r\n" +
+		"MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain; charset=utf-8\r\n" +
+		"Content-Transfer-Encoding: base64\r\n\r\nR3LDvMOfZSBhdXMgS8O2bG4sIGdhbW1hIQ==\r\n--b\r\nContent-Type: text/html\r\n\r\n<p>Alpha &amp; beta</p>\r\n--b--\r\n",
+	"From: plain@remote.test\r\nSubject: inner forwarded\r\nContent-Type: message/rfc822\r\n\r\n" +
+		"From: Zoë <zoe@example.net>\r\nSubject: =?utf-8?q?na=C3=AFve?=\r\n\r\nThe quoted text about epsilon.\r\n",
+}
+
+// textKeys are the SEARCH keys on header and text, in charsets and
+// encoded words, that the full-text index narrows.
+var textKeys = []string{"SUBJECT beta", `SUBJECT "CAFÉ"`, "FROM gamma", "BODY delta", "TEXT alpha", "HEADER Date 2020",
+	`BODY "café"`, `TEXT "MÜLLER"`, `SUBJECT "café noir"`, `FROM "jürgen müller"`, `FROM "doe, john"`, `TO "john.doe@example"`,
+	`CC "team"`, `BODY "grüße aus"`, `TEXT "köln"`, `SUBJECT "grüße"`, `BODY "alpha &amp;"`, `TEXT "zoë"`, `BODY "epsilon"`,
+	`SUBJECT "naïve"`, `TEXT "subject: inner"`, `BODY "abc=def"`, `BODY "ca"`, `TEXT ""`, `BODY "noir, caf"`, `FROM "andré"`,
+	`SUBJECT "=?iso-8859-1?q?caf"`, `TEXT "padding padding"`, `BODY "\"x"`, `HEADER Content-Type "multipart"`,
+	`TO "doe, john <john.doe@example.org>"`, `FROM "andré <andre@"`, `CC "team"`}
 
 // randomKey writes one random SEARCH key, nesting NOT, OR and lists up
 // to depth.
@@ -114,7 +140,7 @@ func randomKey(rng *rand.Rand, n int, sizes []int64, depth int) string {
 		func() string { return "SENTSINCE " + dates[rng.Intn(len(dates))] },
 		func() string { return "SENTBEFORE " + dates[rng.Intn(len(dates))] },
 		func() string {
-			return []string{"SUBJECT beta", `SUBJECT "CAFÉ"`, "FROM gamma", "BODY delta", "TEXT alpha", "HEADER Date 2020"}[rng.Intn(6)]
+			return textKeys[rng.Intn(len(textKeys))]
 		},
 	}
 	if depth > 0 {
@@ -169,6 +195,16 @@ func TestSearchStoreMatchesMatcher(t *testing.T) {
 			}
 			if strings.Contains(want, "* SEARCH ") {
 				nonEmpty++
+			}
+		}
+	}
+	// Every text key, alone, under NOT and in OR, whatever the random
+	// draw gave.
+	for _, key := range textKeys {
+		for _, k := range []string{key, "NOT " + key, "OR SEEN " + key, "UNSEEN " + key} {
+			cmd := "SEARCH CHARSET UTF-8 " + k
+			if got, want := run(cmd, false), run(cmd, true); got != want {
+				t.Errorf("%s:\nstore+matcher %q\nmatcher alone %q", cmd, got, want)
 			}
 		}
 	}

@@ -395,13 +395,17 @@ func (s *Store) ReadBody(ctx context.Context, bodyID int64) ([]byte, error) {
 // preparedBody is a message ready for the writer: line ends fixed and the
 // hash computed outside the write transaction.
 type preparedBody struct {
-	data []byte
-	sum  [sha256.Size]byte
+	data      []byte
+	sum       [sha256.Size]byte
+	text, hdr string // for the full-text index
+	indexed   bool   // text and hdr were extracted
 }
 
 func prepareBody(msg []byte) preparedBody {
 	data := toCRLF(msg)
-	return preparedBody{data: data, sum: sha256.Sum256(data)}
+	b := preparedBody{data: data, sum: sha256.Sum256(data)}
+	b.text, b.hdr, b.indexed = bodyText(data)
+	return b
 }
 
 // toCRLF turns bare LF and bare CR into CRLF and ends the last line, so
@@ -439,7 +443,11 @@ func toCRLF(b []byte) []byte {
 // new. Its reference count is raised by the message or queue row that uses
 // it (triggers).
 func (t *wtx) storeBody(b preparedBody) (int64, error) {
-	res, err := t.exec("INSERT INTO bodies (sha256, size) VALUES (?, ?) ON CONFLICT (sha256) DO NOTHING", b.sum[:], len(b.data))
+	version := 0
+	if b.indexed {
+		version = textIndexVersion
+	}
+	res, err := t.exec("INSERT INTO bodies (sha256, size, indexed) VALUES (?, ?, ?) ON CONFLICT (sha256) DO NOTHING", b.sum[:], len(b.data), version)
 	if err != nil {
 		return 0, fmt.Errorf("insert body: %w", err)
 	}
@@ -453,6 +461,11 @@ func (t *wtx) storeBody(b preparedBody) (int64, error) {
 	}
 	if id, err = res.LastInsertId(); err != nil {
 		return 0, fmt.Errorf("insert body: %w", err)
+	}
+	if b.indexed {
+		if _, err := t.exec("INSERT INTO body_text (rowid, text, hdr) VALUES (?, ?, ?)", id, b.text, b.hdr); err != nil {
+			return 0, fmt.Errorf("index body %d: %w", id, err)
+		}
 	}
 	for seq, off := 0, 0; off < len(b.data) || seq == 0; seq, off = seq+1, off+chunkSize {
 		end := min(off+chunkSize, len(b.data))

@@ -210,6 +210,23 @@ CREATE TRIGGER mailbox_usage_remove BEFORE DELETE ON mailboxes BEGIN
 		WHERE id = OLD.user_id;
 END;
 `,
+	// 8: a full-text index of each body (SQLite FTS5, trigram tokenizer,
+	// so that any substring of three characters or more is found in any
+	// language), contentless: the text is only searched, never read
+	// back. text is the message's searchable text (header fields and
+	// decoded text parts), hdr that of the header fields IMAP SEARCH
+	// names; both lower-cased. bodies.indexed is the version of the text
+	// extraction that filled a body's row (0: none, as for the bodies
+	// stored before this version), so that a search never trusts an
+	// index made differently.
+	`
+CREATE VIRTUAL TABLE body_text USING fts5(text, hdr, content='', contentless_delete=1,
+	tokenize='trigram case_sensitive 1');
+ALTER TABLE bodies ADD COLUMN indexed INTEGER NOT NULL DEFAULT 0;
+CREATE TRIGGER body_text_remove AFTER DELETE ON bodies BEGIN
+	DELETE FROM body_text WHERE rowid = OLD.id;
+END;
+`,
 }
 
 // migrate applies the migrations the database has not seen yet.

@@ -24,8 +24,19 @@ type SearchCriteria struct {
 	// the day of the time given (its date only, as IMAP SINCE and
 	// BEFORE do): on or after Since, before Before.
 	Since, Before time.Time
-	Not           []SearchCriteria
-	Or            [][2]SearchCriteria
+	// MayContain and HeaderMayContain narrow the search with the
+	// full-text index, as a prefilter only: each needle (compared
+	// lower-cased) is in the message's text (header fields and decoded
+	// text parts, as IMAP TEXT sees them; BODY's text is part of it), or
+	// in the text of its From, To, Cc, Bcc and Subject fields, or the
+	// message is one the index cannot answer for (a needle shorter than
+	// three characters, a body not indexed by this version). The caller
+	// confirms each message it gets; a prefilter inside Not would be
+	// wrong, and is refused with ErrInvalidName.
+	MayContain       []string
+	HeaderMayContain []string
+	Not              []SearchCriteria
+	Or               [][2]SearchCriteria
 }
 
 // Bounds on one search, so that no client builds an unbounded statement.
@@ -40,7 +51,7 @@ const (
 // more than 4096 values fail with ErrLimit.
 func (s *Store) Search(ctx context.Context, mailboxID int64, c *SearchCriteria) ([]Message, error) {
 	var b searchSQL
-	if err := b.add(c, 0); err != nil {
+	if err := b.add(c, 0, false); err != nil {
 		return nil, fmt.Errorf("search mailbox %d: %w", mailboxID, err)
 	}
 	where := b.sb.String()
@@ -80,7 +91,7 @@ func (b *searchSQL) arg(v any) error {
 }
 
 // add writes c as one parenthesised conjunction.
-func (b *searchSQL) add(c *SearchCriteria, depth int) error {
+func (b *searchSQL) add(c *SearchCriteria, depth int, negated bool) error {
 	if depth > maxSearchDepth {
 		return fmt.Errorf("%w: search nested more than %d deep", ErrLimit, maxSearchDepth)
 	}
@@ -134,6 +145,25 @@ func (b *searchSQL) add(c *SearchCriteria, depth int) error {
 			return err
 		}
 	}
+	for i, list := range [][]string{c.MayContain, c.HeaderMayContain} {
+		for _, needle := range list {
+			phrase, ok := ftsPhrase(strings.ToLower(needle))
+			if !ok {
+				continue
+			}
+			if negated {
+				return fmt.Errorf("%w: a full-text prefilter under NOT", ErrInvalidName)
+			}
+			column := "text"
+			if i == 1 {
+				column = "hdr"
+			}
+			if err := and("((SELECT indexed FROM bodies WHERE id = body_id) != ? OR body_id IN (SELECT rowid FROM body_text WHERE body_text MATCH ?))",
+				textIndexVersion, column+" : "+phrase); err != nil {
+				return err
+			}
+		}
+	}
 	if !c.Since.IsZero() {
 		// On or after the day: internal_date >= its first instant.
 		if n, ok := dayNanos(c.Since); !ok {
@@ -151,17 +181,17 @@ func (b *searchSQL) add(c *SearchCriteria, depth int) error {
 	}
 	for i := range c.Not {
 		b.sb.WriteString(" AND NOT ")
-		if err := b.add(&c.Not[i], depth+1); err != nil {
+		if err := b.add(&c.Not[i], depth+1, !negated); err != nil {
 			return err
 		}
 	}
 	for i := range c.Or {
 		b.sb.WriteString(" AND (")
-		if err := b.add(&c.Or[i][0], depth+1); err != nil {
+		if err := b.add(&c.Or[i][0], depth+1, negated); err != nil {
 			return err
 		}
 		b.sb.WriteString(" OR ")
-		if err := b.add(&c.Or[i][1], depth+1); err != nil {
+		if err := b.add(&c.Or[i][1], depth+1, negated); err != nil {
 			return err
 		}
 		b.sb.WriteString(")")

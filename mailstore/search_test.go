@@ -2,7 +2,11 @@ package mailstore
 
 import (
 	"context"
+	"crypto/sha256"
+	"database/sql"
 	"errors"
+	"fmt"
+	"path/filepath"
 	"testing"
 	"time"
 )
@@ -68,5 +72,106 @@ func TestSearchEdges(t *testing.T) {
 	wide := SearchCriteria{UID: []UIDSet{make(UIDSet, maxSearchParams)}}
 	if _, err := s.Search(ctx, in.ID, &wide); !errors.Is(err, ErrLimit) {
 		t.Errorf("too many values: %v", err)
+	}
+}
+
+// The full-text prefilter: it narrows to the messages whose text has the
+// needle, lets through what it cannot answer for (short needles, bodies
+// stored before the index), refuses to sit under NOT, and goes with the
+// body.
+func TestSearchFullText(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "postern.db")
+	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=foreign_keys(1)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := "Subject: before the index\r\n\r\nold words\r\n"
+	sum := sha256.Sum256([]byte(old))
+	stmts := append([]string{}, migrations[:7]...)
+	stmts = append(stmts, "PRAGMA user_version = 7", fmt.Sprintf("PRAGMA application_id = %d", applicationID),
+		"INSERT INTO domains (name) VALUES ('example.test')",
+		"INSERT INTO users (address, password_hash, created) VALUES ('u@example.test', 'x', 0)",
+		"INSERT INTO mailboxes (user_id, name, uidvalidity, uidnext) VALUES (1, 'INBOX', 7, 2)")
+	for _, q := range stmts {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatalf("%.40s: %v", q, err)
+		}
+	}
+	if _, err := db.Exec("INSERT INTO bodies (sha256, size) VALUES (?, ?)", sum[:], len(old)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec("INSERT INTO body_chunks (body_id, seq, data) VALUES (1, 0, ?)", old); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec("INSERT INTO messages (mailbox_id, uid, modseq, internal_date, size, body_id) VALUES (1, 1, 1, 0, ?, 1)", len(old)); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	s, err := Open(path, Options{PasswordCost: FastPasswordHash})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for i, m := range []string{
+		"From: =?utf-8?q?J=C3=BCrgen?= <jm@example.de>\r\nSubject: =?iso-8859-1?q?Caf=E9_noir?=\r\n\r\nUn caf=E9\r\n",
+		"From: b@example.test\r\nSubject: other\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\nR3LDvMOfZSBhdXMgS8O2bG4=\r\n",
+	} {
+		if _, err := s.Append(ctx, 1, nil, time.Time{}, []byte(m)); err != nil {
+			t.Fatalf("append %d: %v", i, err)
+		}
+	}
+	uids := func(c SearchCriteria) []uint32 {
+		t.Helper()
+		msgs, err := s.Search(ctx, 1, &c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []uint32
+		for _, m := range msgs {
+			out = append(out, m.UID)
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name string
+		c    SearchCriteria
+		want string
+	}{
+		{"decoded text", SearchCriteria{MayContain: []string{"GRÜSSE"}}, "[1]"}, // not there: only the unindexed body
+		{"base64 utf-8 text", SearchCriteria{MayContain: []string{"grüße aus köln"}}, "[1 3]"},
+		{"decoded subject in text", SearchCriteria{MayContain: []string{"subject: café"}}, "[1 2]"},
+		{"decoded subject", SearchCriteria{HeaderMayContain: []string{"Café Noir"}}, "[1 2]"},
+		{"raw subject", SearchCriteria{HeaderMayContain: []string{"=?iso-8859-1?q?caf"}}, "[1 2]"},
+		{"address form", SearchCriteria{HeaderMayContain: []string{"jürgen <jm@example.de>"}}, "[1 2]"},
+		{"body text is not header", SearchCriteria{HeaderMayContain: []string{"un café"}}, "[1]"},
+		{"short needle", SearchCriteria{MayContain: []string{"zz"}}, "[1 2 3]"},
+		{"quote in needle", SearchCriteria{MayContain: []string{`"quoted"`}}, "[1]"},
+		{"in OR", SearchCriteria{Or: [][2]SearchCriteria{{{MayContain: []string{"köln"}}, {UID: []UIDSet{UIDs(2)}}}}}, "[1 2 3]"},
+	} {
+		if got := fmt.Sprint(uids(tc.c)); got != tc.want {
+			t.Errorf("%s: %s, want %s", tc.name, got, tc.want)
+		}
+	}
+	if _, err := s.Search(ctx, 1, &SearchCriteria{Not: []SearchCriteria{{MayContain: []string{"köln"}}}}); !errors.Is(err, ErrInvalidName) {
+		t.Errorf("prefilter under NOT: %v", err)
+	}
+	count := func() int {
+		var n int
+		if err := s.readRow(ctx, "SELECT count(*) FROM body_text").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := count(); n != 2 {
+		t.Fatalf("%d indexed bodies, want 2", n)
+	}
+	if _, err := s.DeleteMessages(ctx, 1, []uint32{2, 3}); err != nil {
+		t.Fatal(err)
+	}
+	s.sweepNow(t)
+	s.sweepNow(t)
+	if n := count(); n != 0 {
+		t.Errorf("%d indexed bodies after their messages went", n)
 	}
 }
