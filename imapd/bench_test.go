@@ -436,3 +436,67 @@ func BenchmarkSearch(b *testing.B) {
 		b.ReportMetric(float64(inGo[q])/float64(inStore[q]), qq.name+"-go/store")
 	}
 }
+
+// BenchmarkSearchText: SEARCH BODY and SUBJECT for a word on a large INBOX
+// (POSTERN_BENCH_MESSAGES, default 100,000), with the full-text index
+// narrowing the candidates against the matcher reading every message, in
+// the same run. Reports milliseconds both ways and their ratio.
+func BenchmarkSearchText(b *testing.B) {
+	n := 100000
+	if v, err := strconv.Atoi(os.Getenv("POSTERN_BENCH_MESSAGES")); err == nil && v > 0 {
+		n = v
+	}
+	env := newEnv(b)
+	fillInbox(b, env, n)
+	c, err := imapclient.DialInsecure(env.addr, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login(testUser, testPass).Wait(); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+		b.Fatal(err)
+	}
+	defer searchInGo.Store(false)
+	word := fmt.Sprintf("message %d.", n/2) // one message's body
+	queries := []struct {
+		name string
+		crit imap.SearchCriteria
+		hits int
+	}{
+		{"body", imap.SearchCriteria{Body: []string{word}}, 1},
+		{"subject", imap.SearchCriteria{Header: []imap.SearchCriteriaHeaderField{{Key: "Subject", Value: fmt.Sprintf("bench %d", n/2)}}}, -1},
+	}
+	inGo := make([]time.Duration, len(queries))
+	inIndex := make([]time.Duration, len(queries))
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for q, qq := range queries {
+			for _, goOnly := range []bool{false, true} {
+				searchInGo.Store(goOnly)
+				t0 := time.Now()
+				data, err := c.UIDSearch(&qq.crit, nil).Wait()
+				if err != nil {
+					b.Fatalf("%s: %v", qq.name, err)
+				}
+				if goOnly {
+					inGo[q] += time.Since(t0)
+				} else {
+					inIndex[q] += time.Since(t0)
+				}
+				if got := len(data.AllUIDs()); qq.hits >= 0 && got != qq.hits || got == 0 {
+					b.Fatalf("%s: %d hits", qq.name, got)
+				}
+			}
+		}
+	}
+	b.StopTimer()
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 / float64(b.N) }
+	for q, qq := range queries {
+		b.ReportMetric(ms(inIndex[q]), qq.name+"-index-ms")
+		b.ReportMetric(ms(inGo[q]), qq.name+"-scan-ms")
+		b.ReportMetric(float64(inGo[q])/float64(inIndex[q]), qq.name+"-scan/index")
+	}
+}
