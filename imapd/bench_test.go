@@ -448,6 +448,18 @@ func BenchmarkSearchText(b *testing.B) {
 	}
 	env := newEnv(b)
 	fillInbox(b, env, n)
+	indexStart := time.Now()
+	for {
+		left, err := env.store.IndexBacklog(context.Background())
+		if err != nil {
+			b.Fatal(err)
+		}
+		if left == 0 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	b.Logf("%d messages; the indexer caught up %v after the last", n, time.Since(indexStart))
 	c, err := imapclient.DialInsecure(env.addr, nil)
 	if err != nil {
 		b.Fatal(err)

@@ -395,17 +395,13 @@ func (s *Store) ReadBody(ctx context.Context, bodyID int64) ([]byte, error) {
 // preparedBody is a message ready for the writer: line ends fixed and the
 // hash computed outside the write transaction.
 type preparedBody struct {
-	data      []byte
-	sum       [sha256.Size]byte
-	text, hdr string // for the full-text index
-	indexed   bool   // text and hdr were extracted
+	data []byte
+	sum  [sha256.Size]byte
 }
 
 func prepareBody(msg []byte) preparedBody {
 	data := toCRLF(msg)
-	b := preparedBody{data: data, sum: sha256.Sum256(data)}
-	b.text, b.hdr, b.indexed = bodyText(data)
-	return b
+	return preparedBody{data: data, sum: sha256.Sum256(data)}
 }
 
 // toCRLF turns bare LF and bare CR into CRLF and ends the last line, so
@@ -443,11 +439,7 @@ func toCRLF(b []byte) []byte {
 // new. Its reference count is raised by the message or queue row that uses
 // it (triggers).
 func (t *wtx) storeBody(b preparedBody) (int64, error) {
-	version := 0
-	if b.indexed {
-		version = textIndexVersion
-	}
-	res, err := t.exec("INSERT INTO bodies (sha256, size, indexed) VALUES (?, ?, ?) ON CONFLICT (sha256) DO NOTHING", b.sum[:], len(b.data), version)
+	res, err := t.exec("INSERT INTO bodies (sha256, size) VALUES (?, ?) ON CONFLICT (sha256) DO NOTHING", b.sum[:], len(b.data))
 	if err != nil {
 		return 0, fmt.Errorf("insert body: %w", err)
 	}
@@ -462,11 +454,7 @@ func (t *wtx) storeBody(b preparedBody) (int64, error) {
 	if id, err = res.LastInsertId(); err != nil {
 		return 0, fmt.Errorf("insert body: %w", err)
 	}
-	if b.indexed {
-		if _, err := t.exec("INSERT INTO body_text (rowid, text, hdr) VALUES (?, ?, ?)", id, b.text, b.hdr); err != nil {
-			return 0, fmt.Errorf("index body %d: %w", id, err)
-		}
-	}
+	t.afterCommit(t.w.indexKick) // the indexer takes it from here
 	for seq, off := 0, 0; off < len(b.data) || seq == 0; seq, off = seq+1, off+chunkSize {
 		end := min(off+chunkSize, len(b.data))
 		if _, err := t.exec("INSERT INTO body_chunks (body_id, seq, data) VALUES (?, ?, ?)", id, seq, b.data[off:end]); err != nil {

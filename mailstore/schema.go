@@ -216,13 +216,15 @@ END;
 	// back. text is the message's searchable text (header fields and
 	// decoded text parts), hdr that of the header fields IMAP SEARCH
 	// names; both lower-cased. bodies.indexed is the version of the text
-	// extraction that filled a body's row (0: none, as for the bodies
-	// stored before this version), so that a search never trusts an
-	// index made differently.
+	// extraction that filled a body's row (0: not yet, as for every body
+	// stored before this version, which the indexer then takes; negative:
+	// no text could be extracted), so that a search never trusts an index
+	// made differently.
 	`
 CREATE VIRTUAL TABLE body_text USING fts5(text, hdr, content='', contentless_delete=1,
 	tokenize='trigram case_sensitive 1');
 ALTER TABLE bodies ADD COLUMN indexed INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX bodies_unindexed ON bodies (id) WHERE indexed = 0;
 CREATE TRIGGER body_text_remove AFTER DELETE ON bodies BEGIN
 	DELETE FROM body_text WHERE rowid = OLD.id;
 END;

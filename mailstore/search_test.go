@@ -108,7 +108,7 @@ func TestSearchFullText(t *testing.T) {
 		t.Fatal(err)
 	}
 	db.Close()
-	s, err := Open(path, Options{PasswordCost: FastPasswordHash})
+	s, err := Open(path, Options{PasswordCost: FastPasswordHash, noIndexer: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +121,7 @@ func TestSearchFullText(t *testing.T) {
 			t.Fatalf("append %d: %v", i, err)
 		}
 	}
-	uids := func(c SearchCriteria) []uint32 {
+	uids := func(c SearchCriteria) string {
 		t.Helper()
 		msgs, err := s.Search(ctx, 1, &c)
 		if err != nil {
@@ -131,30 +131,19 @@ func TestSearchFullText(t *testing.T) {
 		for _, m := range msgs {
 			out = append(out, m.UID)
 		}
-		return out
+		return fmt.Sprint(out)
 	}
-	for _, tc := range []struct {
-		name string
-		c    SearchCriteria
-		want string
-	}{
-		{"decoded text", SearchCriteria{MayContain: []string{"GRÜSSE"}}, "[1]"}, // not there: only the unindexed body
-		{"base64 utf-8 text", SearchCriteria{MayContain: []string{"grüße aus köln"}}, "[1 3]"},
-		{"decoded subject in text", SearchCriteria{MayContain: []string{"subject: café"}}, "[1 2]"},
-		{"decoded subject", SearchCriteria{HeaderMayContain: []string{"Café Noir"}}, "[1 2]"},
-		{"raw subject", SearchCriteria{HeaderMayContain: []string{"=?iso-8859-1?q?caf"}}, "[1 2]"},
-		{"address form", SearchCriteria{HeaderMayContain: []string{"jürgen <jm@example.de>"}}, "[1 2]"},
-		{"body text is not header", SearchCriteria{HeaderMayContain: []string{"un café"}}, "[1]"},
-		{"short needle", SearchCriteria{MayContain: []string{"zz"}}, "[1 2 3]"},
-		{"quote in needle", SearchCriteria{MayContain: []string{`"quoted"`}}, "[1]"},
-		{"in OR", SearchCriteria{Or: [][2]SearchCriteria{{{MayContain: []string{"köln"}}, {UID: []UIDSet{UIDs(2)}}}}}, "[1 2 3]"},
-	} {
-		if got := fmt.Sprint(uids(tc.c)); got != tc.want {
-			t.Errorf("%s: %s, want %s", tc.name, got, tc.want)
+	indexAll := func() {
+		t.Helper()
+		for {
+			n, err := s.indexPending(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n == 0 {
+				return
+			}
 		}
-	}
-	if _, err := s.Search(ctx, 1, &SearchCriteria{Not: []SearchCriteria{{MayContain: []string{"köln"}}}}); !errors.Is(err, ErrInvalidName) {
-		t.Errorf("prefilter under NOT: %v", err)
 	}
 	count := func() int {
 		var n int
@@ -163,15 +152,93 @@ func TestSearchFullText(t *testing.T) {
 		}
 		return n
 	}
-	if n := count(); n != 2 {
-		t.Fatalf("%d indexed bodies, want 2", n)
+	// Nothing indexed yet (the body from before the index included):
+	// every message is a candidate.
+	if got := uids(SearchCriteria{MayContain: []string{"köln"}}); got != "[1 2 3]" {
+		t.Errorf("before indexing: %s", got)
+	}
+	indexAll()
+	if n := count(); n != 3 {
+		t.Fatalf("%d indexed bodies, want 3", n)
+	}
+	for _, tc := range []struct {
+		name string
+		c    SearchCriteria
+		want string
+	}{
+		{"decoded text", SearchCriteria{MayContain: []string{"GRÜSSE"}}, "[]"},
+		{"base64 utf-8 text", SearchCriteria{MayContain: []string{"grüße aus köln"}}, "[3]"},
+		{"the body from before", SearchCriteria{MayContain: []string{"old words"}}, "[1]"},
+		{"decoded subject in text", SearchCriteria{MayContain: []string{"subject: café"}}, "[2]"},
+		{"decoded subject", SearchCriteria{HeaderMayContain: []string{"Café Noir"}}, "[2]"},
+		{"raw subject", SearchCriteria{HeaderMayContain: []string{"=?iso-8859-1?q?caf"}}, "[2]"},
+		{"address form", SearchCriteria{HeaderMayContain: []string{"jürgen <jm@example.de>"}}, "[2]"},
+		{"body text is not header", SearchCriteria{HeaderMayContain: []string{"un café"}}, "[]"},
+		{"short needle", SearchCriteria{MayContain: []string{"zz"}}, "[1 2 3]"},
+		{"quote in needle", SearchCriteria{MayContain: []string{`"quoted"`}}, "[]"},
+		{"in OR", SearchCriteria{Or: [][2]SearchCriteria{{{MayContain: []string{"köln"}}, {UID: []UIDSet{UIDs(2)}}}}}, "[2 3]"},
+	} {
+		if got := uids(tc.c); got != tc.want {
+			t.Errorf("%s: %s, want %s", tc.name, got, tc.want)
+		}
+	}
+	// Reindex drops a user's index; the messages are candidates again
+	// until the indexer has been through them.
+	if n, err := s.Reindex(ctx, "u@example.test"); err != nil || n != 3 {
+		t.Fatalf("reindex: %d %v", n, err)
+	}
+	if n := count(); n != 0 {
+		t.Errorf("%d indexed bodies after reindex", n)
+	}
+	if got := uids(SearchCriteria{MayContain: []string{"köln"}}); got != "[1 2 3]" {
+		t.Errorf("after reindex: %s", got)
+	}
+	indexAll()
+	if got := uids(SearchCriteria{MayContain: []string{"köln"}}); got != "[3]" {
+		t.Errorf("indexed again: %s", got)
+	}
+	if _, err := s.Reindex(ctx, "nobody@example.test"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("reindex of an unknown user: %v", err)
+	}
+	if _, err := s.Search(ctx, 1, &SearchCriteria{Not: []SearchCriteria{{MayContain: []string{"köln"}}}}); !errors.Is(err, ErrInvalidName) {
+		t.Errorf("prefilter under NOT: %v", err)
 	}
 	if _, err := s.DeleteMessages(ctx, 1, []uint32{2, 3}); err != nil {
 		t.Fatal(err)
 	}
 	s.sweepNow(t)
 	s.sweepNow(t)
-	if n := count(); n != 0 {
-		t.Errorf("%d indexed bodies after their messages went", n)
+	if n := count(); n != 1 {
+		t.Errorf("%d indexed bodies after two of three messages went", n)
+	}
+}
+
+// The indexer catches up by itself after deliveries.
+func TestIndexerCatchesUp(t *testing.T) {
+	s := openTest(t)
+	ctx := context.Background()
+	u := addUser(t, s, "u@example.test")
+	for i := 0; i < 50; i++ {
+		if _, err := s.Deliver(ctx, "a@remote.test", []string{u.Address}, testMessage(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		n, err := s.IndexBacklog(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d bodies still not indexed", n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	msgs, err := s.Search(ctx, inbox(t, s, u).ID, &SearchCriteria{MayContain: []string{"body 42"}})
+	if err != nil || len(msgs) != 1 || msgs[0].UID != 43 {
+		t.Fatalf("search: %+v %v", msgs, err)
 	}
 }
