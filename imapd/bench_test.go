@@ -361,3 +361,154 @@ func BenchmarkPollIdle(b *testing.B) {
 	}
 	b.ReportMetric(float64(time.Since(t1))/float64(base), "poll/mutex")
 }
+
+// BenchmarkSearch: SEARCH on a 20,000-message INBOX (a third \Seen),
+// with the store selecting by flags, sizes, dates and UIDs, against the
+// matcher alone reading every message (as before), alternately in the
+// same run. Reports each query's milliseconds both ways and their ratio.
+func BenchmarkSearch(b *testing.B) {
+	const n = 20000
+	env := newEnv(b)
+	fillInbox(b, env, n)
+	c, err := imapclient.DialInsecure(env.addr, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login(testUser, testPass).Wait(); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+		b.Fatal(err)
+	}
+	defer searchInGo.Store(false)
+	queries := []struct {
+		name string
+		crit imap.SearchCriteria
+	}{
+		{"seen", imap.SearchCriteria{Flag: []imap.Flag{imap.FlagSeen}}},
+		{"flagged", imap.SearchCriteria{Flag: []imap.Flag{imap.FlagFlagged}}},
+		{"unseen-larger", imap.SearchCriteria{NotFlag: []imap.Flag{imap.FlagSeen}, Larger: 100}},
+		{"since-today", imap.SearchCriteria{Since: time.Now().Add(-24 * time.Hour)}},
+		{"uid-last-100", imap.SearchCriteria{UID: []imap.UIDSet{{{Start: n - 99, Stop: 0}}}}},
+		{"unseen-subject", imap.SearchCriteria{NotFlag: []imap.Flag{imap.FlagSeen}, Header: []imap.SearchCriteriaHeaderField{{Key: "Subject", Value: "bench 1999"}}}},
+	}
+	inGo := make([]time.Duration, len(queries))
+	inStore := make([]time.Duration, len(queries))
+	var counts [2][]uint32
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for q := range queries {
+			order := []bool{true, false}
+			if i%2 == 1 {
+				order = []bool{false, true} // neither always pays for the other's garbage
+			}
+			for _, goOnly := range order {
+				k := 1
+				if goOnly {
+					k = 0
+				}
+				searchInGo.Store(goOnly)
+				t0 := time.Now()
+				data, err := c.UIDSearch(&queries[q].crit, nil).Wait()
+				if err != nil {
+					b.Fatalf("%s: %v", queries[q].name, err)
+				}
+				if goOnly {
+					inGo[q] += time.Since(t0)
+				} else {
+					inStore[q] += time.Since(t0)
+				}
+				if i == 0 {
+					counts[k] = append(counts[k], uint32(len(data.AllUIDs())))
+				}
+			}
+		}
+	}
+	b.StopTimer()
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 / float64(b.N) }
+	for q, qq := range queries {
+		if counts[0][q] != counts[1][q] {
+			b.Errorf("%s: %d hits by the matcher, %d with the store", qq.name, counts[0][q], counts[1][q])
+		}
+		b.ReportMetric(ms(inGo[q]), qq.name+"-go-ms")
+		b.ReportMetric(ms(inStore[q]), qq.name+"-store-ms")
+		b.ReportMetric(float64(inGo[q])/float64(inStore[q]), qq.name+"-go/store")
+	}
+}
+
+// BenchmarkSearchText: SEARCH BODY and SUBJECT for a word on a large INBOX
+// (POSTERN_BENCH_MESSAGES, default 100,000), with the full-text index
+// narrowing the candidates against the matcher reading every message, in
+// the same run. Reports milliseconds both ways and their ratio.
+func BenchmarkSearchText(b *testing.B) {
+	n := 100000
+	if v, err := strconv.Atoi(os.Getenv("POSTERN_BENCH_MESSAGES")); err == nil && v > 0 {
+		n = v
+	}
+	env := newEnv(b)
+	fillInbox(b, env, n)
+	indexStart := time.Now()
+	for {
+		left, err := env.store.IndexBacklog(context.Background())
+		if err != nil {
+			b.Fatal(err)
+		}
+		if left == 0 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	b.Logf("%d messages; the indexer caught up %v after the last", n, time.Since(indexStart))
+	c, err := imapclient.DialInsecure(env.addr, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login(testUser, testPass).Wait(); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+		b.Fatal(err)
+	}
+	defer searchInGo.Store(false)
+	word := fmt.Sprintf("message %d.", n/2) // one message's body
+	queries := []struct {
+		name string
+		crit imap.SearchCriteria
+		hits int
+	}{
+		{"body", imap.SearchCriteria{Body: []string{word}}, 1},
+		{"subject", imap.SearchCriteria{Header: []imap.SearchCriteriaHeaderField{{Key: "Subject", Value: fmt.Sprintf("bench %d", n/2)}}}, -1},
+	}
+	inGo := make([]time.Duration, len(queries))
+	inIndex := make([]time.Duration, len(queries))
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for q, qq := range queries {
+			for _, goOnly := range []bool{false, true} {
+				searchInGo.Store(goOnly)
+				t0 := time.Now()
+				data, err := c.UIDSearch(&qq.crit, nil).Wait()
+				if err != nil {
+					b.Fatalf("%s: %v", qq.name, err)
+				}
+				if goOnly {
+					inGo[q] += time.Since(t0)
+				} else {
+					inIndex[q] += time.Since(t0)
+				}
+				if got := len(data.AllUIDs()); qq.hits >= 0 && got != qq.hits || got == 0 {
+					b.Fatalf("%s: %d hits", qq.name, got)
+				}
+			}
+		}
+	}
+	b.StopTimer()
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 / float64(b.N) }
+	for q, qq := range queries {
+		b.ReportMetric(ms(inIndex[q]), qq.name+"-index-ms")
+		b.ReportMetric(ms(inGo[q]), qq.name+"-scan-ms")
+		b.ReportMetric(float64(inGo[q])/float64(inIndex[q]), qq.name+"-scan/index")
+	}
+}

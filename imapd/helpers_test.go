@@ -327,3 +327,13 @@ func (s *syncBuffer) Reset() {
 	defer s.mu.Unlock()
 	s.b.Reset()
 }
+
+// deliverJunk puts a message into the test user's \Junk mailbox, as SMTP
+// does with mail quarantined by DMARC.
+func (e *testEnv) deliverJunk(t testing.TB, msg string) {
+	t.Helper()
+	env := mailstore.Envelope{Sender: "sender@remote.test", Recipients: []mailstore.Recipient{{Address: testUser}}, SpecialUse: `\Junk`}
+	if _, err := e.store.DeliverEnvelope(context.Background(), env, []byte(msg)); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -260,3 +260,32 @@ func TestLsubNoselect(t *testing.T) {
 	wantLine(t, "LIST (SUBSCRIBED)", r, `\Noselect`, `\Subscribed`, `"gone"`)
 	wantLine(t, "LIST (SUBSCRIBED)", r, `\Subscribed`, `"news/comp/mail"`)
 }
+
+// A delivery into \Junk (a DMARC quarantine) that finds no such mailbox
+// creates Junk; an IMAP session already logged in sees it in LIST with
+// the attribute and subscribed, and can SELECT the message.
+func TestJunkCreatedByDeliveryListed(t *testing.T) {
+	env := newEnv(t)
+	c := env.dial(t, nil)
+	if err := c.Delete("Junk").Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Unsubscribe("Junk").Wait(); err != nil {
+		t.Fatal(err)
+	}
+	env.deliverJunk(t, testMessage(1, "quarantined"))
+	got := listNames(t, c, "", "Junk", &imap.ListOptions{ReturnSubscribed: true})
+	if want := []string{`Junk \HasNoChildren \Junk \Subscribed`}; !slices.Equal(got, want) {
+		t.Errorf("LIST Junk =\n%q\nwant\n%q", got, want)
+	}
+	if got := listNames(t, c, "", "*", &imap.ListOptions{SelectSpecialUse: true}); !slices.Contains(got, `Junk \HasNoChildren \Junk`) {
+		t.Errorf("LIST (SPECIAL-USE) * = %q", got)
+	}
+	sel, err := c.Select("Junk", nil).Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sel.NumMessages != 1 {
+		t.Errorf("Junk has %d messages", sel.NumMessages)
+	}
+}

@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-imap/v2"
@@ -32,32 +34,48 @@ func (s *session) Search(kind imapserver.NumKind, criteria *imap.SearchCriteria,
 		return nil, &imap.Error{Type: imap.StatusResponseTypeBad, Code: imap.ResponseCodeLimit, Text: "Search is nested too deeply"}
 	}
 	targets, count := s.view.all(ctx)
-	msgs, err := s.srv.store.Messages(ctx, s.mailbox.ID, nil)
+	var lastUID uint32
+	if n := len(targets); n > 0 {
+		lastUID = targets[n-1].uid
+	}
+	sr := &searcher{s: s, ctx: ctx, count: count, lastUID: lastUID}
+	// The store selects by the keys its rows answer (flags, sizes, dates,
+	// UIDs and sequence numbers as UIDs); the matcher takes the rest on
+	// what is left, unless the store's selection is the answer already.
+	sel, exact := sr.storeCriteria(criteria, targets)
+	if searchInGo.Load() {
+		sel, exact = mailstore.SearchCriteria{}, false
+	}
+	msgs, err := s.srv.store.Search(ctx, s.mailbox.ID, &sel)
+	if errors.Is(err, mailstore.ErrLimit) {
+		msgs, err = s.srv.store.Search(ctx, s.mailbox.ID, &mailstore.SearchCriteria{})
+		exact = false
+	}
 	if err != nil {
 		if errors.Is(err, mailstore.ErrNotFound) {
 			return nil, errMailboxGone
 		}
 		return nil, s.internal("search", err)
 	}
-	byUID := make(map[uint32]*mailstore.Message, len(msgs))
-	for i := range msgs {
-		byUID[msgs[i].UID] = &msgs[i]
-	}
-	var lastUID uint32
-	if n := len(targets); n > 0 {
-		lastUID = targets[n-1].uid
-	}
-	sr := &searcher{s: s, ctx: ctx, count: count, lastUID: lastUID}
 	var hits []target
-	for _, t := range targets {
-		m := byUID[t.uid]
-		if m == nil {
+	// Both lists ascend by UID: walk them together, keeping the messages
+	// the client knows of.
+	for i, j := 0, 0; i < len(targets) && j < len(msgs); {
+		t, m := targets[i], &msgs[j]
+		switch {
+		case t.uid < m.UID:
+			i++
+			continue
+		case t.uid > m.UID:
+			j++
 			continue
 		}
-		c := &candidate{t: t, m: m}
-		ok, err := sr.match(c, criteria)
-		if err != nil {
-			return nil, s.internal("search", err)
+		i, j = i+1, j+1
+		ok := exact
+		if !ok {
+			if ok, err = sr.match(&candidate{t: t, m: m}, criteria); err != nil {
+				return nil, s.internal("search", err)
+			}
 		}
 		if ok {
 			hits = append(hits, t)
@@ -117,6 +135,144 @@ func depth(c *imap.SearchCriteria, d int) int {
 		deepest = max(deepest, depth(&c.Or[i][0], d+1), depth(&c.Or[i][1], d+1))
 	}
 	return deepest
+}
+
+// searchInGo makes SEARCH read every message and match all keys in Go, as
+// before the store took part; only BenchmarkSearch sets it, to compare.
+var searchInGo atomic.Bool
+
+// maxStoreRanges bounds the ranges of one set given to the store; a set
+// with more is given as the one range that spans it.
+const maxStoreRanges = 256
+
+// storeCriteria is what the store can select of crit: every message that
+// meets crit meets it. exact reports that the converse holds too for the
+// messages in targets, so that the matcher need not look at them. Keys
+// the store cannot answer (\Recent, sent dates, header and text) are left
+// out, and a NOT over such a key is left out whole.
+func (sr *searcher) storeCriteria(crit *imap.SearchCriteria, targets []target) (mailstore.SearchCriteria, bool) {
+	var out mailstore.SearchCriteria
+	exact := true
+	for _, set := range crit.SeqNum {
+		var uids mailstore.UIDSet
+		for _, r := range set {
+			lo, hi := r.Start, r.Stop
+			if lo == 0 {
+				lo = sr.count
+			}
+			if hi == 0 {
+				hi = sr.count
+			}
+			if lo > hi {
+				lo, hi = hi, lo
+			}
+			// The targets ascend by sequence number and by UID alike: the
+			// UIDs from the first at or above lo to the last at or below
+			// hi are those of the messages numbered lo to hi.
+			i := sort.Search(len(targets), func(i int) bool { return targets[i].seq >= lo })
+			j := sort.Search(len(targets), func(j int) bool { return targets[j].seq > hi }) - 1
+			if i <= j {
+				uids = append(uids, mailstore.UIDRange{Start: targets[i].uid, Stop: targets[j].uid})
+			}
+		}
+		uids, ok := boundRanges(uids)
+		out.UID = append(out.UID, uids)
+		exact = exact && ok
+	}
+	for _, set := range crit.UID {
+		var uids mailstore.UIDSet
+		for _, r := range sr.s.uidSet(set) {
+			lo, hi := uint32(r.Start), uint32(r.Stop)
+			if lo == 0 {
+				lo = sr.lastUID
+			}
+			if hi == 0 {
+				hi = sr.lastUID
+			}
+			if lo > hi {
+				lo, hi = hi, lo
+			}
+			if hi == 0 {
+				continue // "*" of an empty mailbox names nothing
+			}
+			uids = append(uids, mailstore.UIDRange{Start: lo, Stop: hi})
+		}
+		uids, ok := boundRanges(uids)
+		out.UID = append(out.UID, uids)
+		exact = exact && ok
+	}
+	for i, list := range [][]imap.Flag{crit.Flag, crit.NotFlag} {
+		for _, f := range list {
+			if isRecentFlag(f) || !printableASCII(string(f)) {
+				// \Recent is the session's; other text is left to
+				// HasFlag's Unicode case folding.
+				exact = false
+				continue
+			}
+			if i == 0 {
+				out.Flag = append(out.Flag, string(f))
+			} else {
+				out.NotFlag = append(out.NotFlag, string(f))
+			}
+		}
+	}
+	// The matcher ignores bounds of 0 or less, as the store does 0.
+	out.Larger, out.Smaller = max(crit.Larger, 0), max(crit.Smaller, 0)
+	if crit.ModSeq != nil {
+		out.ModSeq = crit.ModSeq.ModSeq
+	}
+	out.Since, out.Before = crit.Since, crit.Before
+	if !crit.SentSince.IsZero() || !crit.SentBefore.IsZero() || len(crit.Header) > 0 || len(crit.Body) > 0 || len(crit.Text) > 0 {
+		exact = false
+	}
+	// The full-text index narrows BODY and TEXT (BODY's text is part of
+	// what TEXT looks in) and FROM, TO, CC, BCC and SUBJECT; the matcher
+	// decides. Under NOT this is left out whole, as every inexact key is.
+	out.MayContain = append(append(out.MayContain, crit.Body...), crit.Text...)
+	for _, hf := range crit.Header {
+		if addressField(hf.Key) || strings.EqualFold(hf.Key, "Subject") {
+			out.HeaderMayContain = append(out.HeaderMayContain, hf.Value)
+		}
+	}
+	for i := range crit.Not {
+		if not, ok := sr.storeCriteria(&crit.Not[i], targets); ok {
+			out.Not = append(out.Not, not)
+		} else {
+			exact = false
+		}
+	}
+	for i := range crit.Or {
+		a, okA := sr.storeCriteria(&crit.Or[i][0], targets)
+		b, okB := sr.storeCriteria(&crit.Or[i][1], targets)
+		out.Or = append(out.Or, [2]mailstore.SearchCriteria{a, b})
+		exact = exact && okA && okB
+	}
+	return out, exact
+}
+
+// boundRanges returns set, or when it has more than maxStoreRanges ranges
+// the one range that spans them (ok false: wider than the set).
+func boundRanges(set mailstore.UIDSet) (mailstore.UIDSet, bool) {
+	if len(set) <= maxStoreRanges {
+		if set == nil {
+			set = mailstore.UIDSet{} // names nothing
+		}
+		return set, true
+	}
+	lo, hi := set[0].Start, set[0].Stop
+	for _, r := range set {
+		lo, hi = min(lo, r.Start), max(hi, r.Stop)
+	}
+	return mailstore.UIDSet{{Start: lo, Stop: hi}}, false
+}
+
+func printableASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
 }
 
 // searcher evaluates criteria; candidate is one message, with what was

@@ -15,6 +15,14 @@ type Envelope struct {
 	EnvID      string // ENVID
 	Ret        string // RET: FULL or HDRS
 
+	// SpecialUse, when set, delivers to each local user's mailbox with
+	// this RFC 6154 attribute instead of INBOX (`\Junk` for mail that
+	// failed DMARC with p=quarantine, say). A user without one gets it
+	// created, with its usual name (see SpecialUseName), subscribed and
+	// carrying the attribute, in the delivery's transaction. Only the
+	// attributes of real mailboxes are allowed: not `\All` or `\Flagged`.
+	SpecialUse string
+
 	// Report, when set, is called inside the delivery's transaction when
 	// some recipients get nothing while others get the message; the
 	// report it returns (nil: none) goes to Sender in the same commit, so
@@ -40,11 +48,12 @@ type Delivery struct {
 	ReportQueued bool
 }
 
-// Stored is one message added to a local INBOX.
+// Stored is one message added to a local mailbox.
 type Stored struct {
 	Recipient string // the address as given
 	User      string // the user it reached
 	MailboxID int64
+	Mailbox   string // its name: INBOX, or the one Envelope.SpecialUse chose
 	UID       uint32
 }
 
@@ -86,6 +95,9 @@ type target struct {
 // DeliverEnvelope is Deliver with DSN parameters.
 func (s *Store) DeliverEnvelope(ctx context.Context, env Envelope, msg []byte) (*Delivery, error) {
 	d := &Delivery{}
+	if env.SpecialUse != "" && SpecialUseName(env.SpecialUse) == "" {
+		return nil, fmt.Errorf("deliver: %w: special use %q", ErrInvalidName, env.SpecialUse)
+	}
 	// Resolution and hashing happen before the writer, which only inserts.
 	var targets []target
 	seenUser := map[int64]bool{}
@@ -132,7 +144,7 @@ func (s *Store) DeliverEnvelope(ctx context.Context, env Envelope, msg []byte) (
 				d.Queued = append(d.Queued, QueuedRecipient{Recipient: rcpt.Address, Address: tg.remote, QueueID: id})
 				continue
 			}
-			inbox, h, err := t.inboxHead(tg.userID, size)
+			inbox, name, h, err := t.deliveryHead(tg.userID, env.SpecialUse, size)
 			if errors.Is(err, ErrNoSuchUser) || errors.Is(err, ErrOverQuota) {
 				d.Failed = append(d.Failed, RecipientError{Recipient: rcpt.Address, Err: fmt.Errorf("%s: %w", tg.user, err)})
 				continue
@@ -147,7 +159,7 @@ func (s *Store) DeliverEnvelope(ctx context.Context, env Envelope, msg []byte) (
 			if err := t.insertMessage(inbox, uid, h.modseq, 0, nil, now, size, bodyID); err != nil {
 				return fmt.Errorf("deliver to %s: %w", tg.user, err)
 			}
-			d.Stored = append(d.Stored, Stored{Recipient: rcpt.Address, User: tg.user, MailboxID: inbox, UID: uid})
+			d.Stored = append(d.Stored, Stored{Recipient: rcpt.Address, User: tg.user, MailboxID: inbox, Mailbox: name, UID: uid})
 		}
 		if len(d.Stored) == 0 && len(d.Queued) == 0 {
 			// Roll back the body insert too.
@@ -177,12 +189,12 @@ func (s *Store) DeliverEnvelope(ctx context.Context, env Envelope, msg []byte) (
 // the quota unless size is negative, in as few statements as the common
 // case allows.
 func (t *wtx) inboxHead(userID, size int64) (int64, mailboxHead, error) {
-	var id, quota int64
+	var id, quota, used int64
 	var kw string
 	h := mailboxHead{userID: userID}
-	err := t.queryRow(`SELECT b.id, b.uidnext, b.highestmodseq, b.keywords, u.quota_bytes
+	err := t.queryRow(`SELECT b.id, b.uidnext, b.highestmodseq, b.keywords, u.quota_bytes, u.used_bytes
 		FROM mailboxes b JOIN users u ON u.id = b.user_id WHERE b.user_id = ? AND b.name = 'INBOX'`, userID).
-		Scan(&id, &h.uidnext, &h.modseq, &kw, &quota)
+		Scan(&id, &h.uidnext, &h.modseq, &kw, &quota, &used)
 	if isNoRows(err) {
 		return 0, h, fmt.Errorf("no INBOX: %w", ErrNoSuchUser)
 	}
@@ -190,12 +202,82 @@ func (t *wtx) inboxHead(userID, size int64) (int64, mailboxHead, error) {
 		return 0, h, err
 	}
 	h.keywords = splitKeywords(kw)
-	if quota > 0 && size >= 0 {
-		if err := t.checkQuota(userID, size); err != nil {
+	if size >= 0 {
+		if err := t.withinQuota(userID, quota, used, size); err != nil {
 			return 0, h, err
 		}
 	}
 	return id, h, nil
+}
+
+// SpecialUseName is the name a mailbox created for delivery with an RFC
+// 6154 attribute gets, or "" for an attribute delivery does not take
+// (`\All` and `\Flagged` name virtual views, not places for mail).
+func SpecialUseName(use string) string {
+	switch use {
+	case `\Archive`:
+		return "Archive"
+	case `\Drafts`:
+		return "Drafts"
+	case `\Junk`:
+		return "Junk"
+	case `\Sent`:
+		return "Sent"
+	case `\Trash`:
+		return "Trash"
+	}
+	return ""
+}
+
+// deliveryHead is inboxHead for delivery into the user's mailbox with the
+// special use (INBOX when use is ""). The first selectable mailbox with
+// the attribute takes it; without one, a selectable mailbox of the
+// attribute's usual name does (the user made it, we leave its attributes
+// alone); else that mailbox is created with the attribute, taking the
+// place of a \Noselect placeholder of the name if there is one.
+func (t *wtx) deliveryHead(userID int64, use string, size int64) (int64, string, mailboxHead, error) {
+	if use == "" {
+		id, h, err := t.inboxHead(userID, size)
+		return id, "INBOX", h, err
+	}
+	h := mailboxHead{userID: userID}
+	var quota, used int64
+	err := t.queryRow("SELECT quota_bytes, used_bytes FROM users WHERE id = ?", userID).Scan(&quota, &used)
+	if isNoRows(err) {
+		return 0, "", h, fmt.Errorf("user %d: %w", userID, ErrNoSuchUser)
+	}
+	if err != nil {
+		return 0, "", h, err
+	}
+	if size >= 0 {
+		if err := t.withinQuota(userID, quota, used, size); err != nil {
+			return 0, "", h, err
+		}
+	}
+	const cols = "SELECT id, name, uidnext, highestmodseq, keywords FROM mailboxes WHERE user_id = ? AND noselect = 0 AND "
+	var id int64
+	var name, kw string
+	err = t.queryRow(cols+"special_use = ? ORDER BY id LIMIT 1", userID, use).Scan(&id, &name, &h.uidnext, &h.modseq, &kw)
+	if isNoRows(err) {
+		err = t.queryRow(cols+"name = ?", userID, SpecialUseName(use)).Scan(&id, &name, &h.uidnext, &h.modseq, &kw)
+	}
+	if isNoRows(err) {
+		name = SpecialUseName(use)
+		if id, err = t.createMailbox(userID, name, use, false); err != nil {
+			return 0, "", h, fmt.Errorf("create mailbox %q: %w", name, err)
+		}
+		// Subscribed as clients expect of the special mailboxes, unless
+		// the user is at the limit: the mail matters more.
+		if err := t.subscribe(userID, name); err != nil && !errors.Is(err, ErrLimit) {
+			return 0, "", h, err
+		}
+		err = t.queryRow("SELECT uidnext, highestmodseq, keywords FROM mailboxes WHERE id = ?", id).Scan(&h.uidnext, &h.modseq, &kw)
+	}
+	if err != nil {
+		return 0, "", h, fmt.Errorf("find %s mailbox: %w", use, err)
+	}
+	h.keywords = splitKeywords(kw)
+	return id, name, h, nil
 }
 
 // deliverReport stores a report for sender in the current transaction:

@@ -454,6 +454,7 @@ func (t *wtx) storeBody(b preparedBody) (int64, error) {
 	if id, err = res.LastInsertId(); err != nil {
 		return 0, fmt.Errorf("insert body: %w", err)
 	}
+	t.afterCommit(t.w.indexKick) // the indexer takes it from here
 	for seq, off := 0, 0; off < len(b.data) || seq == 0; seq, off = seq+1, off+chunkSize {
 		end := min(off+chunkSize, len(b.data))
 		if _, err := t.exec("INSERT INTO body_chunks (body_id, seq, data) VALUES (?, ?, ?)", id, seq, b.data[off:end]); err != nil {
@@ -518,17 +519,24 @@ func (t *wtx) bump(mailboxID int64, h *mailboxHead, newUIDs uint32, keywords []s
 // checkQuota fails with ErrOverQuota when adding bytes would pass the
 // user's quota.
 func (t *wtx) checkQuota(userID, adding int64) error {
-	var quota int64
-	if err := t.queryRow("SELECT quota_bytes FROM users WHERE id = ?", userID).Scan(&quota); err != nil {
+	var quota, used int64
+	if err := t.queryRow("SELECT quota_bytes, used_bytes FROM users WHERE id = ?", userID).Scan(&quota, &used); err != nil {
 		return fmt.Errorf("quota of user %d: %w", userID, err)
 	}
+	return t.withinQuota(userID, quota, used, adding)
+}
+
+// withinQuota fails with ErrOverQuota when adding bytes to used would pass
+// quota (0: none).
+func (t *wtx) withinQuota(userID, quota, used, adding int64) error {
 	if quota == 0 {
 		return nil
 	}
-	var used int64
-	if err := t.queryRow("SELECT coalesce(sum(m.size), 0) FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id WHERE b.user_id = ?",
-		userID).Scan(&used); err != nil {
-		return fmt.Errorf("usage of user %d: %w", userID, err)
+	if t.w.usageBySum {
+		if err := t.queryRow("SELECT coalesce(sum(m.size), 0) FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id WHERE b.user_id = ?",
+			userID).Scan(&used); err != nil {
+			return fmt.Errorf("usage of user %d: %w", userID, err)
+		}
 	}
 	if used+adding > quota {
 		return fmt.Errorf("user %d: %w (%d of %d bytes used, %d more)", userID, ErrOverQuota, used, quota, adding)

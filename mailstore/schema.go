@@ -186,6 +186,49 @@ CREATE TABLE dkim_keys (
 	PRIMARY KEY (domain, selector)
 );
 `,
+	// 7: each user's usage in bytes, kept by triggers in the transaction
+	// of every insert and delete, so that a quota check reads one row
+	// instead of summing every message. A mailbox deleted with its
+	// messages (by cascade, as with its user) is taken off before the
+	// cascade runs: the messages' own trigger no longer finds their
+	// mailbox then, and does nothing.
+	`
+ALTER TABLE users ADD COLUMN used_bytes INTEGER NOT NULL DEFAULT 0;
+UPDATE users SET used_bytes = (SELECT coalesce(sum(m.size), 0) FROM messages m
+	JOIN mailboxes b ON b.id = m.mailbox_id WHERE b.user_id = users.id);
+CREATE TRIGGER message_usage_add AFTER INSERT ON messages BEGIN
+	UPDATE users SET used_bytes = used_bytes + NEW.size
+		WHERE id = (SELECT user_id FROM mailboxes WHERE id = NEW.mailbox_id);
+END;
+CREATE TRIGGER message_usage_remove AFTER DELETE ON messages BEGIN
+	UPDATE users SET used_bytes = used_bytes - OLD.size
+		WHERE id = (SELECT user_id FROM mailboxes WHERE id = OLD.mailbox_id);
+END;
+CREATE TRIGGER mailbox_usage_remove BEFORE DELETE ON mailboxes BEGIN
+	UPDATE users SET used_bytes = used_bytes -
+		(SELECT coalesce(sum(size), 0) FROM messages WHERE mailbox_id = OLD.id)
+		WHERE id = OLD.user_id;
+END;
+`,
+	// 8: a full-text index of each body (SQLite FTS5, trigram tokenizer,
+	// so that any substring of three characters or more is found in any
+	// language), contentless: the text is only searched, never read
+	// back. text is the message's searchable text (header fields and
+	// decoded text parts), hdr that of the header fields IMAP SEARCH
+	// names; both lower-cased. bodies.indexed is the version of the text
+	// extraction that filled a body's row (0: not yet, as for every body
+	// stored before this version, which the indexer then takes; negative:
+	// no text could be extracted), so that a search never trusts an index
+	// made differently.
+	`
+CREATE VIRTUAL TABLE body_text USING fts5(text, hdr, content='', contentless_delete=1,
+	tokenize='trigram case_sensitive 1');
+ALTER TABLE bodies ADD COLUMN indexed INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX bodies_unindexed ON bodies (id) WHERE indexed = 0;
+CREATE TRIGGER body_text_remove AFTER DELETE ON bodies BEGIN
+	DELETE FROM body_text WHERE rowid = OLD.id;
+END;
+`,
 }
 
 // migrate applies the migrations the database has not seen yet.

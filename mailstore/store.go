@@ -79,6 +79,8 @@ type Options struct {
 	// kept for open Holds that have not synced since (see Hold); zero
 	// means 24 hours.
 	HoldMaxAge time.Duration
+
+	noIndexer bool // tests that drive the full-text indexer themselves
 }
 
 // Store is an open mailstore. It is safe for concurrent use.
@@ -95,6 +97,8 @@ type Store struct {
 	auth   *authCache
 	closed chan struct{}
 	once   sync.Once
+
+	indexDone chan struct{} // closed when the full-text indexer has stopped
 }
 
 // sqliteMagic starts every SQLite 3 database file.
@@ -161,6 +165,12 @@ func Open(path string, opts Options) (*Store, error) {
 		s.rdb.Close()
 		wdb.Close()
 		return nil, fmt.Errorf("open mailstore %s: %w", path, err)
+	}
+	s.indexDone = make(chan struct{})
+	if opts.noIndexer {
+		close(s.indexDone)
+	} else {
+		go s.runIndexer()
 	}
 	return s, nil
 }
@@ -232,6 +242,7 @@ func (s *Store) Close() error {
 	var err error
 	s.once.Do(func() {
 		close(s.closed)
+		<-s.indexDone
 		err = s.w.close()
 		s.rmu.Lock()
 		for _, st := range s.rstmts {

@@ -348,9 +348,10 @@ func (s *Store) Users(ctx context.Context) ([]User, error) {
 // Usage returns the bytes stored in a user's mailboxes and its quota
 // (0: none).
 func (s *Store) Usage(ctx context.Context, userID int64) (used, quota int64, err error) {
-	err = s.readRow(ctx, `SELECT
-		(SELECT coalesce(sum(m.size), 0) FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id WHERE b.user_id = ?),
-		(SELECT quota_bytes FROM users WHERE id = ?)`, userID, userID).Scan(&used, &quota)
+	err = s.readRow(ctx, "SELECT used_bytes, quota_bytes FROM users WHERE id = ?", userID).Scan(&used, &quota)
+	if isNoRows(err) {
+		return 0, 0, fmt.Errorf("usage of user %d: %w", userID, ErrNotFound)
+	}
 	if err != nil {
 		return 0, 0, fmt.Errorf("usage of user %d: %w", userID, err)
 	}

@@ -32,6 +32,23 @@ type writer struct {
 	now     func() time.Time
 	maxAge  time.Duration
 	orphans map[int64]orphan // bodies waiting for deletion; only touched by the writer goroutine
+
+	// usageBySum makes quota checks sum the user's messages, as before
+	// the usage counter (schema 7); only the benchmark that compares the
+	// two sets it, before any write.
+	usageBySum bool
+
+	// index is poked after a commit that stored a new body, for the
+	// full-text indexer (fulltext.go).
+	index chan struct{}
+}
+
+// indexKick tells the indexer there is work, without waiting.
+func (w *writer) indexKick() {
+	select {
+	case w.index <- struct{}{}:
+	default:
+	}
 }
 
 type writeReq struct {
@@ -62,6 +79,7 @@ func newWriter(db *sql.DB, f *feed, log *slog.Logger, now func() time.Time, maxA
 		now:     now,
 		maxAge:  maxAge,
 		orphans: make(map[int64]orphan),
+		index:   make(chan struct{}, 1),
 	}
 	conn, err := db.Conn(context.Background())
 	if err != nil {

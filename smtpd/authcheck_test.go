@@ -226,12 +226,37 @@ func TestInboundPolicy(t *testing.T) {
 		if reply := w.sendMX(t, "a@quarantining.test", bob, messageFrom("a@quarantining.test", "q")); !strings.HasPrefix(reply, "250 ") {
 			t.Fatalf("reply %q", reply)
 		}
-		// No Junk delivery in the mailstore yet: INBOX, result recorded.
-		if ar := arField(w.inbox(t, bob)[0]); !strings.Contains(ar, "dmarc=fail") {
+		// Into bob's \Junk mailbox, not INBOX, with the result recorded.
+		if n := len(w.inbox(t, bob)); n != 0 {
+			t.Errorf("%d messages in INBOX", n)
+		}
+		junk := w.mailbox(t, bob, "Junk")
+		if len(junk) != 1 {
+			t.Fatalf("%d messages in Junk", len(junk))
+		}
+		if ar := arField(junk[0]); !strings.Contains(ar, "dmarc=fail") {
 			t.Errorf("field %s", ar)
 		}
-		if !strings.Contains(w.logs.String(), "junk=true") {
+		if !strings.Contains(w.logs.String(), "junk=true mailbox=Junk") {
 			t.Errorf("log does not say junk:\n%s", w.logs)
+		}
+	})
+	t.Run("dmarc quarantine creates Junk", func(t *testing.T) {
+		w := newAuthWorld(t)
+		ctx := context.Background()
+		u, err := w.store.UserByAddress(ctx, bob)
+		must(t, err)
+		must(t, w.store.DeleteMailbox(ctx, u.ID, "Junk"))
+		if reply := w.sendMX(t, "a@quarantining.test", bob, messageFrom("a@quarantining.test", "q")); !strings.HasPrefix(reply, "250 ") {
+			t.Fatalf("reply %q", reply)
+		}
+		mb, err := w.store.MailboxByName(ctx, u.ID, "Junk")
+		must(t, err)
+		if mb.SpecialUse != `\Junk` || !mb.Subscribed {
+			t.Errorf("Junk created as %+v", mb)
+		}
+		if n := len(w.mailbox(t, bob, "Junk")); n != 1 {
+			t.Errorf("%d messages in Junk", n)
 		}
 	})
 	t.Run("spf fail without dmarc", func(t *testing.T) {

@@ -289,6 +289,11 @@ func (s *session) protocol(tx *transaction) string {
 func (s *session) deliver(tx *transaction, msg []byte) error {
 	env := mailstore.Envelope{Sender: tx.from, Recipients: tx.rcpts, EnvID: tx.envID, Ret: tx.ret,
 		Report: func(failed []mailstore.RecipientError) []byte { return s.failureReport(tx, failed, msg) }}
+	if tx.junk {
+		// The local recipients get it in their Junk mailbox (RFC 6154
+		// \Junk), created when missing; remote ones are queued as usual.
+		env.SpecialUse = `\Junk`
+	}
 	d, err := s.cl.srv.store.DeliverEnvelope(s.cl.srv.ctx, env, msg)
 	if err != nil {
 		// The error names a recipient's failure only when nobody got the
@@ -309,8 +314,10 @@ func (s *session) deliver(tx *transaction, msg []byte) error {
 	attrs := []any{"id", tx.id, "from", tx.from, "to", recipientList(tx.rcpts),
 		"size", len(msg), "stored", len(d.Stored), "queued", len(d.Queued)}
 	if tx.junk {
-		// mailstore has no delivery into a named mailbox yet: INBOX.
-		attrs = append(attrs, "junk", true, "mailbox", "INBOX")
+		attrs = append(attrs, "junk", true)
+		if len(d.Stored) > 0 {
+			attrs = append(attrs, "mailbox", d.Stored[0].Mailbox)
+		}
 	}
 	s.log.Info("message accepted", attrs...)
 	for _, f := range d.Failed {

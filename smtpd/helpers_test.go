@@ -184,10 +184,16 @@ func (s *syncBuffer) String() string {
 // inbox returns the bodies in a user's INBOX, oldest first.
 func (e *testEnv) inbox(t testing.TB, user string) [][]byte {
 	t.Helper()
+	return e.mailbox(t, user, "INBOX")
+}
+
+// mailbox returns the bodies in one of a user's mailboxes, oldest first.
+func (e *testEnv) mailbox(t testing.TB, user, name string) [][]byte {
+	t.Helper()
 	ctx := context.Background()
 	u, err := e.store.UserByAddress(ctx, user)
 	must(t, err)
-	mb, err := e.store.MailboxByName(ctx, u.ID, "INBOX")
+	mb, err := e.store.MailboxByName(ctx, u.ID, name)
 	must(t, err)
 	msgs, err := e.store.Messages(ctx, mb.ID, nil)
 	must(t, err)

@@ -1,0 +1,269 @@
+package mailstore
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/postern/postern/mime"
+)
+
+// The full-text index is filled behind delivery, not in its transaction:
+// indexing a message costs several times what storing it does, and a
+// delivery must not wait for it. Until its body is indexed a message is a
+// candidate for every text search, so results never depend on how far
+// the indexer has got, and a crash only leaves it more to do at the next
+// start.
+const (
+	// indexBatchBytes bounds the bodies one indexing transaction reads
+	// (at least one is read, however large).
+	indexBatchBytes = 4 << 20
+	// indexBatchBodies bounds the bodies of one indexing transaction, so
+	// that deliveries sharing its commit wait little.
+	indexBatchBodies = 32
+	// indexIdle is how long the indexer waits for the writer's queue to
+	// empty before it adds its work anyway, and how often it looks for
+	// work nobody told it of.
+	indexIdle = 200 * time.Millisecond
+)
+
+// runIndexer indexes new bodies until the store closes, giving way to
+// queued writes.
+func (s *Store) runIndexer() {
+	defer close(s.indexDone)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		<-s.closed
+		cancel()
+	}()
+	tick := time.NewTicker(indexIdle)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.closed:
+			return
+		case <-s.w.index:
+		case <-tick.C:
+		}
+		for {
+			// Deliveries first: wait (a little) while writes are queued.
+			busy := false
+			for waited := time.Duration(0); len(s.w.reqs) > 0 && waited < indexIdle; waited += 5 * time.Millisecond {
+				busy = true
+				select {
+				case <-s.closed:
+					return
+				case <-time.After(5 * time.Millisecond):
+				}
+			}
+			start := time.Now()
+			n, err := s.indexPending(ctx)
+			if busy || len(s.w.reqs) > 0 {
+				// Under load, index for at most a quarter of the time
+				// (the extraction's CPU and the writer's time are what
+				// deliveries need); idle, catch up at full speed.
+				select {
+				case <-s.closed:
+					return
+				case <-time.After(3 * time.Since(start)):
+				}
+			}
+			if err != nil {
+				if ctx.Err() == nil && !errors.Is(err, ErrClosed) {
+					s.log.Warn("full-text indexing failed", "err", err)
+				}
+				break
+			}
+			if n == 0 {
+				break
+			}
+		}
+	}
+}
+
+// indexPending indexes a batch of the bodies not indexed yet and returns
+// how many it took.
+func (s *Store) indexPending(ctx context.Context) (int, error) {
+	rows, err := s.read(ctx, "SELECT id, size FROM bodies WHERE indexed = 0 ORDER BY id LIMIT ?", indexBatchBodies)
+	if err != nil {
+		return 0, fmt.Errorf("find bodies to index: %w", err)
+	}
+	type item struct {
+		id        int64
+		text, hdr string
+		ok        bool
+	}
+	var ids []int64
+	var total int64
+	for rows.Next() {
+		var id, size int64
+		if err := rows.Scan(&id, &size); err != nil {
+			rows.Close()
+			return 0, fmt.Errorf("find bodies to index: %w", err)
+		}
+		if len(ids) > 0 && total+size > indexBatchBytes {
+			break
+		}
+		ids, total = append(ids, id), total+size
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, fmt.Errorf("find bodies to index: %w", err)
+	}
+	var items []item
+	for _, id := range ids {
+		data, err := s.ReadBody(ctx, id)
+		if errors.Is(err, ErrNotFound) {
+			continue // gone meanwhile
+		}
+		if err != nil {
+			return 0, fmt.Errorf("index body %d: %w", id, err)
+		}
+		it := item{id: id}
+		it.text, it.hdr, it.ok = bodyText(data)
+		items = append(items, it)
+	}
+	if len(items) == 0 {
+		return len(ids), nil
+	}
+	err = s.w.do(ctx, func(t *wtx) error {
+		for _, it := range items {
+			mark := textIndexVersion
+			if !it.ok {
+				mark = -textIndexVersion
+			}
+			// Only a body still waiting: it may have gone, or been
+			// indexed by another call, meanwhile.
+			res, err := t.exec("UPDATE bodies SET indexed = ? WHERE id = ? AND indexed = 0", mark, it.id)
+			if err != nil {
+				return fmt.Errorf("index body %d: %w", it.id, err)
+			}
+			if n, _ := res.RowsAffected(); n == 0 || !it.ok {
+				continue
+			}
+			if _, err := t.exec("INSERT INTO body_text (rowid, text, hdr) VALUES (?, ?, ?)", it.id, it.text, it.hdr); err != nil {
+				return fmt.Errorf("index body %d: %w", it.id, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	return len(ids), nil
+}
+
+// Reindex drops the full-text index of the bodies of one user's messages
+// (address) or of every body (address ""), for the indexer to build again
+// (postern reindex), and returns how many bodies it will index. Searches
+// stay right meanwhile, only slower.
+func (s *Store) Reindex(ctx context.Context, address string) (int64, error) {
+	var n int64
+	err := s.w.do(ctx, func(t *wtx) error {
+		sel := "SELECT id FROM bodies"
+		var args []any
+		if address != "" {
+			a, err := NormalizeAddress(address)
+			if err != nil {
+				return err
+			}
+			var userID int64
+			if err := t.queryRow("SELECT id FROM users WHERE address = ?", a).Scan(&userID); err != nil {
+				if isNoRows(err) {
+					return fmt.Errorf("reindex %s: %w", a, ErrNotFound)
+				}
+				return fmt.Errorf("reindex %s: %w", a, err)
+			}
+			sel = "SELECT m.body_id FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id WHERE b.user_id = ?"
+			args = []any{userID}
+		}
+		if _, err := t.exec("DELETE FROM body_text WHERE rowid IN ("+sel+")", args...); err != nil {
+			return fmt.Errorf("reindex: %w", err)
+		}
+		res, err := t.exec("UPDATE bodies SET indexed = 0 WHERE id IN ("+sel+")", args...)
+		if err != nil {
+			return fmt.Errorf("reindex: %w", err)
+		}
+		n, _ = res.RowsAffected()
+		t.afterCommit(t.w.indexKick)
+		return nil
+	})
+	return n, err
+}
+
+// textIndexVersion names the way bodyText extracts text; a change to it
+// (or to what mime returns) must raise it, so that bodies indexed before
+// are searched as unindexed until indexed again.
+const textIndexVersion = 1
+
+// minIndexedNeedle is the shortest needle, in characters, the trigram
+// index can look up.
+const minIndexedNeedle = 3
+
+// searchedHeaderFields are the fields whose text goes into the hdr column:
+// those IMAP SEARCH has keys for (RFC 3501 6.4.4).
+var searchedHeaderFields = []string{"From", "To", "Cc", "Bcc", "Subject"}
+
+// bodyText is what the full-text index keeps of a message, lower-cased:
+// every text IMAP SEARCH TEXT and BODY look in (mime.MessageText with the
+// header), and for the fields in searchedHeaderFields their raw and
+// decoded values and, for addresses, every form mime.AddressSearchTexts
+// gives. A substring found by SEARCH in any one of these texts is found
+// in the index's text, which is what makes the index a safe prefilter.
+func bodyText(msg []byte) (text, hdr string, ok bool) {
+	var tb strings.Builder
+	err := mime.MessageText(bytes.NewReader(msg), true, func(t string) bool {
+		tb.WriteString(strings.ToLower(t))
+		tb.WriteByte('\n')
+		return true
+	})
+	if err != nil {
+		return "", "", false
+	}
+	h, _, err := mime.ReadHeaderLoose(bufio.NewReader(bytes.NewReader(msg)))
+	if err != nil {
+		return "", "", false
+	}
+	var hb strings.Builder
+	add := func(s string) {
+		hb.WriteString(strings.ToLower(s))
+		hb.WriteByte('\n')
+	}
+	for _, key := range searchedHeaderFields {
+		for f := h.FieldsByKey(key); f.Next(); {
+			raw := f.Value()
+			add(raw)
+			add(mime.HeaderText(raw))
+			if key != "Subject" {
+				for _, a := range mime.AddressSearchTexts(raw) {
+					add(a)
+				}
+			}
+		}
+	}
+	return tb.String(), hb.String(), true
+}
+
+// ftsPhrase quotes a lower-cased needle as an FTS5 phrase (RFC-free: FTS5
+// query syntax doubles a double quote inside a string), or reports that
+// the index cannot look it up.
+func ftsPhrase(needle string) (string, bool) {
+	if len([]rune(needle)) < minIndexedNeedle || strings.ContainsRune(needle, 0) {
+		return "", false
+	}
+	return `"` + strings.ReplaceAll(needle, `"`, `""`) + `"`, true
+}
+
+// IndexBacklog counts the bodies the full-text indexer has yet to take.
+func (s *Store) IndexBacklog(ctx context.Context) (int64, error) {
+	var n int64
+	if err := s.readRow(ctx, "SELECT count(*) FROM bodies WHERE indexed = 0").Scan(&n); err != nil {
+		return 0, fmt.Errorf("count bodies to index: %w", err)
+	}
+	return n, nil
+}
