@@ -29,14 +29,24 @@ type DNS struct {
 func NewDNS(t testing.TB) *DNS {
 	t.Helper()
 	d := &DNS{records: map[string][]dns.RR{}, names: map[string]bool{}, servfail: map[string]bool{}}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
+	// UDP and TCP on one port number: the UDP port the system chose may
+	// be taken for TCP, so try a few.
+	var pc net.PacketConn
+	var ln net.Listener
+	for attempt := 0; ; attempt++ {
+		var err error
+		pc, err = net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err = net.Listen("tcp", pc.LocalAddr().String())
+		if err == nil {
+			break
+		}
 		pc.Close()
-		t.Fatal(err)
+		if attempt == 20 {
+			t.Fatal(err)
+		}
 	}
 	for _, srv := range []*dns.Server{{PacketConn: pc}, {Listener: ln}} {
 		started := make(chan struct{})
