@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -162,5 +163,33 @@ func TestStoreFilesArePrivate(t *testing.T) {
 		if strings.HasPrefix(e.Name(), storeFile) && info.Mode().Perm()&0o077 != 0 {
 			t.Errorf("%s has mode %v", e.Name(), info.Mode().Perm())
 		}
+	}
+}
+
+func TestReindex(t *testing.T) {
+	config, dataDir := adminConfig(t)
+	if code, out, errOut := runIn(t, "password1\n", "user", "add", "-config", config, "a@example.test"); code != exitOK {
+		t.Fatalf("user add: %d %s %s", code, out, errOut)
+	}
+	st, err := mailstore.Open(filepath.Join(dataDir, storeFile), mailstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		msg := fmt.Sprintf("Subject: note %d\r\n\r\nthe word zanzibar %d\r\n", i, i)
+		if _, err := st.Deliver(context.Background(), "s@elsewhere.test", []string{"a@example.test"}, []byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st.Close()
+	code, out, errOut := runIn(t, "", "reindex", "-config", config, "a@example.test")
+	if code != exitOK || !strings.Contains(out, "5 messages to index again") || !strings.Contains(out, "index complete") {
+		t.Fatalf("reindex: %d %q %q", code, out, errOut)
+	}
+	if code, _, _ := runIn(t, "", "reindex", "-config", config, "nobody@example.test"); code != exitFailure {
+		t.Fatalf("reindex of an unknown user: exit %d, want %d", code, exitFailure)
+	}
+	if code, out, _ := runIn(t, "", "reindex", "-config", config, "all"); code != exitOK || !strings.Contains(out, "index complete") {
+		t.Fatalf("reindex all: %d %q", code, out)
 	}
 }

@@ -133,6 +133,9 @@ func commands() []command {
 			"dns [-config FILE] DOMAIN\tprint every DNS record DOMAIN should publish (zone-file syntax): MX, SPF, DKIM, DMARC, MTA-STS, TLS-RPT, SRV",
 			"dns check [-config FILE] DOMAIN\tlook each record up through the configured DNS server: ok, missing or different",
 		}, cmdDNS},
+		{"reindex", []string{
+			"reindex [-config FILE] ADDRESS|all\trebuild the full-text search index of one user's mail, or of all",
+		}, cmdReindex},
 		{"autoconfig", []string{
 			"autoconfig [-config FILE] DOMAIN\tthe old name of postern dns DOMAIN",
 		}, cmdDNS},
