@@ -3,6 +3,8 @@ package relay
 import (
 	"fmt"
 	"testing"
+
+	"github.com/postern/postern/smtpd/msgauth/msgauthtest"
 )
 
 // BenchmarkRelay200 sends 200 messages from alpha to beta over loopback
@@ -21,11 +23,11 @@ func BenchmarkRelay200(b *testing.B) {
 		{"pooled", 0, 0},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			d := newTestDNS(b)
+			d := msgauthtest.NewDNS(b)
 			beta := newStore(b, nil, []string{"beta.test"}, "bob@beta.test")
 			mx := newTestMX(b, "127.0.0.1:0")
 			mx.store = beta
-			d.add(b, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
+			d.Add(b, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
 			st := newStore(b, nil, []string{"alpha.test"}, "alice@alpha.test")
 			a := newAlphaOn(b, st, nil, d, mx.addr.Port(), func(c *Config) {
 				c.MaxConnsPerDomain, c.MaxMessagesPerConn = bc.conns, bc.perConn

@@ -24,87 +24,10 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
-	"github.com/miekg/dns"
 
 	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/smtpd/msgauth/msgauthtest"
 )
-
-// testDNS is a DNS server on loopback answering from a table of records.
-type testDNS struct {
-	addr string
-
-	mu       sync.Mutex
-	records  map[string][]dns.RR // "name./TYPE"
-	names    map[string]bool     // names that exist (NXDOMAIN for others)
-	servfail map[string]bool
-}
-
-func newTestDNS(t testing.TB) *testDNS {
-	t.Helper()
-	d := &testDNS{records: map[string][]dns.RR{}, names: map[string]bool{}, servfail: map[string]bool{}}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	started := make(chan struct{})
-	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(d.serve), NotifyStartedFunc: func() { close(started) }}
-	go srv.ActivateAndServe()
-	<-started
-	t.Cleanup(func() { srv.Shutdown() })
-	d.addr = pc.LocalAddr().String()
-	return d
-}
-
-// add adds records in zone file syntax, such as "beta.test. MX 10 mx.beta.test.".
-func (d *testDNS) add(t testing.TB, records ...string) {
-	t.Helper()
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for _, s := range records {
-		rr, err := dns.NewRR(s)
-		if err != nil {
-			t.Fatalf("record %q: %v", s, err)
-		}
-		h := rr.Header()
-		h.Name = strings.ToLower(h.Name)
-		k := h.Name + "/" + dns.TypeToString[h.Rrtype]
-		d.records[k] = append(d.records[k], rr)
-		d.names[h.Name] = true
-	}
-}
-
-// exists makes a name exist without records.
-func (d *testDNS) exists(name string) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.names[dns.Fqdn(name)] = true
-}
-
-func (d *testDNS) fail(name string) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.servfail[dns.Fqdn(name)] = true
-}
-
-func (d *testDNS) serve(w dns.ResponseWriter, req *dns.Msg) {
-	m := new(dns.Msg)
-	m.SetReply(req)
-	m.Authoritative = true
-	d.mu.Lock()
-	for _, q := range req.Question {
-		name := strings.ToLower(q.Name)
-		switch {
-		case d.servfail[name]:
-			m.Rcode = dns.RcodeServerFailure
-		case !d.names[name]:
-			m.Rcode = dns.RcodeNameError
-		default:
-			m.Answer = append(m.Answer, d.records[name+"/"+dns.TypeToString[q.Qtype]]...)
-		}
-	}
-	d.mu.Unlock()
-	w.WriteMsg(m)
-}
 
 // fakeClock is a clock that only moves when told.
 type fakeClock struct {
@@ -495,14 +418,14 @@ type alpha struct {
 	log   *logBuffer
 }
 
-func newAlpha(t testing.TB, d *testDNS, port uint16, change ...func(*Config)) *alpha {
+func newAlpha(t testing.TB, d *msgauthtest.DNS, port uint16, change ...func(*Config)) *alpha {
 	t.Helper()
 	clock := newClock()
 	st := newStore(t, clock, []string{"alpha.test"}, "alice@alpha.test")
 	return newAlphaOn(t, st, clock, d, port, change...)
 }
 
-func newAlphaOn(t testing.TB, st *mailstore.Store, clock *fakeClock, d *testDNS, port uint16, change ...func(*Config)) *alpha {
+func newAlphaOn(t testing.TB, st *mailstore.Store, clock *fakeClock, d *msgauthtest.DNS, port uint16, change ...func(*Config)) *alpha {
 	lb := &logBuffer{}
 	now := time.Now
 	if clock != nil {
@@ -510,7 +433,7 @@ func newAlphaOn(t testing.TB, st *mailstore.Store, clock *fakeClock, d *testDNS,
 	}
 	cfg := Config{
 		Hostname: "mail.alpha.test",
-		Resolver: NewResolver(d.addr),
+		Resolver: NewResolver(d.Addr),
 		Port:     int(port),
 		Now:      now,
 		Logger:   slog.New(slog.NewTextHandler(lb, nil)),

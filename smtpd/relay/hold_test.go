@@ -4,16 +4,18 @@ import (
 	"context"
 	"strings"
 	"testing"
+
+	"github.com/postern/postern/smtpd/msgauth/msgauthtest"
 )
 
 // With Hold, mail stays queued until QueueRetry releases it; a relay
 // without Hold releases what an earlier one held.
 func TestHold(t *testing.T) {
-	d := newTestDNS(t)
+	d := msgauthtest.NewDNS(t)
 	beta := newStore(t, nil, []string{"beta.test"}, "bob@beta.test")
 	mx := newTestMX(t, "127.0.0.1:0")
 	mx.store = beta
-	d.add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
+	d.Add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
 	a := newAlpha(t, d, mx.addr.Port(), func(c *Config) { c.Hold = true })
 	ctx := context.Background()
 

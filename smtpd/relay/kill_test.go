@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/smtpd/msgauth/msgauthtest"
 )
 
 // killChildEnv makes the test binary act as the kill test's child: a
@@ -55,9 +56,9 @@ func TestKillDuringDelivery(t *testing.T) {
 	if testing.Short() {
 		t.Skip("re-executes the test binary")
 	}
-	d := newTestDNS(t)
+	d := msgauthtest.NewDNS(t)
 	mx := newTestMX(t, "127.0.0.1:0")
-	d.add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
+	d.Add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
 	inData := make(chan struct{}, 1)
 	release := make(chan struct{})
 	mx.onData = func() {
@@ -81,7 +82,7 @@ func TestKillDuringDelivery(t *testing.T) {
 
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), killChildEnv+"="+path,
-		killChildEnv+"_DNS="+d.addr, fmt.Sprintf("%s_PORT=%d", killChildEnv, mx.addr.Port()))
+		killChildEnv+"_DNS="+d.Addr, fmt.Sprintf("%s_PORT=%d", killChildEnv, mx.addr.Port()))
 	var stderr logBuffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/postern/postern/smtpd/msgauth/msgauthtest"
 )
 
 func mxSummary(res MXResult) string {
@@ -26,8 +28,8 @@ func mxSummary(res MXResult) string {
 }
 
 func TestLookupMX(t *testing.T) {
-	d := newTestDNS(t)
-	d.add(t,
+	d := msgauthtest.NewDNS(t)
+	d.Add(t,
 		"beta.test. MX 20 mx2.beta.test.",
 		"beta.test. MX 10 mx1.beta.test.",
 		"mx1.beta.test. A 127.0.0.1",
@@ -40,12 +42,12 @@ func TestLookupMX(t *testing.T) {
 		"noaddr.test. MX 10 mx.noaddr.test.",
 		"broken.test. MX 10 mx.broken.test.",
 	)
-	d.exists("noaddr.test")
-	d.exists("mx.noaddr.test")
-	d.exists("empty.test")
-	d.fail("servfail.test")
-	d.fail("mx.broken.test")
-	r := NewResolver(d.addr)
+	d.Exists("noaddr.test")
+	d.Exists("mx.noaddr.test")
+	d.Exists("empty.test")
+	d.Fail("servfail.test")
+	d.Fail("mx.broken.test")
+	r := NewResolver(d.Addr)
 	ctx := context.Background()
 
 	tests := []struct {
@@ -121,8 +123,8 @@ func TestLookupMX(t *testing.T) {
 // RFC 5321 5.1: equal preferences in random order, so that the load is
 // spread.
 func TestLookupMXEqualPreferenceShuffled(t *testing.T) {
-	d := newTestDNS(t)
-	d.add(t,
+	d := msgauthtest.NewDNS(t)
+	d.Add(t,
 		"beta.test. MX 10 a.beta.test.",
 		"beta.test. MX 10 b.beta.test.",
 		"beta.test. MX 5 first.beta.test.",
@@ -130,7 +132,7 @@ func TestLookupMXEqualPreferenceShuffled(t *testing.T) {
 		"b.beta.test. A 127.0.0.2",
 		"first.beta.test. A 127.0.0.3",
 	)
-	r := NewResolver(d.addr)
+	r := NewResolver(d.Addr)
 	const n = 200
 	counts := map[string]int{}
 	for range n {

@@ -16,6 +16,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/smtpd/msgauth/msgauthtest"
 )
 
 // report is a delivery status notification found in an INBOX.
@@ -106,12 +107,12 @@ func headerOrder(msg []byte, name string) []string {
 // Postern's smtpd, which is written separately; once smtpd lands this
 // should become two Postern instances.
 func TestTwoInstances(t *testing.T) {
-	d := newTestDNS(t)
+	d := msgauthtest.NewDNS(t)
 	cert, pool := selfSigned(t, "mx.beta.test")
 	beta := newStore(t, nil, []string{"beta.test"}, "bob@beta.test")
 	mx := newTestMX(t, "127.0.0.1:0", withTLS(&tls.Config{Certificates: []tls.Certificate{cert}}))
 	mx.store = beta
-	d.add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
+	d.Add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
 
 	a := newAlpha(t, d, mx.addr.Port(), func(c *Config) { c.TLS = &tls.Config{RootCAs: pool} })
 	a.relay.cfg.Trace = true
@@ -152,10 +153,10 @@ func TestTwoInstances(t *testing.T) {
 
 // A certificate that does not verify does not stop delivery; the log says.
 func TestTLSUnverifiedStillEncrypts(t *testing.T) {
-	d := newTestDNS(t)
+	d := msgauthtest.NewDNS(t)
 	cert, _ := selfSigned(t, "other.name")
 	mx := newTestMX(t, "127.0.0.1:0", withTLS(&tls.Config{Certificates: []tls.Certificate{cert}}))
-	d.add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
+	d.Add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
 	a := newAlpha(t, d, mx.addr.Port())
 	submit(t, a.store, envelope("alice@alpha.test", "bob@beta.test"), "unverified")
 	a.runOnce(t)
@@ -170,11 +171,11 @@ func TestTLSUnverifiedStillEncrypts(t *testing.T) {
 
 // A failed handshake is recorded and the same server is used without TLS.
 func TestTLSHandshakeFailureFallsBack(t *testing.T) {
-	d := newTestDNS(t)
+	d := msgauthtest.NewDNS(t)
 	// A TLS configuration without a certificate: STARTTLS is offered, and
 	// every handshake fails.
 	mx := newTestMX(t, "127.0.0.1:0", withTLS(&tls.Config{}))
-	d.add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
+	d.Add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
 	a := newAlpha(t, d, mx.addr.Port())
 	submit(t, a.store, envelope("alice@alpha.test", "bob@beta.test"), "fallback")
 	a.runOnce(t)
@@ -195,12 +196,12 @@ func TestTLSHandshakeFailureFallsBack(t *testing.T) {
 }
 
 func TestDeadFirstMXFallsOver(t *testing.T) {
-	d := newTestDNS(t)
+	d := msgauthtest.NewDNS(t)
 	ln := listenAny(t)
 	port := netip.MustParseAddrPort(ln.Addr().String()).Port()
 	mx := startTestMX(t, ln)
 	// mx1 at 127.0.0.3 has nothing listening on the port.
-	d.add(t,
+	d.Add(t,
 		"beta.test. MX 10 mx1.beta.test.",
 		"beta.test. MX 20 mx2.beta.test.",
 		"mx1.beta.test. A 127.0.0.3",
@@ -223,11 +224,11 @@ func TestDeadFirstMXFallsOver(t *testing.T) {
 // All MX hosts down: the entry is retried with growing delays (the clock
 // is driven by the test), and delivered once a host is up.
 func TestAllDownThenRetried(t *testing.T) {
-	d := newTestDNS(t)
+	d := msgauthtest.NewDNS(t)
 	ln := listenAny(t)
 	port := netip.MustParseAddrPort(ln.Addr().String()).Port()
 	ln.Close() // nothing listens until later
-	d.add(t,
+	d.Add(t,
 		"beta.test. MX 10 mx1.beta.test.",
 		"beta.test. MX 20 mx2.beta.test.",
 		"mx1.beta.test. A 127.0.0.1",
@@ -276,10 +277,10 @@ func TestAllDownThenRetried(t *testing.T) {
 // Each recipient gets its own outcome: a 550 for one does not stop the
 // others, and its sender gets a report with the server's status.
 func TestRecipientRefusedBounces(t *testing.T) {
-	d := newTestDNS(t)
+	d := msgauthtest.NewDNS(t)
 	mx := newTestMX(t, "127.0.0.1:0")
 	mx.setRcptErr("nobody@beta.test", &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "No such user here"})
-	d.add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
+	d.Add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
 	a := newAlpha(t, d, mx.addr.Port())
 	submit(t, a.store, envelope("alice@alpha.test", "nobody@beta.test", "bob@beta.test"), "partly")
 	a.runOnce(t)
@@ -321,10 +322,10 @@ func TestRecipientRefusedBounces(t *testing.T) {
 // A message from <> is never reported on: the failure is logged and the
 // entry dropped.
 func TestNullSenderNeverBounced(t *testing.T) {
-	d := newTestDNS(t)
+	d := msgauthtest.NewDNS(t)
 	mx := newTestMX(t, "127.0.0.1:0")
 	mx.setRcptErr("nobody@beta.test", &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "No such user"})
-	d.add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
+	d.Add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
 	a := newAlpha(t, d, mx.addr.Port())
 	submit(t, a.store, envelope("", "nobody@beta.test"), "a bounce itself")
 	a.runOnce(t)
@@ -341,8 +342,8 @@ func TestNullSenderNeverBounced(t *testing.T) {
 
 // Failures found in DNS, each with its RFC 3463 status.
 func TestRoutingFailures(t *testing.T) {
-	d := newTestDNS(t)
-	d.add(t,
+	d := msgauthtest.NewDNS(t)
+	d.Add(t,
 		"nullmx.test. MX 0 .",
 		"loop.test. MX 10 mail.alpha.test.",
 		"mail.alpha.test. A 127.0.0.9",
@@ -350,7 +351,7 @@ func TestRoutingFailures(t *testing.T) {
 		"mx.loopaddr.test. A 127.0.0.8",
 		"noaddr.test. MX 10 mx.noaddr.test.",
 	)
-	d.exists("mx.noaddr.test")
+	d.Exists("mx.noaddr.test")
 	tests := []struct {
 		domain, status, diag string
 	}{
@@ -383,9 +384,9 @@ func TestRoutingFailures(t *testing.T) {
 // An MX of lower preference than ourselves is still used; we and those
 // after us are not (RFC 5321 5.1).
 func TestSelfInMXListTruncates(t *testing.T) {
-	d := newTestDNS(t)
+	d := msgauthtest.NewDNS(t)
 	mx := newTestMX(t, "127.0.0.1:0")
-	d.add(t,
+	d.Add(t,
 		"beta.test. MX 10 mx.beta.test.",
 		"beta.test. MX 20 mail.alpha.test.",
 		"beta.test. MX 30 backup.beta.test.",
@@ -401,9 +402,9 @@ func TestSelfInMXListTruncates(t *testing.T) {
 }
 
 func TestImplicitMX(t *testing.T) {
-	d := newTestDNS(t)
+	d := msgauthtest.NewDNS(t)
 	mx := newTestMX(t, "127.0.0.1:0")
-	d.add(t, "beta.test. A 127.0.0.1")
+	d.Add(t, "beta.test. A 127.0.0.1")
 	a := newAlpha(t, d, mx.addr.Port())
 	submit(t, a.store, envelope("alice@alpha.test", "bob@beta.test"), "implicit")
 	a.runOnce(t)
@@ -414,8 +415,8 @@ func TestImplicitMX(t *testing.T) {
 
 // SERVFAIL is temporary: the entry waits.
 func TestDNSFailureDefers(t *testing.T) {
-	d := newTestDNS(t)
-	d.fail("beta.test")
+	d := msgauthtest.NewDNS(t)
+	d.Fail("beta.test")
 	a := newAlpha(t, d, 2525)
 	submit(t, a.store, envelope("alice@alpha.test", "bob@beta.test"), "dns trouble")
 	a.runOnce(t)
@@ -428,10 +429,10 @@ func TestDNSFailureDefers(t *testing.T) {
 // Temporary failures go on until GiveUpAfter; after DelayWarning the
 // sender is told once; at the end the message fails with a report.
 func TestDelayWarningThenGiveUp(t *testing.T) {
-	d := newTestDNS(t)
+	d := msgauthtest.NewDNS(t)
 	mx := newTestMX(t, "127.0.0.1:0")
 	mx.setRcptErr("bob@beta.test", &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 2, 1}, Message: "Mailbox busy"})
-	d.add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
+	d.Add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
 	a := newAlpha(t, d, mx.addr.Port())
 	submit(t, a.store, envelope("alice@alpha.test", "bob@beta.test"), "slow")
 
@@ -484,8 +485,8 @@ func TestDelayWarningThenGiveUp(t *testing.T) {
 // NOTIFY=NEVER and NOTIFY=SUCCESS (RFC 3461), and the parameters passed on
 // to a server with DSN.
 func TestNotify(t *testing.T) {
-	d := newTestDNS(t)
-	d.add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
+	d := msgauthtest.NewDNS(t)
+	d.Add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
 
 	t.Run("never", func(t *testing.T) {
 		mx := newTestMX(t, "127.0.0.1:0")
@@ -539,8 +540,8 @@ func TestNotify(t *testing.T) {
 
 // What the server says it takes is respected before MAIL FROM.
 func TestServerLimits(t *testing.T) {
-	d := newTestDNS(t)
-	d.add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
+	d := msgauthtest.NewDNS(t)
+	d.Add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
 	tests := []struct {
 		name   string
 		opts   []mxOption
@@ -582,9 +583,9 @@ func TestServerLimits(t *testing.T) {
 // Replies to DATA and to the message apply to every accepted recipient;
 // one connection carries the next message after a refused one.
 func TestDataRefusedAndSessionReuse(t *testing.T) {
-	d := newTestDNS(t)
+	d := msgauthtest.NewDNS(t)
 	mx := newTestMX(t, "127.0.0.1:0")
-	d.add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
+	d.Add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
 	a := newAlpha(t, d, mx.addr.Port(), func(c *Config) { c.MaxConnsPerDomain = 1 })
 	mx.setRcptErr("nobody@beta.test", &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "No"})
 	submit(t, a.store, envelope("alice@alpha.test", "nobody@beta.test"), "first refused")
@@ -615,9 +616,9 @@ func TestDataRefusedAndSessionReuse(t *testing.T) {
 // A per-destination limit on parallel connections, and many messages per
 // connection: 200 queued messages to one domain go over few connections.
 func TestManyMessagesFewConnections(t *testing.T) {
-	d := newTestDNS(t)
+	d := msgauthtest.NewDNS(t)
 	mx := newTestMX(t, "127.0.0.1:0")
-	d.add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
+	d.Add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
 	a := newAlpha(t, d, mx.addr.Port(), func(c *Config) { c.MaxConnsPerDomain = 3 })
 	const n = 200
 	for i := range n {
@@ -641,11 +642,11 @@ func TestManyMessagesFewConnections(t *testing.T) {
 
 // The queue is in the mailstore: a relay on a reopened store finds it.
 func TestQueueSurvivesRestart(t *testing.T) {
-	d := newTestDNS(t)
+	d := msgauthtest.NewDNS(t)
 	ln := listenAny(t)
 	port := netip.MustParseAddrPort(ln.Addr().String()).Port()
 	ln.Close()
-	d.add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
+	d.Add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
 	clock := newClock()
 	path := t.TempDir() + "/postern.db"
 	st := openStore(t, path, clock)
@@ -674,9 +675,9 @@ func TestQueueSurvivesRestart(t *testing.T) {
 
 // Run delivers on Kick and stops with its context.
 func TestRunAndKick(t *testing.T) {
-	d := newTestDNS(t)
+	d := msgauthtest.NewDNS(t)
 	mx := newTestMX(t, "127.0.0.1:0")
-	d.add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
+	d.Add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
 	a := newAlpha(t, d, mx.addr.Port(), func(c *Config) { c.PollInterval = time.Hour })
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -704,9 +705,9 @@ func TestRunAndKick(t *testing.T) {
 // Stopping the relay in the middle of a transfer loses nothing and does
 // not count as an attempt.
 func TestStopDuringDelivery(t *testing.T) {
-	d := newTestDNS(t)
+	d := msgauthtest.NewDNS(t)
 	mx := newTestMX(t, "127.0.0.1:0")
-	d.add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
+	d.Add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
 	a := newAlpha(t, d, mx.addr.Port())
 	inData := make(chan struct{})
 	release := make(chan struct{})
@@ -808,8 +809,8 @@ func TestParseNotify(t *testing.T) {
 
 // dialRecorder checks that the relay dials only what DNS gave, at Port.
 func TestDialsConfiguredPort(t *testing.T) {
-	d := newTestDNS(t)
-	d.add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
+	d := msgauthtest.NewDNS(t)
+	d.Add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
 	var dialled []string
 	a := newAlpha(t, d, 2526, func(c *Config) {
 		c.Dialer = func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -828,7 +829,7 @@ func TestDialsConfiguredPort(t *testing.T) {
 // the entry is deferred, and the relay's memory does not follow the
 // server's whim.
 func TestEndlessReplyIsCut(t *testing.T) {
-	d := newTestDNS(t)
+	d := msgauthtest.NewDNS(t)
 	ln := listenAny(t)
 	port := netip.MustParseAddrPort(ln.Addr().String()).Port()
 	go func() {
@@ -846,7 +847,7 @@ func TestEndlessReplyIsCut(t *testing.T) {
 			}
 		}
 	}()
-	d.add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
+	d.Add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
 	a := newAlpha(t, d, port)
 	submit(t, a.store, envelope("alice@alpha.test", "bob@beta.test"), "endless")
 	a.runOnce(t)
@@ -860,11 +861,11 @@ func TestEndlessReplyIsCut(t *testing.T) {
 // Local parts that are not dot-atoms go out quoted, as RFC 5321 4.1.2
 // wants: go-smtp's server hands them to us unquoted.
 func TestQuotedLocalParts(t *testing.T) {
-	d := newTestDNS(t)
+	d := msgauthtest.NewDNS(t)
 	ln := listenAny(t)
 	port := netip.MustParseAddrPort(ln.Addr().String()).Port()
 	mx := startTestMX(t, ln)
-	d.add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
+	d.Add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
 	a := newAlpha(t, d, port, func(c *Config) { c.Trace = true })
 	// As smtpd stores them, unquoted.
 	submit(t, a.store, envelope("john smith@alpha.test", "a@b@beta.test"), "quoted")
@@ -883,11 +884,11 @@ func TestQuotedLocalParts(t *testing.T) {
 // place until the failure report can be stored: the sender is told late
 // rather than never.
 func TestExpiredReportWaitsForRoom(t *testing.T) {
-	d := newTestDNS(t)
+	d := msgauthtest.NewDNS(t)
 	ln := listenAny(t)
 	port := netip.MustParseAddrPort(ln.Addr().String()).Port()
 	ln.Close() // nothing ever listens
-	d.add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
+	d.Add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
 	a := newAlpha(t, d, port, func(c *Config) { c.DelayWarning = 0 })
 	submit(t, a.store, envelope("alice@alpha.test", "bob@beta.test"), "into the void")
 	ctx := context.Background()

@@ -104,6 +104,15 @@ func splitTXT(s string) []string {
 	return append(out, s)
 }
 
+// Exists makes name exist without records of its own: queries for it
+// answer NOERROR with an empty answer (NODATA, RFC 2308 2.2) instead of
+// NXDOMAIN. Names given to Add or AddTXT exist already.
+func (d *DNS) Exists(name string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.names[dns.Fqdn(strings.ToLower(name))] = true
+}
+
 // Fail makes lookups of name answer SERVFAIL.
 func (d *DNS) Fail(name string) {
 	d.mu.Lock()
