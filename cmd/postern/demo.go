@@ -315,9 +315,19 @@ func (d *demo) intro() {
 	out.beginStep("1. Two mail domains on this machine")
 	out.note("(each is a whole Postern: its own mailstore, SMTP, relay, POP3 and IMAP, on its own loopback address)")
 	for _, dom := range []*demoDomain{a, b} {
-		out.note("%s: MX %s, submission %s, POP3 %s, IMAP %s; user %s",
-			dom.name, dom.mx, dom.submission, dom.pop3Addr, dom.imapAddr, dom.user)
+		out.note("%s: user %s", dom.name, dom.user)
+		short := strings.TrimSuffix(dom.name, ".test")
+		for _, l := range []struct{ part, service, addr string }{
+			{"smtp", "MX", dom.mx},
+			{"smtp", "submission", dom.submission},
+			{"pop3", "POP3", dom.pop3Addr},
+			{"imap", "IMAP", dom.imapAddr},
+		} {
+			out.emit(event{Kind: "event", Part: short + " " + l.part, Text: "listening",
+				Attrs: map[string]string{"service": l.service, "addr": l.addr}})
+		}
 	}
+	out.note("(both MX hosts listen on the same port, %d, picked free at start: port 25 needs root, and the relays are told to use %d, as two machines would both use 25)", d.port, d.port)
 	out.note("DNS server %s serves:", d.zone.addr)
 	for _, rr := range d.records {
 		out.note("    %s", rr)

@@ -57,22 +57,29 @@ func (o *demoOut) emit(e event) {
 		fmt.Fprintf(o.w, "%s\n", b)
 		return
 	}
+	writeEventText(o.w, e)
+}
+
+// writeEventText prints e as a line of the demo's text output. The text and
+// JSON outputs are the same stream of events, so that a JSON line rendered
+// here gives exactly the text line.
+func writeEventText(w io.Writer, e event) {
 	switch e.Kind {
 	case "step":
-		fmt.Fprintf(o.w, "\n== %s\n", e.Text)
+		fmt.Fprintf(w, "\n== %s\n", e.Text)
 	case "note":
-		fmt.Fprintf(o.w, "   %s\n", e.Text)
+		fmt.Fprintf(w, "   %s\n", e.Text)
 	case "trace":
-		fmt.Fprintf(o.w, "   %-16s %s: %s\n", "["+e.Part+"]", e.Dir, e.Text)
+		fmt.Fprintf(w, "   %-16s %s: %s\n", "["+e.Part+"]", e.Dir, e.Text)
 	case "event":
 		var kv []string
 		for k, v := range e.Attrs {
 			kv = append(kv, k+"="+v)
 		}
 		sortStrings(kv)
-		fmt.Fprintf(o.w, "   %-16s (%s) %s\n", "["+e.Part+"]", e.Text, strings.Join(kv, " "))
+		fmt.Fprintf(w, "   %-16s (%s) %s\n", "["+e.Part+"]", e.Text, strings.Join(kv, " "))
 	case "result":
-		fmt.Fprintf(o.w, "\n%s\n", e.Text)
+		fmt.Fprintf(w, "\n%s\n", e.Text)
 	}
 }
 
@@ -119,6 +126,13 @@ func (h *demoHandler) Handle(_ context.Context, r slog.Record) error {
 		add(a)
 	}
 	r.Attrs(add)
+	if r.Message == "listening" {
+		// Servers start listening on their own goroutines, so their
+		// "listening" records would land anywhere in the output; the
+		// demo prints every listener, labelled with its service, in
+		// step 1 instead (demo.intro).
+		return nil
+	}
 	if r.Message == "trace" {
 		h.out.emit(event{Kind: "trace", Part: h.part, Dir: attrs["dir"], Text: attrs["line"]})
 		return nil

@@ -9,38 +9,50 @@ import (
 	"time"
 )
 
-func TestDemo(t *testing.T) {
-	code, out, errOut := runIn(t, "", "demo")
-	if code != exitOK {
-		t.Fatalf("demo: exit %d\n%s\n%s", code, out, errOut)
-	}
-	// The steps in order, each with what it must show from the real sessions.
-	want := []string{
-		"== 1. Two mail domains",
-		"== 2. alice submits",
-		"MAIL FROM:<alice@alpha.test>", "RCPT TO:<bob@beta.test>",
-		"C: AUTH PLAIN [credentials redacted]",
-		"== 3. The message waits in alpha's outbound queue", "to <bob@beta.test> (domain beta.test)",
-		"signed it with alpha.test's keys", "+ DKIM-Signature: a=ed25519-sha256;", "d=alpha.test;", "+ DKIM-Signature: a=rsa-sha256;",
-		"== 4. The relay looks up", "beta.test\tmail exchanger = 10 mx.beta.test.", "mx.beta.test\tinternet address = 127.0.0.3",
-		"== 5. alpha's relay delivers", "[alpha relay]    C: EHLO mx.alpha.test", "C: STARTTLS", "(delivered)",
-		"== 6. The message in bob's INBOX", "+ Return-Path: <alice@alpha.test>",
-		"+ Authentication-Results: mx.beta.test; spf=pass smtp.mailfrom=alpha.test; dkim=pass", "dmarc=pass header.from=alpha.test",
-		"+ Received: from mx.alpha.test ([127.0.0.2]) by mx.beta.test", "+ Received: from alice-laptop.alpha.test",
-		"+ Date:", "+ Message-ID:", "  Subject:",
-		"== 7. bob reads it over POP3", "state: AUTHORIZATION", "C: PASS ***", "state: TRANSACTION", "C: RETR 1", "state: UPDATE",
-		"== 8. bob looks at it over IMAP", "C: T1 LOGIN ***", "FETCH 1 (BODYSTRUCTURE)", "part 2: text/plain", "file notes.txt",
-		"FETCH 1 (BODY.PEEK[1])", "S: * BYE",
-		"OK: the message arrived intact",
-	}
+// demoFlowWant is what `postern demo` must show, in this order.
+var demoFlowWant = []string{
+	"== 1. Two mail domains",
+	"[alpha smtp]     (listening) addr=127.0.0.2:", "service=MX",
+	"[alpha smtp]     (listening) addr=127.0.0.2:", "service=submission",
+	"[alpha pop3]     (listening) addr=127.0.0.2:", "service=POP3",
+	"[alpha imap]     (listening) addr=127.0.0.2:", "service=IMAP",
+	"[beta smtp]      (listening) addr=127.0.0.3:", "service=MX",
+	"[beta smtp]      (listening) addr=127.0.0.3:", "service=submission",
+	"[beta pop3]      (listening) addr=127.0.0.3:", "service=POP3",
+	"[beta imap]      (listening) addr=127.0.0.3:", "service=IMAP",
+	"== 2. alice submits",
+	"MAIL FROM:<alice@alpha.test>", "RCPT TO:<bob@beta.test>",
+	"C: AUTH PLAIN [credentials redacted]",
+	"== 3. The message waits in alpha's outbound queue", "to <bob@beta.test> (domain beta.test)",
+	"signed it with alpha.test's keys", "+ DKIM-Signature: a=ed25519-sha256;", "d=alpha.test;", "+ DKIM-Signature: a=rsa-sha256;",
+	"== 4. The relay looks up", "beta.test\tmail exchanger = 10 mx.beta.test.", "mx.beta.test\tinternet address = 127.0.0.3",
+	"== 5. alpha's relay delivers", "[alpha relay]    C: EHLO mx.alpha.test", "C: STARTTLS", "(delivered)",
+	"== 6. The message in bob's INBOX", "+ Return-Path: <alice@alpha.test>",
+	"+ Authentication-Results: mx.beta.test; spf=pass smtp.mailfrom=alpha.test; dkim=pass", "dmarc=pass header.from=alpha.test",
+	"+ Received: from mx.alpha.test ([127.0.0.2]) by mx.beta.test", "+ Received: from alice-laptop.alpha.test",
+	"+ Date:", "+ Message-ID:", "  Subject:",
+	"== 7. bob reads it over POP3", "state: AUTHORIZATION", "C: PASS ***", "state: TRANSACTION", "C: RETR 1", "state: UPDATE",
+	"== 8. bob looks at it over IMAP", "C: T1 LOGIN ***", "FETCH 1 (BODYSTRUCTURE)", "part 2: text/plain", "file notes.txt",
+	"FETCH 1 (BODY.PEEK[1])", "S: * BYE",
+	"OK: the message arrived intact",
+}
+
+// wantInOrder fails t unless out contains each of want, in order.
+func wantInOrder(t *testing.T, out string, want []string) {
+	t.Helper()
 	rest := out
 	for _, w := range want {
 		i := strings.Index(rest, w)
 		if i < 0 {
-			t.Fatalf("demo output lacks %q (in order):\n%s", w, out)
+			t.Fatalf("output lacks %q (in order):\n%s", w, out)
 		}
 		rest = rest[i+len(w):]
 	}
+}
+
+// noPasswords fails t if out shows a demo user's password.
+func noPasswords(t *testing.T, out string) {
+	t.Helper()
 	for _, secret := range []string{"alice-demo-password", "bob-demo-password"} {
 		if strings.Contains(out, secret) {
 			t.Errorf("demo output shows the password %q", secret)
@@ -48,26 +60,83 @@ func TestDemo(t *testing.T) {
 	}
 }
 
-func TestDemoJSON(t *testing.T) {
-	code, out, errOut := runIn(t, "", "demo", "-json")
-	if code != exitOK {
-		t.Fatalf("demo -json: exit %d\n%s", code, errOut)
-	}
-	kinds := map[string]int{}
+// demoEvents parses the output of `postern demo -json`.
+func demoEvents(t *testing.T, out string) []event {
+	t.Helper()
+	var events []event
 	sc := bufio.NewScanner(strings.NewReader(out))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		var e event
 		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
 			t.Fatalf("not a JSON line: %q: %v", sc.Text(), err)
 		}
+		events = append(events, e)
+	}
+	return events
+}
+
+// demoJSONText renders the events of `postern demo -json` as the text
+// output prints them.
+func demoJSONText(events []event) string {
+	var b strings.Builder
+	for _, e := range events {
+		writeEventText(&b, e)
+	}
+	return b.String()
+}
+
+// listenersInStep1 checks that the lines of out between the step 1 and
+// step 2 headings hold all eight listeners, and that no listener is
+// announced elsewhere.
+func listenersInStep1(t *testing.T, out string) {
+	t.Helper()
+	_, after, _ := strings.Cut(out, "\n== 1. ")
+	step1, rest, _ := strings.Cut(after, "\n== 2. ")
+	if n := strings.Count(step1, "(listening)"); n != 8 {
+		t.Errorf("step 1 announces %d listeners, want 8:\n%s", n, step1)
+	}
+	if strings.Contains(rest, "(listening)") || strings.Contains(strings.Split(out, "\n== 1. ")[0], "(listening)") {
+		t.Errorf("a listener is announced outside step 1:\n%s", out)
+	}
+}
+
+func TestDemo(t *testing.T) {
+	code, out, errOut := runIn(t, "", "demo")
+	if code != exitOK {
+		t.Fatalf("demo: exit %d\n%s\n%s", code, out, errOut)
+	}
+	wantInOrder(t, out, demoFlowWant)
+	listenersInStep1(t, out)
+	noPasswords(t, out)
+}
+
+// TestDemoJSON checks that -json carries the same events, in the same
+// order, as the text output: rendered as text, the JSON events show the
+// same lines.
+func TestDemoJSON(t *testing.T) {
+	code, out, errOut := runIn(t, "", "demo", "-json")
+	if code != exitOK {
+		t.Fatalf("demo -json: exit %d\n%s", code, errOut)
+	}
+	events := demoEvents(t, out)
+	kinds := map[string]int{}
+	for _, e := range events {
 		kinds[e.Kind]++
 		if e.Kind == "trace" && (e.Part == "" || (e.Dir != "C" && e.Dir != "S")) {
 			t.Errorf("trace event without part or direction: %+v", e)
+		}
+		if e.Kind == "event" && e.Text == "listening" && !strings.HasPrefix(e.Step, "1. ") {
+			t.Errorf("listener announced in step %q: %+v", e.Step, e)
 		}
 	}
 	if kinds["step"] < 8 || kinds["trace"] < 30 || kinds["result"] != 1 {
 		t.Errorf("event counts %v", kinds)
 	}
+	text := demoJSONText(events)
+	wantInOrder(t, text, demoFlowWant)
+	listenersInStep1(t, text)
+	noPasswords(t, out)
 }
 
 func TestDemoKeep(t *testing.T) {
