@@ -22,11 +22,14 @@ var demoFlowWant = []string{
 	"[beta imap]      (listening) addr=127.0.0.3:", "service=IMAP",
 	"== 2. alice submits",
 	"MAIL FROM:<alice@alpha.test>", "RCPT TO:<bob@beta.test>",
-	"C: AUTH PLAIN [credentials redacted]",
+	"[alice client]   C: STARTTLS", "certificate check: the server shows \"mx.alpha.test\"",
+	"verified: signed by a certificate alice's mail program trusts", "TLS established (TLS 1.3)",
+	"[alice client]   C: EHLO alice-laptop.alpha.test", "C: AUTH PLAIN [credentials redacted]",
 	"== 3. The message waits in alpha's outbound queue", "to <bob@beta.test> (domain beta.test)",
 	"signed it with alpha.test's keys", "+ DKIM-Signature: a=ed25519-sha256;", "d=alpha.test;", "+ DKIM-Signature: a=rsa-sha256;",
 	"== 4. The relay looks up", "beta.test\tmail exchanger = 10 mx.beta.test.", "mx.beta.test\tinternet address = 127.0.0.3",
-	"== 5. alpha's relay delivers", "[alpha relay]    C: EHLO mx.alpha.test", "C: STARTTLS", "(delivered)",
+	"== 5. alpha's relay delivers", "[alpha relay]    C: EHLO mx.alpha.test", "C: STARTTLS", "verified=false", "(delivered)",
+	"verified=false: beta's certificate is self-signed", "opportunistic (RFC 3207, RFC 7435)", "MTA-STS (RFC 8461) or DANE (RFC 7672)",
 	"== 6. The message in bob's INBOX", "+ Return-Path: <alice@alpha.test>",
 	"+ Authentication-Results: mx.beta.test; spf=pass smtp.mailfrom=alpha.test; dkim=pass", "dmarc=pass header.from=alpha.test",
 	"+ Received: from mx.alpha.test ([127.0.0.2]) by mx.beta.test", "+ Received: from alice-laptop.alpha.test",
@@ -184,7 +187,7 @@ func TestDemoScenarios(t *testing.T) {
 	for name, want := range map[string][]string{
 		"big-message":       {"over 64 KiB", "OK: the message arrived intact"},
 		"dead-mx":           {"mail exchanger = 5 mx1.beta.test.", "(mail exchanger unusable)", "connection refused", "[alpha relay]    C: EHLO mx.alpha.test", "OK: the message arrived intact"},
-		"unknown-recipient": {"RCPT TO:<nobody@beta.test>", "550 5.1.1", "| Action: failed", "| Status: 5.1.1", "OK: the refusal came back"},
+		"unknown-recipient": {"[alice client]   C: STARTTLS", "verified: signed by", "C: AUTH PLAIN [credentials redacted]", "RCPT TO:<nobody@beta.test>", "550 5.1.1", "| Action: failed", "| Status: 5.1.1", "OK: the refusal came back"},
 		"spoof": {"_dmarc.alpha.test. 300 IN TXT \"v=DMARC1; p=reject\"", "A forger at 127.0.0.66",
 			"[forger client]  C: MAIL FROM:<alice@alpha.test>", "(message refused)", "S: 550 5.7.1",
 			"_dmarc.alpha.test\tTXT\t\"v=DMARC1; p=reject\"", "OK: the forgery was refused with 550 5.7.1"},
@@ -207,5 +210,37 @@ func TestDemoScenarios(t *testing.T) {
 				t.Errorf("the storm multiplied copies:\n%s", out)
 			}
 		})
+	}
+}
+
+// TestDemoSubmissionChecksCertificate shows that alice's certificate check
+// is real: trusting beta's certificate only, she cannot start TLS with
+// alpha's submission server, and no password is sent.
+func TestDemoSubmissionChecksCertificate(t *testing.T) {
+	var buf syncBuffer
+	sc, _ := findScenario("flow")
+	d, err := startDemo(&demoOut{w: &buf}, sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.close()
+	tw := &traceWriter{out: d.out, part: "alice client"}
+	wrongTLS, err := d.submissionTLS(d.beta, tw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err = submit(ctx, submission{
+		addr: d.alpha.submission, mode: tlsStartTLS, tls: wrongTLS, helo: "alice-laptop.alpha.test",
+		user: d.alpha.user, password: d.alpha.password, from: d.alpha.user, to: []string{d.beta.user},
+		msg: []byte("Subject: x\r\n\r\nx\r\n"), trace: tw,
+	})
+	if err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("submission trusting the wrong certificate: %v, want a certificate error", err)
+	}
+	out := buf.String()
+	if strings.Contains(out, "verified: signed by") || strings.Contains(out, "C: AUTH") {
+		t.Errorf("the check passed or credentials were sent:\n%s", out)
 	}
 }
