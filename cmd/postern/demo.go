@@ -380,6 +380,7 @@ func (d *demo) flow(ctx context.Context, attach int) error {
 		return fmt.Errorf("step 2, submission: %w", err)
 	}
 	out.note("accepted: %s", reply)
+	out.note("size: %d bytes as alice's mail program wrote them, announced as SIZE=%d in MAIL FROM (RFC 1870) so that a server can refuse a message too big before it is sent", len(letter), len(letter))
 
 	out.beginStep("3. The message waits in alpha's outbound queue")
 	q, err := a.store.Queue(ctx, time.Time{}, 0)
@@ -393,6 +394,7 @@ func (d *demo) flow(ctx context.Context, attach int) error {
 	if err != nil {
 		return fmt.Errorf("step 3, queued message: %w", err)
 	}
+	out.note("%s", sizeChange(letter, "bytes submitted", queued, "bytes in the queue", "alpha's submission server added"))
 	out.note("alpha's submission server signed it with alpha.test's keys (DKIM, RFC 6376; Ed25519 and RSA):")
 	signed := 0
 	for _, f := range headerFields(queued) {
@@ -426,6 +428,13 @@ func (d *demo) flow(ctx context.Context, attach int) error {
 	if q, _ := a.store.Queue(ctx, time.Time{}, 0); len(q) != 0 {
 		return fmt.Errorf("step 5, relay: the message is still queued: %s", q[0].LastError)
 	}
+	stuffed := stuffedLines(queued)
+	sent := len(queued) + stuffed + len(".\r\n")
+	why := `the line "." that ends the data (RFC 5321 4.1.1.4)`
+	if stuffed > 0 {
+		why += fmt.Sprintf(`, and a dot added before each of the %d lines that start with "." (4.5.2)`, stuffed)
+	}
+	out.note("size: %d bytes in the queue, announced as SIZE=%d -> %d octets sent after DATA (+%d): %s", len(queued), len(queued), sent, sent-len(queued), why)
 	out.note("verified=false: beta's certificate is self-signed, so alpha's relay cannot check it, and delivers over TLS anyway: " +
 		"on port 25 TLS is opportunistic (RFC 3207, RFC 7435), it stops eavesdroppers, and refusing unverified certificates would only push mail back to plain text; " +
 		"MTA-STS (RFC 8461) or DANE (RFC 7672) let beta.test publish that its MX must show a valid certificate, and then the relay would keep the message queued rather than send it unverified")
@@ -435,6 +444,7 @@ func (d *demo) flow(ctx context.Context, attach int) error {
 	if err != nil {
 		return fmt.Errorf("step 6: %w", err)
 	}
+	out.note("%s", sizeChange(queued, fmt.Sprintf("bytes received (the %d octets without what SMTP added)", sent), stored, "bytes stored in bob's INBOX", "beta's MX added"))
 	for _, f := range headerFields(stored) {
 		mark := "  "
 		if !original[strings.ToLower(f.name)] {
@@ -684,6 +694,52 @@ func dropFields(msg []byte, names ...string) []byte {
 	out.WriteString("\r\n")
 	out.Write(body)
 	return out.Bytes()
+}
+
+// sizeChange tells how a message grew from before to after: by how many
+// bytes, and the header fields who added.
+func sizeChange(before []byte, from string, after []byte, to string, who string) string {
+	added := addedFields(before, after)
+	return fmt.Sprintf("size: %d %s -> %d %s (+%d): %s %s", len(before), from, len(after), to,
+		len(after)-len(before), who, strings.Join(added, ", "))
+}
+
+// addedFields names the header fields of after that before lacks, in
+// order, a field added several times once with its count.
+func addedFields(before, after []byte) []string {
+	have := map[string]int{}
+	for _, f := range headerFields(before) {
+		have[strings.ToLower(f.name)]++
+	}
+	var names []string
+	count := map[string]int{}
+	for _, f := range headerFields(after) {
+		key := strings.ToLower(f.name)
+		if have[key] > 0 {
+			have[key]--
+			continue
+		}
+		if count[key] == 0 {
+			names = append(names, f.name)
+		}
+		count[key]++
+	}
+	for i, n := range names {
+		if c := count[strings.ToLower(n)]; c > 1 {
+			names[i] = fmt.Sprintf("%s (%d)", n, c)
+		}
+	}
+	return names
+}
+
+// stuffedLines counts the lines of msg that start with a dot: SMTP sends
+// each with a second dot (RFC 5321 4.5.2).
+func stuffedLines(msg []byte) int {
+	n := 0
+	if bytes.HasPrefix(msg, []byte(".")) {
+		n++
+	}
+	return n + bytes.Count(msg, []byte("\n."))
 }
 
 // bodyOf is what follows a message's header.

@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -25,12 +27,16 @@ var demoFlowWant = []string{
 	"[alice client]   C: STARTTLS", "certificate check: the server shows \"mx.alpha.test\"",
 	"verified: signed by a certificate alice's mail program trusts", "TLS established (TLS 1.3)",
 	"[alice client]   C: EHLO alice-laptop.alpha.test", "C: AUTH PLAIN [credentials redacted]",
+	"size: ", "bytes as alice's mail program wrote them, announced as SIZE=",
 	"== 3. The message waits in alpha's outbound queue", "to <bob@beta.test> (domain beta.test)",
+	"bytes submitted -> ", "bytes in the queue (+", "alpha's submission server added DKIM-Signature (2), Received, Date, Message-ID",
 	"signed it with alpha.test's keys", "+ DKIM-Signature: a=ed25519-sha256;", "d=alpha.test;", "+ DKIM-Signature: a=rsa-sha256;",
 	"== 4. The relay looks up", "beta.test\tmail exchanger = 10 mx.beta.test.", "mx.beta.test\tinternet address = 127.0.0.3",
 	"== 5. alpha's relay delivers", "[alpha relay]    C: EHLO mx.alpha.test", "C: STARTTLS", "verified=false", "(delivered)",
+	"octets sent after DATA (+3): the line \".\" that ends the data",
 	"verified=false: beta's certificate is self-signed", "opportunistic (RFC 3207, RFC 7435)", "MTA-STS (RFC 8461) or DANE (RFC 7672)",
-	"== 6. The message in bob's INBOX", "+ Return-Path: <alice@alpha.test>",
+	"== 6. The message in bob's INBOX", "bytes stored in bob's INBOX (+", "beta's MX added Return-Path, Authentication-Results, Received",
+	"+ Return-Path: <alice@alpha.test>",
 	"+ Authentication-Results: mx.beta.test; spf=pass smtp.mailfrom=alpha.test; dkim=pass", "dmarc=pass header.from=alpha.test",
 	"+ Received: from mx.alpha.test ([127.0.0.2]) by mx.beta.test", "+ Received: from alice-laptop.alpha.test",
 	"+ Date:", "+ Message-ID:", "  Subject:",
@@ -112,6 +118,47 @@ func TestDemo(t *testing.T) {
 	wantInOrder(t, out, demoFlowWant)
 	listenersInStep1(t, out)
 	noPasswords(t, out)
+	sizesAgree(t, out)
+}
+
+// sizesAgree checks the demo's size lines against what the sessions
+// themselves said: the SIZE parameter alice sent, the octets alpha's relay
+// wrote after DATA, the size beta's MX stored and POP3 reported.
+func sizesAgree(t *testing.T, out string) {
+	t.Helper()
+	find := func(pattern string) []string {
+		t.Helper()
+		m := regexp.MustCompile(pattern).FindStringSubmatch(out)
+		if m == nil {
+			t.Fatalf("output lacks %s:\n%s", pattern, out)
+		}
+		return m[1:]
+	}
+	submitted := find(`\[alice client\]   C: MAIL FROM:<alice@alpha.test> BODY=8BITMIME SIZE=(\d+)`)[0]
+	line := find(`size: (\d+) bytes as alice's mail program wrote them, announced as SIZE=(\d+)`)
+	queuedLine := find(`size: (\d+) bytes submitted -> (\d+) bytes in the queue \(\+(\d+)\)`)
+	queued := find(`\[alpha smtp\]     \(message accepted\) .* size=(\d+)`)[0]
+	relayed := find(`\[alpha relay\]    C: MAIL FROM:<alice@alpha.test> BODY=8BITMIME SIZE=(\d+)`)[0]
+	wire := find(`\[alpha relay\]    C: <(\d+) octets of message data>`)[0]
+	wireLine := find(`size: (\d+) bytes in the queue, announced as SIZE=(\d+) -> (\d+) octets sent after DATA`)
+	stored := find(`\[beta smtp\]      \(message accepted\) .* size=(\d+)`)[0]
+	storedLine := find(`size: (\d+) bytes received \(the (\d+) octets without what SMTP added\) -> (\d+) bytes stored`)
+	popped := find(`\[beta pop3\]      S: \+OK (\d+) octets`)[0]
+	for _, c := range [][2]string{
+		{line[0], submitted}, {line[1], submitted}, {queuedLine[0], submitted},
+		{queuedLine[1], queued}, {wireLine[0], queued}, {wireLine[1], relayed}, {relayed, queued},
+		{wireLine[2], wire}, {storedLine[0], queued}, {storedLine[1], wire},
+		{storedLine[2], stored}, {popped, stored},
+	} {
+		if c[0] != c[1] {
+			t.Errorf("a size line says %s where the session says %s", c[0], c[1])
+		}
+	}
+	a, _ := strconv.Atoi(queuedLine[0])
+	b, _ := strconv.Atoi(queuedLine[1])
+	if d, _ := strconv.Atoi(queuedLine[2]); d != b-a {
+		t.Errorf("%d -> %d is not +%d", a, b, d)
+	}
 }
 
 // TestDemoJSON checks that -json carries the same events, in the same
@@ -140,6 +187,7 @@ func TestDemoJSON(t *testing.T) {
 	wantInOrder(t, text, demoFlowWant)
 	listenersInStep1(t, text)
 	noPasswords(t, out)
+	sizesAgree(t, text)
 }
 
 func TestDemoKeep(t *testing.T) {
