@@ -752,10 +752,18 @@ func bodyOf(msg []byte) []byte {
 // fetches the message's structure and its first part. The protocol lines
 // come from the server's trace.
 func (d *demo) imapRead(ctx context.Context, dom *demoDomain) error {
-	c, err := imapclient.DialInsecure(dom.imapAddr, nil)
+	conn, err := net.DialTimeout("tcp", dom.imapAddr, 10*time.Second)
 	if err != nil {
 		return err
 	}
+	conn.SetDeadline(time.Now().Add(time.Minute))
+	// The server's trace skips literal contents: the client's reads show
+	// them (demo_literal.go).
+	literals := make(chan literal, 4)
+	part := strings.TrimSuffix(dom.name, ".test") + " imap"
+	d.out.showLiterals(part, literals)
+	defer d.out.showLiterals("", nil)
+	c := imapclient.New(&literalTap{Conn: conn, found: literals}, nil)
 	defer c.Close()
 	if err := c.Login(dom.user, dom.password).Wait(); err != nil {
 		return fmt.Errorf("LOGIN: %w", err)

@@ -22,6 +22,45 @@ type demoOut struct {
 	json bool
 	step string
 	done bool // the demo has stopped: late log records are dropped
+	// literals, when set, gives the literals that the trace of
+	// literalPart announces, as the demo's client read them.
+	literals    <-chan literal
+	literalPart string
+}
+
+// showLiterals makes the trace of part print the literals read from ch;
+// a nil ch stops it.
+func (o *demoOut) showLiterals(part string, ch <-chan literal) {
+	o.mu.Lock()
+	o.literals, o.literalPart = ch, part
+	o.mu.Unlock()
+}
+
+// literalAfter prints the text of the literal that a trace line of part
+// announces, once the client has read it.
+func (o *demoOut) literalAfter(part, dir, line string) {
+	if dir != "S" {
+		return
+	}
+	if m := demoLiteralRE.FindStringSubmatch(line); m == nil || m[1] == "0" {
+		return
+	}
+	o.mu.Lock()
+	ch := o.literals
+	if o.literalPart != part {
+		ch = nil
+	}
+	o.mu.Unlock()
+	if ch == nil {
+		return
+	}
+	select {
+	case lit := <-ch:
+		for _, l := range literalLines(lit) {
+			o.emit(event{Kind: "trace", Part: part, Dir: "S", Text: l})
+		}
+	case <-time.After(literalWait):
+	}
 }
 
 // stop drops whatever the servers still log after the demo is over.
@@ -135,6 +174,7 @@ func (h *demoHandler) Handle(_ context.Context, r slog.Record) error {
 	}
 	if r.Message == "trace" {
 		h.out.emit(event{Kind: "trace", Part: h.part, Dir: attrs["dir"], Text: attrs["line"]})
+		h.out.literalAfter(h.part, attrs["dir"], attrs["line"])
 		return nil
 	}
 	for _, k := range []string{"session", "part", "proto", "listener", "remote"} {

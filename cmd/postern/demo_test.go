@@ -42,7 +42,9 @@ var demoFlowWant = []string{
 	"+ Date:", "+ Message-ID:", "  Subject:",
 	"== 7. bob reads it over POP3", "state: AUTHORIZATION", "C: PASS ***", "state: TRANSACTION", "C: RETR 1", "state: UPDATE",
 	"== 8. bob looks at it over IMAP", "C: T1 LOGIN ***", "FETCH 1 (BODYSTRUCTURE)", "part 2: text/plain", "file notes.txt",
-	"FETCH 1 (BODY.PEEK[1])", "S: * BYE",
+	"FETCH 1 (BODY.PEEK[1])", "[beta imap]      S: * 1 FETCH (BODY[1] {", "[beta imap]      S: Hello Bob,",
+	"[beta imap]      S: this message went through DNS, SMTP, a queue and a relay.", "[beta imap]      S: Alice",
+	"[beta imap]      S: )", "S: * BYE",
 	"OK: the message arrived intact",
 }
 
@@ -290,5 +292,41 @@ func TestDemoSubmissionChecksCertificate(t *testing.T) {
 	out := buf.String()
 	if strings.Contains(out, "verified: signed by") || strings.Contains(out, "C: AUTH") {
 		t.Errorf("the check passed or credentials were sent:\n%s", out)
+	}
+}
+
+// TestDemoLiteralTap feeds the tap a server's FETCH responses in small
+// pieces: each literal is found whole, and a long one is printed cut, with
+// the count of the bytes not shown.
+func TestDemoLiteralTap(t *testing.T) {
+	long := strings.Repeat("0123456789abcdefghij0123456789abcdefghij0123456789abcdefghij0123456789\r\n", 40)
+	stream := "* OK ready\r\n* 1 FETCH (BODY[1] {12}\r\nHello\r\nBob\r\n)\r\nT1 OK done\r\n" +
+		"* 2 FETCH (BODY[] {" + strconv.Itoa(len(long)) + "}\r\n" + long + ")\r\nT2 OK done\r\n"
+	found := make(chan literal, 4)
+	tap := &literalTap{found: found}
+	for b := []byte(stream); len(b) > 0; {
+		n := min(len(b), 7)
+		tap.scan(b[:n])
+		b = b[n:]
+	}
+	close(found)
+	var lits []literal
+	for l := range found {
+		lits = append(lits, l)
+	}
+	if len(lits) != 2 {
+		t.Fatalf("found %d literals, want 2", len(lits))
+	}
+	if got := literalLines(lits[0]); strings.Join(got, "|") != "Hello|Bob" {
+		t.Errorf("short literal shown as %q", got)
+	}
+	got := literalLines(lits[1])
+	if len(got) < 2 || len(got) > maxLiteralLines+1 || got[0] != long[:strings.Index(long, "\r")] {
+		t.Fatalf("long literal shown as %q", got)
+	}
+	rest := len(long) - maxLiteralShown
+	want := "[... " + strconv.Itoa(rest) + " more bytes of the " + strconv.Itoa(len(long)) + "-byte literal]"
+	if got[len(got)-1] != want {
+		t.Errorf("long literal ends %q, want %q", got[len(got)-1], want)
 	}
 }
