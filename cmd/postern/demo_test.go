@@ -248,14 +248,18 @@ func TestDemoScenarios(t *testing.T) {
 			if code != exitOK {
 				t.Fatalf("exit %d\n%s\n%s", code, out, errOut)
 			}
-			rest := out
-			for _, w := range want {
-				i := strings.Index(rest, w)
-				if i < 0 {
-					t.Fatalf("output lacks %q (in order):\n%s", w, out)
-				}
-				rest = rest[i+len(w):]
+			wantInOrder(t, out, want)
+			listenersInStep1(t, out)
+			noPasswords(t, out)
+			// -json carries the same events, in the same order.
+			code, jsonOut, errOut := runIn(t, "", "demo", "-json", "-scenario", name)
+			if code != exitOK {
+				t.Fatalf("-json: exit %d\n%s\n%s", code, jsonOut, errOut)
 			}
+			text := demoJSONText(demoEvents(t, jsonOut))
+			wantInOrder(t, text, want)
+			listenersInStep1(t, text)
+			noPasswords(t, jsonOut)
 			if name == "mailstorm" && strings.Contains(out, "copies in the queues now: 2") {
 				t.Errorf("the storm multiplied copies:\n%s", out)
 			}
