@@ -9,8 +9,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -315,9 +318,19 @@ func (d *demo) intro() {
 	out.beginStep("1. Two mail domains on this machine")
 	out.note("(each is a whole Postern: its own mailstore, SMTP, relay, POP3 and IMAP, on its own loopback address)")
 	for _, dom := range []*demoDomain{a, b} {
-		out.note("%s: MX %s, submission %s, POP3 %s, IMAP %s; user %s",
-			dom.name, dom.mx, dom.submission, dom.pop3Addr, dom.imapAddr, dom.user)
+		out.note("%s: user %s", dom.name, dom.user)
+		short := strings.TrimSuffix(dom.name, ".test")
+		for _, l := range []struct{ part, service, addr string }{
+			{"smtp", "MX", dom.mx},
+			{"smtp", "submission", dom.submission},
+			{"pop3", "POP3", dom.pop3Addr},
+			{"imap", "IMAP", dom.imapAddr},
+		} {
+			out.emit(event{Kind: "event", Part: short + " " + l.part, Text: "listening",
+				Attrs: map[string]string{"service": l.service, "addr": l.addr}})
+		}
 	}
+	out.note("(both MX hosts listen on the same port, %d, picked free at start: port 25 needs root, and the relays are told to use %d, as two machines would both use 25)", d.port, d.port)
 	out.note("DNS server %s serves:", d.zone.addr)
 	for _, rr := range d.records {
 		out.note("    %s", rr)
@@ -355,14 +368,19 @@ func (d *demo) flow(ctx context.Context, attach int) error {
 	out.note("Envelope (what SMTP servers act on):  MAIL FROM:<%s>  RCPT TO:<%s>", a.user, b.user)
 	out.note("Letter header (what people read):     From: %s | To: %s", headerValue(letter, "From"), headerValue(letter, "To"))
 	tw := &traceWriter{out: out, part: "alice client"}
+	clientTLS, err := d.submissionTLS(a, tw)
+	if err != nil {
+		return fmt.Errorf("step 2: %w", err)
+	}
 	reply, err := submit(ctx, submission{
-		addr: a.submission, mode: tlsNone, helo: "alice-laptop.alpha.test",
+		addr: a.submission, mode: tlsStartTLS, tls: clientTLS, helo: "alice-laptop.alpha.test",
 		user: a.user, password: a.password, from: a.user, to: []string{b.user}, msg: letter, trace: tw,
 	})
 	if err != nil {
 		return fmt.Errorf("step 2, submission: %w", err)
 	}
 	out.note("accepted: %s", reply)
+	out.note("size: %d bytes as alice's mail program wrote them, announced as SIZE=%d in MAIL FROM (RFC 1870) so that a server can refuse a message too big before it is sent", len(letter), len(letter))
 
 	out.beginStep("3. The message waits in alpha's outbound queue")
 	q, err := a.store.Queue(ctx, time.Time{}, 0)
@@ -376,6 +394,7 @@ func (d *demo) flow(ctx context.Context, attach int) error {
 	if err != nil {
 		return fmt.Errorf("step 3, queued message: %w", err)
 	}
+	out.note("%s", sizeChange(letter, "bytes submitted", queued, "bytes in the queue", "alpha's submission server added"))
 	out.note("alpha's submission server signed it with alpha.test's keys (DKIM, RFC 6376; Ed25519 and RSA):")
 	signed := 0
 	for _, f := range headerFields(queued) {
@@ -409,12 +428,23 @@ func (d *demo) flow(ctx context.Context, attach int) error {
 	if q, _ := a.store.Queue(ctx, time.Time{}, 0); len(q) != 0 {
 		return fmt.Errorf("step 5, relay: the message is still queued: %s", q[0].LastError)
 	}
+	stuffed := stuffedLines(queued)
+	sent := len(queued) + stuffed + len(".\r\n")
+	why := `the line "." that ends the data (RFC 5321 4.1.1.4)`
+	if stuffed > 0 {
+		why += fmt.Sprintf(`, and a dot added before each of the %d lines that start with "." (4.5.2)`, stuffed)
+	}
+	out.note("size: %d bytes in the queue, announced as SIZE=%d -> %d octets sent after DATA (+%d): %s", len(queued), len(queued), sent, sent-len(queued), why)
+	out.note("verified=false: beta's certificate is self-signed, so alpha's relay cannot check it, and delivers over TLS anyway: " +
+		"on port 25 TLS is opportunistic (RFC 3207, RFC 7435), it stops eavesdroppers, and refusing unverified certificates would only push mail back to plain text; " +
+		"MTA-STS (RFC 8461) or DANE (RFC 7672) let beta.test publish that its MX must show a valid certificate, and then the relay would keep the message queued rather than send it unverified")
 
 	out.beginStep("6. The message in bob's INBOX on beta.test")
 	stored, err := inboxMessage(ctx, b)
 	if err != nil {
 		return fmt.Errorf("step 6: %w", err)
 	}
+	out.note("%s", sizeChange(queued, fmt.Sprintf("bytes received (the %d octets without what SMTP added)", sent), stored, "bytes stored in bob's INBOX", "beta's MX added"))
 	for _, f := range headerFields(stored) {
 		mark := "  "
 		if !original[strings.ToLower(f.name)] {
@@ -535,6 +565,39 @@ func (d *demo) printKeep() {
 	d.out.note("SMTP:  swaks --server %s --to %s --from someone@example.org", b.mx, b.user)
 }
 
+// submissionTLS is the TLS configuration of a user's mail program for
+// dom's submission port: it trusts dom's certificate (the self-signed one
+// the demo generated into dom's data directory, as a user would install an
+// organisation's certificate), checks the name mx.DOMAIN, and notes on tw
+// what it checked. The check itself is crypto/tls's: the callback runs
+// only once the chain and the name have been verified.
+func (d *demo) submissionTLS(dom *demoDomain, tw io.Writer) (*tls.Config, error) {
+	file := filepath.Join(dom.dir, selfSignedCert)
+	pemData, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("%s's certificate: %w", dom.name, err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pemData) {
+		return nil, fmt.Errorf("%s's certificate %s: no PEM certificate", dom.name, file)
+	}
+	host := "mx." + dom.name
+	return &tls.Config{
+		RootCAs: roots, ServerName: host, MinVersion: tls.VersionTLS12,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 || len(cs.VerifiedChains) == 0 {
+				return fmt.Errorf("%s: no verified certificate", host)
+			}
+			c := cs.PeerCertificates[0]
+			fmt.Fprintf(tw, "-- certificate check: the server shows %q (DNS names %s), issued by %q, valid until %s\n",
+				c.Subject.CommonName, strings.Join(c.DNSNames, ", "), c.Issuer.CommonName, c.NotAfter.Format(time.DateOnly))
+			fmt.Fprintf(tw, "-- verified: signed by a certificate alice's mail program trusts (%s's own, installed from %s) and valid for the name %s; only now does it send the password\n",
+				dom.name, selfSignedCert, host)
+			return nil
+		},
+	}, nil
+}
+
 func hostOf(addr string) string { h, _, _ := net.SplitHostPort(addr); return h }
 func portOf(addr string) string { _, p, _ := net.SplitHostPort(addr); return p }
 
@@ -633,6 +696,52 @@ func dropFields(msg []byte, names ...string) []byte {
 	return out.Bytes()
 }
 
+// sizeChange tells how a message grew from before to after: by how many
+// bytes, and the header fields who added.
+func sizeChange(before []byte, from string, after []byte, to string, who string) string {
+	added := addedFields(before, after)
+	return fmt.Sprintf("size: %d %s -> %d %s (+%d): %s %s", len(before), from, len(after), to,
+		len(after)-len(before), who, strings.Join(added, ", "))
+}
+
+// addedFields names the header fields of after that before lacks, in
+// order, a field added several times once with its count.
+func addedFields(before, after []byte) []string {
+	have := map[string]int{}
+	for _, f := range headerFields(before) {
+		have[strings.ToLower(f.name)]++
+	}
+	var names []string
+	count := map[string]int{}
+	for _, f := range headerFields(after) {
+		key := strings.ToLower(f.name)
+		if have[key] > 0 {
+			have[key]--
+			continue
+		}
+		if count[key] == 0 {
+			names = append(names, f.name)
+		}
+		count[key]++
+	}
+	for i, n := range names {
+		if c := count[strings.ToLower(n)]; c > 1 {
+			names[i] = fmt.Sprintf("%s (%d)", n, c)
+		}
+	}
+	return names
+}
+
+// stuffedLines counts the lines of msg that start with a dot: SMTP sends
+// each with a second dot (RFC 5321 4.5.2).
+func stuffedLines(msg []byte) int {
+	n := 0
+	if bytes.HasPrefix(msg, []byte(".")) {
+		n++
+	}
+	return n + bytes.Count(msg, []byte("\n."))
+}
+
 // bodyOf is what follows a message's header.
 func bodyOf(msg []byte) []byte {
 	_, body, _ := bytes.Cut(msg, []byte("\r\n\r\n"))
@@ -643,10 +752,18 @@ func bodyOf(msg []byte) []byte {
 // fetches the message's structure and its first part. The protocol lines
 // come from the server's trace.
 func (d *demo) imapRead(ctx context.Context, dom *demoDomain) error {
-	c, err := imapclient.DialInsecure(dom.imapAddr, nil)
+	conn, err := net.DialTimeout("tcp", dom.imapAddr, 10*time.Second)
 	if err != nil {
 		return err
 	}
+	conn.SetDeadline(time.Now().Add(time.Minute))
+	// The server's trace skips literal contents: the client's reads show
+	// them (demo_literal.go).
+	literals := make(chan literal, 4)
+	part := strings.TrimSuffix(dom.name, ".test") + " imap"
+	d.out.showLiterals(part, literals)
+	defer d.out.showLiterals("", nil)
+	c := imapclient.New(&literalTap{Conn: conn, found: literals}, nil)
 	defer c.Close()
 	if err := c.Login(dom.user, dom.password).Wait(); err != nil {
 		return fmt.Errorf("LOGIN: %w", err)

@@ -22,6 +22,45 @@ type demoOut struct {
 	json bool
 	step string
 	done bool // the demo has stopped: late log records are dropped
+	// literals, when set, gives the literals that the trace of
+	// literalPart announces, as the demo's client read them.
+	literals    <-chan literal
+	literalPart string
+}
+
+// showLiterals makes the trace of part print the literals read from ch;
+// a nil ch stops it.
+func (o *demoOut) showLiterals(part string, ch <-chan literal) {
+	o.mu.Lock()
+	o.literals, o.literalPart = ch, part
+	o.mu.Unlock()
+}
+
+// literalAfter prints the text of the literal that a trace line of part
+// announces, once the client has read it.
+func (o *demoOut) literalAfter(part, dir, line string) {
+	if dir != "S" {
+		return
+	}
+	if m := demoLiteralRE.FindStringSubmatch(line); m == nil || m[1] == "0" {
+		return
+	}
+	o.mu.Lock()
+	ch := o.literals
+	if o.literalPart != part {
+		ch = nil
+	}
+	o.mu.Unlock()
+	if ch == nil {
+		return
+	}
+	select {
+	case lit := <-ch:
+		for _, l := range literalLines(lit) {
+			o.emit(event{Kind: "trace", Part: part, Dir: "S", Text: l})
+		}
+	case <-time.After(literalWait):
+	}
 }
 
 // stop drops whatever the servers still log after the demo is over.
@@ -57,22 +96,29 @@ func (o *demoOut) emit(e event) {
 		fmt.Fprintf(o.w, "%s\n", b)
 		return
 	}
+	writeEventText(o.w, e)
+}
+
+// writeEventText prints e as a line of the demo's text output. The text and
+// JSON outputs are the same stream of events, so that a JSON line rendered
+// here gives exactly the text line.
+func writeEventText(w io.Writer, e event) {
 	switch e.Kind {
 	case "step":
-		fmt.Fprintf(o.w, "\n== %s\n", e.Text)
+		fmt.Fprintf(w, "\n== %s\n", e.Text)
 	case "note":
-		fmt.Fprintf(o.w, "   %s\n", e.Text)
+		fmt.Fprintf(w, "   %s\n", e.Text)
 	case "trace":
-		fmt.Fprintf(o.w, "   %-16s %s: %s\n", "["+e.Part+"]", e.Dir, e.Text)
+		fmt.Fprintf(w, "   %-16s %s: %s\n", "["+e.Part+"]", e.Dir, e.Text)
 	case "event":
 		var kv []string
 		for k, v := range e.Attrs {
 			kv = append(kv, k+"="+v)
 		}
 		sortStrings(kv)
-		fmt.Fprintf(o.w, "   %-16s (%s) %s\n", "["+e.Part+"]", e.Text, strings.Join(kv, " "))
+		fmt.Fprintf(w, "   %-16s (%s) %s\n", "["+e.Part+"]", e.Text, strings.Join(kv, " "))
 	case "result":
-		fmt.Fprintf(o.w, "\n%s\n", e.Text)
+		fmt.Fprintf(w, "\n%s\n", e.Text)
 	}
 }
 
@@ -119,8 +165,16 @@ func (h *demoHandler) Handle(_ context.Context, r slog.Record) error {
 		add(a)
 	}
 	r.Attrs(add)
+	if r.Message == "listening" {
+		// Servers start listening on their own goroutines, so their
+		// "listening" records would land anywhere in the output; the
+		// demo prints every listener, labelled with its service, in
+		// step 1 instead (demo.intro).
+		return nil
+	}
 	if r.Message == "trace" {
 		h.out.emit(event{Kind: "trace", Part: h.part, Dir: attrs["dir"], Text: attrs["line"]})
+		h.out.literalAfter(h.part, attrs["dir"], attrs["line"])
 		return nil
 	}
 	for _, k := range []string{"session", "part", "proto", "listener", "remote"} {

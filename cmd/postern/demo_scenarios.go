@@ -80,10 +80,14 @@ func (d *demo) submitPlain(ctx context.Context, to, subject string) error {
 	if err != nil {
 		return err
 	}
+	tw := &traceWriter{out: d.out, part: "alice client"}
+	clientTLS, err := d.submissionTLS(a, tw)
+	if err != nil {
+		return err
+	}
 	reply, err := submit(ctx, submission{
-		addr: a.submission, mode: tlsNone, helo: "alice-laptop.alpha.test",
-		user: a.user, password: a.password, from: a.user, to: []string{to}, msg: msg,
-		trace: &traceWriter{out: d.out, part: "alice client"},
+		addr: a.submission, mode: tlsStartTLS, tls: clientTLS, helo: "alice-laptop.alpha.test",
+		user: a.user, password: a.password, from: a.user, to: []string{to}, msg: msg, trace: tw,
 	})
 	if err != nil {
 		return err

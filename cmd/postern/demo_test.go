@@ -4,43 +4,66 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 )
 
-func TestDemo(t *testing.T) {
-	code, out, errOut := runIn(t, "", "demo")
-	if code != exitOK {
-		t.Fatalf("demo: exit %d\n%s\n%s", code, out, errOut)
-	}
-	// The steps in order, each with what it must show from the real sessions.
-	want := []string{
-		"== 1. Two mail domains",
-		"== 2. alice submits",
-		"MAIL FROM:<alice@alpha.test>", "RCPT TO:<bob@beta.test>",
-		"C: AUTH PLAIN [credentials redacted]",
-		"== 3. The message waits in alpha's outbound queue", "to <bob@beta.test> (domain beta.test)",
-		"signed it with alpha.test's keys", "+ DKIM-Signature: a=ed25519-sha256;", "d=alpha.test;", "+ DKIM-Signature: a=rsa-sha256;",
-		"== 4. The relay looks up", "beta.test\tmail exchanger = 10 mx.beta.test.", "mx.beta.test\tinternet address = 127.0.0.3",
-		"== 5. alpha's relay delivers", "[alpha relay]    C: EHLO mx.alpha.test", "C: STARTTLS", "(delivered)",
-		"== 6. The message in bob's INBOX", "+ Return-Path: <alice@alpha.test>",
-		"+ Authentication-Results: mx.beta.test; spf=pass smtp.mailfrom=alpha.test; dkim=pass", "dmarc=pass header.from=alpha.test",
-		"+ Received: from mx.alpha.test ([127.0.0.2]) by mx.beta.test", "+ Received: from alice-laptop.alpha.test",
-		"+ Date:", "+ Message-ID:", "  Subject:",
-		"== 7. bob reads it over POP3", "state: AUTHORIZATION", "C: PASS ***", "state: TRANSACTION", "C: RETR 1", "state: UPDATE",
-		"== 8. bob looks at it over IMAP", "C: T1 LOGIN ***", "FETCH 1 (BODYSTRUCTURE)", "part 2: text/plain", "file notes.txt",
-		"FETCH 1 (BODY.PEEK[1])", "S: * BYE",
-		"OK: the message arrived intact",
-	}
+// demoFlowWant is what `postern demo` must show, in this order.
+var demoFlowWant = []string{
+	"== 1. Two mail domains",
+	"[alpha smtp]     (listening) addr=127.0.0.2:", "service=MX",
+	"[alpha smtp]     (listening) addr=127.0.0.2:", "service=submission",
+	"[alpha pop3]     (listening) addr=127.0.0.2:", "service=POP3",
+	"[alpha imap]     (listening) addr=127.0.0.2:", "service=IMAP",
+	"[beta smtp]      (listening) addr=127.0.0.3:", "service=MX",
+	"[beta smtp]      (listening) addr=127.0.0.3:", "service=submission",
+	"[beta pop3]      (listening) addr=127.0.0.3:", "service=POP3",
+	"[beta imap]      (listening) addr=127.0.0.3:", "service=IMAP",
+	"== 2. alice submits",
+	"MAIL FROM:<alice@alpha.test>", "RCPT TO:<bob@beta.test>",
+	"[alice client]   C: STARTTLS", "certificate check: the server shows \"mx.alpha.test\"",
+	"verified: signed by a certificate alice's mail program trusts", "TLS established (TLS 1.3)",
+	"[alice client]   C: EHLO alice-laptop.alpha.test", "C: AUTH PLAIN [credentials redacted]",
+	"size: ", "bytes as alice's mail program wrote them, announced as SIZE=",
+	"== 3. The message waits in alpha's outbound queue", "to <bob@beta.test> (domain beta.test)",
+	"bytes submitted -> ", "bytes in the queue (+", "alpha's submission server added DKIM-Signature (2), Received, Date, Message-ID",
+	"signed it with alpha.test's keys", "+ DKIM-Signature: a=ed25519-sha256;", "d=alpha.test;", "+ DKIM-Signature: a=rsa-sha256;",
+	"== 4. The relay looks up", "beta.test\tmail exchanger = 10 mx.beta.test.", "mx.beta.test\tinternet address = 127.0.0.3",
+	"== 5. alpha's relay delivers", "[alpha relay]    C: EHLO mx.alpha.test", "C: STARTTLS", "verified=false", "(delivered)",
+	"octets sent after DATA (+3): the line \".\" that ends the data",
+	"verified=false: beta's certificate is self-signed", "opportunistic (RFC 3207, RFC 7435)", "MTA-STS (RFC 8461) or DANE (RFC 7672)",
+	"== 6. The message in bob's INBOX", "bytes stored in bob's INBOX (+", "beta's MX added Return-Path, Authentication-Results, Received",
+	"+ Return-Path: <alice@alpha.test>",
+	"+ Authentication-Results: mx.beta.test; spf=pass smtp.mailfrom=alpha.test; dkim=pass", "dmarc=pass header.from=alpha.test",
+	"+ Received: from mx.alpha.test ([127.0.0.2]) by mx.beta.test", "+ Received: from alice-laptop.alpha.test",
+	"+ Date:", "+ Message-ID:", "  Subject:",
+	"== 7. bob reads it over POP3", "state: AUTHORIZATION", "C: PASS ***", "state: TRANSACTION", "C: RETR 1", "state: UPDATE",
+	"== 8. bob looks at it over IMAP", "C: T1 LOGIN ***", "FETCH 1 (BODYSTRUCTURE)", "part 2: text/plain", "file notes.txt",
+	"FETCH 1 (BODY.PEEK[1])", "[beta imap]      S: * 1 FETCH (BODY[1] {", "[beta imap]      S: Hello Bob,",
+	"[beta imap]      S: this message went through DNS, SMTP, a queue and a relay.", "[beta imap]      S: Alice",
+	"[beta imap]      S: )", "S: * BYE",
+	"OK: the message arrived intact",
+}
+
+// wantInOrder fails t unless out contains each of want, in order.
+func wantInOrder(t *testing.T, out string, want []string) {
+	t.Helper()
 	rest := out
 	for _, w := range want {
 		i := strings.Index(rest, w)
 		if i < 0 {
-			t.Fatalf("demo output lacks %q (in order):\n%s", w, out)
+			t.Fatalf("output lacks %q (in order):\n%s", w, out)
 		}
 		rest = rest[i+len(w):]
 	}
+}
+
+// noPasswords fails t if out shows a demo user's password.
+func noPasswords(t *testing.T, out string) {
+	t.Helper()
 	for _, secret := range []string{"alice-demo-password", "bob-demo-password"} {
 		if strings.Contains(out, secret) {
 			t.Errorf("demo output shows the password %q", secret)
@@ -48,26 +71,125 @@ func TestDemo(t *testing.T) {
 	}
 }
 
-func TestDemoJSON(t *testing.T) {
-	code, out, errOut := runIn(t, "", "demo", "-json")
-	if code != exitOK {
-		t.Fatalf("demo -json: exit %d\n%s", code, errOut)
-	}
-	kinds := map[string]int{}
+// demoEvents parses the output of `postern demo -json`.
+func demoEvents(t *testing.T, out string) []event {
+	t.Helper()
+	var events []event
 	sc := bufio.NewScanner(strings.NewReader(out))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		var e event
 		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
 			t.Fatalf("not a JSON line: %q: %v", sc.Text(), err)
 		}
+		events = append(events, e)
+	}
+	return events
+}
+
+// demoJSONText renders the events of `postern demo -json` as the text
+// output prints them.
+func demoJSONText(events []event) string {
+	var b strings.Builder
+	for _, e := range events {
+		writeEventText(&b, e)
+	}
+	return b.String()
+}
+
+// listenersInStep1 checks that the lines of out between the step 1 and
+// step 2 headings hold all eight listeners, and that no listener is
+// announced elsewhere.
+func listenersInStep1(t *testing.T, out string) {
+	t.Helper()
+	_, after, _ := strings.Cut(out, "\n== 1. ")
+	step1, rest, _ := strings.Cut(after, "\n== 2. ")
+	if n := strings.Count(step1, "(listening)"); n != 8 {
+		t.Errorf("step 1 announces %d listeners, want 8:\n%s", n, step1)
+	}
+	if strings.Contains(rest, "(listening)") || strings.Contains(strings.Split(out, "\n== 1. ")[0], "(listening)") {
+		t.Errorf("a listener is announced outside step 1:\n%s", out)
+	}
+}
+
+func TestDemo(t *testing.T) {
+	code, out, errOut := runIn(t, "", "demo")
+	if code != exitOK {
+		t.Fatalf("demo: exit %d\n%s\n%s", code, out, errOut)
+	}
+	wantInOrder(t, out, demoFlowWant)
+	listenersInStep1(t, out)
+	noPasswords(t, out)
+	sizesAgree(t, out)
+}
+
+// sizesAgree checks the demo's size lines against what the sessions
+// themselves said: the SIZE parameter alice sent, the octets alpha's relay
+// wrote after DATA, the size beta's MX stored and POP3 reported.
+func sizesAgree(t *testing.T, out string) {
+	t.Helper()
+	find := func(pattern string) []string {
+		t.Helper()
+		m := regexp.MustCompile(pattern).FindStringSubmatch(out)
+		if m == nil {
+			t.Fatalf("output lacks %s:\n%s", pattern, out)
+		}
+		return m[1:]
+	}
+	submitted := find(`\[alice client\]   C: MAIL FROM:<alice@alpha.test> BODY=8BITMIME SIZE=(\d+)`)[0]
+	line := find(`size: (\d+) bytes as alice's mail program wrote them, announced as SIZE=(\d+)`)
+	queuedLine := find(`size: (\d+) bytes submitted -> (\d+) bytes in the queue \(\+(\d+)\)`)
+	queued := find(`\[alpha smtp\]     \(message accepted\) .* size=(\d+)`)[0]
+	relayed := find(`\[alpha relay\]    C: MAIL FROM:<alice@alpha.test> BODY=8BITMIME SIZE=(\d+)`)[0]
+	wire := find(`\[alpha relay\]    C: <(\d+) octets of message data>`)[0]
+	wireLine := find(`size: (\d+) bytes in the queue, announced as SIZE=(\d+) -> (\d+) octets sent after DATA`)
+	stored := find(`\[beta smtp\]      \(message accepted\) .* size=(\d+)`)[0]
+	storedLine := find(`size: (\d+) bytes received \(the (\d+) octets without what SMTP added\) -> (\d+) bytes stored`)
+	popped := find(`\[beta pop3\]      S: \+OK (\d+) octets`)[0]
+	for _, c := range [][2]string{
+		{line[0], submitted}, {line[1], submitted}, {queuedLine[0], submitted},
+		{queuedLine[1], queued}, {wireLine[0], queued}, {wireLine[1], relayed}, {relayed, queued},
+		{wireLine[2], wire}, {storedLine[0], queued}, {storedLine[1], wire},
+		{storedLine[2], stored}, {popped, stored},
+	} {
+		if c[0] != c[1] {
+			t.Errorf("a size line says %s where the session says %s", c[0], c[1])
+		}
+	}
+	a, _ := strconv.Atoi(queuedLine[0])
+	b, _ := strconv.Atoi(queuedLine[1])
+	if d, _ := strconv.Atoi(queuedLine[2]); d != b-a {
+		t.Errorf("%d -> %d is not +%d", a, b, d)
+	}
+}
+
+// TestDemoJSON checks that -json carries the same events, in the same
+// order, as the text output: rendered as text, the JSON events show the
+// same lines.
+func TestDemoJSON(t *testing.T) {
+	code, out, errOut := runIn(t, "", "demo", "-json")
+	if code != exitOK {
+		t.Fatalf("demo -json: exit %d\n%s", code, errOut)
+	}
+	events := demoEvents(t, out)
+	kinds := map[string]int{}
+	for _, e := range events {
 		kinds[e.Kind]++
 		if e.Kind == "trace" && (e.Part == "" || (e.Dir != "C" && e.Dir != "S")) {
 			t.Errorf("trace event without part or direction: %+v", e)
+		}
+		if e.Kind == "event" && e.Text == "listening" && !strings.HasPrefix(e.Step, "1. ") {
+			t.Errorf("listener announced in step %q: %+v", e.Step, e)
 		}
 	}
 	if kinds["step"] < 8 || kinds["trace"] < 30 || kinds["result"] != 1 {
 		t.Errorf("event counts %v", kinds)
 	}
+	text := demoJSONText(events)
+	wantInOrder(t, text, demoFlowWant)
+	listenersInStep1(t, text)
+	noPasswords(t, out)
+	sizesAgree(t, text)
 }
 
 func TestDemoKeep(t *testing.T) {
@@ -115,7 +237,7 @@ func TestDemoScenarios(t *testing.T) {
 	for name, want := range map[string][]string{
 		"big-message":       {"over 64 KiB", "OK: the message arrived intact"},
 		"dead-mx":           {"mail exchanger = 5 mx1.beta.test.", "(mail exchanger unusable)", "connection refused", "[alpha relay]    C: EHLO mx.alpha.test", "OK: the message arrived intact"},
-		"unknown-recipient": {"RCPT TO:<nobody@beta.test>", "550 5.1.1", "| Action: failed", "| Status: 5.1.1", "OK: the refusal came back"},
+		"unknown-recipient": {"[alice client]   C: STARTTLS", "verified: signed by", "C: AUTH PLAIN [credentials redacted]", "RCPT TO:<nobody@beta.test>", "550 5.1.1", "| Action: failed", "| Status: 5.1.1", "OK: the refusal came back"},
 		"spoof": {"_dmarc.alpha.test. 300 IN TXT \"v=DMARC1; p=reject\"", "A forger at 127.0.0.66",
 			"[forger client]  C: MAIL FROM:<alice@alpha.test>", "(message refused)", "S: 550 5.7.1",
 			"_dmarc.alpha.test\tTXT\t\"v=DMARC1; p=reject\"", "OK: the forgery was refused with 550 5.7.1"},
@@ -126,17 +248,89 @@ func TestDemoScenarios(t *testing.T) {
 			if code != exitOK {
 				t.Fatalf("exit %d\n%s\n%s", code, out, errOut)
 			}
-			rest := out
-			for _, w := range want {
-				i := strings.Index(rest, w)
-				if i < 0 {
-					t.Fatalf("output lacks %q (in order):\n%s", w, out)
-				}
-				rest = rest[i+len(w):]
+			wantInOrder(t, out, want)
+			listenersInStep1(t, out)
+			noPasswords(t, out)
+			// -json carries the same events, in the same order.
+			code, jsonOut, errOut := runIn(t, "", "demo", "-json", "-scenario", name)
+			if code != exitOK {
+				t.Fatalf("-json: exit %d\n%s\n%s", code, jsonOut, errOut)
 			}
+			text := demoJSONText(demoEvents(t, jsonOut))
+			wantInOrder(t, text, want)
+			listenersInStep1(t, text)
+			noPasswords(t, jsonOut)
 			if name == "mailstorm" && strings.Contains(out, "copies in the queues now: 2") {
 				t.Errorf("the storm multiplied copies:\n%s", out)
 			}
 		})
+	}
+}
+
+// TestDemoSubmissionChecksCertificate shows that alice's certificate check
+// is real: trusting beta's certificate only, she cannot start TLS with
+// alpha's submission server, and no password is sent.
+func TestDemoSubmissionChecksCertificate(t *testing.T) {
+	var buf syncBuffer
+	sc, _ := findScenario("flow")
+	d, err := startDemo(&demoOut{w: &buf}, sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.close()
+	tw := &traceWriter{out: d.out, part: "alice client"}
+	wrongTLS, err := d.submissionTLS(d.beta, tw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err = submit(ctx, submission{
+		addr: d.alpha.submission, mode: tlsStartTLS, tls: wrongTLS, helo: "alice-laptop.alpha.test",
+		user: d.alpha.user, password: d.alpha.password, from: d.alpha.user, to: []string{d.beta.user},
+		msg: []byte("Subject: x\r\n\r\nx\r\n"), trace: tw,
+	})
+	if err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("submission trusting the wrong certificate: %v, want a certificate error", err)
+	}
+	out := buf.String()
+	if strings.Contains(out, "verified: signed by") || strings.Contains(out, "C: AUTH") {
+		t.Errorf("the check passed or credentials were sent:\n%s", out)
+	}
+}
+
+// TestDemoLiteralTap feeds the tap a server's FETCH responses in small
+// pieces: each literal is found whole, and a long one is printed cut, with
+// the count of the bytes not shown.
+func TestDemoLiteralTap(t *testing.T) {
+	long := strings.Repeat("0123456789abcdefghij0123456789abcdefghij0123456789abcdefghij0123456789\r\n", 40)
+	stream := "* OK ready\r\n* 1 FETCH (BODY[1] {12}\r\nHello\r\nBob\r\n)\r\nT1 OK done\r\n" +
+		"* 2 FETCH (BODY[] {" + strconv.Itoa(len(long)) + "}\r\n" + long + ")\r\nT2 OK done\r\n"
+	found := make(chan literal, 4)
+	tap := &literalTap{found: found}
+	for b := []byte(stream); len(b) > 0; {
+		n := min(len(b), 7)
+		tap.scan(b[:n])
+		b = b[n:]
+	}
+	close(found)
+	var lits []literal
+	for l := range found {
+		lits = append(lits, l)
+	}
+	if len(lits) != 2 {
+		t.Fatalf("found %d literals, want 2", len(lits))
+	}
+	if got := literalLines(lits[0]); strings.Join(got, "|") != "Hello|Bob" {
+		t.Errorf("short literal shown as %q", got)
+	}
+	got := literalLines(lits[1])
+	if len(got) < 2 || len(got) > maxLiteralLines+1 || got[0] != long[:strings.Index(long, "\r")] {
+		t.Fatalf("long literal shown as %q", got)
+	}
+	rest := len(long) - maxLiteralShown
+	want := "[... " + strconv.Itoa(rest) + " more bytes of the " + strconv.Itoa(len(long)) + "-byte literal]"
+	if got[len(got)-1] != want {
+		t.Errorf("long literal ends %q, want %q", got[len(got)-1], want)
 	}
 }
