@@ -260,6 +260,11 @@ func TestDemoScenarios(t *testing.T) {
 			wantInOrder(t, text, want)
 			listenersInStep1(t, text)
 			noPasswords(t, jsonOut)
+			if name == "unknown-recipient" && strings.Contains(out, "[alpha relay]    C: RSET") {
+				// QUIT ends the refused transaction; an RSET before it
+				// would make go-smtp's client greet again.
+				t.Errorf("the relay sent RSET just before QUIT:\n%s", out)
+			}
 			if name == "mailstorm" && strings.Contains(out, "copies in the queues now: 2") {
 				t.Errorf("the storm multiplied copies:\n%s", out)
 			}

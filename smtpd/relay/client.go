@@ -114,6 +114,11 @@ type session struct {
 	maxSize             int64 // the server's SIZE limit; 0: none given
 	sent                int   // transactions done
 	broken              bool  // the connection cannot be used any more
+	// open: a transaction was left open (no recipient taken, or DATA
+	// refused). The next transaction ends it with RSET first; QUIT ends
+	// it anyway (RFC 5321 4.1.1.10), and go-smtp's client greets again
+	// after RSET, so an RSET just before QUIT would cost an EHLO.
+	open bool
 }
 
 // errTLSRefused is a STARTTLS refused by the server; the session goes on
@@ -320,6 +325,17 @@ func (s *session) send(ctx context.Context, tx *transaction) []attempt {
 			opts.EnvelopeID = e.EnvID
 		}
 	}
+	if s.open {
+		if err := s.c.Reset(); err != nil {
+			// A server that will not end a transaction has said nothing
+			// about these recipients: try them again later, elsewhere.
+			s.broken = true
+			a := asAttempt(s.host, "RSET", err)
+			a.Permanent = false
+			return allSame(n, a)
+		}
+		s.open = false
+	}
 	if err := s.c.Mail(smtpPath(e.Sender), opts); err != nil {
 		return allSame(n, s.fail("MAIL FROM", err))
 	}
@@ -339,10 +355,9 @@ func (s *session) send(ctx context.Context, tx *transaction) []attempt {
 		accepted = append(accepted, i)
 	}
 	if len(accepted) == 0 {
-		// The transaction is open with no recipient: end it.
-		if err := s.c.Reset(); err != nil {
-			s.broken = true
-		}
+		// The transaction is open with no recipient: the next one, if
+		// any, ends it.
+		s.open = true
 		return out
 	}
 	setAll := func(a attempt) []attempt {
@@ -357,10 +372,7 @@ func (s *session) send(ctx context.Context, tx *transaction) []attempt {
 	if err != nil {
 		a := s.fail("DATA", err)
 		if !s.broken {
-			// The transaction may still be open: end it.
-			if err := s.c.Reset(); err != nil {
-				s.broken = true
-			}
+			s.open = true // the transaction may still be open
 		}
 		return setAll(a)
 	}
