@@ -229,6 +229,19 @@ CREATE TRIGGER body_text_remove AFTER DELETE ON bodies BEGIN
 	DELETE FROM body_text WHERE rowid = OLD.id;
 END;
 `,
+	// 9: MTA-STS policies of destination domains (RFC 8461 5.1: a sender
+	// keeps a domain's policy until its max_age passes, across restarts),
+	// as fetched; the relay parses them. id is the TXT record's id the
+	// policy was fetched under, expires the fetch time plus max_age.
+	`
+CREATE TABLE mtasts_policies (
+	domain  TEXT PRIMARY KEY,
+	id      TEXT NOT NULL,
+	policy  BLOB NOT NULL,
+	fetched INTEGER NOT NULL,
+	expires INTEGER NOT NULL
+);
+`,
 }
 
 // migrate applies the migrations the database has not seen yet.
