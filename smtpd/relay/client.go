@@ -131,7 +131,10 @@ var errTLSHandshake = errors.New("TLS handshake failed")
 // connect opens a session with the first mail exchanger that answers,
 // trying each host's addresses in order. When none does, the attempt says
 // why; it is permanent only when every server answered with a 5xx.
-func (r *Relay) connect(ctx context.Context, hosts []MXHost) (*session, attempt) {
+//
+// With an MTA-STS policy in enforce mode, a server only counts when its
+// TLS is verified for its name: no plaintext fallback (RFC 8461 4.2).
+func (r *Relay) connect(ctx context.Context, hosts []MXHost, sts *stsPolicy) (*session, attempt) {
 	var errs []error
 	allPermanent := true
 	dials := 0
@@ -142,11 +145,17 @@ func (r *Relay) connect(ctx context.Context, hosts []MXHost) (*session, attempt)
 			}
 			dials++
 			addr := netip.AddrPortFrom(a, uint16(r.cfg.Port))
-			s, att := r.open(ctx, h.Host, addr, !r.tlsBroken(addr))
+			enforce := sts != nil && sts.mode == stsEnforce
+			s, att := r.open(ctx, h.Host, addr, enforce || !r.tlsBroken(addr))
 			if !att.failed() {
-				return s, att
+				if err := stsCheckSession(sts, s); err != nil {
+					s.close()
+					att = temporary(failure(statusSTS, h.Host, err))
+				} else {
+					return s, att
+				}
 			}
-			if errors.Is(att.Err, errTLSHandshake) {
+			if errors.Is(att.Err, errTLSHandshake) && !enforce {
 				// RFC 7435 (opportunistic security): after a failed
 				// handshake, the same server in plaintext.
 				r.markTLSBroken(addr)

@@ -23,12 +23,14 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"slices"
 	"strings"
@@ -105,6 +107,18 @@ type Config struct {
 	// (hold.go): an entry goes out only once released by QueueRetry.
 	// With Hold off, Run first releases what an earlier run held.
 	Hold bool
+
+	// MTASTS turns on outbound MTA-STS (RFC 8461, mtasts.go): policies
+	// are fetched over HTTPS, cached in the store, and enforced. Zero: off.
+	MTASTS bool
+	// MTASTSRootCAs verifies the policy servers' certificates. Default
+	// (nil): the system's roots; tests give their own CA.
+	MTASTSRootCAs *x509.CertPool
+	// MTASTSPort is the HTTPS port of policy servers. Default 443; tests
+	// change it.
+	MTASTSPort int
+	// MTASTSTimeout bounds one policy fetch. Default one minute.
+	MTASTSTimeout time.Duration
 }
 
 // Defaults of Config.
@@ -159,6 +173,7 @@ type Relay struct {
 	busy      int             // queue entries in running jobs
 	tlsFailed map[netip.AddrPort]time.Time
 	localIPs  map[netip.Addr]bool // nil until needed
+	stsClient *http.Client        // fetches MTA-STS policies
 	jobs      sync.WaitGroup
 }
 
@@ -192,6 +207,10 @@ func New(cfg Config, store *mailstore.Store) *Relay {
 	def(&cfg.GiveUpAfter, defaultGiveUpAfter)
 	def(&cfg.DelayWarning, defaultDelayWarning)
 	def(&cfg.PollInterval, defaultPollInterval)
+	def(&cfg.MTASTSTimeout, defaultMTASTSTimeout)
+	if cfg.MTASTSPort <= 0 || cfg.MTASTSPort > 65535 {
+		cfg.MTASTSPort = 443
+	}
 	cfg.Timeouts = cfg.Timeouts.withDefaults()
 	if cfg.MaxConns <= 0 {
 		cfg.MaxConns = defaultMaxConns
@@ -220,6 +239,7 @@ func New(cfg Config, store *mailstore.Store) *Relay {
 		}
 		r.resolver = res
 	}
+	r.stsClient = r.newSTSClient()
 	return r
 }
 
@@ -369,9 +389,10 @@ func transactions(domain string, entries []mailstore.QueueEntry) []*transaction 
 type workList struct {
 	mu    sync.Mutex
 	txs   []*transaction
-	live  int      // sessions open
-	down  *attempt // why no connection could be opened, once that happened
-	dirty bool     // some bookkeeping failed
+	live  int        // sessions open
+	down  *attempt   // why no connection could be opened, once that happened
+	sts   *stsPolicy // the domain's MTA-STS policy; nil: none
+	dirty bool       // some bookkeeping failed
 }
 
 func (w *workList) next() *transaction {
@@ -390,6 +411,10 @@ func (w *workList) next() *transaction {
 func (r *Relay) deliverDomain(ctx context.Context, domain string, entries []mailstore.QueueEntry) (clean bool) {
 	w := &workList{txs: transactions(domain, entries)}
 	hosts, route := r.route(ctx, domain)
+	if !route.failed() {
+		w.sts = r.stsPolicyFor(ctx, domain)
+		hosts, route = r.stsHosts(domain, w.sts, hosts)
+	}
 	if route.failed() {
 		r.log.Info("no route", "domain", domain, "err", route.Err, "permanent", route.Permanent)
 		for _, tx := range w.txs {
@@ -452,7 +477,7 @@ func (r *Relay) worker(ctx context.Context, hosts []MXHost, w *workList) {
 				continue
 			}
 			var att attempt
-			s, att = r.connect(ctx, hosts)
+			s, att = r.connect(ctx, hosts, w.sts)
 			if att.failed() {
 				<-r.slots
 				w.mu.Lock()
