@@ -105,6 +105,10 @@ type RelayConfig struct {
 	// Hold keeps outbound mail in the queue instead of delivering it
 	// (test environments); `postern queue retry ID` releases one entry.
 	Hold bool `toml:"hold"`
+	// MTASTS honours the recipient domains' MTA-STS policies (RFC 8461):
+	// in enforce mode mail goes only to the listed MX hosts over verified
+	// TLS, else it waits in the queue.
+	MTASTS bool `toml:"mta_sts"`
 }
 
 // LogConfig selects the log/slog handler.
@@ -144,7 +148,7 @@ func defaultConfig() *Config {
 		Submission: ListenerConfig{Listen: "127.0.0.1:5870", ListenTLS: "127.0.0.1:4650"},
 		POP3:       ListenerConfig{Listen: "127.0.0.1:1100", ListenTLS: "127.0.0.1:9950"},
 		IMAP:       ListenerConfig{Listen: "127.0.0.1:1430", ListenTLS: "127.0.0.1:9930"},
-		Relay:      RelayConfig{Port: 25},
+		Relay:      RelayConfig{Port: 25, MTASTS: true},
 		Log:        LogConfig{Level: "info", Format: "text"},
 		Limits:     defaultLimits(),
 		Auth:       AuthConfig{MinPasswordLength: defaultMinPasswordLength},
@@ -183,7 +187,7 @@ func fileDefaults() *Config {
 		Submission: ListenerConfig{Listen: ":587", ListenTLS: ":465"},
 		POP3:       ListenerConfig{Listen: ":110", ListenTLS: ":995"},
 		IMAP:       ListenerConfig{Listen: ":143", ListenTLS: ":993"},
-		Relay:      RelayConfig{Port: 25},
+		Relay:      RelayConfig{Port: 25, MTASTS: true},
 		Log:        LogConfig{Level: "info", Format: "text"},
 		Limits:     defaultLimits(),
 		Auth:       AuthConfig{MinPasswordLength: defaultMinPasswordLength},

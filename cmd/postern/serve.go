@@ -349,7 +349,7 @@ func buildServers(env *serveEnv) ([]namedServer, error) {
 	env.relay = relay.New(relay.Config{
 		Hostname: env.cfg.Hostname, Resolver: relayResolver{env.resolver}, Port: env.cfg.Relay.Port,
 		Logger: env.log.With("part", "relay"), Trace: env.cfg.Log.Trace, LocalAddrs: local,
-		Hold: env.cfg.Relay.Hold,
+		Hold: env.cfg.Relay.Hold, MTASTS: env.cfg.Relay.MTASTS,
 	}, env.store)
 	servers = append(servers, namedServer{name: "relay", srv: env.relay})
 	return servers, nil
