@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapclient"
 	"github.com/emersion/go-msgauth/dkim"
 	"github.com/emersion/go-smtp"
 
@@ -124,4 +126,63 @@ func TestServeSignsAndChecks(t *testing.T) {
 	if !strings.Contains(string(checked), "Authentication-Results: mail.example.test;") || !strings.Contains(string(checked), "spf=pass smtp.mailfrom=friend.test") {
 		t.Errorf("friend.test's message:\n%s", checked)
 	}
+}
+
+// A message failing DMARC for a domain with p=quarantine is accepted by
+// serve's MX and lands in the recipient's Junk mailbox, which IMAP lists
+// with \Junk; INBOX stays empty.
+func TestServeQuarantineToJunk(t *testing.T) {
+	d := msgauthtest.NewDNS(t)
+	d.Add(t,
+		`shop.test. 300 IN TXT "v=spf1 ip4:192.0.2.1 -all"`,
+		`_dmarc.shop.test. 300 IN TXT "v=DMARC1; p=quarantine"`,
+	)
+	r := startServeDNS(t, d.Addr, "")
+	r.addUser(t, "bob@example.test", "bob's password")
+	forged := "From: Shop <news@shop.test>\r\nTo: bob@example.test\r\nSubject: a great offer\r\n\r\nbuy\r\n"
+	if err := sendPlain(r.addrs["smtp"], "news@shop.test", "bob@example.test", forged); err != nil {
+		t.Fatalf("quarantined message refused: %v", err)
+	}
+	c, err := imapclient.DialInsecure(r.addrs["imap"], nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login("bob@example.test", "bob's password").Wait(); err != nil {
+		t.Fatal(err)
+	}
+	boxes, err := c.List("", "*", nil).Collect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	junk := ""
+	for _, b := range boxes {
+		for _, a := range b.Attrs {
+			if a == imap.MailboxAttrJunk {
+				junk = b.Mailbox
+			}
+		}
+	}
+	if junk == "" {
+		t.Fatalf("no mailbox with \\Junk in %+v", boxes)
+	}
+	sel, err := c.Select(junk, nil).Wait()
+	if err != nil || sel.NumMessages != 1 {
+		t.Fatalf("SELECT %s: %+v %v, want 1 message", junk, sel, err)
+	}
+	msgs, err := c.Fetch(imap.SeqSetNum(1), &imap.FetchOptions{BodySection: []*imap.FetchItemBodySection{{Specifier: imap.PartSpecifierHeader, Peek: true}}}).Collect()
+	if err != nil || len(msgs) != 1 {
+		t.Fatalf("FETCH: %v", err)
+	}
+	var header []byte
+	for _, b := range msgs[0].BodySection {
+		header = b.Bytes
+	}
+	if !bytes.Contains(header, []byte("dmarc=fail")) {
+		t.Errorf("the quarantined copy's header lacks dmarc=fail:\n%s", header)
+	}
+	if sel, err := c.Select("INBOX", nil).Wait(); err != nil || sel.NumMessages != 0 {
+		t.Fatalf("INBOX: %+v %v, want empty", sel, err)
+	}
+	c.Logout().Wait()
 }
