@@ -241,6 +241,15 @@ func TestDemoScenarios(t *testing.T) {
 		"spoof": {"_dmarc.alpha.test. 300 IN TXT \"v=DMARC1; p=reject\"", "A forger at 127.0.0.66",
 			"[forger client]  C: MAIL FROM:<alice@alpha.test>", "(message refused)", "S: 550 5.7.1",
 			"_dmarc.alpha.test\tTXT\t\"v=DMARC1; p=reject\"", "OK: the forgery was refused with 550 5.7.1"},
+		"null-mx": {"gamma.test. 300 IN MX 0 .", "C: RCPT TO:<carol@gamma.test>", "gamma.test\tmail exchanger = 0 .",
+			"accepts no mail (null MX, RFC 7505)", "(no route) domain=gamma.test", "status=5.1.10", "| Status: 5.1.10", "OK: the null MX was refused"},
+		"implicit-mx": {"gamma.test. 300 IN A 127.0.0.3", "C: RCPT TO:<bob@gamma.test>", "gamma.test has no MX records",
+			"gamma.test\tinternet address = 127.0.0.3", "[alpha relay]    C: RCPT TO:<bob@gamma.test>", "(delivered)", "To: <bob@gamma.test>",
+			"OK: with no MX record"},
+		"bcc": {"Bcc: carol@beta.test", "RCPT TO:<bob@beta.test>  RCPT TO:<carol@beta.test>",
+			"[alice client]   C: RCPT TO:<carol@beta.test>", "[alice client]   C: To: <bob@beta.test>",
+			"[alpha relay]    C: RCPT TO:<bob@beta.test>", "[alpha relay]    C: RCPT TO:<carol@beta.test>",
+			"carol@beta.test's copy: To: <bob@beta.test>", "mentions carol in its header: false", "OK: carol got the message"},
 		"mailstorm": {"hop  1: alpha.test -> beta.test", "carries 50 Received fields", "| Status: 5.4.6", "OK: the storm stopped"},
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -264,6 +273,12 @@ func TestDemoScenarios(t *testing.T) {
 				// QUIT ends the refused transaction; an RSET before it
 				// would make go-smtp's client greet again.
 				t.Errorf("the relay sent RSET just before QUIT:\n%s", out)
+			}
+			if name == "null-mx" && strings.Contains(out, "[alpha relay]    C: ") {
+				t.Errorf("the relay connected somewhere for a null MX domain:\n%s", out)
+			}
+			if name == "bcc" && strings.Contains(out, "C: Bcc:") {
+				t.Errorf("a Bcc field was sent:\n%s", out)
 			}
 			if name == "mailstorm" && strings.Contains(out, "copies in the queues now: 2") {
 				t.Errorf("the storm multiplied copies:\n%s", out)

@@ -1,0 +1,180 @@
+package main
+
+// More scenarios of `postern demo`: where mail goes when a domain has no MX
+// or a null MX, the envelope against the header (Bcc), POP3's UPDATE state,
+// and IMAP's \Seen flag and UIDs.
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/postern/postern/mime"
+	"github.com/postern/postern/smtpd/relay"
+)
+
+// gammaDomain is the third domain of the null-mx and implicit-mx
+// scenarios: it has no MX host of its own.
+const gammaDomain = "gamma.test"
+
+// showMX prints the relay's DNS lookup for domain, as step 4 of the flow
+// does, and returns it.
+func (d *demo) showMX(ctx context.Context, domain string) (relay.MXResult, error) {
+	mx, err := relay.LookupMX(ctx, d.resolver, domain)
+	if err != nil {
+		return mx, fmt.Errorf("MX lookup for %s: %w", domain, err)
+	}
+	var lookup bytes.Buffer
+	if err := printMX(&lookup, d.zone.addr, mx); err != nil {
+		return mx, fmt.Errorf("MX lookup for %s: %w", domain, err)
+	}
+	for _, line := range strings.Split(strings.TrimRight(lookup.String(), "\n"), "\n") {
+		d.out.note("%s", line)
+	}
+	return mx, nil
+}
+
+// nullMX: gamma.test publishes "MX 0 ." (RFC 7505): it takes no mail.
+// alpha's relay fails the message at once, without connecting anywhere,
+// and alice gets a report with status 5.1.10.
+func (d *demo) nullMX(ctx context.Context) error {
+	d.intro()
+	to := "carol@" + gammaDomain
+	d.out.beginStep("2. alice writes to " + to + ", whose domain publishes a null MX")
+	if err := d.submitPlain(ctx, to, "Anyone at gamma?"); err != nil {
+		return fmt.Errorf("step 2, submission: %w", err)
+	}
+	d.out.beginStep("3. The relay looks up gamma.test's MX: \"MX 0 .\" means no mail is accepted (RFC 7505 3)")
+	mx, err := d.showMX(ctx, gammaDomain)
+	if err != nil {
+		return fmt.Errorf("step 3: %w", err)
+	}
+	if !mx.NullMX {
+		return fmt.Errorf("step 3: %s has no null MX", gammaDomain)
+	}
+	d.out.note("-> the relay gives up at once: no connection, no retry (without the record, it would try the domain's A record, or retry for days where there is none)")
+	if err := d.alpha.relay.RunOnce(ctx); err != nil {
+		return fmt.Errorf("step 3, relay: %w", err)
+	}
+	d.out.beginStep("4. alice finds a delivery status report in her INBOX: status 5.1.10 (RFC 7505 4.2)")
+	status, err := d.showReport(ctx)
+	if err != nil {
+		return fmt.Errorf("step 4: %w", err)
+	}
+	if !strings.Contains(status, "5.1.10") || !strings.Contains(status, "Action: failed") {
+		return errors.New("step 4: the report does not say 5.1.10 failed")
+	}
+	d.out.emit(event{Kind: "result", Text: "OK: the null MX was refused without a connection, and alice was told with status 5.1.10."})
+	return nil
+}
+
+// implicitMX: gamma.test has no MX record, only an A record pointing at
+// beta's machine, which takes gamma.test's mail too (RFC 5321 5.1).
+func (d *demo) implicitMX(ctx context.Context) error {
+	b := d.beta
+	if err := b.store.AddDomain(ctx, gammaDomain); err != nil {
+		return err
+	}
+	to := "bob@" + gammaDomain
+	if err := b.store.AddAlias(ctx, to, b.user); err != nil {
+		return err
+	}
+	d.intro()
+	d.out.note("beta's Postern also receives mail for %s (%s is an alias of %s); %s has an A record and no MX record", gammaDomain, to, b.user, gammaDomain)
+	d.out.beginStep("2. alice writes to " + to)
+	if err := d.submitPlain(ctx, to, "Hello via the A record"); err != nil {
+		return fmt.Errorf("step 2, submission: %w", err)
+	}
+	d.out.beginStep("3. The relay looks up gamma.test's MX: there is none, so the domain's own A record is used (implicit MX, RFC 5321 5.1)")
+	mx, err := d.showMX(ctx, gammaDomain)
+	if err != nil {
+		return fmt.Errorf("step 3: %w", err)
+	}
+	if !mx.Implicit {
+		return fmt.Errorf("step 3: %s is not an implicit MX", gammaDomain)
+	}
+	d.out.beginStep("4. alpha's relay delivers to the A record's address, " + b.ip)
+	if err := d.alpha.relay.RunOnce(ctx); err != nil {
+		return fmt.Errorf("step 4, relay: %w", err)
+	}
+	if q, _ := d.alpha.store.Queue(ctx, time.Time{}, 0); len(q) != 0 {
+		return fmt.Errorf("step 4, relay: the message is still queued: %s", q[0].LastError)
+	}
+	d.out.beginStep("5. The message in bob's INBOX")
+	stored, err := inboxMessage(ctx, b)
+	if err != nil {
+		return fmt.Errorf("step 5: %w", err)
+	}
+	d.out.note("To: %s | Subject: %s", headerValue(stored, "To"), headerValue(stored, "Subject"))
+	d.out.emit(event{Kind: "result", Text: "OK: with no MX record, the message went to gamma.test's A record and arrived."})
+	return nil
+}
+
+// randomPassword is a password nobody is shown: for users the demo needs
+// only as recipients.
+func randomPassword() string {
+	b := make([]byte, 16)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// bcc: alice writes to bob and sends a blind copy to carol. carol is in
+// the envelope (RCPT TO) and nowhere in the header: her mail program
+// removed the Bcc field before sending (RFC 5322 3.6.3).
+func (d *demo) bcc(ctx context.Context) error {
+	a, b := d.alpha, d.beta
+	carol := "carol@" + b.name
+	if _, err := b.store.AddUser(ctx, carol, randomPassword()); err != nil {
+		return err
+	}
+	d.intro()
+	d.out.note("beta.test also has the user %s", carol)
+	d.out.beginStep("2. alice writes to bob, with a blind copy (Bcc) to carol")
+	letter, err := mime.Compose(mime.Draft{From: a.user, To: []string{b.user}, Subject: "Lunch on Friday?",
+		Text: "Hello Bob,\n\nlunch on Friday?\n\nAlice\n", Hostname: "alice-laptop.alpha.test"})
+	if err != nil {
+		return err
+	}
+	d.out.note("what alice typed:  To: %s | Bcc: %s", b.user, carol)
+	d.out.note("the mail program sends no Bcc field (RFC 5322 3.6.3): the header says To: %s only; carol goes in the envelope, a second RCPT TO", headerValue(letter, "To"))
+	d.out.note("Envelope (what SMTP servers act on):  MAIL FROM:<%s>  RCPT TO:<%s>  RCPT TO:<%s>", a.user, b.user, carol)
+	d.out.note("Letter header (what people read):     From: %s | To: %s", headerValue(letter, "From"), headerValue(letter, "To"))
+	tw := &traceWriter{out: d.out, part: "alice client"}
+	clientTLS, err := d.submissionTLS(a, tw)
+	if err != nil {
+		return err
+	}
+	reply, err := submit(ctx, submission{
+		addr: a.submission, mode: tlsStartTLS, tls: clientTLS, helo: "alice-laptop.alpha.test",
+		user: a.user, password: a.password, from: a.user, to: []string{b.user, carol}, msg: letter, trace: tw,
+	})
+	if err != nil {
+		return fmt.Errorf("step 2, submission: %w", err)
+	}
+	d.out.note("accepted: %s", reply)
+	d.out.beginStep("3. alpha's relay sends one copy with two recipients: the envelope is the address list")
+	if err := a.relay.RunOnce(ctx); err != nil {
+		return fmt.Errorf("step 3, relay: %w", err)
+	}
+	d.out.beginStep("4. bob's and carol's copies: the same header, and carol is in neither")
+	for _, who := range []string{b.user, carol} {
+		msg, err := inboxMessage(ctx, &demoDomain{store: b.store, user: who})
+		if err != nil {
+			return fmt.Errorf("step 4: %w", err)
+		}
+		head, _, _ := bytes.Cut(msg, []byte("\r\n\r\n"))
+		d.out.note("%s's copy: To: %s | Return-Path: %s | mentions carol in its header: %v",
+			who, headerValue(msg, "To"), headerValue(msg, "Return-Path"), bytes.Contains(head, []byte("carol")))
+		if bytes.Contains(head, []byte("carol")) {
+			return fmt.Errorf("step 4: %s's copy names carol in its header", who)
+		}
+	}
+	d.out.note("(so bob cannot tell that carol got a copy; carol sees a message To: bob, and knows she was a blind copy)")
+	d.out.emit(event{Kind: "result", Text: "OK: carol got the message from the envelope alone; no header names her."})
+	return nil
+}
