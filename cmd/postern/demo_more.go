@@ -11,6 +11,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
+	"net/textproto"
 	"strings"
 	"time"
 
@@ -176,5 +178,194 @@ func (d *demo) bcc(ctx context.Context) error {
 	}
 	d.out.note("(so bob cannot tell that carol got a copy; carol sees a message To: bob, and knows she was a blind copy)")
 	d.out.emit(event{Kind: "result", Text: "OK: carol got the message from the envelope alone; no header names her."})
+	return nil
+}
+
+// deliverLocal puts n short messages from alice straight into dom's
+// user's INBOX, as dom's MX would after accepting them, and returns them.
+func (d *demo) deliverLocal(ctx context.Context, dom *demoDomain, subjects ...string) error {
+	for _, subject := range subjects {
+		msg, err := mime.Compose(mime.Draft{From: d.alpha.user, To: []string{dom.user}, Subject: subject,
+			Text: "Hello,\n\nthis is the postern demo.\n", Hostname: "alice-laptop.alpha.test"})
+		if err != nil {
+			return err
+		}
+		if _, err := dom.store.Deliver(ctx, d.alpha.user, []string{dom.user}, msg); err != nil {
+			return fmt.Errorf("deliver %q to %s: %w", subject, dom.user, err)
+		}
+	}
+	d.out.note("%d messages from alice put in %s's INBOX (as beta's MX delivers them): %s", len(subjects), dom.user, strings.Join(subjects, ", "))
+	return nil
+}
+
+// inboxCount is the number of messages in dom's user's INBOX.
+func inboxCount(ctx context.Context, dom *demoDomain) (int, error) {
+	u, err := dom.store.UserByAddress(ctx, dom.user)
+	if err != nil {
+		return 0, err
+	}
+	in, err := dom.store.MailboxByName(ctx, u.ID, "INBOX")
+	if err != nil {
+		return 0, err
+	}
+	msgs, err := dom.store.Messages(ctx, in.ID, nil)
+	return len(msgs), err
+}
+
+// pop3Session is the demo's POP3 client: the protocol lines come from the
+// server's trace.
+type pop3Session struct {
+	conn net.Conn
+	c    *textproto.Conn
+}
+
+// pop3Login connects to dom's POP3 server and logs in as dom's user.
+func pop3Login(dom *demoDomain) (*pop3Session, error) {
+	conn, err := net.DialTimeout("tcp", dom.pop3Addr, 10*time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", dom.pop3Addr, err)
+	}
+	conn.SetDeadline(time.Now().Add(time.Minute))
+	p := &pop3Session{conn: conn, c: textproto.NewConn(conn)}
+	for _, line := range []string{"", "USER " + dom.user, "PASS " + dom.password} {
+		if _, err := p.cmd(line); err != nil {
+			conn.Close()
+			return nil, err
+		}
+	}
+	return p, nil
+}
+
+// cmd sends line (none when empty: the greeting) and reads a +OK reply.
+func (p *pop3Session) cmd(line string) (string, error) {
+	if line != "" {
+		if err := p.c.PrintfLine("%s", line); err != nil {
+			return "", fmt.Errorf("POP3 %s: %w", strings.Fields(line)[0], err)
+		}
+	}
+	reply, err := p.c.ReadLine()
+	if err != nil {
+		return "", fmt.Errorf("POP3 %s: %w", strings.Fields(line + " greeting")[0], err)
+	}
+	if !strings.HasPrefix(reply, "+OK") {
+		return reply, fmt.Errorf("POP3 %s: %s", strings.Fields(line + " greeting")[0], reply)
+	}
+	return reply, nil
+}
+
+// end ends the session, with QUIT or by dropping the connection, and
+// waits until beta's POP3 server has logged the session's end, so that what
+// follows is printed after it.
+func (p *pop3Session) end(out *demoOut, quit bool) error {
+	const part = "beta pop3"
+	texts := []string{"session end", "session ended without QUIT, nothing removed"}
+	before := out.seenCount(part, texts[0]) + out.seenCount(part, texts[1])
+	var err error
+	if quit {
+		_, err = p.cmd("QUIT")
+	}
+	p.conn.Close()
+	if err != nil {
+		return err
+	}
+	for i := 0; out.seenCount(part, texts[0])+out.seenCount(part, texts[1]) == before; i++ {
+		if i == 250 {
+			return errors.New("the POP3 server did not end the session")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return nil
+}
+
+// multi sends line and reads its multi-line answer (RFC 1939 3).
+func (p *pop3Session) multi(line string) ([]byte, error) {
+	if _, err := p.cmd(line); err != nil {
+		return nil, err
+	}
+	b, err := p.c.ReadDotBytes()
+	if err != nil {
+		return nil, fmt.Errorf("POP3 %s: %w", line, err)
+	}
+	return b, nil
+}
+
+// pop3Update: DELE only marks; QUIT's UPDATE state removes (RFC 1939 6),
+// and a connection that drops before QUIT removes nothing. TOP gives the
+// header and no body lines.
+func (d *demo) pop3Update(ctx context.Context) error {
+	b := d.beta
+	d.intro()
+	if err := d.deliverLocal(ctx, b, "First", "Second", "Third"); err != nil {
+		return err
+	}
+	check := func(step string, want int) error {
+		n, err := inboxCount(ctx, b)
+		if err != nil {
+			return fmt.Errorf("%s: %w", step, err)
+		}
+		d.out.note("-> bob's INBOX holds %d messages", n)
+		if n != want {
+			return fmt.Errorf("%s: bob's INBOX holds %d messages, want %d", step, n, want)
+		}
+		return nil
+	}
+
+	d.out.beginStep("2. DELE then QUIT: DELE only marks the message; QUIT enters UPDATE, which removes it (RFC 1939 6)")
+	p, err := pop3Login(b)
+	if err != nil {
+		return fmt.Errorf("step 2: %w", err)
+	}
+	if _, err := p.cmd("STAT"); err != nil {
+		p.conn.Close()
+		return fmt.Errorf("step 2: %w", err)
+	}
+	if _, err := p.cmd("DELE 1"); err != nil {
+		p.conn.Close()
+		return fmt.Errorf("step 2: %w", err)
+	}
+	d.out.note("-- message 1 is marked deleted; it is still in the maildrop")
+	if err := p.end(d.out, true); err != nil {
+		return fmt.Errorf("step 2: %w", err)
+	}
+	if err := check("step 2", 2); err != nil {
+		return err
+	}
+
+	d.out.beginStep("3. DELE then a dropped connection: no QUIT, no UPDATE state, nothing is removed")
+	if p, err = pop3Login(b); err != nil {
+		return fmt.Errorf("step 3: %w", err)
+	}
+	if _, err := p.cmd("DELE 1"); err != nil {
+		p.conn.Close()
+		return fmt.Errorf("step 3: %w", err)
+	}
+	d.out.note("-- the connection drops now, before QUIT (a laptop closed, a train in a tunnel)")
+	if err := p.end(d.out, false); err != nil {
+		return fmt.Errorf("step 3: %w", err)
+	}
+	if err := check("step 3", 2); err != nil {
+		return err
+	}
+
+	d.out.beginStep("4. TOP 1 0: the header and no line of the body (RFC 1939 7), so a client can list messages without downloading them")
+	if p, err = pop3Login(b); err != nil {
+		return fmt.Errorf("step 4: %w", err)
+	}
+	top, err := p.multi("TOP 1 0")
+	if err != nil {
+		p.conn.Close()
+		return fmt.Errorf("step 4: %w", err)
+	}
+	for _, line := range strings.Split(strings.TrimRight(string(top), "\n"), "\n") {
+		d.out.note("| %s", line)
+	}
+	if !bytes.Contains(top, []byte("Subject: Second")) || bytes.Contains(top, []byte("postern demo")) {
+		return errors.New("step 4: TOP 1 0 did not give the second message's header alone")
+	}
+	d.out.note("(the header of \"Second\": \"First\" was removed in step 2, and the messages are numbered afresh in each session)")
+	if err := p.end(d.out, true); err != nil {
+		return fmt.Errorf("step 4: %w", err)
+	}
+	d.out.emit(event{Kind: "result", Text: "OK: only DELE followed by QUIT removed a message; TOP showed the header alone."})
 	return nil
 }

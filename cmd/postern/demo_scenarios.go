@@ -49,6 +49,8 @@ func scenarios() []scenario {
 			records: []string{gammaDomain + ". 300 IN A 127.0.0.3"}, run: (*demo).implicitMX},
 		{name: "bcc", about: "a blind copy: carol is in the envelope and not in the header (envelope is not header)",
 			run: (*demo).bcc},
+		{name: "pop3-update", about: "POP3's UPDATE state: DELE then QUIT removes, DELE then a dropped connection removes nothing; TOP shows the header only",
+			run: (*demo).pop3Update},
 	}
 }
 

@@ -250,6 +250,10 @@ func TestDemoScenarios(t *testing.T) {
 			"[alice client]   C: RCPT TO:<carol@beta.test>", "[alice client]   C: To: <bob@beta.test>",
 			"[alpha relay]    C: RCPT TO:<bob@beta.test>", "[alpha relay]    C: RCPT TO:<carol@beta.test>",
 			"carol@beta.test's copy: To: <bob@beta.test>", "mentions carol in its header: false", "OK: carol got the message"},
+		"pop3-update": {"3 messages from alice put in bob@beta.test's INBOX", "== 2. DELE then QUIT", "S: +OK 3 ", "C: DELE 1", "C: QUIT",
+			"(1 messages deleted)", "(session end) deleted=1", "-> bob's INBOX holds 2 messages",
+			"== 3. DELE then a dropped connection", "C: DELE 1", "(session ended without QUIT, nothing removed)", "-> bob's INBOX holds 2 messages",
+			"== 4. TOP 1 0", "C: TOP 1 0", "| Subject: Second", "OK: only DELE followed by QUIT removed a message"},
 		"mailstorm": {"hop  1: alpha.test -> beta.test", "carries 50 Received fields", "| Status: 5.4.6", "OK: the storm stopped"},
 	} {
 		t.Run(name, func(t *testing.T) {
