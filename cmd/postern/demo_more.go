@@ -16,6 +16,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapclient"
+
 	"github.com/postern/postern/mime"
 	"github.com/postern/postern/smtpd/relay"
 )
@@ -367,5 +370,114 @@ func (d *demo) pop3Update(ctx context.Context) error {
 		return fmt.Errorf("step 4: %w", err)
 	}
 	d.out.emit(event{Kind: "result", Text: "OK: only DELE followed by QUIT removed a message; TOP showed the header alone."})
+	return nil
+}
+
+// imapSeen: IMAP's \Seen flag is set by fetching BODY[] and not by
+// BODY.PEEK[] (RFC 9051 6.4.5), and a message keeps its UID when an
+// EXPUNGE renumbers the sequence numbers (RFC 9051 2.3.1).
+func (d *demo) imapSeen(ctx context.Context) error {
+	b := d.beta
+	d.intro()
+	if err := d.deliverLocal(ctx, b, "First", "Second", "Third"); err != nil {
+		return err
+	}
+	conn, err := net.DialTimeout("tcp", b.imapAddr, 10*time.Second)
+	if err != nil {
+		return fmt.Errorf("connect to %s: %w", b.imapAddr, err)
+	}
+	conn.SetDeadline(time.Now().Add(time.Minute))
+	literals := make(chan literal, 4)
+	part := "beta imap"
+	d.out.showLiterals(part, literals)
+	defer d.out.showLiterals("", nil)
+	c := imapclient.New(&literalTap{Conn: conn, found: literals}, nil)
+	defer c.Close()
+	if err := c.Login(b.user, b.password).Wait(); err != nil {
+		return fmt.Errorf("LOGIN: %w", err)
+	}
+	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+		return fmt.Errorf("SELECT INBOX: %w", err)
+	}
+	// seen fetches message num's flags and says whether \Seen is set.
+	seen := func(num uint32) (bool, error) {
+		msgs, err := c.Fetch(imap.SeqSetNum(num), &imap.FetchOptions{Flags: true}).Collect()
+		if err != nil || len(msgs) != 1 {
+			return false, fmt.Errorf("FETCH %d FLAGS: %d messages, %v", num, len(msgs), err)
+		}
+		for _, f := range msgs[0].Flags {
+			if f == imap.FlagSeen {
+				return true, nil
+			}
+		}
+		return false, nil
+	}
+
+	d.out.beginStep("2. BODY.PEEK[] reads message 1 and leaves it unread; BODY[] marks it \\Seen (RFC 9051 6.4.5)")
+	for _, peek := range []bool{true, false} {
+		section := &imap.FetchItemBodySection{Peek: peek}
+		msgs, err := c.Fetch(imap.SeqSetNum(1), &imap.FetchOptions{BodySection: []*imap.FetchItemBodySection{section}}).Collect()
+		if err != nil || len(msgs) != 1 || len(msgs[0].FindBodySection(section)) == 0 {
+			return fmt.Errorf("step 2: FETCH 1 BODY[] (peek %v): %d messages, %v", peek, len(msgs), err)
+		}
+		isSeen, err := seen(1)
+		if err != nil {
+			return fmt.Errorf("step 2: %w", err)
+		}
+		name := "BODY[]"
+		if peek {
+			name = "BODY.PEEK[]"
+		}
+		d.out.note("-> after %s, message 1 is \\Seen: %v", name, isSeen)
+		if isSeen == peek {
+			return fmt.Errorf("step 2: after %s, \\Seen is %v", name, isSeen)
+		}
+	}
+
+	d.out.beginStep("3. UIDs against sequence numbers: EXPUNGE renumbers the messages, their UIDs stay (RFC 9051 2.3.1)")
+	uids := func() (map[uint32]imap.UID, error) {
+		msgs, err := c.Fetch(imap.SeqSet{{Start: 1, Stop: 0}}, &imap.FetchOptions{UID: true}).Collect()
+		if err != nil {
+			return nil, fmt.Errorf("FETCH 1:* UID: %w", err)
+		}
+		m := map[uint32]imap.UID{}
+		var pairs []string
+		for _, msg := range msgs {
+			m[msg.SeqNum] = msg.UID
+			pairs = append(pairs, fmt.Sprintf("%d -> UID %d", msg.SeqNum, msg.UID))
+		}
+		d.out.note("-> sequence number -> UID: %s", strings.Join(pairs, ", "))
+		return m, nil
+	}
+	before, err := uids()
+	if err != nil {
+		return fmt.Errorf("step 3: %w", err)
+	}
+	d.out.note("-- message 1 is marked \\Deleted, and EXPUNGE removes it")
+	if err := c.Store(imap.SeqSetNum(1), &imap.StoreFlags{Op: imap.StoreFlagsAdd, Flags: []imap.Flag{imap.FlagDeleted}, Silent: true}, nil).Close(); err != nil {
+		return fmt.Errorf("step 3: STORE: %w", err)
+	}
+	if _, err := c.Expunge().Collect(); err != nil {
+		return fmt.Errorf("step 3: EXPUNGE: %w", err)
+	}
+	after, err := uids()
+	if err != nil {
+		return fmt.Errorf("step 3: %w", err)
+	}
+	if len(after) != len(before)-1 || after[1] != before[2] || after[2] != before[3] {
+		return fmt.Errorf("step 3: before EXPUNGE %v, after %v", before, after)
+	}
+	d.out.note("-> what was message 2 is now message 1, with the same UID %d; a client that remembers UIDs finds it again, one that remembers sequence numbers would fetch the wrong message", after[1])
+	third := before[3]
+	d.out.note("-- UID FETCH %d: the third message, by its UID, whatever its sequence number now", third)
+	msgs, err := c.Fetch(imap.UIDSetNum(third), &imap.FetchOptions{UID: true, Envelope: true}).Collect()
+	if err != nil || len(msgs) != 1 || msgs[0].Envelope == nil || msgs[0].Envelope.Subject != "Third" {
+		return fmt.Errorf("step 3: UID FETCH %d: %d messages, %v", third, len(msgs), err)
+	}
+	d.out.note("-> UID %d is message %d now: %q", third, msgs[0].SeqNum, msgs[0].Envelope.Subject)
+	if err := c.Logout().Wait(); err != nil {
+		return fmt.Errorf("LOGOUT: %w", err)
+	}
+	d.out.emit(event{Kind: "result", Text: "OK: BODY.PEEK[] left the message unread and BODY[] marked it \\Seen; after EXPUNGE the UIDs stayed and the sequence numbers moved."})
 	return nil
 }

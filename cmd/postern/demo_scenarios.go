@@ -51,6 +51,8 @@ func scenarios() []scenario {
 			run: (*demo).bcc},
 		{name: "pop3-update", about: "POP3's UPDATE state: DELE then QUIT removes, DELE then a dropped connection removes nothing; TOP shows the header only",
 			run: (*demo).pop3Update},
+		{name: "imap", about: "IMAP: \\Seen set by BODY[] and not by BODY.PEEK[]; UIDs against sequence numbers after an EXPUNGE",
+			run: (*demo).imapSeen},
 	}
 }
 

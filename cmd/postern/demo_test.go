@@ -254,6 +254,12 @@ func TestDemoScenarios(t *testing.T) {
 			"(1 messages deleted)", "(session end) deleted=1", "-> bob's INBOX holds 2 messages",
 			"== 3. DELE then a dropped connection", "C: DELE 1", "(session ended without QUIT, nothing removed)", "-> bob's INBOX holds 2 messages",
 			"== 4. TOP 1 0", "C: TOP 1 0", "| Subject: Second", "OK: only DELE followed by QUIT removed a message"},
+		"imap": {"== 2. BODY.PEEK[]", "C: T3 FETCH 1 (BODY.PEEK[])", "S: Subject: First", "S: * 1 FETCH (FLAGS (\\Recent))",
+			"-> after BODY.PEEK[], message 1 is \\Seen: false", "FETCH 1 (BODY[])", "S: * 1 FETCH (FLAGS (\\Seen",
+			"-> after BODY[], message 1 is \\Seen: true",
+			"== 3. UIDs against sequence numbers", "-> sequence number -> UID: 1 -> UID 1, 2 -> UID 2, 3 -> UID 3",
+			"STORE 1 +FLAGS.SILENT (\\Deleted)", "S: * 1 EXPUNGE", "-> sequence number -> UID: 1 -> UID 2, 2 -> UID 3",
+			"UID FETCH 3", "S: * 2 FETCH (UID 3", "-> UID 3 is message 2 now: \"Third\"", "OK: BODY.PEEK[] left the message unread"},
 		"mailstorm": {"hop  1: alpha.test -> beta.test", "carries 50 Received fields", "| Status: 5.4.6", "OK: the storm stopped"},
 	} {
 		t.Run(name, func(t *testing.T) {
