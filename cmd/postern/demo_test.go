@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"regexp"
 	"strconv"
@@ -207,8 +208,51 @@ func TestDemoKeep(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if !strings.Contains(stdout.String(), "poplib.POP3('127.0.0.3'") {
-		t.Errorf("demo -keep does not say how to connect:\n%s", stdout.String())
+	out := stdout.String()
+	wantInOrder(t, out, []string{"keep running",
+		"alice's login (submission at 127.0.0.2:", "alice@alpha.test  password alice-demo-password",
+		"bob's login (POP3 at 127.0.0.3:", "bob@beta.test  password bob-demo-password",
+		"swaks --server 127.0.0.2:", "--tls --auth PLAIN --auth-user alice@alpha.test",
+		"smtplib.SMTP('127.0.0.2'", "s.starttls(", "s.login('alice@alpha.test'",
+		"poplib.POP3('127.0.0.3'", "curl --user 'bob@beta.test:bob-demo-password' pop3://127.0.0.3:",
+		"imap://127.0.0.3:", "mutt -f imap://bob%40beta.test@127.0.0.3:", "swaks --server 127.0.0.3:"})
+	// The printed logins work: alice submits as the commands would, the
+	// running relay delivers, and bob finds the message over POP3.
+	sub := regexp.MustCompile(`alice's login \(submission at (\S+), STARTTLS\)`).FindStringSubmatch(out)
+	pop := regexp.MustCompile(`bob's login \(POP3 at (\S+),`).FindStringSubmatch(out)
+	if sub == nil || pop == nil {
+		t.Fatalf("demo -keep does not give the addresses:\n%s", out)
+	}
+	sctx, scancel := context.WithTimeout(ctx, 30*time.Second)
+	defer scancel()
+	if _, err := submit(sctx, submission{
+		addr: sub[1], mode: tlsStartTLS, tls: &tls.Config{InsecureSkipVerify: true}, helo: "keep-test",
+		user: "alice@alpha.test", password: "alice-demo-password", from: "alice@alpha.test",
+		to: []string{"bob@beta.test"}, msg: []byte("Subject: by hand\r\n\r\nHello Bob\r\n"),
+	}); err != nil {
+		t.Fatalf("submission with alice's printed login: %v", err)
+	}
+	bob := &demoDomain{pop3Addr: pop[1], user: "bob@beta.test", password: "bob-demo-password"}
+	for i := 0; ; i++ {
+		p, err := pop3Login(bob)
+		if err != nil {
+			t.Fatalf("POP3 with bob's printed login: %v", err)
+		}
+		stat, err := p.cmd("STAT")
+		p.cmd("QUIT")
+		p.conn.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The demo's own message is the first.
+		if !strings.HasPrefix(stat, "+OK 2 ") {
+			if i == 300 {
+				t.Fatalf("the message alice submitted never reached bob: %s", stat)
+			}
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		break
 	}
 	cancel()
 	select {
