@@ -22,6 +22,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -116,8 +117,21 @@ func cmdDemo(c *cli, args []string) int {
 		return exitFailure
 	}
 	if *keep {
+		// The relays run, so that mail submitted by hand is delivered;
+		// they stop before the stores close.
+		rctx, stopRelays := context.WithCancel(sctx)
+		var relays sync.WaitGroup
+		for _, dom := range []*demoDomain{d.alpha, d.beta} {
+			relays.Add(1)
+			go func() {
+				defer relays.Done()
+				dom.relay.Run(rctx)
+			}()
+		}
 		d.printKeep()
 		<-sctx.Done()
+		stopRelays()
+		relays.Wait()
 	}
 	return exitOK
 }
@@ -242,6 +256,8 @@ func (d *demo) startDomain(dom *demoDomain, mx net.Listener) error {
 		Trace:  false,
 		Signer: &msgauth.Signer{Keys: msgauth.StoreKeys{Store: dom.store}},
 		Checks: &msgauth.Checker{Resolver: d.checks},
+		// With -keep the relay runs and delivers what was queued at once.
+		Queued: func() { dom.relay.Kick() },
 	}, dom.store)
 	// The relay connects from the domain's own address, as a separate
 	// machine would.
@@ -554,15 +570,28 @@ func (d *demo) pop3Read(dom *demoDomain) ([]byte, error) {
 	return nil, errors.New("no RETR")
 }
 
-// printKeep tells how to connect to the demo's servers with real clients.
+// printKeep tells how to connect to the demo's servers with real clients:
+// alice's login to submit, bob's to read, and commands ready to run.
 func (d *demo) printKeep() {
-	b := d.beta
+	a, b := d.alpha, d.beta
 	d.out.beginStep("The servers keep running (Ctrl-C stops them)")
-	d.out.note("bob's password: %s", b.password)
-	d.out.note("POP3:  python3 -c \"import poplib; p=poplib.POP3('%s', %s); p.user('%s'); p.pass_('%s'); print(p.stat())\"",
+	d.out.note("Both relays now run on their own: a message alice submits reaches bob within seconds.")
+	d.out.note("alice's login (submission at %s, STARTTLS): %s  password %s", a.submission, a.user, a.password)
+	d.out.note("bob's login (POP3 at %s, IMAP at %s): %s  password %s", b.pop3Addr, b.imapAddr, b.user, b.password)
+	d.out.note("(the certificates are self-signed, so these commands do not check them, unlike alice's mail program in the demo, which trusts alpha's certificate and checks it)")
+	d.out.note("Submit as alice:")
+	d.out.note("  swaks --server %s --tls --auth PLAIN --auth-user %s --auth-password '%s' --from %s --to %s",
+		a.submission, a.user, a.password, a.user, b.user)
+	d.out.note("  python3 -c \"import smtplib, ssl; s=smtplib.SMTP('%s', %s); s.starttls(context=ssl._create_unverified_context()); s.login('%s', '%s'); s.sendmail('%s', ['%s'], 'Subject: by hand\\r\\n\\r\\nHello Bob\\r\\n'); s.quit()\"",
+		hostOf(a.submission), portOf(a.submission), a.user, a.password, a.user, b.user)
+	d.out.note("Read as bob:")
+	d.out.note("  POP3:  python3 -c \"import poplib; p=poplib.POP3('%s', %s); p.user('%s'); p.pass_('%s'); print(p.stat())\"",
 		hostOf(b.pop3Addr), portOf(b.pop3Addr), b.user, b.password)
-	d.out.note("IMAP:  mutt -f imap://%s@%s/INBOX   (the password is bob's)", strings.ReplaceAll(b.user, "@", "%40"), b.imapAddr)
-	d.out.note("SMTP:  swaks --server %s --to %s --from someone@example.org", b.mx, b.user)
+	d.out.note("  POP3:  curl --user '%s:%s' pop3://%s/1", b.user, b.password, b.pop3Addr)
+	d.out.note("  IMAP:  curl --user '%s:%s' 'imap://%s/INBOX;UID=1'", b.user, b.password, b.imapAddr)
+	d.out.note("  IMAP:  mutt -f imap://%s@%s/INBOX   (mutt asks for bob's password)", strings.ReplaceAll(b.user, "@", "%40"), b.imapAddr)
+	d.out.note("Write to bob's MX directly, as another server would (no login):")
+	d.out.note("  swaks --server %s --to %s --from someone@example.org", b.mx, b.user)
 }
 
 // submissionTLS is the TLS configuration of a user's mail program for

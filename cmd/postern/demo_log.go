@@ -26,6 +26,16 @@ type demoOut struct {
 	// literalPart announces, as the demo's client read them.
 	literals    <-chan literal
 	literalPart string
+	// seen counts the mail events emitted, by part and text, for a
+	// scenario that waits for a server to finish a session.
+	seen map[string]int
+}
+
+// seenCount is how many events of part with text were emitted.
+func (o *demoOut) seenCount(part, text string) int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.seen[part+"\x00"+text]
 }
 
 // showLiterals makes the trace of part print the literals read from ch;
@@ -88,6 +98,12 @@ func (o *demoOut) emit(e event) {
 		return
 	}
 	e.Time = time.Now().UTC()
+	if e.Kind == "event" {
+		if o.seen == nil {
+			o.seen = map[string]int{}
+		}
+		o.seen[e.Part+"\x00"+e.Text]++
+	}
 	if e.Step == "" {
 		e.Step = o.step
 	}

@@ -43,6 +43,16 @@ func scenarios() []scenario {
 			run: (*demo).spoof},
 		{name: "mailstorm", about: "two lists forward to each other; the Received hop limit stops the loop and the sender is told",
 			quiet: true, run: (*demo).mailstorm},
+		{name: "null-mx", about: "gamma.test publishes \"MX 0 .\" (RFC 7505): the relay refuses without connecting, and alice is told (5.1.10)",
+			records: []string{gammaDomain + ". 300 IN MX 0 ."}, run: (*demo).nullMX},
+		{name: "implicit-mx", about: "gamma.test has no MX, only an A record: the relay delivers to that address (RFC 5321 5.1)",
+			records: []string{gammaDomain + ". 300 IN A 127.0.0.3"}, run: (*demo).implicitMX},
+		{name: "bcc", about: "a blind copy: carol is in the envelope and not in the header (envelope is not header)",
+			run: (*demo).bcc},
+		{name: "pop3-update", about: "POP3's UPDATE state: DELE then QUIT removes, DELE then a dropped connection removes nothing; TOP shows the header only",
+			run: (*demo).pop3Update},
+		{name: "imap", about: "IMAP: \\Seen set by BODY[] and not by BODY.PEEK[]; UIDs against sequence numbers after an EXPUNGE",
+			run: (*demo).imapSeen},
 	}
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"regexp"
 	"strconv"
@@ -207,8 +208,51 @@ func TestDemoKeep(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if !strings.Contains(stdout.String(), "poplib.POP3('127.0.0.3'") {
-		t.Errorf("demo -keep does not say how to connect:\n%s", stdout.String())
+	out := stdout.String()
+	wantInOrder(t, out, []string{"keep running",
+		"alice's login (submission at 127.0.0.2:", "alice@alpha.test  password alice-demo-password",
+		"bob's login (POP3 at 127.0.0.3:", "bob@beta.test  password bob-demo-password",
+		"swaks --server 127.0.0.2:", "--tls --auth PLAIN --auth-user alice@alpha.test",
+		"smtplib.SMTP('127.0.0.2'", "s.starttls(", "s.login('alice@alpha.test'",
+		"poplib.POP3('127.0.0.3'", "curl --user 'bob@beta.test:bob-demo-password' pop3://127.0.0.3:",
+		"imap://127.0.0.3:", "mutt -f imap://bob%40beta.test@127.0.0.3:", "swaks --server 127.0.0.3:"})
+	// The printed logins work: alice submits as the commands would, the
+	// running relay delivers, and bob finds the message over POP3.
+	sub := regexp.MustCompile(`alice's login \(submission at (\S+), STARTTLS\)`).FindStringSubmatch(out)
+	pop := regexp.MustCompile(`bob's login \(POP3 at (\S+),`).FindStringSubmatch(out)
+	if sub == nil || pop == nil {
+		t.Fatalf("demo -keep does not give the addresses:\n%s", out)
+	}
+	sctx, scancel := context.WithTimeout(ctx, 30*time.Second)
+	defer scancel()
+	if _, err := submit(sctx, submission{
+		addr: sub[1], mode: tlsStartTLS, tls: &tls.Config{InsecureSkipVerify: true}, helo: "keep-test",
+		user: "alice@alpha.test", password: "alice-demo-password", from: "alice@alpha.test",
+		to: []string{"bob@beta.test"}, msg: []byte("Subject: by hand\r\n\r\nHello Bob\r\n"),
+	}); err != nil {
+		t.Fatalf("submission with alice's printed login: %v", err)
+	}
+	bob := &demoDomain{pop3Addr: pop[1], user: "bob@beta.test", password: "bob-demo-password"}
+	for i := 0; ; i++ {
+		p, err := pop3Login(bob)
+		if err != nil {
+			t.Fatalf("POP3 with bob's printed login: %v", err)
+		}
+		stat, err := p.cmd("STAT")
+		p.cmd("QUIT")
+		p.conn.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The demo's own message is the first.
+		if !strings.HasPrefix(stat, "+OK 2 ") {
+			if i == 300 {
+				t.Fatalf("the message alice submitted never reached bob: %s", stat)
+			}
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		break
 	}
 	cancel()
 	select {
@@ -241,6 +285,25 @@ func TestDemoScenarios(t *testing.T) {
 		"spoof": {"_dmarc.alpha.test. 300 IN TXT \"v=DMARC1; p=reject\"", "A forger at 127.0.0.66",
 			"[forger client]  C: MAIL FROM:<alice@alpha.test>", "(message refused)", "S: 550 5.7.1",
 			"_dmarc.alpha.test\tTXT\t\"v=DMARC1; p=reject\"", "OK: the forgery was refused with 550 5.7.1"},
+		"null-mx": {"gamma.test. 300 IN MX 0 .", "C: RCPT TO:<carol@gamma.test>", "gamma.test\tmail exchanger = 0 .",
+			"accepts no mail (null MX, RFC 7505)", "(no route) domain=gamma.test", "status=5.1.10", "| Status: 5.1.10", "OK: the null MX was refused"},
+		"implicit-mx": {"gamma.test. 300 IN A 127.0.0.3", "C: RCPT TO:<bob@gamma.test>", "gamma.test has no MX records",
+			"gamma.test\tinternet address = 127.0.0.3", "[alpha relay]    C: RCPT TO:<bob@gamma.test>", "(delivered)", "To: <bob@gamma.test>",
+			"OK: with no MX record"},
+		"bcc": {"Bcc: carol@beta.test", "RCPT TO:<bob@beta.test>  RCPT TO:<carol@beta.test>",
+			"[alice client]   C: RCPT TO:<carol@beta.test>", "[alice client]   C: To: <bob@beta.test>",
+			"[alpha relay]    C: RCPT TO:<bob@beta.test>", "[alpha relay]    C: RCPT TO:<carol@beta.test>",
+			"carol@beta.test's copy: To: <bob@beta.test>", "mentions carol in its header: false", "OK: carol got the message"},
+		"pop3-update": {"3 messages from alice put in bob@beta.test's INBOX", "== 2. DELE then QUIT", "S: +OK 3 ", "C: DELE 1", "C: QUIT",
+			"(1 messages deleted)", "(session end) deleted=1", "-> bob's INBOX holds 2 messages",
+			"== 3. DELE then a dropped connection", "C: DELE 1", "(session ended without QUIT, nothing removed)", "-> bob's INBOX holds 2 messages",
+			"== 4. TOP 1 0", "C: TOP 1 0", "| Subject: Second", "OK: only DELE followed by QUIT removed a message"},
+		"imap": {"== 2. BODY.PEEK[]", "C: T3 FETCH 1 (BODY.PEEK[])", "S: Subject: First", "S: * 1 FETCH (FLAGS (\\Recent))",
+			"-> after BODY.PEEK[], message 1 is \\Seen: false", "FETCH 1 (BODY[])", "S: * 1 FETCH (FLAGS (\\Seen",
+			"-> after BODY[], message 1 is \\Seen: true",
+			"== 3. UIDs against sequence numbers", "-> sequence number -> UID: 1 -> UID 1, 2 -> UID 2, 3 -> UID 3",
+			"STORE 1 +FLAGS.SILENT (\\Deleted)", "S: * 1 EXPUNGE", "-> sequence number -> UID: 1 -> UID 2, 2 -> UID 3",
+			"UID FETCH 3", "S: * 2 FETCH (UID 3", "-> UID 3 is message 2 now: \"Third\"", "OK: BODY.PEEK[] left the message unread"},
 		"mailstorm": {"hop  1: alpha.test -> beta.test", "carries 50 Received fields", "| Status: 5.4.6", "OK: the storm stopped"},
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -264,6 +327,12 @@ func TestDemoScenarios(t *testing.T) {
 				// QUIT ends the refused transaction; an RSET before it
 				// would make go-smtp's client greet again.
 				t.Errorf("the relay sent RSET just before QUIT:\n%s", out)
+			}
+			if name == "null-mx" && strings.Contains(out, "[alpha relay]    C: ") {
+				t.Errorf("the relay connected somewhere for a null MX domain:\n%s", out)
+			}
+			if name == "bcc" && strings.Contains(out, "C: Bcc:") {
+				t.Errorf("a Bcc field was sent:\n%s", out)
 			}
 			if name == "mailstorm" && strings.Contains(out, "copies in the queues now: 2") {
 				t.Errorf("the storm multiplied copies:\n%s", out)
