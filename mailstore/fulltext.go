@@ -100,6 +100,7 @@ func (s *Store) indexPending(ctx context.Context) (int, error) {
 	}
 	var ids []int64
 	var total int64
+	large := map[int64]bool{}
 	for rows.Next() {
 		var id, size int64
 		if err := rows.Scan(&id, &size); err != nil {
@@ -109,6 +110,10 @@ func (s *Store) indexPending(ctx context.Context) (int, error) {
 		if len(ids) > 0 && total+size > indexBatchBytes {
 			break
 		}
+		if size > maxIndexedBody {
+			large[id] = true
+			size = 0
+		}
 		ids, total = append(ids, id), total+size
 	}
 	rows.Close()
@@ -117,6 +122,13 @@ func (s *Store) indexPending(ctx context.Context) (int, error) {
 	}
 	var items []item
 	for _, id := range ids {
+		if large[id] {
+			// Not read: its text could take several times its size in
+			// memory, outside the servers' message budget. Marked as
+			// not indexable, it stays a candidate for every text search.
+			items = append(items, item{id: id})
+			continue
+		}
 		data, err := s.ReadBody(ctx, id)
 		if errors.Is(err, ErrNotFound) {
 			continue // gone meanwhile
@@ -200,6 +212,10 @@ func (s *Store) Reindex(ctx context.Context, address string) (int64, error) {
 // (or to what mime returns) must raise it, so that bodies indexed before
 // are searched as unindexed until indexed again.
 const textIndexVersion = 1
+
+// maxIndexedBody is the largest body the indexer reads; a larger one is
+// searched by the matcher alone.
+const maxIndexedBody = 4 << 20
 
 // minIndexedNeedle is the shortest needle, in characters, the trigram
 // index can look up.

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -240,5 +241,43 @@ func TestIndexerCatchesUp(t *testing.T) {
 	msgs, err := s.Search(ctx, inbox(t, s, u).ID, &SearchCriteria{MayContain: []string{"body 42"}})
 	if err != nil || len(msgs) != 1 || msgs[0].UID != 43 {
 		t.Fatalf("search: %+v %v", msgs, err)
+	}
+}
+
+// A body over maxIndexedBody is not read by the indexer (its text would
+// take memory outside the servers' budget) and stays a candidate for
+// every text search.
+func TestIndexerSkipsLargeBodies(t *testing.T) {
+	s := openTest(t)
+	ctx := context.Background()
+	u := addUser(t, s, "u@example.test")
+	big := []byte("Subject: big\r\n\r\n" + strings.Repeat("filler line of the big message\r\n", maxIndexedBody/32+1000) + "the word quetzalcoatl\r\n")
+	if _, err := s.Deliver(ctx, "a@remote.test", []string{u.Address}, big); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Deliver(ctx, "a@remote.test", []string{u.Address}, testMessage(1)); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		n, err := s.IndexBacklog(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d bodies still not indexed", n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	var mark int
+	if err := s.readRow(ctx, "SELECT indexed FROM bodies WHERE size > ?", maxIndexedBody).Scan(&mark); err != nil || mark != -textIndexVersion {
+		t.Fatalf("large body marked %d (%v), want %d (not indexable)", mark, err, -textIndexVersion)
+	}
+	msgs, err := s.Search(ctx, inbox(t, s, u).ID, &SearchCriteria{MayContain: []string{"quetzalcoatl"}})
+	if err != nil || len(msgs) != 1 || msgs[0].UID != 1 {
+		t.Fatalf("search for a word in the large body: %+v %v, want UID 1 as the only candidate", msgs, err)
 	}
 }

@@ -43,7 +43,7 @@ type child struct {
 
 // startChild writes a configuration with every listener on 127.0.0.1 and
 // a system-chosen port (extra is appended to it), adds user@example.test
-// with password "right", and starts serve in a child process.
+// with password "right-password", and starts serve in a child process.
 func startChild(tb testing.TB, extra string) *child {
 	tb.Helper()
 	dir := tb.TempDir()
@@ -70,7 +70,7 @@ server = "127.0.0.1:1"
 		tb.Fatal(err)
 	}
 	var out, errOut strings.Builder
-	if code := run([]string{"user", "add", "-config", config, "user@example.test"}, strings.NewReader("right\n"), &out, &errOut); code != exitOK {
+	if code := run([]string{"user", "add", "-config", config, "user@example.test"}, strings.NewReader("right-password\n"), &out, &errOut); code != exitOK {
 		tb.Fatalf("user add: %d %s %s", code, out.String(), errOut.String())
 	}
 	cmd := exec.Command(os.Args[0])
@@ -294,7 +294,7 @@ func BenchmarkLoginFloodPeakRSS(b *testing.B) {
 					r := bufio.NewReader(conn)
 					ok := false
 					if err := p.greet(r, conn); err == nil {
-						ok, _, _ = p.login(r, conn, "user@example.test", "right")
+						ok, _, _ = p.login(r, conn, "user@example.test", "right-password")
 					}
 					conn.Close()
 					if ok {
