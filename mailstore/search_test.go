@@ -224,20 +224,7 @@ func TestIndexerCatchesUp(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		n, err := s.IndexBacklog(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if n == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d bodies still not indexed", n)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitIndexed(t, s)
 	msgs, err := s.Search(ctx, inbox(t, s, u).ID, &SearchCriteria{MayContain: []string{"body 42"}})
 	if err != nil || len(msgs) != 1 || msgs[0].UID != 43 {
 		t.Fatalf("search: %+v %v", msgs, err)
@@ -258,20 +245,7 @@ func TestIndexerSkipsLargeBodies(t *testing.T) {
 	if _, err := s.Deliver(ctx, "a@remote.test", []string{u.Address}, testMessage(1)); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		n, err := s.IndexBacklog(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if n == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d bodies still not indexed", n)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitIndexed(t, s)
 	var mark int
 	if err := s.readRow(ctx, "SELECT indexed FROM bodies WHERE size > ?", maxIndexedBody).Scan(&mark); err != nil || mark != -textIndexVersion {
 		t.Fatalf("large body marked %d (%v), want %d (not indexable)", mark, err, -textIndexVersion)
@@ -279,5 +253,24 @@ func TestIndexerSkipsLargeBodies(t *testing.T) {
 	msgs, err := s.Search(ctx, inbox(t, s, u).ID, &SearchCriteria{MayContain: []string{"quetzalcoatl"}})
 	if err != nil || len(msgs) != 1 || msgs[0].UID != 1 {
 		t.Fatalf("search for a word in the large body: %+v %v, want UID 1 as the only candidate", msgs, err)
+	}
+}
+
+// waitIndexed waits until the full-text indexer has taken every body.
+func waitIndexed(t *testing.T, s *Store) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		n, err := s.IndexBacklog(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d bodies still not indexed", n)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
