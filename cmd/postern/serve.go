@@ -150,23 +150,14 @@ func cmdServe(c *cli, args []string) int {
 	// second one kills the process instead of waiting out the grace period.
 	context.AfterFunc(ctx, stop)
 
-	// SIGHUP (systemctl reload) has nothing to reload yet; it must not
-	// end the process, as its default action would.
+	// SIGHUP (systemctl reload) reloads the certificate files; it must
+	// not end the process, as its default action would. serve handles
+	// it once the certificate is loaded; until then it waits here.
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	go func() {
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-hup:
-				logger.Info("SIGHUP received; nothing is reloaded in this version (restart to apply a new configuration or certificate)")
-			}
-		}
-	}()
 
-	if err := serve(ctx, cfg, logger, c.stdout); err != nil {
+	if err := serve(ctx, cfg, logger, c.stdout, hup); err != nil {
 		return c.fail(name, err)
 	}
 	return exitOK
@@ -174,8 +165,9 @@ func cmdServe(c *cli, args []string) int {
 
 // serve opens the mailstore and runs everything cfg asks for until ctx is
 // done. It prints the data directory and the listeners to out before it
-// starts the servers.
-func serve(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer) (err error) {
+// starts the servers. Each value on hup reloads the configured certificate
+// files.
+func serve(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, hup <-chan os.Signal) (err error) {
 	plan := planFileDescriptors(cfg, log)
 	if err := privateDataDir(cfg.DataDir); err != nil {
 		return err
@@ -199,10 +191,11 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer) (e
 		}
 	}()
 
-	tlsConfig, err := loadTLS(cfg)
+	tlsConfig, certs, err := serveTLS(cfg, log)
 	if err != nil {
 		return err
 	}
+	go handleReload(ctx, log, certs, hup)
 	// A process that was killed leaves the spool files of the messages
 	// it was receiving; nothing refers to them any more.
 	if err := limits.RemoveStale(cfg.DataDir); err != nil {
@@ -250,6 +243,28 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer) (e
 		sdNotify("STOPPING=1")
 	})
 	return runServers(ctx, log, servers)
+}
+
+// handleReload reloads the certificate files on each value from hup and
+// when they change, until ctx is done. certs is nil for the self-signed
+// certificate, which nothing renews.
+func handleReload(ctx context.Context, log *slog.Logger, certs *certReloader, hup <-chan os.Signal) {
+	if certs != nil {
+		go certs.watch(ctx, certCheckInterval)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			if certs == nil {
+				log.Info("SIGHUP received; nothing to reload with the self-signed certificate (restart to apply a new configuration)")
+				continue
+			}
+			log.Info("SIGHUP received; reloading the TLS certificate (restart to apply a new configuration)")
+			certs.reload() // logs the outcome
+		}
+	}
 }
 
 // smtpProtos are the listeners of smtpd.

@@ -4,15 +4,19 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/textproto"
+	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -411,5 +415,89 @@ func TestServeAppendLimitFollowsMessageSize(t *testing.T) {
 	}
 	if _, st := tagged("Subject: x\r\n\r\n", "d"); !strings.HasPrefix(st, "d OK") {
 		t.Fatalf("APPEND: %q", st)
+	}
+}
+
+// servedSerial opens a new TLS connection to addr and returns the serial
+// number of the certificate the server presents.
+func servedSerial(t *testing.T, addr string) *big.Int {
+	t.Helper()
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	return conn.ConnectionState().PeerCertificates[0].SerialNumber
+}
+
+func TestServeReloadsCertificateOnSIGHUP(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := writeSelfSigned("mail.example.test", certFile, keyFile); err != nil {
+		t.Fatal(err)
+	}
+	serialA := certSerial(t, certFile)
+	r := startServe(t, "[tls]\ncert = \""+certFile+"\"\nkey = \""+keyFile+"\"\n")
+	r.addUser(t, "bob@example.test", "bob's password")
+	if got := servedSerial(t, r.addrs["imaps"]); got.Cmp(serialA) != 0 {
+		t.Fatalf("serve presents serial %x, want the configured %x", got, serialA)
+	}
+
+	// A session opened before the reload.
+	c, err := imapclient.DialTLS(r.addrs["imaps"], &imapclient.Options{TLSConfig: &tls.Config{InsecureSkipVerify: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login("bob@example.test", "bob's password").Wait(); err != nil {
+		t.Fatal(err)
+	}
+
+	// The renewed pair, then SIGHUP as systemctl reload sends it.
+	if err := writeSelfSigned("mail.example.test", certFile, keyFile); err != nil {
+		t.Fatal(err)
+	}
+	serialB := certSerial(t, certFile)
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for servedSerial(t, r.addrs["imaps"]).Cmp(serialB) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("new connections still get serial %x after SIGHUP, want %x\n%s", serialA, serialB, r.stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, proto := range []string{"submissions", "pop3s"} {
+		if got := servedSerial(t, r.addrs[proto]); got.Cmp(serialB) != 0 {
+			t.Errorf("%s presents serial %x after the reload, want %x", proto, got, serialB)
+		}
+	}
+	if err := c.Noop().Wait(); err != nil {
+		t.Fatalf("session opened before the reload: NOOP: %v", err)
+	}
+
+	// A broken pair keeps B and says which file is wrong.
+	if err := os.WriteFile(certFile, []byte("-----BEGIN CERTIFICATE-----\nbroken\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for !strings.Contains(r.stderr.String(), "not reloaded") {
+		if time.Now().After(deadline) {
+			t.Fatalf("broken pair not reported:\n%s", r.stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !strings.Contains(r.stderr.String(), certFile+": no PEM") {
+		t.Errorf("the error does not name %s:\n%s", certFile, r.stderr.String())
+	}
+	if got := servedSerial(t, r.addrs["imaps"]); got.Cmp(serialB) != 0 {
+		t.Errorf("after a broken pair, serial %x, want %x still", got, serialB)
+	}
+	if err := c.Noop().Wait(); err != nil {
+		t.Fatalf("session opened before the reloads: NOOP: %v", err)
 	}
 }

@@ -4,6 +4,7 @@ package main
 // self-signed one generated into data_dir on first start and reused.
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -13,10 +14,13 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/big"
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -47,6 +51,129 @@ func loadTLS(cfg *Config) (*tls.Config, error) {
 		return nil, fmt.Errorf("load TLS certificate %s and key %s: %w", certFile, keyFile, err)
 	}
 	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
+}
+
+// certCheckInterval is how often serve looks at the modification times of
+// the configured certificate and key files, so that a renewal (certbot,
+// acme.sh) is picked up without a SIGHUP.
+const certCheckInterval = 30 * time.Second
+
+// serveTLS returns the server TLS configuration for serve. With configured
+// certificate files it also returns the reloader that serves the pair
+// through GetCertificate, so that a new pair reaches new connections while
+// open sessions keep theirs (the servers clone the tls.Config; a clone
+// keeps GetCertificate). The self-signed default has no reloader.
+func serveTLS(cfg *Config, log *slog.Logger) (*tls.Config, *certReloader, error) {
+	if cfg.TLS.Cert == "" {
+		c, err := loadTLS(cfg)
+		return c, nil, err
+	}
+	r := &certReloader{certFile: cfg.TLS.Cert, keyFile: cfg.TLS.Key, log: log}
+	if err := r.reload(); err != nil {
+		return nil, nil, err
+	}
+	return &tls.Config{GetCertificate: r.getCertificate, MinVersion: tls.VersionTLS12}, r, nil
+}
+
+// certReloader holds the configured certificate pair and swaps in a new
+// one when asked (SIGHUP) or when the files change.
+type certReloader struct {
+	certFile, keyFile string
+	log               *slog.Logger
+
+	cert atomic.Pointer[tls.Certificate]
+
+	mu sync.Mutex // serializes reloads and guards the times below
+	// certMod and keyMod are the files' modification times when they
+	// were last read, good pair or not, so that a broken pair is
+	// reported once per change rather than on every check.
+	certMod, keyMod time.Time
+}
+
+func (r *certReloader) getCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	return r.cert.Load(), nil
+}
+
+// reload reads the pair again. A pair that does not load leaves the
+// current one in place; the error names the file at fault.
+func (r *certReloader) reload() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.reloadLocked()
+}
+
+func (r *certReloader) reloadLocked() error {
+	r.certMod, r.keyMod = modTime(r.certFile), modTime(r.keyFile)
+	cert, err := loadPair(r.certFile, r.keyFile)
+	if err != nil {
+		if r.cert.Load() != nil {
+			r.log.Error("TLS certificate not reloaded; keeping the current one", "cert", r.certFile, "key", r.keyFile, "err", err)
+		}
+		return err
+	}
+	r.cert.Store(cert)
+	r.log.Info("TLS certificate loaded", "cert", r.certFile, "serial", cert.Leaf.SerialNumber.Text(16),
+		"subject", cert.Leaf.Subject.String(), "not_after", cert.Leaf.NotAfter.UTC().Format(time.RFC3339))
+	return nil
+}
+
+// checkModified reloads the pair when either file's modification time
+// differs from when it was last read.
+func (r *certReloader) checkModified() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if modTime(r.certFile).Equal(r.certMod) && modTime(r.keyFile).Equal(r.keyMod) {
+		return
+	}
+	r.reloadLocked()
+}
+
+// watch calls checkModified every interval until ctx is done.
+func (r *certReloader) watch(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			r.checkModified()
+		}
+	}
+}
+
+// modTime is path's modification time, or zero when it cannot be read.
+func modTime(path string) time.Time {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return time.Time{}
+	}
+	return fi.ModTime()
+}
+
+// loadPair loads a certificate chain and its key, naming in the error the
+// file that is wrong where that can be told apart.
+func loadPair(certFile, keyFile string) (*tls.Certificate, error) {
+	certPEM, err := os.ReadFile(certFile)
+	if err != nil {
+		return nil, fmt.Errorf("read TLS certificate %s: %w", certFile, err)
+	}
+	keyPEM, err := os.ReadFile(keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("read TLS key %s: %w", keyFile, err)
+	}
+	block, _ := pem.Decode(certPEM)
+	if block == nil || block.Type != "CERTIFICATE" {
+		return nil, fmt.Errorf("TLS certificate %s: no PEM CERTIFICATE block", certFile)
+	}
+	if _, err := x509.ParseCertificate(block.Bytes); err != nil {
+		return nil, fmt.Errorf("TLS certificate %s: %w", certFile, err)
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("TLS key %s with certificate %s: %w", keyFile, certFile, err)
+	}
+	return &cert, nil
 }
 
 // writeSelfSigned generates an ECDSA P-256 certificate for hostname (and
