@@ -173,6 +173,11 @@ func loadPair(certFile, keyFile string) (*tls.Certificate, error) {
 	if err != nil {
 		return nil, fmt.Errorf("TLS key %s with certificate %s: %w", keyFile, certFile, err)
 	}
+	if cert.Leaf == nil { // GODEBUG=x509keypairleaf=0 leaves it out
+		if cert.Leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
+			return nil, fmt.Errorf("TLS certificate %s: %w", certFile, err)
+		}
+	}
 	return &cert, nil
 }
 
