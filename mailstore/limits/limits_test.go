@@ -187,14 +187,7 @@ func TestLoginsHashConcurrencyBounded(t *testing.T) {
 
 func TestLoginsQueueBoundAndWait(t *testing.T) {
 	l := NewLogins(LoginPolicy{MaxHashes: 1, HashQueue: 1, HashWait: 50 * time.Millisecond, FailureDelay: -1})
-	hold := make(chan struct{})
-	started := make(chan struct{})
-	go l.Check(context.Background(), Attempt{Remote: netip.MustParseAddr("192.0.2.1")}, func(context.Context) (bool, error) {
-		close(started)
-		<-hold
-		return true, nil
-	})
-	<-started
+	hold := occupy(l)
 	waited := make(chan error)
 	go func() {
 		waited <- l.Check(context.Background(), Attempt{Remote: netip.MustParseAddr("192.0.2.2")}, verifyIs(true))
@@ -214,14 +207,7 @@ func TestLoginsQueueBoundAndWait(t *testing.T) {
 	l2 := NewLogins(LoginPolicy{MaxHashes: 1, HashQueue: 1, HashWait: time.Minute, FailureDelay: -1})
 	dirty := netip.MustParseAddr("192.0.2.66")
 	l2.Check(context.Background(), Attempt{Remote: dirty}, verifyIs(false))
-	hold2 := make(chan struct{})
-	started2 := make(chan struct{})
-	go l2.Check(context.Background(), Attempt{Remote: netip.MustParseAddr("192.0.2.1")}, func(context.Context) (bool, error) {
-		close(started2)
-		<-hold2
-		return true, nil
-	})
-	<-started2
+	hold2 := occupy(l2)
 	clean := make(chan error)
 	go func() {
 		clean <- l2.Check(context.Background(), Attempt{Remote: netip.MustParseAddr("192.0.2.2")}, verifyIs(true))
@@ -230,11 +216,11 @@ func TestLoginsQueueBoundAndWait(t *testing.T) {
 	if err := l2.Check(context.Background(), Attempt{Remote: dirty}, verifyIs(true)); !errors.Is(err, ErrBusy) {
 		t.Fatalf("dirty check over a queue of clean ones: %v, want ErrBusy", err)
 	}
-	close(hold2)
+	hold2()
 	if err := <-clean; err != nil {
 		t.Fatalf("clean check: %v", err)
 	}
-	close(hold)
+	hold()
 	// The slot comes back: a new check runs.
 	deadline := time.Now().Add(5 * time.Second)
 	for l.Check(context.Background(), Attempt{Remote: netip.MustParseAddr("192.0.2.4")}, verifyIs(true)) != nil {
@@ -251,14 +237,7 @@ func TestLoginsCleanAddressesGoFirst(t *testing.T) {
 	if err := l.Check(context.Background(), Attempt{Remote: dirty}, verifyIs(false)); !errors.Is(err, ErrLoginFailed) {
 		t.Fatal(err)
 	}
-	hold := make(chan struct{})
-	started := make(chan struct{})
-	go l.Check(context.Background(), Attempt{Remote: netip.MustParseAddr("192.0.2.1")}, func(context.Context) (bool, error) {
-		close(started)
-		<-hold
-		return true, nil
-	})
-	<-started
+	hold := occupy(l)
 	var mu sync.Mutex
 	var order []string
 	var wg sync.WaitGroup
@@ -287,7 +266,7 @@ func TestLoginsCleanAddressesGoFirst(t *testing.T) {
 		})
 	}()
 	waitQueued(t, l, 4)
-	close(hold)
+	hold()
 	wg.Wait()
 	if len(order) != 4 || order[0] != "clean" {
 		t.Fatalf("order %v: the address without failures should go first", order)
@@ -296,14 +275,7 @@ func TestLoginsCleanAddressesGoFirst(t *testing.T) {
 
 func TestLoginsNewestWaiterFirst(t *testing.T) {
 	l := NewLogins(LoginPolicy{MaxHashes: 1, HashQueue: 10, HashWait: time.Minute, FailureDelay: -1})
-	hold := make(chan struct{})
-	started := make(chan struct{})
-	go l.Check(context.Background(), Attempt{Remote: netip.MustParseAddr("192.0.2.1")}, func(context.Context) (bool, error) {
-		close(started)
-		<-hold
-		return true, nil
-	})
-	<-started
+	hold := occupy(l)
 	var mu sync.Mutex
 	var order []int
 	var wg sync.WaitGroup
@@ -320,7 +292,7 @@ func TestLoginsNewestWaiterFirst(t *testing.T) {
 		}()
 		waitQueued(t, l, i+1)
 	}
-	close(hold)
+	hold()
 	wg.Wait()
 	if len(order) != 3 || order[0] != 2 {
 		t.Fatalf("order %v: the newest waiter should be served first", order)
@@ -611,4 +583,18 @@ func TestSpoolDiskBound(t *testing.T) {
 			t.Fatalf("a new spool after the space came back: %v", err)
 		}
 	}
+}
+
+// occupy takes l's only password-check slot with a check from 192.0.2.1
+// that holds it until the returned function is called.
+func occupy(l *Logins) (release func()) {
+	hold := make(chan struct{})
+	started := make(chan struct{})
+	go l.Check(context.Background(), Attempt{Remote: netip.MustParseAddr("192.0.2.1")}, func(context.Context) (bool, error) {
+		close(started)
+		<-hold
+		return true, nil
+	})
+	<-started
+	return func() { close(hold) }
 }
