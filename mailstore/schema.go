@@ -242,6 +242,10 @@ CREATE TABLE mtasts_policies (
 	expires INTEGER NOT NULL
 );
 `,
+	// 10: administrators of the web console (postern user admin).
+	`
+ALTER TABLE users ADD COLUMN admin INTEGER NOT NULL DEFAULT 0;
+`,
 }
 
 // migrate applies the migrations the database has not seen yet.

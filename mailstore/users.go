@@ -28,6 +28,7 @@ type User struct {
 	Address    string
 	Disabled   bool
 	QuotaBytes int64 // 0: no quota
+	Admin      bool  // may use the web console's administration pages
 	Created    time.Time
 }
 
@@ -230,6 +231,11 @@ func (s *Store) SetDisabled(ctx context.Context, address string, disabled bool) 
 	return s.updateUser(ctx, address, "disabled", disabled)
 }
 
+// SetAdmin grants or takes away the web console's administration pages.
+func (s *Store) SetAdmin(ctx context.Context, address string, admin bool) error {
+	return s.updateUser(ctx, address, "admin", admin)
+}
+
 // SetQuota sets a user's storage quota in bytes (0: none).
 func (s *Store) SetQuota(ctx context.Context, address string, bytes int64) error {
 	if bytes < 0 {
@@ -296,12 +302,12 @@ func (s *Store) DeleteUser(ctx context.Context, address string) error {
 	})
 }
 
-const userColumns = "id, address, disabled, quota_bytes, created"
+const userColumns = "id, address, disabled, quota_bytes, admin, created"
 
 func scanUser(sc interface{ Scan(...any) error }) (User, error) {
 	var u User
 	var created int64
-	if err := sc.Scan(&u.ID, &u.Address, &u.Disabled, &u.QuotaBytes, &created); err != nil {
+	if err := sc.Scan(&u.ID, &u.Address, &u.Disabled, &u.QuotaBytes, &u.Admin, &created); err != nil {
 		return User{}, err
 	}
 	u.Created = time.Unix(created, 0).UTC()
@@ -691,7 +697,7 @@ func (s *Store) Authenticate(ctx context.Context, address, password string) (Use
 	if aerr == nil {
 		row := s.readRow(ctx, "SELECT "+userColumns+", password_hash FROM users WHERE address = ?", a)
 		var created int64
-		err := row.Scan(&u.ID, &u.Address, &u.Disabled, &u.QuotaBytes, &created, &hash)
+		err := row.Scan(&u.ID, &u.Address, &u.Disabled, &u.QuotaBytes, &u.Admin, &created, &hash)
 		switch {
 		case err == nil:
 			found = true

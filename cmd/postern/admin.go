@@ -169,6 +169,7 @@ func cmdUser(c *cli, args []string) int {
 		"quota":   cmdUserQuota,
 		"disable": func(c *cli, args []string) int { return cmdUserDisable(c, args, true) },
 		"enable":  func(c *cli, args []string) int { return cmdUserDisable(c, args, false) },
+		"admin":   cmdUserAdmin,
 	})
 }
 
@@ -236,6 +237,9 @@ func cmdUserList(c *cli, args []string) int {
 			var notes []string
 			if u.Disabled {
 				notes = append(notes, "disabled")
+			}
+			if u.Admin {
+				notes = append(notes, "admin")
 			}
 			if u.QuotaBytes > 0 {
 				notes = append(notes, fmt.Sprintf("quota %d bytes", u.QuotaBytes))
@@ -414,6 +418,31 @@ func cmdUserDisable(c *cli, args []string, disable bool) int {
 			return err
 		}
 		fmt.Fprintf(c.stdout, "%sd %s\n", verb, args[0])
+		return nil
+	})
+}
+
+// cmdUserAdmin grants or takes away the web console's administration pages.
+func cmdUserAdmin(c *cli, args []string) int {
+	valid := func(args []string) error {
+		if len(args) != 2 {
+			return errArgCount
+		}
+		if args[1] != "on" && args[1] != "off" {
+			return fmt.Errorf("%q: want on or off", args[1])
+		}
+		return nil
+	}
+	return c.withStore("user admin", "[-config FILE] ADDRESS on|off", args, valid, func(st *mailstore.Store, args []string) error {
+		on := args[1] == "on"
+		if err := st.SetAdmin(c.ctx, args[0], on); err != nil {
+			return err
+		}
+		if on {
+			fmt.Fprintf(c.stdout, "%s is an administrator\n", args[0])
+		} else {
+			fmt.Fprintf(c.stdout, "%s is not an administrator\n", args[0])
+		}
 		return nil
 	})
 }

@@ -26,6 +26,10 @@ func TestUserQuotaDisableEnable(t *testing.T) {
 		{[]string{"user", "quota", "-config", config, "ann@example.test", "lots"}, exitUsage, "size \"lots\""},
 		{[]string{"user", "quota", "-config", config, "ann@example.test", "-5"}, exitUsage, "size \"-5\""},
 		{[]string{"user", "quota", "-config", config, "nobody@example.test", "1M"}, exitFailure, "not found"},
+		{[]string{"user", "admin", "-config", config, "ann@example.test", "on"}, exitOK, "ann@example.test is an administrator"},
+		{[]string{"user", "list", "-config", config}, exitOK, "ann@example.test admin"},
+		{[]string{"user", "admin", "-config", config, "ann@example.test", "off"}, exitOK, "is not an administrator"},
+		{[]string{"user", "admin", "-config", config, "ann@example.test", "maybe"}, exitUsage, "want on or off"},
 		{[]string{"user", "disable", "-config", config, "ann@example.test"}, exitOK, "disabled ann@example.test"},
 		{[]string{"user", "list", "-config", config}, exitOK, "ann@example.test disabled"},
 	}
