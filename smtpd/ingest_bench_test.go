@@ -1,0 +1,133 @@
+package smtpd
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/postern/postern/mailstore"
+)
+
+// ceilingBackend is the bare ceiling of SMTP ingest: go-smtp with a
+// backend that reads the message and commits it with mailstore.Deliver,
+// and nothing else (no policy, no spool, no Received field, no limits).
+// Postern's MX does the same work plus everything a server on the
+// Internet must do; BenchmarkSMTPIngest reports how close it comes.
+type ceilingBackend struct{ store *mailstore.Store }
+
+func (b ceilingBackend) NewSession(*smtp.Conn) (smtp.Session, error) {
+	return &ceilingSession{store: b.store}, nil
+}
+
+type ceilingSession struct {
+	store *mailstore.Store
+	from  string
+	rcpts []string
+}
+
+func (s *ceilingSession) Mail(from string, _ *smtp.MailOptions) error {
+	s.from = from
+	return nil
+}
+
+func (s *ceilingSession) Rcpt(to string, _ *smtp.RcptOptions) error {
+	s.rcpts = append(s.rcpts, to)
+	return nil
+}
+
+func (s *ceilingSession) Data(r io.Reader) error {
+	body, err := io.ReadAll(r)
+	if err != nil {
+		return fmt.Errorf("read message: %w", err)
+	}
+	if _, err := s.store.Deliver(context.Background(), s.from, s.rcpts, body); err != nil {
+		return fmt.Errorf("deliver: %w", err)
+	}
+	return nil
+}
+
+func (s *ceilingSession) Reset()        { s.from, s.rcpts = "", nil }
+func (s *ceilingSession) Logout() error { return nil }
+
+// newCeiling starts the bare ceiling server on a fresh durable store with
+// alice as its one user.
+func newCeiling(b *testing.B) (addr string, store *mailstore.Store) {
+	store, err := mailstore.Open(filepath.Join(b.TempDir(), "ceiling.db"), mailstore.Options{PasswordCost: mailstore.FastPasswordHash})
+	must(b, err)
+	b.Cleanup(func() { store.Close() })
+	ctx := context.Background()
+	must(b, store.AddDomain(ctx, testDomain))
+	_, err = store.AddUser(ctx, alice, alicePassword)
+	must(b, err)
+	srv := smtp.NewServer(ceilingBackend{store})
+	srv.Domain = testHost
+	srv.MaxMessageBytes = 32 << 20
+	srv.ReadTimeout = time.Minute
+	srv.WriteTimeout = time.Minute
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	must(b, err)
+	go srv.Serve(ln)
+	b.Cleanup(func() { srv.Close() })
+	return ln.Addr().String(), store
+}
+
+// BenchmarkSMTPIngest: 4 KiB messages from 32 parallel clients into a
+// fresh durable store, through Postern's MX (logging at info level, as in
+// production) and through the bare ceiling (newCeiling), in alternating
+// rounds so that both see the same disk; reports both rates and
+// ours/ceiling. The goal of issue 17 is ours/ceiling >= 0.9.
+func BenchmarkSMTPIngest(b *testing.B) {
+	const clients = 32
+	msg := benchMessage()
+	ours := newTestEnv(b, func(c *Config) {
+		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	})
+	ceiling, ceilingStore := newCeiling(b)
+	// One message each first: connections, statements and caches warm.
+	sendParallel(b, ours.mx, "s@elsewhere.test", msg, 1, 1)
+	sendParallel(b, ceiling, "s@elsewhere.test", msg, 1, 1)
+	const rounds = 4
+	b.SetBytes(int64(len(msg)))
+	b.ResetTimer()
+	var tOurs, tCeiling time.Duration
+	for i := range rounds {
+		n := b.N / rounds
+		if i == 0 {
+			n += b.N % rounds
+		}
+		if n == 0 {
+			continue
+		}
+		tOurs += sendParallel(b, ours.mx, "s@elsewhere.test", msg, clients, n)
+		tCeiling += sendParallel(b, ceiling, "s@elsewhere.test", msg, clients, n)
+	}
+	b.StopTimer()
+	// Both stored every message: a server that answered 250 without
+	// storing would look fast.
+	for name, st := range map[string]*mailstore.Store{"postern": ours.store, "ceiling": ceilingStore} {
+		u, err := st.UserByAddress(context.Background(), alice)
+		must(b, err)
+		in, err := st.MailboxByName(context.Background(), u.ID, "INBOX")
+		must(b, err)
+		status, err := st.Status(context.Background(), in.ID)
+		must(b, err)
+		if status.Messages != uint32(b.N+1) {
+			b.Fatalf("%s stored %d messages, want %d", name, status.Messages, b.N+1)
+		}
+	}
+	if !strings.Contains(msg, "Subject: bench") {
+		b.Fatal("not the bench message")
+	}
+	rOurs, rCeiling := float64(b.N)/tOurs.Seconds(), float64(b.N)/tCeiling.Seconds()
+	b.ReportMetric(rOurs, "postern-msgs/s")
+	b.ReportMetric(rCeiling, "ceiling-msgs/s")
+	b.ReportMetric(rOurs/rCeiling, "postern/ceiling")
+}
