@@ -35,7 +35,7 @@ func (s *session) selectMailbox(name string, options *imap.SelectOptions) (*imap
 		return nil, errNoSelect
 	}
 	readOnly := options != nil && options.ReadOnly
-	v, msgs, err := s.srv.boxes.open(ctx, mb, readOnly)
+	v, unseenUID, err := s.srv.boxes.open(ctx, mb, readOnly)
 	if err != nil {
 		return nil, s.internal("select", err)
 	}
@@ -58,15 +58,11 @@ func (s *session) selectMailbox(name string, options *imap.SelectOptions) (*imap
 	st := v.st
 	st.mu.Lock()
 	count := v.count
+	// UNSEEN is a hint (RFC 3501 7.1; IMAP4rev2 dropped it): if that
+	// message went away meanwhile, none is named.
 	var firstUnseen uint32
-	for _, m := range msgs {
-		if m.HasFlag(mailstore.FlagSeen) {
-			continue
-		}
-		if seq, ok := st.seqOf(m.UID); ok {
-			firstUnseen = seq
-			break
-		}
+	if seq, ok := st.seqOf(unseenUID); ok && unseenUID != 0 {
+		firstUnseen = seq
 	}
 	uidNext := mb.UIDNext
 	if n := len(st.uids); n > 0 && st.uids[n-1] >= uidNext {

@@ -112,9 +112,11 @@ type view struct {
 }
 
 // open selects a mailbox: it returns a view whose client knows every
-// message committed so far, and the messages as read from the store
-// (flags included) when that read was done.
-func (r *registry) open(ctx context.Context, mb mailstore.Mailbox, readOnly bool) (*view, []mailstore.Message, error) {
+// message committed so far, and the UID of the first message without
+// \Seen (0: none) when the store was read. Only UIDs are read (the flags
+// of a message are read when a command asks for them), so that SELECT of
+// a large mailbox costs one index scan.
+func (r *registry) open(ctx context.Context, mb mailstore.Mailbox, readOnly bool) (*view, uint32, error) {
 	r.mu.Lock()
 	st := r.boxes[mb.ID]
 	if st != nil && st.isGone() {
@@ -131,23 +133,20 @@ func (r *registry) open(ctx context.Context, mb mailstore.Mailbox, readOnly bool
 	// Hold before reading, so that no message the client is told of can
 	// lose its body before the client is told it is gone.
 	hold := r.store.Hold()
-	var msgs []mailstore.Message
+	var firstUnseen uint32
 	if st == nil {
 		// Subscribe before reading, so that nothing committed in between
 		// is missed; what the read already has is recognised and skipped.
 		sub := r.store.Subscribe(mb.ID)
-		var err error
-		msgs, err = r.store.Messages(ctx, mb.ID, nil)
+		uids, unseen, err := r.store.MailboxUIDs(ctx, mb.ID)
 		if err != nil {
 			sub.Close()
 			hold.Close()
-			return nil, nil, err
+			return nil, 0, err
 		}
+		firstUnseen = unseen
 		fresh := &mailboxState{reg: r, id: mb.ID, sub: sub, refs: 1, views: make(map[*view]struct{})}
-		fresh.uids = make([]uint32, len(msgs))
-		for i, m := range msgs {
-			fresh.uids[i] = m.UID
-		}
+		fresh.uids = uids
 		fresh.keywords = slices.Clone(mb.Keywords)
 		r.mu.Lock()
 		if st = r.boxes[mb.ID]; st != nil && !st.isGone() {
@@ -162,11 +161,11 @@ func (r *registry) open(ctx context.Context, mb mailstore.Mailbox, readOnly bool
 		}
 	} else {
 		var err error
-		msgs, err = r.store.Messages(ctx, mb.ID, nil)
+		firstUnseen, err = r.store.FirstUnseen(ctx, mb.ID)
 		if err != nil {
 			st.release()
 			hold.Close()
-			return nil, nil, err
+			return nil, 0, err
 		}
 	}
 
@@ -179,7 +178,7 @@ func (r *registry) open(ctx context.Context, mb mailstore.Mailbox, readOnly bool
 	}
 	st.views[v] = struct{}{}
 	st.mu.Unlock()
-	return v, msgs, nil
+	return v, firstUnseen, nil
 }
 
 func (st *mailboxState) isGone() bool {
