@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"runtime/metrics"
 	"strconv"
 	"strings"
 	"sync"
@@ -261,26 +262,41 @@ func idleClients(b *testing.B, addr string, n int) []net.Conn {
 }
 
 // memNow is the process's Go memory in use (heap and stacks) and RSS.
-func memNow() (goBytes, rss uint64) {
+// memSample is the process's memory at one moment.
+type memSample struct {
+	heap, stack, rss uint64 // live heap objects, goroutine stacks, resident set
+}
+
+func memNow() memSample {
 	// Several collections: each may halve a goroutine stack that grew
 	// during a command and is mostly unused while idle.
 	for i := 0; i < 12; i++ {
 		runtime.GC()
 	}
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	if os.Getenv("POSTERN_BENCH_MEM") != "" {
-		fmt.Fprintf(os.Stderr, "heap %d stack %d goroutines %d\n", ms.HeapInuse, ms.StackInuse, runtime.NumGoroutine())
+	samples := []metrics.Sample{
+		{Name: "/memory/classes/heap/objects:bytes"},
+		{Name: "/memory/classes/heap/stacks:bytes"},
 	}
-	goBytes = ms.HeapInuse + ms.StackInuse
+	metrics.Read(samples)
+	var m memSample
+	m.heap, m.stack = samples[0].Value.Uint64(), samples[1].Value.Uint64()
+	if os.Getenv("POSTERN_BENCH_MEM") != "" {
+		fmt.Fprintf(os.Stderr, "heap %d stack %d goroutines %d\n", m.heap, m.stack, runtime.NumGoroutine())
+	}
 	if b, err := os.ReadFile("/proc/self/statm"); err == nil {
 		f := strings.Fields(string(b))
 		if len(f) > 1 {
 			pages, _ := strconv.ParseUint(f[1], 10, 64)
-			rss = pages * uint64(os.Getpagesize())
+			m.rss = pages * uint64(os.Getpagesize())
 		}
 	}
-	return goBytes, rss
+	return m
+}
+
+// perConn is the growth from a to b per connection, for each measure.
+func perConn(a, b memSample, n int) (heap, stack, rss float64) {
+	d := func(x, y uint64) float64 { return float64(int64(y)-int64(x)) / float64(n) }
+	return d(a.heap, b.heap), d(a.stack, b.stack), d(a.rss, b.rss)
 }
 
 // BenchmarkIdleConnections: 2000 connections logged in with INBOX
@@ -294,16 +310,16 @@ func memNow() (goBytes, rss uint64) {
 // like with like.
 func BenchmarkIdleConnections(b *testing.B) {
 	const n = 2000
-	measure := func(addr string) (goPer, rssPer float64) {
-		go0, rss0 := memNow()
+	measure := func(addr string) (heap, stack, rss float64) {
+		m0 := memNow()
 		conns := idleClients(b, addr, n)
 		time.Sleep(200 * time.Millisecond)
-		go1, rss1 := memNow()
+		m1 := memNow()
 		for _, c := range conns {
 			c.Write([]byte("DONE\r\nz LOGOUT\r\n"))
 			c.Close()
 		}
-		return float64(int64(go1)-int64(go0)) / n, float64(int64(rss1)-int64(rss0)) / n
+		return perConn(m0, m1, n)
 	}
 	for i := 0; i < b.N; i++ {
 		stub := imapserver.New(&imapserver.Options{
@@ -319,7 +335,7 @@ func BenchmarkIdleConnections(b *testing.B) {
 			b.Fatal(err)
 		}
 		go stub.Serve(ln)
-		baseGo, baseRSS := measure(ln.Addr().String())
+		baseHeap, baseStack, baseRSS := measure(ln.Addr().String())
 		stub.Close()
 
 		env := newEnv(b, func(c *Config) {
@@ -329,11 +345,13 @@ func BenchmarkIdleConnections(b *testing.B) {
 			c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 		})
 		env.deliver(b, testMessage(1, "one"))
-		oursGo, oursRSS := measure(env.addr)
+		oursHeap, oursStack, oursRSS := measure(env.addr)
 
-		b.ReportMetric(baseGo, "library-B/conn")
-		b.ReportMetric(oursGo, "postern-B/conn")
-		b.ReportMetric(oursGo-baseGo, "backend-B/conn")
+		b.ReportMetric(baseHeap, "library-heap-B/conn")
+		b.ReportMetric(baseStack, "library-stack-B/conn")
+		b.ReportMetric(oursHeap, "postern-heap-B/conn")
+		b.ReportMetric(oursStack, "postern-stack-B/conn")
+		b.ReportMetric(oursHeap+oursStack-baseHeap-baseStack, "backend-B/conn")
 		b.ReportMetric(baseRSS, "library-rss-B/conn")
 		b.ReportMetric(oursRSS, "postern-rss-B/conn")
 	}
