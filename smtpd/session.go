@@ -29,7 +29,7 @@ type client struct {
 	implicitTLS *tls.Conn // on the implicit-TLS listener
 	lim         limits.Protocol
 	obs         *observer
-	smtpConn    *smtp.Conn // go-smtp's connection, from the first EHLO
+	smtpConn    *smtp.Conn      // go-smtp's connection, from the first EHLO
 	preauth     *mailstore.User // logged in from the start (Submit)
 
 	authFailures int // failed AUTH on this connection

@@ -110,4 +110,3 @@ func (consoleAddr) String() string  { return "console" }
 
 func (consoleConn) RemoteAddr() net.Addr { return consoleAddr{} }
 func (consoleConn) LocalAddr() net.Addr  { return consoleAddr{} }
-
