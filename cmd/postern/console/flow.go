@@ -101,6 +101,11 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, u *user) {
 	sub, recent := hub.Subscribe(eventBuffer)
 	defer sub.Close()
 	rc := http.NewResponseController(w)
+	// The listener's read timeout is for reading requests: left in place
+	// it would end the stream (net/http's background read fails and
+	// cancels the request). A gone client is found by the writes, which
+	// the keep-alive makes regular.
+	rc.SetReadDeadline(time.Time{})
 	hd := w.Header()
 	hd.Set("Content-Type", "text/event-stream; charset=utf-8")
 	hd.Set("X-Accel-Buffering", "no")
