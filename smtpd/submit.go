@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/emersion/go-smtp"
 
@@ -101,7 +102,35 @@ func (s *Server) Submit(ctx context.Context, user, from string, rcpts []string, 
 }
 
 // consoleConn is one end of Submit's pipe, named "console" in the logs.
+// A pipe closed on this side answers io.ErrClosedPipe where a socket says
+// net.ErrClosed, which is what go-smtp takes for the end of a session
+// after QUIT (anything else it logs as an error).
 type consoleConn struct{ net.Conn }
+
+func socketError(err error) error {
+	if errors.Is(err, io.ErrClosedPipe) {
+		return net.ErrClosed
+	}
+	return err
+}
+
+func (c consoleConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	return n, socketError(err)
+}
+
+func (c consoleConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	return n, socketError(err)
+}
+
+func (c consoleConn) SetDeadline(t time.Time) error { return socketError(c.Conn.SetDeadline(t)) }
+func (c consoleConn) SetReadDeadline(t time.Time) error {
+	return socketError(c.Conn.SetReadDeadline(t))
+}
+func (c consoleConn) SetWriteDeadline(t time.Time) error {
+	return socketError(c.Conn.SetWriteDeadline(t))
+}
 
 type consoleAddr struct{}
 

@@ -35,6 +35,9 @@ func TestSubmitPipeline(t *testing.T) {
 		}
 	}
 	logs := w.logs.String()
+	if strings.Contains(logs, "error handling") {
+		t.Errorf("go-smtp logged an error for the session:\n%s", logs)
+	}
 	for _, want := range []string{"remote=console", "mechanism=console", `msg="message accepted"`, `line="MAIL FROM:<alice@example.test>`} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("log lacks %q", want)

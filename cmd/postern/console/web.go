@@ -180,7 +180,9 @@ func secure(next http.HandlerFunc) http.Handler {
 		hd.Set("Content-Security-Policy", pageCSP)
 		hd.Set("X-Frame-Options", "DENY")
 		hd.Set("X-Content-Type-Options", "nosniff")
-		hd.Set("Referrer-Policy", "no-referrer")
+		// same-origin, not no-referrer: under no-referrer browsers send
+		// "Origin: null" with a form, and sameOrigin needs the real one.
+		hd.Set("Referrer-Policy", "same-origin")
 		hd.Set("Cache-Control", "no-store")
 		next(w, r)
 	})

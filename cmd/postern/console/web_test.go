@@ -134,7 +134,7 @@ func TestConsoleLoginLogout(t *testing.T) {
 		t.Fatalf("login page: %d", code)
 	}
 	for k, want := range map[string]string{"X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
-		"Content-Security-Policy": "script-src 'self'", "Referrer-Policy": "no-referrer"} {
+		"Content-Security-Policy": "script-src 'self'", "Referrer-Policy": "same-origin"} {
 		if !strings.Contains(hdr.Get(k), want) {
 			t.Errorf("header %s = %q, want %q in it", k, hdr.Get(k), want)
 		}
