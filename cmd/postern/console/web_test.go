@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"net/netip"
@@ -34,7 +35,7 @@ type webEnv struct {
 	logins *limits.Logins
 }
 
-func startWeb(t *testing.T, mod func(*Config)) *webEnv {
+func startWeb(t testing.TB, mod func(*Config)) *webEnv {
 	t.Helper()
 	st, err := mailstore.Open(filepath.Join(t.TempDir(), "postern.db"), mailstore.Options{PasswordCost: mailstore.FastPasswordHash})
 	if err != nil {
@@ -60,7 +61,25 @@ func startWeb(t *testing.T, mod func(*Config)) *webEnv {
 	if mod != nil {
 		mod(&cfg)
 	}
-	base, srv := start(t, cfg)
+	cfg.Hostname = "mail.example.test"
+	srv := New(cfg)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	base := "http://" + ln.Addr().String()
 	return &webEnv{base: base, srv: srv, store: st, hub: hub, log: log, logins: logins}
 }
 
