@@ -17,7 +17,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/emersion/go-message"
 	"github.com/emersion/go-message/textproto"
@@ -557,5 +556,3 @@ func (s *Server) notFound(w http.ResponseWriter, what string, err error) {
 	}
 	text(w, http.StatusNotFound, what+"\n")
 }
-
-var _ = time.Second
