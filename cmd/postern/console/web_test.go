@@ -3,12 +3,14 @@ package console
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/cookiejar"
+	"net/http/httptest"
 	"net/netip"
 	"net/url"
 	"path/filepath"
@@ -384,3 +386,40 @@ func (w lockedWriter) Write(p []byte) (int, error) {
 }
 
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// Off loopback, a password is taken only over TLS unless AllowInsecure
+// (auth.allow_insecure); the cookie is Secure under TLS.
+func TestConsoleLoginNeedsTLSOffLoopback(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		allowInsecure bool
+		tls           bool
+		want          int
+	}{
+		{"plain", false, false, http.StatusForbidden},
+		{"plain allowed", true, false, http.StatusSeeOther},
+		{"TLS", false, true, http.StatusSeeOther},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := startWeb(t, func(c *Config) { c.AllowInsecure = tc.allowInsecure })
+			form := url.Values{"address": {"bob@example.test"}, "password": {testPassword}}
+			req := httptest.NewRequest("POST", "http://mail.example.test/login", strings.NewReader(form.Encode()))
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			req.RemoteAddr = "192.0.2.7:40000"
+			if tc.tls {
+				req.TLS = &tls.ConnectionState{}
+			}
+			rec := httptest.NewRecorder()
+			e.srv.Handler().ServeHTTP(rec, req)
+			if rec.Code != tc.want {
+				t.Fatalf("login: %d, want %d", rec.Code, tc.want)
+			}
+			if tc.tls {
+				c := rec.Result().Cookies()
+				if len(c) != 1 || !c[0].Secure {
+					t.Fatalf("cookie under TLS: %+v, want Secure", c)
+				}
+			}
+		})
+	}
+}
