@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -72,16 +73,73 @@ type flowEvent struct {
 }
 
 func (s *Server) flowRoutes(h func(string, http.HandlerFunc)) {
-	h("GET /flow", s.admin(func(w http.ResponseWriter, r *http.Request, u *user) {
+	h("GET /flow", s.authed(func(w http.ResponseWriter, r *http.Request, u *user) {
 		s.render(w, http.StatusOK, "flow", u, s.cfg.Hub != nil)
 	}))
-	h("GET /api/events", s.admin(s.events))
+	h("GET /api/events", s.authed(s.events))
+}
+
+// maxOwnSessions bounds the sessions an eventFilter remembers.
+const maxOwnSessions = 1000
+
+// eventFilter is what a user who is not an admin sees of the events: those
+// of the sessions they logged in to (from their login on), and those that
+// name their address as user, sender or recipient. It reads the servers'
+// vocabulary: smtpd "auth" and pop3d "login" carry user=, and imapd's
+// records after LOGIN carry it too.
+type eventFilter struct {
+	addr     string
+	sessions map[string]bool
+}
+
+func newEventFilter(u *user) *eventFilter {
+	if u.Admin {
+		return nil
+	}
+	return &eventFilter{addr: u.Address, sessions: make(map[string]bool)}
+}
+
+func (f *eventFilter) visible(e Event) bool {
+	if f == nil {
+		return true
+	}
+	sess := e.Get("session")
+	if sess != "" && f.sessions[sess] {
+		if flowOf(e).Kind == "close" {
+			delete(f.sessions, sess)
+		}
+		return true
+	}
+	for _, a := range e.Attrs {
+		switch a.Key {
+		case "user", "from", "to", "rcpt", "recipient", "sender":
+			if !mentions(a.Value, f.addr) {
+				continue
+			}
+			if a.Key == "user" && sess != "" && len(f.sessions) < maxOwnSessions {
+				f.sessions[sess] = true
+			}
+			return true
+		}
+	}
+	return false
+}
+
+// mentions reports whether the comma-separated address list v holds addr.
+func mentions(v, addr string) bool {
+	for p := range strings.SplitSeq(v, ",") {
+		if strings.EqualFold(strings.Trim(strings.TrimSpace(p), "<>"), addr) {
+			return true
+		}
+	}
+	return false
 }
 
 // events streams the hub's events (text/event-stream): with ?since=SEQ
 // (or the Last-Event-ID a reconnecting EventSource sends) first those of
 // the ring after SEQ, then each new one. A client that does not keep up
 // is dropped by the Hub and gets an "dropped" event before the end.
+// Admins get every event; other users those of eventFilter.
 func (s *Server) events(w http.ResponseWriter, r *http.Request, u *user) {
 	hub := s.cfg.Hub
 	if hub == nil {
@@ -110,7 +168,11 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, u *user) {
 	hd.Set("Content-Type", "text/event-stream; charset=utf-8")
 	hd.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
+	filter := newEventFilter(u)
 	send := func(e Event) bool {
+		if !filter.visible(e) {
+			return true
+		}
 		data, err := json.Marshal(flowEvent{Event: e, Flow: flowOf(e)})
 		if err != nil {
 			return true

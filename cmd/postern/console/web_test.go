@@ -264,7 +264,7 @@ func TestConsoleNonAdminRefused(t *testing.T) {
 	if b.login("bob@example.test", testPassword) != http.StatusSeeOther {
 		t.Fatal("login failed")
 	}
-	for _, p := range []string{"/api/events", "/flow", "/admin", "/admin/dns?domain=example.test"} {
+	for _, p := range []string{"/admin", "/admin/dns?domain=example.test"} {
 		if code, _, _ := b.do("GET", p, nil, nil); code != http.StatusForbidden {
 			t.Errorf("bob GET %s: %d, want 403", p, code)
 		}
@@ -421,5 +421,60 @@ func TestConsoleLoginNeedsTLSOffLoopback(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A user who is not an admin gets only the events of their own sessions
+// (from their login on) and those naming their address.
+func TestConsoleEventsOwnOnly(t *testing.T) {
+	e := startWeb(t, nil)
+	b := e.browser(t)
+	if b.login("bob@example.test", testPassword) != http.StatusSeeOther {
+		t.Fatal("login failed")
+	}
+	l := e.log
+	l.Info("connect", "session", "A", "part", "imap")
+	l.Info("trace", "session", "A", "part", "imap", "dir", "C", "line", "a1 LOGIN alice@example.test [redacted]")
+	l.Info("login", "session", "A", "part", "imap", "user", "alice@example.test")
+	l.Info("trace", "session", "A", "part", "imap", "dir", "C", "line", "a2 SELECT INBOX")
+	l.Info("connect", "session", "B", "part", "pop3")
+	l.Info("login", "session", "B", "part", "pop3", "user", "bob@example.test")
+	l.Info("trace", "session", "B", "part", "pop3", "dir", "C", "line", "RETR 1")
+	l.Info("disconnect", "session", "B", "part", "pop3")
+	l.Info("trace", "session", "C", "part", "smtp", "dir", "C", "line", "RCPT TO:<bob@example.test>")
+	l.Info("message accepted", "session", "C", "part", "smtp", "id", "C-1", "from", "carol@remote.test", "to", "alice@example.test,bob@example.test")
+	l.Info("message accepted", "session", "D", "part", "smtp", "id", "D-1", "from", "carol@remote.test", "to", "alice@example.test")
+	l.Info("end of test")
+
+	req, _ := http.NewRequest("GET", e.base+"/api/events?since=0", nil)
+	resp, err := b.c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("bob GET /api/events: %d", resp.StatusCode)
+	}
+	var got []string
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if d, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+			var fe flowEvent
+			json.Unmarshal([]byte(d), &fe)
+			got = append(got, fe.Flow.Session+" "+fe.Msg+" "+fe.Flow.Line)
+		}
+		if sc.Text() == ": stream" {
+			break // the replay is over
+		}
+	}
+	want := []string{"B login ", "B trace RETR 1", "B disconnect ", "C message accepted "}
+	var own []string
+	for _, g := range got {
+		if !strings.Contains(g, "console login") {
+			own = append(own, g)
+		}
+	}
+	if strings.Join(own, "|") != strings.Join(want, "|") {
+		t.Fatalf("bob sees\n%q\nwant\n%q", own, want)
 	}
 }
