@@ -355,7 +355,7 @@ func (s *Server) accept(raw net.Conn, kind listenerKind) {
 	go func() {
 		defer s.wg.Done()
 		defer release()
-		s.handle(raw, kind, ip)
+		s.handle(raw, kind, ip, nil)
 	}()
 }
 
@@ -385,13 +385,14 @@ func (s *Server) refuse(raw net.Conn, kind listenerKind, e *smtp.SMTPError) {
 	}()
 }
 
-// handle serves one connection until it ends.
-func (s *Server) handle(raw net.Conn, kind listenerKind, ip netip.Addr) {
+// handle serves one connection until it ends. preauth, when not nil, is
+// the user the session is logged in as from the start (Submit).
+func (s *Server) handle(raw net.Conn, kind listenerKind, ip netip.Addr, preauth *mailstore.User) {
 	id := newSessionID()
 	log := s.log.With("session", id)
 	start := s.now()
 	log.Info("connect", "listener", kind.String(), "remote", raw.RemoteAddr().String(), "local", raw.LocalAddr().String())
-	cl := &client{srv: s, kind: kind, ip: ip, id: id, log: log}
+	cl := &client{srv: s, kind: kind, ip: ip, id: id, log: log, preauth: preauth}
 	if kind == listenSubmissionTLS {
 		raw.SetDeadline(time.Now().Add(tlsHandshakeTimeout))
 		tc := tls.Server(raw, s.tls)

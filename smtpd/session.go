@@ -29,7 +29,8 @@ type client struct {
 	implicitTLS *tls.Conn // on the implicit-TLS listener
 	lim         limits.Protocol
 	obs         *observer
-	smtpConn    *smtp.Conn // go-smtp's connection, from the first EHLO
+	smtpConn    *smtp.Conn      // go-smtp's connection, from the first EHLO
+	preauth     *mailstore.User // logged in from the start (Submit)
 
 	authFailures int // failed AUTH on this connection
 	transactions int // MAIL commands accepted
@@ -54,6 +55,12 @@ func (cl *client) NewSession(c *smtp.Conn) (smtp.Session, error) {
 		attrs = append(attrs, "tls", tls.VersionName(s.tls.Version), "cipher", tls.CipherSuiteName(s.tls.CipherSuite))
 	}
 	cl.log.Info("session", attrs...)
+	if cl.preauth != nil {
+		u := *cl.preauth
+		s.user = &u
+		c.Server().ReadTimeout = cl.lim.IdleTimeout
+		s.log.Info("auth", "user", u.Address, "mechanism", "console")
+	}
 	return s, nil
 }
 

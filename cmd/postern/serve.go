@@ -90,6 +90,23 @@ type serveEnv struct {
 	// limits is [limits] as the servers take it (see newServeLimits):
 	// one connection budget, login record and message budget for all.
 	limits serveLimits
+
+	// hub fans the log records out to the web console (nil without an
+	// HTTP listener); trace is whether the servers trace protocol lines:
+	// log.trace, or always with the console, whose live flow shows them
+	// (console.TraceFilter keeps them out of the log unless log.trace).
+	hub   *console.Hub
+	trace bool
+}
+
+// withHub puts the console's Hub in front of log's handler when an HTTP
+// listener is configured.
+func withHub(cfg *Config, log *slog.Logger) (*slog.Logger, *console.Hub) {
+	if cfg.HTTP.Listen == "" && cfg.HTTP.ListenTLS == "" {
+		return log, nil
+	}
+	hub := console.NewHub(console.TraceFilter(log.Handler(), cfg.Log.Trace), slog.LevelInfo, 0)
+	return slog.New(hub.Handler()), hub
 }
 
 // listenServer runs one protocol server on one bound listener. serve is
@@ -168,6 +185,7 @@ func cmdServe(c *cli, args []string) int {
 // starts the servers. Each value on hup reloads the configured certificate
 // files.
 func serve(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, hup <-chan os.Signal) (err error) {
+	log, hub := withHub(cfg, log)
 	plan := planFileDescriptors(cfg, log)
 	if err := privateDataDir(cfg.DataDir); err != nil {
 		return err
@@ -215,7 +233,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, hu
 		return err
 	}
 	env := &serveEnv{cfg: cfg, log: log, store: store, tls: tlsConfig, resolver: resolver,
-		limits: newServeLimits(cfg, plan.Connections)}
+		limits: newServeLimits(cfg, plan.Connections), hub: hub, trace: cfg.Log.Trace || hub != nil}
 	servers, err := buildServers(env)
 	if err != nil {
 		return err
@@ -363,7 +381,7 @@ func buildServers(env *serveEnv) ([]namedServer, error) {
 	}
 	env.relay = relay.New(relay.Config{
 		Hostname: env.cfg.Hostname, Resolver: relayResolver{env.resolver}, Port: env.cfg.Relay.Port,
-		Logger: env.log.With("part", "relay"), Trace: env.cfg.Log.Trace, LocalAddrs: local,
+		Logger: env.log.With("part", "relay"), Trace: env.trace, LocalAddrs: local,
 		Hold: env.cfg.Relay.Hold, MTASTS: env.cfg.Relay.MTASTS,
 	}, env.store)
 	servers = append(servers, namedServer{name: "relay", srv: env.relay})
@@ -391,7 +409,7 @@ func newServer(env *serveEnv, l listener) (serve func(net.Listener) error, shutd
 				MaxRecipients:     cfg.SMTP.MaxRecipients,
 				AllowInsecureAuth: cfg.Auth.AllowInsecure,
 				Logger:            env.log.With("part", "smtp"),
-				Trace:             cfg.Log.Trace,
+				Trace:             env.trace,
 				Limits:            env.limits.MX,
 				SubmissionLimits:  env.limits.Submission,
 				Shared:            env.limits.Shared,
@@ -425,7 +443,7 @@ func newServer(env *serveEnv, l listener) (serve func(net.Listener) error, shutd
 				TLSConfig:         env.tls,
 				AllowInsecureAuth: cfg.Auth.AllowInsecure,
 				Logger:            env.log.With("part", "pop3"),
-				Trace:             cfg.Log.Trace,
+				Trace:             env.trace,
 				Limits:            env.limits.POP3,
 				Shared:            env.limits.Shared,
 			}, env.store)
@@ -441,7 +459,7 @@ func newServer(env *serveEnv, l listener) (serve func(net.Listener) error, shutd
 				TLSConfig:         env.tls,
 				AllowInsecureAuth: cfg.Auth.AllowInsecure,
 				Logger:            env.log.With("part", "imap"),
-				Trace:             cfg.Log.Trace,
+				Trace:             env.trace,
 				Limits:            env.limits.IMAP,
 				Shared:            env.limits.Shared,
 				MaxMessageBytes:   env.limits.MaxMessageBytes,
@@ -610,5 +628,31 @@ func newConsole(env *serveEnv) *console.Server {
 		Conns:                    env.limits.Shared.Conns,
 		MaxConnections:           cfg.HTTP.Connections,
 		MaxConnectionsPerAddress: cfg.HTTP.ConnectionsPerAddress,
+		WebConfig: console.WebConfig{
+			Store:  env.store,
+			Logins: env.limits.Shared.Logins,
+			Hub:    env.hub,
+			// The submission pipeline of port 587 (smtpd is made with
+			// the listeners, before any request).
+			Submit: func(ctx context.Context, user, from string, rcpts []string, msg io.Reader) error {
+				if env.smtp == nil {
+					return errors.New("no SMTP server in this configuration")
+				}
+				return env.smtp.Submit(ctx, user, from, rcpts, msg)
+			},
+			DNSRecords: func(ctx context.Context, domain string) (string, error) {
+				keys, err := msgauth.StoreKeys{Store: env.store}.SigningKeys(ctx, domain)
+				if err != nil {
+					return "", err
+				}
+				return domainZone(cfg, domain, keys), nil
+			},
+			QueueKick: func() {
+				if env.relay != nil {
+					env.relay.Kick()
+				}
+			},
+			AllowInsecure: cfg.Auth.AllowInsecure,
+		},
 	})
 }

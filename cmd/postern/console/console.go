@@ -95,6 +95,10 @@ type Config struct {
 	// connections; 0 takes DefaultConnections and
 	// DefaultConnectionsPerAddress.
 	MaxConnections, MaxConnectionsPerAddress int
+
+	// WebConfig is the web console's (web.go); without a Store the
+	// console's pages are not served.
+	WebConfig
 }
 
 // Server is the HTTP listener. Serve and ServeTLS may each be called for
@@ -104,6 +108,7 @@ type Server struct {
 	log   *slog.Logger
 	conns *limits.Conns
 	mux   *http.ServeMux
+	web   *web // the console's sessions; nil without WebConfig.Store
 
 	mu      sync.Mutex
 	servers []*http.Server
@@ -200,6 +205,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.closed = true
 	servers := slices.Clone(s.servers)
 	s.mu.Unlock()
+	s.stopStreams()
 	var errs []error
 	for _, hs := range servers {
 		if err := hs.Shutdown(ctx); err != nil {
@@ -257,6 +263,7 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("POST /autodiscover/autodiscover.xml", s.autodiscover)
 	s.mux.HandleFunc("POST /Autodiscover/Autodiscover.xml", s.autodiscover)
 	s.mux.HandleFunc("GET /.well-known/mta-sts.txt", s.mtaSTS)
+	s.webRoutes()
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		text(w, http.StatusNotFound, "not found\n")
 	})

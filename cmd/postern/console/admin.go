@@ -1,0 +1,234 @@
+package console
+
+// Administration, for users with the admin flag: users, domains, aliases,
+// the outbound queue, what each domain should publish in DNS, and the
+// live connection counts. Every change goes through the mailstore API.
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/postern/postern/mailstore"
+)
+
+func (s *Server) adminRoutes(h func(string, http.HandlerFunc)) {
+	h("GET /admin", s.admin(s.adminPage))
+	h("POST /admin/users", s.admin(s.adminUsers))
+	h("POST /admin/domains", s.admin(s.adminDomains))
+	h("POST /admin/aliases", s.admin(s.adminAliases))
+	h("POST /admin/queue", s.admin(s.adminQueue))
+	h("GET /admin/dns", s.admin(s.adminDNS))
+}
+
+type userRow struct {
+	mailstore.User
+	Used int64
+}
+
+type adminData struct {
+	Users          []userRow
+	Domains        []string
+	Aliases        []mailstore.Alias
+	Queue          []mailstore.QueueEntry
+	ConnsOpen      int
+	ConnsMax       int
+	HTTPOpen       int
+	Sessions       int
+	Notice, Error  string
+	HasDNS         bool
+	BlockedListing bool
+}
+
+// maxAdminRows bounds the rows of each admin list.
+const maxAdminRows = 1000
+
+func (s *Server) adminPage(w http.ResponseWriter, r *http.Request, u *user) {
+	ctx, cancel := context.WithTimeout(r.Context(), storeTimeout)
+	defer cancel()
+	st := s.cfg.Store
+	d := adminData{Notice: r.URL.Query().Get("ok"), Error: r.URL.Query().Get("err"),
+		HasDNS: s.cfg.DNSRecords != nil, Sessions: s.Sessions(), HTTPOpen: s.conns.Open()}
+	if s.cfg.Conns != nil {
+		d.ConnsOpen, d.ConnsMax = s.cfg.Conns.Open(), s.cfg.Conns.Max()
+	}
+	users, err := st.Users(ctx)
+	if err != nil {
+		s.fail(w, "list users", err)
+		return
+	}
+	for _, x := range users[:min(len(users), maxAdminRows)] {
+		used, _, _ := st.Usage(ctx, x.ID)
+		d.Users = append(d.Users, userRow{User: x, Used: used})
+	}
+	if d.Domains, err = st.Domains(ctx); err != nil {
+		s.fail(w, "list domains", err)
+		return
+	}
+	aliases, err := st.Aliases(ctx)
+	if err != nil {
+		s.fail(w, "list aliases", err)
+		return
+	}
+	d.Aliases = aliases[:min(len(aliases), maxAdminRows)]
+	if d.Queue, err = st.Queue(ctx, time.Time{}, maxAdminRows); err != nil {
+		s.fail(w, "list queue", err)
+		return
+	}
+	s.render(w, http.StatusOK, "admin", u, d)
+}
+
+// done goes back to the admin page with a notice or an error.
+func done(w http.ResponseWriter, r *http.Request, what string, err error) {
+	q := "ok=" + url.QueryEscape(what)
+	if err != nil {
+		q = "err=" + url.QueryEscape(what+": "+err.Error())
+	}
+	http.Redirect(w, r, "/admin?"+q, http.StatusSeeOther)
+}
+
+func (s *Server) adminUsers(w http.ResponseWriter, r *http.Request, u *user) {
+	ctx, cancel := context.WithTimeout(r.Context(), storeTimeout)
+	defer cancel()
+	st := s.cfg.Store
+	addr := strings.TrimSpace(r.PostFormValue("address"))
+	op := r.PostFormValue("op")
+	var err error
+	switch op {
+	case "add":
+		pw := r.PostFormValue("password")
+		if len(pw) < 8 {
+			done(w, r, "add "+addr, errString("the password needs at least 8 characters"))
+			return
+		}
+		_, err = st.AddUser(ctx, addr, pw)
+	case "disable", "enable":
+		if op == "disable" && strings.EqualFold(addr, u.Address) {
+			done(w, r, op+" "+addr, errString("you cannot disable yourself"))
+			return
+		}
+		err = st.SetDisabled(ctx, addr, op == "disable")
+	case "admin", "unadmin":
+		if op == "unadmin" && strings.EqualFold(addr, u.Address) {
+			done(w, r, op+" "+addr, errString("you cannot take your own admin flag"))
+			return
+		}
+		err = st.SetAdmin(ctx, addr, op == "admin")
+	case "quota":
+		var mb float64
+		mb, err = strconv.ParseFloat(strings.TrimSpace(r.PostFormValue("quota_mib")), 64)
+		if err == nil && (mb < 0 || mb > 1<<40) {
+			err = errString("out of range")
+		}
+		if err == nil {
+			err = st.SetQuota(ctx, addr, int64(mb*(1<<20)))
+		}
+	default:
+		text(w, http.StatusBadRequest, "unknown operation\n")
+		return
+	}
+	if err == nil {
+		s.log.Info("console admin", "admin", u.Address, "op", "user "+op, "user", addr)
+	}
+	done(w, r, "user "+op+" "+addr, err)
+}
+
+func (s *Server) adminDomains(w http.ResponseWriter, r *http.Request, u *user) {
+	ctx, cancel := context.WithTimeout(r.Context(), storeTimeout)
+	defer cancel()
+	dom := strings.TrimSpace(r.PostFormValue("domain"))
+	var err error
+	switch op := r.PostFormValue("op"); op {
+	case "add":
+		err = s.cfg.Store.AddDomain(ctx, dom)
+	case "del":
+		err = s.cfg.Store.DeleteDomain(ctx, dom)
+	default:
+		text(w, http.StatusBadRequest, "unknown operation\n")
+		return
+	}
+	if err == nil {
+		s.log.Info("console admin", "admin", u.Address, "op", "domain "+r.PostFormValue("op"), "domain", dom)
+	}
+	done(w, r, "domain "+r.PostFormValue("op")+" "+dom, err)
+}
+
+func (s *Server) adminAliases(w http.ResponseWriter, r *http.Request, u *user) {
+	ctx, cancel := context.WithTimeout(r.Context(), storeTimeout)
+	defer cancel()
+	alias := strings.TrimSpace(r.PostFormValue("alias"))
+	var targets []string
+	for _, t := range strings.FieldsFunc(r.PostFormValue("targets"), func(r rune) bool { return r == ',' || r == ' ' }) {
+		if len(targets) < 100 {
+			targets = append(targets, t)
+		}
+	}
+	var err error
+	switch r.PostFormValue("op") {
+	case "add":
+		err = s.cfg.Store.AddAlias(ctx, alias, targets...)
+	case "del":
+		err = s.cfg.Store.DeleteAlias(ctx, alias, targets...)
+	default:
+		text(w, http.StatusBadRequest, "unknown operation\n")
+		return
+	}
+	if err == nil {
+		s.log.Info("console admin", "admin", u.Address, "op", "alias "+r.PostFormValue("op"), "alias", alias)
+	}
+	done(w, r, "alias "+r.PostFormValue("op")+" "+alias, err)
+}
+
+func (s *Server) adminQueue(w http.ResponseWriter, r *http.Request, u *user) {
+	ctx, cancel := context.WithTimeout(r.Context(), storeTimeout)
+	defer cancel()
+	id, err := strconv.ParseInt(r.PostFormValue("id"), 10, 64)
+	if err != nil {
+		done(w, r, "queue entry", errString("bad id"))
+		return
+	}
+	op := r.PostFormValue("op")
+	switch op {
+	case "retry":
+		if err = s.cfg.Store.QueueRetry(ctx, id); err == nil && s.cfg.QueueKick != nil {
+			s.cfg.QueueKick()
+		}
+	case "delete":
+		err = s.cfg.Store.QueueRemove(ctx, id)
+	default:
+		text(w, http.StatusBadRequest, "unknown operation\n")
+		return
+	}
+	if err == nil {
+		s.log.Info("console admin", "admin", u.Address, "op", "queue "+op, "queue_id", id)
+	}
+	done(w, r, "queue "+op+" "+strconv.FormatInt(id, 10), err)
+}
+
+func (s *Server) adminDNS(w http.ResponseWriter, r *http.Request, u *user) {
+	if s.cfg.DNSRecords == nil {
+		text(w, http.StatusNotFound, "no DNS records on this server\n")
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), storeTimeout)
+	defer cancel()
+	dom := strings.ToLower(strings.TrimSpace(r.URL.Query().Get("domain")))
+	local, err := s.cfg.Store.IsLocalDomain(ctx, dom)
+	if err != nil || !local {
+		text(w, http.StatusNotFound, "not a local domain\n")
+		return
+	}
+	zone, err := s.cfg.DNSRecords(ctx, dom)
+	if err != nil {
+		s.fail(w, "DNS records of "+dom, err)
+		return
+	}
+	text(w, http.StatusOK, zone)
+}
+
+type errString string
+
+func (e errString) Error() string { return string(e) }
