@@ -31,9 +31,9 @@ type client struct {
 	obs         *observer
 	smtpConn    *smtp.Conn // go-smtp's connection, from the first EHLO
 
-	authFailures int // failed AUTH on this connection
-	transactions int // MAIL commands accepted
-	delivered    int // messages stored or queued
+	authFailures int    // failed AUTH on this connection
+	transactions int    // MAIL commands accepted
+	delivered    int    // messages stored or queued
 	tlsVersion   string // "TLS 1.3" once TLS is up, for the log
 }
 
