@@ -336,6 +336,9 @@ func (s *session) deliver(tx *transaction, msg []byte) error {
 		}
 	}
 	s.log.Info("message accepted", attrs...)
+	for _, q := range d.Queued {
+		s.log.Info("queued", "id", tx.id, "queue_id", q.QueueID, "to", q.Address)
+	}
 	for _, f := range d.Failed {
 		// One reply answers for all recipients: the others have the message.
 		s.log.Warn("recipient did not get the message", "id", tx.id, "to", f.Recipient, "err", f.Err)

@@ -183,7 +183,7 @@ func TestTLSHandshakeFailureFallsBack(t *testing.T) {
 	if len(got) != 1 || got[0].tls {
 		t.Fatalf("received %+v, want one message without TLS", got)
 	}
-	if !strings.Contains(a.log.String(), "TLS handshake failed, retrying without TLS") {
+	if !strings.Contains(a.log.String(), `msg="tls handshake" proto=relay result=fail`) {
 		t.Errorf("log:\n%s", a.log)
 	}
 	// The next delivery goes straight to plaintext.
