@@ -90,6 +90,9 @@ type serveEnv struct {
 	// limits is [limits] as the servers take it (see newServeLimits):
 	// one connection budget, login record and message budget for all.
 	limits serveLimits
+
+	// metrics counts the events of log's Hub (/metrics).
+	metrics *console.Metrics
 }
 
 // listenServer runs one protocol server on one bound listener. serve is
@@ -168,6 +171,12 @@ func cmdServe(c *cli, args []string) int {
 // starts the servers. Each value on hup reloads the configured certificate
 // files.
 func serve(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, hup <-chan os.Signal) (err error) {
+	// Every record goes through the Hub: the events of /metrics and the console.
+	hub := console.NewHub(log.Handler(), slog.LevelInfo, 0)
+	log = slog.New(hub.Handler())
+	var openStore atomic.Pointer[mailstore.Store]
+	metrics := newServeMetrics(hub, openStore.Load, log.With("part", "metrics"))
+	go metrics.Run(ctx)
 	plan := planFileDescriptors(cfg, log)
 	if err := privateDataDir(cfg.DataDir); err != nil {
 		return err
@@ -183,6 +192,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, hu
 	if err != nil {
 		return err
 	}
+	openStore.Store(store)
 	// The store closes last, after every server has returned or the
 	// grace period is over, so that commits in progress can finish.
 	defer func() {
@@ -209,13 +219,14 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, hu
 	if err != nil {
 		return err
 	}
+	resolver.SetLogger(log.With("part", "dns"))
 	// Domains added before Postern signed mail, or listed in the
 	// configuration, get their DKIM keys now.
 	if err := ensureDKIMKeys(ctx, store, log, time.Now()); err != nil {
 		return err
 	}
 	env := &serveEnv{cfg: cfg, log: log, store: store, tls: tlsConfig, resolver: resolver,
-		limits: newServeLimits(cfg, plan.Connections)}
+		limits: newServeLimits(cfg, plan.Connections), metrics: metrics}
 	servers, err := buildServers(env)
 	if err != nil {
 		return err
@@ -584,6 +595,7 @@ func newLogger(lc LogConfig, w io.Writer) (*slog.Logger, error) {
 // newConsole makes the HTTP listener's server from env.
 func newConsole(env *serveEnv) *console.Server {
 	cfg := env.cfg
+	metricsNetworks, _ := cfg.HTTP.metricsNetworks() // checked by validate
 	return console.New(console.Config{
 		Hostname: cfg.Hostname,
 		Domains:  env.store.Domains,
@@ -610,5 +622,7 @@ func newConsole(env *serveEnv) *console.Server {
 		Conns:                    env.limits.Shared.Conns,
 		MaxConnections:           cfg.HTTP.Connections,
 		MaxConnectionsPerAddress: cfg.HTTP.ConnectionsPerAddress,
+		Metrics:                  env.metrics,
+		MetricsNetworks:          metricsNetworks,
 	})
 }
