@@ -284,7 +284,7 @@ func (s *Server) options(c *clientConn) *imapserver.Options {
 		o.TLSConfig = s.cfg.TLSConfig // only to offer STARTTLS: clientConn does it
 	}
 	if s.cfg.Trace {
-		o.DebugWriter = newTraceWriter(s.log.With("session", c.id))
+		o.DebugWriter = newTraceWriter(s.log.With("session", c.id, "proto", "imap", "listener", c.listener, "remote", c.RemoteAddr().String()))
 	}
 	return o
 }

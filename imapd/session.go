@@ -54,8 +54,8 @@ func (s *Server) newSession(c *imapserver.Conn, cc *clientConn) (imapserver.Sess
 	if !s.attach(cc, sess) {
 		return nil, nil, errShuttingDown
 	}
-	if cc.isTLS {
-		cs := cc.Conn.(*tls.Conn).ConnectionState()
+	if tc, ok := cc.Conn.(*tls.Conn); ok {
+		cs := tc.ConnectionState()
 		sess.info("tls handshake", "result", "ok", "version", tls.VersionName(cs.Version), "cipher", tls.CipherSuiteName(cs.CipherSuite))
 	}
 	if !cc.greeting {
