@@ -91,8 +91,20 @@ type serveEnv struct {
 	// one connection budget, login record and message budget for all.
 	limits serveLimits
 
-	// metrics counts the events of log's Hub (/metrics).
+	// hub fans the log records out to the metrics (and the console); nil
+	// without an HTTP listener. metrics counts its events (/metrics).
+	hub     *console.Hub
 	metrics *console.Metrics
+}
+
+// withHub puts the console's Hub in front of log's handler when an HTTP
+// listener is configured.
+func withHub(cfg *Config, log *slog.Logger) (*slog.Logger, *console.Hub) {
+	if cfg.HTTP.Listen == "" && cfg.HTTP.ListenTLS == "" {
+		return log, nil
+	}
+	hub := console.NewHub(log.Handler(), slog.LevelInfo, 0)
+	return slog.New(hub.Handler()), hub
 }
 
 // listenServer runs one protocol server on one bound listener. serve is
@@ -171,9 +183,7 @@ func cmdServe(c *cli, args []string) int {
 // starts the servers. Each value on hup reloads the configured certificate
 // files.
 func serve(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, hup <-chan os.Signal) (err error) {
-	// Every record goes through the Hub: the events of /metrics and the console.
-	hub := console.NewHub(log.Handler(), slog.LevelInfo, 0)
-	log = slog.New(hub.Handler())
+	log, hub := withHub(cfg, log)
 	var openStore atomic.Pointer[mailstore.Store]
 	metrics := newServeMetrics(hub, openStore.Load, log.With("part", "metrics"))
 	go metrics.Run(ctx)
@@ -226,7 +236,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, hu
 		return err
 	}
 	env := &serveEnv{cfg: cfg, log: log, store: store, tls: tlsConfig, resolver: resolver,
-		limits: newServeLimits(cfg, plan.Connections), metrics: metrics}
+		limits: newServeLimits(cfg, plan.Connections), hub: hub, metrics: metrics}
 	servers, err := buildServers(env)
 	if err != nil {
 		return err
