@@ -12,6 +12,7 @@ import (
 
 	"github.com/postern/postern/cmd/postern/console"
 	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/mailstore/limits"
 )
 
 // domainClassTimeout bounds the store read that classes a relay domain.
@@ -19,10 +20,12 @@ const domainClassTimeout = time.Second
 
 // newServeMetrics makes the metrics of serve. store returns the store
 // once it is open (nil before); scrapes before that show no queue.
-func newServeMetrics(hub *console.Hub, store func() *mailstore.Store, log *slog.Logger) *console.Metrics {
+func newServeMetrics(hub *console.Hub, store func() *mailstore.Store, lim limits.Shared, log *slog.Logger) *console.Metrics {
 	return console.NewMetrics(console.MetricsConfig{
 		Hub:    hub,
 		Logger: log,
+		Conns:  lim.Conns,
+		Memory: lim.Memory,
 		Queue: func(ctx context.Context, limit int) (console.QueueStats, error) {
 			st := store()
 			if st == nil {

@@ -184,10 +184,11 @@ func cmdServe(c *cli, args []string) int {
 // files.
 func serve(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, hup <-chan os.Signal) (err error) {
 	log, hub := withHub(cfg, log)
-	var openStore atomic.Pointer[mailstore.Store]
-	metrics := newServeMetrics(hub, openStore.Load, log.With("part", "metrics"))
-	go metrics.Run(ctx)
 	plan := planFileDescriptors(cfg, log)
+	lim := newServeLimits(cfg, plan.Connections)
+	var openStore atomic.Pointer[mailstore.Store]
+	metrics := newServeMetrics(hub, openStore.Load, lim.Shared, log.With("part", "metrics"))
+	go metrics.Run(ctx)
 	if err := privateDataDir(cfg.DataDir); err != nil {
 		return err
 	}
@@ -236,7 +237,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, hu
 		return err
 	}
 	env := &serveEnv{cfg: cfg, log: log, store: store, tls: tlsConfig, resolver: resolver,
-		limits: newServeLimits(cfg, plan.Connections), hub: hub, metrics: metrics}
+		limits: lim, hub: hub, metrics: metrics}
 	servers, err := buildServers(env)
 	if err != nil {
 		return err

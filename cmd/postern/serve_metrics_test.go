@@ -167,6 +167,9 @@ func TestServeMetrics(t *testing.T) {
 	if mf["postern_queue_length"] == nil || metricValue(mf, "postern_queue_scrape_error") != 0 {
 		t.Errorf("queue metrics missing or failing")
 	}
+	if mf["postern_connections_max"] == nil || metricValue(mf, "postern_message_memory_max_bytes") <= 0 {
+		t.Errorf("connection or memory budget metrics missing")
+	}
 	if mf["go_goroutines"] == nil || mf["process_resident_memory_bytes"] == nil {
 		t.Errorf("Go runtime or process metrics missing")
 	}

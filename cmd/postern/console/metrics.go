@@ -53,6 +53,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/postern/postern/mailstore/limits"
 )
 
 // QueueStats is the outbound queue as /metrics shows it.
@@ -75,6 +77,10 @@ type MetricsConfig struct {
 	// DomainClass puts a relay recipient domain in a class (a label of
 	// few values: "local", "remote"...); nil: every domain is "remote".
 	DomainClass func(domain string) string
+	// Conns (the process-wide connection budget) and Memory (the
+	// in-flight message budget) are read on scrape; nil: not shown.
+	Conns  *limits.Conns
+	Memory *limits.Budget
 	// Logger gets scrape errors; nil discards.
 	Logger *slog.Logger
 }
@@ -191,6 +197,27 @@ func NewMetrics(cfg MetricsConfig) *Metrics {
 		m.queueScrapeError = prometheus.NewDesc("postern_queue_scrape_error",
 			"1 when the queue could not be read for this scrape.", nil, nil)
 		m.reg.MustRegister(queueCollector{m})
+	}
+	if c := cfg.Conns; c != nil {
+		m.reg.MustRegister(
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "postern_connections_open",
+				Help: "Connections held in the process-wide budget now (all listeners)."},
+				func() float64 { return float64(c.Open()) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "postern_connections_max",
+				Help: "The process-wide connection budget (0: none)."},
+				func() float64 { return float64(c.Max()) }))
+	}
+	if b := cfg.Memory; b != nil {
+		m.reg.MustRegister(
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "postern_message_memory_bytes",
+				Help: "Message bytes held in memory by all sessions now."},
+				func() float64 { return float64(b.Used()) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "postern_message_memory_max_bytes",
+				Help: "The in-flight message memory budget (limits.in_flight_bytes)."},
+				func() float64 { return float64(b.Max()) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "postern_spool_disk_bytes",
+				Help: "Message bytes spooled to disk beyond the memory budget now."},
+				func() float64 { return float64(b.DiskUsed()) }))
 	}
 	return m
 }

@@ -15,6 +15,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"github.com/postern/postern/mailstore/limits"
 )
 
 // ParseMetrics parses a /metrics answer with Prometheus's text parser.
@@ -142,7 +144,13 @@ func TestMetricsFromEvents(t *testing.T) {
 	hub := NewHub(slog.DiscardHandler, slog.LevelInfo, 64)
 	log := slog.New(hub.Handler())
 	queued := time.Now().Add(-time.Minute)
-	m := NewMetrics(MetricsConfig{Hub: hub,
+	conns := limits.NewConns(10, 5, nil)
+	release, err := conns.Acquire(netip.MustParseAddr("192.0.2.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	m := NewMetrics(MetricsConfig{Hub: hub, Conns: conns, Memory: limits.NewBudget(1000, 0),
 		Queue: func(ctx context.Context, limit int) (QueueStats, error) {
 			return QueueStats{Length: 3, Oldest: queued}, nil
 		},
@@ -222,6 +230,10 @@ func TestMetricsFromEvents(t *testing.T) {
 		{"postern_queue_length", nil, 3},
 		{"postern_queue_scrape_error", nil, 0},
 		{"postern_events_dropped_total", nil, 0},
+		{"postern_connections_open", nil, 1},
+		{"postern_connections_max", nil, 10},
+		{"postern_message_memory_bytes", nil, 0},
+		{"postern_message_memory_max_bytes", nil, 1000},
 	} {
 		if got := value(mf, c.name, c.labels...); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
