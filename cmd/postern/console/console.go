@@ -238,7 +238,8 @@ func (l *budgetListener) Accept() (net.Conn, error) {
 		}
 		release, err := l.conns.Acquire(limits.RemoteIP(c))
 		if err != nil {
-			l.log.Warn("http connection refused", "remote", c.RemoteAddr().String(), "reason", err.Error())
+			l.log.Warn("refused", "what", "connection", "proto", "http", "remote", c.RemoteAddr().String(),
+				"reason", "limits", "detail", err.Error())
 			c.Close()
 			continue
 		}

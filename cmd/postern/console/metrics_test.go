@@ -330,3 +330,21 @@ func waitSeq(t *testing.T, m *Metrics, hub *Hub) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// BenchmarkMetricsApply is the cost of counting one event: the metrics
+// subscriber must keep up with the servers' log records.
+func BenchmarkMetricsApply(b *testing.B) {
+	m := NewMetrics(MetricsConfig{})
+	events := []Event{
+		{Msg: "trace", Attrs: []Attr{{"session", "a"}, {"proto", "smtp"}, {"dir", "C"}, {"line", "RCPT TO:<a@b>"}}},
+		{Msg: "session start", Attrs: []Attr{{"session", "a"}, {"proto", "smtp"}, {"listener", "smtp"}}},
+		{Msg: "message accepted", Attrs: []Attr{{"session", "a"}, {"proto", "smtp"}, {"bytes", "4096"}, {"recipients", "2"}, {"stored", "2"}}},
+		{Msg: "session end", Attrs: []Attr{{"session", "a"}, {"proto", "smtp"}, {"duration", "1.5s"}}},
+	}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		e := events[i%len(events)]
+		e.Seq = uint64(i + 1)
+		m.Apply(e)
+	}
+}
