@@ -19,8 +19,12 @@ package console
 //	tls handshake     result (ok|fail), version ("" on fail), cipher or err;
 //	                  the relay's carry proto=relay, host
 //	auth              result (ok|fail|blocked|busy|error), user, mechanism
-//	                  (also "login failed", limits.LogFailure's fail2ban line)
-//	refused           what (connection|session), reason, detail
+//	                  (beside "login failed", limits.LogFailure's fail2ban
+//	                  line, whose reason "wrong credentials, address now
+//	                  blocked" counts postern_addresses_blocked_total)
+//	refused           what (connection|session), reason, detail; a refused
+//	                  connection has no session and names proto (http too),
+//	                  listener and remote on the line
 //	sender refused    from, reason, detail          (smtp)
 //	recipient refused to, reason, detail            (smtp)
 //	message refused   id, reason, detail, code      (smtp)
