@@ -46,6 +46,10 @@ type clientConn struct {
 	srv      *Server
 	id       string
 	isTLS    bool
+	// listener is "imap" or "imaps" and start the session's start, for
+	// the log; both are kept across STARTTLS.
+	listener string
+	start    time.Time
 	// secure: plaintext logins are allowed (see Config.Secure).
 	secure bool
 	// release gives back the connection's place in the budget.
@@ -711,13 +715,15 @@ func (s *Server) startTLS(old *clientConn) {
 	tc := tls.Server(raw, s.cfg.TLSConfig)
 	tc.SetDeadline(time.Now().Add(tlsHandshakeTimeout))
 	if err := tc.Handshake(); err != nil {
-		s.log.Info("STARTTLS handshake failed", "session", old.id, "err", err)
+		s.log.Info("tls handshake", "session", old.id, "proto", "imap", "listener", old.listener,
+			"remote", raw.RemoteAddr().String(), "result", "fail", "version", "", "err", err)
 		raw.Close()
 		s.connGone(old)
 		return
 	}
 	tc.SetDeadline(time.Time{})
 	c := newClientConn(s, tc, old.id, true, true, old.release)
+	c.listener, c.start = old.listener, old.start
 	c.greeting = true
 	if !s.replaceConn(old, c) {
 		raw.Close()

@@ -215,4 +215,29 @@ func TestStartTLSDropsInjectedCommands(t *testing.T) {
 	if l := last(tr.cmd("f", "STARTTLS")); !strings.HasPrefix(l, "f ") || strings.HasPrefix(l, "f OK") {
 		t.Errorf("second STARTTLS = %q", l)
 	}
+	// One session in the log vocabulary, across STARTTLS.
+	tc.Close()
+	deadline := time.Now().Add(waitTimeout)
+	for !strings.Contains(env.logs.String(), `msg="session end"`) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	logs := env.logs.String()
+	for msg, n := range map[string]int{
+		`msg="session start" `:         1,
+		`msg="session end" `:           1,
+		`msg="tls handshake" `:         1,
+		` result=ok version="TLS 1.3"`: 1,
+		` tls="TLS 1.3" duration=`:     1,
+		`msg=auth `:                    1,
+		` result=ok mechanism=LOGIN`:   1,
+	} {
+		if got := strings.Count(logs, msg); got != n {
+			t.Errorf("%d lines with %s, want %d:\n%s", got, msg, n, logs)
+		}
+	}
+	for _, l := range strings.Split(logs, "\n") {
+		if strings.Contains(l, "session=") && !strings.Contains(l, " proto=imap listener=imap remote=127.0.0.1:") {
+			t.Errorf("session line without proto, listener and remote: %s", l)
+		}
+	}
 }

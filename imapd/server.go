@@ -284,7 +284,7 @@ func (s *Server) options(c *clientConn) *imapserver.Options {
 		o.TLSConfig = s.cfg.TLSConfig // only to offer STARTTLS: clientConn does it
 	}
 	if s.cfg.Trace {
-		o.DebugWriter = newTraceWriter(s.log.With("session", c.id))
+		o.DebugWriter = newTraceWriter(s.log.With("session", c.id, "proto", "imap", "listener", c.listener, "remote", c.RemoteAddr().String()))
 	}
 	return o
 }
@@ -372,6 +372,7 @@ func (s *Server) hand(nc net.Conn) {
 	release, err := s.conns.Acquire(limits.RemoteIP(nc))
 	if err == nil {
 		c := newClientConn(s, nc, newSessionID(), isTLS, isTLS || s.cfg.AllowInsecureAuth || s.cfg.Secure(nc), release)
+		c.listener, c.start = listenerName(isTLS), time.Now()
 		if !s.addConn(c) {
 			release()
 			err = errors.New("shutting down")
@@ -382,7 +383,8 @@ func (s *Server) hand(nc net.Conn) {
 				tc := nc.(*tls.Conn)
 				tc.SetDeadline(time.Now().Add(tlsHandshakeTimeout))
 				if err := tc.Handshake(); err != nil {
-					s.log.Debug("TLS handshake failed", "session", c.id, "remote", nc.RemoteAddr().String(), "err", err)
+					s.log.Info("tls handshake", "session", c.id, "proto", "imap", "listener", c.listener,
+						"remote", nc.RemoteAddr().String(), "result", "fail", "version", "", "err", err)
 					c.Close()
 					return
 				}
@@ -395,7 +397,8 @@ func (s *Server) hand(nc net.Conn) {
 			return
 		}
 	}
-	s.log.Info("connection refused", "remote", nc.RemoteAddr().String(), "reason", err.Error())
+	s.log.Info("refused", "what", "connection", "proto", "imap", "listener", listenerName(isTLS),
+		"remote", nc.RemoteAddr().String(), "reason", "limits", "detail", err.Error())
 	if isTLS {
 		// Not worth a handshake: hang up.
 		nc.Close()

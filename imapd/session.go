@@ -3,11 +3,13 @@ package imapd
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapserver"
@@ -52,10 +54,12 @@ func (s *Server) newSession(c *imapserver.Conn, cc *clientConn) (imapserver.Sess
 	if !s.attach(cc, sess) {
 		return nil, nil, errShuttingDown
 	}
-	if cc.greeting {
-		sess.info("TLS started")
-	} else {
-		sess.info("connect", "remote", cc.RemoteAddr().String(), "local", cc.LocalAddr().String(), "tls", cc.isTLS)
+	if tc, ok := cc.Conn.(*tls.Conn); ok {
+		cs := tc.ConnectionState()
+		sess.info("tls handshake", "result", "ok", "version", tls.VersionName(cs.Version), "cipher", tls.CipherSuiteName(cs.CipherSuite))
+	}
+	if !cc.greeting {
+		sess.info("session start", "local", cc.LocalAddr().String(), "tls", cc.tlsVersion())
 	}
 	return sess, nil, nil
 }
@@ -64,9 +68,10 @@ func (s *Server) newSession(c *imapserver.Conn, cc *clientConn) (imapserver.Sess
 // for each event rather than kept: an idle session holds no logger.
 func (s *session) logger() *slog.Logger {
 	if s.user != nil {
-		return s.srv.log.With("session", s.id, "user", s.user.Address)
+		return s.srv.log.With("session", s.id, "proto", "imap", "listener", s.cc.listener, "remote", s.cc.RemoteAddr().String(),
+			"user", s.user.Address)
 	}
-	return s.srv.log.With("session", s.id)
+	return s.srv.log.With("session", s.id, "proto", "imap", "listener", s.cc.listener, "remote", s.cc.RemoteAddr().String())
 }
 
 // Session events are logged through these: the formatting runs off the
@@ -143,10 +148,8 @@ func (s *session) sayBye(text string) {
 func (s *session) Close() error {
 	s.setView(nil)
 	s.srv.detach(s.cc)
-	if s.cc.handover {
-		s.info("STARTTLS")
-	} else {
-		s.info("disconnect")
+	if !s.cc.handover { // after STARTTLS the session goes on
+		s.info("session end", "tls", s.cc.tlsVersion(), "duration", time.Since(s.cc.start).Round(time.Millisecond))
 	}
 	return nil
 }
@@ -175,16 +178,20 @@ func (s *session) Login(username, password string) error {
 	switch {
 	case err == nil:
 	case errors.Is(err, limits.ErrLoginFailed):
+		s.info("auth", "result", "fail", "user", username, "mechanism", mech)
 		return errAuthFailed
 	case errors.Is(err, limits.ErrBlocked):
+		s.info("auth", "result", "blocked", "user", username, "mechanism", mech)
 		return errAuthThrottled
 	case errors.Is(err, limits.ErrBusy):
+		s.info("auth", "result", "busy", "user", username, "mechanism", mech)
 		return errAuthBusy
 	default:
+		s.info("auth", "result", "error", "user", username, "mechanism", mech)
 		return s.internal("authenticate", err)
 	}
 	s.user = &u
-	s.info("login")
+	s.info("auth", "result", "ok", "mechanism", mech)
 	return nil
 }
 
@@ -222,4 +229,21 @@ func (s *session) selected() *view {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.view
+}
+
+// listenerName names an IMAP listener in the log vocabulary
+// (cmd/postern/console/metrics.go), as the configuration does.
+func listenerName(implicitTLS bool) string {
+	if implicitTLS {
+		return "imaps"
+	}
+	return "imap"
+}
+
+// tlsVersion is the name of the connection's TLS version, or "".
+func (c *clientConn) tlsVersion() string {
+	if tc, ok := c.Conn.(*tls.Conn); ok {
+		return tls.VersionName(tc.ConnectionState().Version)
+	}
+	return ""
 }

@@ -88,7 +88,7 @@ func TestConnectionsPerAddress(t *testing.T) {
 	c := greetedFrom(t, ts.addr, "127.0.0.2")
 	c.login(bob, bobPass)
 	c.ok("QUIT")
-	if logs := ts.logs.String(); !strings.Contains(logs, `msg="connection refused"`) || !strings.Contains(logs, "remote=127.0.0.2:") {
+	if logs := ts.logs.String(); !strings.Contains(logs, `msg=refused what=connection`) || !strings.Contains(logs, "remote=127.0.0.2:") {
 		t.Errorf("refusal not logged with the client address:\n%s", logs)
 	}
 }

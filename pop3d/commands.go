@@ -289,16 +289,19 @@ func (sess *session) checkLogin(mech, name string, verify func(context.Context) 
 func (sess *session) loginResult(mech, name string, user mailstore.User, err error) {
 	switch {
 	case errors.Is(err, limits.ErrLoginFailed):
+		sess.log.Info("auth", "result", "fail", "user", name, "mechanism", mech)
 		sess.send(errAuthFailed)
 		return
 	case errors.Is(err, limits.ErrBlocked):
+		sess.log.Info("auth", "result", "blocked", "user", name, "mechanism", mech)
 		sess.send(errBlocked)
 		return
 	case errors.Is(err, limits.ErrBusy):
+		sess.log.Info("auth", "result", "busy", "user", name, "mechanism", mech)
 		sess.send(errLoginBusy)
 		return
 	case err != nil:
-		sess.log.Error("login check failed", "mechanism", mech, "user", name, "err", err)
+		sess.log.Error("auth", "result", "error", "mechanism", mech, "user", name, "err", err)
 		sess.send(errTemporary)
 		return
 	}
@@ -321,7 +324,7 @@ func (sess *session) loginResult(mech, name string, user mailstore.User, err err
 	sess.drop = drop
 	sess.state = stateTransaction
 	n, size := drop.stat()
-	sess.log.Info("login", "mechanism", mech, "user", user.Address, "tls", sess.tls, "messages", n, "octets", size)
+	sess.log.Info("auth", "result", "ok", "mechanism", mech, "user", user.Address, "tls", sess.tlsVersion, "messages", n, "octets", size)
 	sess.send(ok(fmt.Sprintf("maildrop locked and ready, %d messages (%d octets)", n, size)))
 }
 
@@ -344,12 +347,11 @@ func (sess *session) cmdStls(arg string) {
 	}
 	tc := tls.Server(sess.conn, sess.srv.cfg.TLSConfig)
 	if err := sess.handshake(tc); err != nil {
-		sess.log.Info("STLS negotiation failed", "err", err)
+		sess.log.Info("tls handshake", "result", "fail", "version", "", "err", err)
 		sess.fail(err)
 		return
 	}
-	sess.setConn(tc, true)
-	sess.log.Debug("STLS done", "version", tc.ConnectionState().Version)
+	sess.setConn(tc, true) // logs the handshake
 }
 
 // TRANSACTION state.

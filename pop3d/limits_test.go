@@ -239,7 +239,7 @@ func TestTrace(t *testing.T) {
 		`dir=C line=***`,
 		`dir=S line="+OK pop.example.org POP3 server ready"`,
 		`dir=S line="<`,
-		`msg=login`,
+		`msg=auth `,
 	} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("log lacks %s:\n%s", want, logs)

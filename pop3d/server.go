@@ -204,7 +204,8 @@ func (s *Server) serve(ln net.Listener, implicitTLS bool) error {
 		delay = 0
 		release, err := s.budget.Acquire(limits.RemoteIP(c))
 		if err != nil {
-			s.log.Warn("connection refused", "listener", ln.Addr().String(), "remote", c.RemoteAddr().String(), "reason", err.Error())
+			s.log.Warn("refused", "what", "connection", "proto", "pop3", "listener", listenerName(implicitTLS),
+				"addr", ln.Addr().String(), "remote", c.RemoteAddr().String(), "reason", "limits", "detail", err.Error())
 			s.refuse(c, implicitTLS, err)
 			continue
 		}

@@ -78,6 +78,9 @@ type session struct {
 	br   *bufio.Reader
 	bw   *bufio.Writer
 	tls  bool
+	// tlsVersion is the TLS version's name once TLS is up, for the log.
+	tlsVersion string
+	start      time.Time // when the session started, for its duration
 
 	state  state
 	errors int
@@ -105,22 +108,32 @@ func (s *Server) serveConn(c net.Conn, implicitTLS bool) {
 		id:    newSessionID(),
 		state: stateAuthorization,
 	}
-	sess.authLog = s.log.With("session", sess.id)
+	sess.authLog = s.log.With("session", sess.id, "proto", "pop3", "listener", listenerName(implicitTLS))
 	sess.log = sess.authLog.With("remote", c.RemoteAddr().String())
 	sess.remote = limits.RemoteIP(c)
-	defer sess.end()
 	if implicitTLS {
 		tc := tls.Server(c, s.cfg.TLSConfig)
 		if err := sess.handshake(tc); err != nil {
-			sess.log.Info("TLS handshake failed", "err", err)
+			sess.log.Info("tls handshake", "result", "fail", "version", "", "err", err)
 			return
 		}
 		sess.setConn(tc, true)
 	} else {
 		sess.setConn(c, false)
 	}
-	sess.log.Debug("session start", "tls", sess.tls)
+	sess.start = time.Now()
+	sess.log.Info("session start", "local", c.LocalAddr().String(), "tls", sess.tlsVersion)
+	defer sess.end()
 	sess.run()
+}
+
+// listenerName names a POP3 listener in the log vocabulary
+// (cmd/postern/console/metrics.go), as the configuration does.
+func listenerName(implicitTLS bool) string {
+	if implicitTLS {
+		return "pop3s"
+	}
+	return "pop3"
 }
 
 // timedWriter gives every write to the connection a deadline, so that a
@@ -152,6 +165,11 @@ func (sess *session) timeout() time.Duration {
 func (sess *session) setConn(c net.Conn, isTLS bool) {
 	sess.conn = c
 	sess.tls = isTLS
+	if tc, ok := c.(*tls.Conn); ok && isTLS {
+		cs := tc.ConnectionState()
+		sess.tlsVersion = tls.VersionName(cs.Version)
+		sess.log.Info("tls handshake", "result", "ok", "version", sess.tlsVersion, "cipher", tls.CipherSuiteName(cs.CipherSuite))
+	}
 	sess.br = bufio.NewReaderSize(c, readBufferSize)
 	sess.bw = bufio.NewWriterSize(timedWriter{c, sess}, writeBufferSize)
 }
@@ -194,7 +212,7 @@ func (sess *session) run() {
 			sess.dispatch(line)
 		}
 		if sess.errors >= sess.srv.lim.MaxErrors && !sess.done {
-			sess.log.Info("too many errors, closing", "errors", sess.errors)
+			sess.log.Info("refused", "what", "session", "reason", "errors", "detail", "too many errors", "errors", sess.errors)
 			sess.done = true
 		}
 	}
@@ -347,7 +365,8 @@ func (sess *session) end() {
 	if sess.drop != nil {
 		sess.drop.close()
 	}
-	attrs := []any{"state", sess.state.String(), "errors", sess.errors}
+	attrs := []any{"tls", sess.tlsVersion, "duration", time.Since(sess.start).Round(time.Millisecond),
+		"state", sess.state.String(), "errors", sess.errors}
 	if sess.account.Address != "" {
 		attrs = append(attrs, "user", sess.account.Address, "retrieved", sess.retrieved, "deleted", sess.deleted)
 	}
@@ -357,8 +376,7 @@ func (sess *session) end() {
 	if sess.state == stateTransaction {
 		// A session that ends in TRANSACTION never reaches UPDATE (RFC
 		// 1939 section 6): its DELE marks are forgotten.
-		sess.log.Info("session ended without QUIT, nothing removed", attrs...)
-		return
+		attrs = append(attrs, "quit", false, "detail", "session ended without QUIT, nothing removed")
 	}
 	sess.log.Info("session end", attrs...)
 }

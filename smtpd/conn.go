@@ -131,7 +131,7 @@ func (c *conn) SetReadDeadline(t time.Time) error {
 	c.commands++
 	if c.commands > c.maxIdle {
 		c.expired = true
-		c.log.Warn("ending session", "reason", "too many commands without a message", "commands", c.commands)
+		c.log.Warn("refused", "what", "session", "reason", "limits", "detail", "too many commands without a message", "commands", c.commands)
 		return c.Conn.SetReadDeadline(aLongTimeAgo)
 	}
 	return c.Conn.SetReadDeadline(t)

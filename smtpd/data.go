@@ -196,7 +196,7 @@ func (s *session) checkAuthors(tx *transaction, h textproto.Header) error {
 				}
 				if !ok {
 					s.log.Info("message refused", "id", tx.id, "user", s.user.Address, "field", field,
-						"address", printable(a.Address), "reason", "not the user's address")
+						"address", printable(a.Address), "reason", "policy", "detail", "not the user's address")
 					return errAuthorNotOwned
 				}
 			}
@@ -212,8 +212,24 @@ func unfold(v string) string {
 
 // refuse logs why a message is refused and returns the reply.
 func (s *session) refuse(tx *transaction, reply *smtp.SMTPError, cause error) *smtp.SMTPError {
-	s.log.Info("message refused", "id", tx.id, "from", tx.from, "code", reply.Code, "reason", cause.Error())
+	s.log.Info("message refused", "id", tx.id, "from", tx.from, "code", reply.Code, "reason", refusalClass(reply), "detail", cause.Error())
 	return reply
+}
+
+// refusalClass is the reason of a "message refused" line in the log
+// vocabulary (cmd/postern/console/metrics.go).
+func refusalClass(reply *smtp.SMTPError) string {
+	switch reply {
+	case errNoMemory, errMessageTooBig, errLineTooLong:
+		return "limits"
+	case errMailboxFull:
+		return "quota"
+	case errNoSuchUser:
+		return "unknown"
+	case errNUL, errMalformed, errAuthorUnreadable, errNothingStored:
+		return "syntax"
+	}
+	return "policy"
 }
 
 // traceFields returns Received (RFC 5321 4.4), and on submission Date and
@@ -312,7 +328,7 @@ func (s *session) deliver(tx *transaction, msg []byte) error {
 	s.cl.delivered++
 	s.cl.conn.delivered()
 	attrs := []any{"id", tx.id, "from", tx.from, "to", recipientList(tx.rcpts),
-		"size", len(msg), "stored", len(d.Stored), "queued", len(d.Queued)}
+		"size", len(msg), "bytes", len(msg), "recipients", len(tx.rcpts), "stored", len(d.Stored), "queued", len(d.Queued)}
 	if tx.junk {
 		attrs = append(attrs, "junk", true)
 		if len(d.Stored) > 0 {
@@ -320,6 +336,9 @@ func (s *session) deliver(tx *transaction, msg []byte) error {
 		}
 	}
 	s.log.Info("message accepted", attrs...)
+	for _, q := range d.Queued {
+		s.log.Info("queued", "id", tx.id, "queue_id", q.QueueID, "to", q.Address)
+	}
 	for _, f := range d.Failed {
 		// One reply answers for all recipients: the others have the message.
 		s.log.Warn("recipient did not get the message", "id", tx.id, "to", f.Recipient, "err", f.Err)

@@ -52,7 +52,7 @@ func (cl *client) protocolError(reason string) {
 	if !cl.conn.countError() {
 		return
 	}
-	cl.log.Warn("ending session", "reason", "too many errors", "max_errors", cl.lim.MaxErrors, "last", reason)
+	cl.log.Warn("refused", "what", "session", "reason", "errors", "detail", "too many errors", "max_errors", cl.lim.MaxErrors, "last", reason)
 	line := "421 4.7.0 " + cl.srv.cfg.Hostname + " Too many errors, closing connection"
 	var w io.Writer
 	if pc := cl.plaintext(); pc != nil {

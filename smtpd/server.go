@@ -256,7 +256,16 @@ const (
 )
 
 func (k listenerKind) String() string {
-	return [...]string{"mx", "submission", "submissions"}[k]
+	return [...]string{"smtp", "submission", "submissions"}[k]
+}
+
+// proto is the protocol of the listener in the log vocabulary
+// (cmd/postern/console/metrics.go): "smtp" or "submission".
+func (k listenerKind) proto() string {
+	if k == listenMX {
+		return "smtp"
+	}
+	return "submission"
 }
 
 func (k listenerKind) submission() bool { return k != listenMX }
@@ -339,7 +348,8 @@ func (s *Server) accept(raw net.Conn, kind listenerKind) {
 		if errors.Is(err, limits.ErrTooManyFromAddress) {
 			reply = errTooManyConnsForIP
 		}
-		s.log.Warn("connection refused", "listener", kind.String(), "remote", raw.RemoteAddr().String(), "reason", err.Error())
+		s.log.Warn("refused", "what", "connection", "proto", kind.proto(), "listener", kind.String(),
+			"remote", raw.RemoteAddr().String(), "reason", "limits", "detail", err.Error())
 		s.refuse(raw, kind, reply)
 		return
 	}
@@ -389,22 +399,23 @@ func (s *Server) refuse(raw net.Conn, kind listenerKind, e *smtp.SMTPError) {
 // the user the session is logged in as from the start (Submit).
 func (s *Server) handle(raw net.Conn, kind listenerKind, ip netip.Addr, preauth *mailstore.User) {
 	id := newSessionID()
-	log := s.log.With("session", id)
+	log := s.log.With("session", id, "proto", kind.proto(), "listener", kind.String(), "remote", raw.RemoteAddr().String())
 	start := s.now()
-	log.Info("connect", "listener", kind.String(), "remote", raw.RemoteAddr().String(), "local", raw.LocalAddr().String())
 	cl := &client{srv: s, kind: kind, ip: ip, id: id, log: log, preauth: preauth}
 	if kind == listenSubmissionTLS {
 		raw.SetDeadline(time.Now().Add(tlsHandshakeTimeout))
 		tc := tls.Server(raw, s.tls)
 		if err := tc.HandshakeContext(s.ctx); err != nil {
-			log.Info("disconnect", "reason", "TLS handshake failed", "err", err)
+			log.Info("tls handshake", "result", "fail", "version", "", "err", err)
 			raw.Close()
 			return
 		}
 		raw.SetDeadline(time.Time{})
 		cl.implicitTLS = tc
+		cl.tlsVersion = logTLSHandshake(log, tc.ConnectionState())
 		raw = tc
 	}
+	log.Info("session start", "local", raw.LocalAddr().String(), "tls", cl.tlsVersion)
 	_, lim := s.group(kind)
 	cl.lim = lim
 	c := newConn(raw, s, log, lim.MaxErrors)
@@ -447,7 +458,7 @@ func (s *Server) handle(raw net.Conn, kind listenerKind, ip netip.Addr, preauth 
 	}
 	srv.Debug = cl.obs
 	srv.Serve(&oneConnListener{c: c})
-	log.Info("disconnect", "duration", s.now().Sub(start).Round(time.Millisecond).String(), "messages", cl.delivered)
+	log.Info("session end", "tls", cl.tlsVersion, "duration", s.now().Sub(start).Round(time.Millisecond), "messages", cl.delivered)
 }
 
 // Shutdown stops accepting connections, ends sessions that are waiting for

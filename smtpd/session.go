@@ -32,9 +32,10 @@ type client struct {
 	smtpConn    *smtp.Conn      // go-smtp's connection, from the first EHLO
 	preauth     *mailstore.User // logged in from the start (Submit)
 
-	authFailures int // failed AUTH on this connection
-	transactions int // MAIL commands accepted
-	delivered    int // messages stored or queued
+	authFailures int    // failed AUTH on this connection
+	transactions int    // MAIL commands accepted
+	delivered    int    // messages stored or queued
+	tlsVersion   string // "TLS 1.3" once TLS is up, for the log
 }
 
 // NewSession is called by go-smtp at the first HELO/EHLO and again after
@@ -50,16 +51,16 @@ func (cl *client) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	} else if st, ok := c.TLSConnectionState(); ok {
 		s.tls = &st
 	}
-	attrs := []any{"helo", printable(c.Hostname())}
-	if s.tls != nil {
-		attrs = append(attrs, "tls", tls.VersionName(s.tls.Version), "cipher", tls.CipherSuiteName(s.tls.CipherSuite))
+	if s.tls != nil && cl.tlsVersion == "" {
+		// The first session after STARTTLS.
+		cl.tlsVersion = logTLSHandshake(cl.log, *s.tls)
 	}
-	cl.log.Info("session", attrs...)
+	cl.log.Info("helo", "helo", printable(c.Hostname()), "tls", cl.tlsVersion)
 	if cl.preauth != nil {
 		u := *cl.preauth
 		s.user = &u
 		c.Server().ReadTimeout = cl.lim.IdleTimeout
-		s.log.Info("auth", "user", u.Address, "mechanism", "console")
+		s.log.Info("auth", "result", "ok", "user", u.Address, "mechanism", "console")
 	}
 	return s, nil
 }
@@ -136,7 +137,7 @@ func (s *session) mail(from string, opts *smtp.MailOptions) error {
 	if from != "" {
 		a, err := parseAddress(from)
 		if err != nil {
-			s.log.Info("sender refused", "from", printable(from), "reason", "syntax")
+			s.log.Info("sender refused", "from", printable(from), "reason", "syntax", "detail", "syntax")
 			return errBadSender
 		}
 		sender = a.String()
@@ -177,7 +178,7 @@ func (s *session) checkSender(sender string) error {
 		s.log.Error("sender check failed", "from", printable(sender), "err", err)
 		return errTemporaryFailure
 	case !ok:
-		s.log.Info("sender refused", "from", printable(sender), "user", s.user.Address, "reason", "not the user's address")
+		s.log.Info("sender refused", "from", printable(sender), "user", s.user.Address, "reason", "policy", "detail", "not the user's address")
 		return errSenderNotOwned
 	}
 	return nil
@@ -269,7 +270,7 @@ func (s *session) rcpt(tx *transaction, to string, opts *smtp.RcptOptions) error
 	}
 	a, err := parseAddress(to)
 	if err != nil {
-		s.log.Info("recipient refused", "to", printable(to), "reason", "syntax")
+		s.log.Info("recipient refused", "to", printable(to), "reason", "syntax", "detail", "syntax")
 		return errBadRecipient
 	}
 	store, ctx := s.cl.srv.store, s.cl.srv.ctx
@@ -282,12 +283,12 @@ func (s *session) rcpt(tx *transaction, to string, opts *smtp.RcptOptions) error
 	}
 	if !local {
 		if s.user == nil {
-			s.log.Info("recipient refused", "to", a.String(), "reason", "relay denied")
+			s.log.Info("recipient refused", "to", a.String(), "reason", "policy", "detail", "relay denied")
 			return errRelayDenied
 		}
 		if _, err := mailstore.NormalizeAddress(a.String()); a.literal || err != nil {
 			// The queue takes domain names only.
-			s.log.Info("recipient refused", "to", a.String(), "reason", "unsupported remote address")
+			s.log.Info("recipient refused", "to", a.String(), "reason", "syntax", "detail", "unsupported remote address")
 			return errUnsupportedAddress
 		}
 		// As given: only the remote server may say whether the case of
@@ -298,7 +299,7 @@ func (s *session) rcpt(tx *transaction, to string, opts *smtp.RcptOptions) error
 	res, err := store.Resolve(ctx, a.String())
 	switch {
 	case errors.Is(err, mailstore.ErrNoSuchUser), errors.Is(err, mailstore.ErrInvalidAddress):
-		s.log.Info("recipient refused", "to", a.String(), "reason", "no such user")
+		s.log.Info("recipient refused", "to", a.String(), "reason", "unknown", "detail", "no such user")
 		return errNoSuchUser
 	case err != nil:
 		s.log.Error("recipient check failed", "to", a.String(), "err", err)
@@ -310,7 +311,7 @@ func (s *session) rcpt(tx *transaction, to string, opts *smtp.RcptOptions) error
 		return errTemporaryFailure
 	}
 	if full {
-		s.log.Info("recipient refused", "to", a.String(), "reason", "over quota")
+		s.log.Info("recipient refused", "to", a.String(), "reason", "quota", "detail", "over quota")
 		return errMailboxFull
 	}
 	norm, err := mailstore.NormalizeAddress(a.String())
@@ -350,7 +351,7 @@ func (s *session) postmaster() (string, error) {
 		s.log.Error("recipient check failed", "to", a, "err", err)
 		return "", errTemporaryFailure
 	}
-	s.log.Info("recipient refused", "to", "postmaster", "reason", "no postmaster in any local domain")
+	s.log.Info("recipient refused", "to", "postmaster", "reason", "unknown", "detail", "no postmaster in any local domain")
 	return "", errNoSuchUser
 }
 
@@ -474,9 +475,10 @@ func (s *session) authenticate(mech, username, password string) error {
 		s.user = &user
 		// Logged in: the wait for a command is the idle timeout now.
 		s.c.Server().ReadTimeout = s.cl.lim.IdleTimeout
-		s.log.Info("auth", "user", user.Address, "mechanism", mech)
+		s.log.Info("auth", "result", "ok", "user", user.Address, "mechanism", mech)
 		return nil
 	case errors.Is(err, limits.ErrLoginFailed):
+		s.log.Info("auth", "result", "fail", "user", printable(username), "mechanism", mech)
 		s.cl.authFailures++
 		if s.cl.authFailures >= maxAuthFailuresPerSession {
 			s.cl.conn.expire("too many failed logins")
@@ -484,12 +486,14 @@ func (s *session) authenticate(mech, username, password string) error {
 		s.cl.protocolError("authentication failed")
 		return errAuthFailed
 	case errors.Is(err, limits.ErrBlocked):
+		s.log.Info("auth", "result", "blocked", "user", printable(username), "mechanism", mech)
 		s.cl.protocolError("address blocked after failed logins")
 		return errAuthTooManyFailed
 	case errors.Is(err, limits.ErrBusy):
+		s.log.Info("auth", "result", "busy", "user", printable(username), "mechanism", mech)
 		return errAuthBusy
 	}
-	s.log.Error("auth failed", "mechanism", mech, "err", err)
+	s.log.Error("auth", "result", "error", "user", printable(username), "mechanism", mech, "err", err)
 	return errAuthTemporary
 }
 

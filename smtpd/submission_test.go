@@ -122,7 +122,7 @@ func TestAuthFailuresRefused(t *testing.T) {
 	c.cmd("EHLO client.example.test", "250")
 	c.cmd("AUTH PLAIN "+plainAuth(alice, alicePassword), "454 4.7.0 ")
 	// One line per failure, in the form limits writes for fail2ban.
-	failLine := regexp.MustCompile(`level=WARN msg="login failed" session=\w+ protocol=smtp remote=127\.0\.0\.1 user=alice@example\.test mechanism=PLAIN reason=`)
+	failLine := regexp.MustCompile(`level=WARN msg="login failed" session=\w+ proto=submission listener=submission remote=\S+ protocol=smtp remote=127\.0\.0\.1 user=alice@example\.test mechanism=PLAIN reason=`)
 	if n := len(failLine.FindAllString(e.logs.String(), -1)); n != 6 {
 		t.Errorf("%d failure lines, want 6:\n%s", n, e.logs.String())
 	}

@@ -35,7 +35,7 @@ func TestTrace(t *testing.T) {
 	var trace []string
 	for _, line := range strings.Split(logs, "\n") {
 		if strings.Contains(line, "msg=trace") {
-			if !regexp.MustCompile(`session=[a-z2-7]{10} dir=[CS] line=`).MatchString(line) {
+			if !regexp.MustCompile(`session=[a-z2-7]{10} proto=\w+ listener=\w+ remote=\S+ dir=[CS] line=`).MatchString(line) {
 				t.Errorf("trace line without session or direction: %s", line)
 			}
 			_, l, _ := strings.Cut(line, " dir=")

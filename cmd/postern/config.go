@@ -95,6 +95,27 @@ type HTTPConfig struct {
 	// connections, inside limits.connections.
 	Connections           int `toml:"connections"`
 	ConnectionsPerAddress int `toml:"connections_per_address"`
+	// MetricsNetworks may read /metrics besides loopback: CIDR
+	// prefixes ("10.0.0.0/8") or single addresses.
+	MetricsNetworks []string `toml:"metrics_networks"`
+}
+
+// metricsNetworks parses http.metrics_networks; a single address is its
+// own /32 or /128.
+func (h HTTPConfig) metricsNetworks() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, n := range h.MetricsNetworks {
+		p, err := netip.ParsePrefix(n)
+		if err != nil {
+			a, aerr := netip.ParseAddr(n)
+			if aerr != nil {
+				return nil, fmt.Errorf("%q is neither a network (10.0.0.0/8) nor an address: %w", n, err)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }
 
 // RelayConfig is outbound delivery to other domains.
@@ -165,6 +186,7 @@ func defaultHTTP(addr string) HTTPConfig {
 		MTASTSMode:            console.ModeTesting,
 		Connections:           console.DefaultConnections,
 		ConnectionsPerAddress: console.DefaultConnectionsPerAddress,
+		MetricsNetworks:       []string{},
 	}
 }
 
@@ -527,6 +549,9 @@ func (c *Config) validate() []*configError {
 
 	if c.Auth.MinPasswordLength < 1 {
 		bad("auth.min_password_length", "must be at least 1")
+	}
+	if _, err := c.HTTP.metricsNetworks(); err != nil {
+		bad("http.metrics_networks", "%v", err)
 	}
 	if !slices.Contains(console.Modes, c.HTTP.MTASTSMode) {
 		bad("http.mta_sts_mode", "must be one of %s, not %q", strings.Join(console.Modes, ", "), c.HTTP.MTASTSMode)

@@ -296,7 +296,7 @@ func TestDemoScenarios(t *testing.T) {
 			"carol@beta.test's copy: To: <bob@beta.test>", "mentions carol in its header: false", "OK: carol got the message"},
 		"pop3-update": {"3 messages from alice put in bob@beta.test's INBOX", "== 2. DELE then QUIT", "S: +OK 3 ", "C: DELE 1", "C: QUIT",
 			"(1 messages deleted)", "(session end) deleted=1", "-> bob's INBOX holds 2 messages",
-			"== 3. DELE then a dropped connection", "C: DELE 1", "(session ended without QUIT, nothing removed)", "-> bob's INBOX holds 2 messages",
+			"== 3. DELE then a dropped connection", "C: DELE 1", "(session end) ", "detail=session ended without QUIT, nothing removed", "-> bob's INBOX holds 2 messages",
 			"== 4. TOP 1 0", "C: TOP 1 0", "| Subject: Second", "OK: only DELE followed by QUIT removed a message"},
 		"imap": {"== 2. BODY.PEEK[]", "C: T3 FETCH 1 (BODY.PEEK[])", "S: Subject: First", "S: * 1 FETCH (FLAGS (\\Recent))",
 			"-> after BODY.PEEK[], message 1 is \\Seen: false", "FETCH 1 (BODY[])", "S: * 1 FETCH (FLAGS (\\Seen",

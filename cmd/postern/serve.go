@@ -91,12 +91,14 @@ type serveEnv struct {
 	// one connection budget, login record and message budget for all.
 	limits serveLimits
 
-	// hub fans the log records out to the web console (nil without an
-	// HTTP listener); trace is whether the servers trace protocol lines:
+	// hub fans the log records out to the metrics and the web console
+	// (nil without an HTTP listener); metrics counts its events
+	// (/metrics). trace is whether the servers trace protocol lines:
 	// log.trace, or always with the console, whose live flow shows them
 	// (console.TraceFilter keeps them out of the log unless log.trace).
-	hub   *console.Hub
-	trace bool
+	hub     *console.Hub
+	metrics *console.Metrics
+	trace   bool
 }
 
 // withHub puts the console's Hub in front of log's handler when an HTTP
@@ -187,6 +189,10 @@ func cmdServe(c *cli, args []string) int {
 func serve(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, hup <-chan os.Signal) (err error) {
 	log, hub := withHub(cfg, log)
 	plan := planFileDescriptors(cfg, log)
+	lim := newServeLimits(cfg, plan.Connections)
+	var openStore atomic.Pointer[mailstore.Store]
+	metrics := newServeMetrics(hub, openStore.Load, lim.Shared, log.With("part", "metrics"))
+	go metrics.Run(ctx)
 	if err := privateDataDir(cfg.DataDir); err != nil {
 		return err
 	}
@@ -201,6 +207,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, hu
 	if err != nil {
 		return err
 	}
+	openStore.Store(store)
 	// The store closes last, after every server has returned or the
 	// grace period is over, so that commits in progress can finish.
 	defer func() {
@@ -227,13 +234,14 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, hu
 	if err != nil {
 		return err
 	}
+	resolver.SetLogger(log.With("part", "dns"))
 	// Domains added before Postern signed mail, or listed in the
 	// configuration, get their DKIM keys now.
 	if err := ensureDKIMKeys(ctx, store, log, time.Now()); err != nil {
 		return err
 	}
 	env := &serveEnv{cfg: cfg, log: log, store: store, tls: tlsConfig, resolver: resolver,
-		limits: newServeLimits(cfg, plan.Connections), hub: hub, trace: cfg.Log.Trace || hub != nil}
+		limits: lim, hub: hub, metrics: metrics, trace: cfg.Log.Trace || hub != nil}
 	servers, err := buildServers(env)
 	if err != nil {
 		return err
@@ -602,6 +610,7 @@ func newLogger(lc LogConfig, w io.Writer) (*slog.Logger, error) {
 // newConsole makes the HTTP listener's server from env.
 func newConsole(env *serveEnv) *console.Server {
 	cfg := env.cfg
+	metricsNetworks, _ := cfg.HTTP.metricsNetworks() // checked by validate
 	return console.New(console.Config{
 		Hostname: cfg.Hostname,
 		Domains:  env.store.Domains,
@@ -628,6 +637,8 @@ func newConsole(env *serveEnv) *console.Server {
 		Conns:                    env.limits.Shared.Conns,
 		MaxConnections:           cfg.HTTP.Connections,
 		MaxConnectionsPerAddress: cfg.HTTP.ConnectionsPerAddress,
+		Metrics:                  env.metrics,
+		MetricsNetworks:          metricsNetworks,
 		WebConfig: console.WebConfig{
 			Store:  env.store,
 			Logins: env.limits.Shared.Logins,

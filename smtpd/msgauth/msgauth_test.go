@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"encoding/json"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -412,6 +413,41 @@ func TestResolverCache(t *testing.T) {
 	}
 	if _, err := r.LookupTXT(ctx, "missing.test"); err == nil {
 		t.Error("NXDOMAIN gave no error")
+	}
+}
+
+// TestResolverLogsLookups: one "dns lookup" line per query sent, with
+// type and result, none for a cached answer.
+func TestResolverLogsLookups(t *testing.T) {
+	d := msgauthtest.NewDNS(t)
+	d.Add(t, `a.test. 60 TXT "one"`)
+	var buf bytes.Buffer
+	r, err := NewResolver(ResolverConfig{Server: d.Addr, Logger: slog.New(slog.NewTextHandler(&buf, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	r.LookupTXT(ctx, "a.test")
+	r.LookupTXT(ctx, "a.test") // cached
+	r.LookupTXT(ctx, "missing.test")
+	bad, err := NewResolver(ResolverConfig{Server: "127.0.0.1:1", Timeout: time.Second, Logger: slog.New(slog.NewTextHandler(&buf, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad.LookupMX(ctx, "b.test")
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	want := []string{
+		`msg="dns lookup" type=TXT name=a.test. result=ok answers=1`,
+		`msg="dns lookup" type=TXT name=missing.test. result=nxdomain answers=0`,
+		`msg="dns lookup" type=MX name=b.test. result=fail answers=0`,
+	}
+	if len(lines) != len(want) {
+		t.Fatalf("%d lines, want %d:\n%s", len(lines), len(want), buf.String())
+	}
+	for i, w := range want {
+		if !strings.Contains(lines[i], w) {
+			t.Errorf("line %d: %s\nwant %s", i, lines[i], w)
+		}
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strings"
 	"sync"
@@ -44,6 +45,9 @@ type ResolverConfig struct {
 	MaxTTL time.Duration
 	// Now is the clock of the cache; nil means time.Now.
 	Now func() time.Time
+	// Logger gets one "dns lookup" line per lookup sent to a server
+	// (answers from the cache are not logged); nil: none.
+	Logger *slog.Logger
 }
 
 // Resolver is a DNS client for the lookups of SPF, DKIM and DMARC. Its
@@ -60,6 +64,7 @@ type Resolver struct {
 	maxTTL  time.Duration
 	max     int
 	now     func() time.Time
+	log     *slog.Logger
 
 	mu    sync.Mutex
 	cache map[cacheKey]cacheEntry
@@ -80,7 +85,7 @@ type cacheEntry struct {
 // is empty and /etc/resolv.conf names no server.
 func NewResolver(cfg ResolverConfig) (*Resolver, error) {
 	r := &Resolver{timeout: cfg.Timeout, maxTTL: cfg.MaxTTL, max: cfg.CacheEntries, now: cfg.Now,
-		cache: make(map[cacheKey]cacheEntry)}
+		log: cfg.Logger, cache: make(map[cacheKey]cacheEntry)}
 	if r.timeout <= 0 {
 		r.timeout = DefaultLookupTimeout
 	}
@@ -196,8 +201,25 @@ func (r *Resolver) TXTFunc(ctx context.Context) func(domain string) ([]string, e
 	return func(domain string) ([]string, error) { return r.LookupTXT(ctx, domain) }
 }
 
+// SetLogger sets ResolverConfig.Logger; call it before the first lookup.
+func (r *Resolver) SetLogger(l *slog.Logger) { r.log = l }
+
+// logLookup writes the "dns lookup" line of the log vocabulary
+// (cmd/postern/console/metrics.go): result is ok, nxdomain or fail.
+func (r *Resolver) logLookup(name string, qtype uint16, result string, answers int, start time.Time, err error) {
+	if r.log == nil {
+		return
+	}
+	attrs := []any{"type", dns.TypeToString[qtype], "name", name, "result", result, "answers", answers,
+		"duration", time.Since(start).Round(time.Microsecond)}
+	if err != nil {
+		attrs = append(attrs, "err", err)
+	}
+	r.log.Info("dns lookup", attrs...)
+}
+
 // lookup answers from the cache or asks the servers in turn.
-func (r *Resolver) lookup(ctx context.Context, name string, qtype uint16) ([]dns.RR, error) {
+func (r *Resolver) lookup(ctx context.Context, name string, qtype uint16) (rrs []dns.RR, err error) {
 	fqdn := dns.Fqdn(strings.ToLower(name))
 	if _, ok := dns.IsDomainName(fqdn); !ok || len(fqdn) > 255 {
 		return nil, &net.DNSError{Err: "invalid domain name", Name: name}
@@ -209,6 +231,18 @@ func (r *Resolver) lookup(ctx context.Context, name string, qtype uint16) ([]dns
 		}
 		return e.rrs, nil
 	}
+	start := time.Now()
+	defer func() {
+		var dnsErr *net.DNSError
+		switch {
+		case err == nil:
+			r.logLookup(fqdn, qtype, "ok", len(rrs), start, nil)
+		case errors.As(err, &dnsErr) && dnsErr.IsNotFound:
+			r.logLookup(fqdn, qtype, "nxdomain", 0, start, nil)
+		default:
+			r.logLookup(fqdn, qtype, "fail", 0, start, err)
+		}
+	}()
 	m := new(dns.Msg)
 	m.SetQuestion(fqdn, qtype)
 	m.SetEdns0(udpSize, false)

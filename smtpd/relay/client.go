@@ -88,6 +88,9 @@ const (
 type transaction struct {
 	domain  string
 	entries []mailstore.QueueEntry
+	// started is when the attempt began (connection included), for the
+	// duration in the log; zero if it was not made.
+	started time.Time
 }
 
 func (tx *transaction) first() mailstore.QueueEntry { return tx.entries[0] }
@@ -159,7 +162,8 @@ func (r *Relay) connect(ctx context.Context, hosts []MXHost, sts *stsPolicy) (*s
 				// RFC 7435 (opportunistic security): after a failed
 				// handshake, the same server in plaintext.
 				r.markTLSBroken(addr)
-				r.log.Warn("TLS handshake failed, retrying without TLS", "host", h.Host, "addr", addr, "err", att.Err)
+				r.log.Warn("tls handshake", "proto", "relay", "result", "fail", "version", "", "host", h.Host, "addr", addr,
+					"err", att.Err, "detail", "retrying without TLS")
 				s, att = r.open(ctx, h.Host, addr, false)
 				if !att.failed() {
 					return s, att
@@ -267,8 +271,8 @@ func (s *session) startTLS(ctx context.Context) error {
 		return fmt.Errorf("EHLO after STARTTLS: %w", err)
 	}
 	cs := tc.ConnectionState()
-	s.log.Info("TLS started", "version", tls.VersionName(cs.Version), "cipher", tls.CipherSuiteName(cs.CipherSuite),
-		"verified", s.verified, "verify_err", s.tlsErr)
+	s.log.Info("tls handshake", "proto", "relay", "result", "ok", "version", tls.VersionName(cs.Version),
+		"cipher", tls.CipherSuiteName(cs.CipherSuite), "verified", s.verified, "verify_err", s.tlsErr)
 	return nil
 }
 

@@ -52,20 +52,23 @@ func (r *Relay) finish(ctx context.Context, tx *transaction, res []attempt, s *s
 	var done, failed, deferred []outcome
 	for i, e := range tx.entries {
 		o := outcome{e, res[i]}
+		result := ""
 		switch {
 		case !o.a.failed():
-			done = append(done, o)
+			done, result = append(done, o), "delivered"
 		case o.a.Permanent:
-			failed = append(failed, o)
+			failed, result = append(failed, o), "bounced"
 		case stopping:
 			// The attempt was cut short by the stop, not by the server:
 			// the entry is tried again at the next start, unpenalised.
+			result = "stopped"
 		case now.Sub(e.Created) >= r.cfg.GiveUpAfter:
 			o.a.Err = fmt.Errorf("gave up after %v: %w", r.cfg.GiveUpAfter, o.a.Err)
-			failed = append(failed, o)
+			failed, result = append(failed, o), "bounced"
 		default:
-			deferred = append(deferred, o)
+			deferred, result = append(deferred, o), "deferred"
 		}
+		r.logAttempt(tx, o, s, result)
 	}
 	ok := true
 	if len(done) > 0 {
@@ -87,7 +90,8 @@ func (r *Relay) delivered(ctx context.Context, tx *transaction, done []outcome, 
 	var relayed []mime.DSNRecipient
 	for _, o := range done {
 		r.log.Info("delivered", "queue_id", o.e.ID, "from", o.e.Sender, "to", o.e.Recipient,
-			"host", s.host, "tls", s.tls, "attempts", o.e.Attempts+1, "session", s.id)
+			"host", s.host, "tls", s.tls, "attempts", o.e.Attempts+1, "session", s.id,
+			"latency", r.cfg.Now().Sub(o.e.Created).Round(time.Millisecond))
 		if parseNotify(o.e.Notify).success && !s.dsn && o.e.Sender != "" {
 			relayed = append(relayed, r.dsnRecipient(o, mime.ActionRelayed, s))
 		}
@@ -201,6 +205,28 @@ func (r *Relay) deferred(ctx context.Context, tx *transaction, deferred []outcom
 			"status", statusOf(o.a), "err", o.a.Err, "attempts", o.e.Attempts+1, "next", next)
 	}
 	return ok
+}
+
+// logAttempt writes the "relay attempt" line of the log vocabulary
+// (cmd/postern/console/metrics.go) for one recipient: result is
+// delivered, deferred, bounced or stopped (cut short by a stop).
+func (r *Relay) logAttempt(tx *transaction, o outcome, s *session, result string) {
+	mx, session := "", ""
+	if s != nil {
+		mx, session = s.host, s.id
+	}
+	var d time.Duration
+	if !tx.started.IsZero() {
+		d = time.Since(tx.started).Round(time.Millisecond)
+	}
+	attrs := []any{"result", result, "queue_id", o.e.ID, "domain", tx.domain, "mx", mx, "duration", d}
+	if session != "" {
+		attrs = append(attrs, "session", session)
+	}
+	if o.a.failed() {
+		attrs = append(attrs, "status", statusOf(o.a))
+	}
+	r.log.Info("relay attempt", attrs...)
 }
 
 // lastError is the text kept with an entry after a failed attempt.

@@ -456,6 +456,7 @@ func (r *Relay) worker(ctx context.Context, hosts []MXHost, w *workList) {
 		if tx == nil {
 			return
 		}
+		tx.started = time.Now()
 		if ctx.Err() != nil {
 			// Stopping: the entry stays due and is tried at the next start.
 			continue

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -183,7 +184,7 @@ func TestTLSHandshakeFailureFallsBack(t *testing.T) {
 	if len(got) != 1 || got[0].tls {
 		t.Fatalf("received %+v, want one message without TLS", got)
 	}
-	if !strings.Contains(a.log.String(), "TLS handshake failed, retrying without TLS") {
+	if !strings.Contains(a.log.String(), `msg="tls handshake" proto=relay result=fail`) {
 		t.Errorf("log:\n%s", a.log)
 	}
 	// The next delivery goes straight to plaintext.
@@ -316,6 +317,19 @@ func TestRecipientRefusedBounces(t *testing.T) {
 	}
 	if rep.header.Get("To") != "<alice@alpha.test>" {
 		t.Errorf("report To %q", rep.header.Get("To"))
+	}
+	// One "relay attempt" line per recipient, in the log vocabulary.
+	log := a.log.String()
+	for _, want := range []string{
+		`msg="relay attempt" result=bounced queue_id=`,
+		`msg="relay attempt" result=delivered queue_id=`,
+	} {
+		if !regexp.MustCompile(regexp.QuoteMeta(want) + `\d+ domain=beta\.test mx=mx\.beta\.test duration=\S+`).MatchString(log) {
+			t.Errorf("log lacks %s:\n%s", want, log)
+		}
+	}
+	if !regexp.MustCompile(`msg=delivered .* latency=\S+`).MatchString(log) {
+		t.Errorf("delivered line without latency:\n%s", log)
 	}
 }
 

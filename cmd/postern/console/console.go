@@ -1,7 +1,8 @@
 // Package console is Postern's HTTP listener: health and readiness for
 // supervisors and load balancers, client autoconfiguration (Thunderbird's
-// autoconfig, Outlook's autodiscover) and the MTA-STS policy (RFC 8461).
-// Later it also carries metrics and the web console.
+// autoconfig, Outlook's autodiscover), the MTA-STS policy (RFC 8461) and
+// /metrics (see metrics.go, which also documents the log vocabulary the
+// servers share). Later it also carries the web console.
 //
 // Every request is bounded: header bytes, body bytes, and the time to read
 // a request, write an answer and keep an idle connection; connections are
@@ -17,6 +18,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -95,6 +97,11 @@ type Config struct {
 	// connections; 0 takes DefaultConnections and
 	// DefaultConnectionsPerAddress.
 	MaxConnections, MaxConnectionsPerAddress int
+	// Metrics is served at /metrics; nil: 404.
+	Metrics *Metrics
+	// MetricsNetworks may read /metrics besides loopback ([http]
+	// metrics_networks); others get 403.
+	MetricsNetworks []netip.Prefix
 
 	// WebConfig is the web console's (web.go); without a Store the
 	// console's pages are not served.
@@ -109,6 +116,8 @@ type Server struct {
 	conns *limits.Conns
 	mux   *http.ServeMux
 	web   *web // the console's sessions; nil without WebConfig.Store
+
+	metricsHandler http.Handler
 
 	mu      sync.Mutex
 	servers []*http.Server
@@ -144,6 +153,9 @@ func New(cfg Config) *Server {
 		log:   log,
 		conns: limits.NewConns(cfg.MaxConnections, cfg.MaxConnectionsPerAddress, cfg.Conns),
 		mux:   http.NewServeMux(),
+	}
+	if cfg.Metrics != nil {
+		s.metricsHandler = newMetricsHandler(cfg.Metrics, log)
 	}
 	s.routes()
 	return s
@@ -232,7 +244,8 @@ func (l *budgetListener) Accept() (net.Conn, error) {
 		}
 		release, err := l.conns.Acquire(limits.RemoteIP(c))
 		if err != nil {
-			l.log.Warn("http connection refused", "remote", c.RemoteAddr().String(), "reason", err.Error())
+			l.log.Warn("refused", "what", "connection", "proto", "http", "remote", c.RemoteAddr().String(),
+				"reason", "limits", "detail", err.Error())
 			c.Close()
 			continue
 		}
@@ -257,6 +270,7 @@ func (s *Server) routes() {
 		text(w, http.StatusOK, "ok\n")
 	})
 	s.mux.HandleFunc("GET /readyz", s.readyz)
+	s.mux.HandleFunc("GET /metrics", s.metrics)
 	s.mux.HandleFunc("GET /.well-known/autoconfig/mail/config-v1.1.xml", s.autoconfig)
 	s.mux.HandleFunc("GET /mail/config-v1.1.xml", s.autoconfig)
 	// Outlook asks for both spellings.
@@ -277,7 +291,14 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
 	defer cancel()
 	if err := s.cfg.Ready(ctx); err != nil {
-		text(w, http.StatusServiceUnavailable, "not ready: "+err.Error()+"\n")
+		s.log.Warn("not ready", "remote", r.RemoteAddr, "err", err)
+		// The cause may name files, addresses or the database: only a
+		// client on this machine is told it.
+		if MetricsAllowed(r.RemoteAddr, nil) {
+			text(w, http.StatusServiceUnavailable, "not ready: "+err.Error()+"\n")
+			return
+		}
+		text(w, http.StatusServiceUnavailable, "not ready\n")
 		return
 	}
 	text(w, http.StatusOK, "ready\n")
