@@ -96,7 +96,7 @@ func TestServeConsole(t *testing.T) {
 				t.Fatalf("event %d after %d", e.Seq, last)
 			}
 			last = e.Seq
-			if session == "" && e.Msg == "connect" {
+			if session == "" && e.Msg == "session start" {
 				session = e.Flow.Session
 			}
 			if session == "" || e.Flow.Session != session {
@@ -113,8 +113,8 @@ func TestServeConsole(t *testing.T) {
 		}
 	}
 	all := strings.Join(got, "\n")
-	for _, re := range []string{`(?s)^# connect\n220 .*EHLO mx.remote.test.*MAIL FROM:<carol@remote.test>.*RCPT TO:<bob@example.test>.*DATA\n354 .*` +
-		`# message accepted.*250 .*QUIT\n221 .*# disconnect$`} {
+	for _, re := range []string{`(?s)^# session start\n220 .*EHLO mx.remote.test.*MAIL FROM:<carol@remote.test>.*RCPT TO:<bob@example.test>.*DATA\n354 .*` +
+		`# message accepted.*250 .*QUIT\n221 .*# session end$`} {
 		if !regexp.MustCompile(re).MatchString(all) {
 			t.Fatalf("session events out of order or missing:\n%s", all)
 		}

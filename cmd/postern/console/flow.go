@@ -51,9 +51,9 @@ func flowOf(e Event) FlowItem {
 		f.Proto = e.Get("part")
 	}
 	switch e.Msg {
-	case "connect", "session start":
+	case "session start":
 		f.Kind = "open"
-	case "disconnect", "session end":
+	case "session end":
 		f.Kind = "close"
 	case "trace":
 		f.Kind, f.Dir, f.Line = "line", e.Get("dir"), e.Get("line")
@@ -85,8 +85,8 @@ const maxOwnSessions = 1000
 // eventFilter is what a user who is not an admin sees of the events: those
 // of the sessions they logged in to (from their login on), and those that
 // name their address as user, sender or recipient. It reads the servers'
-// vocabulary: smtpd "auth" and pop3d "login" carry user=, and imapd's
-// records after LOGIN carry it too.
+// vocabulary: "auth" carries user= and result= in every server, and
+// imapd's records after LOGIN carry user= too.
 type eventFilter struct {
 	addr     string
 	sessions map[string]bool
@@ -99,30 +99,57 @@ func newEventFilter(u *user) *eventFilter {
 	return &eventFilter{addr: u.Address, sessions: make(map[string]bool)}
 }
 
-func (f *eventFilter) visible(e Event) bool {
+// view returns what the user may see of e, and whether they may see it
+// at all. An event they see only as one recipient among others shows
+// them as its only recipient: the others (Bcc ones included) are not
+// theirs to know.
+func (f *eventFilter) view(e Event) (Event, bool) {
 	if f == nil {
-		return true
+		return e, true
 	}
 	sess := e.Get("session")
 	if sess != "" && f.sessions[sess] {
 		if flowOf(e).Kind == "close" {
 			delete(f.sessions, sess)
 		}
-		return true
+		return e, true
 	}
+	asRecipient := false
 	for _, a := range e.Attrs {
+		if !mentions(a.Value, f.addr) {
+			continue
+		}
 		switch a.Key {
-		case "user", "from", "to", "rcpt", "recipient", "sender":
-			if !mentions(a.Value, f.addr) {
-				continue
-			}
-			if a.Key == "user" && sess != "" && len(f.sessions) < maxOwnSessions {
+		case "user":
+			// A failed login names the address it tried: that
+			// session is not the user's.
+			if r := e.Get("result"); sess != "" && (r == "" || r == "ok") && len(f.sessions) < maxOwnSessions {
 				f.sessions[sess] = true
 			}
-			return true
+			return e, true
+		case "from", "sender":
+			return e, true
+		case "to", "rcpt", "recipient":
+			asRecipient = true
 		}
 	}
-	return false
+	if !asRecipient {
+		return e, false
+	}
+	out := e
+	out.Attrs = make([]Attr, len(e.Attrs))
+	for i, a := range e.Attrs {
+		switch a.Key {
+		case "to", "rcpt", "recipient":
+			if mentions(a.Value, f.addr) {
+				a.Value = f.addr
+			} else {
+				a.Value = ""
+			}
+		}
+		out.Attrs[i] = a
+	}
+	return out, true
 }
 
 // mentions reports whether the comma-separated address list v holds addr.
@@ -170,7 +197,8 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, u *user) {
 	w.WriteHeader(http.StatusOK)
 	filter := newEventFilter(u)
 	send := func(e Event) bool {
-		if !filter.visible(e) {
+		e, ok := filter.view(e)
+		if !ok {
 			return true
 		}
 		data, err := json.Marshal(flowEvent{Event: e, Flow: flowOf(e)})

@@ -288,7 +288,7 @@ func TestConsoleEventStream(t *testing.T) {
 	if b.login("alice@example.test", testPassword) != http.StatusSeeOther {
 		t.Fatal("login failed")
 	}
-	e.log.Info("connect", "session", "S1", "part", "smtp", "remote", "192.0.2.1:5000")
+	e.log.Info("session start", "session", "S1", "proto", "smtp", "remote", "192.0.2.1:5000")
 	req, _ := http.NewRequest("GET", e.base+"/api/events?since=0", nil)
 	resp, err := b.c.Do(req)
 	if err != nil {
@@ -327,14 +327,14 @@ func TestConsoleEventStream(t *testing.T) {
 	// Replayed from the ring (the console's own login line may come
 	// first).
 	var fe flowEvent
-	for fe = next(); fe.Msg != "connect"; fe = next() {
+	for fe = next(); fe.Msg != "session start"; fe = next() {
 	}
 	if fe.Flow.Kind != "open" || fe.Flow.Session != "S1" || fe.Flow.Proto != "smtp" {
 		t.Fatalf("replayed event's flow = %+v", fe.Flow)
 	}
 	e.log.Info("trace", "session", "S1", "part", "smtp", "dir", "C", "line", "EHLO x")
 	e.log.Info("message accepted", "session", "S1", "part", "smtp", "id", "S1-1")
-	e.log.Info("disconnect", "session", "S1", "part", "smtp")
+	e.log.Info("session end", "session", "S1", "proto", "smtp")
 	want := []FlowItem{
 		{Session: "S1", Kind: "line", Proto: "smtp", Dir: "C", Line: "EHLO x"},
 		{Session: "S1", Kind: "event", Proto: "smtp", Message: "S1-1"},
@@ -433,17 +433,20 @@ func TestConsoleEventsOwnOnly(t *testing.T) {
 		t.Fatal("login failed")
 	}
 	l := e.log
-	l.Info("connect", "session", "A", "part", "imap")
-	l.Info("trace", "session", "A", "part", "imap", "dir", "C", "line", "a1 LOGIN alice@example.test [redacted]")
-	l.Info("login", "session", "A", "part", "imap", "user", "alice@example.test")
-	l.Info("trace", "session", "A", "part", "imap", "dir", "C", "line", "a2 SELECT INBOX")
-	l.Info("connect", "session", "B", "part", "pop3")
-	l.Info("login", "session", "B", "part", "pop3", "user", "bob@example.test")
-	l.Info("trace", "session", "B", "part", "pop3", "dir", "C", "line", "RETR 1")
-	l.Info("disconnect", "session", "B", "part", "pop3")
-	l.Info("trace", "session", "C", "part", "smtp", "dir", "C", "line", "RCPT TO:<bob@example.test>")
-	l.Info("message accepted", "session", "C", "part", "smtp", "id", "C-1", "from", "carol@remote.test", "to", "alice@example.test,bob@example.test")
-	l.Info("message accepted", "session", "D", "part", "smtp", "id", "D-1", "from", "carol@remote.test", "to", "alice@example.test")
+	l.Info("session start", "session", "A", "proto", "imap")
+	l.Info("trace", "session", "A", "proto", "imap", "dir", "C", "line", "a1 LOGIN alice@example.test [redacted]")
+	l.Info("auth", "session", "A", "proto", "imap", "result", "ok", "user", "alice@example.test")
+	l.Info("trace", "session", "A", "proto", "imap", "dir", "C", "line", "a2 SELECT INBOX")
+	// Someone else trying bob's address: not bob's session.
+	l.Info("auth", "session", "E", "proto", "imap", "result", "fail", "user", "bob@example.test")
+	l.Info("trace", "session", "E", "proto", "imap", "dir", "C", "line", "e2 LOGIN mallory@example.test [redacted]")
+	l.Info("session start", "session", "B", "proto", "pop3")
+	l.Info("auth", "session", "B", "proto", "pop3", "result", "ok", "user", "bob@example.test")
+	l.Info("trace", "session", "B", "proto", "pop3", "dir", "C", "line", "RETR 1")
+	l.Info("session end", "session", "B", "proto", "pop3")
+	l.Info("trace", "session", "C", "proto", "smtp", "dir", "C", "line", "RCPT TO:<bob@example.test>")
+	l.Info("message accepted", "session", "C", "proto", "smtp", "id", "C-1", "from", "carol@remote.test", "to", "alice@example.test,bob@example.test")
+	l.Info("message accepted", "session", "D", "proto", "smtp", "id", "D-1", "from", "carol@remote.test", "to", "alice@example.test")
 	l.Info("end of test")
 
 	req, _ := http.NewRequest("GET", e.base+"/api/events?since=0", nil)
@@ -461,13 +464,15 @@ func TestConsoleEventsOwnOnly(t *testing.T) {
 		if d, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
 			var fe flowEvent
 			json.Unmarshal([]byte(d), &fe)
-			got = append(got, fe.Flow.Session+" "+fe.Msg+" "+fe.Flow.Line)
+			got = append(got, fe.Flow.Session+" "+fe.Msg+" "+fe.Flow.Line+fe.Get("to"))
 		}
 		if sc.Text() == ": stream" {
 			break // the replay is over
 		}
 	}
-	want := []string{"B login ", "B trace RETR 1", "B disconnect ", "C message accepted "}
+	// The message to alice and bob shows bob alone: alice may have been
+	// a Bcc recipient.
+	want := []string{"E auth ", "B auth ", "B trace RETR 1", "B session end ", "C message accepted bob@example.test"}
 	var own []string
 	for _, g := range got {
 		if !strings.Contains(g, "console login") {
