@@ -73,8 +73,10 @@ type demo struct {
 	port    int
 	records []string // the zone the DNS server serves
 	trace   bool     // relays log their SMTP dialogues
-	alpha   *demoDomain
-	beta    *demoDomain
+	// maxReceived is the MX hop limit; 0: smtpd's default.
+	maxReceived int
+	alpha       *demoDomain
+	beta        *demoDomain
 }
 
 func cmdDemo(c *cli, args []string) int {
@@ -142,7 +144,7 @@ func startDemo(out *demoOut, sc scenario) (*demo, error) {
 	if err != nil {
 		return nil, fmt.Errorf("temporary directory: %w", err)
 	}
-	d := &demo{out: out, dir: dir, trace: !sc.quiet}
+	d := &demo{out: out, dir: dir, trace: !sc.quiet, maxReceived: sc.maxReceived}
 	d.alpha = &demoDomain{name: "alpha.test", user: "alice@alpha.test", password: "alice-demo-password", ip: "127.0.0.2"}
 	d.beta = &demoDomain{name: "beta.test", user: "bob@beta.test", password: "bob-demo-password", ip: "127.0.0.3"}
 	// Both MX hosts listen on the same port, on two loopback addresses,
@@ -250,7 +252,7 @@ func (d *demo) startDomain(dom *demoDomain, mx net.Listener) error {
 		logger = func(string) *slog.Logger { return slog.New(slog.DiscardHandler) }
 	}
 	dom.smtp = smtpd.New(smtpd.Config{
-		Hostname: host, TLSConfig: tlsConfig,
+		Hostname: host, TLSConfig: tlsConfig, MaxReceived: d.maxReceived,
 		Logger: logger(short + " smtp"),
 		// The client side of each SMTP dialogue is what the demo shows.
 		Trace:  false,

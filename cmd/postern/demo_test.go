@@ -304,7 +304,17 @@ func TestDemoScenarios(t *testing.T) {
 			"== 3. UIDs against sequence numbers", "-> sequence number -> UID: 1 -> UID 1, 2 -> UID 2, 3 -> UID 3",
 			"STORE 1 +FLAGS.SILENT (\\Deleted)", "S: * 1 EXPUNGE", "-> sequence number -> UID: 1 -> UID 2, 2 -> UID 3",
 			"UID FETCH 3", "S: * 2 FETCH (UID 3", "-> UID 3 is message 2 now: \"Third\"", "OK: BODY.PEEK[] left the message unread"},
-		"mailstorm": {"hop  1: alpha.test -> beta.test", "carries 50 Received fields", "| Status: 5.4.6", "OK: the storm stopped"},
+		"mailstorm": {"mailing list list@alpha.test: members list@beta.test and carol@beta.test",
+			"== 2. Without protection", "C: RCPT TO:<list@alpha.test>",
+			"generation 0: list@alpha.test got 1 copy, each with 1 Received fields -> sent 2",
+			"generation 1: list@beta.test got 2 copies, each with 2 Received fields -> sent 4",
+			"generation 2: list@alpha.test got 4 copies, each with 3 Received fields -> sent 8",
+			"generation 3: list@beta.test got 8 copies", "generation 4: list@alpha.test got 16 copies", "generation 5: list@beta.test got 32 copies",
+			"generation 6: list@alpha.test got 64 copies, each with 7 Received fields -> sent 128, one per member per post; 0 arrived, 128 refused by beta.test's MX (554 5.4.6",
+			"-> 255 copies in 7 generations", "got 128 delivery status reports (5.4.6)",
+			"== 3. With protection", "generation 0: list@alpha.test got 1 copy, each with 1 Received fields -> sent 2",
+			"generation 1: list@beta.test got 2 copies, each with 2 Received fields -> dropped 2 (it carries List-Id: <list.alpha.test>",
+			"-> 3 copies in 2 generations", "OK: unprotected, the copies doubled"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			code, out, errOut := runIn(t, "", "demo", "-scenario", name)
@@ -334,8 +344,8 @@ func TestDemoScenarios(t *testing.T) {
 			if name == "bcc" && strings.Contains(out, "C: Bcc:") {
 				t.Errorf("a Bcc field was sent:\n%s", out)
 			}
-			if name == "mailstorm" && strings.Contains(out, "copies in the queues now: 2") {
-				t.Errorf("the storm multiplied copies:\n%s", out)
+			if name == "mailstorm" && strings.Contains(out, "generation 7") {
+				t.Errorf("the hop limit did not stop the storm at generation 6:\n%s", out)
 			}
 		})
 	}
@@ -406,5 +416,25 @@ func TestDemoLiteralTap(t *testing.T) {
 	want := "[... " + strconv.Itoa(rest) + " more bytes of the " + strconv.Itoa(len(long)) + "-byte literal]"
 	if got[len(got)-1] != want {
 		t.Errorf("long literal ends %q, want %q", got[len(got)-1], want)
+	}
+}
+
+// TestDemoListChecks: a protected list does not send on a post marked by
+// another list or by an automatic sender (RFC 3834 5.1), and an
+// unprotected one has no such check.
+func TestDemoListChecks(t *testing.T) {
+	l := &demoList{addr: "list@alpha.test", id: "<list.alpha.test>"}
+	for _, c := range []struct{ field, why string }{
+		{"List-Id: <list.beta.test>", "List-Id: <list.beta.test>"},
+		{"Auto-Submitted: auto-replied", "Auto-Submitted: auto-replied (RFC 3834 5.1)"},
+	} {
+		post := []byte("Received: from x by y; Tue, 1 Dec 2026 10:00:00 +0000\r\n" + c.field + "\r\nSubject: s\r\n\r\nbody\r\n")
+		g, err := l.redistribute(context.Background(), "alice@alpha.test", [][]byte{post}, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if g.dropped != 1 || g.sent != 0 || !strings.Contains(g.why, c.why) || g.hops != 1 {
+			t.Errorf("%s: %+v", c.field, g)
+		}
 	}
 }
