@@ -23,6 +23,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -77,7 +78,23 @@ type demo struct {
 	maxReceived int
 	alpha       *demoDomain
 	beta        *demoDomain
+	// front is the greylisting front on beta's MX address (greylist
+	// scenario), or nil.
+	front *greylistFront
+	// clock is how far the demo's clock, which the relays use, runs
+	// ahead of the real one (the greylist scenario jumps to a retry).
+	clock atomic.Int64
 }
+
+// demoListen opens the demo's listeners; tests replace it to refuse the
+// extra loopback addresses.
+var demoListen = net.Listen
+
+// now is the demo's clock.
+func (d *demo) now() time.Time { return time.Now().Add(time.Duration(d.clock.Load())) }
+
+// advance moves the demo's clock ahead by by.
+func (d *demo) advance(by time.Duration) { d.clock.Add(int64(by)) }
 
 func cmdDemo(c *cli, args []string) int {
 	const name = "demo"
@@ -175,6 +192,13 @@ func startDemo(out *demoOut, sc scenario) (*demo, error) {
 		d.close()
 		return nil, err
 	}
+	if sc.greylist {
+		if mxBeta, err = d.startGreylist(d.beta, mxBeta); err != nil {
+			mxAlpha.Close()
+			d.close()
+			return nil, err
+		}
+	}
 	for _, p := range []struct {
 		dom *demoDomain
 		mx  net.Listener
@@ -252,7 +276,7 @@ func (d *demo) startDomain(dom *demoDomain, mx net.Listener) error {
 		logger = func(string) *slog.Logger { return slog.New(slog.DiscardHandler) }
 	}
 	dom.smtp = smtpd.New(smtpd.Config{
-		Hostname: host, TLSConfig: tlsConfig, MaxReceived: d.maxReceived,
+		Hostname: host, TLSConfig: tlsConfig, MaxReceived: d.maxReceived, Now: d.now,
 		Logger: logger(short + " smtp"),
 		// The client side of each SMTP dialogue is what the demo shows.
 		Trace:  false,
@@ -265,7 +289,7 @@ func (d *demo) startDomain(dom *demoDomain, mx net.Listener) error {
 	// machine would.
 	dialer := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(dom.ip)}}
 	dom.relay = relay.New(relay.Config{
-		Hostname: host, Resolver: d.resolver, Port: d.port, Dialer: dialer.DialContext,
+		Hostname: host, Resolver: d.resolver, Port: d.port, Dialer: dialer.DialContext, Now: d.now,
 		Logger: logger(short + " relay"), Trace: d.trace,
 		LocalAddrs: []netip.AddrPort{netip.MustParseAddrPort(mx.Addr().String())},
 	}, dom.store)
@@ -276,7 +300,7 @@ func (d *demo) startDomain(dom *demoDomain, mx net.Listener) error {
 		Hostname: host, TLSConfig: tlsConfig, Logger: logger(short + " imap"), Trace: true,
 	}, dom.store)
 	listen := func(serve func(net.Listener) error) (string, error) {
-		ln, err := net.Listen("tcp", dom.ip+":0")
+		ln, err := demoListen("tcp", dom.ip+":0")
 		if err != nil {
 			return "", fmt.Errorf("%s: %w", dom.name, err)
 		}
@@ -304,6 +328,9 @@ func (d *demo) close() {
 	defer d.out.stop()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	if d.front != nil {
+		d.front.close()
+	}
 	for _, dom := range []*demoDomain{d.alpha, d.beta} {
 		if dom == nil {
 			continue

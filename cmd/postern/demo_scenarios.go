@@ -22,6 +22,7 @@ type scenario struct {
 	records     []string // extra DNS records
 	quiet       bool     // relays do not trace their many sessions
 	maxReceived int      // the MX hop limit; 0: smtpd's default
+	greylist    bool     // a greylisting front answers on beta's MX address
 	run         func(d *demo, ctx context.Context) error
 }
 
@@ -40,6 +41,8 @@ func scenarios() []scenario {
 			run: (*demo).spoof},
 		{name: "mailstorm", about: "two mailing lists on two domains contain each other: the copies double each hop until the Received hop limit refuses them; List-Id and Auto-Submitted stop it at once",
 			quiet: true, maxReceived: stormMaxReceived, run: (*demo).mailstorm},
+		{name: "greylist", about: "beta's MX greylists: 451 4.7.1 the first time; the message waits in alpha's queue and is delivered on the retry",
+			greylist: true, run: (*demo).greylist},
 		{name: "null-mx", about: "gamma.test publishes \"MX 0 .\" (RFC 7505): the relay refuses without connecting, and alice is told (5.1.10)",
 			records: []string{gammaDomain + ". 300 IN MX 0 ."}, run: (*demo).nullMX},
 		{name: "implicit-mx", about: "gamma.test has no MX, only an A record: the relay delivers to that address (RFC 5321 5.1)",
@@ -48,7 +51,7 @@ func scenarios() []scenario {
 			run: (*demo).bcc},
 		{name: "pop3-update", about: "POP3's UPDATE state: DELE then QUIT removes, DELE then a dropped connection removes nothing; TOP shows the header only",
 			run: (*demo).pop3Update},
-		{name: "imap", about: "IMAP: \\Seen set by BODY[] and not by BODY.PEEK[]; UIDs against sequence numbers after an EXPUNGE",
+		{name: "imap", about: "IMAP: \\Seen set by BODY[] and not by BODY.PEEK[]; UIDs against sequence numbers after an EXPUNGE; IDLE announcing a new message",
 			run: (*demo).imapSeen},
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"fmt"
 	"regexp"
 	"strconv"
 	"strings"
@@ -113,6 +114,23 @@ func listenersInStep1(t *testing.T, out string) {
 	}
 }
 
+// sessionsEndInStep checks that every session a step's heading is
+// followed by ends in that step: its disconnect line is not printed under
+// the next heading.
+func sessionsEndInStep(t *testing.T, out string) {
+	t.Helper()
+	for _, step := range strings.Split(out, "\n== ") {
+		title, _, _ := strings.Cut(step, "\n")
+		for _, part := range []string{"alpha smtp", "beta smtp", "alpha imap", "beta imap"} {
+			p := fmt.Sprintf("%-16s", "["+part+"]")
+			opened, closed := strings.Count(step, p+" (connect)"), strings.Count(step, p+" (disconnect)")
+			if opened != closed {
+				t.Errorf("step %q: %s logs %d connects and %d disconnects:\n%s", title, part, opened, closed, out)
+			}
+		}
+	}
+}
+
 func TestDemo(t *testing.T) {
 	code, out, errOut := runIn(t, "", "demo")
 	if code != exitOK {
@@ -120,6 +138,7 @@ func TestDemo(t *testing.T) {
 	}
 	wantInOrder(t, out, demoFlowWant)
 	listenersInStep1(t, out)
+	sessionsEndInStep(t, out)
 	noPasswords(t, out)
 	sizesAgree(t, out)
 }
@@ -189,6 +208,7 @@ func TestDemoJSON(t *testing.T) {
 	text := demoJSONText(events)
 	wantInOrder(t, text, demoFlowWant)
 	listenersInStep1(t, text)
+	sessionsEndInStep(t, text)
 	noPasswords(t, out)
 	sizesAgree(t, text)
 }
@@ -303,7 +323,19 @@ func TestDemoScenarios(t *testing.T) {
 			"-> after BODY[], message 1 is \\Seen: true",
 			"== 3. UIDs against sequence numbers", "-> sequence number -> UID: 1 -> UID 1, 2 -> UID 2, 3 -> UID 3",
 			"STORE 1 +FLAGS.SILENT (\\Deleted)", "S: * 1 EXPUNGE", "-> sequence number -> UID: 1 -> UID 2, 2 -> UID 3",
-			"UID FETCH 3", "S: * 2 FETCH (UID 3", "-> UID 3 is message 2 now: \"Third\"", "OK: BODY.PEEK[] left the message unread"},
+			"UID FETCH 3", "S: * 2 FETCH (UID 3", "-> UID 3 is message 2 now: \"Third\"",
+			"== 4. IDLE", "C: T12 IDLE", "S: + idling", "1 message from alice put in bob@beta.test's INBOX", "[beta imap]      S: * 3 EXISTS",
+			"C: DONE", "-> * 3 EXISTS arrived during IDLE", "OK: BODY.PEEK[] left the message unread", "IDLE announced the new message with EXISTS"},
+		"greylist": {"greylisting front", "== 2. alice writes to bob", "C: RCPT TO:<bob@beta.test>",
+			"== 3. alpha's relay tries beta's MX: greylisted", "[alpha relay]    S: 220 mx.beta.test ESMTP (greylisting front)",
+			"(greylisted) client=127.0.0.2 from=<alice@alpha.test> rcpt=<bob@beta.test>",
+			"[alpha relay]    S: 451 4.7.1 Greylisted", "(deferred) attempts=1", "status=4.7.1",
+			"queue entry 1: to <bob@beta.test>, attempts 1, last error \"mx.beta.test said: 451 4.7.1", "next attempt ",
+			"== 4. The retry", "demo clock now", "(greylist passed) client=127.0.0.2", "[beta smtp]      (connect)",
+			"[alpha relay]    S: 220 mx.beta.test ESMTP Postern", "[alpha relay]    C: STARTTLS", "[alpha relay]    S: 250 2.0.0 OK: queued",
+			"(delivered) attempts=2", "[beta smtp]      (disconnect)",
+			"== 5. The message in bob's INBOX, on the second attempt", "Subject: Greetings through the greylist",
+			"OK: greylisted with 451 4.7.1"},
 		"mailstorm": {"mailing list list@alpha.test: members list@beta.test and carol@beta.test",
 			"== 2. Without protection", "C: RCPT TO:<list@alpha.test>",
 			"generation 0: list@alpha.test got 1 copy, each with 1 Received fields -> sent 2",
@@ -323,6 +355,9 @@ func TestDemoScenarios(t *testing.T) {
 			}
 			wantInOrder(t, out, want)
 			listenersInStep1(t, out)
+			if name != "imap" { // its one session spans steps 2 to 4 on purpose
+				sessionsEndInStep(t, out)
+			}
 			noPasswords(t, out)
 			// -json carries the same events, in the same order.
 			code, jsonOut, errOut := runIn(t, "", "demo", "-json", "-scenario", name)
@@ -332,6 +367,9 @@ func TestDemoScenarios(t *testing.T) {
 			text := demoJSONText(demoEvents(t, jsonOut))
 			wantInOrder(t, text, want)
 			listenersInStep1(t, text)
+			if name != "imap" {
+				sessionsEndInStep(t, text)
+			}
 			noPasswords(t, jsonOut)
 			if name == "unknown-recipient" && strings.Contains(out, "[alpha relay]    C: RSET") {
 				// QUIT ends the refused transaction; an RSET before it
