@@ -30,6 +30,7 @@ import (
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
 	"github.com/miekg/dns"
+	"golang.org/x/term"
 
 	"github.com/postern/postern/imapd"
 	"github.com/postern/postern/mailstore"
@@ -76,8 +77,10 @@ type demo struct {
 	trace   bool     // relays log their SMTP dialogues
 	// maxReceived is the MX hop limit; 0: smtpd's default.
 	maxReceived int
-	alpha       *demoDomain
-	beta        *demoDomain
+	// showBody prints every MIME part and IMAP literal in full.
+	showBody bool
+	alpha    *demoDomain
+	beta     *demoDomain
 	// front is the greylisting front on beta's MX address (greylist
 	// scenario), or nil.
 	front *greylistFront
@@ -90,6 +93,15 @@ type demo struct {
 // extra loopback addresses.
 var demoListen = net.Listen
 
+// sessionDeadline bounds a client session of the demo; a session that
+// stays open across steps (imap) may wait for -step's pauses.
+func (d *demo) sessionDeadline() time.Time {
+	if d.out.pause != nil {
+		return time.Now().Add(time.Hour)
+	}
+	return time.Now().Add(time.Minute)
+}
+
 // now is the demo's clock.
 func (d *demo) now() time.Time { return time.Now().Add(time.Duration(d.clock.Load())) }
 
@@ -98,10 +110,12 @@ func (d *demo) advance(by time.Duration) { d.clock.Add(int64(by)) }
 
 func cmdDemo(c *cli, args []string) int {
 	const name = "demo"
-	fs := c.flagSet(name, "[-json] [-keep] [-scenario NAME]")
+	fs := c.flagSet(name, "[-json] [-keep] [-step] [-show-body] [-scenario NAME]")
 	asJSON := fs.Bool("json", false, "print the events as JSON lines")
 	scenarioName := fs.String("scenario", "flow", "what to show (-scenario list names them)")
 	keep := fs.Bool("keep", false, "leave the servers running and print how to connect with a real client")
+	step := fs.Bool("step", false, "pause before each step until Enter is pressed (when stdin is a terminal)")
+	showBody := fs.Bool("show-body", false, "print every MIME part and IMAP literal in full")
 	if code, ok := c.parse(fs, args); !ok {
 		return code
 	}
@@ -119,11 +133,22 @@ func cmdDemo(c *cli, args []string) int {
 		return c.usageError(fs, "unknown scenario %q (-scenario list names them)", *scenarioName)
 	}
 	out := &demoOut{w: c.stdout, json: *asJSON}
+	if *step {
+		// Without a terminal nobody presses Enter: no pause.
+		if f, ok := c.stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+			out.pause = stepPause(c.stdin, c.stderr)
+		}
+	}
 	// Ctrl-C stops the demo through its context, so that the servers stop
 	// and the temporary directory (keys, databases) goes.
 	sctx, stop := signal.NotifyContext(c.ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// Pauses (-step) last as long as the class needs: the bound on the
+	// whole demo holds only without them.
 	ctx, cancel := context.WithTimeout(sctx, demoTimeout)
+	if out.pause != nil {
+		ctx, cancel = context.WithCancel(sctx)
+	}
 	defer cancel()
 	out.beginStep("0. Starting two Postern instances and a DNS server on loopback")
 	d, err := startDemo(out, sc)
@@ -131,6 +156,7 @@ func cmdDemo(c *cli, args []string) int {
 		return c.fail(name, err)
 	}
 	defer d.close()
+	d.showBody = *showBody
 	if err := sc.run(d, ctx); err != nil {
 		out.emit(event{Kind: "result", Text: "FAILED: " + err.Error()})
 		return exitFailure
@@ -395,7 +421,7 @@ func (d *demo) flow(ctx context.Context, attach int) error {
 	composed, err := mime.Compose(mime.Draft{
 		From: "Alice <" + a.user + ">", To: []string{"Bob <" + b.user + ">"},
 		Subject: "Grüße from alpha — a demo message",
-		Text:    "Hello Bob,\n\nthis message went through DNS, SMTP, a queue and a relay.\n\nAlice\n",
+		Text:    "Hello Bob,\n\nthis message went through DNS, SMTP, a queue and a relay.\n\nGrüße,\nAlice\n",
 		Attachments: append([]mime.Attachment{
 			{Filename: "notes.txt", Data: []byte("An attachment, as a second MIME part.\n")},
 		}, demoAttachment(attach)...),
@@ -426,6 +452,9 @@ func (d *demo) flow(ctx context.Context, attach int) error {
 	}
 	out.note("accepted: %s", reply)
 	out.note("size: %d bytes as alice's mail program wrote them, announced as SIZE=%d in MAIL FROM (RFC 1870) so that a server can refuse a message too big before it is sent", len(letter), len(letter))
+	if err := d.drawMIME(letter); err != nil {
+		return fmt.Errorf("step 2: %w", err)
+	}
 
 	out.beginStep("3. The message waits in alpha's outbound queue")
 	q, err := a.store.Queue(ctx, time.Time{}, 0)
@@ -821,7 +850,7 @@ func (d *demo) imapRead(ctx context.Context, dom *demoDomain) error {
 	part := strings.TrimSuffix(dom.name, ".test") + " imap"
 	d.out.showLiterals(part, literals)
 	defer d.out.showLiterals("", nil)
-	c := imapclient.New(&literalTap{Conn: conn, found: literals}, nil)
+	c := imapclient.New(&literalTap{Conn: conn, found: literals, full: d.showBody}, nil)
 	defer c.Close()
 	if err := c.Login(dom.user, dom.password).Wait(); err != nil {
 		return fmt.Errorf("LOGIN: %w", err)

@@ -5,6 +5,7 @@ package main
 // events), each tagged with the part of the mail system it comes from.
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -53,6 +54,22 @@ func sessionStart(part, text string) bool {
 
 func sessionEnd(text string) bool {
 	return text == "disconnect" || text == "session end" || text == "session ended without QUIT, nothing removed"
+}
+
+// stepPause returns the -step pause: a prompt on w, then a line read
+// from r. Once r ends, it no longer pauses.
+func stepPause(r io.Reader, w io.Writer) func() {
+	br := bufio.NewReader(r)
+	ended := false
+	return func() {
+		if ended {
+			return
+		}
+		fmt.Fprint(w, "-- Enter: next step --")
+		if _, err := br.ReadString('\n'); err != nil {
+			ended = true
+		}
+	}
 }
 
 // span tells settle that a session of part stays open across steps (n

@@ -387,7 +387,7 @@ func (d *demo) imapSeen(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("connect to %s: %w", b.imapAddr, err)
 	}
-	conn.SetDeadline(time.Now().Add(time.Minute))
+	conn.SetDeadline(d.sessionDeadline())
 	literals := make(chan literal, 4)
 	part := "beta imap"
 	d.out.showLiterals(part, literals)
@@ -402,7 +402,7 @@ func (d *demo) imapSeen(ctx context.Context) error {
 	}()
 	// exists gets the message counts the server announces unasked.
 	exists := make(chan uint32, 16)
-	c := imapclient.New(&literalTap{Conn: conn, found: literals}, &imapclient.Options{
+	c := imapclient.New(&literalTap{Conn: conn, found: literals, full: d.showBody}, &imapclient.Options{
 		UnilateralDataHandler: &imapclient.UnilateralDataHandler{Mailbox: func(m *imapclient.UnilateralDataMailbox) {
 			if m.NumMessages != nil {
 				select {

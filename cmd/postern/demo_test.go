@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"io"
 	"regexp"
 	"strconv"
 	"strings"
@@ -30,6 +31,11 @@ var demoFlowWant = []string{
 	"verified: signed by a certificate alice's mail program trusts", "TLS established (TLS 1.3)",
 	"[alice client]   C: EHLO alice-laptop.alpha.test", "C: AUTH PLAIN [credentials redacted]",
 	"size: ", "bytes as alice's mail program wrote them, announced as SIZE=",
+	"Subject as sent:  =?utf-8?q?Gr=C3=BC=C3=9Fe", "Subject decoded:  Grüße from alpha — a demo message",
+	"the message: multipart/mixed, its parts separated by lines \"--",
+	"part 1: text/plain; charset=utf-8, Content-Transfer-Encoding: quoted-printable", "as sent | Gr=C3=BC=C3=9Fe,", "decoded | Grüße,",
+	"part 2: text/plain; charset=utf-8, file notes.txt, Content-Transfer-Encoding: base64", "decoded | An attachment, as a second MIME part.",
+	"(the closing boundary)",
 	"== 3. The message waits in alpha's outbound queue", "to <bob@beta.test> (domain beta.test)",
 	"bytes submitted -> ", "bytes in the queue (+", "alpha's submission server added DKIM-Signature (2), Received, Date, Message-ID",
 	"signed it with alpha.test's keys", "+ DKIM-Signature: a=ed25519-sha256;", "d=alpha.test;", "+ DKIM-Signature: a=rsa-sha256;",
@@ -475,4 +481,78 @@ func TestDemoListChecks(t *testing.T) {
 			t.Errorf("%s: %+v", c.field, g)
 		}
 	}
+}
+
+// TestDemoStepPause: with -step's pause, a step heading waits for a line
+// of input, and once the input ends the demo no longer waits.
+func TestDemoStepPause(t *testing.T) {
+	pr, pw := io.Pipe()
+	var buf, prompt syncBuffer
+	o := &demoOut{w: &buf, pause: stepPause(pr, &prompt)}
+	o.beginStep("0. first") // the first heading does not wait
+	done := make(chan struct{})
+	go func() {
+		o.beginStep("1. second")
+		close(done)
+	}()
+	select {
+	case <-done:
+		t.Fatal("the step began without input")
+	case <-time.After(200 * time.Millisecond):
+	}
+	if strings.Contains(buf.String(), "1. second") {
+		t.Fatalf("heading printed before Enter:\n%s", buf.String())
+	}
+	if _, err := io.WriteString(pw, "\n"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Enter did not start the step")
+	}
+	if !strings.Contains(buf.String(), "== 1. second") || !strings.Contains(prompt.String(), "Enter") {
+		t.Errorf("output %q, prompt %q", buf.String(), prompt.String())
+	}
+	pw.Close()
+	o.beginStep("2. third") // input ended: reads EOF, then never waits again
+	o.beginStep("3. fourth")
+	if !strings.Contains(buf.String(), "== 3. fourth") {
+		t.Errorf("steps after the end of input missing:\n%s", buf.String())
+	}
+}
+
+// TestDemoStepWithoutTerminal: -step with stdin not a terminal does not
+// wait for input.
+func TestDemoStepWithoutTerminal(t *testing.T) {
+	code, out, errOut := runIn(t, "", "demo", "-step", "-scenario", "bcc")
+	if code != exitOK || !strings.Contains(out, "OK: carol got the message") {
+		t.Fatalf("demo -step: exit %d\n%s\n%s", code, out, errOut)
+	}
+	if strings.Contains(errOut, "Enter") {
+		t.Errorf("demo -step prompted without a terminal: %s", errOut)
+	}
+}
+
+// TestDemoShowBody: by default long parts are cut with a count of the
+// lines left out; -show-body prints every line of every part, and IMAP
+// literals whole.
+func TestDemoShowBody(t *testing.T) {
+	code, out, errOut := runIn(t, "", "demo", "-scenario", "big-message")
+	if code != exitOK {
+		t.Fatalf("exit %d\n%s\n%s", code, out, errOut)
+	}
+	wantInOrder(t, out, []string{"file random.bin, Content-Transfer-Encoding: base64", "more lines]", "decoded: 102400 bytes of application/octet-stream"})
+	code, full, errOut := runIn(t, "", "demo", "-show-body", "-scenario", "big-message")
+	if code != exitOK {
+		t.Fatalf("-show-body: exit %d\n%s\n%s", code, full, errOut)
+	}
+	if strings.Contains(full, "more lines]") || strings.Contains(full, "more bytes of the") {
+		t.Errorf("-show-body cut a part or a literal")
+	}
+	// 102400 bytes in base64 lines of 76 characters (57 bytes each).
+	if n := strings.Count(full, "as sent | "); n < 102400/57 {
+		t.Errorf("-show-body printed %d lines of the parts, want all %d of the attachment and more", n, 102400/57)
+	}
+	noPasswords(t, full)
 }
