@@ -60,6 +60,7 @@ type demoDomain struct {
 	pop3                 *pop3d.Server
 	imap                 *imapd.Server
 	mx, submission       string // bound addresses
+	mxPort               int    // the MX's port
 	pop3Addr, imapAddr   string
 	listeners            []net.Listener
 }
@@ -79,6 +80,9 @@ type demo struct {
 	maxReceived int
 	// showBody prints every MIME part and IMAP literal in full.
 	showBody bool
+	// fallback: 127.0.0.2 and 127.0.0.3 could not be bound, and both
+	// domains share 127.0.0.1 on ports of their own.
+	fallback bool
 	alpha    *demoDomain
 	beta     *demoDomain
 	// front is the greylisting front on beta's MX address (greylist
@@ -100,6 +104,14 @@ func (d *demo) sessionDeadline() time.Time {
 		return time.Now().Add(time.Hour)
 	}
 	return time.Now().Add(time.Minute)
+}
+
+// peer is the other domain of the two.
+func (d *demo) peer(dom *demoDomain) *demoDomain {
+	if dom == d.alpha {
+		return d.beta
+	}
+	return d.alpha
 }
 
 // now is the demo's clock.
@@ -191,20 +203,42 @@ func startDemo(out *demoOut, sc scenario) (*demo, error) {
 	d.alpha = &demoDomain{name: "alpha.test", user: "alice@alpha.test", password: "alice-demo-password", ip: "127.0.0.2"}
 	d.beta = &demoDomain{name: "beta.test", user: "bob@beta.test", password: "bob-demo-password", ip: "127.0.0.3"}
 	// Both MX hosts listen on the same port, on two loopback addresses,
-	// as two machines would on port 25.
-	mxAlpha, mxBeta, err := listenPair(d.alpha.ip, d.beta.ip)
+	// as two machines would on port 25. Where the extra loopback
+	// addresses do not exist (macOS by default), both domains share
+	// 127.0.0.1 on ports of their own.
+	var mxAlpha, mxBeta net.Listener
+	if !canListen(d.alpha.ip) || !canListen(d.beta.ip) {
+		d.fallback = true
+		d.alpha.ip, d.beta.ip = "127.0.0.1", "127.0.0.1"
+		out.note("(127.0.0.2 and 127.0.0.3 cannot be bound here, as on macOS by default: both domains run on 127.0.0.1, each on its own ports, and each relay is told the port of the other's MX; `sudo ifconfig lo0 alias 127.0.0.2 up` and the same for 127.0.0.3 give each its own address)")
+		if mxAlpha, err = demoListen("tcp", "127.0.0.1:0"); err == nil {
+			if mxBeta, err = demoListen("tcp", "127.0.0.1:0"); err != nil {
+				mxAlpha.Close()
+			}
+		}
+	} else {
+		mxAlpha, mxBeta, err = listenPair(d.alpha.ip, d.beta.ip)
+	}
 	if err != nil {
 		d.close()
 		return nil, err
 	}
-	d.port = mxAlpha.Addr().(*net.TCPAddr).Port
+	d.alpha.mxPort = mxAlpha.Addr().(*net.TCPAddr).Port
+	d.beta.mxPort = mxBeta.Addr().(*net.TCPAddr).Port
+	d.port = d.alpha.mxPort
 	d.records = []string{
 		"alpha.test. 300 IN MX 10 mx.alpha.test.",
 		"mx.alpha.test. 300 IN A " + d.alpha.ip,
 		"beta.test. 300 IN MX 10 mx.beta.test.",
 		"mx.beta.test. 300 IN A " + d.beta.ip,
 	}
-	d.records = append(d.records, sc.records...)
+	for _, r := range sc.records {
+		if d.fallback {
+			// A scenario's record for beta's machine.
+			r = strings.ReplaceAll(r, "127.0.0.3", d.beta.ip)
+		}
+		d.records = append(d.records, r)
+	}
 	d.zone, err = startZone(d.records...)
 	if err != nil {
 		mxAlpha.Close()
@@ -237,16 +271,26 @@ func startDemo(out *demoOut, sc scenario) (*demo, error) {
 	return d, nil
 }
 
+// canListen tells whether a TCP listener can be opened on ip.
+func canListen(ip string) bool {
+	l, err := demoListen("tcp", ip+":0")
+	if err != nil {
+		return false
+	}
+	l.Close()
+	return true
+}
+
 // listenPair listens on the same TCP port on two addresses.
 func listenPair(ip1, ip2 string) (net.Listener, net.Listener, error) {
 	var lastErr error
 	for i := 0; i < demoPortTries; i++ {
-		l1, err := net.Listen("tcp", ip1+":0")
+		l1, err := demoListen("tcp", ip1+":0")
 		if err != nil {
 			return nil, nil, fmt.Errorf("listen on %s: %w", ip1, err)
 		}
 		port := l1.Addr().(*net.TCPAddr).Port
-		l2, err := net.Listen("tcp", fmt.Sprintf("%s:%d", ip2, port))
+		l2, err := demoListen("tcp", fmt.Sprintf("%s:%d", ip2, port))
 		if err == nil {
 			return l1, l2, nil
 		}
@@ -315,7 +359,7 @@ func (d *demo) startDomain(dom *demoDomain, mx net.Listener) error {
 	// machine would.
 	dialer := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(dom.ip)}}
 	dom.relay = relay.New(relay.Config{
-		Hostname: host, Resolver: d.resolver, Port: d.port, Dialer: dialer.DialContext, Now: d.now,
+		Hostname: host, Resolver: d.resolver, Port: d.peer(dom).mxPort, Dialer: dialer.DialContext, Now: d.now,
 		Logger: logger(short + " relay"), Trace: d.trace,
 		LocalAddrs: []netip.AddrPort{netip.MustParseAddrPort(mx.Addr().String())},
 	}, dom.store)
@@ -401,7 +445,11 @@ func (d *demo) intro() {
 				Attrs: map[string]string{"service": l.service, "addr": l.addr}})
 		}
 	}
-	out.note("(both MX hosts listen on the same port, %d, picked free at start: port 25 needs root, and the relays are told to use %d, as two machines would both use 25)", d.port, d.port)
+	if d.fallback {
+		out.note("(the MX hosts listen on ports %d and %d, picked free at start: port 25 needs root; alpha's relay is told to use %d and beta's %d, where two machines would both use 25)", a.mxPort, b.mxPort, b.mxPort, a.mxPort)
+	} else {
+		out.note("(both MX hosts listen on the same port, %d, picked free at start: port 25 needs root, and the relays are told to use %d, as two machines would both use 25)", d.port, d.port)
+	}
 	out.note("DNS server %s serves:", d.zone.addr)
 	for _, rr := range d.records {
 		out.note("    %s", rr)

@@ -185,6 +185,9 @@ const spoofHost = "127.0.0.66"
 // is not alpha's MX), there is no DKIM signature, so DMARC fails, and
 // alpha.test publishes p=reject: beta refuses it at the end of DATA.
 func (d *demo) spoof(ctx context.Context) error {
+	if d.fallback {
+		return fmt.Errorf("the forger needs a loopback address of its own, %s, and only 127.0.0.1 can be bound here", spoofHost)
+	}
 	d.intro()
 	a, b := d.alpha, d.beta
 	d.out.beginStep("2. A forger at " + spoofHost + " sends beta's MX a message claiming to be from " + a.user)

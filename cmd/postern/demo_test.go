@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"regexp"
 	"strconv"
 	"strings"
@@ -555,4 +556,44 @@ func TestDemoShowBody(t *testing.T) {
 		t.Errorf("-show-body printed %d lines of the parts, want all %d of the attachment and more", n, 102400/57)
 	}
 	noPasswords(t, full)
+}
+
+// TestDemoLoopbackFallback: where 127.0.0.2 and 127.0.0.3 cannot be bound
+// (simulated here by refusing them), the demo says so in one line and runs
+// both domains on 127.0.0.1 with ports of their own.
+func TestDemoLoopbackFallback(t *testing.T) {
+	defer func(l func(string, string) (net.Listener, error)) { demoListen = l }(demoListen)
+	demoListen = func(network, addr string) (net.Listener, error) {
+		if !strings.HasPrefix(addr, "127.0.0.1:") {
+			return nil, fmt.Errorf("listen %s %s: can't assign requested address (simulated)", network, addr)
+		}
+		return net.Listen(network, addr)
+	}
+	for _, c := range []struct {
+		scenario string
+		want     []string
+	}{
+		{"flow", []string{"127.0.0.2 and 127.0.0.3 cannot be bound here", "== 1. Two mail domains",
+			"[alpha smtp]     (listening) addr=127.0.0.1:", "[beta smtp]      (listening) addr=127.0.0.1:",
+			"the MX hosts listen on ports", "mx.beta.test. 300 IN A 127.0.0.1",
+			"== 5. alpha's relay delivers", "(delivered)", "dmarc=pass", "+ Received: from mx.alpha.test ([127.0.0.1]) by mx.beta.test",
+			"OK: the message arrived intact"}},
+		{"implicit-mx", []string{"cannot be bound here", "gamma.test. 300 IN A 127.0.0.1", "(delivered)", "OK: with no MX record"}},
+		{"greylist", []string{"cannot be bound here", "S: 451 4.7.1", "(greylist passed) client=127.0.0.1", "(delivered) attempts=2", "OK: greylisted"}},
+	} {
+		t.Run(c.scenario, func(t *testing.T) {
+			code, out, errOut := runIn(t, "", "demo", "-scenario", c.scenario)
+			if code != exitOK {
+				t.Fatalf("exit %d\n%s\n%s", code, out, errOut)
+			}
+			wantInOrder(t, out, c.want)
+			listenersInStep1(t, out)
+			if regexp.MustCompile(`127\.0\.0\.[23][^ ]`).MatchString(out) {
+				t.Errorf("the fallback run uses 127.0.0.2 or 127.0.0.3:\n%s", out)
+			}
+			if n := strings.Count(out, "cannot be bound here"); n != 1 {
+				t.Errorf("the fallback is announced %d times, want once", n)
+			}
+		})
+	}
 }
