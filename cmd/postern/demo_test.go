@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -300,6 +301,15 @@ func TestDemoScenarios(t *testing.T) {
 	for _, sc := range scenarios() {
 		if !strings.Contains(out, sc.name) {
 			t.Errorf("-scenario list lacks %s", sc.name)
+		}
+	}
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sc := range scenarios() {
+		if sc.name != "flow" && !strings.Contains(string(readme), "| `"+sc.name+"` |") {
+			t.Errorf("the README's scenario table lacks %s", sc.name)
 		}
 	}
 	if code, _, _ := runIn(t, "", "demo", "-scenario", "no-such"); code != exitUsage {
