@@ -607,3 +607,49 @@ func TestDemoLoopbackFallback(t *testing.T) {
 		})
 	}
 }
+
+// stepShape is, per step heading in order, how many lines each part (or
+// the demo's own notes) printed: what must not differ between two runs.
+func stepShape(out string) []string {
+	var shape []string
+	for _, step := range strings.Split(out, "\n== ")[1:] {
+		title, body, _ := strings.Cut(step, "\n")
+		counts := map[string]int{}
+		for _, line := range strings.Split(body, "\n") {
+			switch {
+			case strings.HasPrefix(line, "   ["):
+				part, _, _ := strings.Cut(line[3:], "]")
+				counts[part+"]"]++
+			case strings.HasPrefix(line, "   "):
+				counts["note"]++
+			}
+		}
+		var kv []string
+		for k, v := range counts {
+			kv = append(kv, fmt.Sprintf("%s=%d", k, v))
+		}
+		sortStrings(kv)
+		shape = append(shape, title+": "+strings.Join(kv, " "))
+	}
+	return shape
+}
+
+// TestDemoTextJSONSame: the text output and the -json output, rendered as
+// text, have the same steps, and in each step the same number of lines
+// from each part.
+func TestDemoTextJSONSame(t *testing.T) {
+	for _, name := range []string{"flow", "greylist"} {
+		code, text, errOut := runIn(t, "", "demo", "-scenario", name)
+		if code != exitOK {
+			t.Fatalf("%s: exit %d\n%s", name, code, errOut)
+		}
+		code, jsonOut, errOut := runIn(t, "", "demo", "-json", "-scenario", name)
+		if code != exitOK {
+			t.Fatalf("%s -json: exit %d\n%s", name, code, errOut)
+		}
+		a, b := stepShape(text), stepShape(demoJSONText(demoEvents(t, jsonOut)))
+		if strings.Join(a, "\n") != strings.Join(b, "\n") {
+			t.Errorf("%s: text and -json differ:\ntext:\n%s\njson:\n%s", name, strings.Join(a, "\n"), strings.Join(b, "\n"))
+		}
+	}
+}
