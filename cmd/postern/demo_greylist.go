@@ -43,9 +43,11 @@ type greylistFront struct {
 	now     func() time.Time
 	log     *slog.Logger
 
-	mu   sync.Mutex
-	seen map[string]time.Time // client address -> first refusal
-	wg   sync.WaitGroup
+	mu     sync.Mutex
+	seen   map[string]time.Time // client address -> first refusal
+	conns  map[net.Conn]bool    // open client connections
+	closed bool
+	wg     sync.WaitGroup
 }
 
 func (g *greylistFront) serve() {
@@ -54,10 +56,26 @@ func (g *greylistFront) serve() {
 		if err != nil {
 			return
 		}
+		g.mu.Lock()
+		if g.closed {
+			g.mu.Unlock()
+			conn.Close()
+			return
+		}
+		if g.conns == nil {
+			g.conns = map[net.Conn]bool{}
+		}
+		g.conns[conn] = true
 		g.wg.Add(1)
+		g.mu.Unlock()
 		go func() {
 			defer g.wg.Done()
-			defer conn.Close()
+			defer func() {
+				conn.Close()
+				g.mu.Lock()
+				delete(g.conns, conn)
+				g.mu.Unlock()
+			}()
 			conn.SetDeadline(time.Now().Add(greylistSession))
 			ip := hostOf(conn.RemoteAddr().String())
 			g.mu.Lock()
@@ -153,8 +171,15 @@ func (g *greylistFront) refuse(conn net.Conn, ip string) {
 	reply("421 4.7.0 Too many commands")
 }
 
+// close stops the front and ends its connections.
 func (g *greylistFront) close() {
 	g.ln.Close()
+	g.mu.Lock()
+	g.closed = true
+	for c := range g.conns {
+		c.Close()
+	}
+	g.mu.Unlock()
 	g.wg.Wait()
 }
 

@@ -325,7 +325,7 @@ func TestDemoScenarios(t *testing.T) {
 		"null-mx": {"gamma.test. 300 IN MX 0 .", "C: RCPT TO:<carol@gamma.test>", "gamma.test\tmail exchanger = 0 .",
 			"accepts no mail (null MX, RFC 7505)", "(no route) domain=gamma.test", "status=5.1.10", "| Status: 5.1.10", "OK: the null MX was refused"},
 		"implicit-mx": {"gamma.test. 300 IN A 127.0.0.3", "C: RCPT TO:<bob@gamma.test>", "gamma.test has no MX records",
-			"gamma.test\tinternet address = 127.0.0.3", "[alpha relay]    C: RCPT TO:<bob@gamma.test>", "(delivered)", "To: <bob@gamma.test>",
+			"gamma.test\tinternet address = 127.0.0.3", "[alpha relay]    C: RCPT TO:<bob@gamma.test>", "(delivered)", "verified=false: the certificate beta's machine shows is self-signed", "To: <bob@gamma.test>",
 			"OK: with no MX record"},
 		"bcc": {"Bcc: carol@beta.test", "RCPT TO:<bob@beta.test>  RCPT TO:<carol@beta.test>",
 			"[alice client]   C: RCPT TO:<carol@beta.test>", "[alice client]   C: To: <bob@beta.test>",
