@@ -23,12 +23,14 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
 	"github.com/miekg/dns"
+	"golang.org/x/term"
 
 	"github.com/postern/postern/imapd"
 	"github.com/postern/postern/mailstore"
@@ -58,6 +60,7 @@ type demoDomain struct {
 	pop3                 *pop3d.Server
 	imap                 *imapd.Server
 	mx, submission       string // bound addresses
+	mxPort               int    // the MX's port
 	pop3Addr, imapAddr   string
 	listeners            []net.Listener
 }
@@ -73,16 +76,58 @@ type demo struct {
 	port    int
 	records []string // the zone the DNS server serves
 	trace   bool     // relays log their SMTP dialogues
-	alpha   *demoDomain
-	beta    *demoDomain
+	// maxReceived is the MX hop limit; 0: smtpd's default.
+	maxReceived int
+	// showBody prints every MIME part and IMAP literal in full.
+	showBody bool
+	// fallback: 127.0.0.2 and 127.0.0.3 could not be bound, and both
+	// domains share 127.0.0.1 on ports of their own.
+	fallback bool
+	alpha    *demoDomain
+	beta     *demoDomain
+	// front is the greylisting front on beta's MX address (greylist
+	// scenario), or nil.
+	front *greylistFront
+	// clock is how far the demo's clock, which the relays use, runs
+	// ahead of the real one (the greylist scenario jumps to a retry).
+	clock atomic.Int64
 }
+
+// demoListen opens the demo's listeners; tests replace it to refuse the
+// extra loopback addresses.
+var demoListen = net.Listen
+
+// sessionDeadline bounds a client session of the demo; a session that
+// stays open across steps (imap) may wait for -step's pauses.
+func (d *demo) sessionDeadline() time.Time {
+	if d.out.pause != nil {
+		return time.Now().Add(time.Hour)
+	}
+	return time.Now().Add(time.Minute)
+}
+
+// peer is the other domain of the two.
+func (d *demo) peer(dom *demoDomain) *demoDomain {
+	if dom == d.alpha {
+		return d.beta
+	}
+	return d.alpha
+}
+
+// now is the demo's clock.
+func (d *demo) now() time.Time { return time.Now().Add(time.Duration(d.clock.Load())) }
+
+// advance moves the demo's clock ahead by by.
+func (d *demo) advance(by time.Duration) { d.clock.Add(int64(by)) }
 
 func cmdDemo(c *cli, args []string) int {
 	const name = "demo"
-	fs := c.flagSet(name, "[-json] [-keep] [-scenario NAME]")
+	fs := c.flagSet(name, "[-json] [-keep] [-step] [-show-body] [-scenario NAME]")
 	asJSON := fs.Bool("json", false, "print the events as JSON lines")
 	scenarioName := fs.String("scenario", "flow", "what to show (-scenario list names them)")
 	keep := fs.Bool("keep", false, "leave the servers running and print how to connect with a real client")
+	step := fs.Bool("step", false, "pause before each step until Enter is pressed (when stdin is a terminal)")
+	showBody := fs.Bool("show-body", false, "print every MIME part and IMAP literal in full")
 	if code, ok := c.parse(fs, args); !ok {
 		return code
 	}
@@ -100,11 +145,22 @@ func cmdDemo(c *cli, args []string) int {
 		return c.usageError(fs, "unknown scenario %q (-scenario list names them)", *scenarioName)
 	}
 	out := &demoOut{w: c.stdout, json: *asJSON}
+	if *step {
+		// Without a terminal nobody presses Enter: no pause.
+		if f, ok := c.stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+			out.pause = stepPause(c.stdin, c.stderr)
+		}
+	}
 	// Ctrl-C stops the demo through its context, so that the servers stop
 	// and the temporary directory (keys, databases) goes.
 	sctx, stop := signal.NotifyContext(c.ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// Pauses (-step) last as long as the class needs: the bound on the
+	// whole demo holds only without them.
 	ctx, cancel := context.WithTimeout(sctx, demoTimeout)
+	if out.pause != nil {
+		ctx, cancel = context.WithCancel(sctx)
+	}
 	defer cancel()
 	out.beginStep("0. Starting two Postern instances and a DNS server on loopback")
 	d, err := startDemo(out, sc)
@@ -112,6 +168,7 @@ func cmdDemo(c *cli, args []string) int {
 		return c.fail(name, err)
 	}
 	defer d.close()
+	d.showBody = *showBody
 	if err := sc.run(d, ctx); err != nil {
 		out.emit(event{Kind: "result", Text: "FAILED: " + err.Error()})
 		return exitFailure
@@ -142,24 +199,46 @@ func startDemo(out *demoOut, sc scenario) (*demo, error) {
 	if err != nil {
 		return nil, fmt.Errorf("temporary directory: %w", err)
 	}
-	d := &demo{out: out, dir: dir, trace: !sc.quiet}
+	d := &demo{out: out, dir: dir, trace: !sc.quiet, maxReceived: sc.maxReceived}
 	d.alpha = &demoDomain{name: "alpha.test", user: "alice@alpha.test", password: "alice-demo-password", ip: "127.0.0.2"}
 	d.beta = &demoDomain{name: "beta.test", user: "bob@beta.test", password: "bob-demo-password", ip: "127.0.0.3"}
 	// Both MX hosts listen on the same port, on two loopback addresses,
-	// as two machines would on port 25.
-	mxAlpha, mxBeta, err := listenPair(d.alpha.ip, d.beta.ip)
+	// as two machines would on port 25. Where the extra loopback
+	// addresses do not exist (macOS by default), both domains share
+	// 127.0.0.1 on ports of their own.
+	var mxAlpha, mxBeta net.Listener
+	if !canListen(d.alpha.ip) || !canListen(d.beta.ip) {
+		d.fallback = true
+		d.alpha.ip, d.beta.ip = "127.0.0.1", "127.0.0.1"
+		out.note("(127.0.0.2 and 127.0.0.3 cannot be bound here, as on macOS by default: both domains run on 127.0.0.1, each on its own ports, and each relay is told the port of the other's MX; `sudo ifconfig lo0 alias 127.0.0.2 up` and the same for 127.0.0.3 give each its own address)")
+		if mxAlpha, err = demoListen("tcp", "127.0.0.1:0"); err == nil {
+			if mxBeta, err = demoListen("tcp", "127.0.0.1:0"); err != nil {
+				mxAlpha.Close()
+			}
+		}
+	} else {
+		mxAlpha, mxBeta, err = listenPair(d.alpha.ip, d.beta.ip)
+	}
 	if err != nil {
 		d.close()
 		return nil, err
 	}
-	d.port = mxAlpha.Addr().(*net.TCPAddr).Port
+	d.alpha.mxPort = mxAlpha.Addr().(*net.TCPAddr).Port
+	d.beta.mxPort = mxBeta.Addr().(*net.TCPAddr).Port
+	d.port = d.alpha.mxPort
 	d.records = []string{
 		"alpha.test. 300 IN MX 10 mx.alpha.test.",
 		"mx.alpha.test. 300 IN A " + d.alpha.ip,
 		"beta.test. 300 IN MX 10 mx.beta.test.",
 		"mx.beta.test. 300 IN A " + d.beta.ip,
 	}
-	d.records = append(d.records, sc.records...)
+	for _, r := range sc.records {
+		if d.fallback {
+			// A scenario's record for beta's machine.
+			r = strings.ReplaceAll(r, "127.0.0.3", d.beta.ip)
+		}
+		d.records = append(d.records, r)
+	}
 	d.zone, err = startZone(d.records...)
 	if err != nil {
 		mxAlpha.Close()
@@ -173,6 +252,13 @@ func startDemo(out *demoOut, sc scenario) (*demo, error) {
 		d.close()
 		return nil, err
 	}
+	if sc.greylist {
+		if mxBeta, err = d.startGreylist(d.beta, mxBeta); err != nil {
+			mxAlpha.Close()
+			d.close()
+			return nil, err
+		}
+	}
 	for _, p := range []struct {
 		dom *demoDomain
 		mx  net.Listener
@@ -185,16 +271,26 @@ func startDemo(out *demoOut, sc scenario) (*demo, error) {
 	return d, nil
 }
 
+// canListen tells whether a TCP listener can be opened on ip.
+func canListen(ip string) bool {
+	l, err := demoListen("tcp", ip+":0")
+	if err != nil {
+		return false
+	}
+	l.Close()
+	return true
+}
+
 // listenPair listens on the same TCP port on two addresses.
 func listenPair(ip1, ip2 string) (net.Listener, net.Listener, error) {
 	var lastErr error
 	for i := 0; i < demoPortTries; i++ {
-		l1, err := net.Listen("tcp", ip1+":0")
+		l1, err := demoListen("tcp", ip1+":0")
 		if err != nil {
 			return nil, nil, fmt.Errorf("listen on %s: %w", ip1, err)
 		}
 		port := l1.Addr().(*net.TCPAddr).Port
-		l2, err := net.Listen("tcp", fmt.Sprintf("%s:%d", ip2, port))
+		l2, err := demoListen("tcp", fmt.Sprintf("%s:%d", ip2, port))
 		if err == nil {
 			return l1, l2, nil
 		}
@@ -250,7 +346,7 @@ func (d *demo) startDomain(dom *demoDomain, mx net.Listener) error {
 		logger = func(string) *slog.Logger { return slog.New(slog.DiscardHandler) }
 	}
 	dom.smtp = smtpd.New(smtpd.Config{
-		Hostname: host, TLSConfig: tlsConfig,
+		Hostname: host, TLSConfig: tlsConfig, MaxReceived: d.maxReceived, Now: d.now,
 		Logger: logger(short + " smtp"),
 		// The client side of each SMTP dialogue is what the demo shows.
 		Trace:  false,
@@ -263,7 +359,7 @@ func (d *demo) startDomain(dom *demoDomain, mx net.Listener) error {
 	// machine would.
 	dialer := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(dom.ip)}}
 	dom.relay = relay.New(relay.Config{
-		Hostname: host, Resolver: d.resolver, Port: d.port, Dialer: dialer.DialContext,
+		Hostname: host, Resolver: d.resolver, Port: d.peer(dom).mxPort, Dialer: dialer.DialContext, Now: d.now,
 		Logger: logger(short + " relay"), Trace: d.trace,
 		LocalAddrs: []netip.AddrPort{netip.MustParseAddrPort(mx.Addr().String())},
 	}, dom.store)
@@ -274,7 +370,7 @@ func (d *demo) startDomain(dom *demoDomain, mx net.Listener) error {
 		Hostname: host, TLSConfig: tlsConfig, Logger: logger(short + " imap"), Trace: true,
 	}, dom.store)
 	listen := func(serve func(net.Listener) error) (string, error) {
-		ln, err := net.Listen("tcp", dom.ip+":0")
+		ln, err := demoListen("tcp", dom.ip+":0")
 		if err != nil {
 			return "", fmt.Errorf("%s: %w", dom.name, err)
 		}
@@ -302,6 +398,9 @@ func (d *demo) close() {
 	defer d.out.stop()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	if d.front != nil {
+		d.front.close()
+	}
 	for _, dom := range []*demoDomain{d.alpha, d.beta} {
 		if dom == nil {
 			continue
@@ -346,7 +445,11 @@ func (d *demo) intro() {
 				Attrs: map[string]string{"service": l.service, "addr": l.addr}})
 		}
 	}
-	out.note("(both MX hosts listen on the same port, %d, picked free at start: port 25 needs root, and the relays are told to use %d, as two machines would both use 25)", d.port, d.port)
+	if d.fallback {
+		out.note("(the MX hosts listen on ports %d and %d, picked free at start: port 25 needs root; alpha's relay is told to use %d and beta's %d, where two machines would both use 25)", a.mxPort, b.mxPort, b.mxPort, a.mxPort)
+	} else {
+		out.note("(both MX hosts listen on the same port, %d, picked free at start: port 25 needs root, and the relays are told to use %d, as two machines would both use 25)", d.port, d.port)
+	}
 	out.note("DNS server %s serves:", d.zone.addr)
 	for _, rr := range d.records {
 		out.note("    %s", rr)
@@ -366,7 +469,7 @@ func (d *demo) flow(ctx context.Context, attach int) error {
 	composed, err := mime.Compose(mime.Draft{
 		From: "Alice <" + a.user + ">", To: []string{"Bob <" + b.user + ">"},
 		Subject: "Grüße from alpha — a demo message",
-		Text:    "Hello Bob,\n\nthis message went through DNS, SMTP, a queue and a relay.\n\nAlice\n",
+		Text:    "Hello Bob,\n\nthis message went through DNS, SMTP, a queue and a relay.\n\nGrüße,\nAlice\n",
 		Attachments: append([]mime.Attachment{
 			{Filename: "notes.txt", Data: []byte("An attachment, as a second MIME part.\n")},
 		}, demoAttachment(attach)...),
@@ -397,6 +500,9 @@ func (d *demo) flow(ctx context.Context, attach int) error {
 	}
 	out.note("accepted: %s", reply)
 	out.note("size: %d bytes as alice's mail program wrote them, announced as SIZE=%d in MAIL FROM (RFC 1870) so that a server can refuse a message too big before it is sent", len(letter), len(letter))
+	if err := d.drawMIME(letter); err != nil {
+		return fmt.Errorf("step 2: %w", err)
+	}
 
 	out.beginStep("3. The message waits in alpha's outbound queue")
 	q, err := a.store.Queue(ctx, time.Time{}, 0)
@@ -792,7 +898,7 @@ func (d *demo) imapRead(ctx context.Context, dom *demoDomain) error {
 	part := strings.TrimSuffix(dom.name, ".test") + " imap"
 	d.out.showLiterals(part, literals)
 	defer d.out.showLiterals("", nil)
-	c := imapclient.New(&literalTap{Conn: conn, found: literals}, nil)
+	c := imapclient.New(&literalTap{Conn: conn, found: literals, full: d.showBody}, nil)
 	defer c.Close()
 	if err := c.Login(dom.user, dom.password).Wait(); err != nil {
 		return fmt.Errorf("LOGIN: %w", err)

@@ -27,6 +27,9 @@ const (
 	literalWait = 5 * time.Second
 	// maxTapLine bounds the part of a server line the tap keeps.
 	maxTapLine = 4096
+	// maxLiteralFull bounds the bytes of one literal shown with
+	// -show-body, which prints literals whole.
+	maxLiteralFull = 16 << 20
 )
 
 // demoLiteralRE finds the literal announced at the end of a server line:
@@ -37,6 +40,7 @@ var demoLiteralRE = regexp.MustCompile(`~?\{(\d{1,19})\}$`)
 type literal struct {
 	head []byte
 	size int64
+	full bool // -show-body: not cut to a few lines
 }
 
 // literalTap passes a connection's reads through and finds the literals
@@ -44,6 +48,7 @@ type literal struct {
 type literalTap struct {
 	net.Conn
 	found chan<- literal
+	full  bool // keep literals whole (-show-body)
 	line  []byte
 	left  int64 // literal bytes still to come
 	cur   literal
@@ -59,7 +64,11 @@ func (t *literalTap) scan(p []byte) {
 	for len(p) > 0 {
 		if t.left > 0 {
 			k := int(min(t.left, int64(len(p))))
-			if room := maxLiteralShown - len(t.cur.head); room > 0 {
+			limit := maxLiteralShown
+			if t.full {
+				limit = maxLiteralFull
+			}
+			if room := limit - len(t.cur.head); room > 0 {
 				t.cur.head = append(t.cur.head, p[:min(k, room)]...)
 			}
 			t.left -= int64(k)
@@ -84,19 +93,20 @@ func (t *literalTap) scan(p []byte) {
 		t.line = t.line[:0]
 		if m := demoLiteralRE.FindStringSubmatch(line); m != nil {
 			if size, err := strconv.ParseInt(m[1], 10, 64); err == nil && size > 0 {
-				t.left, t.cur = size, literal{size: size}
+				t.left, t.cur = size, literal{size: size, full: t.full}
 			}
 		}
 	}
 }
 
 // literalLines is what the demo prints of lit: its lines, cut after
-// maxLiteralLines or maxLiteralShown bytes with a count of the rest.
+// maxLiteralLines or maxLiteralShown bytes with a count of the rest
+// (whole with -show-body, up to maxLiteralFull).
 func literalLines(lit literal) []string {
 	text := strings.ReplaceAll(string(lit.head), "\r\n", "\n")
 	lines := strings.Split(strings.TrimSuffix(text, "\n"), "\n")
 	shown := int64(len(lit.head))
-	if len(lines) > maxLiteralLines {
+	if len(lines) > maxLiteralLines && !lit.full {
 		shown = 0
 		for _, l := range lines[:maxLiteralLines] {
 			shown += int64(len(l)) + 2

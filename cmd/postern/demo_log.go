@@ -5,6 +5,7 @@ package main
 // events), each tagged with the part of the mail system it comes from.
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -29,9 +30,81 @@ type demoOut struct {
 	// seen counts the mail events emitted, by part and text, for a
 	// scenario that waits for a server to finish a session.
 	seen map[string]int
+	// open counts the sessions of each part that have begun and not yet
+	// ended, so that a step's heading waits for the last line of the
+	// sessions the step before ran (settle).
+	open map[string]int
+	// spanning counts the sessions of each part that a scenario keeps
+	// open across steps on purpose: settle does not wait for them.
+	spanning map[string]int
+	// pause, when set, waits for the reader before each step (-step).
+	pause func()
 }
 
-// seenCount is how many events of part with text were emitted.
+// settleWait bounds how long a step heading waits for the sessions of
+// the step before to log their end.
+const settleWait = 3 * time.Second
+
+// sessionStart and sessionEnd tell whether a server event begins or ends
+// a session: servers log "connect" and "disconnect"; POP3 logs no
+// connect, and its sessions are counted from the login.
+func sessionStart(part, text string) bool {
+	return text == "connect" || (strings.HasSuffix(part, " pop3") && text == "login")
+}
+
+func sessionEnd(text string) bool {
+	return text == "disconnect" || text == "session end" || text == "session ended without QUIT, nothing removed"
+}
+
+// stepPause returns the -step pause: a prompt on w, then a line read
+// from r. Once r ends, it no longer pauses.
+func stepPause(r io.Reader, w io.Writer) func() {
+	br := bufio.NewReader(r)
+	ended := false
+	return func() {
+		if ended {
+			return
+		}
+		fmt.Fprint(w, "-- Enter: next step --")
+		if _, err := br.ReadString('\n'); err != nil {
+			ended = true
+		}
+	}
+}
+
+// span tells settle that a session of part stays open across steps (n
+// 1), or no longer does (n -1).
+func (o *demoOut) span(part string, n int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.spanning == nil {
+		o.spanning = map[string]int{}
+	}
+	o.spanning[part] += n
+}
+
+// settle waits, boundedly, until every session that has begun has logged
+// its end, so that its last line lands in the step that ran it.
+func (o *demoOut) settle() {
+	deadline := time.Now().Add(settleWait)
+	for time.Now().Before(deadline) {
+		o.mu.Lock()
+		busy := false
+		for part, n := range o.open {
+			if n > o.spanning[part] {
+				busy = true
+			}
+		}
+		o.mu.Unlock()
+		if !busy {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// seenCount is how many events of part with text were emitted (or,
+// for text "S: * ...", untagged server lines of part's trace).
 func (o *demoOut) seenCount(part, text string) int {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -92,17 +165,37 @@ type event struct {
 }
 
 func (o *demoOut) emit(e event) {
+	if e.Kind == "result" {
+		o.settle()
+	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.done {
 		return
 	}
 	e.Time = time.Now().UTC()
+	if e.Kind == "trace" && e.Dir == "S" && strings.HasPrefix(e.Text, "* ") {
+		// Untagged server lines, for a scenario that waits until one
+		// has been shown (IDLE).
+		if o.seen == nil {
+			o.seen = map[string]int{}
+		}
+		o.seen[e.Part+"\x00S: "+e.Text]++
+	}
 	if e.Kind == "event" {
 		if o.seen == nil {
 			o.seen = map[string]int{}
 		}
 		o.seen[e.Part+"\x00"+e.Text]++
+		if o.open == nil {
+			o.open = map[string]int{}
+		}
+		switch {
+		case sessionStart(e.Part, e.Text):
+			o.open[e.Part]++
+		case sessionEnd(e.Text) && o.open[e.Part] > 0:
+			o.open[e.Part]--
+		}
 	}
 	if e.Step == "" {
 		e.Step = o.step
@@ -140,6 +233,10 @@ func writeEventText(w io.Writer, e event) {
 
 // beginStep starts a numbered section.
 func (o *demoOut) beginStep(title string) {
+	o.settle()
+	if o.pause != nil && o.step != "" {
+		o.pause()
+	}
 	o.mu.Lock()
 	o.step = title
 	o.mu.Unlock()

@@ -5,6 +5,10 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -29,6 +33,11 @@ var demoFlowWant = []string{
 	"verified: signed by a certificate alice's mail program trusts", "TLS established (TLS 1.3)",
 	"[alice client]   C: EHLO alice-laptop.alpha.test", "C: AUTH PLAIN [credentials redacted]",
 	"size: ", "bytes as alice's mail program wrote them, announced as SIZE=",
+	"Subject as sent:  =?utf-8?q?Gr=C3=BC=C3=9Fe", "Subject decoded:  Grüße from alpha — a demo message",
+	"the message: multipart/mixed, its parts separated by lines \"--",
+	"part 1: text/plain; charset=utf-8, Content-Transfer-Encoding: quoted-printable", "as sent | Gr=C3=BC=C3=9Fe,", "decoded | Grüße,",
+	"part 2: text/plain; charset=utf-8, file notes.txt, Content-Transfer-Encoding: base64", "decoded | An attachment, as a second MIME part.",
+	"(the closing boundary)",
 	"== 3. The message waits in alpha's outbound queue", "to <bob@beta.test> (domain beta.test)",
 	"bytes submitted -> ", "bytes in the queue (+", "alpha's submission server added DKIM-Signature (2), Received, Date, Message-ID",
 	"signed it with alpha.test's keys", "+ DKIM-Signature: a=ed25519-sha256;", "d=alpha.test;", "+ DKIM-Signature: a=rsa-sha256;",
@@ -113,6 +122,23 @@ func listenersInStep1(t *testing.T, out string) {
 	}
 }
 
+// sessionsEndInStep checks that every session a step's heading is
+// followed by ends in that step: its disconnect line is not printed under
+// the next heading.
+func sessionsEndInStep(t *testing.T, out string) {
+	t.Helper()
+	for _, step := range strings.Split(out, "\n== ") {
+		title, _, _ := strings.Cut(step, "\n")
+		for _, part := range []string{"alpha smtp", "beta smtp", "alpha imap", "beta imap"} {
+			p := fmt.Sprintf("%-16s", "["+part+"]")
+			opened, closed := strings.Count(step, p+" (connect)"), strings.Count(step, p+" (disconnect)")
+			if opened != closed {
+				t.Errorf("step %q: %s logs %d connects and %d disconnects:\n%s", title, part, opened, closed, out)
+			}
+		}
+	}
+}
+
 func TestDemo(t *testing.T) {
 	code, out, errOut := runIn(t, "", "demo")
 	if code != exitOK {
@@ -120,6 +146,7 @@ func TestDemo(t *testing.T) {
 	}
 	wantInOrder(t, out, demoFlowWant)
 	listenersInStep1(t, out)
+	sessionsEndInStep(t, out)
 	noPasswords(t, out)
 	sizesAgree(t, out)
 }
@@ -189,6 +216,7 @@ func TestDemoJSON(t *testing.T) {
 	text := demoJSONText(events)
 	wantInOrder(t, text, demoFlowWant)
 	listenersInStep1(t, text)
+	sessionsEndInStep(t, text)
 	noPasswords(t, out)
 	sizesAgree(t, text)
 }
@@ -275,6 +303,15 @@ func TestDemoScenarios(t *testing.T) {
 			t.Errorf("-scenario list lacks %s", sc.name)
 		}
 	}
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sc := range scenarios() {
+		if sc.name != "flow" && !strings.Contains(string(readme), "| `"+sc.name+"` |") {
+			t.Errorf("the README's scenario table lacks %s", sc.name)
+		}
+	}
 	if code, _, _ := runIn(t, "", "demo", "-scenario", "no-such"); code != exitUsage {
 		t.Errorf("unknown scenario: exit %d, want %d", code, exitUsage)
 	}
@@ -288,7 +325,7 @@ func TestDemoScenarios(t *testing.T) {
 		"null-mx": {"gamma.test. 300 IN MX 0 .", "C: RCPT TO:<carol@gamma.test>", "gamma.test\tmail exchanger = 0 .",
 			"accepts no mail (null MX, RFC 7505)", "(no route) domain=gamma.test", "status=5.1.10", "| Status: 5.1.10", "OK: the null MX was refused"},
 		"implicit-mx": {"gamma.test. 300 IN A 127.0.0.3", "C: RCPT TO:<bob@gamma.test>", "gamma.test has no MX records",
-			"gamma.test\tinternet address = 127.0.0.3", "[alpha relay]    C: RCPT TO:<bob@gamma.test>", "(delivered)", "To: <bob@gamma.test>",
+			"gamma.test\tinternet address = 127.0.0.3", "[alpha relay]    C: RCPT TO:<bob@gamma.test>", "(delivered)", "verified=false: the certificate beta's machine shows is self-signed", "To: <bob@gamma.test>",
 			"OK: with no MX record"},
 		"bcc": {"Bcc: carol@beta.test", "RCPT TO:<bob@beta.test>  RCPT TO:<carol@beta.test>",
 			"[alice client]   C: RCPT TO:<carol@beta.test>", "[alice client]   C: To: <bob@beta.test>",
@@ -303,8 +340,30 @@ func TestDemoScenarios(t *testing.T) {
 			"-> after BODY[], message 1 is \\Seen: true",
 			"== 3. UIDs against sequence numbers", "-> sequence number -> UID: 1 -> UID 1, 2 -> UID 2, 3 -> UID 3",
 			"STORE 1 +FLAGS.SILENT (\\Deleted)", "S: * 1 EXPUNGE", "-> sequence number -> UID: 1 -> UID 2, 2 -> UID 3",
-			"UID FETCH 3", "S: * 2 FETCH (UID 3", "-> UID 3 is message 2 now: \"Third\"", "OK: BODY.PEEK[] left the message unread"},
-		"mailstorm": {"hop  1: alpha.test -> beta.test", "carries 50 Received fields", "| Status: 5.4.6", "OK: the storm stopped"},
+			"UID FETCH 3", "S: * 2 FETCH (UID 3", "-> UID 3 is message 2 now: \"Third\"",
+			"== 4. IDLE", "C: T12 IDLE", "S: + idling", "1 message from alice put in bob@beta.test's INBOX", "[beta imap]      S: * 3 EXISTS",
+			"C: DONE", "-> * 3 EXISTS arrived during IDLE", "OK: BODY.PEEK[] left the message unread", "IDLE announced the new message with EXISTS"},
+		"greylist": {"greylisting front", "== 2. alice writes to bob", "C: RCPT TO:<bob@beta.test>",
+			"== 3. alpha's relay tries beta's MX: greylisted", "[alpha relay]    S: 220 mx.beta.test ESMTP (greylisting front)",
+			"(greylisted) client=127.0.0.2 from=<alice@alpha.test> rcpt=<bob@beta.test>",
+			"[alpha relay]    S: 451 4.7.1 Greylisted", "(deferred) attempts=1", "status=4.7.1",
+			"queue entry 1: to <bob@beta.test>, attempts 1, last error \"mx.beta.test said: 451 4.7.1", "next attempt ",
+			"== 4. The retry", "demo clock now", "(greylist passed) client=127.0.0.2", "[beta smtp]      (connect)",
+			"[alpha relay]    S: 220 mx.beta.test ESMTP Postern", "[alpha relay]    C: STARTTLS", "[alpha relay]    S: 250 2.0.0 OK: queued",
+			"(delivered) attempts=2", "[beta smtp]      (disconnect)",
+			"== 5. The message in bob's INBOX, on the second attempt", "Subject: Greetings through the greylist",
+			"OK: greylisted with 451 4.7.1"},
+		"mailstorm": {"mailing list list@alpha.test: members list@beta.test and carol@beta.test",
+			"== 2. Without protection", "C: RCPT TO:<list@alpha.test>",
+			"generation 0: list@alpha.test got 1 copy, each with 1 Received fields -> sent 2",
+			"generation 1: list@beta.test got 2 copies, each with 2 Received fields -> sent 4",
+			"generation 2: list@alpha.test got 4 copies, each with 3 Received fields -> sent 8",
+			"generation 3: list@beta.test got 8 copies", "generation 4: list@alpha.test got 16 copies", "generation 5: list@beta.test got 32 copies",
+			"generation 6: list@alpha.test got 64 copies, each with 7 Received fields -> sent 128, one per member per post; 0 arrived, 128 refused by beta.test's MX (554 5.4.6",
+			"-> 255 copies in 7 generations", "got 128 delivery status reports (5.4.6)",
+			"== 3. With protection", "generation 0: list@alpha.test got 1 copy, each with 1 Received fields -> sent 2",
+			"generation 1: list@beta.test got 2 copies, each with 2 Received fields -> dropped 2 (it carries List-Id: <list.alpha.test>",
+			"-> 3 copies in 2 generations", "OK: unprotected, the copies doubled"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			code, out, errOut := runIn(t, "", "demo", "-scenario", name)
@@ -313,6 +372,9 @@ func TestDemoScenarios(t *testing.T) {
 			}
 			wantInOrder(t, out, want)
 			listenersInStep1(t, out)
+			if name != "imap" { // its one session spans steps 2 to 4 on purpose
+				sessionsEndInStep(t, out)
+			}
 			noPasswords(t, out)
 			// -json carries the same events, in the same order.
 			code, jsonOut, errOut := runIn(t, "", "demo", "-json", "-scenario", name)
@@ -322,6 +384,9 @@ func TestDemoScenarios(t *testing.T) {
 			text := demoJSONText(demoEvents(t, jsonOut))
 			wantInOrder(t, text, want)
 			listenersInStep1(t, text)
+			if name != "imap" {
+				sessionsEndInStep(t, text)
+			}
 			noPasswords(t, jsonOut)
 			if name == "unknown-recipient" && strings.Contains(out, "[alpha relay]    C: RSET") {
 				// QUIT ends the refused transaction; an RSET before it
@@ -334,8 +399,8 @@ func TestDemoScenarios(t *testing.T) {
 			if name == "bcc" && strings.Contains(out, "C: Bcc:") {
 				t.Errorf("a Bcc field was sent:\n%s", out)
 			}
-			if name == "mailstorm" && strings.Contains(out, "copies in the queues now: 2") {
-				t.Errorf("the storm multiplied copies:\n%s", out)
+			if name == "mailstorm" && strings.Contains(out, "generation 7") {
+				t.Errorf("the hop limit did not stop the storm at generation 6:\n%s", out)
 			}
 		})
 	}
@@ -406,5 +471,185 @@ func TestDemoLiteralTap(t *testing.T) {
 	want := "[... " + strconv.Itoa(rest) + " more bytes of the " + strconv.Itoa(len(long)) + "-byte literal]"
 	if got[len(got)-1] != want {
 		t.Errorf("long literal ends %q, want %q", got[len(got)-1], want)
+	}
+}
+
+// TestDemoListChecks: a protected list does not send on a post marked by
+// another list or by an automatic sender (RFC 3834 5.1), and an
+// unprotected one has no such check.
+func TestDemoListChecks(t *testing.T) {
+	l := &demoList{addr: "list@alpha.test", id: "<list.alpha.test>"}
+	for _, c := range []struct{ field, why string }{
+		{"List-Id: <list.beta.test>", "List-Id: <list.beta.test>"},
+		{"Auto-Submitted: auto-replied", "Auto-Submitted: auto-replied (RFC 3834 5.1)"},
+	} {
+		post := []byte("Received: from x by y; Tue, 1 Dec 2026 10:00:00 +0000\r\n" + c.field + "\r\nSubject: s\r\n\r\nbody\r\n")
+		g, err := l.redistribute(context.Background(), "alice@alpha.test", [][]byte{post}, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if g.dropped != 1 || g.sent != 0 || !strings.Contains(g.why, c.why) || g.hops != 1 {
+			t.Errorf("%s: %+v", c.field, g)
+		}
+	}
+}
+
+// TestDemoStepPause: with -step's pause, a step heading waits for a line
+// of input, and once the input ends the demo no longer waits.
+func TestDemoStepPause(t *testing.T) {
+	pr, pw := io.Pipe()
+	var buf, prompt syncBuffer
+	o := &demoOut{w: &buf, pause: stepPause(pr, &prompt)}
+	o.beginStep("0. first") // the first heading does not wait
+	done := make(chan struct{})
+	go func() {
+		o.beginStep("1. second")
+		close(done)
+	}()
+	select {
+	case <-done:
+		t.Fatal("the step began without input")
+	case <-time.After(200 * time.Millisecond):
+	}
+	if strings.Contains(buf.String(), "1. second") {
+		t.Fatalf("heading printed before Enter:\n%s", buf.String())
+	}
+	if _, err := io.WriteString(pw, "\n"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Enter did not start the step")
+	}
+	if !strings.Contains(buf.String(), "== 1. second") || !strings.Contains(prompt.String(), "Enter") {
+		t.Errorf("output %q, prompt %q", buf.String(), prompt.String())
+	}
+	pw.Close()
+	o.beginStep("2. third") // input ended: reads EOF, then never waits again
+	o.beginStep("3. fourth")
+	if !strings.Contains(buf.String(), "== 3. fourth") {
+		t.Errorf("steps after the end of input missing:\n%s", buf.String())
+	}
+}
+
+// TestDemoStepWithoutTerminal: -step with stdin not a terminal does not
+// wait for input.
+func TestDemoStepWithoutTerminal(t *testing.T) {
+	code, out, errOut := runIn(t, "", "demo", "-step", "-scenario", "bcc")
+	if code != exitOK || !strings.Contains(out, "OK: carol got the message") {
+		t.Fatalf("demo -step: exit %d\n%s\n%s", code, out, errOut)
+	}
+	if strings.Contains(errOut, "Enter") {
+		t.Errorf("demo -step prompted without a terminal: %s", errOut)
+	}
+}
+
+// TestDemoShowBody: by default long parts are cut with a count of the
+// lines left out; -show-body prints every line of every part, and IMAP
+// literals whole.
+func TestDemoShowBody(t *testing.T) {
+	code, out, errOut := runIn(t, "", "demo", "-scenario", "big-message")
+	if code != exitOK {
+		t.Fatalf("exit %d\n%s\n%s", code, out, errOut)
+	}
+	wantInOrder(t, out, []string{"file random.bin, Content-Transfer-Encoding: base64", "more lines]", "decoded: 102400 bytes of application/octet-stream"})
+	code, full, errOut := runIn(t, "", "demo", "-show-body", "-scenario", "big-message")
+	if code != exitOK {
+		t.Fatalf("-show-body: exit %d\n%s\n%s", code, full, errOut)
+	}
+	if strings.Contains(full, "more lines]") || strings.Contains(full, "more bytes of the") {
+		t.Errorf("-show-body cut a part or a literal")
+	}
+	// 102400 bytes in base64 lines of 76 characters (57 bytes each).
+	if n := strings.Count(full, "as sent | "); n < 102400/57 {
+		t.Errorf("-show-body printed %d lines of the parts, want all %d of the attachment and more", n, 102400/57)
+	}
+	noPasswords(t, full)
+}
+
+// TestDemoLoopbackFallback: where 127.0.0.2 and 127.0.0.3 cannot be bound
+// (simulated here by refusing them), the demo says so in one line and runs
+// both domains on 127.0.0.1 with ports of their own.
+func TestDemoLoopbackFallback(t *testing.T) {
+	defer func(l func(string, string) (net.Listener, error)) { demoListen = l }(demoListen)
+	demoListen = func(network, addr string) (net.Listener, error) {
+		if !strings.HasPrefix(addr, "127.0.0.1:") {
+			return nil, fmt.Errorf("listen %s %s: can't assign requested address (simulated)", network, addr)
+		}
+		return net.Listen(network, addr)
+	}
+	for _, c := range []struct {
+		scenario string
+		want     []string
+	}{
+		{"flow", []string{"127.0.0.2 and 127.0.0.3 cannot be bound here", "== 1. Two mail domains",
+			"[alpha smtp]     (listening) addr=127.0.0.1:", "[beta smtp]      (listening) addr=127.0.0.1:",
+			"the MX hosts listen on ports", "mx.beta.test. 300 IN A 127.0.0.1",
+			"== 5. alpha's relay delivers", "(delivered)", "dmarc=pass", "+ Received: from mx.alpha.test ([127.0.0.1]) by mx.beta.test",
+			"OK: the message arrived intact"}},
+		{"implicit-mx", []string{"cannot be bound here", "gamma.test. 300 IN A 127.0.0.1", "(delivered)", "OK: with no MX record"}},
+		{"greylist", []string{"cannot be bound here", "S: 451 4.7.1", "(greylist passed) client=127.0.0.1", "(delivered) attempts=2", "OK: greylisted"}},
+	} {
+		t.Run(c.scenario, func(t *testing.T) {
+			code, out, errOut := runIn(t, "", "demo", "-scenario", c.scenario)
+			if code != exitOK {
+				t.Fatalf("exit %d\n%s\n%s", code, out, errOut)
+			}
+			wantInOrder(t, out, c.want)
+			listenersInStep1(t, out)
+			if regexp.MustCompile(`127\.0\.0\.[23][^ ]`).MatchString(out) {
+				t.Errorf("the fallback run uses 127.0.0.2 or 127.0.0.3:\n%s", out)
+			}
+			if n := strings.Count(out, "cannot be bound here"); n != 1 {
+				t.Errorf("the fallback is announced %d times, want once", n)
+			}
+		})
+	}
+}
+
+// stepShape is, per step heading in order, how many lines each part (or
+// the demo's own notes) printed: what must not differ between two runs.
+func stepShape(out string) []string {
+	var shape []string
+	for _, step := range strings.Split(out, "\n== ")[1:] {
+		title, body, _ := strings.Cut(step, "\n")
+		counts := map[string]int{}
+		for _, line := range strings.Split(body, "\n") {
+			switch {
+			case strings.HasPrefix(line, "   ["):
+				part, _, _ := strings.Cut(line[3:], "]")
+				counts[part+"]"]++
+			case strings.HasPrefix(line, "   "):
+				counts["note"]++
+			}
+		}
+		var kv []string
+		for k, v := range counts {
+			kv = append(kv, fmt.Sprintf("%s=%d", k, v))
+		}
+		sortStrings(kv)
+		shape = append(shape, title+": "+strings.Join(kv, " "))
+	}
+	return shape
+}
+
+// TestDemoTextJSONSame: the text output and the -json output, rendered as
+// text, have the same steps, and in each step the same number of lines
+// from each part.
+func TestDemoTextJSONSame(t *testing.T) {
+	for _, name := range []string{"flow", "greylist"} {
+		code, text, errOut := runIn(t, "", "demo", "-scenario", name)
+		if code != exitOK {
+			t.Fatalf("%s: exit %d\n%s", name, code, errOut)
+		}
+		code, jsonOut, errOut := runIn(t, "", "demo", "-json", "-scenario", name)
+		if code != exitOK {
+			t.Fatalf("%s -json: exit %d\n%s", name, code, errOut)
+		}
+		a, b := stepShape(text), stepShape(demoJSONText(demoEvents(t, jsonOut)))
+		if strings.Join(a, "\n") != strings.Join(b, "\n") {
+			t.Errorf("%s: text and -json differ:\ntext:\n%s\njson:\n%s", name, strings.Join(a, "\n"), strings.Join(b, "\n"))
+		}
 	}
 }
