@@ -46,14 +46,13 @@ type demoOut struct {
 const settleWait = 3 * time.Second
 
 // sessionStart and sessionEnd tell whether a server event begins or ends
-// a session: servers log "connect" and "disconnect"; POP3 logs no
-// connect, and its sessions are counted from the login.
+// a session: every server logs "session start" and "session end".
 func sessionStart(part, text string) bool {
-	return text == "connect" || (strings.HasSuffix(part, " pop3") && text == "login")
+	return text == "session start"
 }
 
 func sessionEnd(text string) bool {
-	return text == "disconnect" || text == "session end" || text == "session ended without QUIT, nothing removed"
+	return text == "session end"
 }
 
 // stepPause returns the -step pause: a prompt on w, then a line read

@@ -131,7 +131,7 @@ func sessionsEndInStep(t *testing.T, out string) {
 		title, _, _ := strings.Cut(step, "\n")
 		for _, part := range []string{"alpha smtp", "beta smtp", "alpha imap", "beta imap"} {
 			p := fmt.Sprintf("%-16s", "["+part+"]")
-			opened, closed := strings.Count(step, p+" (connect)"), strings.Count(step, p+" (disconnect)")
+			opened, closed := strings.Count(step, p+" (session start)"), strings.Count(step, p+" (session end)")
 			if opened != closed {
 				t.Errorf("step %q: %s logs %d connects and %d disconnects:\n%s", title, part, opened, closed, out)
 			}
@@ -348,9 +348,9 @@ func TestDemoScenarios(t *testing.T) {
 			"(greylisted) client=127.0.0.2 from=<alice@alpha.test> rcpt=<bob@beta.test>",
 			"[alpha relay]    S: 451 4.7.1 Greylisted", "(deferred) attempts=1", "status=4.7.1",
 			"queue entry 1: to <bob@beta.test>, attempts 1, last error \"mx.beta.test said: 451 4.7.1", "next attempt ",
-			"== 4. The retry", "demo clock now", "(greylist passed) client=127.0.0.2", "[beta smtp]      (connect)",
+			"== 4. The retry", "demo clock now", "(greylist passed) client=127.0.0.2", "[beta smtp]      (session start)",
 			"[alpha relay]    S: 220 mx.beta.test ESMTP Postern", "[alpha relay]    C: STARTTLS", "[alpha relay]    S: 250 2.0.0 OK: queued",
-			"(delivered) attempts=2", "[beta smtp]      (disconnect)",
+			"(delivered) attempts=2", "[beta smtp]      (session end)",
 			"== 5. The message in bob's INBOX, on the second attempt", "Subject: Greetings through the greylist",
 			"OK: greylisted with 451 4.7.1"},
 		"mailstorm": {"mailing list list@alpha.test: members list@beta.test and carol@beta.test",
