@@ -70,6 +70,7 @@ type serveEnv struct {
 	log   *slog.Logger
 	store *mailstore.Store
 	tls   *tls.Config
+	acme  *acmeCerts // with tls.acme: the source of tls's certificates
 	relay *relay.Relay
 	// resolver is [dns]: every lookup of serve (relay MX, SPF, DKIM,
 	// DMARC) goes through it and its cache.
@@ -191,8 +192,17 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, hu
 		}
 	}()
 
-	tlsConfig, certs, err := serveTLS(cfg, log)
-	if err != nil {
+	var (
+		tlsConfig *tls.Config
+		certs     *certReloader
+		acm       *acmeCerts
+	)
+	if cfg.TLS.ACME {
+		if acm, err = newACME(cfg, store, log); err != nil {
+			return err
+		}
+		tlsConfig = acm.tlsConfig()
+	} else if tlsConfig, certs, err = serveTLS(cfg, log); err != nil {
 		return err
 	}
 	go handleReload(ctx, log, certs, hup)
@@ -214,7 +224,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, hu
 	if err := ensureDKIMKeys(ctx, store, log, time.Now()); err != nil {
 		return err
 	}
-	env := &serveEnv{cfg: cfg, log: log, store: store, tls: tlsConfig, resolver: resolver,
+	env := &serveEnv{cfg: cfg, log: log, store: store, tls: tlsConfig, acme: acm, resolver: resolver,
 		limits: newServeLimits(cfg, plan.Connections)}
 	servers, err := buildServers(env)
 	if err != nil {
@@ -235,6 +245,10 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, hu
 	// until the servers accept them, so systemd may start what depends
 	// on Postern now.
 	env.up.Store(true)
+	if acm != nil {
+		// Now that the listeners can answer the CA's checks.
+		go acm.prefetch(ctx)
+	}
 	if err := sdNotify("READY=1"); err != nil {
 		log.Warn("cannot tell systemd that serve is ready", "err", err)
 	}
@@ -461,6 +475,9 @@ func newServer(env *serveEnv, l listener) (serve func(net.Listener) error, shutd
 			return env.console.ServeTLS, env.console.Shutdown
 		}
 		return env.console.Serve, env.console.Shutdown
+	case "acme-http":
+		h := newACMEHTTP(env.acme, env.limits.Shared.Conns, env.log.With("part", "acme"))
+		return h.Serve, h.Shutdown
 	}
 	return nil, nil
 }
