@@ -188,8 +188,12 @@ func (a *acmeCerts) names(ctx context.Context) map[string]bool {
 
 // hostPolicy allows the mail hostname and the autoconfig. and mta-sts.
 // names of the local domains.
+// HTTP-01 requests give it the Host header, which may carry a port.
 func (a *acmeCerts) hostPolicy(ctx context.Context, host string) error {
-	if a.names(ctx)[strings.ToLower(host)] {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	if a.names(ctx)[strings.ToLower(strings.TrimSuffix(host, "."))] {
 		return nil
 	}
 	return fmt.Errorf("acme: no certificate for %q: it is neither the hostname nor an autoconfig. or mta-sts. name of a local domain", host)
@@ -211,7 +215,7 @@ func (a *acmeCerts) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate
 	}
 	cert, err := a.m.GetCertificate(hello)
 	if err != nil {
-		a.log.Error("no TLS certificate from ACME", "name", hello.ServerName, "err", err)
+		a.log.Error("ACME certificate not obtained", "name", hello.ServerName, "err", err)
 		return nil, err
 	}
 	a.logNew(hello.ServerName, cert)

@@ -184,7 +184,7 @@ listen_tls = "127.0.0.1:%d"
 	// without a server name in the client's hello. serve asks for it at
 	// start; wait for that.
 	deadline := time.Now().Add(60 * time.Second)
-	for !strings.Contains(r.stderr.String(), "TLS certificate from ACME") {
+	for !strings.Contains(r.stderr.String(), `msg="TLS certificate from ACME"`) {
 		if time.Now().After(deadline) {
 			t.Fatalf("no certificate from pebble:\n%s", r.stderr.String())
 		}
@@ -269,5 +269,45 @@ func TestACMEConfigErrors(t *testing.T) {
 	}
 	if _, err := parseConfig("t.toml", []byte("hostname = \"mail.example.com\"\n[tls]\nacme = true\nacme_email = \"a@example.com\"\n[http]\nlisten_acme = \":80\"\n")); err != nil {
 		t.Errorf("a good ACME configuration: %v", err)
+	}
+}
+
+// TestACMEHTTP01 has no HTTPS listener: the CA's TLS-ALPN-01 check finds
+// nothing on its port, and the certificate comes through HTTP-01 on
+// http.listen_acme, which sends every other request to https.
+func TestACMEHTTP01(t *testing.T) {
+	dnsAddr := mxTestDNS(t, "mail.example.test. A 127.0.0.1")
+	httpPort := freePort(t)
+	p := startPebble(t, dnsAddr, freePort(t), httpPort, time.Hour)
+	r := startServeDNS(t, dnsAddr, fmt.Sprintf(`[tls]
+acme = true
+acme_directory = %q
+acme_ca = %q
+[http]
+listen_acme = "127.0.0.1:%d"
+`, p.directory, p.caFile, httpPort))
+	roots := p.roots(t)
+	deadline := time.Now().Add(60 * time.Second)
+	for !strings.Contains(r.stderr.String(), `msg="TLS certificate from ACME"`) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no certificate from pebble:\n%s", r.stderr.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	verifiedSerial(t, r.addrs["imaps"], "mail.example.test", roots)
+
+	client := &http.Client{Timeout: 10 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error {
+		return http.ErrUseLastResponse
+	}}
+	req, _ := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/mail/config-v1.1.xml?emailaddress=a%%40example.test", httpPort), nil)
+	req.Host = "autoconfig.example.test"
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if loc := resp.Header.Get("Location"); resp.StatusCode != http.StatusFound ||
+		loc != "https://autoconfig.example.test/mail/config-v1.1.xml?emailaddress=a%40example.test" {
+		t.Errorf("plain request on listen_acme: %d to %q, want a redirect to https", resp.StatusCode, loc)
 	}
 }
