@@ -24,24 +24,34 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/postern/postern/mailstore"
 )
+
+// maxImportJobs bounds -jobs: each job holds one message in memory.
+const maxImportJobs = 64
 
 // importProgressEvery is how often a long import or export says how far it is.
 const importProgressEvery = 2 * time.Second
 
 func cmdImport(c *cli, args []string) int {
 	const name = "import"
-	fs := c.flagSet(name, "[-config FILE] [-mailbox NAME] ADDRESS PATH")
+	fs := c.flagSet(name, "[-config FILE] [-mailbox NAME] [-jobs N] ADDRESS PATH")
 	path := configFlag(fs)
 	mailbox := fs.String("mailbox", "", "mailbox `NAME` for a single Maildir or mbox file (default INBOX), or the parent of the mailboxes of a tree")
+	jobs := fs.Int("jobs", 1, "append `N` messages at once: they share the store's commits, which is several times faster, "+
+		"but messages close together may get their UIDs out of the source's order (their dates are kept)")
 	if code, ok := c.parse(fs, args); !ok {
 		return code
 	}
 	if fs.NArg() != 2 {
 		return c.usageError(fs, "want ADDRESS and PATH")
+	}
+	if *jobs < 1 || *jobs > maxImportJobs {
+		return c.usageError(fs, "-jobs must be from 1 to %d", maxImportJobs)
 	}
 	if *mailbox != "" {
 		if _, err := mailstore.NormalizeMailboxName(*mailbox); err != nil {
@@ -50,7 +60,7 @@ func cmdImport(c *cli, args []string) int {
 	}
 	return c.withExistingStore(name, *path, func(st *mailstore.Store, cfg *Config) error {
 		imp := &importer{
-			ctx: c.ctx, st: st, maxSize: cfg.SMTP.MaxMessageBytes,
+			ctx: c.ctx, st: st, maxSize: cfg.SMTP.MaxMessageBytes, jobs: *jobs,
 			progress: c.stderr, start: time.Now(),
 		}
 		if err := imp.run(fs.Arg(0), fs.Arg(1), *mailbox); err != nil {
@@ -125,6 +135,7 @@ type importer struct {
 	ctx      context.Context
 	st       *mailstore.Store
 	maxSize  int64
+	jobs     int
 	progress io.Writer
 	start    time.Time
 
@@ -135,9 +146,15 @@ type importer struct {
 	readBytes  int64 // source bytes consumed
 	lastReport time.Time
 
-	messages, bytes, present int64
-	oversize                 []string // where each skipped oversize message was
-	touched                  []string // mailbox names, in the order first used
+	messages, bytes atomic.Int64 // added so far (workers add to them)
+	present         int64
+
+	// With -jobs N > 1, work feeds N goroutines that append at once.
+	work     chan appendJob
+	workers  sync.WaitGroup
+	failed   atomic.Pointer[error]
+	oversize []string // where each skipped oversize message was
+	touched  []string // mailbox names, in the order first used
 }
 
 // importBox is a target mailbox with the messages it already held, by
@@ -178,6 +195,9 @@ func (imp *importer) run(address, path, mailbox string) error {
 	for _, src := range sources {
 		imp.totalBytes += sourceSize(src)
 	}
+	if imp.jobs > 1 {
+		imp.startWorkers(imp.jobs)
+	}
 	for _, src := range sources {
 		var err error
 		if src.maildir {
@@ -186,10 +206,10 @@ func (imp *importer) run(address, path, mailbox string) error {
 			err = imp.mboxFile(src)
 		}
 		if err != nil {
-			return err
+			return errors.Join(err, imp.stopWorkers())
 		}
 	}
-	return nil
+	return imp.stopWorkers()
 }
 
 // summary is what the import did, for stdout.
@@ -197,7 +217,7 @@ func (imp *importer) summary() string {
 	var b strings.Builder
 	el := time.Since(imp.start)
 	fmt.Fprintf(&b, "imported %d messages (%d bytes) into %d mailboxes in %v (%.0f messages/s)\n",
-		imp.messages, imp.bytes, len(imp.touched), el.Round(time.Millisecond), float64(imp.messages)/max(el.Seconds(), 1e-3))
+		imp.messages.Load(), imp.bytes.Load(), len(imp.touched), el.Round(time.Millisecond), float64(imp.messages.Load())/max(el.Seconds(), 1e-3))
 	if len(imp.touched) > 0 {
 		fmt.Fprintf(&b, "  mailboxes: %s\n", strings.Join(imp.touched, ", "))
 	}
@@ -222,7 +242,7 @@ func (imp *importer) report() {
 	el := now.Sub(imp.start).Seconds()
 	rate := float64(imp.readBytes) / el
 	line := fmt.Sprintf("import: %d messages, %.1f MB of %.1f MB, %.0f messages/s",
-		imp.messages, float64(imp.readBytes)/1e6, float64(imp.totalBytes)/1e6, float64(imp.messages)/el)
+		imp.messages.Load(), float64(imp.readBytes)/1e6, float64(imp.totalBytes)/1e6, float64(imp.messages.Load())/el)
 	if rate > 0 && imp.totalBytes > imp.readBytes {
 		eta := time.Duration(float64(imp.totalBytes-imp.readBytes) / rate * float64(time.Second))
 		line += fmt.Sprintf(", about %v left", eta.Round(time.Second))
@@ -429,11 +449,63 @@ func (imp *importer) add(box *importBox, flags []string, date time.Time, msg []b
 		imp.present++
 		return nil
 	}
-	if _, err := imp.st.Append(imp.ctx, box.mb.ID, flags, date, msg); err != nil {
-		return fmt.Errorf("import into mailbox %q: %w", box.mb.Name, err)
+	if imp.work == nil {
+		return imp.append(appendJob{box, flags, date, msg})
 	}
-	imp.messages++
-	imp.bytes += int64(len(msg))
+	if errp := imp.failed.Load(); errp != nil {
+		return *errp
+	}
+	// The buffer is reused for the next message: the worker gets a copy.
+	imp.work <- appendJob{box, flags, date, bytes.Clone(msg)}
+	return nil
+}
+
+// appendJob is one message for a worker.
+type appendJob struct {
+	box   *importBox
+	flags []string
+	date  time.Time
+	msg   []byte
+}
+
+func (imp *importer) append(j appendJob) error {
+	if _, err := imp.st.Append(imp.ctx, j.box.mb.ID, j.flags, j.date, j.msg); err != nil {
+		return fmt.Errorf("import into mailbox %q: %w", j.box.mb.Name, err)
+	}
+	imp.messages.Add(1)
+	imp.bytes.Add(int64(len(j.msg)))
+	return nil
+}
+
+// startWorkers starts n goroutines appending from imp.work. Each holds at
+// most one message, so memory stays bounded by n messages.
+func (imp *importer) startWorkers(n int) {
+	imp.work = make(chan appendJob)
+	for range n {
+		imp.workers.Go(func() {
+			for j := range imp.work {
+				if imp.failed.Load() != nil {
+					continue // drain
+				}
+				if err := imp.append(j); err != nil {
+					imp.failed.CompareAndSwap(nil, &err)
+				}
+			}
+		})
+	}
+}
+
+// stopWorkers waits for the workers and returns the first error of theirs.
+func (imp *importer) stopWorkers() error {
+	if imp.work == nil {
+		return nil
+	}
+	close(imp.work)
+	imp.workers.Wait()
+	imp.work = nil
+	if errp := imp.failed.Load(); errp != nil {
+		return *errp
+	}
 	return nil
 }
 
@@ -896,19 +968,38 @@ func (exp *exporter) run(address, dest, format string) error {
 		if mb.NoSelect {
 			continue
 		}
-		msgs, err := exp.st.Messages(exp.ctx, mb.ID, nil)
-		if err != nil {
-			return fmt.Errorf("export mailbox %q: %w", mb.Name, err)
-		}
+		var err error
 		if format == "mbox" {
-			err = exp.mbox(dest, mb, msgs)
+			err = exp.mbox(dest, mb)
 		} else {
-			err = exp.maildir(dest, mb, msgs)
+			err = exp.maildir(dest, mb)
 		}
 		if err != nil {
 			return err
 		}
 		exp.mailboxes++
+	}
+	return nil
+}
+
+// exportPage is how many UIDs one listing of a mailbox covers, so that a
+// large mailbox is never listed whole (a variable for tests).
+var exportPage uint64 = 1000
+
+// each calls fn for the messages of mb in UID order, a page at a time, up
+// to the UIDNEXT mb had when listed.
+func (exp *exporter) each(mb mailstore.Mailbox, fn func(mailstore.Message) error) error {
+	for start := uint64(1); start < uint64(mb.UIDNext); start += exportPage {
+		stop := min(start+exportPage-1, uint64(mb.UIDNext)-1)
+		msgs, err := exp.st.Messages(exp.ctx, mb.ID, mailstore.UIDSet{{Start: uint32(start), Stop: uint32(stop)}})
+		if err != nil {
+			return fmt.Errorf("export mailbox %q: %w", mb.Name, err)
+		}
+		for _, m := range msgs {
+			if err := fn(m); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }
@@ -941,14 +1032,14 @@ func maildirFolder(dest, name string) string {
 // maildir writes the messages of mb as files in cur/ named
 // TIME.M<uid>U<uidvalidity>.postern:2,FLAGS, with the internal date as
 // their modification time.
-func (exp *exporter) maildir(dest string, mb mailstore.Mailbox, msgs []mailstore.Message) error {
+func (exp *exporter) maildir(dest string, mb mailstore.Mailbox) error {
 	dir := maildirFolder(dest, mb.Name)
 	for _, sub := range []string{"cur", "new", "tmp"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
 			return fmt.Errorf("export mailbox %q: %w", mb.Name, err)
 		}
 	}
-	for _, m := range msgs {
+	return exp.each(mb, func(m mailstore.Message) error {
 		base := fmt.Sprintf("%d.M%dU%d.postern", m.InternalDate.Unix(), m.UID, mb.UIDValidity)
 		tmp := filepath.Join(dir, "tmp", base)
 		final := filepath.Join(dir, "cur", base+maildirInfo(m.Flags))
@@ -977,8 +1068,8 @@ func (exp *exporter) maildir(dest string, mb mailstore.Mailbox, msgs []mailstore
 		exp.messages++
 		exp.bytes += n
 		exp.report()
-	}
-	return nil
+		return nil
+	})
 }
 
 // mboxPath is the file of a mailbox under dest: "A/B" is dest/A/B.mbox,
@@ -990,7 +1081,7 @@ func mboxPath(dest, name string) string {
 // mbox writes the messages of mb to one mboxrd file: a "From " line with
 // the internal date, Status/X-Status from the flags, the message with
 // ">From " quoting, and an empty line.
-func (exp *exporter) mbox(dest string, mb mailstore.Mailbox, msgs []mailstore.Message) error {
+func (exp *exporter) mbox(dest string, mb mailstore.Mailbox) error {
 	path := mboxPath(dest, mb.Name)
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("export mailbox %q: %w", mb.Name, err)
@@ -1000,15 +1091,19 @@ func (exp *exporter) mbox(dest string, mb mailstore.Mailbox, msgs []mailstore.Me
 		return fmt.Errorf("export mailbox %q: %w (export into a new directory)", mb.Name, err)
 	}
 	exp.w.Reset(f)
-	for _, m := range msgs {
+	err = exp.each(mb, func(m mailstore.Message) error {
 		n, err := exp.mboxMessage(m)
 		if err != nil {
-			f.Close()
 			return fmt.Errorf("export mailbox %q message %d: %w", mb.Name, m.UID, err)
 		}
 		exp.messages++
 		exp.bytes += n
 		exp.report()
+		return nil
+	})
+	if err != nil {
+		f.Close()
+		return err
 	}
 	err = exp.w.Flush()
 	if cerr := f.Close(); err == nil {

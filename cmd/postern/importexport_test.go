@@ -362,3 +362,52 @@ func TestImportExportUsage(t *testing.T) {
 		t.Errorf("second export into the same directory: %d %s", code, errOut)
 	}
 }
+
+// TestImportJobs imports with several appenders at once: the same
+// messages as one at a time (in an order that may differ), and a second
+// run adds nothing.
+func TestImportJobs(t *testing.T) {
+	config, dataDir, src := importFixture(t, "")
+	mbox := filepath.Join(src, "gen.mbox")
+	writeBenchMbox(t, mbox, 300)
+	if code, _, errOut := runIn(t, "password-2\n", "user", "add", "-config", config, "bob@example.test"); code != exitOK {
+		t.Fatal(errOut)
+	}
+	code, out, errOut := runIn(t, "", "import", "-config", config, "-jobs", "8", "alice@example.test", mbox)
+	if code != exitOK || !strings.Contains(out, "imported 300 messages") {
+		t.Fatalf("import -jobs 8: %d\n%s%s", code, out, errOut)
+	}
+	if code, out, errOut := runIn(t, "", "import", "-config", config, "bob@example.test", mbox); code != exitOK {
+		t.Fatalf("import: %d\n%s%s", code, out, errOut)
+	}
+	a, b := storedViewOf(t, dataDir, "alice@example.test")["INBOX"], storedViewOf(t, dataDir, "bob@example.test")["INBOX"]
+	slices.Sort(a)
+	slices.Sort(b)
+	if len(a) != 300 || !slices.Equal(a, b) {
+		t.Errorf("-jobs 8 stored %d messages, one at a time %d; the same: %v", len(a), len(b), slices.Equal(a, b))
+	}
+	code, out, _ = runIn(t, "", "import", "-config", config, "-jobs", "8", "alice@example.test", mbox)
+	if code != exitOK || !strings.Contains(out, "imported 0 messages") || !strings.Contains(out, "300 already present") {
+		t.Errorf("second import -jobs 8: %d\n%s", code, out)
+	}
+	// Export lists a mailbox a page of UIDs at a time; with pages of 7,
+	// every message still comes out once, in UID order.
+	defer func(p uint64) { exportPage = p }(exportPage)
+	exportPage = 7
+	dest := t.TempDir()
+	code, out, errOut = runIn(t, "", "export", "-config", config, "-format", "mbox", "bob@example.test", dest)
+	if code != exitOK || !strings.Contains(out, "exported 300 messages") {
+		t.Fatalf("export: %d\n%s%s", code, out, errOut)
+	}
+	got, _ := os.ReadFile(filepath.Join(dest, "INBOX.mbox"))
+	want, _ := os.ReadFile(mbox)
+	// The generated file writes Status before the blank line as export
+	// does, and its From lines name another sender.
+	fromLine := regexp.MustCompile(`(?m)^From \S+ `)
+	if fromLine.ReplaceAllString(string(got), "From X ") != fromLine.ReplaceAllString(string(want), "From X ") {
+		t.Errorf("the export of a one-at-a-time import differs from its source")
+	}
+	if code, _, errOut := runIn(t, "", "import", "-config", config, "-jobs", "0", "alice@example.test", mbox); code != exitUsage {
+		t.Errorf("-jobs 0: %d %s", code, errOut)
+	}
+}

@@ -261,7 +261,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, hu
 
 // handleReload reloads the certificate files on each value from hup and
 // when they change, until ctx is done. certs is nil for the self-signed
-// certificate, which nothing renews.
+// certificate, which nothing renews, and for ACME, which renews itself.
 func handleReload(ctx context.Context, log *slog.Logger, certs *certReloader, hup <-chan os.Signal) {
 	if certs != nil {
 		go certs.watch(ctx, certCheckInterval)
@@ -272,7 +272,7 @@ func handleReload(ctx context.Context, log *slog.Logger, certs *certReloader, hu
 			return
 		case <-hup:
 			if certs == nil {
-				log.Info("SIGHUP received; nothing to reload with the self-signed certificate (restart to apply a new configuration)")
+				log.Info("SIGHUP received; no certificate files to reload: the certificate is self-signed or from ACME, which renews itself (restart to apply a new configuration)")
 				continue
 			}
 			log.Info("SIGHUP received; reloading the TLS certificate (restart to apply a new configuration)")
