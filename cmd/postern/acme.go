@@ -61,6 +61,9 @@ func (c *Config) validateACME(bad func(key, format string, args ...any)) {
 	if t.Cert != "" || t.Key != "" {
 		bad("tls.acme", "cannot be used with tls.cert and tls.key: choose certificate files or ACME")
 	}
+	if !strings.Contains(c.Hostname, ".") {
+		bad("tls.acme", "needs a hostname that is a public DNS name, not %q: a CA issues no certificate for it", c.Hostname)
+	}
 	if t.ACMEDirectory != "" {
 		if u, err := url.Parse(t.ACMEDirectory); err != nil || u.Scheme != "https" || u.Host == "" {
 			bad("tls.acme_directory", "must be an https:// URL, not %q", t.ACMEDirectory)

@@ -261,8 +261,13 @@ func TestACMEConfigErrors(t *testing.T) {
 		{"[tls]\nacme = true\nacme_directory = \"http://ca.example/dir\"\n", "tls.acme_directory"},
 		{"[tls]\nacme = true\nacme_ca = \"/nonexistent/ca.pem\"\n", "tls.acme_ca"},
 		{"[tls]\nacme = true\nacme_email = \"not an address\"\n", "tls.acme_email"},
+		{"hostname = \"mailhost\"\n[tls]\nacme = true\n", "tls.acme"},
 	} {
-		_, err := parseConfig("t.toml", []byte("hostname = \"mail.example.com\"\n"+tc.body))
+		body := tc.body
+		if !strings.HasPrefix(body, "hostname") {
+			body = "hostname = \"mail.example.com\"\n" + body
+		}
+		_, err := parseConfig("t.toml", []byte(body))
 		if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("%q", tc.key)) {
 			t.Errorf("%q: error %v, want one naming %s", tc.body, err, tc.key)
 		}

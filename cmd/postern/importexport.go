@@ -34,8 +34,9 @@ import (
 // maxImportJobs bounds -jobs: each job holds one message in memory.
 const maxImportJobs = 64
 
-// importProgressEvery is how often a long import or export says how far it is.
-const importProgressEvery = 2 * time.Second
+// importProgressEvery is how often a long import or export says how far
+// it is (a variable for tests).
+var importProgressEvery = 2 * time.Second
 
 func cmdImport(c *cli, args []string) int {
 	const name = "import"

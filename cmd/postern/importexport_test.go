@@ -373,9 +373,14 @@ func TestImportJobs(t *testing.T) {
 	if code, _, errOut := runIn(t, "password-2\n", "user", "add", "-config", config, "bob@example.test"); code != exitOK {
 		t.Fatal(errOut)
 	}
+	defer func(d time.Duration) { importProgressEvery = d }(importProgressEvery)
+	importProgressEvery = 0 // a progress line per message
 	code, out, errOut := runIn(t, "", "import", "-config", config, "-jobs", "8", "alice@example.test", mbox)
 	if code != exitOK || !strings.Contains(out, "imported 300 messages") {
 		t.Fatalf("import -jobs 8: %d\n%s%s", code, out, errOut)
+	}
+	if !regexp.MustCompile(`import: \d+ messages, [0-9.]+ MB of [0-9.]+ MB, \d+ messages/s, about \S+ left`).MatchString(errOut) {
+		t.Errorf("no progress with count, rate and time left on stderr:\n%.500s", errOut)
 	}
 	if code, out, errOut := runIn(t, "", "import", "-config", config, "bob@example.test", mbox); code != exitOK {
 		t.Fatalf("import: %d\n%s%s", code, out, errOut)
