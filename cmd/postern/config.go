@@ -64,10 +64,15 @@ type ListenerConfig struct {
 }
 
 // TLSConfig names the certificate. Both empty means a self-signed
-// certificate generated into the data directory.
+// certificate generated into the data directory, unless ACME is on.
 type TLSConfig struct {
 	Cert string `toml:"cert"`
 	Key  string `toml:"key"`
+	// ACME gets and renews certificates from an ACME CA (acme.go).
+	ACME          bool   `toml:"acme"`
+	ACMEEmail     string `toml:"acme_email"`     // contact for the CA account
+	ACMEDirectory string `toml:"acme_directory"` // empty: Let's Encrypt production
+	ACMECA        string `toml:"acme_ca"`        // PEM file: another root for the CA's HTTPS (tests, private CAs)
 }
 
 // AuthConfig holds login policy.
@@ -88,6 +93,9 @@ const defaultMinPasswordLength = 8
 type HTTPConfig struct {
 	Listen    string `toml:"listen"`     // plain HTTP
 	ListenTLS string `toml:"listen_tls"` // HTTPS with the mail listeners' certificate
+	// ListenACME answers ACME HTTP-01 checks (port 80) and redirects
+	// everything else to https; only with tls.acme.
+	ListenACME string `toml:"listen_acme"`
 	// MTASTSMode is the mode of the policy at /.well-known/mta-sts.txt:
 	// testing, enforce or none (RFC 8461 5).
 	MTASTSMode string `toml:"mta_sts_mode"`
@@ -528,6 +536,8 @@ func (c *Config) validate() []*configError {
 		}
 	}
 
+	c.validateACME(bad)
+
 	if c.Relay.DNS != "" {
 		if err := checkHostPort(c.Relay.DNS, 1); err != nil {
 			badErr("relay.dns", err)
@@ -593,6 +603,7 @@ func (c *Config) listeners() []listener {
 		{"imaps", "imap.listen_tls", c.IMAP.ListenTLS, "implicit TLS"},
 		{"http", "http.listen", c.HTTP.Listen, ""},
 		{"https", "http.listen_tls", c.HTTP.ListenTLS, "implicit TLS"},
+		{"acme-http", "http.listen_acme", c.HTTP.ListenACME, ""},
 	}
 	return slices.DeleteFunc(all, func(l listener) bool { return l.Addr == "" })
 }

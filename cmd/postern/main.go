@@ -124,6 +124,12 @@ func commands() []command {
 		{"restore", []string{
 			"restore [-config FILE] SRC\tmake the backup SRC the store (serve must be stopped); the old store is kept",
 		}, cmdRestore},
+		{"import", []string{
+			"import [-config FILE] [-mailbox NAME] [-jobs N] ADDRESS PATH\tadd the mail of a Maildir, an mbox file or a tree of them to a user's mailboxes",
+		}, cmdImport},
+		{"export", []string{
+			"export [-config FILE] [-format maildir|mbox] ADDRESS DEST\twrite a user's mailboxes to the new directory DEST as Maildir++ or mbox files",
+		}, cmdExport},
 		{"dkim", []string{
 			"dkim list [-config FILE] DOMAIN\tlist a domain's DKIM keys: selector, algorithm, created, retired, DNS name",
 			"dkim rotate [-config FILE] [-retire] DOMAIN\tadd a new key pair; older keys retire at the next rotate (or now with -retire)",

@@ -70,6 +70,7 @@ type serveEnv struct {
 	log   *slog.Logger
 	store *mailstore.Store
 	tls   *tls.Config
+	acme  *acmeCerts // with tls.acme: the source of tls's certificates
 	relay *relay.Relay
 	// resolver is [dns]: every lookup of serve (relay MX, SPF, DKIM,
 	// DMARC) goes through it and its cache.
@@ -216,8 +217,17 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, hu
 		}
 	}()
 
-	tlsConfig, certs, err := serveTLS(cfg, log)
-	if err != nil {
+	var (
+		tlsConfig *tls.Config
+		certs     *certReloader
+		acm       *acmeCerts
+	)
+	if cfg.TLS.ACME {
+		if acm, err = newACME(cfg, store, log); err != nil {
+			return err
+		}
+		tlsConfig = acm.tlsConfig()
+	} else if tlsConfig, certs, err = serveTLS(cfg, log); err != nil {
 		return err
 	}
 	go handleReload(ctx, log, certs, hup)
@@ -240,7 +250,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, hu
 	if err := ensureDKIMKeys(ctx, store, log, time.Now()); err != nil {
 		return err
 	}
-	env := &serveEnv{cfg: cfg, log: log, store: store, tls: tlsConfig, resolver: resolver,
+	env := &serveEnv{cfg: cfg, log: log, store: store, tls: tlsConfig, acme: acm, resolver: resolver,
 		limits: lim, hub: hub, metrics: metrics, trace: cfg.Log.Trace || hub != nil}
 	servers, err := buildServers(env)
 	if err != nil {
@@ -261,6 +271,10 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, hu
 	// until the servers accept them, so systemd may start what depends
 	// on Postern now.
 	env.up.Store(true)
+	if acm != nil {
+		// Now that the listeners can answer the CA's checks.
+		go acm.prefetch(ctx)
+	}
 	if err := sdNotify("READY=1"); err != nil {
 		log.Warn("cannot tell systemd that serve is ready", "err", err)
 	}
@@ -273,7 +287,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, hu
 
 // handleReload reloads the certificate files on each value from hup and
 // when they change, until ctx is done. certs is nil for the self-signed
-// certificate, which nothing renews.
+// certificate, which nothing renews, and for ACME, which renews itself.
 func handleReload(ctx context.Context, log *slog.Logger, certs *certReloader, hup <-chan os.Signal) {
 	if certs != nil {
 		go certs.watch(ctx, certCheckInterval)
@@ -284,7 +298,7 @@ func handleReload(ctx context.Context, log *slog.Logger, certs *certReloader, hu
 			return
 		case <-hup:
 			if certs == nil {
-				log.Info("SIGHUP received; nothing to reload with the self-signed certificate (restart to apply a new configuration)")
+				log.Info("SIGHUP received; no certificate files to reload: the certificate is self-signed or from ACME, which renews itself (restart to apply a new configuration)")
 				continue
 			}
 			log.Info("SIGHUP received; reloading the TLS certificate (restart to apply a new configuration)")
@@ -487,6 +501,9 @@ func newServer(env *serveEnv, l listener) (serve func(net.Listener) error, shutd
 			return env.console.ServeTLS, env.console.Shutdown
 		}
 		return env.console.Serve, env.console.Shutdown
+	case "acme-http":
+		h := newACMEHTTP(env.acme, env.limits.Shared.Conns, env.log.With("part", "acme"))
+		return h.Serve, h.Shutdown
 	}
 	return nil, nil
 }
