@@ -40,6 +40,7 @@ type child struct {
 	config string
 	addrs  map[string]string // service name -> address
 	stderr *syncBuffer       // what the child logged
+	banner string            // what it printed up to its listeners
 }
 
 // startChild writes a configuration with every listener on 127.0.0.1 and
@@ -98,12 +99,15 @@ func spawnServe(tb testing.TB, config string) *child {
 	ready := make(chan struct{})
 	go func() {
 		sc := bufio.NewScanner(stdout)
+		var banner strings.Builder
 		for sc.Scan() {
+			banner.WriteString(sc.Text() + "\n")
 			f := strings.Fields(sc.Text())
 			if len(f) >= 2 && strings.HasPrefix(f[1], "127.0.0.1:") {
 				c.addrs[f[0]] = f[1]
 			}
 			if strings.Contains(sc.Text(), "Add a user") {
+				c.banner = banner.String()
 				close(ready)
 				break
 			}

@@ -66,6 +66,11 @@ dsn = "` + dsn + `"
 		if f.addrs["smtp"] == "" || f.addrs["imap"] == "" {
 			t.Fatalf("frontend %d printed no smtp or imap address: %v", i, f.addrs)
 		}
+		if !slices.ContainsFunc(strings.Split(f.banner, "\n"), func(line string) bool {
+			return slices.Equal(strings.Fields(line), []string{"store", redactDSN(dsn)})
+		}) {
+			t.Errorf("frontend %d's banner does not name the store %s:\n%s", i, redactDSN(dsn), f.banner)
+		}
 	}
 	return fronts
 }
