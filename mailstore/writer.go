@@ -263,14 +263,19 @@ const tombstoneMaxAge = 7 * 24 * time.Hour
 // dropTombstones forgets expunges older than tombstoneMaxAge, in a
 // transaction of its own (it runs on the writer goroutine).
 func (w *writer) dropTombstones() {
-	req := &writeReq{ctx: context.Background(), done: make(chan error, 1), fn: func(t *wtx) error {
-		_, err := t.exec("DELETE FROM expunged WHERE at < ?", w.now().Add(-tombstoneMaxAge).Unix())
-		return err
-	}}
+	req := &writeReq{ctx: context.Background(), done: make(chan error, 1), fn: (*wtx).dropOldTombstones}
 	w.run([]*writeReq{req})
 	if err := <-req.done; err != nil {
 		w.log.Warn("drop old expunge tombstones", "err", err)
 	}
+}
+
+func (t *wtx) dropOldTombstones() error {
+	_, err := t.exec("DELETE FROM expunged WHERE at < ?", t.w.now().Add(-tombstoneMaxAge).Unix())
+	if err != nil {
+		return fmt.Errorf("drop old expunge tombstones: %w", err)
+	}
+	return nil
 }
 
 // maxRetries bounds how often a batch that lost a deadlock (PostgreSQL,
