@@ -158,7 +158,7 @@ func (s *Store) indexPending(ctx context.Context) (int, error) {
 			if n, _ := res.RowsAffected(); n == 0 || !it.ok {
 				continue
 			}
-			if _, err := t.exec("INSERT INTO body_text (rowid, text, hdr) VALUES (?, ?, ?)", it.id, it.text, it.hdr); err != nil {
+			if _, err := t.exec("INSERT INTO body_text ("+t.w.d.textKey()+", text, hdr) VALUES (?, ?, ?)", it.id, it.text, it.hdr); err != nil {
 				return fmt.Errorf("index body %d: %w", it.id, err)
 			}
 		}
@@ -194,7 +194,7 @@ func (s *Store) Reindex(ctx context.Context, address string) (int64, error) {
 			sel = "SELECT m.body_id FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id WHERE b.user_id = ?"
 			args = []any{userID}
 		}
-		if _, err := t.exec("DELETE FROM body_text WHERE rowid IN ("+sel+")", args...); err != nil {
+		if _, err := t.exec("DELETE FROM body_text WHERE "+t.w.d.textKey()+" IN ("+sel+")", args...); err != nil {
 			return fmt.Errorf("reindex: %w", err)
 		}
 		res, err := t.exec("UPDATE bodies SET indexed = 0 WHERE id IN ("+sel+")", args...)

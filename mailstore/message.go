@@ -439,20 +439,36 @@ func toCRLF(b []byte) []byte {
 // new. Its reference count is raised by the message or queue row that uses
 // it (triggers).
 func (t *wtx) storeBody(b preparedBody) (int64, error) {
-	res, err := t.exec("INSERT INTO bodies (sha256, size) VALUES (?, ?) ON CONFLICT (sha256) DO NOTHING", b.sum[:], len(b.data))
-	if err != nil {
-		return 0, fmt.Errorf("insert body: %w", err)
-	}
 	var id int64
-	if n, _ := res.RowsAffected(); n == 0 {
-		// Stored before: share it.
-		if err := t.queryRow("SELECT id FROM bodies WHERE sha256 = ?", b.sum[:]).Scan(&id); err != nil {
-			return 0, fmt.Errorf("find body: %w", err)
+	var inserted bool
+	if t.w.d.pg {
+		// The conflict path locks the existing row, so that another
+		// frontend's sweep (DELETE ... WHERE refs <= 0) waits for this
+		// transaction and then finds the body referenced again; xmax is
+		// 0 only on a row this statement inserted.
+		err := t.queryRow(`INSERT INTO bodies (sha256, size) VALUES (?, ?)
+			ON CONFLICT (sha256) DO UPDATE SET size = bodies.size RETURNING id, xmax = 0`, b.sum[:], len(b.data)).Scan(&id, &inserted)
+		if err != nil {
+			return 0, fmt.Errorf("insert body: %w", err)
 		}
-		return id, nil
+	} else {
+		res, err := t.exec("INSERT INTO bodies (sha256, size) VALUES (?, ?) ON CONFLICT (sha256) DO NOTHING", b.sum[:], len(b.data))
+		if err != nil {
+			return 0, fmt.Errorf("insert body: %w", err)
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			// Stored before: share it.
+			if err := t.queryRow("SELECT id FROM bodies WHERE sha256 = ?", b.sum[:]).Scan(&id); err != nil {
+				return 0, fmt.Errorf("find body: %w", err)
+			}
+		} else if id, err = res.LastInsertId(); err != nil {
+			return 0, fmt.Errorf("insert body: %w", err)
+		} else {
+			inserted = true
+		}
 	}
-	if id, err = res.LastInsertId(); err != nil {
-		return 0, fmt.Errorf("insert body: %w", err)
+	if !inserted {
+		return id, nil
 	}
 	t.afterCommit(t.w.indexKick) // the indexer takes it from here
 	for seq, off := 0, 0; off < len(b.data) || seq == 0; seq, off = seq+1, off+chunkSize {
@@ -476,7 +492,7 @@ type mailboxHead struct {
 func (t *wtx) head(mailboxID int64) (mailboxHead, error) {
 	var h mailboxHead
 	var kw string
-	err := t.queryRow("SELECT user_id, uidnext, highestmodseq, noselect, keywords FROM mailboxes WHERE id = ?", mailboxID).
+	err := t.queryRow("SELECT user_id, uidnext, highestmodseq, noselect, keywords FROM mailboxes WHERE id = ?"+t.w.d.forUpdate(), mailboxID).
 		Scan(&h.userID, &h.uidnext, &h.modseq, &h.noselect, &kw)
 	if isNoRows(err) {
 		return h, fmt.Errorf("mailbox %d: %w", mailboxID, ErrNotFound)
@@ -567,7 +583,7 @@ func (s *Store) Append(ctx context.Context, mailboxID int64, flags []string, dat
 	}
 	body := prepareBody(msg)
 	m := Message{MailboxID: mailboxID, Flags: flagList(bits, keywords), InternalDate: date.UTC(), Size: int64(len(body.data))}
-	err = s.w.do(ctx, func(t *wtx) error {
+	err = s.w.doLocked(ctx, lockHint{mailboxes: []int64{mailboxID}}, func(t *wtx) error {
 		h, err := t.head(mailboxID)
 		if err != nil {
 			return fmt.Errorf("append: %w", err)
@@ -599,7 +615,7 @@ func (s *Store) StoreFlags(ctx context.Context, mailboxID int64, set UIDSet, op 
 		return nil, fmt.Errorf("store flags in mailbox %d: %w", mailboxID, err)
 	}
 	var out []Message
-	err = s.w.do(ctx, func(t *wtx) error {
+	err = s.w.doLocked(ctx, lockHint{mailboxes: []int64{mailboxID}}, func(t *wtx) error {
 		out = out[:0]
 		h, err := t.head(mailboxID)
 		if err != nil {
@@ -707,7 +723,7 @@ func (s *Store) Move(ctx context.Context, srcID int64, set UIDSet, dstID int64) 
 
 func (s *Store) copyOrMove(ctx context.Context, srcID int64, set UIDSet, dstID int64, move bool) ([]UIDPair, error) {
 	var pairs []UIDPair
-	err := s.w.do(ctx, func(t *wtx) error {
+	err := s.w.doLocked(ctx, lockHint{mailboxes: []int64{srcID, dstID}}, func(t *wtx) error {
 		var err error
 		pairs, err = t.copyMessages(srcID, set, dstID, move)
 		return err
@@ -775,7 +791,7 @@ func (t *wtx) copyMessages(srcID int64, set UIDSet, dstID int64, move bool) ([]U
 // set is not nil (UID EXPUNGE), and returns their UIDs in order.
 func (s *Store) Expunge(ctx context.Context, mailboxID int64, set UIDSet) ([]uint32, error) {
 	var out []uint32
-	err := s.w.do(ctx, func(t *wtx) error {
+	err := s.w.doLocked(ctx, lockHint{mailboxes: []int64{mailboxID}}, func(t *wtx) error {
 		msgs, err := t.messages(mailboxID, set)
 		if err != nil {
 			return fmt.Errorf("expunge mailbox %d: %w", mailboxID, err)
@@ -796,7 +812,7 @@ func (s *Store) Expunge(ctx context.Context, mailboxID int64, set UIDSet) ([]uin
 // UPDATE state), and returns the UIDs that were there.
 func (s *Store) DeleteMessages(ctx context.Context, mailboxID int64, uids []uint32) ([]uint32, error) {
 	var out []uint32
-	err := s.w.do(ctx, func(t *wtx) error {
+	err := s.w.doLocked(ctx, lockHint{mailboxes: []int64{mailboxID}}, func(t *wtx) error {
 		var err error
 		out, err = t.removeMessages(mailboxID, uids)
 		return err
@@ -827,7 +843,7 @@ func (t *wtx) removeMessages(mailboxID int64, uids []uint32) ([]uint32, error) {
 		if n, _ := res.RowsAffected(); n == 0 {
 			continue
 		}
-		if _, err := t.exec("INSERT INTO expunged (mailbox_id, uid, modseq) VALUES (?, ?, ?)", mailboxID, uid, modseq); err != nil {
+		if _, err := t.exec("INSERT INTO expunged (mailbox_id, uid, modseq, at) VALUES (?, ?, ?, ?)", mailboxID, uid, modseq, t.w.now().Unix()); err != nil {
 			return nil, fmt.Errorf("record expunge of uid %d: %w", uid, err)
 		}
 		gone = append(gone, uid)
