@@ -75,8 +75,8 @@ dsn = "` + dsn + `"
 	return fronts
 }
 
-// TestFrontendsShareOnePostgres: 3 frontends x 100 deliveries at once to one
-// mailbox give 300 messages, each once, with unique UIDs that ascend in the
+// TestFrontendsShareOnePostgres: 3 frontends x 300 deliveries at once to one
+// mailbox give 900 messages, each once, with unique UIDs that ascend in the
 // order each sender had its deliveries acknowledged, whichever frontend
 // took them.
 func TestFrontendsShareOnePostgres(t *testing.T) {
@@ -84,7 +84,7 @@ func TestFrontendsShareOnePostgres(t *testing.T) {
 	dsn := storetest.PostgresDSN(t)
 	const (
 		user, password = "box@example.test", "box password 1"
-		perFrontend    = 100
+		perFrontend    = 300
 		sendersPer     = 4 // SMTP clients at once per frontend
 	)
 	fronts := startFrontends(t, dsn, 3, user, password)
@@ -118,44 +118,8 @@ func TestFrontendsShareOnePostgres(t *testing.T) {
 		t.FailNow()
 	}
 
-	c, err := imapclient.DialInsecure(fronts[0].addrs["imap"], nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := c.Login(user, password).Wait(); err != nil {
-		t.Fatal(err)
-	}
-	sel, err := c.Select("INBOX", nil).Wait()
-	if err != nil {
-		t.Fatal(err)
-	}
 	const total = 3 * perFrontend
-	if sel.NumMessages != total {
-		t.Errorf("INBOX has %d messages, want %d", sel.NumMessages, total)
-	}
-	all, err := c.Fetch(imap.SeqSet{imap.SeqRange{Start: 1, Stop: 0}}, &imap.FetchOptions{UID: true, Envelope: true}).Collect()
-	if err != nil {
-		t.Fatal(err)
-	}
-	seen := map[string]imap.UID{}
-	var prev imap.UID
-	for _, m := range all {
-		if m.UID <= prev {
-			t.Errorf("message %d has UID %d after UID %d: not strictly ascending", m.SeqNum, m.UID, prev)
-		}
-		prev = m.UID
-		if m.Envelope == nil {
-			t.Fatalf("message %d (UID %d) has no envelope", m.SeqNum, m.UID)
-		}
-		if first, dup := seen[m.Envelope.Subject]; dup {
-			t.Errorf("%s stored twice: UIDs %d and %d", m.Envelope.Subject, first, m.UID)
-		}
-		seen[m.Envelope.Subject] = m.UID
-	}
-	if sel.UIDNext <= prev {
-		t.Errorf("UIDNEXT %d is not above the highest UID %d", sel.UIDNext, prev)
-	}
+	seen := inboxSubjects(t, fronts[0].addrs["imap"], user, password)
 	for fi := range fronts {
 		for s := range sendersPer {
 			var last imap.UID
@@ -178,7 +142,6 @@ func TestFrontendsShareOnePostgres(t *testing.T) {
 	if len(seen) != total {
 		t.Errorf("%d distinct messages, want %d", len(seen), total)
 	}
-	c.Logout().Wait()
 }
 
 // idleEvents records what an IDLE client is told without asking.
@@ -309,5 +272,145 @@ func TestIdleAcrossFrontends(t *testing.T) {
 	}
 	if err := idle.Wait(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// inboxSubjects logs in on addr and returns the subject of every message
+// in user's INBOX with its UID, failing on a subject stored twice or UIDs
+// that do not ascend.
+func inboxSubjects(t *testing.T, addr, user, password string) map[string]imap.UID {
+	t.Helper()
+	c := loginSelect(t, addr, user, password, nil)
+	all, err := c.Fetch(imap.SeqSet{imap.SeqRange{Start: 1, Stop: 0}}, &imap.FetchOptions{UID: true, Envelope: true}).Collect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]imap.UID{}
+	var prev imap.UID
+	for _, m := range all {
+		if m.UID <= prev {
+			t.Errorf("message %d has UID %d after UID %d: not strictly ascending", m.SeqNum, m.UID, prev)
+		}
+		prev = m.UID
+		if m.Envelope == nil {
+			t.Fatalf("message %d (UID %d) has no envelope", m.SeqNum, m.UID)
+		}
+		if first, dup := seen[m.Envelope.Subject]; dup {
+			t.Errorf("%s stored twice: UIDs %d and %d", m.Envelope.Subject, first, m.UID)
+		}
+		seen[m.Envelope.Subject] = m.UID
+	}
+	c.Logout().Wait()
+	return seen
+}
+
+// TestFrontendKilledLosesNothing: a frontend killed with SIGKILL in the
+// middle of concurrent deliveries through all three loses no acknowledged
+// message and stores none twice; the others go on, and it starts again on
+// the same database.
+func TestFrontendKilledLosesNothing(t *testing.T) {
+	t.Setenv(storeDSNEnv, "")
+	dsn := storetest.PostgresDSN(t)
+	const (
+		user, password = "victim@example.test", "victim password 1"
+		sendersPer     = 4
+		perSender      = 40
+		killAfter      = 100 // acknowledged deliveries in all before the kill
+	)
+	fronts := startFrontends(t, dsn, 3, user, password)
+	victim := fronts[1]
+
+	var (
+		mu     sync.Mutex
+		acked  = map[string]bool{}
+		killed = make(chan struct{})
+		once   sync.Once
+		wg     sync.WaitGroup
+	)
+	errs := make(chan error, len(fronts)*sendersPer)
+	for fi, f := range fronts {
+		for s := range sendersPer {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range perSender {
+					subj := fmt.Sprintf("k%d-s%d-%03d", fi, s, i)
+					msg := "From: sender@remote.test\r\nTo: " + user + "\r\nSubject: " + subj + "\r\n\r\nbody of " + subj + "\r\n"
+					err := sendPlain(f.addrs["smtp"], "sender@remote.test", user, msg)
+					if err != nil {
+						if f == victim {
+							select {
+							case <-killed:
+								return // expected once it is dead
+							default:
+							}
+						}
+						errs <- fmt.Errorf("frontend %d, %s: %w", fi, subj, err)
+						return
+					}
+					mu.Lock()
+					acked[subj] = true
+					n := len(acked)
+					mu.Unlock()
+					if n >= killAfter {
+						once.Do(func() {
+							// Closed first: the victim's senders
+							// may fail from the kill on.
+							close(killed)
+							if err := victim.cmd.Process.Kill(); err != nil {
+								errs <- fmt.Errorf("kill frontend 1: %w", err)
+							}
+						})
+					}
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	select {
+	case <-killed:
+	default:
+		t.Fatal("the deliveries ended before frontend 1 was killed")
+	}
+	victim.cmd.Wait()
+
+	seen := inboxSubjects(t, fronts[0].addrs["imap"], user, password)
+	victimAcked := 0
+	for subj := range acked {
+		if strings.HasPrefix(subj, "k1-") {
+			victimAcked++
+		}
+	}
+	t.Logf("%d deliveries acknowledged, %d of them by the killed frontend (of %d it was sent); %d messages stored",
+		len(acked), victimAcked, sendersPer*perSender, len(seen))
+	for subj := range acked {
+		if _, ok := seen[subj]; !ok {
+			t.Errorf("%s was acknowledged but is missing", subj)
+		}
+	}
+	// The survivors delivered all of theirs.
+	for _, fi := range []int{0, 2} {
+		for s := range sendersPer {
+			for i := range perSender {
+				if subj := fmt.Sprintf("k%d-s%d-%03d", fi, s, i); !acked[subj] {
+					t.Errorf("%s through a surviving frontend was not acknowledged", subj)
+				}
+			}
+		}
+	}
+
+	// The killed frontend starts again on the same database and serves.
+	again := spawnServe(t, victim.config)
+	if err := sendPlain(again.addrs["smtp"], "sender@remote.test", user,
+		"From: sender@remote.test\r\nTo: "+user+"\r\nSubject: after restart\r\n\r\nback\r\n"); err != nil {
+		t.Fatalf("deliver through the restarted frontend: %v", err)
+	}
+	seen = inboxSubjects(t, fronts[2].addrs["imap"], user, password)
+	if _, ok := seen["after restart"]; !ok {
+		t.Error("the message delivered through the restarted frontend is missing")
 	}
 }
