@@ -446,3 +446,58 @@ func TestDeadlockRetried(t *testing.T) {
 	// The store still works.
 	appendMsg(t, s, mb.ID, testMessage(1))
 }
+
+// A maildrop leased through one Store is refused through another on the
+// same database until released, or until the lease of a Store that
+// stopped renewing it (closed, as after SIGKILL) ends.
+func TestMaildropLease(t *testing.T) {
+	ctx := context.Background()
+	db := newTestDB(t)
+	a := db.open(t, Options{PasswordCost: FastPasswordHash})
+	b := db.open(t, Options{PasswordCost: FastPasswordHash})
+	defer b.Close()
+	if err := a.AddDomain(ctx, "example.test"); err != nil {
+		t.Fatal(err)
+	}
+	u := addUser(t, a, "u@example.test")
+	const ttl = 1500 * time.Millisecond
+	release, err := a.LockMaildrop(ctx, u.ID, "a", ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.LockMaildrop(ctx, u.ID, "b", ttl); !errors.Is(err, ErrLocked) {
+		t.Fatalf("second lock: %v, want ErrLocked", err)
+	}
+	// Held past its first ttl: renewed.
+	time.Sleep(2 * ttl)
+	if _, err := b.LockMaildrop(ctx, u.ID, "b", ttl); !errors.Is(err, ErrLocked) {
+		t.Fatalf("lock after the holder renewed: %v, want ErrLocked", err)
+	}
+	release()
+	release()
+	relB, err := b.LockMaildrop(ctx, u.ID, "b", ttl)
+	if err != nil {
+		t.Fatalf("lock after release: %v", err)
+	}
+	relB()
+	// A holder that stops renewing (its process gone) frees it in ttl.
+	if _, err := a.LockMaildrop(ctx, u.ID, "a", ttl); err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	if _, err := b.LockMaildrop(ctx, u.ID, "b", ttl); !errors.Is(err, ErrLocked) {
+		t.Fatalf("lock right after the holder died: %v, want ErrLocked", err)
+	}
+	deadline := time.Now().Add(5 * ttl)
+	for {
+		rel, err := b.LockMaildrop(ctx, u.ID, "b", ttl)
+		if err == nil {
+			rel()
+			break
+		}
+		if !errors.Is(err, ErrLocked) || time.Now().After(deadline) {
+			t.Fatalf("lock after the dead holder's lease: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

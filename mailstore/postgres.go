@@ -226,6 +226,12 @@ var pgMigrations = []string{
 ALTER TABLE expunged ADD COLUMN at BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX expunged_modseq ON expunged (mailbox_id, modseq);
 CREATE INDEX messages_modseq ON messages (mailbox_id, modseq);
+CREATE TABLE maildrop_leases (
+	user_id BIGINT PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
+	holder  TEXT NOT NULL,
+	token   BYTEA NOT NULL,
+	expires BIGINT NOT NULL
+);
 `,
 }
 
