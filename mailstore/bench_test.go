@@ -207,3 +207,56 @@ func BenchmarkDeliverQuota(b *testing.B) {
 	b.ReportMetric(float64(counter.Microseconds())/float64(b.N)/1000, "counter-ms/op")
 	b.ReportMetric(float64(sum)/float64(counter), "sum/counter")
 }
+
+// BenchmarkFrontendsDeliver: 32 concurrent deliveries of 4 KiB messages
+// to one mailbox spread over 1, 2 and 3 Stores on one PostgreSQL
+// database (frontends in one process: each has its own writer
+// connection, group commit and change feed listener, as separate
+// processes would). In the SQLite pass it runs the single-node case.
+func BenchmarkFrontendsDeliver(b *testing.B) {
+	counts := []int{1}
+	if onPostgres() {
+		counts = []int{1, 2, 3}
+	}
+	for _, n := range counts {
+		b.Run(fmt.Sprintf("frontends=%d", n), func(b *testing.B) {
+			db := newTestDB(b)
+			var fe []*Store
+			for range n {
+				s := db.open(b, Options{PasswordCost: FastPasswordHash})
+				b.Cleanup(func() { s.Close() })
+				fe = append(fe, s)
+			}
+			ctx := context.Background()
+			if err := fe[0].AddDomain(ctx, "example.test"); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := fe[0].AddUser(ctx, "u@example.test", "pw"); err != nil {
+				b.Fatal(err)
+			}
+			const producers = 32
+			var next atomic.Int64
+			var wg sync.WaitGroup
+			b.ResetTimer()
+			start := time.Now()
+			for p := 0; p < producers; p++ {
+				wg.Add(1)
+				go func(s *Store) {
+					defer wg.Done()
+					for {
+						i := next.Add(1)
+						if i > int64(b.N) {
+							return
+						}
+						if _, err := s.Deliver(ctx, "a@remote.test", []string{"u@example.test"}, benchMessage(i)); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				}(fe[p%n])
+			}
+			wg.Wait()
+			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "deliveries/s")
+		})
+	}
+}

@@ -62,6 +62,15 @@ func TestBackendAndDescribe(t *testing.T) {
 	if info.SchemaVersion != len(migrations) {
 		t.Errorf("schema version %d, want %d", info.SchemaVersion, len(migrations))
 	}
+	if onPostgres() {
+		// Debian's postgresql ships pg_trgm: the text index must be there.
+		var n int
+		err := s.readRow(context.Background(), `SELECT count(*) FROM pg_indexes
+			WHERE tablename = 'body_text' AND indexdef LIKE '%gin_trgm_ops%'`).Scan(&n)
+		if err != nil || !s.trgm || n != 2 {
+			t.Errorf("trigram indexes: %d (%v), flag %v; want 2", n, err, s.trgm)
+		}
+	}
 }
 
 func TestOnCommitReportsGroupCommits(t *testing.T) {
@@ -499,5 +508,30 @@ func TestMaildropLease(t *testing.T) {
 			t.Fatalf("lock after the dead holder's lease: %v", err)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// A writer whose connection was cut (the server restarted it, say)
+// connects again: at most the requests in flight fail, later ones work.
+func TestWriterReconnects(t *testing.T) {
+	postgresPass(t)
+	ctx := context.Background()
+	fe, u := frontends(t, 2)
+	a, b := fe[0], fe[1]
+	mb := inbox(t, a, u)
+	var writerPID int
+	if err := a.w.do(ctx, func(t *wtx) error {
+		return t.queryRow("SELECT pg_backend_pid()").Scan(&writerPID)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var ok bool
+	if err := b.readRow(ctx, "SELECT pg_terminate_backend(?)", writerPID).Scan(&ok); err != nil || !ok {
+		t.Fatalf("terminate the writer's backend %d: %v %v", writerPID, ok, err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	a.Append(ctx, mb.ID, nil, time.Time{}, testMessage(1)) // may fail: its connection is gone
+	if _, err := a.Append(ctx, mb.ID, nil, time.Time{}, testMessage(2)); err != nil {
+		t.Fatalf("append after reconnecting: %v", err)
 	}
 }
