@@ -260,3 +260,29 @@ func BenchmarkFrontendsDeliver(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkSelectFetch10k: what IMAP SELECT and FETCH 1:* (UID FLAGS)
+// read from the store on a 10,000-message mailbox: the mailbox with its
+// status, then every message's UID and flags.
+func BenchmarkSelectFetch10k(b *testing.B) {
+	s, u := benchStore(b)
+	ctx := context.Background()
+	mb, err := s.MailboxByName(ctx, u.ID, "INBOX")
+	if err != nil {
+		b.Fatal(err)
+	}
+	fillMailbox(b, s, mb.ID, 10000)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := s.MailboxByID(ctx, mb.ID); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := s.Status(ctx, mb.ID); err != nil {
+			b.Fatal(err)
+		}
+		msgs, err := s.Messages(ctx, mb.ID, nil)
+		if err != nil || len(msgs) != 10000 {
+			b.Fatalf("%d messages, %v", len(msgs), err)
+		}
+	}
+}

@@ -535,3 +535,63 @@ func TestWriterReconnects(t *testing.T) {
 		t.Fatalf("append after reconnecting: %v", err)
 	}
 }
+
+// Copying and expunging more messages than one statement takes: every
+// message once, usage and reference counts right.
+func TestLargeCopyAndExpunge(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t)
+	u := addUser(t, s, "u@example.test")
+	mb := inbox(t, s, u)
+	const n = 2*maxRowsPerStatement + 7
+	err := s.w.do(ctx, func(t *wtx) error {
+		var msgs []Message
+		h, err := t.head(mb.ID)
+		if err != nil {
+			return err
+		}
+		first := h.uidnext
+		if err := t.bump(mb.ID, &h, n, nil); err != nil {
+			return err
+		}
+		for i := range n {
+			body := prepareBody(testMessage(i % 10))
+			id, err := t.storeBody(body)
+			if err != nil {
+				return err
+			}
+			msgs = append(msgs, Message{MailboxID: mb.ID, UID: first + uint32(i), ModSeq: h.modseq, Flags: []string{FlagDeleted},
+				InternalDate: time.Unix(int64(i), 0), Size: int64(len(body.data)), BodyID: id})
+		}
+		return t.insertMessages(msgs)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	used, _, _ := s.Usage(ctx, u.ID)
+	arch, err := s.MailboxByName(ctx, u.ID, "Archive")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pairs, err := s.Copy(ctx, mb.ID, nil, arch.ID)
+	if err != nil || len(pairs) != n {
+		t.Fatalf("copy: %d pairs, %v", len(pairs), err)
+	}
+	if used2, _, _ := s.Usage(ctx, u.ID); used2 != 2*used {
+		t.Fatalf("usage %d after the copy, want %d", used2, 2*used)
+	}
+	gone, err := s.Expunge(ctx, mb.ID, nil)
+	if err != nil || len(gone) != n || !sort.SliceIsSorted(gone, func(i, j int) bool { return gone[i] < gone[j] }) {
+		t.Fatalf("expunge: %d uids, %v", len(gone), err)
+	}
+	if used3, _, _ := s.Usage(ctx, u.ID); used3 != used {
+		t.Fatalf("usage %d after the expunge, want %d", used3, used)
+	}
+	var refs int
+	if err := s.readRow(ctx, "SELECT sum(refs) FROM bodies").Scan(&refs); err != nil || refs != n {
+		t.Fatalf("%d references (%v), want %d", refs, err, n)
+	}
+	if err := s.IntegrityCheck(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
