@@ -595,3 +595,31 @@ func TestLargeCopyAndExpunge(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Bytes PostgreSQL text cannot hold (NUL, invalid UTF-8) in a message, a
+// search needle or a remote server's reply are no error, and the message
+// is still found.
+func TestOddBytes(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t)
+	u := addUser(t, s, "u@example.test")
+	msg := []byte("From: a@remote.test\r\nSubject: caf\xe9 \x00 menu\r\n\r\nnul \x00 here, caf\xe9 there\r\n")
+	d, err := s.Deliver(ctx, "x@remote.test", []string{u.Address}, msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitIndexed(t, s)
+	for _, needle := range []string{"caf\xe9 there", "menu", "nul \x00"} {
+		got, err := s.Search(ctx, d.Stored[0].MailboxID, &SearchCriteria{MayContain: []string{needle}})
+		if err != nil || len(got) != 1 {
+			t.Errorf("search %q: %d messages, %v; want the message", needle, len(got), err)
+		}
+	}
+	q, err := s.Deliver(ctx, u.Address, []string{"r@remote.test"}, testMessage(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.QueueDefer(ctx, q.Queued[0].QueueID, time.Now(), "550 caf\xe9 \x00 closed", false); err != nil {
+		t.Fatal(err)
+	}
+}
