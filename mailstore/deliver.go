@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -423,6 +424,11 @@ func (s *Store) Queue(ctx context.Context, due time.Time, limit int) ([]QueueEnt
 // QueueDefer records a failed attempt and when to try again; delayWarned
 // records that the sender has now been told of the delay (it stays set).
 func (s *Store) QueueDefer(ctx context.Context, id int64, next time.Time, lastError string, delayWarned bool) error {
+	if s.d.pg && !pgText(lastError) {
+		// A remote server's reply may carry any bytes; PostgreSQL text
+		// takes only UTF-8 without NUL.
+		lastError = strings.ToValidUTF8(strings.ReplaceAll(lastError, "\x00", ""), "\uFFFD")
+	}
 	return s.w.do(ctx, func(t *wtx) error {
 		res, err := t.exec("UPDATE queue SET attempts = attempts + 1, next_attempt = ?, last_error = ?, delay_warned = CASE WHEN ? != 0 THEN 1 ELSE delay_warned END WHERE id = ?",
 			next.UnixNano(), lastError, delayWarned, id)

@@ -62,6 +62,15 @@ func TestBackendAndDescribe(t *testing.T) {
 	if info.SchemaVersion != len(migrations) {
 		t.Errorf("schema version %d, want %d", info.SchemaVersion, len(migrations))
 	}
+	if onPostgres() {
+		// Debian's postgresql ships pg_trgm: the text index must be there.
+		var n int
+		err := s.readRow(context.Background(), `SELECT count(*) FROM pg_indexes
+			WHERE tablename = 'body_text' AND indexdef LIKE '%gin_trgm_ops%'`).Scan(&n)
+		if err != nil || !s.trgm || n != 2 {
+			t.Errorf("trigram indexes: %d (%v), flag %v; want 2", n, err, s.trgm)
+		}
+	}
 }
 
 func TestOnCommitReportsGroupCommits(t *testing.T) {
@@ -445,4 +454,172 @@ func TestDeadlockRetried(t *testing.T) {
 	}
 	// The store still works.
 	appendMsg(t, s, mb.ID, testMessage(1))
+}
+
+// A maildrop leased through one Store is refused through another on the
+// same database until released, or until the lease of a Store that
+// stopped renewing it (closed, as after SIGKILL) ends.
+func TestMaildropLease(t *testing.T) {
+	ctx := context.Background()
+	db := newTestDB(t)
+	a := db.open(t, Options{PasswordCost: FastPasswordHash})
+	b := db.open(t, Options{PasswordCost: FastPasswordHash})
+	defer b.Close()
+	if err := a.AddDomain(ctx, "example.test"); err != nil {
+		t.Fatal(err)
+	}
+	u := addUser(t, a, "u@example.test")
+	const ttl = 1500 * time.Millisecond
+	release, err := a.LockMaildrop(ctx, u.ID, "a", ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.LockMaildrop(ctx, u.ID, "b", ttl); !errors.Is(err, ErrLocked) {
+		t.Fatalf("second lock: %v, want ErrLocked", err)
+	}
+	// Held past its first ttl: renewed.
+	time.Sleep(2 * ttl)
+	if _, err := b.LockMaildrop(ctx, u.ID, "b", ttl); !errors.Is(err, ErrLocked) {
+		t.Fatalf("lock after the holder renewed: %v, want ErrLocked", err)
+	}
+	release()
+	release()
+	relB, err := b.LockMaildrop(ctx, u.ID, "b", ttl)
+	if err != nil {
+		t.Fatalf("lock after release: %v", err)
+	}
+	relB()
+	// A holder that stops renewing (its process gone) frees it in ttl.
+	if _, err := a.LockMaildrop(ctx, u.ID, "a", ttl); err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	if _, err := b.LockMaildrop(ctx, u.ID, "b", ttl); !errors.Is(err, ErrLocked) {
+		t.Fatalf("lock right after the holder died: %v, want ErrLocked", err)
+	}
+	deadline := time.Now().Add(5 * ttl)
+	for {
+		rel, err := b.LockMaildrop(ctx, u.ID, "b", ttl)
+		if err == nil {
+			rel()
+			break
+		}
+		if !errors.Is(err, ErrLocked) || time.Now().After(deadline) {
+			t.Fatalf("lock after the dead holder's lease: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// A writer whose connection was cut (the server restarted it, say)
+// connects again: at most the requests in flight fail, later ones work.
+func TestWriterReconnects(t *testing.T) {
+	postgresPass(t)
+	ctx := context.Background()
+	fe, u := frontends(t, 2)
+	a, b := fe[0], fe[1]
+	mb := inbox(t, a, u)
+	var writerPID int
+	if err := a.w.do(ctx, func(t *wtx) error {
+		return t.queryRow("SELECT pg_backend_pid()").Scan(&writerPID)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var ok bool
+	if err := b.readRow(ctx, "SELECT pg_terminate_backend(?)", writerPID).Scan(&ok); err != nil || !ok {
+		t.Fatalf("terminate the writer's backend %d: %v %v", writerPID, ok, err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	a.Append(ctx, mb.ID, nil, time.Time{}, testMessage(1)) // may fail: its connection is gone
+	if _, err := a.Append(ctx, mb.ID, nil, time.Time{}, testMessage(2)); err != nil {
+		t.Fatalf("append after reconnecting: %v", err)
+	}
+}
+
+// Copying and expunging more messages than one statement takes: every
+// message once, usage and reference counts right.
+func TestLargeCopyAndExpunge(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t)
+	u := addUser(t, s, "u@example.test")
+	mb := inbox(t, s, u)
+	const n = 2*maxRowsPerStatement + 7
+	err := s.w.do(ctx, func(t *wtx) error {
+		var msgs []Message
+		h, err := t.head(mb.ID)
+		if err != nil {
+			return err
+		}
+		first := h.uidnext
+		if err := t.bump(mb.ID, &h, n, nil); err != nil {
+			return err
+		}
+		for i := range n {
+			body := prepareBody(testMessage(i % 10))
+			id, err := t.storeBody(body)
+			if err != nil {
+				return err
+			}
+			msgs = append(msgs, Message{MailboxID: mb.ID, UID: first + uint32(i), ModSeq: h.modseq, Flags: []string{FlagDeleted},
+				InternalDate: time.Unix(int64(i), 0), Size: int64(len(body.data)), BodyID: id})
+		}
+		return t.insertMessages(msgs)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	used, _, _ := s.Usage(ctx, u.ID)
+	arch, err := s.MailboxByName(ctx, u.ID, "Archive")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pairs, err := s.Copy(ctx, mb.ID, nil, arch.ID)
+	if err != nil || len(pairs) != n {
+		t.Fatalf("copy: %d pairs, %v", len(pairs), err)
+	}
+	if used2, _, _ := s.Usage(ctx, u.ID); used2 != 2*used {
+		t.Fatalf("usage %d after the copy, want %d", used2, 2*used)
+	}
+	gone, err := s.Expunge(ctx, mb.ID, nil)
+	if err != nil || len(gone) != n || !sort.SliceIsSorted(gone, func(i, j int) bool { return gone[i] < gone[j] }) {
+		t.Fatalf("expunge: %d uids, %v", len(gone), err)
+	}
+	if used3, _, _ := s.Usage(ctx, u.ID); used3 != used {
+		t.Fatalf("usage %d after the expunge, want %d", used3, used)
+	}
+	var refs int
+	if err := s.readRow(ctx, "SELECT sum(refs) FROM bodies").Scan(&refs); err != nil || refs != n {
+		t.Fatalf("%d references (%v), want %d", refs, err, n)
+	}
+	if err := s.IntegrityCheck(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Bytes PostgreSQL text cannot hold (NUL, invalid UTF-8) in a message, a
+// search needle or a remote server's reply are no error, and the message
+// is still found.
+func TestOddBytes(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t)
+	u := addUser(t, s, "u@example.test")
+	msg := []byte("From: a@remote.test\r\nSubject: caf\xe9 \x00 menu\r\n\r\nnul \x00 here, caf\xe9 there\r\n")
+	d, err := s.Deliver(ctx, "x@remote.test", []string{u.Address}, msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitIndexed(t, s)
+	for _, needle := range []string{"caf\xe9 there", "menu", "nul \x00"} {
+		got, err := s.Search(ctx, d.Stored[0].MailboxID, &SearchCriteria{MayContain: []string{needle}})
+		if err != nil || len(got) != 1 {
+			t.Errorf("search %q: %d messages, %v; want the message", needle, len(got), err)
+		}
+	}
+	q, err := s.Deliver(ctx, u.Address, []string{"r@remote.test"}, testMessage(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.QueueDefer(ctx, q.Queued[0].QueueID, time.Now(), "550 caf\xe9 \x00 closed", false); err != nil {
+		t.Fatal(err)
+	}
 }

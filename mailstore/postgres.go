@@ -166,22 +166,32 @@ CREATE TABLE mtasts_policies (
 -- 1, 4 and 7). A mailbox deleted with its messages is taken off its
 -- user's usage before the cascade, whose message rows then find no
 -- mailbox and change nothing.
-CREATE FUNCTION postern_message_added() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Statement triggers with transition tables: a statement adding or
+-- removing many messages (COPY, EXPUNGE, a deleted mailbox) updates each
+-- body and user row once, not once a message (a row updated thousands
+-- of times in one transaction makes every later update slower).
+CREATE FUNCTION postern_messages_added() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-	UPDATE bodies SET refs = refs + 1 WHERE id = NEW.body_id;
-	UPDATE users SET used_bytes = used_bytes + NEW.size
-		WHERE id = (SELECT user_id FROM mailboxes WHERE id = NEW.mailbox_id);
+	UPDATE bodies b SET refs = b.refs + n.n
+		FROM (SELECT body_id, count(*) AS n FROM added GROUP BY body_id) n WHERE b.id = n.body_id;
+	UPDATE users u SET used_bytes = u.used_bytes + n.size
+		FROM (SELECT mb.user_id, sum(a.size) AS size FROM added a JOIN mailboxes mb ON mb.id = a.mailbox_id
+			GROUP BY mb.user_id) n WHERE u.id = n.user_id;
 	RETURN NULL;
 END $$;
-CREATE FUNCTION postern_message_removed() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION postern_messages_removed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-	UPDATE bodies SET refs = refs - 1 WHERE id = OLD.body_id;
-	UPDATE users SET used_bytes = used_bytes - OLD.size
-		WHERE id = (SELECT user_id FROM mailboxes WHERE id = OLD.mailbox_id);
+	UPDATE bodies b SET refs = b.refs - n.n
+		FROM (SELECT body_id, count(*) AS n FROM removed GROUP BY body_id) n WHERE b.id = n.body_id;
+	UPDATE users u SET used_bytes = u.used_bytes - n.size
+		FROM (SELECT mb.user_id, sum(r.size) AS size FROM removed r JOIN mailboxes mb ON mb.id = r.mailbox_id
+			GROUP BY mb.user_id) n WHERE u.id = n.user_id;
 	RETURN NULL;
 END $$;
-CREATE TRIGGER message_added AFTER INSERT ON messages FOR EACH ROW EXECUTE FUNCTION postern_message_added();
-CREATE TRIGGER message_removed AFTER DELETE ON messages FOR EACH ROW EXECUTE FUNCTION postern_message_removed();
+CREATE TRIGGER messages_added AFTER INSERT ON messages REFERENCING NEW TABLE AS added
+	FOR EACH STATEMENT EXECUTE FUNCTION postern_messages_added();
+CREATE TRIGGER messages_removed AFTER DELETE ON messages REFERENCING OLD TABLE AS removed
+	FOR EACH STATEMENT EXECUTE FUNCTION postern_messages_removed();
 
 CREATE FUNCTION postern_queue_added() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -226,6 +236,12 @@ var pgMigrations = []string{
 ALTER TABLE expunged ADD COLUMN at BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX expunged_modseq ON expunged (mailbox_id, modseq);
 CREATE INDEX messages_modseq ON messages (mailbox_id, modseq);
+CREATE TABLE maildrop_leases (
+	user_id BIGINT PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
+	holder  TEXT NOT NULL,
+	token   BYTEA NOT NULL,
+	expires BIGINT NOT NULL
+);
 `,
 }
 

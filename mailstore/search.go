@@ -160,6 +160,9 @@ func (b *searchSQL) add(c *SearchCriteria, depth int, negated bool) error {
 			if i == 1 {
 				column = "hdr"
 			}
+			if b.d.pg && !pgText(lower) {
+				continue // no indexed text holds it: the matcher decides
+			}
 			if b.d.pg {
 				// pg_trgm's indexes answer LIKE; the text is lower-cased
 				// already, as the needle is.

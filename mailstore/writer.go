@@ -17,6 +17,12 @@ import (
 // commit never holds callers for long.
 const maxBatch = 512
 
+// pgMaxBatch is maxBatch on PostgreSQL. Each request runs in a savepoint,
+// a subtransaction; past 64 of them in one transaction PostgreSQL's
+// snapshots overflow their subtransaction cache and every backend's
+// visibility checks slow down, so a batch stays below that.
+const pgMaxBatch = 60
+
 // writer owns the single write connection and applies requests in group
 // commits: whatever arrived while the previous commit was being synced goes
 // into the next transaction.
@@ -196,8 +202,12 @@ func (w *writer) loop() {
 				return
 			}
 			batch = append(batch[:0], req)
+			limit := maxBatch
+			if w.d.pg {
+				limit = pgMaxBatch
+			}
 		gather:
-			for len(batch) < maxBatch {
+			for len(batch) < limit {
 				select {
 				case r, ok := <-w.reqs:
 					if !ok {
