@@ -3,7 +3,6 @@ package mailstore
 import (
 	"context"
 	"errors"
-	"path/filepath"
 	"runtime"
 	"testing"
 )
@@ -14,10 +13,7 @@ func TestAuthenticateKeepsNoHashMemory(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the production password hash")
 	}
-	s, err := Open(filepath.Join(t.TempDir(), "postern.db"), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := newTestDB(t).open(t, Options{})
 	defer s.Close()
 	ctx := context.Background()
 	if err := s.AddDomain(ctx, "example.test"); err != nil {

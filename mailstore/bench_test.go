@@ -25,10 +25,10 @@ func benchMessage(n int64) []byte {
 
 func benchStore(b *testing.B) (*Store, User) {
 	b.Helper()
-	s, err := Open(filepath.Join(b.TempDir(), "postern.db"), Options{PasswordCost: FastPasswordHash})
-	if err != nil {
-		b.Fatal(err)
-	}
+	// On the backend of the suite's pass: run with
+	// POSTERN_TEST_POSTGRES_DSN set for the PostgreSQL figures beside
+	// SQLite's.
+	s := newTestDB(b).open(b, Options{PasswordCost: FastPasswordHash})
 	b.Cleanup(func() { s.Close() })
 	ctx := context.Background()
 	if err := s.AddDomain(ctx, "example.test"); err != nil {
@@ -206,4 +206,83 @@ func BenchmarkDeliverQuota(b *testing.B) {
 	b.ReportMetric(float64(sum.Microseconds())/float64(b.N)/1000, "sum-ms/op")
 	b.ReportMetric(float64(counter.Microseconds())/float64(b.N)/1000, "counter-ms/op")
 	b.ReportMetric(float64(sum)/float64(counter), "sum/counter")
+}
+
+// BenchmarkFrontendsDeliver: 32 concurrent deliveries of 4 KiB messages
+// to one mailbox spread over 1, 2 and 3 Stores on one PostgreSQL
+// database (frontends in one process: each has its own writer
+// connection, group commit and change feed listener, as separate
+// processes would). In the SQLite pass it runs the single-node case.
+func BenchmarkFrontendsDeliver(b *testing.B) {
+	counts := []int{1}
+	if onPostgres() {
+		counts = []int{1, 2, 3}
+	}
+	for _, n := range counts {
+		b.Run(fmt.Sprintf("frontends=%d", n), func(b *testing.B) {
+			db := newTestDB(b)
+			var fe []*Store
+			for range n {
+				s := db.open(b, Options{PasswordCost: FastPasswordHash})
+				b.Cleanup(func() { s.Close() })
+				fe = append(fe, s)
+			}
+			ctx := context.Background()
+			if err := fe[0].AddDomain(ctx, "example.test"); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := fe[0].AddUser(ctx, "u@example.test", "pw"); err != nil {
+				b.Fatal(err)
+			}
+			const producers = 32
+			var next atomic.Int64
+			var wg sync.WaitGroup
+			b.ResetTimer()
+			start := time.Now()
+			for p := 0; p < producers; p++ {
+				wg.Add(1)
+				go func(s *Store) {
+					defer wg.Done()
+					for {
+						i := next.Add(1)
+						if i > int64(b.N) {
+							return
+						}
+						if _, err := s.Deliver(ctx, "a@remote.test", []string{"u@example.test"}, benchMessage(i)); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				}(fe[p%n])
+			}
+			wg.Wait()
+			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "deliveries/s")
+		})
+	}
+}
+
+// BenchmarkSelectFetch10k: what IMAP SELECT and FETCH 1:* (UID FLAGS)
+// read from the store on a 10,000-message mailbox: the mailbox with its
+// status, then every message's UID and flags.
+func BenchmarkSelectFetch10k(b *testing.B) {
+	s, u := benchStore(b)
+	ctx := context.Background()
+	mb, err := s.MailboxByName(ctx, u.ID, "INBOX")
+	if err != nil {
+		b.Fatal(err)
+	}
+	fillMailbox(b, s, mb.ID, 10000)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := s.MailboxByID(ctx, mb.ID); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := s.Status(ctx, mb.ID); err != nil {
+			b.Fatal(err)
+		}
+		msgs, err := s.Messages(ctx, mb.ID, nil)
+		if err != nil || len(msgs) != 10000 {
+			b.Fatalf("%d messages, %v", len(msgs), err)
+		}
+	}
 }

@@ -7,7 +7,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,11 +29,11 @@ func TestMain(m *testing.M) {
 		holdChild(path)
 		return
 	}
-	os.Exit(m.Run())
+	os.Exit(runSuites(m))
 }
 
 func crashChild(path string) {
-	s, err := Open(path, Options{PasswordCost: FastPasswordHash})
+	s, err := openLocation(path, Options{PasswordCost: FastPasswordHash})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(3)
@@ -76,11 +75,9 @@ func TestCrashSafety(t *testing.T) {
 		t.Skip("crash test re-executes the test binary several times")
 	}
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "postern.db")
-	s, err := Open(path, Options{PasswordCost: FastPasswordHash})
-	if err != nil {
-		t.Fatal(err)
-	}
+	db := newTestDB(t)
+	path := db.location()
+	s := db.open(t, Options{PasswordCost: FastPasswordHash})
 	if err := s.AddDomain(ctx, "example.test"); err != nil {
 		t.Fatal(err)
 	}
@@ -125,10 +122,7 @@ func TestCrashSafety(t *testing.T) {
 		cmd.Wait()
 	}
 
-	s, err = Open(path, Options{PasswordCost: FastPasswordHash})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s = db.open(t, Options{PasswordCost: FastPasswordHash})
 	defer s.Close()
 	if err := s.IntegrityCheck(ctx); err != nil {
 		t.Fatal(err)

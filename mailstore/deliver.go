@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -127,7 +128,13 @@ func (s *Store) DeliverEnvelope(ctx context.Context, env Envelope, msg []byte) (
 	now := s.now()
 	size := int64(len(body.data))
 	failedBefore := len(d.Failed)
-	err := s.w.do(ctx, func(t *wtx) error {
+	var locks lockHint
+	for _, tg := range targets {
+		if tg.remote == "" {
+			locks.users = append(locks.users, tg.userID)
+		}
+	}
+	err := s.w.doLocked(ctx, locks, func(t *wtx) error {
 		// A retried request starts again from the resolution's results.
 		d.Stored, d.Queued, d.Failed = d.Stored[:0], d.Queued[:0], d.Failed[:failedBefore]
 		bodyID, err := t.storeBody(body)
@@ -193,7 +200,7 @@ func (t *wtx) inboxHead(userID, size int64) (int64, mailboxHead, error) {
 	var kw string
 	h := mailboxHead{userID: userID}
 	err := t.queryRow(`SELECT b.id, b.uidnext, b.highestmodseq, b.keywords, u.quota_bytes, u.used_bytes
-		FROM mailboxes b JOIN users u ON u.id = b.user_id WHERE b.user_id = ? AND b.name = 'INBOX'`, userID).
+		FROM mailboxes b JOIN users u ON u.id = b.user_id WHERE b.user_id = ? AND b.name = 'INBOX'`+t.w.d.forUpdateOf("b"), userID).
 		Scan(&id, &h.uidnext, &h.modseq, &kw, &quota, &used)
 	if isNoRows(err) {
 		return 0, h, fmt.Errorf("no INBOX: %w", ErrNoSuchUser)
@@ -257,9 +264,9 @@ func (t *wtx) deliveryHead(userID int64, use string, size int64) (int64, string,
 	const cols = "SELECT id, name, uidnext, highestmodseq, keywords FROM mailboxes WHERE user_id = ? AND noselect = 0 AND "
 	var id int64
 	var name, kw string
-	err = t.queryRow(cols+"special_use = ? ORDER BY id LIMIT 1", userID, use).Scan(&id, &name, &h.uidnext, &h.modseq, &kw)
+	err = t.queryRow(cols+"special_use = ? ORDER BY id LIMIT 1"+t.w.d.forUpdate(), userID, use).Scan(&id, &name, &h.uidnext, &h.modseq, &kw)
 	if isNoRows(err) {
-		err = t.queryRow(cols+"name = ?", userID, SpecialUseName(use)).Scan(&id, &name, &h.uidnext, &h.modseq, &kw)
+		err = t.queryRow(cols+"name = ?"+t.w.d.forUpdate(), userID, SpecialUseName(use)).Scan(&id, &name, &h.uidnext, &h.modseq, &kw)
 	}
 	if isNoRows(err) {
 		name = SpecialUseName(use)
@@ -271,7 +278,7 @@ func (t *wtx) deliveryHead(userID int64, use string, size int64) (int64, string,
 		if err := t.subscribe(userID, name); err != nil && !errors.Is(err, ErrLimit) {
 			return 0, "", h, err
 		}
-		err = t.queryRow("SELECT uidnext, highestmodseq, keywords FROM mailboxes WHERE id = ?", id).Scan(&h.uidnext, &h.modseq, &kw)
+		err = t.queryRow("SELECT uidnext, highestmodseq, keywords FROM mailboxes WHERE id = ?"+t.w.d.forUpdate(), id).Scan(&h.uidnext, &h.modseq, &kw)
 	}
 	if err != nil {
 		return 0, "", h, fmt.Errorf("find %s mailbox: %w", use, err)
@@ -359,13 +366,14 @@ type QueueEntry struct {
 }
 
 func (t *wtx) enqueue(env Envelope, rcpt Recipient, address string, bodyID int64, now time.Time) (int64, error) {
-	res, err := t.exec(`INSERT INTO queue (sender, recipient, domain, body_id, next_attempt, created, env_id, ret, notify, orcpt)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		env.Sender, address, domainOf(address), bodyID, now.UnixNano(), now.UnixNano(), env.EnvID, env.Ret, rcpt.Notify, rcpt.ORcpt)
+	var id int64
+	err := t.queryRow(`INSERT INTO queue (sender, recipient, domain, body_id, next_attempt, created, env_id, ret, notify, orcpt)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`,
+		env.Sender, address, domainOf(address), bodyID, now.UnixNano(), now.UnixNano(), env.EnvID, env.Ret, rcpt.Notify, rcpt.ORcpt).Scan(&id)
 	if err != nil {
 		return 0, fmt.Errorf("queue message for %s: %w", address, err)
 	}
-	return res.LastInsertId()
+	return id, nil
 }
 
 const queueColumns = "q.id, q.sender, q.recipient, q.domain, q.body_id, b.size, q.attempts, q.next_attempt, q.created, q.last_error, q.delay_warned, q.env_id, q.ret, q.notify, q.orcpt"
@@ -416,8 +424,13 @@ func (s *Store) Queue(ctx context.Context, due time.Time, limit int) ([]QueueEnt
 // QueueDefer records a failed attempt and when to try again; delayWarned
 // records that the sender has now been told of the delay (it stays set).
 func (s *Store) QueueDefer(ctx context.Context, id int64, next time.Time, lastError string, delayWarned bool) error {
+	if s.d.pg && !pgText(lastError) {
+		// A remote server's reply may carry any bytes; PostgreSQL text
+		// takes only UTF-8 without NUL.
+		lastError = strings.ToValidUTF8(strings.ReplaceAll(lastError, "\x00", ""), "\uFFFD")
+	}
 	return s.w.do(ctx, func(t *wtx) error {
-		res, err := t.exec("UPDATE queue SET attempts = attempts + 1, next_attempt = ?, last_error = ?, delay_warned = (delay_warned OR ?) WHERE id = ?",
+		res, err := t.exec("UPDATE queue SET attempts = attempts + 1, next_attempt = ?, last_error = ?, delay_warned = CASE WHEN ? != 0 THEN 1 ELSE delay_warned END WHERE id = ?",
 			next.UnixNano(), lastError, delayWarned, id)
 		if err != nil {
 			return fmt.Errorf("defer queue entry %d: %w", id, err)

@@ -76,6 +76,16 @@ func (sub *Subscription) add(c Change) {
 type feed struct {
 	mu   sync.RWMutex
 	subs map[int64]map[*Subscription]struct{}
+	// lastGone, when set, is told that a mailbox lost its last
+	// subscriber (PostgreSQL: stop following it).
+	lastGone func(mailboxID int64)
+}
+
+// has reports whether a mailbox has subscribers.
+func (f *feed) has(mailboxID int64) bool {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return len(f.subs[mailboxID]) > 0
 }
 
 func newFeed() *feed { return &feed{subs: make(map[int64]map[*Subscription]struct{})} }
@@ -92,17 +102,25 @@ func (s *Store) Subscribe(mailboxID int64) *Subscription {
 	}
 	m[sub] = struct{}{}
 	s.feed.mu.Unlock()
+	if s.listen != nil {
+		s.listen.watch(mailboxID)
+	}
 	return sub
 }
 
 func (f *feed) remove(sub *Subscription) {
 	f.mu.Lock()
-	defer f.mu.Unlock()
+	last := false
 	if m := f.subs[sub.MailboxID]; m != nil {
 		delete(m, sub)
 		if len(m) == 0 {
 			delete(f.subs, sub.MailboxID)
+			last = true
 		}
+	}
+	f.mu.Unlock()
+	if last && f.lastGone != nil {
+		f.lastGone(sub.MailboxID)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/postern/postern/mime"
 )
@@ -138,6 +139,12 @@ func (s *Store) indexPending(ctx context.Context) (int, error) {
 		}
 		it := item{id: id}
 		it.text, it.hdr, it.ok = bodyText(data)
+		if s.d.pg && it.ok && !(pgText(it.text) && pgText(it.hdr)) {
+			// PostgreSQL text holds neither NUL nor invalid UTF-8, and
+			// cleaning them would hide matches: not indexed, such a
+			// body stays a candidate for every search.
+			it.ok = false
+		}
 		items = append(items, it)
 	}
 	if len(items) == 0 {
@@ -158,7 +165,7 @@ func (s *Store) indexPending(ctx context.Context) (int, error) {
 			if n, _ := res.RowsAffected(); n == 0 || !it.ok {
 				continue
 			}
-			if _, err := t.exec("INSERT INTO body_text (rowid, text, hdr) VALUES (?, ?, ?)", it.id, it.text, it.hdr); err != nil {
+			if _, err := t.exec("INSERT INTO body_text ("+t.w.d.textKey()+", text, hdr) VALUES (?, ?, ?)", it.id, it.text, it.hdr); err != nil {
 				return fmt.Errorf("index body %d: %w", it.id, err)
 			}
 		}
@@ -194,7 +201,7 @@ func (s *Store) Reindex(ctx context.Context, address string) (int64, error) {
 			sel = "SELECT m.body_id FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id WHERE b.user_id = ?"
 			args = []any{userID}
 		}
-		if _, err := t.exec("DELETE FROM body_text WHERE rowid IN ("+sel+")", args...); err != nil {
+		if _, err := t.exec("DELETE FROM body_text WHERE "+t.w.d.textKey()+" IN ("+sel+")", args...); err != nil {
 			return fmt.Errorf("reindex: %w", err)
 		}
 		res, err := t.exec("UPDATE bodies SET indexed = 0 WHERE id IN ("+sel+")", args...)
@@ -274,6 +281,9 @@ func ftsPhrase(needle string) (string, bool) {
 	}
 	return `"` + strings.ReplaceAll(needle, `"`, `""`) + `"`, true
 }
+
+// pgText reports whether s can be stored as PostgreSQL text as it is.
+func pgText(s string) bool { return utf8.ValidString(s) && !strings.ContainsRune(s, 0) }
 
 // IndexBacklog counts the bodies the full-text indexer has yet to take.
 func (s *Store) IndexBacklog(ctx context.Context) (int64, error) {

@@ -1,14 +1,19 @@
 package mailstore
 
 import (
+	"context"
 	"crypto/sha256"
 	"database/sql"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // setUserVersion stamps a schema version into a database, as a newer
@@ -58,4 +63,135 @@ func snapshot(t *testing.T, dir string) string {
 	}
 	sort.Strings(lines)
 	return strings.Join(lines, "\n")
+}
+
+// testBackend is the backend the suite runs on: TestMain runs every test
+// once on SQLite and, when POSTERN_TEST_POSTGRES_DSN is set, once more on
+// PostgreSQL.
+var testBackend = "sqlite"
+
+// onPostgres reports whether this pass of the suite runs on PostgreSQL.
+func onPostgres() bool { return testBackend == "postgres" }
+
+// sqliteOnly skips a test of SQLite's own file handling (old schema
+// versions, foreign files) in the PostgreSQL pass; those have PostgreSQL
+// counterparts of their own.
+func sqliteOnly(t testing.TB) {
+	t.Helper()
+	if onPostgres() {
+		t.Skip("tests SQLite's file handling; the SQLite pass runs it")
+	}
+}
+
+// testDB is one test's database: a file on SQLite, a fresh database on
+// PostgreSQL. It can be opened, closed and opened again.
+type testDB struct {
+	path string // SQLite
+	dsn  string // PostgreSQL
+}
+
+func newTestDB(t testing.TB) testDB {
+	t.Helper()
+	if onPostgres() {
+		return testDB{dsn: postgresDSN(t)}
+	}
+	return testDB{path: filepath.Join(t.TempDir(), "postern.db")}
+}
+
+// location is what a child process needs to open the database.
+func (d testDB) location() string {
+	if d.dsn != "" {
+		return d.dsn
+	}
+	return d.path
+}
+
+func (d testDB) openErr(opts Options) (*Store, error) {
+	return openLocation(d.location(), opts)
+}
+
+// openLocation opens a file path or a postgres:// DSN.
+func openLocation(loc string, opts Options) (*Store, error) {
+	if strings.HasPrefix(loc, "postgres://") {
+		return OpenPostgres(context.Background(), loc, opts)
+	}
+	return Open(loc, opts)
+}
+
+// open opens the database, failing the test when it cannot.
+func (d testDB) open(t testing.TB, opts Options) *Store {
+	t.Helper()
+	s, err := d.openErr(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// postgresTestEnv names the server tests make their databases on.
+const postgresTestEnv = "POSTERN_TEST_POSTGRES_DSN"
+
+// postgresDSN makes a fresh, empty database on the test server and
+// returns its DSN; the database is dropped at cleanup. Without
+// POSTERN_TEST_POSTGRES_DSN the test is skipped, or fails when
+// POSTERN_REQUIRE_INTEROP=1. (The same contract as
+// storetest.PostgresDSN, which mailstore cannot import.)
+func postgresDSN(t testing.TB) string {
+	t.Helper()
+	base := os.Getenv(postgresTestEnv)
+	if base == "" {
+		if os.Getenv("POSTERN_REQUIRE_INTEROP") == "1" {
+			t.Fatal(postgresTestEnv + " is not set and POSTERN_REQUIRE_INTEROP=1")
+		}
+		t.Skip(postgresTestEnv + " is not set")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, base)
+	if err != nil {
+		t.Fatalf("connect to %s: %v", postgresTestEnv, err)
+	}
+	defer conn.Close(context.Background())
+	name := fmt.Sprintf("postern_test_%x", randomBytes(8))
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		t.Fatalf("create database %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, base)
+		if err != nil {
+			t.Errorf("drop database %s: %v", name, err)
+			return
+		}
+		defer conn.Close(context.Background())
+		if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
+			t.Errorf("drop database %s: %v", name, err)
+		}
+	})
+	u, err := url.Parse(base)
+	if err != nil {
+		t.Fatalf("%s: %v", postgresTestEnv, err)
+	}
+	u.Path = "/" + name
+	return u.String()
+}
+
+// runSuites runs the tests on each backend in turn.
+func runSuites(m *testing.M) int {
+	code := m.Run()
+	if os.Getenv(postgresTestEnv) == "" {
+		if os.Getenv("POSTERN_REQUIRE_INTEROP") == "1" {
+			fmt.Fprintln(os.Stderr, "mailstore: "+postgresTestEnv+" is not set and POSTERN_REQUIRE_INTEROP=1: the PostgreSQL pass cannot run")
+			return 1
+		}
+		fmt.Println("mailstore: " + postgresTestEnv + " is not set: the suite ran on SQLite only")
+		return code
+	}
+	fmt.Println("=== mailstore: the same suite on PostgreSQL")
+	testBackend = "postgres"
+	if c := m.Run(); c != 0 {
+		code = c
+	}
+	return code
 }

@@ -180,7 +180,7 @@ func (t *wtx) sweep(ids []int64) error {
 // takeOrphans returns the bodies whose last reference went in this
 // transaction (so far) and empties the log.
 func (t *wtx) takeOrphans() ([]int64, error) {
-	rows, err := t.query("SELECT body_id FROM temp.orphan_log")
+	rows, err := t.query("SELECT body_id FROM " + t.w.d.orphanLog())
 	if err != nil {
 		return nil, fmt.Errorf("read orphan log: %w", err)
 	}
@@ -198,7 +198,7 @@ func (t *wtx) takeOrphans() ([]int64, error) {
 		return nil, fmt.Errorf("read orphan log: %w", err)
 	}
 	if len(ids) > 0 {
-		if _, err := t.exec("DELETE FROM temp.orphan_log"); err != nil {
+		if _, err := t.exec("DELETE FROM " + t.w.d.orphanLog()); err != nil {
 			return nil, fmt.Errorf("clear orphan log: %w", err)
 		}
 	}
@@ -208,7 +208,7 @@ func (t *wtx) takeOrphans() ([]int64, error) {
 // noteOrphan logs a body that this transaction stored but nothing came to
 // use, so that the sweep deletes it like any other.
 func (t *wtx) noteOrphan(bodyID int64) error {
-	if _, err := t.exec("INSERT OR IGNORE INTO temp.orphan_log (body_id) SELECT id FROM bodies WHERE id = ? AND refs <= 0", bodyID); err != nil {
+	if _, err := t.exec("INSERT INTO "+t.w.d.orphanLog()+" (body_id) SELECT id FROM bodies WHERE id = ? AND refs <= 0 ON CONFLICT DO NOTHING", bodyID); err != nil {
 		return fmt.Errorf("log unreferenced body %d: %w", bodyID, err)
 	}
 	return nil
@@ -224,3 +224,8 @@ CREATE TEMP TRIGGER orphan_logger AFTER UPDATE OF refs ON main.bodies
 	INSERT OR IGNORE INTO orphan_log (body_id) VALUES (NEW.id);
 END;
 `
+
+// pgOrphanLogSchema is orphanLogSchema on PostgreSQL: the trigger is in
+// the schema (postern_body_orphaned) and writes here when this
+// connection has the table.
+const pgOrphanLogSchema = `CREATE TEMP TABLE IF NOT EXISTS orphan_log (body_id BIGINT PRIMARY KEY)`

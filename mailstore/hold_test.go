@@ -10,7 +10,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -29,8 +28,8 @@ func bigMessage(n int) []byte {
 func bodyRows(t testing.TB, s *Store, bodyID int64) int {
 	t.Helper()
 	var n int
-	err := s.rdb.QueryRow(`SELECT (SELECT count(*) FROM bodies WHERE id = ?1) + (SELECT count(*) FROM body_chunks WHERE body_id = ?1)
-		+ (SELECT count(*) FROM body_meta WHERE body_id = ?1)`, bodyID).Scan(&n)
+	err := s.readRow(context.Background(), `SELECT (SELECT count(*) FROM bodies WHERE id = ?) + (SELECT count(*) FROM body_chunks WHERE body_id = ?)
+		+ (SELECT count(*) FROM body_meta WHERE body_id = ?)`, bodyID, bodyID, bodyID).Scan(&n)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,7 +41,7 @@ func bodyRows(t testing.TB, s *Store, bodyID int64) int {
 func unreferenced(t testing.TB, s *Store) int {
 	t.Helper()
 	var n int
-	err := s.rdb.QueryRow(`SELECT (SELECT count(*) FROM bodies b WHERE NOT EXISTS (SELECT 1 FROM messages WHERE body_id = b.id)
+	err := s.readRow(context.Background(), `SELECT (SELECT count(*) FROM bodies b WHERE NOT EXISTS (SELECT 1 FROM messages WHERE body_id = b.id)
 			AND NOT EXISTS (SELECT 1 FROM queue WHERE body_id = b.id))
 		+ (SELECT count(*) FROM body_chunks c WHERE NOT EXISTS (SELECT 1 FROM bodies WHERE id = c.body_id))
 		+ (SELECT count(*) FROM body_meta m WHERE NOT EXISTS (SELECT 1 FROM bodies WHERE id = m.body_id))`).Scan(&n)
@@ -221,10 +220,7 @@ func TestHoldMaxAge(t *testing.T) {
 	var mu sync.Mutex
 	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	s, err := Open(filepath.Join(t.TempDir(), "postern.db"), Options{PasswordCost: FastPasswordHash, Now: clock, HoldMaxAge: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := newTestDB(t).open(t, Options{PasswordCost: FastPasswordHash, Now: clock, HoldMaxAge: time.Hour})
 	defer s.Close()
 	ctx := context.Background()
 	if err := s.AddDomain(ctx, "example.test"); err != nil {
@@ -344,7 +340,7 @@ func TestHoldRace(t *testing.T) {
 const holdChildEnv = "POSTERN_MAILSTORE_HOLD_CHILD"
 
 func holdChild(path string) {
-	s, err := Open(path, Options{PasswordCost: FastPasswordHash})
+	s, err := openLocation(path, Options{PasswordCost: FastPasswordHash})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(3)
@@ -371,11 +367,9 @@ func holdChild(path string) {
 // Open.
 func TestCrashWhileHeldSweepsAtOpen(t *testing.T) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "postern.db")
-	s, err := Open(path, Options{PasswordCost: FastPasswordHash})
-	if err != nil {
-		t.Fatal(err)
-	}
+	tdb := newTestDB(t)
+	path := tdb.location()
+	s := tdb.open(t, Options{PasswordCost: FastPasswordHash})
 	if err := s.AddDomain(ctx, "example.test"); err != nil {
 		t.Fatal(err)
 	}
@@ -406,7 +400,11 @@ func TestCrashWhileHeldSweepsAtOpen(t *testing.T) {
 	cmd.Process.Signal(syscall.SIGKILL)
 	cmd.Wait()
 	// The child's Hold kept the three bodies: they are in the file.
-	db, err := sql.Open("sqlite", "file:"+path+"?mode=ro")
+	driver, dsn := "sqlite", "file:"+path+"?mode=ro"
+	if onPostgres() {
+		driver, dsn = "pgx", path
+	}
+	db, err := sql.Open(driver, dsn)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -417,10 +415,7 @@ func TestCrashWhileHeldSweepsAtOpen(t *testing.T) {
 		t.Fatalf("%d unreferenced bodies left by the killed process (%v), want 3", kept, err)
 	}
 
-	s, err = Open(path, Options{PasswordCost: FastPasswordHash})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s = tdb.open(t, Options{PasswordCost: FastPasswordHash})
 	defer s.Close()
 	if err := s.IntegrityCheck(ctx); err != nil {
 		t.Fatal(err)
@@ -469,7 +464,7 @@ func TestHoldCoversCascadedDeletes(t *testing.T) {
 		t.Fatalf("%d unreferenced rows after the Hold closed", n)
 	}
 	var n int
-	if err := s.rdb.QueryRow("SELECT count(*) FROM bodies").Scan(&n); err != nil || n != 0 {
+	if err := s.readRow(context.Background(), "SELECT count(*) FROM bodies").Scan(&n); err != nil || n != 0 {
 		t.Fatalf("%d bodies left (%v)", n, err)
 	}
 }

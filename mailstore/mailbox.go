@@ -137,7 +137,8 @@ func (s *Store) MailboxByID(ctx context.Context, id int64) (Mailbox, error) {
 func (s *Store) Status(ctx context.Context, mailboxID int64) (MailboxStatus, error) {
 	var st MailboxStatus
 	err := s.readRow(ctx, `SELECT b.uidnext, b.uidvalidity, b.highestmodseq,
-		count(m.id), coalesce(sum(m.flags & ? = 0), 0), coalesce(sum(m.flags & ? != 0), 0), coalesce(sum(m.size), 0)
+		count(m.id), coalesce(sum(CASE WHEN m.flags & ? = 0 THEN 1 ELSE 0 END), 0),
+		coalesce(sum(CASE WHEN m.flags & ? != 0 THEN 1 ELSE 0 END), 0), CAST(coalesce(sum(m.size), 0) AS BIGINT)
 		FROM mailboxes b LEFT JOIN messages m ON m.mailbox_id = b.id WHERE b.id = ? GROUP BY b.id`,
 		flagSeen, flagDeleted, mailboxID).Scan(&st.UIDNext, &st.UIDValidity, &st.HighestModSeq,
 		&st.Messages, &st.Unseen, &st.Deleted, &st.Size)
@@ -221,12 +222,9 @@ func (t *wtx) createMailbox(userID int64, name, specialUse string, subscribed bo
 	case !isNoRows(err):
 		return 0, err
 	}
-	res, err := t.exec("INSERT INTO mailboxes (user_id, name, uidvalidity, special_use) VALUES (?, ?, ?, ?)",
-		userID, name, uidvalidity, specialUse)
-	if err != nil {
-		return 0, err
-	}
-	return res.LastInsertId()
+	err = t.queryRow("INSERT INTO mailboxes (user_id, name, uidvalidity, special_use) VALUES (?, ?, ?, ?) RETURNING id",
+		userID, name, uidvalidity, specialUse).Scan(&id)
+	return id, err
 }
 
 // DeleteMailbox deletes a mailbox and its messages (RFC 3501 6.3.4). A
@@ -476,7 +474,7 @@ func (s *Store) ClaimRecent(ctx context.Context, mailboxID int64) (first, last u
 		return uidnext, uidnext - 1, nil
 	}
 	err = s.w.do(ctx, func(t *wtx) error {
-		err := t.queryRow("SELECT recent_uid, uidnext FROM mailboxes WHERE id = ?", mailboxID).Scan(&mark, &uidnext)
+		err := t.queryRow("SELECT recent_uid, uidnext FROM mailboxes WHERE id = ?"+t.w.d.forUpdate(), mailboxID).Scan(&mark, &uidnext)
 		if isNoRows(err) {
 			return fmt.Errorf("claim recent in mailbox %d: %w", mailboxID, ErrNotFound)
 		}

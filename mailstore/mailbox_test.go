@@ -398,7 +398,7 @@ func TestAliasesAndQueue(t *testing.T) {
 	}
 	s.sweepNow(t)
 	var bodies int
-	s.rdb.QueryRow("SELECT count(*) FROM bodies").Scan(&bodies)
+	s.readRow(context.Background(), "SELECT count(*) FROM bodies").Scan(&bodies)
 	if bodies != 0 {
 		t.Errorf("%d orphan bodies", bodies)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -439,20 +440,36 @@ func toCRLF(b []byte) []byte {
 // new. Its reference count is raised by the message or queue row that uses
 // it (triggers).
 func (t *wtx) storeBody(b preparedBody) (int64, error) {
-	res, err := t.exec("INSERT INTO bodies (sha256, size) VALUES (?, ?) ON CONFLICT (sha256) DO NOTHING", b.sum[:], len(b.data))
-	if err != nil {
-		return 0, fmt.Errorf("insert body: %w", err)
-	}
 	var id int64
-	if n, _ := res.RowsAffected(); n == 0 {
-		// Stored before: share it.
-		if err := t.queryRow("SELECT id FROM bodies WHERE sha256 = ?", b.sum[:]).Scan(&id); err != nil {
-			return 0, fmt.Errorf("find body: %w", err)
+	var inserted bool
+	if t.w.d.pg {
+		// The conflict path locks the existing row, so that another
+		// frontend's sweep (DELETE ... WHERE refs <= 0) waits for this
+		// transaction and then finds the body referenced again; xmax is
+		// 0 only on a row this statement inserted.
+		err := t.queryRow(`INSERT INTO bodies (sha256, size) VALUES (?, ?)
+			ON CONFLICT (sha256) DO UPDATE SET size = bodies.size RETURNING id, xmax = 0`, b.sum[:], len(b.data)).Scan(&id, &inserted)
+		if err != nil {
+			return 0, fmt.Errorf("insert body: %w", err)
 		}
-		return id, nil
+	} else {
+		res, err := t.exec("INSERT INTO bodies (sha256, size) VALUES (?, ?) ON CONFLICT (sha256) DO NOTHING", b.sum[:], len(b.data))
+		if err != nil {
+			return 0, fmt.Errorf("insert body: %w", err)
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			// Stored before: share it.
+			if err := t.queryRow("SELECT id FROM bodies WHERE sha256 = ?", b.sum[:]).Scan(&id); err != nil {
+				return 0, fmt.Errorf("find body: %w", err)
+			}
+		} else if id, err = res.LastInsertId(); err != nil {
+			return 0, fmt.Errorf("insert body: %w", err)
+		} else {
+			inserted = true
+		}
 	}
-	if id, err = res.LastInsertId(); err != nil {
-		return 0, fmt.Errorf("insert body: %w", err)
+	if !inserted {
+		return id, nil
 	}
 	t.afterCommit(t.w.indexKick) // the indexer takes it from here
 	for seq, off := 0, 0; off < len(b.data) || seq == 0; seq, off = seq+1, off+chunkSize {
@@ -476,7 +493,7 @@ type mailboxHead struct {
 func (t *wtx) head(mailboxID int64) (mailboxHead, error) {
 	var h mailboxHead
 	var kw string
-	err := t.queryRow("SELECT user_id, uidnext, highestmodseq, noselect, keywords FROM mailboxes WHERE id = ?", mailboxID).
+	err := t.queryRow("SELECT user_id, uidnext, highestmodseq, noselect, keywords FROM mailboxes WHERE id = ?"+t.w.d.forUpdate(), mailboxID).
 		Scan(&h.userID, &h.uidnext, &h.modseq, &h.noselect, &kw)
 	if isNoRows(err) {
 		return h, fmt.Errorf("mailbox %d: %w", mailboxID, ErrNotFound)
@@ -567,7 +584,7 @@ func (s *Store) Append(ctx context.Context, mailboxID int64, flags []string, dat
 	}
 	body := prepareBody(msg)
 	m := Message{MailboxID: mailboxID, Flags: flagList(bits, keywords), InternalDate: date.UTC(), Size: int64(len(body.data))}
-	err = s.w.do(ctx, func(t *wtx) error {
+	err = s.w.doLocked(ctx, lockHint{mailboxes: []int64{mailboxID}}, func(t *wtx) error {
 		h, err := t.head(mailboxID)
 		if err != nil {
 			return fmt.Errorf("append: %w", err)
@@ -599,7 +616,7 @@ func (s *Store) StoreFlags(ctx context.Context, mailboxID int64, set UIDSet, op 
 		return nil, fmt.Errorf("store flags in mailbox %d: %w", mailboxID, err)
 	}
 	var out []Message
-	err = s.w.do(ctx, func(t *wtx) error {
+	err = s.w.doLocked(ctx, lockHint{mailboxes: []int64{mailboxID}}, func(t *wtx) error {
 		out = out[:0]
 		h, err := t.head(mailboxID)
 		if err != nil {
@@ -707,7 +724,7 @@ func (s *Store) Move(ctx context.Context, srcID int64, set UIDSet, dstID int64) 
 
 func (s *Store) copyOrMove(ctx context.Context, srcID int64, set UIDSet, dstID int64, move bool) ([]UIDPair, error) {
 	var pairs []UIDPair
-	err := s.w.do(ctx, func(t *wtx) error {
+	err := s.w.doLocked(ctx, lockHint{mailboxes: []int64{srcID, dstID}}, func(t *wtx) error {
 		var err error
 		pairs, err = t.copyMessages(srcID, set, dstID, move)
 		return err
@@ -752,12 +769,14 @@ func (t *wtx) copyMessages(srcID int64, set UIDSet, dstID int64, move bool) ([]U
 		return nil, err
 	}
 	pairs := make([]UIDPair, len(msgs))
+	copies := make([]Message, len(msgs))
 	for i, m := range msgs {
-		bits, kw, _ := parseFlags(m.Flags)
 		pairs[i] = UIDPair{Src: m.UID, Dst: first + uint32(i)}
-		if err := t.insertMessage(dstID, pairs[i].Dst, h.modseq, bits, kw, m.InternalDate, m.Size, m.BodyID); err != nil {
-			return nil, err
-		}
+		m.MailboxID, m.UID, m.ModSeq = dstID, pairs[i].Dst, h.modseq
+		copies[i] = m
+	}
+	if err := t.insertMessages(copies); err != nil {
+		return nil, err
 	}
 	if move {
 		uids := make([]uint32, len(msgs))
@@ -775,7 +794,7 @@ func (t *wtx) copyMessages(srcID int64, set UIDSet, dstID int64, move bool) ([]U
 // set is not nil (UID EXPUNGE), and returns their UIDs in order.
 func (s *Store) Expunge(ctx context.Context, mailboxID int64, set UIDSet) ([]uint32, error) {
 	var out []uint32
-	err := s.w.do(ctx, func(t *wtx) error {
+	err := s.w.doLocked(ctx, lockHint{mailboxes: []int64{mailboxID}}, func(t *wtx) error {
 		msgs, err := t.messages(mailboxID, set)
 		if err != nil {
 			return fmt.Errorf("expunge mailbox %d: %w", mailboxID, err)
@@ -796,7 +815,7 @@ func (s *Store) Expunge(ctx context.Context, mailboxID int64, set UIDSet) ([]uin
 // UPDATE state), and returns the UIDs that were there.
 func (s *Store) DeleteMessages(ctx context.Context, mailboxID int64, uids []uint32) ([]uint32, error) {
 	var out []uint32
-	err := s.w.do(ctx, func(t *wtx) error {
+	err := s.w.doLocked(ctx, lockHint{mailboxes: []int64{mailboxID}}, func(t *wtx) error {
 		var err error
 		out, err = t.removeMessages(mailboxID, uids)
 		return err
@@ -810,27 +829,56 @@ func (t *wtx) removeMessages(mailboxID int64, uids []uint32) ([]uint32, error) {
 	}
 	sorted := append([]uint32(nil), uids...)
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i] < sorted[j] })
+	sorted = slices.Compact(sorted)
 	h, err := t.head(mailboxID)
 	if err != nil && !errors.Is(err, ErrNoSelect) {
 		return nil, fmt.Errorf("expunge: %w", err)
 	}
 	modseq := h.modseq + 1
+	at := t.w.now().Unix()
 	var gone []uint32
-	for i, uid := range sorted {
-		if i > 0 && uid == sorted[i-1] {
-			continue
+	// In chunks, each one statement: on PostgreSQL every statement
+	// updates the user's usage row once (statement triggers), and a row
+	// updated thousands of times in one transaction gets slow.
+	for len(sorted) > 0 {
+		chunk := sorted[:min(len(sorted), maxRowsPerStatement)]
+		sorted = sorted[len(chunk):]
+		args := []any{mailboxID}
+		for _, uid := range chunk {
+			args = append(args, uid)
 		}
-		res, err := t.exec("DELETE FROM messages WHERE mailbox_id = ? AND uid = ?", mailboxID, uid)
+		rows, err := t.query("DELETE FROM messages WHERE mailbox_id = ? AND uid IN ("+strings.Repeat("?, ", len(chunk)-1)+"?) RETURNING uid", args...)
 		if err != nil {
-			return nil, fmt.Errorf("expunge uid %d from mailbox %d: %w", uid, mailboxID, err)
+			return nil, fmt.Errorf("expunge %d uids from mailbox %d: %w", len(chunk), mailboxID, err)
 		}
-		if n, _ := res.RowsAffected(); n == 0 {
+		var removed []uint32
+		for rows.Next() {
+			var uid uint32
+			if err := rows.Scan(&uid); err != nil {
+				rows.Close()
+				return nil, fmt.Errorf("expunge from mailbox %d: %w", mailboxID, err)
+			}
+			removed = append(removed, uid)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, fmt.Errorf("expunge from mailbox %d: %w", mailboxID, err)
+		}
+		if len(removed) == 0 {
 			continue
 		}
-		if _, err := t.exec("INSERT INTO expunged (mailbox_id, uid, modseq) VALUES (?, ?, ?)", mailboxID, uid, modseq); err != nil {
-			return nil, fmt.Errorf("record expunge of uid %d: %w", uid, err)
+		slices.Sort(removed)
+		args = args[:0]
+		for _, uid := range removed {
+			args = append(args, mailboxID, uid, modseq, at)
 		}
-		gone = append(gone, uid)
+		if _, err := t.exec("INSERT INTO expunged (mailbox_id, uid, modseq, at) VALUES "+valueRows(len(removed), 4), args...); err != nil {
+			return nil, fmt.Errorf("record expunge of %d uids from mailbox %d: %w", len(removed), mailboxID, err)
+		}
+		gone = append(gone, removed...)
+	}
+	slices.Sort(gone)
+	for _, uid := range gone {
 		t.notify(Change{MailboxID: mailboxID, Kind: ChangeExpunged, UID: uid, ModSeq: modseq})
 	}
 	if len(gone) > 0 {
@@ -839,6 +887,39 @@ func (t *wtx) removeMessages(mailboxID int64, uids []uint32) ([]uint32, error) {
 		}
 	}
 	return gone, nil
+}
+
+// maxRowsPerStatement bounds the rows one multi-row statement writes
+// (8 values a message row: well within both engines' limits on
+// parameters).
+const maxRowsPerStatement = 500
+
+// valueRows is n rows of cols placeholders each, for a VALUES list.
+func valueRows(n, cols int) string {
+	row := "(" + strings.Repeat("?, ", cols-1) + "?)"
+	return strings.Repeat(row+", ", n-1) + row
+}
+
+// insertMessages adds messages (MailboxID, UID, ModSeq set; UIDs already
+// taken with bump) in as few statements as the bounds allow.
+func (t *wtx) insertMessages(msgs []Message) error {
+	for len(msgs) > 0 {
+		chunk := msgs[:min(len(msgs), maxRowsPerStatement)]
+		msgs = msgs[len(chunk):]
+		args := make([]any, 0, 8*len(chunk))
+		for _, m := range chunk {
+			bits, kw, _ := parseFlags(m.Flags)
+			args = append(args, m.MailboxID, m.UID, m.ModSeq, bits, joinKeywords(kw), m.InternalDate.UnixNano(), m.Size, m.BodyID)
+		}
+		if _, err := t.exec("INSERT INTO messages (mailbox_id, uid, modseq, flags, keywords, internal_date, size, body_id) VALUES "+
+			valueRows(len(chunk), 8), args...); err != nil {
+			return fmt.Errorf("insert %d messages in mailbox %d: %w", len(chunk), chunk[0].MailboxID, err)
+		}
+		for _, m := range chunk {
+			t.notify(Change{MailboxID: m.MailboxID, Kind: ChangeAdded, UID: m.UID, ModSeq: m.ModSeq, Flags: m.Flags})
+		}
+	}
+	return nil
 }
 
 // maxBodyMeta bounds one piece of derived data kept for a body.

@@ -3,7 +3,6 @@ package mailstore
 import (
 	"context"
 	"errors"
-	"path/filepath"
 	"testing"
 	"time"
 )
@@ -12,11 +11,8 @@ import (
 // reopened, and a new fetch replaces it.
 func TestMTASTSPolicyPersists(t *testing.T) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "p.db")
-	s, err := Open(path, Options{PasswordCost: FastPasswordHash})
-	if err != nil {
-		t.Fatal(err)
-	}
+	db := newTestDB(t)
+	s := db.open(t, Options{PasswordCost: FastPasswordHash})
 	if _, err := s.MTASTSPolicyOf(ctx, "beta.test"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("policy before any: %v, want ErrNotFound", err)
 	}
@@ -26,10 +22,7 @@ func TestMTASTSPolicyPersists(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Close()
-	s, err = Open(path, Options{PasswordCost: FastPasswordHash})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s = db.open(t, Options{PasswordCost: FastPasswordHash})
 	defer s.Close()
 	got, err := s.MTASTSPolicyOf(ctx, "beta.test")
 	if err != nil {

@@ -129,6 +129,7 @@ func TestClaimRecentConcurrent(t *testing.T) {
 // A version-3 store is migrated: its mail is not new, new mail is, and an
 // expunged body now waits for the sessions that hold it.
 func TestMigratesFromVersion3(t *testing.T) {
+	sqliteOnly(t)
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "postern.db")
 	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=foreign_keys(1)")

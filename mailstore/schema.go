@@ -246,6 +246,26 @@ CREATE TABLE mtasts_policies (
 	`
 ALTER TABLE users ADD COLUMN admin INTEGER NOT NULL DEFAULT 0;
 `,
+	// 11: expunged rows are tombstones the change feed reads (on
+	// PostgreSQL, other frontends learn of an expunge from them): when
+	// the expunge happened (unix seconds; 0 for those before this
+	// version), so that old ones can go, and indexes to read a mailbox's
+	// changes since a MODSEQ.
+	// Also the POP3 maildrop leases (RFC 1939 8: one session at a time
+	// per maildrop) that hold across frontends: a row per locked
+	// maildrop, with the holder's token and when the lease ends unless
+	// renewed (unix nanoseconds).
+	`
+ALTER TABLE expunged ADD COLUMN at INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX expunged_modseq ON expunged (mailbox_id, modseq);
+CREATE INDEX messages_modseq ON messages (mailbox_id, modseq);
+CREATE TABLE maildrop_leases (
+	user_id INTEGER PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
+	holder  TEXT NOT NULL,
+	token   BLOB NOT NULL,
+	expires INTEGER NOT NULL
+);
+`,
 }
 
 // migrate applies the migrations the database has not seen yet.

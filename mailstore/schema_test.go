@@ -12,6 +12,7 @@ import (
 // A database left at an older schema version is migrated on open, with its
 // data kept.
 func TestMigratesOlderSchema(t *testing.T) {
+	sqliteOnly(t)
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "postern.db")
 	db, err := sql.Open("sqlite", "file:"+path)

@@ -50,14 +50,14 @@ const (
 // is carried by no message. Criteria nested more than 100 deep or with
 // more than 4096 values fail with ErrLimit.
 func (s *Store) Search(ctx context.Context, mailboxID int64, c *SearchCriteria) ([]Message, error) {
-	var b searchSQL
+	b := searchSQL{d: s.d}
 	if err := b.add(c, 0, false); err != nil {
 		return nil, fmt.Errorf("search mailbox %d: %w", mailboxID, err)
 	}
 	where := b.sb.String()
 	args := append([]any{mailboxID}, b.args...)
 	// Not prepared once: the statement differs with each search.
-	rows, err := s.rdb.QueryContext(ctx, "SELECT "+messageColumns+" FROM messages WHERE mailbox_id = ? AND "+where+" ORDER BY uid", args...)
+	rows, err := s.rdb.QueryContext(ctx, s.d.rebind("SELECT "+messageColumns+" FROM messages WHERE mailbox_id = ? AND "+where+" ORDER BY uid"), s.d.args(args)...)
 	if err != nil {
 		return nil, fmt.Errorf("search mailbox %d: %w", mailboxID, err)
 	}
@@ -78,6 +78,7 @@ func (s *Store) Search(ctx context.Context, mailboxID int64, c *SearchCriteria) 
 
 // searchSQL builds the WHERE expression of a search.
 type searchSQL struct {
+	d    *dialect
 	sb   strings.Builder
 	args []any
 }
@@ -95,7 +96,7 @@ func (b *searchSQL) add(c *SearchCriteria, depth int, negated bool) error {
 	if depth > maxSearchDepth {
 		return fmt.Errorf("%w: search nested more than %d deep", ErrLimit, maxSearchDepth)
 	}
-	b.sb.WriteString("(1")
+	b.sb.WriteString("(1=1")
 	and := func(expr string, args ...any) error {
 		b.sb.WriteString(" AND ")
 		b.sb.WriteString(expr)
@@ -113,7 +114,7 @@ func (b *searchSQL) add(c *SearchCriteria, depth int, negated bool) error {
 	}
 	for i, list := range [][]string{c.Flag, c.NotFlag} {
 		for _, f := range list {
-			expr, arg := flagSQL(f)
+			expr, arg := flagSQL(b.d, f)
 			if i == 1 {
 				expr = "NOT " + expr
 			}
@@ -140,14 +141,15 @@ func (b *searchSQL) add(c *SearchCriteria, depth int, negated bool) error {
 	}
 	if c.ModSeq != 0 {
 		if c.ModSeq > math.MaxInt64 {
-			b.sb.WriteString(" AND 0")
+			b.sb.WriteString(" AND 1=0")
 		} else if err := and("modseq >= ?", int64(c.ModSeq)); err != nil {
 			return err
 		}
 	}
 	for i, list := range [][]string{c.MayContain, c.HeaderMayContain} {
 		for _, needle := range list {
-			phrase, ok := ftsPhrase(strings.ToLower(needle))
+			lower := strings.ToLower(needle)
+			phrase, ok := ftsPhrase(lower)
 			if !ok {
 				continue
 			}
@@ -157,6 +159,18 @@ func (b *searchSQL) add(c *SearchCriteria, depth int, negated bool) error {
 			column := "text"
 			if i == 1 {
 				column = "hdr"
+			}
+			if b.d.pg && !pgText(lower) {
+				continue // no indexed text holds it: the matcher decides
+			}
+			if b.d.pg {
+				// pg_trgm's indexes answer LIKE; the text is lower-cased
+				// already, as the needle is.
+				if err := and("((SELECT indexed FROM bodies WHERE id = body_id) != ? OR body_id IN (SELECT body_id FROM body_text WHERE "+column+" LIKE ? ESCAPE '\\'))",
+					textIndexVersion, "%"+escapeLike(lower)+"%"); err != nil {
+					return err
+				}
+				continue
 			}
 			if err := and("((SELECT indexed FROM bodies WHERE id = body_id) != ? OR body_id IN (SELECT rowid FROM body_text WHERE body_text MATCH ?))",
 				textIndexVersion, column+" : "+phrase); err != nil {
@@ -203,14 +217,14 @@ func (b *searchSQL) add(c *SearchCriteria, depth int, negated bool) error {
 // sqlBool is a constant term of the conjunction.
 func sqlBool(v bool) string {
 	if v {
-		return " AND 1"
+		return " AND 1=1"
 	}
-	return " AND 0"
+	return " AND 1=0"
 }
 
 // uidSet writes "the UID is in set".
 func (b *searchSQL) uidSet(set UIDSet) error {
-	b.sb.WriteString(" AND (0")
+	b.sb.WriteString(" AND (1=0")
 	for _, r := range set {
 		lo, hi := r.Start, r.Stop
 		if hi == 0 {
@@ -234,19 +248,19 @@ func (b *searchSQL) uidSet(set UIDSet) error {
 // flagSQL is the test for one flag: a bit of flags for a system flag, a
 // whole word of keywords for a keyword (keywords hold no spaces and are
 // ASCII, so lower() folds them as HasFlag does), false for anything else.
-func flagSQL(f string) (string, any) {
+func flagSQL(d *dialect, f string) (string, any) {
 	if strings.HasPrefix(f, `\`) {
 		for _, sf := range systemFlags {
 			if strings.EqualFold(f, sf.name) {
 				return fmt.Sprintf("(flags & %d != 0)", sf.bit), nil
 			}
 		}
-		return "0", nil
+		return "1=0", nil
 	}
 	if _, kw, err := parseFlags([]string{f}); err != nil || len(kw) != 1 {
-		return "0", nil
+		return "1=0", nil
 	}
-	return "(instr(' ' || lower(keywords) || ' ', ?) > 0)", " " + strings.ToLower(f) + " "
+	return "(" + d.instr("' ' || lower(keywords) || ' '", "?") + " > 0)", " " + strings.ToLower(f) + " "
 }
 
 // dayNanos is the first instant of t's day (its date, whatever its zone)

@@ -82,13 +82,47 @@ func TestSearchEdges(t *testing.T) {
 // body.
 func TestSearchFullText(t *testing.T) {
 	ctx := context.Background()
+	old := "Subject: before the index\r\n\r\nold words\r\n"
+	sum := sha256.Sum256([]byte(old))
+	var s *Store
+	if onPostgres() {
+		// A body the index has not taken, as one stored before it.
+		s = newTestDB(t).open(t, Options{PasswordCost: FastPasswordHash, noIndexer: true})
+		err := s.w.do(ctx, func(t *wtx) error {
+			for _, q := range []string{"INSERT INTO domains (name) VALUES ('example.test')",
+				"INSERT INTO users (address, password_hash, created) VALUES ('u@example.test', 'x', 0)",
+				"INSERT INTO mailboxes (user_id, name, uidvalidity, uidnext) VALUES (1, 'INBOX', 7, 2)"} {
+				if _, err := t.exec(q); err != nil {
+					return err
+				}
+			}
+			if _, err := t.exec("INSERT INTO bodies (sha256, size) VALUES (?, ?)", sum[:], len(old)); err != nil {
+				return err
+			}
+			if _, err := t.exec("INSERT INTO body_chunks (body_id, seq, data) VALUES (1, 0, ?)", []byte(old)); err != nil {
+				return err
+			}
+			_, err := t.exec("INSERT INTO messages (mailbox_id, uid, modseq, internal_date, size, body_id) VALUES (1, 1, 1, 0, ?, 1)", len(old))
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		s = openPreIndexSQLite(t, old, sum)
+	}
+	defer s.Close()
+	testSearchFullText(t, s)
+}
+
+// openPreIndexSQLite makes a SQLite store at version 7 holding one
+// message, old, and opens it (upgrading it).
+func openPreIndexSQLite(t *testing.T, old string, sum [32]byte) *Store {
 	path := filepath.Join(t.TempDir(), "postern.db")
 	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=foreign_keys(1)")
 	if err != nil {
 		t.Fatal(err)
 	}
-	old := "Subject: before the index\r\n\r\nold words\r\n"
-	sum := sha256.Sum256([]byte(old))
 	stmts := append([]string{}, migrations[:7]...)
 	stmts = append(stmts, "PRAGMA user_version = 7", fmt.Sprintf("PRAGMA application_id = %d", applicationID),
 		"INSERT INTO domains (name) VALUES ('example.test')",
@@ -113,7 +147,11 @@ func TestSearchFullText(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
+	return s
+}
+
+func testSearchFullText(t *testing.T, s *Store) {
+	ctx := context.Background()
 	for i, m := range []string{
 		"From: =?utf-8?q?J=C3=BCrgen?= <jm@example.de>\r\nSubject: =?iso-8859-1?q?Caf=E9_noir?=\r\n\r\nUn caf=E9\r\n",
 		"From: b@example.test\r\nSubject: other\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\nR3LDvMOfZSBhdXMgS8O2bG4=\r\n",

@@ -80,12 +80,35 @@ type Options struct {
 	// means 24 hours.
 	HoldMaxAge time.Duration
 
+	// OnCommit, when set, is called by the writer after each write
+	// transaction (group commit) with its size and latency, for metrics.
+	// It must not block.
+	OnCommit func(CommitInfo)
+
 	noIndexer bool // tests that drive the full-text indexer themselves
+}
+
+// CommitInfo describes one write transaction: how many requests shared
+// it, how long it took from BEGIN to the end of COMMIT, and its error.
+type CommitInfo struct {
+	Requests int
+	Duration time.Duration
+	Err      error
+}
+
+// BackendInfo describes the database under a Store.
+type BackendInfo struct {
+	Backend       string // "sqlite" or "postgres"
+	ServerVersion string // sqlite_version(), or PostgreSQL's server_version
+	SchemaVersion int
 }
 
 // Store is an open mailstore. It is safe for concurrent use.
 type Store struct {
+	d      *dialect
 	path   string
+	dsn    string // PostgreSQL only
+	trgm   bool   // PostgreSQL: body_text has its trigram indexes
 	log    *slog.Logger
 	now    func() time.Time
 	cost   PasswordCost
@@ -99,6 +122,9 @@ type Store struct {
 	once   sync.Once
 
 	indexDone chan struct{} // closed when the full-text indexer has stopped
+
+	onCommit func(CommitInfo)
+	listen   *pgListener // PostgreSQL: the change feed across frontends
 }
 
 // sqliteMagic starts every SQLite 3 database file.
@@ -115,22 +141,6 @@ func Open(path string, opts Options) (*Store, error) {
 	if err := checkFile(path); err != nil {
 		return nil, err
 	}
-	s := &Store{
-		path:   path,
-		log:    opts.Logger,
-		now:    opts.Now,
-		cost:   opts.PasswordCost,
-		feed:   newFeed(),
-		auth:   newAuthCache(),
-		closed: make(chan struct{}),
-		rstmts: make(map[string]*sql.Stmt),
-	}
-	if s.log == nil {
-		s.log = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
-	if s.now == nil {
-		s.now = time.Now
-	}
 	wdb, err := sql.Open("sqlite", dsn(path, false))
 	if err != nil {
 		return nil, fmt.Errorf("open mailstore %s: %w", path, err)
@@ -143,28 +153,71 @@ func Open(path string, opts Options) (*Store, error) {
 		wdb.Close()
 		return nil, fmt.Errorf("open mailstore %s: %w", path, err)
 	}
-	// No Hold survives a restart: bodies left without a reference (kept
-	// for sessions, or by a crash before their sweep) go now.
-	if _, err := wdb.Exec("DELETE FROM bodies WHERE refs <= 0"); err != nil {
-		wdb.Close()
-		return nil, fmt.Errorf("open mailstore %s: delete unreferenced bodies: %w", path, err)
-	}
-	s.rdb, err = sql.Open("sqlite", dsn(path, true))
+	rdb, err := sql.Open("sqlite", dsn(path, true))
 	if err != nil {
 		wdb.Close()
 		return nil, fmt.Errorf("open mailstore %s: %w", path, err)
 	}
-	s.rdb.SetMaxOpenConns(maxReaders)
-	s.rdb.SetMaxIdleConns(maxReaders)
+	rdb.SetMaxOpenConns(maxReaders)
+	rdb.SetMaxIdleConns(maxReaders)
+	s := newStore(sqliteDialect, path, opts)
+	if err := s.start(wdb, rdb, opts); err != nil {
+		return nil, fmt.Errorf("open mailstore %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// newStore makes a Store's in-memory parts.
+func newStore(d *dialect, path string, opts Options) *Store {
+	s := &Store{
+		d:        d,
+		path:     path,
+		log:      opts.Logger,
+		now:      opts.Now,
+		cost:     opts.PasswordCost,
+		feed:     newFeed(),
+		auth:     newAuthCache(),
+		closed:   make(chan struct{}),
+		rstmts:   make(map[string]*sql.Stmt),
+		onCommit: opts.OnCommit,
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	return s
+}
+
+// start runs a Store on its migrated databases: wdb for the writer (one
+// connection), rdb for readers. It closes both when it fails.
+func (s *Store) start(wdb, rdb *sql.DB, opts Options) error {
+	s.rdb = rdb
+	// No Hold survives a restart: bodies left without a reference (kept
+	// for sessions, or by a crash before their sweep) go now. On
+	// PostgreSQL other frontends may be running: their bodies in use
+	// have refs > 0, and one being shared right now is locked by the
+	// sharing transaction (storeBody), which this delete waits for.
+	if _, err := wdb.Exec("DELETE FROM bodies WHERE refs <= 0"); err != nil {
+		rdb.Close()
+		wdb.Close()
+		return fmt.Errorf("delete unreferenced bodies: %w", err)
+	}
 	maxAge := opts.HoldMaxAge
 	if maxAge <= 0 {
 		maxAge = defaultHoldMaxAge
 	}
-	s.w, err = newWriter(wdb, s.feed, s.log, s.now, maxAge)
+	var err error
+	s.w, err = newWriter(s, wdb, maxAge)
 	if err != nil {
-		s.rdb.Close()
+		rdb.Close()
 		wdb.Close()
-		return nil, fmt.Errorf("open mailstore %s: %w", path, err)
+		return err
+	}
+	if s.d.pg {
+		s.listen = newPGListener(s)
+		s.feed.lastGone = s.listen.unwatch
 	}
 	s.indexDone = make(chan struct{})
 	if opts.noIndexer {
@@ -172,7 +225,7 @@ func Open(path string, opts Options) (*Store, error) {
 	} else {
 		go s.runIndexer()
 	}
-	return s, nil
+	return nil
 }
 
 func dsn(path string, readOnly bool) string {
@@ -243,6 +296,9 @@ func (s *Store) Close() error {
 	s.once.Do(func() {
 		close(s.closed)
 		<-s.indexDone
+		if s.listen != nil {
+			s.listen.stop()
+		}
 		err = s.w.close()
 		s.rmu.Lock()
 		for _, st := range s.rstmts {
@@ -264,7 +320,7 @@ func (s *Store) readStmt(ctx context.Context, query string) (*sql.Stmt, error) {
 	if st, ok := s.rstmts[query]; ok {
 		return st, nil
 	}
-	st, err := s.rdb.PrepareContext(ctx, query)
+	st, err := s.rdb.PrepareContext(ctx, s.d.rebind(query))
 	if err != nil {
 		return nil, fmt.Errorf("prepare %q: %w", query, err)
 	}
@@ -278,7 +334,7 @@ func (s *Store) read(ctx context.Context, query string, args ...any) (*sql.Rows,
 	if err != nil {
 		return nil, err
 	}
-	return st.QueryContext(ctx, args...)
+	return st.QueryContext(ctx, s.d.args(args)...)
 }
 
 // readRow runs a single-row query on the reader pool.
@@ -287,15 +343,47 @@ func (s *Store) readRow(ctx context.Context, query string, args ...any) row {
 	if err != nil {
 		return row{err: err}
 	}
-	return row{r: st.QueryRowContext(ctx, args...)}
+	return row{r: st.QueryRowContext(ctx, s.d.args(args)...)}
 }
 
-// Path is the database file.
+// Path is the database file ("" on PostgreSQL).
 func (s *Store) Path() string { return s.path }
 
-// IntegrityCheck runs SQLite's integrity_check and returns nil when it says ok.
+// Backend is "sqlite" or "postgres".
+func (s *Store) Backend() string { return s.d.name() }
+
+// Describe reports the backend, its server's version and the schema
+// version (for postern config check).
+func (s *Store) Describe(ctx context.Context) (BackendInfo, error) {
+	info := BackendInfo{Backend: s.Backend()}
+	var err error
+	if s.d.pg {
+		if info.ServerVersion, err = pgServerVersion(ctx, s); err != nil {
+			return info, fmt.Errorf("describe store: server version: %w", err)
+		}
+		err = s.readRow(ctx, "SELECT value FROM meta WHERE key = 'schema_version'").Scan(&info.SchemaVersion)
+	} else {
+		if err = s.readRow(ctx, "SELECT sqlite_version()").Scan(&info.ServerVersion); err != nil {
+			return info, fmt.Errorf("describe store: server version: %w", err)
+		}
+		err = s.readRow(ctx, "PRAGMA user_version").Scan(&info.SchemaVersion)
+	}
+	if err != nil {
+		return info, fmt.Errorf("describe store: schema version: %w", err)
+	}
+	return info, nil
+}
+
+// IntegrityCheck checks the database and returns nil when it finds
+// nothing wrong. On SQLite it runs integrity_check; on PostgreSQL (whose
+// storage checks itself) it checks what the store keeps consistent:
+// see pgIntegrityChecks.
 func (s *Store) IntegrityCheck(ctx context.Context) error {
-	rows, err := s.read(ctx, "PRAGMA integrity_check")
+	q := "PRAGMA integrity_check"
+	if s.d.pg {
+		q = pgIntegrityChecks
+	}
+	rows, err := s.read(ctx, q)
 	if err != nil {
 		return fmt.Errorf("integrity check: %w", err)
 	}
@@ -318,6 +406,33 @@ func (s *Store) IntegrityCheck(ctx context.Context) error {
 	}
 	return nil
 }
+
+// pgIntegrityChecks lists, one row each, the inconsistencies it finds:
+// a body whose reference count is not the number of messages and queue
+// entries using it, a body whose chunks do not add up to its size or do
+// not run 0..n-1, a user whose usage is not the sum of its messages, a
+// message whose UID is not below its mailbox's UIDNEXT or whose MODSEQ is
+// above its mailbox's HIGHESTMODSEQ, and an expunged UID still present.
+const pgIntegrityChecks = `
+SELECT 'body ' || b.id || ': refs ' || b.refs || ', used by ' || (
+	(SELECT count(*) FROM messages m WHERE m.body_id = b.id) + (SELECT count(*) FROM queue q WHERE q.body_id = b.id))
+	FROM bodies b WHERE b.refs > 0 AND b.refs != (SELECT count(*) FROM messages m WHERE m.body_id = b.id)
+		+ (SELECT count(*) FROM queue q WHERE q.body_id = b.id)
+UNION ALL
+SELECT 'body ' || b.id || ': size ' || b.size || ', chunks hold ' || coalesce(sum(length(c.data)), 0)
+	FROM bodies b LEFT JOIN body_chunks c ON c.body_id = b.id GROUP BY b.id
+	HAVING coalesce(sum(length(c.data)), 0) != b.size OR count(c.seq) != coalesce(max(c.seq) + 1, 0)
+UNION ALL
+SELECT 'user ' || u.id || ': used_bytes ' || u.used_bytes || ', messages hold ' || coalesce(sum(m.size), 0)
+	FROM users u LEFT JOIN mailboxes b ON b.user_id = u.id LEFT JOIN messages m ON m.mailbox_id = b.id
+	GROUP BY u.id HAVING u.used_bytes != coalesce(sum(m.size), 0)
+UNION ALL
+SELECT 'mailbox ' || b.id || ': uid ' || m.uid || ' modseq ' || m.modseq || ' beyond uidnext ' || b.uidnext || ' highestmodseq ' || b.highestmodseq
+	FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id WHERE m.uid >= b.uidnext OR m.modseq > b.highestmodseq
+UNION ALL
+SELECT 'mailbox ' || e.mailbox_id || ': uid ' || e.uid || ' both present and expunged'
+	FROM expunged e JOIN messages m ON m.mailbox_id = e.mailbox_id AND m.uid = e.uid
+`
 
 // randomBytes fills a new slice of n random bytes.
 func randomBytes(n int) []byte {

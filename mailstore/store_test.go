@@ -16,10 +16,7 @@ import (
 // domain example.test.
 func openTest(t testing.TB) *Store {
 	t.Helper()
-	s, err := Open(filepath.Join(t.TempDir(), "postern.db"), Options{PasswordCost: FastPasswordHash})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := newTestDB(t).open(t, Options{PasswordCost: FastPasswordHash})
 	t.Cleanup(func() { s.Close() })
 	if err := s.AddDomain(context.Background(), "example.test"); err != nil {
 		t.Fatal(err)
@@ -64,7 +61,7 @@ func (s *Store) bodyExists(ctx context.Context, bodyID int64) bool {
 		panic(err)
 	}
 	var n int
-	if err := s.rdb.QueryRowContext(ctx, "SELECT count(*) FROM bodies WHERE id = ?", bodyID).Scan(&n); err != nil {
+	if err := s.readRow(ctx, "SELECT count(*) FROM bodies WHERE id = ?", bodyID).Scan(&n); err != nil {
 		panic(err)
 	}
 	return n > 0
@@ -104,11 +101,8 @@ func TestNewUserMailboxes(t *testing.T) {
 
 func TestUIDsAscendAndSurviveReopen(t *testing.T) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "postern.db")
-	s, err := Open(path, Options{PasswordCost: FastPasswordHash})
-	if err != nil {
-		t.Fatal(err)
-	}
+	db := newTestDB(t)
+	s := db.open(t, Options{PasswordCost: FastPasswordHash})
 	if err := s.AddDomain(ctx, "example.test"); err != nil {
 		t.Fatal(err)
 	}
@@ -136,10 +130,7 @@ func TestUIDsAscendAndSurviveReopen(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	s, err = Open(path, Options{PasswordCost: FastPasswordHash})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s = db.open(t, Options{PasswordCost: FastPasswordHash})
 	defer s.Close()
 	mb2 := inbox(t, s, u)
 	if mb2.UIDValidity != mb.UIDValidity {
@@ -219,7 +210,7 @@ func TestBodyStoredOnceAndFreedWithLastMessage(t *testing.T) {
 	}
 	var bodyIDs []int64
 	var bodies int
-	if err := s.rdb.QueryRow("SELECT count(*) FROM bodies").Scan(&bodies); err != nil {
+	if err := s.readRow(context.Background(), "SELECT count(*) FROM bodies").Scan(&bodies); err != nil {
 		t.Fatal(err)
 	}
 	if bodies != 1 {
@@ -341,6 +332,7 @@ func TestFailingRequestDoesNotFailItsGroup(t *testing.T) {
 }
 
 func TestRefusesForeignAndFutureFiles(t *testing.T) {
+	sqliteOnly(t)
 	dir := t.TempDir()
 	ctx := context.Background()
 	// A future Postern schema.

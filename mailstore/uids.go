@@ -19,7 +19,7 @@ import (
 func (s *Store) MailboxUIDs(ctx context.Context, mailboxID int64) (uids []uint32, firstUnseen uint32, err error) {
 	var list string
 	err = s.readRow(ctx, `SELECT
-		(SELECT coalesce(group_concat(uid, ',' ORDER BY uid), '') FROM messages WHERE mailbox_id = ?),
+		(SELECT `+s.d.uidList()+` FROM messages WHERE mailbox_id = ?),
 		(SELECT coalesce(min(uid), 0) FROM messages WHERE mailbox_id = ? AND flags & ? = 0)`,
 		mailboxID, mailboxID, flagSeen).Scan(&list, &firstUnseen)
 	if err != nil {

@@ -138,6 +138,7 @@ func mustMailbox(t *testing.T, s *Store, u User, name string) Mailbox {
 
 // Migrating to schema 7 fills the counter from the messages there.
 func TestUsageMigration(t *testing.T) {
+	sqliteOnly(t)
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "postern.db")
 	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=foreign_keys(1)")

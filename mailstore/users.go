@@ -181,15 +181,11 @@ func (s *Store) AddUser(ctx context.Context, address, password string) (User, er
 		if alias > 0 {
 			return fmt.Errorf("add user %s: %w as an alias", a, ErrExists)
 		}
-		res, err := t.exec("INSERT INTO users (address, password_hash, created) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-			a, hash, u.Created.Unix())
-		if err != nil {
-			return fmt.Errorf("add user %s: %w", a, err)
-		}
-		if n, _ := res.RowsAffected(); n == 0 {
+		err := t.queryRow("INSERT INTO users (address, password_hash, created) VALUES (?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
+			a, hash, u.Created.Unix()).Scan(&u.ID)
+		if isNoRows(err) {
 			return fmt.Errorf("add user %s: %w", a, ErrExists)
 		}
-		u.ID, err = res.LastInsertId()
 		if err != nil {
 			return fmt.Errorf("add user %s: %w", a, err)
 		}
@@ -521,7 +517,7 @@ func (s *Store) resolve(ctx context.Context, given string, depth int, seen map[s
 	var addr sql.NullString
 	var disabled sql.NullBool
 	err = s.readRow(ctx, `SELECT (SELECT count(*) FROM domains WHERE name = ?), u.id, u.address, u.disabled, u.quota_bytes, u.created
-		FROM (SELECT 1) LEFT JOIN users u ON u.address = ?`, domainOf(a), a).Scan(&local, &id, &addr, &disabled, &quota, &created)
+		FROM (SELECT 1) AS one LEFT JOIN users u ON u.address = ?`, domainOf(a), a).Scan(&local, &id, &addr, &disabled, &quota, &created)
 	if err != nil {
 		return fmt.Errorf("resolve %s: %w", a, err)
 	}

@@ -3,9 +3,12 @@ package mailstore
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"log/slog"
+	mrand "math/rand/v2"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -14,10 +17,18 @@ import (
 // commit never holds callers for long.
 const maxBatch = 512
 
+// pgMaxBatch is maxBatch on PostgreSQL. Each request runs in a savepoint,
+// a subtransaction; past 64 of them in one transaction PostgreSQL's
+// snapshots overflow their subtransaction cache and every backend's
+// visibility checks slow down, so a batch stays below that.
+const pgMaxBatch = 60
+
 // writer owns the single write connection and applies requests in group
 // commits: whatever arrived while the previous commit was being synced goes
 // into the next transaction.
 type writer struct {
+	s     *Store
+	d     *dialect
 	db    *sql.DB
 	conn  *sql.Conn // the one write connection, used only by loop
 	feed  *feed
@@ -52,10 +63,19 @@ func (w *writer) indexKick() {
 }
 
 type writeReq struct {
-	ctx  context.Context
-	fn   func(*wtx) error
-	done chan error
-	tx   *wtx
+	ctx   context.Context
+	fn    func(*wtx) error
+	done  chan error
+	tx    *wtx
+	locks lockHint
+}
+
+// lockHint names the mailbox rows a request will change, so that on
+// PostgreSQL a batch locks them all first, in ascending ID order: two
+// frontends' batches then never wait for each other in a cycle.
+type lockHint struct {
+	mailboxes []int64
+	users     []int64 // every mailbox of these users
 }
 
 // wtx is what a request sees: the shared transaction plus its own list of
@@ -67,40 +87,80 @@ type wtx struct {
 	after   []func()
 }
 
-func newWriter(db *sql.DB, f *feed, log *slog.Logger, now func() time.Time, maxAge time.Duration) (*writer, error) {
+func newWriter(s *Store, db *sql.DB, maxAge time.Duration) (*writer, error) {
 	w := &writer{
+		s:       s,
+		d:       s.d,
 		db:      db,
-		feed:    f,
+		feed:    s.feed,
 		reqs:    make(chan *writeReq, 4*maxBatch),
 		done:    make(chan struct{}),
 		stmts:   make(map[string]*sql.Stmt),
 		keep:    newKeeper(),
-		log:     log,
-		now:     now,
+		log:     s.log,
+		now:     s.now,
 		maxAge:  maxAge,
 		orphans: make(map[int64]orphan),
 		index:   make(chan struct{}, 1),
 	}
-	conn, err := db.Conn(context.Background())
-	if err != nil {
-		return nil, fmt.Errorf("connect writer: %w", err)
+	if err := w.connect(); err != nil {
+		return nil, err
 	}
-	if _, err := conn.ExecContext(context.Background(), orphanLogSchema); err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("create orphan log: %w", err)
-	}
-	w.conn = conn
 	go w.loop()
 	return w, nil
+}
+
+// connect takes the write connection and makes its orphan log.
+func (w *writer) connect() error {
+	conn, err := w.db.Conn(context.Background())
+	if err != nil {
+		return fmt.Errorf("connect writer: %w", err)
+	}
+	schema := orphanLogSchema
+	if w.d.pg {
+		schema = pgOrphanLogSchema
+	}
+	if _, err := conn.ExecContext(context.Background(), schema); err != nil {
+		conn.Close()
+		return fmt.Errorf("create orphan log: %w", err)
+	}
+	w.conn = conn
+	return nil
+}
+
+// reconnect replaces a write connection that broke (PostgreSQL restarted,
+// say); the next transaction uses the new one.
+func (w *writer) reconnect() {
+	for _, st := range w.stmts {
+		st.Close()
+	}
+	clear(w.stmts)
+	w.conn.Raw(func(any) error { return driver.ErrBadConn }) // drop it from the pool
+	w.conn.Close()
+	if err := w.connect(); err != nil {
+		w.log.Error("reconnect writer", "err", err)
+		// Keep a connection object so that the next attempt fails
+		// cleanly and tries again.
+		if conn, cerr := w.db.Conn(context.Background()); cerr == nil {
+			w.conn = conn
+		}
+	}
 }
 
 // do runs fn in the next write transaction and returns its error, or the
 // commit's. It returns only once the outcome is durable.
 func (w *writer) do(ctx context.Context, fn func(*wtx) error) error {
+	return w.doLocked(ctx, lockHint{}, fn)
+}
+
+// doLocked is do for a request that changes the mailboxes locks names.
+// On PostgreSQL fn may run more than once (the transaction is retried
+// when it loses a deadlock); it must start from scratch each time.
+func (w *writer) doLocked(ctx context.Context, locks lockHint, fn func(*wtx) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	req := &writeReq{ctx: ctx, fn: fn, done: make(chan error, 1)}
+	req := &writeReq{ctx: ctx, fn: fn, done: make(chan error, 1), locks: locks}
 	w.mu.RLock()
 	if w.shut {
 		w.mu.RUnlock()
@@ -142,8 +202,12 @@ func (w *writer) loop() {
 				return
 			}
 			batch = append(batch[:0], req)
+			limit := maxBatch
+			if w.d.pg {
+				limit = pgMaxBatch
+			}
 		gather:
-			for len(batch) < maxBatch {
+			for len(batch) < limit {
 				select {
 				case r, ok := <-w.reqs:
 					if !ok {
@@ -162,6 +226,7 @@ func (w *writer) loop() {
 			again = w.sweepAlone()
 		case <-tick.C:
 			again = w.sweepAlone()
+			w.dropTombstones()
 		}
 		if again && soon == nil && len(w.orphans) > 0 {
 			soon = time.After(sweepDelay)
@@ -177,8 +242,11 @@ func (w *writer) sweepAlone() (more bool) {
 		return false
 	}
 	t := &wtx{w: w}
-	if _, err := t.exec("BEGIN IMMEDIATE"); err != nil {
+	if _, err := t.exec(w.d.begin()); err != nil {
 		w.log.Error("sweep unreferenced bodies", "err", err)
+		if w.d.pg {
+			w.reconnect()
+		}
 		return false
 	}
 	if err := t.sweep(ids); err != nil {
@@ -198,6 +266,32 @@ func (w *writer) sweepAlone() (more bool) {
 	return more
 }
 
+// tombstoneMaxAge is how long an expunged UID is remembered (expunged):
+// long enough for every frontend's change feed to have read it.
+const tombstoneMaxAge = 7 * 24 * time.Hour
+
+// dropTombstones forgets expunges older than tombstoneMaxAge, in a
+// transaction of its own (it runs on the writer goroutine).
+func (w *writer) dropTombstones() {
+	req := &writeReq{ctx: context.Background(), done: make(chan error, 1), fn: (*wtx).dropOldTombstones}
+	w.run([]*writeReq{req})
+	if err := <-req.done; err != nil {
+		w.log.Warn("drop old expunge tombstones", "err", err)
+	}
+}
+
+func (t *wtx) dropOldTombstones() error {
+	_, err := t.exec("DELETE FROM expunged WHERE at < ?", t.w.now().Add(-tombstoneMaxAge).Unix())
+	if err != nil {
+		return fmt.Errorf("drop old expunge tombstones: %w", err)
+	}
+	return nil
+}
+
+// maxRetries bounds how often a batch that lost a deadlock (PostgreSQL,
+// SQLSTATE 40P01 or 40001) is run again before its requests fail.
+const maxRetries = 8
+
 // run applies one batch in one transaction. Statements run under a
 // background context: interrupting a statement would make SQLite roll back
 // the whole transaction, other requests included, so a request's context
@@ -206,75 +300,129 @@ func (w *writer) sweepAlone() (more bool) {
 // sweep may have work: bodies lost their last reference, or more were
 // deletable than one transaction takes.
 func (w *writer) run(batch []*writeReq) (sweepAgain bool) {
+	for attempt := 0; ; attempt++ {
+		start := time.Now()
+		sweepAgain, err, retry := w.runOnce(batch)
+		if w.s.onCommit != nil {
+			w.s.onCommit(CommitInfo{Requests: len(batch), Duration: time.Since(start), Err: err})
+		}
+		if !retry {
+			return sweepAgain
+		}
+		if attempt+1 >= maxRetries {
+			for _, r := range batch {
+				r.done <- fmt.Errorf("write transaction retried %d times: %w", maxRetries, err)
+			}
+			return false
+		}
+		w.log.Debug("write transaction lost a race, running it again", "attempt", attempt+1, "err", err)
+		// A little random wait, growing, so that the two sides of a
+		// deadlock do not meet again at once.
+		time.Sleep(time.Duration(1+mrand.IntN(5<<attempt)) * time.Millisecond)
+	}
+}
+
+// runOnce runs the batch once. When the transaction lost a race that
+// running it again may win (retry), nothing was answered; otherwise
+// every request has its answer.
+func (w *writer) runOnce(batch []*writeReq) (sweepAgain bool, txErr error, retry bool) {
 	errs := make([]error, len(batch))
 	ctl := &wtx{w: w}
-	fail := func(what string, err error) {
+	abort := func(what string, err error) (bool, error, bool) {
 		ctl.exec("ROLLBACK")
+		err = fmt.Errorf("%s: %w", what, err)
+		if retryable(err) {
+			return false, err, true
+		}
+		if w.d.pg && errors.Is(err, driver.ErrBadConn) {
+			w.reconnect()
+		}
 		for _, r := range batch {
-			r.done <- fmt.Errorf("%s: %w", what, err)
+			r.done <- err
+		}
+		return false, err, false
+	}
+	if _, err := ctl.exec(w.d.begin()); err != nil {
+		if w.d.pg {
+			// The connection may have broken while idle.
+			w.reconnect()
+			if _, err = ctl.exec(w.d.begin()); err != nil {
+				return abort("begin write transaction", err)
+			}
+		} else {
+			return abort("begin write transaction", err)
 		}
 	}
-	if _, err := ctl.exec("BEGIN IMMEDIATE"); err != nil {
-		fail("begin write transaction", err)
-		return false
+	if w.d.pg {
+		if err := ctl.lockRows(batch); err != nil {
+			return abort("lock mailboxes", err)
+		}
 	}
 	swept, more := w.deletable()
 	if len(swept) > 0 {
 		// In a savepoint of its own: a failed sweep must not fail the
 		// requests; the bodies stay for a later one.
 		if _, err := ctl.exec("SAVEPOINT sweep"); err != nil {
-			fail("savepoint", err)
-			return false
+			return abort("savepoint", err)
 		}
 		if err := ctl.sweep(swept); err != nil {
+			if retryable(err) {
+				return abort("sweep unreferenced bodies", err)
+			}
 			w.log.Error("sweep unreferenced bodies", "err", err)
 			swept = nil
 			if _, err := ctl.exec("ROLLBACK TO sweep"); err != nil {
-				fail("roll back failed sweep", err)
-				return false
+				return abort("roll back failed sweep", err)
 			}
 		}
 		if _, err := ctl.exec("RELEASE sweep"); err != nil {
-			fail("release savepoint", err)
-			return false
+			return abort("release savepoint", err)
 		}
 	}
 	for i, r := range batch {
+		r.tx = nil
 		if err := r.ctx.Err(); err != nil {
 			errs[i] = err
 			continue
 		}
 		r.tx = &wtx{w: w}
 		if _, err := ctl.exec("SAVEPOINT req"); err != nil {
-			fail("savepoint", err)
-			return false
+			return abort("savepoint", err)
 		}
 		errs[i] = r.fn(r.tx)
 		if errs[i] != nil {
+			if retryable(errs[i]) {
+				return abort("request", errs[i])
+			}
 			// If SQLite already rolled the transaction back (it does on
 			// some errors), this fails and so does the batch.
 			if _, err := ctl.exec("ROLLBACK TO req"); err != nil {
-				fail("roll back failed request", err)
-				return false
+				return abort("roll back failed request", err)
 			}
 		}
 		if _, err := ctl.exec("RELEASE req"); err != nil {
-			fail("release savepoint", err)
-			return false
+			return abort("release savepoint", err)
 		}
 	}
 	orphaned, err := ctl.takeOrphans()
 	if err != nil {
-		fail("collect unreferenced bodies", err)
-		return false
+		return abort("collect unreferenced bodies", err)
+	}
+	if w.d.pg {
+		if err := ctl.notifyChanges(batch, errs); err != nil {
+			return abort("notify changes", err)
+		}
 	}
 	if _, err := ctl.exec("COMMIT"); err != nil {
-		fail("commit", err)
-		return false
+		return abort("commit", err)
 	}
 	for i, r := range batch {
 		if errs[i] == nil && r.tx != nil {
-			w.feed.publish(r.tx.changes)
+			if w.d.pg {
+				w.s.listen.published(r.tx.changes)
+			} else {
+				w.feed.publish(r.tx.changes)
+			}
 			for _, f := range r.tx.after {
 				f()
 			}
@@ -292,7 +440,49 @@ func (w *writer) run(batch []*writeReq) (sweepAgain bool) {
 	for i, r := range batch {
 		r.done <- errs[i]
 	}
-	return more || len(orphaned) > 0
+	return more || len(orphaned) > 0, nil, false
+}
+
+// lockRows locks, in ascending ID order, the mailbox rows the batch's
+// requests said they change (PostgreSQL only).
+func (t *wtx) lockRows(batch []*writeReq) error {
+	var boxes, users []int64
+	for _, r := range batch {
+		boxes = append(boxes, r.locks.mailboxes...)
+		users = append(users, r.locks.users...)
+	}
+	if len(boxes) == 0 && len(users) == 0 {
+		return nil
+	}
+	rows, err := t.query("SELECT id FROM mailboxes WHERE id = ANY(?) OR user_id = ANY(?) ORDER BY id FOR UPDATE", boxes, users)
+	if err != nil {
+		return err
+	}
+	for rows.Next() {
+	}
+	rows.Close()
+	return rows.Err()
+}
+
+// notifyChanges tells the other frontends, through NOTIFY (delivered at
+// commit), which mailboxes changed and up to which MODSEQ (PostgreSQL
+// only). It is only a hint: each frontend reads what changed itself.
+func (t *wtx) notifyChanges(batch []*writeReq, errs []error) error {
+	top := map[int64]uint64{}
+	for i, r := range batch {
+		if errs[i] != nil || r.tx == nil {
+			continue
+		}
+		for _, c := range r.tx.changes {
+			top[c.MailboxID] = max(top[c.MailboxID], c.ModSeq)
+		}
+	}
+	for id, modseq := range top {
+		if _, err := t.exec("SELECT pg_notify(?, ?)", pgChannel, itoa(id)+" "+strconv.FormatUint(modseq, 10)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // stmt returns a statement prepared once on the write connection.
@@ -300,7 +490,7 @@ func (t *wtx) stmt(query string) (*sql.Stmt, error) {
 	st, ok := t.w.stmts[query]
 	if !ok {
 		var err error
-		st, err = t.w.conn.PrepareContext(context.Background(), query)
+		st, err = t.w.conn.PrepareContext(context.Background(), t.w.d.rebind(query))
 		if err != nil {
 			return nil, fmt.Errorf("prepare %q: %w", query, err)
 		}
@@ -314,7 +504,7 @@ func (t *wtx) exec(query string, args ...any) (sql.Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	return st.Exec(args...)
+	return st.Exec(t.w.d.args(args)...)
 }
 
 // row is a single-row result, or the error that prevented the query.
@@ -335,7 +525,7 @@ func (t *wtx) queryRow(query string, args ...any) row {
 	if err != nil {
 		return row{err: err}
 	}
-	return row{r: st.QueryRow(args...)}
+	return row{r: st.QueryRow(t.w.d.args(args)...)}
 }
 
 func (t *wtx) query(query string, args ...any) (*sql.Rows, error) {
@@ -343,7 +533,7 @@ func (t *wtx) query(query string, args ...any) (*sql.Rows, error) {
 	if err != nil {
 		return nil, err
 	}
-	return st.Query(args...)
+	return st.Query(t.w.d.args(args)...)
 }
 
 // notify records a change to publish after the commit.

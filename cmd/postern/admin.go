@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -56,15 +55,10 @@ func (c *cli) storeCommand(name, synopsis string, args []string, valid argCheck,
 	if err != nil {
 		return c.fail(name, err)
 	}
-	db := filepath.Join(cfg.DataDir, storeFile)
-	if abs, err := filepath.Abs(db); err == nil {
-		db = abs
-	}
-	_, err = os.Stat(db)
-	exists := err == nil
+	db, exists, err := storeExists(cfg)
 	switch {
-	case err != nil && !errors.Is(err, os.ErrNotExist):
-		return c.fail(name, fmt.Errorf("mailstore: %w", err))
+	case err != nil:
+		return c.fail(name, err)
 	case !exists && readOnly:
 		return c.fail(name, fmt.Errorf("no mailstore at %s (data_dir of %s); point to the server's configuration with -config FILE or %s=FILE",
 			db, from, configEnv))

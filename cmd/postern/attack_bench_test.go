@@ -39,6 +39,8 @@ type child struct {
 	cmd    *exec.Cmd
 	config string
 	addrs  map[string]string // service name -> address
+	stderr *syncBuffer       // what the child logged
+	banner string            // what it printed up to its listeners
 }
 
 // startChild writes a configuration with every listener on 127.0.0.1 and
@@ -73,27 +75,39 @@ server = "127.0.0.1:1"
 	if code := run([]string{"user", "add", "-config", config, "user@example.test"}, strings.NewReader("right-password\n"), &out, &errOut); code != exitOK {
 		tb.Fatalf("user add: %d %s %s", code, out.String(), errOut.String())
 	}
+	return spawnServe(tb, config)
+}
+
+// spawnServe starts `postern serve -config config` in a child process (this
+// test binary, re-executed) and waits until it prints its listeners. The
+// child's standard error is kept and shown if it fails to start.
+func spawnServe(tb testing.TB, config string) *child {
+	tb.Helper()
 	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), serveChildEnv+"="+strings.Join([]string{"serve", "-config", config}, "\t"))
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		tb.Fatal(err)
 	}
-	cmd.Stderr = io.Discard
+	stderr := &syncBuffer{}
+	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		tb.Fatal(err)
 	}
-	c := &child{cmd: cmd, config: config, addrs: map[string]string{}}
+	c := &child{cmd: cmd, config: config, addrs: map[string]string{}, stderr: stderr}
 	tb.Cleanup(c.stop)
 	ready := make(chan struct{})
 	go func() {
 		sc := bufio.NewScanner(stdout)
+		var banner strings.Builder
 		for sc.Scan() {
+			banner.WriteString(sc.Text() + "\n")
 			f := strings.Fields(sc.Text())
 			if len(f) >= 2 && strings.HasPrefix(f[1], "127.0.0.1:") {
 				c.addrs[f[0]] = f[1]
 			}
 			if strings.Contains(sc.Text(), "Add a user") {
+				c.banner = banner.String()
 				close(ready)
 				break
 			}
@@ -103,7 +117,7 @@ server = "127.0.0.1:1"
 	select {
 	case <-ready:
 	case <-time.After(30 * time.Second):
-		tb.Fatal("serve printed no listeners within 30s")
+		tb.Fatalf("serve printed no listeners within 30s; stderr:\n%s", stderr.String())
 	}
 	return c
 }

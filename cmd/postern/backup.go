@@ -64,6 +64,9 @@ func cmdBackup(c *cli, args []string) int {
 	if err != nil {
 		return c.fail(name, err)
 	}
+	if err := refusePostgres(cfg); err != nil {
+		return c.fail(name, err)
+	}
 	src := filepath.Join(cfg.DataDir, storeFile)
 	if _, err := os.Stat(src); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
@@ -192,6 +195,9 @@ func cmdRestore(c *cli, args []string) int {
 	file, _ := resolveConfig(*path)
 	cfg, err := loadConfig(file)
 	if err != nil {
+		return c.fail(name, err)
+	}
+	if err := refusePostgres(cfg); err != nil {
 		return c.fail(name, err)
 	}
 	kept, sum, err := restoreStore(c.ctx, cfg.DataDir, fs.Arg(0))

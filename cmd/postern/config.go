@@ -39,6 +39,7 @@ type Config struct {
 	HTTP       HTTPConfig     `toml:"http"`
 	DNS        DNSConfig      `toml:"dns"`
 	Checks     ChecksConfig   `toml:"checks"`
+	Store      StoreConfig    `toml:"store"`
 
 	// warnings are keys that work but should change, such as the
 	// deprecated relay.dns: config check prints them, serve logs them.
@@ -184,6 +185,7 @@ func defaultConfig() *Config {
 		HTTP:       defaultHTTP("127.0.0.1:8025"),
 		DNS:        defaultDNS(),
 		Checks:     defaultChecks(),
+		Store:      defaultStore(),
 	}
 }
 
@@ -224,6 +226,7 @@ func fileDefaults() *Config {
 		HTTP:       defaultHTTP(""),
 		DNS:        defaultDNS(),
 		Checks:     defaultChecks(),
+		Store:      defaultStore(),
 	}
 }
 
@@ -545,6 +548,7 @@ func (c *Config) validate() []*configError {
 	}
 	c.validateDNS(bad, badErr)
 	c.validateChecks(bad)
+	c.validateStore(bad)
 	if c.Relay.Port < 1 || c.Relay.Port > 65535 {
 		bad("relay.port", "must be between 1 and 65535")
 	}

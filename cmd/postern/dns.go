@@ -11,8 +11,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -84,8 +82,11 @@ func cmdDNS(c *cli, args []string) int {
 // activeKeys are the domain's signing keys from the store, if there is a
 // store: the command only reads and never creates one.
 func (c *cli) activeKeys(cfg *Config, domain, name string) ([]msgauth.Key, error) {
-	db := filepath.Join(cfg.DataDir, storeFile)
-	if _, err := os.Stat(db); errors.Is(err, os.ErrNotExist) {
+	db, exists, err := storeExists(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if !exists {
 		fmt.Fprintf(c.stderr, "postern: %s: note: no mailstore at %s, so no DKIM keys to show\n", name, db)
 		return nil, nil
 	}

@@ -331,6 +331,9 @@ func cmdConfigCheck(c *cli, args []string) int {
 	for _, w := range cfg.warnings {
 		fmt.Fprintf(c.stderr, "postern: %s: warning: %s\n", name, w.warningText())
 	}
+	if err := checkStore(c.ctx, c.stdout, cfg); err != nil {
+		return c.fail(name, err)
+	}
 	fmt.Fprintf(c.stdout, "%s: ok\n", file)
 	return exitOK
 }

@@ -522,6 +522,9 @@ func printListeners(out io.Writer, cfg *Config, servers []namedServer) {
 	tw := tabwriter.NewWriter(out, 0, 8, 2, ' ', 0)
 	fmt.Fprintf(tw, "  config\t%s\n", source)
 	fmt.Fprintf(tw, "  data directory\t%s\n", cfg.DataDir)
+	if cfg.Store.Driver == driverPostgres {
+		fmt.Fprintf(tw, "  store\t%s\n", redactDSN(cfg.Store.DSN)) // never the password
+	}
 	for _, l := range cfg.listeners() {
 		addr, state := bound[l.Proto+" "+l.Addr], ""
 		if addr == "" {

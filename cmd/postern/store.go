@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/postern/postern/mailstore"
 )
@@ -17,31 +18,25 @@ import (
 // storeFile is the name of the database inside data_dir.
 const storeFile = "postern.db"
 
-// openStore opens, creating it if needed, the mailstore in cfg.DataDir for
+// openStore opens, creating it if needed, the mailstore [store] names for
 // a command-line tool. Store events are not logged; serve uses
 // openStoreOpts to give the store its logger.
 func openStore(cfg *Config) (*mailstore.Store, error) {
 	return openStoreOpts(cfg, mailstore.Options{})
 }
 
-// openStoreOpts creates cfg.DataDir if it does not exist, makes it private
-// (privateDataDir) and opens the database in it with opts. The caller
+// storeConnectTimeout bounds connecting to (and migrating) a PostgreSQL
+// store, so that a command or serve facing a dead server says so.
+const storeConnectTimeout = 60 * time.Second
+
+// openStoreOpts is the one way serve and every command open the store
+// [store] names, with opts. On SQLite it creates cfg.DataDir if it does
+// not exist, makes it private (privateDataDir) and opens the database in
+// it; on PostgreSQL it connects to store.dsn and creates or upgrades the
+// schema. Either way the configured domains are made local. The caller
 // closes the store.
 func openStoreOpts(cfg *Config, opts mailstore.Options) (*mailstore.Store, error) {
-	// Every user's mail and the password hashes are in the database:
-	// files Postern creates (SQLite's -wal and -shm too) are private, and
-	// those of an earlier start are made so.
-	syscall.Umask(0o077)
-	if err := privateDataDir(cfg.DataDir); err != nil {
-		return nil, err
-	}
-	for _, suffix := range []string{"", "-wal", "-shm"} {
-		if err := os.Chmod(filepath.Join(cfg.DataDir, storeFile+suffix), 0o600); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("data directory: %w", err)
-		}
-	}
-	// mailstore's errors already read "open mailstore PATH: ...".
-	st, err := mailstore.Open(filepath.Join(cfg.DataDir, storeFile), opts)
+	st, err := openBackend(cfg, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -54,6 +49,62 @@ func openStoreOpts(cfg *Config, opts mailstore.Options) (*mailstore.Store, error
 		}
 	}
 	return st, nil
+}
+
+// openBackend opens the store [store] names, as openStoreOpts does, but
+// leaves the domains alone (config check uses it).
+func openBackend(cfg *Config, opts mailstore.Options) (*mailstore.Store, error) {
+	var st *mailstore.Store
+	if cfg.Store.Driver == driverPostgres {
+		ctx, cancel := context.WithTimeout(context.Background(), storeConnectTimeout)
+		defer cancel()
+		var err error
+		// mailstore's errors leave the password out (pgconn redacts it).
+		st, err = mailstore.OpenPostgres(ctx, cfg.Store.DSN, opts)
+		if err != nil {
+			return nil, fmt.Errorf("store %s: %w", redactDSN(cfg.Store.DSN), err)
+		}
+	} else {
+		// Every user's mail and the password hashes are in the database:
+		// files Postern creates (SQLite's -wal and -shm too) are private, and
+		// those of an earlier start are made so.
+		syscall.Umask(0o077)
+		if err := privateDataDir(cfg.DataDir); err != nil {
+			return nil, err
+		}
+		for _, suffix := range []string{"", "-wal", "-shm"} {
+			if err := os.Chmod(filepath.Join(cfg.DataDir, storeFile+suffix), 0o600); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return nil, fmt.Errorf("data directory: %w", err)
+			}
+		}
+		// mailstore's errors already read "open mailstore PATH: ...".
+		var err error
+		st, err = mailstore.Open(filepath.Join(cfg.DataDir, storeFile), opts)
+		if err != nil {
+			return nil, err
+		}
+	}
+	return st, nil
+}
+
+// storeExists reports whether the store [store] names is there already,
+// for the commands that only read and so must not create one. where names
+// it for messages. A PostgreSQL database is always taken to exist: it is
+// made by its administrator, and opening it only adds Postern's tables.
+func storeExists(cfg *Config) (where string, exists bool, err error) {
+	where = cfg.Store.describe(cfg.DataDir)
+	if cfg.Store.Driver == driverPostgres {
+		return where, true, nil
+	}
+	_, err = os.Stat(where)
+	switch {
+	case err == nil:
+		return where, true, nil
+	case errors.Is(err, os.ErrNotExist):
+		return where, false, nil
+	default:
+		return where, false, fmt.Errorf("mailstore: %w", err)
+	}
 }
 
 // privateDataDir creates dir with mode 0700, or tightens it to 0700 when it

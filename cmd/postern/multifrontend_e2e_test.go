@@ -1,0 +1,416 @@
+package main
+
+// Several `postern serve` frontends, each a process of its own, on one
+// PostgreSQL database: deliveries through all of them at once, read
+// through one, and IDLE on one seeing what the others did.
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapclient"
+
+	"github.com/postern/postern/mailstore/storetest"
+)
+
+// startFrontends starts n serve processes on the database dsn, each with
+// its own data_dir and listeners on 127.0.0.1, after adding user with
+// password through the command line.
+func startFrontends(t *testing.T, dsn string, n int, user, password string) []*child {
+	t.Helper()
+	var configs []string
+	for i := range n {
+		dir := t.TempDir()
+		config := filepath.Join(dir, "postern.toml")
+		text := `hostname = "mail` + strconv.Itoa(i) + `.example.test"
+data_dir = "` + filepath.Join(dir, "data") + `"
+domains = ["example.test"]
+[smtp]
+listen = "127.0.0.1:0"
+[submission]
+listen = ""
+listen_tls = ""
+[pop3]
+listen = "127.0.0.1:0"
+listen_tls = ""
+[imap]
+listen = "127.0.0.1:0"
+listen_tls = ""
+[dns]
+server = "127.0.0.1:1"
+[store]
+driver = "postgres"
+dsn = "` + dsn + `"
+`
+		if err := os.WriteFile(config, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		configs = append(configs, config)
+	}
+	if code, out, errOut := runIn(t, password+"\n", "user", "add", "-config", configs[0], user); code != exitOK {
+		t.Fatalf("user add: %d %s %s", code, out, errOut)
+	}
+	var fronts []*child
+	for _, config := range configs {
+		fronts = append(fronts, spawnServe(t, config))
+	}
+	for i, f := range fronts {
+		if f.addrs["smtp"] == "" || f.addrs["imap"] == "" {
+			t.Fatalf("frontend %d printed no smtp or imap address: %v", i, f.addrs)
+		}
+		if !slices.ContainsFunc(strings.Split(f.banner, "\n"), func(line string) bool {
+			return slices.Equal(strings.Fields(line), []string{"store", redactDSN(dsn)})
+		}) {
+			t.Errorf("frontend %d's banner does not name the store %s:\n%s", i, redactDSN(dsn), f.banner)
+		}
+	}
+	return fronts
+}
+
+// TestFrontendsShareOnePostgres: 3 frontends x 300 deliveries at once to one
+// mailbox give 900 messages, each once, with unique UIDs that ascend in the
+// order each sender had its deliveries acknowledged, whichever frontend
+// took them.
+func TestFrontendsShareOnePostgres(t *testing.T) {
+	t.Setenv(storeDSNEnv, "")
+	dsn := storetest.PostgresDSN(t)
+	const (
+		user, password = "box@example.test", "box password 1"
+		perFrontend    = 300
+		sendersPer     = 4 // SMTP clients at once per frontend
+	)
+	fronts := startFrontends(t, dsn, 3, user, password)
+
+	var wg sync.WaitGroup
+	errs := make(chan error, len(fronts)*sendersPer)
+	for fi, f := range fronts {
+		for s := range sendersPer {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				// Each sender delivers its share one after another.
+				for i := s; i < perFrontend; i += sendersPer {
+					subj := fmt.Sprintf("f%d-s%d-%03d", fi, s, i)
+					msg := "From: sender@remote.test\r\nTo: " + user + "\r\nSubject: " + subj +
+						"\r\nMessage-ID: <" + subj + "@remote.test>\r\n\r\nbody of " + subj + "\r\n"
+					if err := sendPlain(f.addrs["smtp"], "sender@remote.test", user, msg); err != nil {
+						errs <- fmt.Errorf("frontend %d, %s: %w", fi, subj, err)
+						return
+					}
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+
+	const total = 3 * perFrontend
+	seen := inboxSubjects(t, fronts[0].addrs["imap"], user, password)
+	for fi := range fronts {
+		for s := range sendersPer {
+			var last imap.UID
+			for i := s; i < perFrontend; i += sendersPer {
+				subj := fmt.Sprintf("f%d-s%d-%03d", fi, s, i)
+				uid, ok := seen[subj]
+				if !ok {
+					t.Errorf("%s, acknowledged, is missing", subj)
+					continue
+				}
+				// Sent after the previous one was acknowledged, so a
+				// larger UID, whichever frontends stored them.
+				if uid <= last {
+					t.Errorf("%s has UID %d, not above its predecessor's %d", subj, uid, last)
+				}
+				last = uid
+			}
+		}
+	}
+	if len(seen) != total {
+		t.Errorf("%d distinct messages, want %d", len(seen), total)
+	}
+}
+
+// idleEvents records what an IDLE client is told without asking.
+type idleEvents struct {
+	mu       sync.Mutex
+	exists   []uint32
+	expunges []uint32
+	flags    []string // "seq flags"
+	signal   chan struct{}
+}
+
+func (u *idleEvents) handler() *imapclient.UnilateralDataHandler {
+	note := func() {
+		select {
+		case u.signal <- struct{}{}:
+		default:
+		}
+	}
+	return &imapclient.UnilateralDataHandler{
+		Expunge: func(seq uint32) {
+			u.mu.Lock()
+			u.expunges = append(u.expunges, seq)
+			u.mu.Unlock()
+			note()
+		},
+		Mailbox: func(d *imapclient.UnilateralDataMailbox) {
+			if d.NumMessages == nil {
+				return
+			}
+			u.mu.Lock()
+			u.exists = append(u.exists, *d.NumMessages)
+			u.mu.Unlock()
+			note()
+		},
+		Fetch: func(msg *imapclient.FetchMessageData) {
+			buf, _ := msg.Collect()
+			if buf == nil {
+				return
+			}
+			u.mu.Lock()
+			u.flags = append(u.flags, fmt.Sprintf("%d %v", buf.SeqNum, buf.Flags))
+			u.mu.Unlock()
+			note()
+		},
+	}
+}
+
+// waitFor waits until cond holds. The issue asks for 1 s; the limit here
+// is generous so that a loaded 2-core machine does not fail the test: it
+// checks that the change arrives at all without a client command.
+func (u *idleEvents) waitFor(t *testing.T, what string, cond func(u *idleEvents) bool) {
+	t.Helper()
+	deadline := time.After(20 * time.Second)
+	for {
+		u.mu.Lock()
+		ok := cond(u)
+		u.mu.Unlock()
+		if ok {
+			return
+		}
+		select {
+		case <-u.signal:
+		case <-deadline:
+			u.mu.Lock()
+			defer u.mu.Unlock()
+			t.Fatalf("IDLE never saw %s: exists %v, expunges %v, flags %v", what, u.exists, u.expunges, u.flags)
+		}
+	}
+}
+
+func loginSelect(t *testing.T, addr, user, password string, opts *imapclient.Options) *imapclient.Client {
+	t.Helper()
+	c, err := imapclient.DialInsecure(addr, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if err := c.Login(user, password).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// TestIdleAcrossFrontends: IDLE on frontend A sees a message delivered
+// through B, a flag set through C and an expunge made through B.
+func TestIdleAcrossFrontends(t *testing.T) {
+	t.Setenv(storeDSNEnv, "")
+	dsn := storetest.PostgresDSN(t)
+	const user, password = "idler@example.test", "idler password 1"
+	fronts := startFrontends(t, dsn, 3, user, password)
+	a, b, cf := fronts[0], fronts[1], fronts[2]
+
+	ev := &idleEvents{signal: make(chan struct{}, 1)}
+	idler := loginSelect(t, a.addrs["imap"], user, password, &imapclient.Options{UnilateralDataHandler: ev.handler()})
+	idle, err := idler.Idle()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	msg := "From: sender@remote.test\r\nTo: " + user + "\r\nSubject: through B\r\n\r\nhello\r\n"
+	if err := sendPlain(b.addrs["smtp"], "sender@remote.test", user, msg); err != nil {
+		t.Fatalf("deliver through B: %v", err)
+	}
+	ev.waitFor(t, "EXISTS 1 for a delivery through B", func(u *idleEvents) bool { return slices.Contains(u.exists, 1) })
+
+	onC := loginSelect(t, cf.addrs["imap"], user, password, nil)
+	if err := onC.Store(imap.SeqSetNum(1), &imap.StoreFlags{Op: imap.StoreFlagsAdd, Flags: []imap.Flag{imap.FlagFlagged}}, nil).Close(); err != nil {
+		t.Fatalf("STORE through C: %v", err)
+	}
+	ev.waitFor(t, `FETCH 1 \Flagged for a flag set through C`, func(u *idleEvents) bool {
+		return slices.ContainsFunc(u.flags, func(s string) bool { return strings.HasPrefix(s, "1 ") && strings.Contains(s, `\Flagged`) })
+	})
+
+	onB := loginSelect(t, b.addrs["imap"], user, password, nil)
+	if err := onB.Store(imap.SeqSetNum(1), &imap.StoreFlags{Op: imap.StoreFlagsAdd, Flags: []imap.Flag{imap.FlagDeleted}, Silent: true}, nil).Close(); err != nil {
+		t.Fatalf("STORE \\Deleted through B: %v", err)
+	}
+	if err := onB.Expunge().Close(); err != nil {
+		t.Fatalf("EXPUNGE through B: %v", err)
+	}
+	ev.waitFor(t, "EXPUNGE 1 for an expunge through B", func(u *idleEvents) bool { return slices.Contains(u.expunges, 1) })
+
+	if err := idle.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := idle.Wait(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// inboxSubjects logs in on addr and returns the subject of every message
+// in user's INBOX with its UID, failing on a subject stored twice or UIDs
+// that do not ascend.
+func inboxSubjects(t *testing.T, addr, user, password string) map[string]imap.UID {
+	t.Helper()
+	c := loginSelect(t, addr, user, password, nil)
+	all, err := c.Fetch(imap.SeqSet{imap.SeqRange{Start: 1, Stop: 0}}, &imap.FetchOptions{UID: true, Envelope: true}).Collect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]imap.UID{}
+	var prev imap.UID
+	for _, m := range all {
+		if m.UID <= prev {
+			t.Errorf("message %d has UID %d after UID %d: not strictly ascending", m.SeqNum, m.UID, prev)
+		}
+		prev = m.UID
+		if m.Envelope == nil {
+			t.Fatalf("message %d (UID %d) has no envelope", m.SeqNum, m.UID)
+		}
+		if first, dup := seen[m.Envelope.Subject]; dup {
+			t.Errorf("%s stored twice: UIDs %d and %d", m.Envelope.Subject, first, m.UID)
+		}
+		seen[m.Envelope.Subject] = m.UID
+	}
+	c.Logout().Wait()
+	return seen
+}
+
+// TestFrontendKilledLosesNothing: a frontend killed with SIGKILL in the
+// middle of concurrent deliveries through all three loses no acknowledged
+// message and stores none twice; the others go on, and it starts again on
+// the same database.
+func TestFrontendKilledLosesNothing(t *testing.T) {
+	t.Setenv(storeDSNEnv, "")
+	dsn := storetest.PostgresDSN(t)
+	const (
+		user, password = "victim@example.test", "victim password 1"
+		sendersPer     = 4
+		perSender      = 40
+		killAfter      = 100 // acknowledged deliveries in all before the kill
+	)
+	fronts := startFrontends(t, dsn, 3, user, password)
+	victim := fronts[1]
+
+	var (
+		mu     sync.Mutex
+		acked  = map[string]bool{}
+		killed = make(chan struct{})
+		once   sync.Once
+		wg     sync.WaitGroup
+	)
+	errs := make(chan error, len(fronts)*sendersPer)
+	for fi, f := range fronts {
+		for s := range sendersPer {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range perSender {
+					subj := fmt.Sprintf("k%d-s%d-%03d", fi, s, i)
+					msg := "From: sender@remote.test\r\nTo: " + user + "\r\nSubject: " + subj + "\r\n\r\nbody of " + subj + "\r\n"
+					err := sendPlain(f.addrs["smtp"], "sender@remote.test", user, msg)
+					if err != nil {
+						if f == victim {
+							select {
+							case <-killed:
+								return // expected once it is dead
+							default:
+							}
+						}
+						errs <- fmt.Errorf("frontend %d, %s: %w", fi, subj, err)
+						return
+					}
+					mu.Lock()
+					acked[subj] = true
+					n := len(acked)
+					mu.Unlock()
+					if n >= killAfter {
+						once.Do(func() {
+							// Closed first: the victim's senders
+							// may fail from the kill on.
+							close(killed)
+							if err := victim.cmd.Process.Kill(); err != nil {
+								errs <- fmt.Errorf("kill frontend 1: %w", err)
+							}
+						})
+					}
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	select {
+	case <-killed:
+	default:
+		t.Fatal("the deliveries ended before frontend 1 was killed")
+	}
+	victim.cmd.Wait()
+
+	seen := inboxSubjects(t, fronts[0].addrs["imap"], user, password)
+	victimAcked := 0
+	for subj := range acked {
+		if strings.HasPrefix(subj, "k1-") {
+			victimAcked++
+		}
+	}
+	t.Logf("%d deliveries acknowledged, %d of them by the killed frontend (of %d it was sent); %d messages stored",
+		len(acked), victimAcked, sendersPer*perSender, len(seen))
+	for subj := range acked {
+		if _, ok := seen[subj]; !ok {
+			t.Errorf("%s was acknowledged but is missing", subj)
+		}
+	}
+	// The survivors delivered all of theirs.
+	for _, fi := range []int{0, 2} {
+		for s := range sendersPer {
+			for i := range perSender {
+				if subj := fmt.Sprintf("k%d-s%d-%03d", fi, s, i); !acked[subj] {
+					t.Errorf("%s through a surviving frontend was not acknowledged", subj)
+				}
+			}
+		}
+	}
+
+	// The killed frontend starts again on the same database and serves.
+	again := spawnServe(t, victim.config)
+	if err := sendPlain(again.addrs["smtp"], "sender@remote.test", user,
+		"From: sender@remote.test\r\nTo: "+user+"\r\nSubject: after restart\r\n\r\nback\r\n"); err != nil {
+		t.Fatalf("deliver through the restarted frontend: %v", err)
+	}
+	seen = inboxSubjects(t, fronts[2].addrs["imap"], user, password)
+	if _, ok := seen["after restart"]; !ok {
+		t.Error("the message delivered through the restarted frontend is missing")
+	}
+}
