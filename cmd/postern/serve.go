@@ -204,7 +204,8 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, hu
 		return err
 	}
 	defer unlock()
-	store, err := openStoreOpts(cfg, mailstore.Options{Logger: log.With("part", "mailstore")})
+	store, err := openStoreOpts(cfg, mailstore.Options{Logger: log.With("part", "mailstore"),
+		OnCommit: func(c mailstore.CommitInfo) { metrics.ObserveCommit(c.Requests, c.Duration, c.Err) }})
 	if err != nil {
 		return err
 	}

@@ -138,6 +138,10 @@ func TestServeMetrics(t *testing.T) {
 		{"postern_tls_handshakes_total", []string{"proto", "imap", "result", "ok"}, 1},
 		// dns.server refuses every query: the MX's SPF check fails.
 		{"postern_dns_lookups_total", []string{"result", "fail"}, 1},
+		// The store's group commits (mailstore.Options.OnCommit): at
+		// least the delivery's.
+		{"postern_store_commit_duration_seconds", nil, 1},
+		{"postern_store_commit_requests", nil, 1},
 	}
 	var mf map[string]*dto.MetricFamily
 	deadline := time.Now().Add(15 * time.Second)
