@@ -623,3 +623,66 @@ func TestOddBytes(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// In one batch, requests that fail (by returning an error after writing,
+// or by a failing statement) leave nothing, and the others commit.
+func TestFailingRequestsInOneBatch(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t)
+	gate, running := make(chan struct{}), make(chan struct{})
+	blocked := make(chan error, 1)
+	go func() {
+		blocked <- s.w.do(ctx, func(*wtx) error { close(running); <-gate; return nil })
+	}()
+	<-running // the writer is busy: what comes now waits for the next batch
+	var once sync.Once
+	open := func() { once.Do(func() { close(gate) }) }
+	defer open()
+	const n = 12
+	results := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i] = s.w.do(ctx, func(t *wtx) error {
+				if _, err := t.exec("INSERT INTO domains (name) VALUES (?)", fmt.Sprintf("d%d.test", i)); err != nil {
+					return err
+				}
+				switch i % 4 {
+				case 1:
+					return errors.New("refused after writing")
+				case 2:
+					_, err := t.exec("INSERT INTO domains (name) VALUES ('example.test')") // exists
+					return err
+				}
+				return nil
+			})
+		}()
+	}
+	for deadline := time.Now().Add(10 * time.Second); len(s.w.reqs) < n; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d requests queued, want %d", len(s.w.reqs), n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	open()
+	wg.Wait()
+	if err := <-blocked; err != nil {
+		t.Fatal(err)
+	}
+	domains, err := s.Domains(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]bool{}
+	for _, d := range domains {
+		have[d] = true
+	}
+	for i, err := range results {
+		ok := i%4 == 0 || i%4 == 3
+		if (err == nil) != ok || have[fmt.Sprintf("d%d.test", i)] != ok {
+			t.Errorf("request %d: %v, domain stored %v", i, err, have[fmt.Sprintf("d%d.test", i)])
+		}
+	}
+}

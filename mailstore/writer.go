@@ -300,11 +300,21 @@ const maxRetries = 8
 // sweep may have work: bodies lost their last reference, or more were
 // deletable than one transaction takes.
 func (w *writer) run(batch []*writeReq) (sweepAgain bool) {
+	// On PostgreSQL a savepoint costs two round trips a request, which
+	// is most of a delivery's; so a batch first runs without them, and
+	// only when a request fails is it run again with them (the failed
+	// request's statements must go, the others' stay).
+	savepoints := !w.d.pg || len(batch) == 1
 	for attempt := 0; ; attempt++ {
 		start := time.Now()
-		sweepAgain, err, retry := w.runOnce(batch)
-		if w.s.onCommit != nil {
+		sweepAgain, err, retry := w.runOnce(batch, savepoints)
+		if w.s.onCommit != nil && !errors.Is(err, errRequestFailed) {
 			w.s.onCommit(CommitInfo{Requests: len(batch), Duration: time.Since(start), Err: err})
+		}
+		if errors.Is(err, errRequestFailed) {
+			savepoints = true
+			attempt--
+			continue
 		}
 		if !retry {
 			return sweepAgain
@@ -322,10 +332,16 @@ func (w *writer) run(batch []*writeReq) (sweepAgain bool) {
 	}
 }
 
-// runOnce runs the batch once. When the transaction lost a race that
-// running it again may win (retry), nothing was answered; otherwise
-// every request has its answer.
-func (w *writer) runOnce(batch []*writeReq) (sweepAgain bool, txErr error, retry bool) {
+// errRequestFailed: a request failed in a batch run without savepoints;
+// the batch was rolled back, to run again with them.
+var errRequestFailed = errors.New("a request failed without a savepoint")
+
+// runOnce runs the batch once, each request in a savepoint of its own or
+// (savepoints false) not. When the transaction lost a race that running
+// it again may win (retry), or a request failed without a savepoint
+// (errRequestFailed), nothing was answered; otherwise every request has
+// its answer.
+func (w *writer) runOnce(batch []*writeReq, savepoints bool) (sweepAgain bool, txErr error, retry bool) {
 	errs := make([]error, len(batch))
 	ctl := &wtx{w: w}
 	abort := func(what string, err error) (bool, error, bool) {
@@ -386,6 +402,16 @@ func (w *writer) runOnce(batch []*writeReq) (sweepAgain bool, txErr error, retry
 			continue
 		}
 		r.tx = &wtx{w: w}
+		if !savepoints {
+			if errs[i] = r.fn(r.tx); errs[i] != nil {
+				if retryable(errs[i]) {
+					return abort("request", errs[i])
+				}
+				ctl.exec("ROLLBACK")
+				return false, errRequestFailed, false
+			}
+			continue
+		}
 		if _, err := ctl.exec("SAVEPOINT req"); err != nil {
 			return abort("savepoint", err)
 		}
