@@ -313,6 +313,23 @@ func (sess *session) loginResult(mech, name string, user mailstore.User, err err
 	sess.account, sess.locked = user, true
 	ctx, cancel := context.WithTimeout(sess.srv.baseCtx, storeTimeout)
 	defer cancel()
+	// The in-process lock answers sessions of this server at once; the
+	// store's lease holds across every frontend of a shared store
+	// (RFC 1939 8), and lapses by itself if this process dies.
+	release, err := sess.srv.store.LockMaildrop(ctx, user.ID, leaseHolder+" "+sess.id, sess.srv.cfg.MaildropLease)
+	if err != nil {
+		sess.releaseLock()
+		sess.account = mailstore.User{}
+		if errors.Is(err, mailstore.ErrLocked) {
+			sess.log.Info("maildrop in use", "user", user.Address, "held_by", "another frontend")
+			sess.send(errInUse)
+			return
+		}
+		sess.log.Error("cannot lock maildrop", "user", user.Address, "err", err)
+		sess.send(errTemporary)
+		return
+	}
+	sess.lease = release
 	drop, err := openMaildrop(ctx, sess.srv.store, user.ID)
 	if err != nil {
 		sess.log.Error("cannot open maildrop", "user", user.Address, "err", err)

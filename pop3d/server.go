@@ -83,7 +83,15 @@ type Config struct {
 	// policy also sets the delay before a failed login is answered. Nil
 	// fields get private defaults.
 	Shared limits.Shared
+	// MaildropLease is how long the store's lease on a maildrop lasts
+	// without renewal (it is renewed while the session holds it): the
+	// longest a maildrop stays locked after its frontend dies. Zero means
+	// DefaultMaildropLease.
+	MaildropLease time.Duration
 }
+
+// DefaultMaildropLease is Config.MaildropLease's default.
+const DefaultMaildropLease = 30 * time.Second
 
 // Server is a POP3 server over a mailstore. Its methods are safe for
 // concurrent use.
@@ -128,6 +136,9 @@ func New(cfg Config, store *mailstore.Store) *Server {
 	cfg.Shared = cfg.Shared.WithDefaults()
 	budget, lim := cfg.Shared.Group(cfg.Limits, DefaultLimits)
 	cfg.Limits = lim
+	if cfg.MaildropLease <= 0 {
+		cfg.MaildropLease = DefaultMaildropLease
+	}
 	if cfg.Secure == nil {
 		cfg.Secure = isLoopback
 	}

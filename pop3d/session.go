@@ -91,7 +91,8 @@ type session struct {
 	pendingUser string // the name from USER, as seen by the command after it
 
 	account   mailstore.User
-	locked    bool // this session holds account's maildrop lock
+	locked    bool   // this session holds account's maildrop lock
+	lease     func() // ends the store's lease on the maildrop; nil when none
 	drop      *maildrop
 	retrieved int
 	deleted   int
@@ -382,11 +383,21 @@ func (sess *session) end() {
 }
 
 func (sess *session) releaseLock() {
+	if sess.lease != nil {
+		sess.lease()
+		sess.lease = nil
+	}
 	if sess.locked {
 		sess.srv.unlock(sess.account.ID)
 		sess.locked = false
 	}
 }
+
+// leaseHolder names this process in the store's maildrop leases.
+var leaseHolder = func() string {
+	host, _ := os.Hostname()
+	return fmt.Sprintf("%s:%d", host, os.Getpid())
+}()
 
 // describeIOError names why a connection ended, for the log.
 func describeIOError(err error) string {

@@ -536,3 +536,32 @@ func TestRetrAfterExpungeElsewhere(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestInUseAcrossFrontends: two POP3 servers on one store (frontends of a
+// shared database) keep one session per maildrop between them through
+// the store's lease; after the session ends, the other frontend may log in.
+func TestInUseAcrossFrontends(t *testing.T) {
+	st := openStore(t)
+	appendMessages(t, st, alice, [][]byte{makeMessage(1, 300)})
+	a := startServer(t, st, nil)
+	b := startServer(t, st, func(cfg *Config) { cfg.MaildropLease = 2 * time.Second })
+	c1 := dial(t, a.addr)
+	c1.login(alice, alicePass)
+	c2 := dial(t, b.addr)
+	c2.ok("USER " + alice)
+	if got := c2.cmd("PASS " + alicePass); !strings.HasPrefix(got, "-ERR [IN-USE]") {
+		t.Fatalf("second frontend's PASS while the first holds the maildrop: %q", got)
+	}
+	c1.ok("QUIT")
+	c3 := dialRetryInUse(t, b.addr, alice, alicePass)
+	c3.ok("STAT")
+	c4 := dial(t, a.addr)
+	c4.ok("USER " + alice)
+	if got := c4.cmd("PASS " + alicePass); !strings.HasPrefix(got, "-ERR [IN-USE]") {
+		t.Fatalf("first frontend's PASS while the second holds the maildrop: %q", got)
+	}
+	c3.ok("QUIT")
+	if !strings.Contains(b.logs.String(), "held_by=\"another frontend\"") && !strings.Contains(a.logs.String(), "held_by=\"another frontend\"") {
+		t.Errorf("no frontend logged the other's lease:\n%s\n%s", a.logs.String(), b.logs.String())
+	}
+}
