@@ -28,6 +28,7 @@ type LimitsConfig struct {
 	SpoolBytes         int64  `toml:"spool_bytes"`          // message bytes in spool files, all sessions
 	IMAPCommandBytes   int    `toml:"imap_command_bytes"`   // longest IMAP command line
 	IMAPLiteralBytes   int64  `toml:"imap_literal_bytes"`   // longest IMAP literal outside APPEND
+	MaildropLease      string `toml:"maildrop_lease"`       // a dead frontend's POP3 maildrop stays locked this long
 
 	MX         ProtocolLimits `toml:"mx"`
 	Submission ProtocolLimits `toml:"submission"`
@@ -65,6 +66,7 @@ func defaultLimits() LimitsConfig {
 		SpoolBytes:         limits.DefaultSpool,
 		IMAPCommandBytes:   imapd.LibraryMaxCommandBytes,
 		IMAPLiteralBytes:   imapd.LibraryMaxLiteralBytes,
+		MaildropLease:      "30s",
 		MX:                 ProtocolLimits{1000, 20, "5m", "5m", 20},
 		Submission:         ProtocolLimits{500, 20, "1m", "5m", 10},
 		POP3:               ProtocolLimits{1000, 20, "1m", "10m", 10},
@@ -135,6 +137,7 @@ func (c *Config) validateLimits(bad func(key, format string, args ...any)) {
 	duration("limits.login_failure_window", l.LoginFailureWindow, positive, "")
 	duration("limits.login_block", l.LoginBlock, positive, "")
 	duration("limits.login_failure_delay", l.LoginFailureDelay, 0, "")
+	duration("limits.maildrop_lease", l.MaildropLease, time.Second, "the lease is renewed every third of it")
 	switch {
 	case l.InFlightBytes <= 0:
 		bad("limits.in_flight_bytes", "must be greater than 0")
@@ -191,9 +194,10 @@ type serveLimits struct {
 	Shared                     limits.Shared
 	MX, Submission, POP3, IMAP limits.Protocol
 
-	IMAPCommandBytes int   // imapd.Config.MaxCommandBytes
-	IMAPLiteralBytes int64 // imapd.Config.MaxLiteralBytes
-	MaxMessageBytes  int64 // imapd.Config.MaxMessageBytes (APPENDLIMIT), as smtp.max_message_bytes
+	IMAPCommandBytes int           // imapd.Config.MaxCommandBytes
+	IMAPLiteralBytes int64         // imapd.Config.MaxLiteralBytes
+	MaildropLease    time.Duration // pop3d.Config.MaildropLease
+	MaxMessageBytes  int64         // imapd.Config.MaxMessageBytes (APPENDLIMIT), as smtp.max_message_bytes
 }
 
 // newServeLimits makes the one process-wide connection budget (at most
@@ -227,6 +231,7 @@ func newServeLimits(cfg *Config, connections int) serveLimits {
 		IMAP:             l.IMAP.protocol(),
 		IMAPCommandBytes: l.IMAPCommandBytes,
 		IMAPLiteralBytes: l.IMAPLiteralBytes,
+		MaildropLease:    mustDuration(l.MaildropLease),
 		MaxMessageBytes:  cfg.SMTP.MaxMessageBytes,
 	}
 }

@@ -5,7 +5,10 @@ package main
 // through one, and IDLE on one seeing what the others did.
 
 import (
+	"bufio"
 	"fmt"
+	"io"
+	"net/textproto"
 	"os"
 	"path/filepath"
 	"slices"
@@ -46,6 +49,8 @@ listen = "127.0.0.1:0"
 listen_tls = ""
 [dns]
 server = "127.0.0.1:1"
+[limits]
+maildrop_lease = "2s"
 [store]
 driver = "postgres"
 dsn = "` + dsn + `"
@@ -413,4 +418,71 @@ func TestFrontendKilledLosesNothing(t *testing.T) {
 	if _, ok := seen["after restart"]; !ok {
 		t.Error("the message delivered through the restarted frontend is missing")
 	}
+}
+
+// pop3TryLogin dials a POP3 server and logs in; it returns the connection
+// and the reply to PASS.
+func pop3TryLogin(t *testing.T, addr, user, password string) (*textproto.Conn, string) {
+	t.Helper()
+	c, err := textproto.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.R = bufio.NewReader(io.LimitReader(c.R, 1<<20))
+	line := func(cmd string) string {
+		if cmd != "" {
+			if err := c.PrintfLine("%s", cmd); err != nil {
+				t.Fatal(err)
+			}
+		}
+		l, err := c.ReadLine()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	if l := line(""); !strings.HasPrefix(l, "+OK") {
+		t.Fatalf("greeting %q", l)
+	}
+	if l := line("USER " + user); !strings.HasPrefix(l, "+OK") {
+		t.Fatalf("USER: %q", l)
+	}
+	return c, line("PASS " + password)
+}
+
+// TestPOP3InUseAcrossFrontends: a POP3 session on frontend A locks the
+// maildrop for frontend B too (-ERR [IN-USE]); when A is killed with
+// SIGKILL, B gets the maildrop once A's lease (limits.maildrop_lease, 2 s
+// here) has run out.
+func TestPOP3InUseAcrossFrontends(t *testing.T) {
+	t.Setenv(storeDSNEnv, "")
+	dsn := storetest.PostgresDSN(t)
+	const user, password = "popper@example.test", "popper password 1"
+	fronts := startFrontends(t, dsn, 2, user, password)
+	a, b := fronts[0], fronts[1]
+	if _, reply := pop3TryLogin(t, a.addrs["pop3"], user, password); !strings.HasPrefix(reply, "+OK") {
+		t.Fatalf("login on A: %q", reply)
+	}
+	if _, reply := pop3TryLogin(t, b.addrs["pop3"], user, password); !strings.HasPrefix(reply, "-ERR [IN-USE]") {
+		t.Fatalf("login on B while A holds the maildrop: %q, want -ERR [IN-USE]", reply)
+	}
+	killed := time.Now()
+	if err := a.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	a.cmd.Wait()
+	for {
+		c, reply := pop3TryLogin(t, b.addrs["pop3"], user, password)
+		if strings.HasPrefix(reply, "+OK") {
+			c.PrintfLine("QUIT")
+			break
+		}
+		if !strings.HasPrefix(reply, "-ERR [IN-USE]") || time.Since(killed) > 20*time.Second {
+			t.Fatalf("login on B %v after A was killed: %q", time.Since(killed), reply)
+		}
+		c.Close()
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Logf("B got the maildrop %v after A was killed", time.Since(killed).Round(100*time.Millisecond))
 }

@@ -469,6 +469,7 @@ func newServer(env *serveEnv, l listener) (serve func(net.Listener) error, shutd
 				Trace:             env.trace,
 				Limits:            env.limits.POP3,
 				Shared:            env.limits.Shared,
+				MaildropLease:     env.limits.MaildropLease,
 			}, env.store)
 		}
 		if l.Proto == "pop3s" {
