@@ -156,10 +156,13 @@ func fillMailbox(b *testing.B, s *Store, mailboxID int64, n int) {
 		if err := t.bump(mailboxID, &h, uint32(n), nil); err != nil {
 			return err
 		}
-		for i := 0; i < n; i++ {
-			if err := t.insertMessage(mailboxID, first+uint32(i), h.modseq, 0, nil, time.Unix(int64(i), 0), int64(len(body.data)), bodyID); err != nil {
-				return err
-			}
+		msgs := make([]Message, n)
+		for i := range msgs {
+			msgs[i] = Message{MailboxID: mailboxID, UID: first + uint32(i), ModSeq: h.modseq,
+				InternalDate: time.Unix(int64(i), 0), Size: int64(len(body.data)), BodyID: bodyID}
+		}
+		if err := t.insertMessages(msgs); err != nil {
+			return err
 		}
 		t.changes = nil // nobody listens
 		return nil
