@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -47,5 +50,42 @@ func TestDKIMKeys(t *testing.T) {
 	s.AddDomain(ctx, "example.test")
 	if keys, _ := s.DKIMKeys(ctx, "example.test", false); len(keys) != 0 {
 		t.Fatalf("keys outlived their domain: %+v", keys)
+	}
+}
+
+// TestDKIMKeysIfNone: frontends of one store that each find a domain
+// without keys at the same moment store one pair between them.
+func TestDKIMKeysIfNone(t *testing.T) {
+	ctx := context.Background()
+	fe, _ := frontends(t, 3)
+	day := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	var added atomic.Int32
+	var wg sync.WaitGroup
+	for i, s := range fe {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sel := fmt.Sprintf("p20261201-%d", i)
+			ok, err := s.AddDKIMKeysIfNone(ctx, "example.test",
+				DKIMKey{Domain: "example.test", Selector: sel + "e", Algorithm: "ed25519", PrivatePEM: []byte("e"), Created: day},
+				DKIMKey{Domain: "example.test", Selector: sel + "r", Algorithm: "rsa", PrivatePEM: []byte("r"), Created: day})
+			if err != nil {
+				t.Errorf("frontend %d: %v", i, err)
+			}
+			if ok {
+				added.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	keys, err := fe[0].DKIMKeys(ctx, "example.test", true)
+	if err != nil || added.Load() != 1 || len(keys) != 2 {
+		t.Fatalf("%d frontends added keys, %d active keys (%v); want 1 and 2", added.Load(), len(keys), err)
+	}
+	if _, err := fe[1].AddDKIMKeysIfNone(ctx, "elsewhere.test", DKIMKey{Domain: "example.test"}); !errors.Is(err, ErrInvalidName) {
+		t.Fatalf("a key of another domain: %v, want ErrInvalidName", err)
+	}
+	if _, err := fe[1].AddDKIMKeysIfNone(ctx, "elsewhere.test"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a domain that is not local: %v, want ErrNotFound", err)
 	}
 }

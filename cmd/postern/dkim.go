@@ -42,9 +42,18 @@ func ensureDKIMKeys(ctx context.Context, st *mailstore.Store, log *slog.Logger, 
 		if len(active) > 0 {
 			continue
 		}
-		keys, err := addKeys(ctx, st, d, now)
+		keys, rows, err := newKeyRows(ctx, st, d, now)
 		if err != nil {
 			return fmt.Errorf("dkim keys of %s: %w", d, err)
+		}
+		// Another frontend of a shared store may have made the pair
+		// meanwhile: then this one is dropped.
+		added, err := st.AddDKIMKeysIfNone(ctx, d, rows...)
+		if err != nil {
+			return fmt.Errorf("dkim keys of %s: %w", d, err)
+		}
+		if !added {
+			continue
 		}
 		for _, k := range keys {
 			log.Info("dkim key generated; publish its record (postern dns)", "domain", d, "selector", k.Selector,
@@ -59,13 +68,26 @@ func ensureDKIMKeys(ctx context.Context, st *mailstore.Store, log *slog.Logger, 
 // the same day gets "-2", "-3"... before the algorithm letter, since a
 // selector is never reused.
 func addKeys(ctx context.Context, st *mailstore.Store, domain string, now time.Time) ([]msgauth.Key, error) {
-	keys, err := msgauth.GenerateKeys(domain, now)
+	keys, rows, err := newKeyRows(ctx, st, domain, now)
 	if err != nil {
 		return nil, err
 	}
+	if err := st.AddDKIMKeys(ctx, rows...); err != nil {
+		return nil, err
+	}
+	return keys, nil
+}
+
+// newKeyRows generates a new pair of keys for domain with selectors it
+// has not used, as the store keeps them.
+func newKeyRows(ctx context.Context, st *mailstore.Store, domain string, now time.Time) ([]msgauth.Key, []mailstore.DKIMKey, error) {
+	keys, err := msgauth.GenerateKeys(domain, now)
+	if err != nil {
+		return nil, nil, err
+	}
 	old, err := st.DKIMKeys(ctx, domain, false)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	taken := make(map[string]bool, len(old))
 	for _, k := range old {
@@ -80,15 +102,12 @@ func addKeys(ctx context.Context, st *mailstore.Store, domain string, now time.T
 		}
 		pem, err := k.MarshalPrivateKey()
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		rows[i] = mailstore.DKIMKey{Domain: k.Domain, Selector: k.Selector, Algorithm: string(k.Algorithm),
 			PrivatePEM: pem, Created: k.Created}
 	}
-	if err := st.AddDKIMKeys(ctx, rows...); err != nil {
-		return nil, err
-	}
-	return keys, nil
+	return keys, rows, nil
 }
 
 func cmdDKIM(c *cli, args []string) int {
