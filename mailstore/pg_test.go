@@ -686,3 +686,25 @@ func TestFailingRequestsInOneBatch(t *testing.T) {
 		}
 	}
 }
+
+// TestDescribePostgresDoesNotMigrate: describing an empty database
+// reports schema 0 and leaves it empty; a Postern database reports its
+// version.
+func TestDescribePostgresDoesNotMigrate(t *testing.T) {
+	postgresPass(t)
+	ctx := context.Background()
+	db := newTestDB(t)
+	info, err := DescribePostgres(ctx, db.dsn)
+	if err != nil || info.SchemaVersion != 0 || info.ServerVersion == "" || info.Backend != "postgres" {
+		t.Fatalf("empty database: %+v, %v", info, err)
+	}
+	again, err := DescribePostgres(ctx, db.dsn)
+	if err != nil || again.SchemaVersion != 0 {
+		t.Fatalf("described twice: %+v, %v: the first created a schema", again, err)
+	}
+	s := db.open(t, Options{PasswordCost: FastPasswordHash})
+	s.Close()
+	if info, err = DescribePostgres(ctx, db.dsn); err != nil || info.SchemaVersion != len(migrations) {
+		t.Fatalf("Postern database: %+v, %v; want schema %d", info, err, len(migrations))
+	}
+}

@@ -405,3 +405,32 @@ func pgServerVersion(ctx context.Context, s *Store) (string, error) {
 
 // itoa is strconv.FormatInt for IDs.
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+// DescribePostgres connects to the database dsn names and reports the
+// server's version and the schema version there (0: no Postern schema
+// yet) without creating or upgrading anything, so that checking a
+// configuration never migrates a database that running frontends share.
+// A schema newer than this binary's is reported, with ErrSchemaTooNew.
+func DescribePostgres(ctx context.Context, dsn string) (BackendInfo, error) {
+	info := BackendInfo{Backend: postgresDialect.name()}
+	if _, err := pgconn.ParseConfig(dsn); err != nil {
+		return info, fmt.Errorf("describe PostgreSQL store: %w", err)
+	}
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		return info, fmt.Errorf("describe PostgreSQL store: %w", err)
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(1)
+	if err := db.QueryRowContext(ctx, "SHOW server_version").Scan(&info.ServerVersion); err != nil {
+		return info, fmt.Errorf("describe PostgreSQL store: %w", err)
+	}
+	info.SchemaVersion, err = pgSchemaVersion(ctx, db)
+	if err != nil {
+		return info, fmt.Errorf("describe PostgreSQL store: %w", err)
+	}
+	if latest := pgBaseVersion + len(pgMigrations); info.SchemaVersion > latest {
+		return info, fmt.Errorf("describe PostgreSQL store: %w (schema version %d, this binary knows up to %d)", ErrSchemaTooNew, info.SchemaVersion, latest)
+	}
+	return info, nil
+}

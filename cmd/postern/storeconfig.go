@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -132,15 +133,28 @@ func checkStore(ctx context.Context, w io.Writer, cfg *Config) error {
 		fmt.Fprintf(w, "store: %s, %s: not created yet (serve or the first postern user add creates it)\n", cfg.Store.Driver, where)
 		return nil
 	}
-	st, err := openBackend(cfg, mailstore.Options{})
-	if err != nil {
-		return err
+	var info mailstore.BackendInfo
+	if cfg.Store.Driver == driverPostgres {
+		// Read only: checking a configuration must not migrate a
+		// database that running frontends share.
+		info, err = mailstore.DescribePostgres(ctx, cfg.Store.DSN)
+		if err != nil {
+			return fmt.Errorf("store %s: %w", where, err)
+		}
+	} else {
+		st, err := openBackend(cfg, mailstore.Options{})
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		if info, err = st.Describe(ctx); err != nil {
+			return fmt.Errorf("store %s: %w", where, err)
+		}
 	}
-	defer st.Close()
-	info, err := st.Describe(ctx)
-	if err != nil {
-		return fmt.Errorf("store %s: %w", where, err)
+	schema := strconv.Itoa(info.SchemaVersion)
+	if info.SchemaVersion == 0 {
+		schema = "none yet (serve or the first postern user add creates it)"
 	}
-	fmt.Fprintf(w, "store: %s, %s: server version %s, schema version %d\n", info.Backend, where, info.ServerVersion, info.SchemaVersion)
+	fmt.Fprintf(w, "store: %s, %s: server version %s, schema version %s\n", info.Backend, where, info.ServerVersion, schema)
 	return nil
 }
