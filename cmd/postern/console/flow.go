@@ -20,6 +20,10 @@ const (
 	eventBuffer = 1024
 	// eventWriteTimeout bounds writing one event to a client.
 	eventWriteTimeout = 10 * time.Second
+	// maxStreamsPerUser bounds the /api/events streams one user holds
+	// open at once (a few browser tabs); each holds a Hub subscription
+	// with its buffer and one of the listener's connections.
+	maxStreamsPerUser = 4
 	// keepAlive is how often an idle stream gets a comment line, so that
 	// proxies and the browser keep it open.
 	keepAlive = 15 * time.Second
@@ -183,6 +187,11 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, u *user) {
 			since, replay = n, true
 		}
 	}
+	if !s.web.openStream(u.Address) {
+		text(w, http.StatusTooManyRequests, "too many event streams open for this user\n")
+		return
+	}
+	defer s.web.closeStream(u.Address)
 	sub, recent := hub.Subscribe(eventBuffer)
 	defer sub.Close()
 	rc := http.NewResponseController(w)
@@ -264,6 +273,25 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, u *user) {
 		case <-s.web.stop:
 			return
 		}
+	}
+}
+
+// openStream counts a new event stream of address, if it has room.
+func (wb *web) openStream(address string) bool {
+	wb.mu.Lock()
+	defer wb.mu.Unlock()
+	if wb.streams[address] >= maxStreamsPerUser {
+		return false
+	}
+	wb.streams[address]++
+	return true
+}
+
+func (wb *web) closeStream(address string) {
+	wb.mu.Lock()
+	defer wb.mu.Unlock()
+	if wb.streams[address]--; wb.streams[address] <= 0 {
+		delete(wb.streams, address)
 	}
 }
 
