@@ -94,13 +94,17 @@ const maxOwnSessions = 1000
 type eventFilter struct {
 	addr     string
 	sessions map[string]bool
+	// received are the sessions that delivered mail to the user: of
+	// those the user sees their end (that the row closes), without the
+	// protocol lines, which name the other recipients.
+	received map[string]bool
 }
 
 func newEventFilter(u *user) *eventFilter {
 	if u.Admin {
 		return nil
 	}
-	return &eventFilter{addr: u.Address, sessions: make(map[string]bool)}
+	return &eventFilter{addr: u.Address, sessions: make(map[string]bool), received: make(map[string]bool)}
 }
 
 // view returns what the user may see of e, and whether they may see it
@@ -117,6 +121,18 @@ func (f *eventFilter) view(e Event) (Event, bool) {
 			delete(f.sessions, sess)
 		}
 		return e, true
+	}
+	if sess != "" && f.received[sess] && flowOf(e).Kind == "close" {
+		delete(f.received, sess)
+		out := e
+		out.Attrs = nil
+		for _, a := range e.Attrs {
+			switch a.Key {
+			case "session", "proto", "part":
+				out.Attrs = append(out.Attrs, a)
+			}
+		}
+		return out, true
 	}
 	asRecipient := false
 	for _, a := range e.Attrs {
@@ -139,6 +155,9 @@ func (f *eventFilter) view(e Event) (Event, bool) {
 	}
 	if !asRecipient {
 		return e, false
+	}
+	if sess != "" && len(f.received) < maxOwnSessions {
+		f.received[sess] = true
 	}
 	out := e
 	out.Attrs = make([]Attr, len(e.Attrs))
