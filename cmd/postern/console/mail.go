@@ -120,22 +120,28 @@ func (s *Server) mailList(w http.ResponseWriter, r *http.Request, u *user) {
 		s.notFound(w, "no such mailbox", err)
 		return
 	}
-	var msgs []mailstore.Message
-	if d.Query != "" {
-		msgs, d.SearchWasLimited, err = s.search(ctx, mb.ID, d.Query)
-	} else {
-		msgs, err = st.Messages(ctx, mb.ID, nil)
-	}
-	if err != nil {
-		s.fail(w, "list messages", err)
-		return
-	}
-	slices.Reverse(msgs) // newest first
-	d.Total = len(msgs)
-	d.Pages = max(1, (len(msgs)+pageSize-1)/pageSize)
 	d.Page, _ = strconv.Atoi(q.Get("page"))
-	d.Page = min(max(d.Page, 0), d.Pages-1)
-	for _, m := range msgs[min(d.Page*pageSize, len(msgs)):min((d.Page+1)*pageSize, len(msgs))] {
+	var msgs []mailstore.Message // the page's, newest first
+	if d.Query != "" {
+		var found []mailstore.Message
+		found, d.SearchWasLimited, err = s.search(ctx, mb.ID, d.Query)
+		if err != nil {
+			s.fail(w, "search messages", err)
+			return
+		}
+		slices.Reverse(found) // newest first
+		d.Total = len(found)
+		d.Pages = max(1, (d.Total+pageSize-1)/pageSize)
+		d.Page = min(max(d.Page, 0), d.Pages-1)
+		msgs = found[min(d.Page*pageSize, d.Total):min((d.Page+1)*pageSize, d.Total)]
+	} else {
+		d.Total, d.Pages, d.Page, msgs, err = s.listPage(ctx, mb.ID, d.Page)
+		if err != nil {
+			s.fail(w, "list messages", err)
+			return
+		}
+	}
+	for _, m := range msgs {
 		row := msgRow{UID: m.UID, Size: m.Size, Seen: m.HasFlag(mailstore.FlagSeen),
 			Flagged: m.HasFlag(mailstore.FlagFlagged), Answer: m.HasFlag(mailstore.FlagAnswered),
 			Date: m.InternalDate.Local().Format("2006-01-02 15:04")}
@@ -158,6 +164,31 @@ func (s *Server) mailList(w http.ResponseWriter, r *http.Request, u *user) {
 		d.Next = link(d.Page + 1)
 	}
 	s.render(w, http.StatusOK, "mail", u, d)
+}
+
+// listPage reads one page of a mailbox, newest first, without reading
+// the records of the other pages: the mailbox's UIDs (one column) give the
+// page's UID range, and the store reads the records of that range only.
+func (s *Server) listPage(ctx context.Context, mailboxID int64, page int) (total, pages, cur int, msgs []mailstore.Message, err error) {
+	uids, _, err := s.cfg.Store.MailboxUIDs(ctx, mailboxID)
+	if err != nil {
+		return 0, 1, 0, nil, err
+	}
+	total = len(uids)
+	pages = max(1, (total+pageSize-1)/pageSize)
+	cur = min(max(page, 0), pages-1)
+	if total == 0 {
+		return total, pages, cur, nil, nil
+	}
+	// Page 0 is the newest: the last pageSize UIDs.
+	hi := total - 1 - cur*pageSize
+	lo := max(0, hi-pageSize+1)
+	msgs, err = s.cfg.Store.Messages(ctx, mailboxID, mailstore.UIDSet{{Start: uids[lo], Stop: uids[hi]}})
+	if err != nil {
+		return 0, 1, 0, nil, err
+	}
+	slices.Reverse(msgs)
+	return total, pages, cur, msgs, nil
 }
 
 // search finds the messages whose text contains query, case-insensitive,

@@ -87,13 +87,13 @@ func startWeb(t testing.TB, mod func(*Config)) *webEnv {
 
 // browser is a logged-in HTTP client with its cookie and CSRF token.
 type browser struct {
-	t    *testing.T
+	t    testing.TB
 	env  *webEnv
 	c    *http.Client
 	csrf string
 }
 
-func (e *webEnv) browser(t *testing.T) *browser {
+func (e *webEnv) browser(t testing.TB) *browser {
 	jar, _ := cookiejar.New(nil)
 	return &browser{t: t, env: e, c: &http.Client{Jar: jar, Timeout: 20 * time.Second,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
