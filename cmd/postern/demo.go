@@ -32,6 +32,7 @@ import (
 	"github.com/miekg/dns"
 	"golang.org/x/term"
 
+	"github.com/postern/postern/cmd/postern/console"
 	"github.com/postern/postern/imapd"
 	"github.com/postern/postern/mailstore"
 	"github.com/postern/postern/mime"
@@ -63,6 +64,11 @@ type demoDomain struct {
 	mxPort               int    // the MX's port
 	pop3Addr, imapAddr   string
 	listeners            []net.Listener
+	// hub, console and webAddr are the domain's web console (-web):
+	// the hub gets every record of the domain's servers.
+	hub     *console.Hub
+	console *console.Server
+	webAddr string
 }
 
 // demo is one run of `postern demo`.
@@ -88,6 +94,8 @@ type demo struct {
 	// front is the greylisting front on beta's MX address (greylist
 	// scenario), or nil.
 	front *greylistFront
+	// web: each domain also runs its web console (-web).
+	web bool
 	// clock is how far the demo's clock, which the relays use, runs
 	// ahead of the real one (the greylist scenario jumps to a retry).
 	clock atomic.Int64
@@ -122,10 +130,11 @@ func (d *demo) advance(by time.Duration) { d.clock.Add(int64(by)) }
 
 func cmdDemo(c *cli, args []string) int {
 	const name = "demo"
-	fs := c.flagSet(name, "[-json] [-keep] [-step] [-show-body] [-scenario NAME]")
+	fs := c.flagSet(name, "[-json] [-keep] [-web] [-step] [-show-body] [-scenario NAME]")
 	asJSON := fs.Bool("json", false, "print the events as JSON lines")
 	scenarioName := fs.String("scenario", "flow", "what to show (-scenario list names them)")
 	keep := fs.Bool("keep", false, "leave the servers running and print how to connect with a real client")
+	web := fs.Bool("web", false, "like -keep, and each domain's web console on loopback, to watch the flow in a browser")
 	step := fs.Bool("step", false, "pause before each step until Enter is pressed (when stdin is a terminal)")
 	showBody := fs.Bool("show-body", false, "print every MIME part and IMAP literal in full")
 	if code, ok := c.parse(fs, args); !ok {
@@ -163,7 +172,7 @@ func cmdDemo(c *cli, args []string) int {
 	}
 	defer cancel()
 	out.beginStep("0. Starting two Postern instances and a DNS server on loopback")
-	d, err := startDemo(out, sc)
+	d, err := startDemoWeb(out, sc, *web)
 	if err != nil {
 		return c.fail(name, err)
 	}
@@ -173,7 +182,7 @@ func cmdDemo(c *cli, args []string) int {
 		out.emit(event{Kind: "result", Text: "FAILED: " + err.Error()})
 		return exitFailure
 	}
-	if *keep {
+	if *keep || *web {
 		// The relays run, so that mail submitted by hand is delivered;
 		// they stop before the stores close.
 		rctx, stopRelays := context.WithCancel(sctx)
@@ -186,6 +195,9 @@ func cmdDemo(c *cli, args []string) int {
 			}()
 		}
 		d.printKeep()
+		if *web {
+			d.printWeb()
+		}
 		<-sctx.Done()
 		stopRelays()
 		relays.Wait()
@@ -195,11 +207,17 @@ func cmdDemo(c *cli, args []string) int {
 
 // startDemo starts DNS and both domains.
 func startDemo(out *demoOut, sc scenario) (*demo, error) {
+	return startDemoWeb(out, sc, false)
+}
+
+// startDemoWeb starts DNS and both domains, each with its web console
+// when web.
+func startDemoWeb(out *demoOut, sc scenario, web bool) (*demo, error) {
 	dir, err := os.MkdirTemp("", "postern-demo-")
 	if err != nil {
 		return nil, fmt.Errorf("temporary directory: %w", err)
 	}
-	d := &demo{out: out, dir: dir, trace: !sc.quiet, maxReceived: sc.maxReceived}
+	d := &demo{out: out, dir: dir, trace: !sc.quiet, maxReceived: sc.maxReceived, web: web}
 	d.alpha = &demoDomain{name: "alpha.test", user: "alice@alpha.test", password: "alice-demo-password", ip: "127.0.0.2"}
 	d.beta = &demoDomain{name: "beta.test", user: "bob@beta.test", password: "bob-demo-password", ip: "127.0.0.3"}
 	// Both MX hosts listen on the same port, on two loopback addresses,
@@ -345,11 +363,16 @@ func (d *demo) startDomain(dom *demoDomain, mx net.Listener) error {
 		// Many sessions: the demo prints a summary line per hop instead.
 		logger = func(string) *slog.Logger { return slog.New(slog.DiscardHandler) }
 	}
+	if d.web {
+		logger = d.webLoggers(dom, logger)
+	}
 	dom.smtp = smtpd.New(smtpd.Config{
 		Hostname: host, TLSConfig: tlsConfig, MaxReceived: d.maxReceived, Now: d.now,
 		Logger: logger(short + " smtp"),
-		// The client side of each SMTP dialogue is what the demo shows.
-		Trace:  false,
+		// The client side of each SMTP dialogue is what the demo shows;
+		// with -web the console's flow also gets the server's side
+		// (webLoggers keeps it out of the demo's output).
+		Trace:  d.web,
 		Signer: &msgauth.Signer{Keys: msgauth.StoreKeys{Store: dom.store}},
 		Checks: &msgauth.Checker{Resolver: d.checks},
 		// With -keep the relay runs and delivers what was queued at once.
@@ -390,6 +413,9 @@ func (d *demo) startDomain(dom *demoDomain, mx net.Listener) error {
 	if dom.imapAddr, err = listen(dom.imap.Serve); err != nil {
 		return err
 	}
+	if d.web {
+		return d.startConsole(dom, logger)
+	}
 	return nil
 }
 
@@ -404,6 +430,9 @@ func (d *demo) close() {
 	for _, dom := range []*demoDomain{d.alpha, d.beta} {
 		if dom == nil {
 			continue
+		}
+		if dom.console != nil {
+			dom.console.Shutdown(ctx)
 		}
 		if dom.smtp != nil {
 			dom.smtp.Shutdown(ctx)

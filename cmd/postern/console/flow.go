@@ -20,6 +20,10 @@ const (
 	eventBuffer = 1024
 	// eventWriteTimeout bounds writing one event to a client.
 	eventWriteTimeout = 10 * time.Second
+	// maxStreamsPerUser bounds the /api/events streams one user holds
+	// open at once (a few browser tabs); each holds a Hub subscription
+	// with its buffer and one of the listener's connections.
+	maxStreamsPerUser = 4
 	// keepAlive is how often an idle stream gets a comment line, so that
 	// proxies and the browser keep it open.
 	keepAlive = 15 * time.Second
@@ -90,13 +94,17 @@ const maxOwnSessions = 1000
 type eventFilter struct {
 	addr     string
 	sessions map[string]bool
+	// received are the sessions that delivered mail to the user: of
+	// those the user sees their end (that the row closes), without the
+	// protocol lines, which name the other recipients.
+	received map[string]bool
 }
 
 func newEventFilter(u *user) *eventFilter {
 	if u.Admin {
 		return nil
 	}
-	return &eventFilter{addr: u.Address, sessions: make(map[string]bool)}
+	return &eventFilter{addr: u.Address, sessions: make(map[string]bool), received: make(map[string]bool)}
 }
 
 // view returns what the user may see of e, and whether they may see it
@@ -113,6 +121,18 @@ func (f *eventFilter) view(e Event) (Event, bool) {
 			delete(f.sessions, sess)
 		}
 		return e, true
+	}
+	if sess != "" && f.received[sess] && flowOf(e).Kind == "close" {
+		delete(f.received, sess)
+		out := e
+		out.Attrs = nil
+		for _, a := range e.Attrs {
+			switch a.Key {
+			case "session", "proto", "part":
+				out.Attrs = append(out.Attrs, a)
+			}
+		}
+		return out, true
 	}
 	asRecipient := false
 	for _, a := range e.Attrs {
@@ -135,6 +155,9 @@ func (f *eventFilter) view(e Event) (Event, bool) {
 	}
 	if !asRecipient {
 		return e, false
+	}
+	if sess != "" && len(f.received) < maxOwnSessions {
+		f.received[sess] = true
 	}
 	out := e
 	out.Attrs = make([]Attr, len(e.Attrs))
@@ -183,6 +206,11 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, u *user) {
 			since, replay = n, true
 		}
 	}
+	if !s.web.openStream(u.Address) {
+		text(w, http.StatusTooManyRequests, "too many event streams open for this user\n")
+		return
+	}
+	defer s.web.closeStream(u.Address)
 	sub, recent := hub.Subscribe(eventBuffer)
 	defer sub.Close()
 	rc := http.NewResponseController(w)
@@ -264,6 +292,25 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, u *user) {
 		case <-s.web.stop:
 			return
 		}
+	}
+}
+
+// openStream counts a new event stream of address, if it has room.
+func (wb *web) openStream(address string) bool {
+	wb.mu.Lock()
+	defer wb.mu.Unlock()
+	if wb.streams[address] >= maxStreamsPerUser {
+		return false
+	}
+	wb.streams[address]++
+	return true
+}
+
+func (wb *web) closeStream(address string) {
+	wb.mu.Lock()
+	defer wb.mu.Unlock()
+	if wb.streams[address]--; wb.streams[address] <= 0 {
+		delete(wb.streams, address)
 	}
 }
 

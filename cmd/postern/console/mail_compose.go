@@ -9,11 +9,14 @@ import (
 	"context"
 	"errors"
 	"io"
+	stdmime "mime"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/emersion/go-message"
 	"github.com/emersion/go-message/mail"
@@ -26,6 +29,12 @@ import (
 const (
 	maxAttachments = 20
 	maxRecipients  = 100
+	// maxFieldBytes bounds each one-line field of the compose form (to,
+	// cc, subject, the thread fields); the body and the attachments are
+	// bounded by maxComposeBytes.
+	maxFieldBytes = 8 << 10
+	// maxFilename bounds an attachment's file name, in bytes.
+	maxFilename = 200
 )
 
 type composeData struct {
@@ -165,6 +174,19 @@ func (s *Server) compose(w http.ResponseWriter, r *http.Request, u *user) {
 		bad(http.StatusServiceUnavailable, "Sending is not available on this server.")
 		return
 	}
+	for _, f := range []struct{ name, v string }{{"To", d.To}, {"Cc", d.Cc}, {"Subject", d.Subject},
+		{"In-Reply-To", d.InReplyTo}, {"References", d.References}} {
+		if len(f.v) > maxFieldBytes {
+			bad(http.StatusRequestEntityTooLarge, f.name+" is too long.")
+			return
+		}
+		// A line break would start a header field of the sender's
+		// choosing (RFC 5322 2.2: fields end at CRLF).
+		if strings.ContainsAny(f.v, "\r\n\x00") {
+			bad(http.StatusBadRequest, f.name+" may not contain a line break.")
+			return
+		}
+	}
 	to, err := splitAddresses(d.To)
 	if err != nil {
 		bad(http.StatusBadRequest, "To: "+err.Error())
@@ -198,8 +220,8 @@ func (s *Server) compose(w http.ResponseWriter, r *http.Request, u *user) {
 				bad(http.StatusBadRequest, "Attachment: "+err.Error())
 				return
 			}
-			draft.Attachments = append(draft.Attachments, mime.Attachment{Filename: fh.Filename,
-				ContentType: fh.Header.Get("Content-Type"), Data: data})
+			draft.Attachments = append(draft.Attachments, mime.Attachment{Filename: safeFilename(fh.Filename),
+				ContentType: attachmentType(fh.Header.Get("Content-Type")), Data: data})
 		}
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 2*storeTimeout)
@@ -232,6 +254,44 @@ func (s *Server) compose(w http.ResponseWriter, r *http.Request, u *user) {
 	}
 	s.afterSend(ctx, u, d, msg)
 	http.Redirect(w, r, "/compose?sent=1", http.StatusSeeOther)
+}
+
+// safeFilename makes the file name a browser sent fit for a MIME
+// parameter: its last path element, no control characters (RFC 2183 2.3
+// leaves them to the receiver; a line break would end the header field),
+// at most maxFilename bytes of valid UTF-8.
+func safeFilename(name string) string {
+	if i := strings.LastIndexAny(name, "/\\"); i >= 0 {
+		name = name[i+1:]
+	}
+	name = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f || unicode.Is(unicode.Cc, r) {
+			return -1
+		}
+		return r
+	}, strings.ToValidUTF8(name, ""))
+	for len(name) > maxFilename {
+		_, n := utf8.DecodeLastRuneInString(name)
+		name = name[:len(name)-n]
+	}
+	name = strings.TrimSpace(name)
+	if name == "" || name == "." || name == ".." {
+		name = "attachment"
+	}
+	return name
+}
+
+// attachmentType keeps the media type a browser sent for a file when it
+// is a well-formed single-part type, without its parameters; otherwise
+// "" lets mime.Compose pick one from the name or the content. A
+// multipart or message type would make the file's bytes parse as MIME
+// structure at the recipient (RFC 2046 5).
+func attachmentType(ct string) string {
+	mt, _, err := stdmime.ParseMediaType(ct)
+	if err != nil || strings.HasPrefix(mt, "multipart/") || strings.HasPrefix(mt, "message/") {
+		return ""
+	}
+	return mt
 }
 
 // threadFields puts In-Reply-To and References in front of a composed

@@ -122,6 +122,7 @@ type web struct {
 
 	mu       sync.Mutex
 	sessions map[string]*webSession
+	streams  map[string]int // open /api/events streams by user address
 }
 
 // stopStreams ends the event streams, which would otherwise keep Shutdown
@@ -146,7 +147,8 @@ func newWeb(cfg WebConfig) *web {
 	if l == nil {
 		l = limits.NewLogins(limits.LoginPolicy{})
 	}
-	return &web{cfg: cfg, logins: l, now: time.Now, stop: make(chan struct{}), sessions: make(map[string]*webSession)}
+	return &web{cfg: cfg, logins: l, now: time.Now, stop: make(chan struct{}),
+		sessions: make(map[string]*webSession), streams: make(map[string]int)}
 }
 
 // webRoutes registers the console's pages when it has a store.
@@ -389,6 +391,13 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 		s.render(w, http.StatusInternalServerError, "login", nil, data)
 		return
 	}
+	// A new session with a new token, whatever cookie came with the
+	// form: a token planted before login (session fixation) never
+	// becomes a logged-in session, and an older session of this browser
+	// ends.
+	if c, err := r.Cookie(sessionCookie); err == nil {
+		s.web.end(hashToken(c.Value))
+	}
 	tok := s.web.start(u.Address)
 	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: tok, Path: "/", HttpOnly: true,
 		Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode, MaxAge: int(s.web.cfg.SessionMax / time.Second)})
@@ -399,9 +408,20 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 	http.Redirect(w, r, next, http.StatusSeeOther)
 }
 
-// safeNext keeps a redirect target only when it is a path on this site.
+// safeNext keeps a redirect target only when it is a path on this site:
+// one slash, then no second slash or backslash (browsers read "/\x" as
+// "//x"), and no control character at all (browsers drop tabs and line
+// breaks from a URL, so "/\t/evil.example" would become "//evil.example").
 func safeNext(n string) string {
-	if !strings.HasPrefix(n, "/") || strings.HasPrefix(n, "//") || strings.ContainsAny(n, "\\\r\n") {
+	if len(n) > 2000 || !strings.HasPrefix(n, "/") {
+		return ""
+	}
+	for i := 0; i < len(n); i++ {
+		if n[i] < 0x20 || n[i] == 0x7f || n[i] == '\\' {
+			return ""
+		}
+	}
+	if strings.HasPrefix(n, "//") {
 		return ""
 	}
 	return n
@@ -446,10 +466,15 @@ func (s *Server) Sessions() int {
 	return len(s.web.sessions)
 }
 
+// end drops the session whose token hashes to key.
+func (wb *web) end(key string) {
+	wb.mu.Lock()
+	delete(wb.sessions, key)
+	wb.mu.Unlock()
+}
+
 func (s *Server) logout(w http.ResponseWriter, r *http.Request, u *user) {
-	s.web.mu.Lock()
-	delete(s.web.sessions, u.sess.id)
-	s.web.mu.Unlock()
+	s.web.end(u.sess.id)
 	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: "", Path: "/", HttpOnly: true,
 		Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode, MaxAge: -1})
 	http.Redirect(w, r, "/login", http.StatusSeeOther)

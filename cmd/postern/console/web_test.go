@@ -87,13 +87,13 @@ func startWeb(t testing.TB, mod func(*Config)) *webEnv {
 
 // browser is a logged-in HTTP client with its cookie and CSRF token.
 type browser struct {
-	t    *testing.T
+	t    testing.TB
 	env  *webEnv
 	c    *http.Client
 	csrf string
 }
 
-func (e *webEnv) browser(t *testing.T) *browser {
+func (e *webEnv) browser(t testing.TB) *browser {
 	jar, _ := cookiejar.New(nil)
 	return &browser{t: t, env: e, c: &http.Client{Jar: jar, Timeout: 20 * time.Second,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
@@ -447,6 +447,11 @@ func TestConsoleEventsOwnOnly(t *testing.T) {
 	l.Info("trace", "session", "C", "proto", "smtp", "dir", "C", "line", "RCPT TO:<bob@example.test>")
 	l.Info("message accepted", "session", "C", "proto", "smtp", "id", "C-1", "from", "carol@remote.test", "to", "alice@example.test,bob@example.test")
 	l.Info("message accepted", "session", "D", "proto", "smtp", "id", "D-1", "from", "carol@remote.test", "to", "alice@example.test")
+	// The session that delivered to bob closes on his page too, without
+	// its lines or its attributes; the one that did not, not.
+	l.Info("trace", "session", "C", "proto", "smtp", "dir", "C", "line", "QUIT")
+	l.Info("session end", "session", "C", "proto", "smtp", "remote", "192.0.2.9:25")
+	l.Info("session end", "session", "D", "proto", "smtp")
 	l.Info("end of test")
 
 	req, _ := http.NewRequest("GET", e.base+"/api/events?since=0", nil)
@@ -464,7 +469,7 @@ func TestConsoleEventsOwnOnly(t *testing.T) {
 		if d, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
 			var fe flowEvent
 			json.Unmarshal([]byte(d), &fe)
-			got = append(got, fe.Flow.Session+" "+fe.Msg+" "+fe.Flow.Line+fe.Get("to"))
+			got = append(got, fe.Flow.Session+" "+fe.Msg+" "+fe.Flow.Line+fe.Get("to")+fe.Get("remote"))
 		}
 		if sc.Text() == ": stream" {
 			break // the replay is over
@@ -472,7 +477,7 @@ func TestConsoleEventsOwnOnly(t *testing.T) {
 	}
 	// The message to alice and bob shows bob alone: alice may have been
 	// a Bcc recipient.
-	want := []string{"E auth ", "B auth ", "B trace RETR 1", "B session end ", "C message accepted bob@example.test"}
+	want := []string{"E auth ", "B auth ", "B trace RETR 1", "B session end ", "C message accepted bob@example.test", "C session end "}
 	var own []string
 	for _, g := range got {
 		if !strings.Contains(g, "console login") {
