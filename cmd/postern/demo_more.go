@@ -522,7 +522,7 @@ func (d *demo) imapSeen(ctx context.Context) error {
 		return errors.New("step 4: no EXISTS arrived during IDLE")
 	}
 	shown := fmt.Sprintf("S: * %d EXISTS", n)
-	for i := 0; d.out.seenCount(part, shown) <= shownBefore[n] && i < 100; i++ {
+	for i := 0; d.out.seenCount(part, shown) <= shownBefore[n] && i < 500; i++ { // up to 10 s on a busy machine
 		time.Sleep(20 * time.Millisecond)
 	}
 	if err := idle.Close(); err != nil {

@@ -116,7 +116,7 @@ func commands() []command {
 			"send [-server HOST:PORT] [-tls|-plain] [-user ADDRESS] -from ADDRESS -to ADDRESS... [-subject S] [-attach FILE]... [-v]\tcompose a message (body from standard input) and submit it",
 		}, cmdSend},
 		{"demo", []string{
-			"demo [-json] [-keep]\tthe whole mail flow on loopback, traced: DNS, SMTP, queue, relay, POP3, IMAP",
+			"demo [-json] [-keep] [-web]\tthe whole mail flow on loopback, traced: DNS, SMTP, queue, relay, POP3, IMAP",
 		}, cmdDemo},
 		{"backup", []string{
 			"backup [-config FILE] DEST\ta consistent copy of the running store into the new file DEST, checked",
