@@ -26,6 +26,7 @@ func newServeMetrics(hub *console.Hub, store func() *mailstore.Store, lim limits
 		Logger: log,
 		Conns:  lim.Conns,
 		Memory: lim.Memory,
+		Logins: lim.Logins,
 		Queue: func(ctx context.Context, limit int) (console.QueueStats, error) {
 			st := store()
 			if st == nil {

@@ -598,3 +598,38 @@ func occupy(l *Logins) (release func()) {
 	<-started
 	return func() { close(hold) }
 }
+
+// TestLoginsBlockedListAndUnblock: the operator's view of blocked keys,
+// latest block last, and lifting one.
+func TestLoginsBlockedListAndUnblock(t *testing.T) {
+	clock := &fakeClock{t: time.Unix(1_000_000, 0)}
+	l := NewLogins(LoginPolicy{MaxFailures: 2, FailureWindow: time.Minute, BlockFor: 10 * time.Minute, FailureDelay: -1, Now: clock.now})
+	ctx := context.Background()
+	fail := func(ip string) {
+		for range 2 {
+			l.Check(ctx, Attempt{Protocol: "imap", Remote: netip.MustParseAddr(ip), User: "x"}, verifyIs(false))
+		}
+	}
+	fail("192.0.2.7")
+	clock.advance(time.Second)
+	fail("2001:db8:1:2::99")
+	l.Check(ctx, Attempt{Protocol: "pop3", Remote: netip.MustParseAddr("198.51.100.1"), User: "x"}, verifyIs(false)) // one failure: not blocked
+	list, total := l.BlockedList(0)
+	if total != 2 || len(list) != 2 || list[0].Key.String() != "192.0.2.7/32" || list[1].Key.String() != "2001:db8:1:2::/64" ||
+		!list[1].Until.Equal(clock.now().Add(10*time.Minute)) {
+		t.Fatalf("BlockedList = %v, %d", list, total)
+	}
+	if list, total := l.BlockedList(1); total != 2 || len(list) != 1 || list[0].Key.String() != "2001:db8:1:2::/64" {
+		t.Fatalf("BlockedList(1) = %v, %d: want the latest block", list, total)
+	}
+	if !l.Unblock(netip.MustParseAddr("2001:db8:1:2::1")) || l.Blocked(netip.MustParseAddr("2001:db8:1:2::99")) {
+		t.Fatal("Unblock of an address in the blocked /64 did not lift the block")
+	}
+	if l.Unblock(netip.MustParseAddr("198.51.100.1")) {
+		t.Fatal("Unblock reported a block for an address that had one failure")
+	}
+	clock.advance(10 * time.Minute)
+	if _, total := l.BlockedList(0); total != 0 {
+		t.Fatalf("%d keys blocked after the block ended", total)
+	}
+}

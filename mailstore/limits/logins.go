@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -192,6 +193,54 @@ func (l *Logins) delay(ctx context.Context) {
 func (l *Logins) Blocked(ip netip.Addr) bool {
 	b, _ := l.state(ClientKey(ip))
 	return b
+}
+
+// BlockedKey is a client key (an IPv4 address or an IPv6 /64) whose
+// logins are refused, and until when.
+type BlockedKey struct {
+	Key   netip.Prefix
+	Until time.Time
+}
+
+// BlockedList returns the client keys blocked now, the latest block
+// ending last, at most max of them (max <= 0: all), and how many are
+// blocked in all. It is for operators (the console's administration page,
+// the metrics), not for a request path: it walks the whole record, whose
+// size LoginPolicy.MaxAddresses bounds.
+func (l *Logins) BlockedList(max int) (list []BlockedKey, total int) {
+	l.mu.Lock()
+	now := l.p.Now()
+	for k, f := range l.keys {
+		if now.Before(f.blockedUntil) {
+			list = append(list, BlockedKey{Key: k, Until: f.blockedUntil})
+		}
+	}
+	l.mu.Unlock()
+	slices.SortFunc(list, func(a, b BlockedKey) int {
+		if c := a.Until.Compare(b.Until); c != 0 {
+			return c
+		}
+		return a.Key.Addr().Compare(b.Key.Addr())
+	})
+	total = len(list)
+	if max > 0 && len(list) > max {
+		list = list[len(list)-max:]
+	}
+	return list, total
+}
+
+// Unblock lifts the block of the client key of ip and forgets its
+// failures; it reports whether the key was blocked.
+func (l *Logins) Unblock(ip netip.Addr) bool {
+	key := ClientKey(ip)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	f := l.keys[key]
+	if f == nil {
+		return false
+	}
+	delete(l.keys, key)
+	return l.p.Now().Before(f.blockedUntil)
 }
 
 // LogFailure writes the one line every failed login produces, whatever

@@ -7,12 +7,15 @@ package console
 import (
 	"context"
 	"net/http"
+	"net/netip"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/mailstore/limits"
 )
 
 func (s *Server) adminRoutes(h func(string, http.HandlerFunc)) {
@@ -22,6 +25,7 @@ func (s *Server) adminRoutes(h func(string, http.HandlerFunc)) {
 	h("POST /admin/aliases", s.admin(s.adminAliases))
 	h("POST /admin/queue", s.admin(s.adminQueue))
 	h("GET /admin/dns", s.admin(s.adminDNS))
+	h("POST /admin/unblock", s.admin(s.adminUnblock))
 }
 
 type userRow struct {
@@ -30,17 +34,18 @@ type userRow struct {
 }
 
 type adminData struct {
-	Users          []userRow
-	Domains        []string
-	Aliases        []mailstore.Alias
-	Queue          []mailstore.QueueEntry
-	ConnsOpen      int
-	ConnsMax       int
-	HTTPOpen       int
-	Sessions       int
-	Notice, Error  string
-	HasDNS         bool
-	BlockedListing bool
+	Users         []userRow
+	Domains       []string
+	Aliases       []mailstore.Alias
+	Queue         []mailstore.QueueEntry
+	ConnsOpen     int
+	ConnsMax      int
+	HTTPOpen      int
+	Sessions      int
+	Notice, Error string
+	HasDNS        bool
+	Blocked       []limits.BlockedKey // the latest blocks, up to maxAdminRows
+	BlockedTotal  int
 }
 
 // maxAdminRows bounds the rows of each admin list.
@@ -55,6 +60,8 @@ func (s *Server) adminPage(w http.ResponseWriter, r *http.Request, u *user) {
 	if s.cfg.Conns != nil {
 		d.ConnsOpen, d.ConnsMax = s.cfg.Conns.Open(), s.cfg.Conns.Max()
 	}
+	d.Blocked, d.BlockedTotal = s.web.logins.BlockedList(maxAdminRows)
+	slices.Reverse(d.Blocked) // the latest block first
 	users, err := st.Users(ctx)
 	if err != nil {
 		s.fail(w, "list users", err)
@@ -79,6 +86,22 @@ func (s *Server) adminPage(w http.ResponseWriter, r *http.Request, u *user) {
 		return
 	}
 	s.render(w, http.StatusOK, "admin", u, d)
+}
+
+// adminUnblock lifts the login block of a client address (and the rest
+// of its IPv6 /64).
+func (s *Server) adminUnblock(w http.ResponseWriter, r *http.Request, u *user) {
+	ip, err := netip.ParseAddr(strings.TrimSpace(r.PostFormValue("address")))
+	if err != nil {
+		done(w, r, "unblock", errString("not an IP address"))
+		return
+	}
+	if !s.web.logins.Unblock(ip.Unmap()) {
+		done(w, r, "unblock "+ip.String(), errString("not blocked"))
+		return
+	}
+	s.log.Info("console admin", "admin", u.Address, "op", "unblock", "remote", ip.String())
+	done(w, r, "unblock "+ip.String(), nil)
 }
 
 // done goes back to the admin page with a notice or an error.

@@ -3,11 +3,14 @@ package console
 import (
 	"context"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/postern/postern/mailstore/limits"
 )
 
 func TestConsoleAdmin(t *testing.T) {
@@ -117,5 +120,36 @@ func TestConsoleSessionExpiry(t *testing.T) {
 	}
 	if n := e.srv.Sessions(); n != 2 {
 		t.Fatalf("%d sessions, want at most 2", n)
+	}
+}
+
+// TestConsoleAdminBlocked: the admin page lists the client addresses the
+// shared login record blocks, and Unblock lifts one.
+func TestConsoleAdminBlocked(t *testing.T) {
+	logins := limits.NewLogins(limits.LoginPolicy{MaxFailures: 2, FailureDelay: -1})
+	e := startWeb(t, func(c *Config) { c.Logins = logins })
+	attacker := netip.MustParseAddr("192.0.2.7")
+	for range 2 {
+		logins.Check(context.Background(), limits.Attempt{Protocol: "imap", Remote: attacker, User: "bob@example.test"},
+			func(context.Context) (bool, error) { return false, nil })
+	}
+	b := e.browser(t)
+	if b.login("alice@example.test", testPassword) != http.StatusSeeOther {
+		t.Fatal("login failed")
+	}
+	if _, _, page := b.do("GET", "/admin", nil, nil); !strings.Contains(page, "192.0.2.7/32") || !strings.Contains(page, "1 client addresses") {
+		t.Fatalf("admin page does not list the blocked address:\n%s", page)
+	}
+	if code, hdr, _ := b.post("/admin/unblock", url.Values{"address": {"192.0.2.7"}}); code != http.StatusSeeOther || !strings.Contains(hdr.Get("Location"), "ok=") {
+		t.Fatalf("unblock: %d %s", code, hdr.Get("Location"))
+	}
+	if logins.Blocked(attacker) {
+		t.Fatal("still blocked after Unblock")
+	}
+	if _, _, page := b.do("GET", "/admin", nil, nil); strings.Contains(page, "192.0.2.7/32") {
+		t.Fatal("admin page lists the address after Unblock")
+	}
+	if code, hdr, _ := b.post("/admin/unblock", url.Values{"address": {"not an address"}}); code != http.StatusSeeOther || !strings.Contains(hdr.Get("Location"), "err=") {
+		t.Fatalf("unblock of garbage: %d %s", code, hdr.Get("Location"))
 	}
 }

@@ -85,6 +85,9 @@ type MetricsConfig struct {
 	// in-flight message budget) are read on scrape; nil: not shown.
 	Conns  *limits.Conns
 	Memory *limits.Budget
+	// Logins (the shared record of failed logins) gives the number of
+	// client addresses blocked now, read on scrape; nil: not shown.
+	Logins *limits.Logins
 	// Logger gets scrape errors; nil discards.
 	Logger *slog.Logger
 }
@@ -210,6 +213,11 @@ func NewMetrics(cfg MetricsConfig) *Metrics {
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "postern_connections_max",
 				Help: "The process-wide connection budget (0: none)."},
 				func() float64 { return float64(c.Max()) }))
+	}
+	if l := cfg.Logins; l != nil {
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "postern_addresses_blocked",
+			Help: "Client addresses (IPv4, or IPv6 /64) refused logins now after too many failures."},
+			func() float64 { _, n := l.BlockedList(1); return float64(n) }))
 	}
 	if b := cfg.Memory; b != nil {
 		m.reg.MustRegister(

@@ -150,7 +150,12 @@ func TestMetricsFromEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer release()
-	m := NewMetrics(MetricsConfig{Hub: hub, Conns: conns, Memory: limits.NewBudget(1000, 0),
+	logins := limits.NewLogins(limits.LoginPolicy{MaxFailures: 1, FailureDelay: -1})
+	for _, ip := range []string{"192.0.2.2", "192.0.2.3"} {
+		logins.Check(context.Background(), limits.Attempt{Protocol: "imap", Remote: netip.MustParseAddr(ip), User: "u"},
+			func(context.Context) (bool, error) { return false, nil })
+	}
+	m := NewMetrics(MetricsConfig{Hub: hub, Conns: conns, Memory: limits.NewBudget(1000, 0), Logins: logins,
 		Queue: func(ctx context.Context, limit int) (QueueStats, error) {
 			return QueueStats{Length: 3, Oldest: queued}, nil
 		},
@@ -219,6 +224,7 @@ func TestMetricsFromEvents(t *testing.T) {
 		{"postern_auth_total", []string{"proto", "imap", "result", "fail"}, 1},
 		{"postern_auth_total", []string{"proto", "imap", "result", "other"}, 1},
 		{"postern_addresses_blocked_total", nil, 1},
+		{"postern_addresses_blocked", nil, 2},
 		{"postern_relay_attempts_total", []string{"result", "delivered", "class", "remote"}, 1},
 		{"postern_relay_attempts_total", []string{"result", "deferred", "class", "local"}, 1},
 		{"postern_relay_attempt_duration_seconds", []string{"result", "delivered"}, 1},

@@ -110,6 +110,7 @@ func TestConsoleCSRFEveryPost(t *testing.T) {
 		"/admin/domains": {"op": {"add"}, "domain": {"evil.test"}},
 		"/admin/aliases": {"op": {"add"}, "alias": {"all@example.test"}, "targets": {"eve@elsewhere.test"}},
 		"/admin/queue":   {"op": {"delete"}, "id": {"1"}},
+		"/admin/unblock": {"address": {"192.0.2.7"}},
 	}
 	for path, form := range posts {
 		if code, _, _ := b.do("POST", path, form, nil); code != http.StatusForbidden {
