@@ -26,7 +26,7 @@ domains = ["example.test"]
 }
 
 // runIn runs a command with stdin and returns exit code, stdout and stderr.
-func runIn(t *testing.T, stdin string, args ...string) (int, string, string) {
+func runIn(t testing.TB, stdin string, args ...string) (int, string, string) {
 	t.Helper()
 	var out, errOut bytes.Buffer
 	code := run(args, strings.NewReader(stdin), &out, &errOut)

@@ -27,7 +27,7 @@ import (
 // startFrontends starts n serve processes on the database dsn, each with
 // its own data_dir and listeners on 127.0.0.1, after adding user with
 // password through the command line.
-func startFrontends(t *testing.T, dsn string, n int, user, password string) []*child {
+func startFrontends(t testing.TB, dsn string, n int, user, password string) []*child {
 	t.Helper()
 	var configs []string
 	for i := range n {
@@ -51,6 +51,8 @@ listen_tls = ""
 server = "127.0.0.1:1"
 [limits]
 maildrop_lease = "2s"
+[limits.mx]
+connections_per_address = 100
 [store]
 driver = "postgres"
 dsn = "` + dsn + `"
