@@ -324,3 +324,38 @@ func TestCopyToRefusesOtherSchemaVersion(t *testing.T) {
 		t.Fatalf("copy across schema versions: %v", err)
 	}
 }
+
+// TestCopyToNamesAMismatchedTable: the destination recounts what its
+// triggers keep (usage, body references); a source whose counts are off
+// fails the verification, naming the table.
+func TestCopyToNamesAMismatchedTable(t *testing.T) {
+	copyOnce(t)
+	ctx := context.Background()
+	src, err := Open(filepath.Join(t.TempDir(), "postern.db"), Options{PasswordCost: FastPasswordHash})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	if err := src.AddDomain(ctx, "example.test"); err != nil {
+		t.Fatal(err)
+	}
+	addUser(t, src, "alice@example.test")
+	if _, err := src.Deliver(ctx, "s@remote.test", []string{"alice@example.test"}, testMessage(1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.w.do(ctx, func(tx *wtx) error {
+		_, err := tx.exec("UPDATE users SET used_bytes = used_bytes + 1")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	dst, err := OpenPostgres(ctx, postgresDSN(t), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst.Close()
+	_, err = src.CopyTo(ctx, dst, nil)
+	if err == nil || !strings.Contains(err.Error(), "verify table users") {
+		t.Fatalf("copy of a store with a wrong usage count: %v, want a mismatch in users", err)
+	}
+}
