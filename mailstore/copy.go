@@ -44,24 +44,28 @@ var ErrNotEmpty = errors.New("destination store is not empty")
 // of its columns is derived or runtime state).
 var (
 	// copySkipTables are not copied: runtime state of a running server,
-	// or data the destination rebuilds.
+	// or data the destination rebuilds. A name the schema lacks (yet) is
+	// ignored.
 	copySkipTables = map[string]string{
 		"maildrop_leases": "the POP3 leases of running sessions; the source is stopped",
+		"relay_slots":     "the relay connections of running frontends; the source is stopped",
 		"body_text":       "SQLite's full-text index cannot be read back; the bodies are marked for indexing",
 	}
-	// copyZeroColumns are inserted as 0 on the destination. refs and
-	// used_bytes are kept by the destination's triggers as the messages
-	// and queue entries are copied; their checksums then show the
-	// recounted values equal the source's. indexed makes the
-	// destination's indexer index every body (copyUnchecked).
-	copyZeroColumns = map[string][]string{
-		"bodies": {"refs", "indexed"},
+	// copyRecountedColumns are inserted as 0 and kept by the
+	// destination's triggers as the messages and queue entries are
+	// copied; their checksums then show that the recounted values equal
+	// the source's.
+	copyRecountedColumns = map[string][]string{
+		"bodies": {"refs"},
 		"users":  {"used_bytes"},
 	}
-	// copyUncheckedColumns are left out of the checksums: the
-	// destination changes them by itself after the commit.
-	copyUncheckedColumns = map[string][]string{
+	// copyResetColumns are inserted as their zero value (0, '') and left
+	// out of the checksums: indexed = 0 makes the destination's indexer
+	// index every body again (and it changes the column after the
+	// commit); a queue entry's lease is the stopped source's.
+	copyResetColumns = map[string][]string{
 		"bodies": {"indexed"},
+		"queue":  {"lease_owner", "lease_until"},
 	}
 	// copyRowFilters restrict the rows compared (on both sides): the
 	// PostgreSQL schema keeps its version in meta, SQLite in a pragma.
@@ -85,8 +89,8 @@ type copyColumn struct {
 	name     string
 	kind     int
 	pk       int  // position in the primary key, 0 when not in it
-	zero     bool // inserted as 0 (copyZeroColumns)
-	checked  bool // in the checksum
+	zero     bool // inserted as its kind's zero value (recounted or reset)
+	checked  bool // in the checksum (not reset)
 	identity bool // a PostgreSQL identity column (its sequence is reset)
 }
 
@@ -255,8 +259,9 @@ func copyTableSchema(ctx context.Context, src *sql.Tx, dst *pgx.Conn, table stri
 			rows.Close()
 			return spec, fmt.Errorf("read the source's columns: %w", err)
 		}
-		c.zero = slices.Contains(copyZeroColumns[table], c.name)
-		c.checked = !slices.Contains(copyUncheckedColumns[table], c.name)
+		reset := slices.Contains(copyResetColumns[table], c.name)
+		c.zero = reset || slices.Contains(copyRecountedColumns[table], c.name)
+		c.checked = !reset
 		spec.cols = append(spec.cols, c)
 	}
 	rows.Close()
@@ -484,7 +489,7 @@ func (rs *copySource) Next() bool {
 			rs.enc = encodeValue(rs.enc, c.kind, v)
 		}
 		if c.zero {
-			v = int64(0)
+			v = zeroValue(c.kind)
 		}
 		vals[i] = v
 	}
@@ -535,6 +540,18 @@ func convertValue(kind int, v any) (any, error) {
 		}
 	}
 	return nil, fmt.Errorf("a %T where the destination wants %s", v, kindName(kind))
+}
+
+// zeroValue is what a recounted or reset column of kind is inserted as.
+func zeroValue(kind int) any {
+	switch kind {
+	case kindInt:
+		return int64(0)
+	case kindText:
+		return ""
+	default:
+		return []byte{}
+	}
 }
 
 func kindName(kind int) string {
