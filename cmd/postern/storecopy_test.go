@@ -186,3 +186,37 @@ func TestStoreCopyServesTheSameIMAPView(t *testing.T) {
 		t.Fatalf("IMAP view after the copy differs:\n--- SQLite\n%s--- PostgreSQL\n%s\nstore copy said:\n%s", before, after, out)
 	}
 }
+
+// TestStoreCopyUsage: what store copy refuses, and the DSN taken from
+// $POSTERN_STORE_DSN so that the password need not be on the command
+// line.
+func TestStoreCopyUsage(t *testing.T) {
+	t.Setenv(storeDSNEnv, "")
+	sqliteConfig, _ := storeConfig(t, "driver = \"sqlite\"\n")
+	if code, _, errOut := runIn(t, "", "store", "copy", "-config", sqliteConfig); code != exitUsage || !strings.Contains(errOut, "-to-dsn DSN is required") {
+		t.Errorf("without -to-dsn: %d %s", code, errOut)
+	}
+	if code, _, errOut := runIn(t, "", "store", "copy", "-config", sqliteConfig, "-to-dsn", "postgres://u@127.0.0.1:1/db"); code != exitFailure || !strings.Contains(errOut, "no store to copy") {
+		t.Errorf("without a store: %d %s", code, errOut)
+	}
+	if code, _, errOut := runIn(t, "", "store", "frobnicate"); code != exitUsage {
+		t.Errorf("unknown verb: %d %s", code, errOut)
+	}
+
+	pgConfig, dsn := postgresConfig(t)
+	if code, _, errOut := runIn(t, "", "store", "copy", "-config", pgConfig, "-to-dsn", dsn); code != exitFailure || !strings.Contains(errOut, "on PostgreSQL") {
+		t.Errorf("from a PostgreSQL store: %d %s", code, errOut)
+	}
+
+	if code, out, errOut := runIn(t, "a password 123\n", "user", "add", "-config", sqliteConfig, "env@example.test"); code != exitOK {
+		t.Fatalf("user add: %d %s %s", code, out, errOut)
+	}
+	t.Setenv(storeDSNEnv, dsn)
+	if code, out, errOut := runIn(t, "", "store", "copy", "-config", sqliteConfig); code != exitOK {
+		t.Fatalf("store copy with the DSN from $%s: %d\n%s\n%s", storeDSNEnv, code, out, errOut)
+	}
+	t.Setenv(storeDSNEnv, "")
+	if code, out, errOut := runIn(t, "", "user", "list", "-config", pgConfig); code != exitOK || !strings.Contains(out, "env@example.test") {
+		t.Fatalf("user list on the copy: %d\n%s\n%s", code, out, errOut)
+	}
+}
