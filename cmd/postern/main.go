@@ -139,6 +139,9 @@ func commands() []command {
 			"dns [-config FILE] DOMAIN\tprint every DNS record DOMAIN should publish (zone-file syntax): MX, SPF, DKIM, DMARC, MTA-STS, TLS-RPT, SRV",
 			"dns check [-config FILE] DOMAIN\tlook each record up through the configured DNS server: ok, missing or different",
 		}, cmdDNS},
+		{"store", []string{
+			"store copy [-config FILE] -to-dsn DSN\tcopy the stopped SQLite store into an empty PostgreSQL database, verified; then switch [store] to it",
+		}, cmdStore},
 		{"reindex", []string{
 			"reindex [-config FILE] ADDRESS|all\trebuild the full-text search index of one user's mail, or of all",
 		}, cmdReindex},
