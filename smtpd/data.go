@@ -8,6 +8,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/emersion/go-message/mail"
 	"github.com/emersion/go-message/textproto"
@@ -121,12 +122,22 @@ func (s *session) Data(r io.Reader) error {
 	return s.deliver(tx, full)
 }
 
+// readBuffers are the buffers readMessage reads through: one per message
+// being read, reused, so that a small message does not cost a new
+// readChunk-sized allocation (and its garbage collection) each time.
+var readBuffers = sync.Pool{New: func() any {
+	b := make([]byte, readChunk)
+	return &b
+}}
+
 // readMessage copies the message into sp. The reader is go-smtp's: it
 // stops DATA with ErrDataTooLarge past the limit (one octet above ours
 // during a transaction).
 func (s *session) readMessage(r io.Reader, tx *transaction, sp *limits.Spool) error {
 	limit := s.cl.srv.cfg.MaxMessageBytes
-	buf := make([]byte, readChunk)
+	bp := readBuffers.Get().(*[]byte)
+	defer readBuffers.Put(bp)
+	buf := *bp
 	for {
 		n, err := r.Read(buf)
 		if n > 0 {

@@ -36,6 +36,12 @@ type client struct {
 	transactions int    // MAIL commands accepted
 	delivered    int    // messages stored or queued
 	tlsVersion   string // "TLS 1.3" once TLS is up, for the log
+
+	// The last unauthenticated sender domain inboundSender looked up,
+	// and whether it was local: a connection's messages mostly share
+	// one, and the answer only decides a log line.
+	senderDomain string
+	senderLocal  bool
 }
 
 // NewSession is called by go-smtp at the first HELO/EHLO and again after
@@ -215,17 +221,24 @@ func (s *session) mayUse(addr string) (bool, error) {
 // from such a client claims to be one of our users without proof: it is
 // logged here, and at the end of DATA, with Config.Checks set,
 // checkInbound refuses the message with 550 5.7.1 unless SPF or DKIM
-// passes for that domain (the DKIM result is known only then).
+// passes for that domain (the DKIM result is known only then). The
+// answer is remembered for the connection's next MAIL from the same
+// domain: it decides nothing but the log line, and checkInbound asks the
+// store again.
 func (s *session) inboundSender(a address) error {
 	if a.literal {
 		return nil
 	}
-	local, err := s.cl.srv.store.IsLocalDomain(s.cl.srv.ctx, a.domain)
-	if err != nil {
-		s.log.Error("sender check failed", "from", a.String(), "err", err)
-		return errTemporaryFailure
+	cl := s.cl
+	if cl.senderDomain != a.domain {
+		local, err := cl.srv.store.IsLocalDomain(cl.srv.ctx, a.domain)
+		if err != nil {
+			s.log.Error("sender check failed", "from", a.String(), "err", err)
+			return errTemporaryFailure
+		}
+		cl.senderDomain, cl.senderLocal = a.domain, local
 	}
-	if local {
+	if cl.senderLocal {
 		s.log.Info("unauthenticated sender in a local domain", "from", a.String())
 	}
 	return nil
@@ -273,13 +286,16 @@ func (s *session) rcpt(tx *transaction, to string, opts *smtp.RcptOptions) error
 		s.log.Info("recipient refused", "to", printable(to), "reason", "syntax", "detail", "syntax")
 		return errBadRecipient
 	}
-	store, ctx := s.cl.srv.store, s.cl.srv.ctx
-	local := false
-	if !a.literal {
-		if local, err = store.IsLocalDomain(ctx, a.domain); err != nil {
-			s.log.Error("recipient check failed", "to", a.String(), "err", err)
-			return errTemporaryFailure
-		}
+	// One store read answers both questions, in one snapshot: is the
+	// domain local, and where does the address go.
+	res, local, err := s.resolveRecipient(a)
+	switch {
+	case errors.Is(err, mailstore.ErrNoSuchUser):
+		s.log.Info("recipient refused", "to", a.String(), "reason", "unknown", "detail", "no such user")
+		return errNoSuchUser
+	case err != nil:
+		s.log.Error("recipient check failed", "to", a.String(), "err", err)
+		return errTemporaryFailure
 	}
 	if !local {
 		if s.user == nil {
@@ -295,15 +311,6 @@ func (s *session) rcpt(tx *transaction, to string, opts *smtp.RcptOptions) error
 		// its local parts matters (RFC 5321 2.4).
 		tx.add(a.String(), opts)
 		return nil
-	}
-	res, err := store.Resolve(ctx, a.String())
-	switch {
-	case errors.Is(err, mailstore.ErrNoSuchUser), errors.Is(err, mailstore.ErrInvalidAddress):
-		s.log.Info("recipient refused", "to", a.String(), "reason", "unknown", "detail", "no such user")
-		return errNoSuchUser
-	case err != nil:
-		s.log.Error("recipient check failed", "to", a.String(), "err", err)
-		return errTemporaryFailure
 	}
 	full, err := s.mailboxesFull(res, tx.size)
 	if err != nil {
@@ -321,6 +328,38 @@ func (s *session) rcpt(tx *transaction, to string, opts *smtp.RcptOptions) error
 	tx.add(norm, opts)
 	tx.local = tx.local || len(res.Users) > 0
 	return nil
+}
+
+// resolveRecipient reports whether a is in a local domain and, if so,
+// where mail for it goes. Resolve answers both in one read: it resolves an
+// address outside the local domains to itself alone in Remote (its
+// documented contract), which a local address never does, since an alias
+// cannot name itself. An address the store cannot take
+// (ErrInvalidAddress) is local or not as its domain says, and in a local
+// domain nobody has it (ErrNoSuchUser). An address literal is never local.
+func (s *session) resolveRecipient(a address) (res mailstore.Resolution, local bool, err error) {
+	if a.literal {
+		return res, false, nil
+	}
+	store, ctx := s.cl.srv.store, s.cl.srv.ctx
+	res, err = store.Resolve(ctx, a.String())
+	switch {
+	case errors.Is(err, mailstore.ErrInvalidAddress):
+		if local, err = store.IsLocalDomain(ctx, a.domain); err != nil || !local {
+			return res, false, err
+		}
+		return res, true, fmt.Errorf("resolve %s: %w", printable(a.String()), mailstore.ErrNoSuchUser)
+	case err != nil:
+		return res, true, err // ErrNoSuchUser: the domain is local
+	}
+	if len(res.Users) == 0 && len(res.Remote) == 1 {
+		self, err1 := mailstore.NormalizeAddress(a.String())
+		them, err2 := mailstore.NormalizeAddress(res.Remote[0])
+		if err1 == nil && err2 == nil && self == them {
+			return mailstore.Resolution{}, false, nil
+		}
+	}
+	return res, true, nil
 }
 
 // postmaster is the address a bare "postmaster" recipient stands for:

@@ -132,27 +132,62 @@ func (t *tracer) command(line string) {
 
 // scanData counts message data up to the line "." that ends it, which it
 // consumes, and returns what follows. As in go-smtp, only a dot after CRLF
-// starts that line.
+// starts that line. Only a dot can begin the end, so the octets between
+// dots are skipped with IndexByte, keeping just the line-end state their
+// last two octets leave (step is the rule for one octet).
 func (t *tracer) scanData(p []byte) []byte {
-	for i, b := range p {
-		t.dataSize++
-		switch {
-		case t.dotLine == 1 && b == '\r':
-			t.dotLine = 2
-		case t.dotLine == 2 && b == '\n':
-			t.mode = traceCommands
-			t.emit("C", "["+strconv.FormatInt(t.dataSize-3, 10)+" octets of message data]")
-			t.emit("C", ".")
-			return p[i+1:]
-		case t.bol && b == '.':
-			t.dotLine = 1
-		default:
-			t.dotLine = 0
+	for i := 0; i < len(p); {
+		if t.dotLine == 0 {
+			j := bytes.IndexByte(p[i:], '.')
+			if j < 0 {
+				j = len(p) - i
+			}
+			if j > 0 {
+				t.skip(p[i : i+j])
+				i += j
+				continue
+			}
 		}
-		t.bol = t.prevCR && b == '\n'
-		t.prevCR = b == '\r'
+		if t.step(p[i]) {
+			return p[i+1:]
+		}
+		i++
 	}
 	return nil
+}
+
+// skip counts seg, which holds no dot while no end line is under way,
+// leaving the state step would.
+func (t *tracer) skip(seg []byte) {
+	t.dataSize += int64(len(seg))
+	last := seg[len(seg)-1]
+	prevCR := t.prevCR
+	if len(seg) > 1 {
+		prevCR = seg[len(seg)-2] == '\r'
+	}
+	t.bol = prevCR && last == '\n'
+	t.prevCR = last == '\r'
+}
+
+// step takes one octet and reports whether it ended the message data.
+func (t *tracer) step(b byte) bool {
+	t.dataSize++
+	switch {
+	case t.dotLine == 1 && b == '\r':
+		t.dotLine = 2
+	case t.dotLine == 2 && b == '\n':
+		t.mode = traceCommands
+		t.emit("C", "["+strconv.FormatInt(t.dataSize-3, 10)+" octets of message data]")
+		t.emit("C", ".")
+		return true
+	case t.bol && b == '.':
+		t.dotLine = 1
+	default:
+		t.dotLine = 0
+	}
+	t.bol = t.prevCR && b == '\n'
+	t.prevCR = b == '\r'
+	return false
 }
 
 func (t *tracer) emit(dir, line string) {

@@ -1,0 +1,96 @@
+package smtpd
+
+import (
+	"context"
+	"strings"
+	"testing"
+)
+
+// RCPT decides locality and resolution from one store read
+// (resolveRecipient); every kind of address gets the reply it got when
+// the domain was looked up on its own.
+func TestRecipientLocality(t *testing.T) {
+	e := newTestEnv(t)
+	ctx := context.Background()
+	must(t, e.store.AddAlias(ctx, "out@example.test", "Carol.Far@Remote.TEST"))
+	// An alias whose one target is remote and spelled like an address
+	// of ours differing only in case is still local.
+	must(t, e.store.AddDomain(ctx, "other.test"))
+	must(t, e.store.AddAlias(ctx, "x@other.test", "X@Remote.test"))
+
+	mx := e.dial(t, e.mx)
+	mx.cmd("EHLO client.example.test", "250")
+	mx.cmd("MAIL FROM:<s@elsewhere.test>", "250 ")
+	for _, tt := range []struct{ rcpt, want string }{
+		{"<ALICE@Example.TEST>", "250 "},
+		{"<out@example.test>", "250 "},
+		{"<x@other.test>", "250 "},
+		{"<nobody@example.test>", "550 5.1.1 "},
+		// A local part the store cannot take: no such user in a local
+		// domain, relay denied elsewhere.
+		{`<"a<b"@example.test>`, "550 5.1.1 "},
+		{`<"a<b"@remote.test>`, "554 5.7.1 "},
+		{"<carol@remote.test>", "554 5.7.1 "},
+		{"<carol@Remote.Test>", "554 5.7.1 "},
+	} {
+		if r := mx.cmd("RCPT TO:"+tt.rcpt, ""); !strings.HasPrefix(r, tt.want) {
+			t.Errorf("MX RCPT TO:%s: %q, want %q", tt.rcpt, r, tt.want)
+		}
+	}
+	if r := mx.data(simpleMessage("locality")); !strings.HasPrefix(r, "250 ") {
+		t.Fatalf("DATA: %q", r)
+	}
+	q := e.queue(t)
+	got := map[string]bool{}
+	for _, x := range q {
+		got[x.Recipient] = true
+	}
+	if len(q) != 2 || !got["Carol.Far@remote.test"] || !got["X@remote.test"] {
+		t.Fatalf("queue %+v, want the two aliases' remote targets only", q)
+	}
+	if n := len(e.inbox(t, alice)); n != 1 {
+		t.Errorf("alice has %d messages, want 1", n)
+	}
+
+	sub := e.dial(t, e.sub)
+	sub.cmd("EHLO client.example.test", "250")
+	sub.cmd("AUTH PLAIN "+plainAuth(alice, alicePassword), "235 ")
+	sub.cmd("MAIL FROM:<"+alice+">", "250 ")
+	for _, tt := range []struct{ rcpt, want string }{
+		{"<Dave@Far.TEST>", "250 "},
+		{`<"a<b"@remote.test>`, "553 5.1.3 "},
+		{"<a@[192.0.2.1]>", "553 5.1.3 "},
+		{`<"a<b"@example.test>`, "550 5.1.1 "},
+		{"<nobody@example.test>", "550 5.1.1 "},
+	} {
+		if r := sub.cmd("RCPT TO:"+tt.rcpt, ""); !strings.HasPrefix(r, tt.want) {
+			t.Errorf("submission RCPT TO:%s: %q, want %q", tt.rcpt, r, tt.want)
+		}
+	}
+}
+
+// A domain that stops being local stops taking mail at once: RCPT asks
+// the store every time (only the MX sender's log line is remembered per
+// connection).
+func TestRecipientDomainRemoved(t *testing.T) {
+	e := newTestEnv(t)
+	ctx := context.Background()
+	must(t, e.store.AddDomain(ctx, "gone.test"))
+	_, err := e.store.AddUser(ctx, "u@gone.test", "pw")
+	must(t, err)
+	c := e.dial(t, e.mx)
+	c.cmd("EHLO client.example.test", "250")
+	c.cmd("MAIL FROM:<u@gone.test>", "250 ")
+	c.cmd("RCPT TO:<u@gone.test>", "250 ")
+	c.cmd("RSET", "250 ")
+	must(t, e.store.DeleteUser(ctx, "u@gone.test"))
+	c.cmd("MAIL FROM:<u@gone.test>", "250 ")
+	c.cmd("RCPT TO:<u@gone.test>", "550 5.1.1 ")
+	c.cmd("RSET", "250 ")
+	must(t, e.store.DeleteDomain(ctx, "gone.test"))
+	c.cmd("MAIL FROM:<u@gone.test>", "250 ")
+	c.cmd("RCPT TO:<u@gone.test>", "554 5.7.1 ")
+	if n := strings.Count(e.logs.String(), `msg="unauthenticated sender in a local domain"`); n < 2 {
+		t.Errorf("local sender logged %d times, want at least 2", n)
+	}
+}
