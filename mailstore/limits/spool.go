@@ -191,6 +191,8 @@ func (b *Budget) grant() {
 const (
 	// spoolStep is how much memory a spool reserves at a time.
 	spoolStep = 64 << 10
+	// minChunk is the least a spool's first chunk is allocated with.
+	minChunk = 8 << 10
 	// loadWait bounds how long Load waits for memory.
 	loadWait = 30 * time.Second
 )
@@ -256,10 +258,18 @@ func (s *Spool) Write(p []byte) (int, error) {
 	n := len(p)
 	for len(p) > 0 {
 		if len(s.mem) == 0 || len(s.mem[len(s.mem)-1]) == spoolStep {
-			s.mem = append(s.mem, make([]byte, 0, spoolStep))
+			// A chunk starts as small as the write needs and doubles up
+			// to spoolStep: most messages are a few KiB, and a full
+			// chunk for each would be allocated, zeroed and collected.
+			s.mem = append(s.mem, make([]byte, 0, min(spoolStep, max(len(p), minChunk))))
 		}
 		last := &s.mem[len(s.mem)-1]
 		k := min(len(p), spoolStep-len(*last))
+		if len(*last)+k > cap(*last) {
+			grown := make([]byte, len(*last), min(spoolStep, max(2*cap(*last), len(*last)+k)))
+			copy(grown, *last)
+			*last = grown
+		}
 		*last = append(*last, p[:k]...)
 		p = p[k:]
 	}
