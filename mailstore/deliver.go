@@ -29,6 +29,14 @@ type Envelope struct {
 	// report it returns (nil: none) goes to Sender in the same commit, so
 	// that a sender answered 250 for all is told of those that failed.
 	Report func(failed []RecipientError) []byte
+
+	// LocalOnly refuses every recipient outside the local domains with
+	// ErrNotLocal instead of queueing it: the envelope of a client that
+	// did not authenticate, whose recipients RCPT found local (RFC 5321
+	// 3.6.2: no open relay), must not be relayed because a domain was
+	// removed between RCPT and delivery. Aliases of local addresses
+	// still forward to remote targets.
+	LocalOnly bool
 }
 
 // Recipient is one RCPT TO.
@@ -110,6 +118,12 @@ func (s *Store) DeliverEnvelope(ctx context.Context, env Envelope, msg []byte) (
 				continue
 			}
 			return nil, fmt.Errorf("deliver: %w", err)
+		}
+		if a, _ := NormalizeAddress(r.Address); env.LocalOnly && len(res.Users) == 0 && len(res.Remote) == 1 && strings.EqualFold(res.Remote[0], a) {
+			// Resolve gives an address back as itself only when its
+			// domain is not local (an alias cannot name itself).
+			d.Failed = append(d.Failed, RecipientError{Recipient: r.Address, Err: fmt.Errorf("%s: %w", r.Address, ErrNotLocal)})
+			continue
 		}
 		for _, u := range res.Users {
 			if !seenUser[u.ID] {

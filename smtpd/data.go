@@ -321,6 +321,10 @@ func (s *session) deliver(tx *transaction, msg []byte) error {
 		// \Junk), created when missing; remote ones are queued as usual.
 		env.SpecialUse = `\Junk`
 	}
+	// A client that did not authenticate may only reach local domains:
+	// RCPT checked that, and the store checks it again at delivery, in
+	// case a domain was removed meanwhile.
+	env.LocalOnly = s.user == nil
 	d, err := s.cl.srv.store.DeliverEnvelope(s.cl.srv.ctx, env, msg)
 	if err != nil {
 		// The error names a recipient's failure only when nobody got the
@@ -332,6 +336,8 @@ func (s *session) deliver(tx *transaction, msg []byte) error {
 			return s.refuse(tx, errNoSuchUser, err)
 		case errors.Is(err, mailstore.ErrInvalidAddress):
 			return s.refuse(tx, errNothingStored, err)
+		case errors.Is(err, mailstore.ErrNotLocal):
+			return s.refuse(tx, errRelayDenied, err)
 		}
 		s.log.Error("message not stored", "id", tx.id, "from", tx.from, "err", err)
 		return errStoreFailed

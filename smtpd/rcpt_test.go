@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 )
 
 // RCPT decides locality and resolution from one store read
@@ -92,5 +93,29 @@ func TestRecipientDomainRemoved(t *testing.T) {
 	c.cmd("RCPT TO:<u@gone.test>", "554 5.7.1 ")
 	if n := strings.Count(e.logs.String(), `msg="unauthenticated sender in a local domain"`); n < 2 {
 		t.Errorf("local sender logged %d times, want at least 2", n)
+	}
+}
+
+// TestLocalOnlyAtDelivery: a recipient RCPT found local, whose domain is
+// removed before the end of DATA, is refused (554 5.7.1) rather than
+// queued for relay: a client that did not authenticate never gets mail
+// relayed.
+func TestLocalOnlyAtDelivery(t *testing.T) {
+	e := newTestEnv(t)
+	ctx := context.Background()
+	must(t, e.store.AddDomain(ctx, "going.test"))
+	_, err := e.store.AddUser(ctx, "u@going.test", "pw")
+	must(t, err)
+	c := e.dial(t, e.mx)
+	c.cmd("EHLO client.example.test", "250")
+	c.cmd("MAIL FROM:<s@elsewhere.test>", "250 ")
+	c.cmd("RCPT TO:<u@going.test>", "250 ")
+	c.cmd("DATA", "354")
+	must(t, e.store.DeleteUser(ctx, "u@going.test"))
+	must(t, e.store.DeleteDomain(ctx, "going.test"))
+	c.send("Subject: late\r\n\r\nhello\r\n.")
+	c.expect("554 5.7.1 ")
+	if q, err := e.store.Queue(ctx, time.Time{}, 0); err != nil || len(q) != 0 {
+		t.Fatalf("queue after the refusal: %d entries, %v: want none", len(q), err)
 	}
 }
