@@ -158,3 +158,50 @@ func TestRelaySlotsAcrossRelays(t *testing.T) {
 		t.Error("relay b delivered nothing")
 	}
 }
+
+// A relay renews the leases of the entries it is delivering: an attempt
+// that outlasts LeaseTTL keeps them, and another relay on the store does
+// not send them too.
+func TestLeaseRenewedDuringLongAttempt(t *testing.T) {
+	d := msgauthtest.NewDNS(t)
+	mx := newTestMX(t, "127.0.0.1:0")
+	d.Add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
+	inData := make(chan struct{}, 10)
+	release := make(chan struct{})
+	mx.mu.Lock()
+	mx.onData = func() {
+		inData <- struct{}{}
+		<-release
+	}
+	mx.mu.Unlock()
+	// The store's clock is the real one: leases lapse in real time.
+	st := newStore(t, nil, []string{"alpha.test"}, "alice@alpha.test")
+	short := func(c *Config) { c.LeaseTTL = time.Second; c.MaxConnsPerDomain = 1 }
+	a := newAlphaOn(t, st, nil, d, mx.addr.Port(), short)
+	b := newAlphaOn(t, st, nil, d, mx.addr.Port(), short, func(c *Config) { c.MaxConnsPerDomain = 4 })
+	var subjects []string
+	for i := range 3 {
+		s := fmt.Sprintf("long %d", i)
+		submit(t, st, envelope("alice@alpha.test", "bob@beta.test"), s)
+		subjects = append(subjects, s)
+	}
+	stop := runRelays(t, a)
+	select {
+	case <-inData:
+	case <-time.After(30 * time.Second):
+		t.Fatal("relay a never sent")
+	}
+	// Three times the lease while a's first attempt hangs.
+	time.Sleep(3 * time.Second)
+	b.runOnce(t)
+	if conns, _ := mx.stats(); conns != 1 {
+		t.Errorf("%d connections: relay b took entries relay a was delivering", conns)
+	}
+	close(release)
+	waitQueueEmpty(t, a)
+	stop()
+	receivedOnce(t, mx, subjects)
+	if strings.Contains(a.log.String(), "lease of a queue entry in progress lost") {
+		t.Errorf("relay a lost a lease:\n%s", a.log.String())
+	}
+}
