@@ -205,3 +205,40 @@ func TestLeaseRenewedDuringLongAttempt(t *testing.T) {
 		t.Errorf("relay a lost a lease:\n%s", a.log.String())
 	}
 }
+
+// A relay that stops gives back the leases of the entries it did not
+// deliver: another relay takes them at once, not after LeaseTTL.
+func TestStoppingRelayReleasesLeases(t *testing.T) {
+	d := msgauthtest.NewDNS(t)
+	mx := newTestMX(t, "127.0.0.1:0")
+	d.Add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
+	inData := make(chan struct{}, 10)
+	release := make(chan struct{})
+	mx.mu.Lock()
+	mx.onData = func() {
+		inData <- struct{}{}
+		<-release
+	}
+	mx.mu.Unlock()
+	one := func(c *Config) { c.MaxConnsPerDomain = 1 }
+	a := newAlpha(t, d, mx.addr.Port(), one) // the store's clock stands still: no lease lapses
+	b := newAlphaOn(t, a.store, a.clock, d, mx.addr.Port(), one)
+	for i := range 3 {
+		submit(t, a.store, envelope("alice@alpha.test", "bob@beta.test"), fmt.Sprintf("stopped %d", i))
+	}
+	stop := runRelays(t, a)
+	select {
+	case <-inData:
+	case <-time.After(30 * time.Second):
+		t.Fatal("relay a never sent")
+	}
+	stop()
+	close(release)
+	b.runOnce(t)
+	if q := queue(t, a.store); len(q) != 0 {
+		t.Fatalf("%d entries left after relay b's run: relay a kept their leases", len(q))
+	}
+	if !strings.Contains(b.log.String(), "delivered") {
+		t.Error("relay b delivered nothing")
+	}
+}
