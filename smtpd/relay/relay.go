@@ -334,12 +334,16 @@ func (r *Relay) dispatch(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("relay: %w", err)
 	}
+	var skipped []int64 // leased now for a domain whose job runs: for the others
 	if r.cfg.Hold {
 		r.mu.Lock()
 		var idle []mailstore.QueueEntry
 		for _, e := range entries {
-			if !r.active[e.Domain] {
+			switch {
+			case !r.active[e.Domain]:
 				idle = append(idle, e)
+			case !r.leased[e.ID]:
+				skipped = append(skipped, e.ID)
 			}
 		}
 		r.mu.Unlock()
@@ -347,7 +351,6 @@ func (r *Relay) dispatch(ctx context.Context) error {
 	}
 	byDomain := make(map[string][]mailstore.QueueEntry)
 	var domains []string
-	var skipped []int64 // leased now for a domain whose job runs: for the others
 	r.mu.Lock()
 	for _, e := range entries {
 		if r.active[e.Domain] {
