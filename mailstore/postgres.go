@@ -243,6 +243,28 @@ CREATE TABLE maildrop_leases (
 	expires BIGINT NOT NULL
 );
 `,
+	// 12: see migrations[11].
+	`
+ALTER TABLE queue ADD COLUMN lease_owner TEXT COLLATE "C" NOT NULL DEFAULT '';
+ALTER TABLE queue ADD COLUMN lease_until BIGINT NOT NULL DEFAULT 0;
+CREATE FUNCTION postern_queue_deferred() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	IF NEW.attempts <> OLD.attempts THEN
+		NEW.lease_owner := '';
+		NEW.lease_until := 0;
+	END IF;
+	RETURN NEW;
+END $$;
+CREATE TRIGGER queue_deferred BEFORE UPDATE OF attempts ON queue
+	FOR EACH ROW EXECUTE FUNCTION postern_queue_deferred();
+CREATE TABLE relay_slots (
+	domain  TEXT COLLATE "C" NOT NULL,
+	slot    BIGINT NOT NULL,
+	owner   TEXT COLLATE "C" NOT NULL,
+	expires BIGINT NOT NULL,
+	PRIMARY KEY (domain, slot)
+);
+`,
 }
 
 // pgLockKey is the advisory lock that serialises migrations of frontends

@@ -266,6 +266,31 @@ CREATE TABLE maildrop_leases (
 	expires INTEGER NOT NULL
 );
 `,
+	// 12: the relay queue shared by every frontend (queue_lease.go).
+	// A queue entry is leased by one relay (lease_owner, "host:pid/...")
+	// until lease_until (unix nanoseconds; 0: not leased), so that each
+	// entry is tried by one worker at a time and a dead frontend's
+	// entries come back when its leases end. Deferring an entry (the
+	// only update that counts an attempt) ends its lease, in the
+	// trigger, so that QueueDefer needs no change. relay_slots are the
+	// connections open to each destination domain, one leased row per
+	// (domain, slot), so that a per-domain connection limit holds
+	// across frontends.
+	`
+ALTER TABLE queue ADD COLUMN lease_owner TEXT NOT NULL DEFAULT '';
+ALTER TABLE queue ADD COLUMN lease_until INTEGER NOT NULL DEFAULT 0;
+CREATE TRIGGER queue_defer_unlease AFTER UPDATE OF attempts ON queue
+	WHEN NEW.attempts != OLD.attempts AND NEW.lease_until != 0 BEGIN
+	UPDATE queue SET lease_owner = '', lease_until = 0 WHERE id = NEW.id;
+END;
+CREATE TABLE relay_slots (
+	domain  TEXT NOT NULL,
+	slot    INTEGER NOT NULL,
+	owner   TEXT NOT NULL,
+	expires INTEGER NOT NULL,
+	PRIMARY KEY (domain, slot)
+);
+`,
 }
 
 // migrate applies the migrations the database has not seen yet.

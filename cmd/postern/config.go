@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/BurntSushi/toml"
 
@@ -139,6 +140,10 @@ type RelayConfig struct {
 	// in enforce mode mail goes only to the listed MX hosts over verified
 	// TLS, else it waits in the queue.
 	MTASTS bool `toml:"mta_sts"`
+	// Lease is how long the relay holds a queue entry or a connection slot
+	// without renewing it (it renews every third of it): how long the
+	// entries of a frontend that died wait for another frontend.
+	Lease string `toml:"lease"`
 }
 
 // LogConfig selects the log/slog handler.
@@ -156,6 +161,10 @@ const (
 	// minRecipients is the floor RFC 5321 4.5.3.1.8 sets for the number of
 	// recipients a server must accept in one transaction; it is also our default.
 	minRecipients = 100
+
+	// defaultRelayLease is relay.lease: the relay's own default, long
+	// enough that a slow store never costs a lease.
+	defaultRelayLease = "5m"
 )
 
 // defaultConfig is the embedded default that `postern serve` uses without
@@ -178,7 +187,7 @@ func defaultConfig() *Config {
 		Submission: ListenerConfig{Listen: "127.0.0.1:5870", ListenTLS: "127.0.0.1:4650"},
 		POP3:       ListenerConfig{Listen: "127.0.0.1:1100", ListenTLS: "127.0.0.1:9950"},
 		IMAP:       ListenerConfig{Listen: "127.0.0.1:1430", ListenTLS: "127.0.0.1:9930"},
-		Relay:      RelayConfig{Port: 25, MTASTS: true},
+		Relay:      RelayConfig{Port: 25, MTASTS: true, Lease: defaultRelayLease},
 		Log:        LogConfig{Level: "info", Format: "text"},
 		Limits:     defaultLimits(),
 		Auth:       AuthConfig{MinPasswordLength: defaultMinPasswordLength},
@@ -219,7 +228,7 @@ func fileDefaults() *Config {
 		Submission: ListenerConfig{Listen: ":587", ListenTLS: ":465"},
 		POP3:       ListenerConfig{Listen: ":110", ListenTLS: ":995"},
 		IMAP:       ListenerConfig{Listen: ":143", ListenTLS: ":993"},
-		Relay:      RelayConfig{Port: 25, MTASTS: true},
+		Relay:      RelayConfig{Port: 25, MTASTS: true, Lease: defaultRelayLease},
 		Log:        LogConfig{Level: "info", Format: "text"},
 		Limits:     defaultLimits(),
 		Auth:       AuthConfig{MinPasswordLength: defaultMinPasswordLength},
@@ -551,6 +560,11 @@ func (c *Config) validate() []*configError {
 	c.validateStore(bad)
 	if c.Relay.Port < 1 || c.Relay.Port > 65535 {
 		bad("relay.port", "must be between 1 and 65535")
+	}
+	if d, err := time.ParseDuration(c.Relay.Lease); err != nil {
+		bad("relay.lease", "must be a duration such as \"90s\" or \"5m\", not %q", c.Relay.Lease)
+	} else if d < time.Second {
+		bad("relay.lease", "must be at least 1s (the lease is renewed every third of it)")
 	}
 
 	if !slices.Contains(logLevels, c.Log.Level) {

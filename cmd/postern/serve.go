@@ -406,6 +406,7 @@ func buildServers(env *serveEnv) ([]namedServer, error) {
 		Hostname: env.cfg.Hostname, Resolver: relayResolver{env.resolver}, Port: env.cfg.Relay.Port,
 		Logger: env.log.With("part", "relay"), Trace: env.trace, LocalAddrs: local,
 		Hold: env.cfg.Relay.Hold, MTASTS: env.cfg.Relay.MTASTS,
+		LeaseTTL: mustDuration(env.cfg.Relay.Lease),
 	}, env.store)
 	servers = append(servers, namedServer{name: "relay", srv: env.relay})
 	return servers, nil

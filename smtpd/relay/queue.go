@@ -80,6 +80,14 @@ func (r *Relay) finish(ctx context.Context, tx *transaction, res []attempt, s *s
 	if len(deferred) > 0 {
 		ok = r.deferred(ctx, tx, deferred, s) && ok
 	}
+	if ok && !stopping {
+		// Removed or deferred, their leases ended: no more renewals.
+		r.mu.Lock()
+		for _, e := range tx.entries {
+			delete(r.leased, e.ID)
+		}
+		r.mu.Unlock()
+	}
 	return ok
 }
 

@@ -9,6 +9,10 @@
 //     loss is not.
 //   - smtpd hands work to the relay only through the mailstore queue;
 //     Kick says that there is some.
+//   - The queue may be shared by several frontends (lease.go): the relay
+//     works only on entries it has leased from the store, renews their
+//     leases while it works, and the per-domain connection limit is a set
+//     of slots leased in the store, so that it holds across frontends.
 //   - One delivery job per destination domain at a time. It looks up the
 //     MX hosts once and opens at most Config.MaxConnsPerDomain connections,
 //     each carrying several messages, one transaction per message with a
@@ -94,7 +98,8 @@ type Config struct {
 	// MaxConns bounds the connections open at once. Default 20.
 	MaxConns int
 	// MaxConnsPerDomain bounds the connections open at once to one
-	// destination domain. Default 4.
+	// destination domain, from every frontend of the store together
+	// (each connection leases a slot in the store). Default 4.
 	MaxConnsPerDomain int
 	// MaxMessagesPerConn is how many messages one connection carries
 	// before the next one is opened. Default 100.
@@ -102,6 +107,17 @@ type Config struct {
 	// PollInterval is how often Run looks for due entries when nobody
 	// calls Kick. Default 5 seconds.
 	PollInterval time.Duration
+
+	// LeaseOwner names this relay in the leases it takes on queue entries
+	// and connection slots; every relay sharing a store needs its own.
+	// Default "HOST:PID/RANDOM".
+	LeaseOwner string
+	// LeaseTTL is how long a lease lasts unless renewed: the relay renews
+	// its leases every LeaseTTL/3 while it works, so this is how long the
+	// entries and connection slots of a frontend that died (SIGKILL, a
+	// lost machine) wait before another frontend takes them. Default 5
+	// minutes; at least one second.
+	LeaseTTL time.Duration
 
 	// Hold keeps outbound mail in the queue instead of delivering it
 	// (hold.go): an entry goes out only once released by QueueRetry.
@@ -171,6 +187,8 @@ type Relay struct {
 	mu        sync.Mutex
 	active    map[string]bool // domains with a delivery job running
 	busy      int             // queue entries in running jobs
+	leased    map[int64]bool  // queue entries in running jobs, whose leases are renewed
+	slotsHeld int             // connection slots leased in the store
 	tlsFailed map[netip.AddrPort]time.Time
 	localIPs  map[netip.Addr]bool // nil until needed
 	stsClient *http.Client        // fetches MTA-STS policies
@@ -207,6 +225,11 @@ func New(cfg Config, store *mailstore.Store) *Relay {
 	def(&cfg.GiveUpAfter, defaultGiveUpAfter)
 	def(&cfg.DelayWarning, defaultDelayWarning)
 	def(&cfg.PollInterval, defaultPollInterval)
+	def(&cfg.LeaseTTL, defaultLeaseTTL)
+	cfg.LeaseTTL = max(cfg.LeaseTTL, minLeaseTTL)
+	if cfg.LeaseOwner == "" {
+		cfg.LeaseOwner = defaultLeaseOwner()
+	}
 	def(&cfg.MTASTSTimeout, defaultMTASTSTimeout)
 	if cfg.MTASTSPort <= 0 || cfg.MTASTSPort > 65535 {
 		cfg.MTASTSPort = 443
@@ -229,6 +252,7 @@ func New(cfg Config, store *mailstore.Store) *Relay {
 		kick:      make(chan struct{}, 1),
 		slots:     make(chan struct{}, cfg.MaxConns),
 		active:    make(map[string]bool),
+		leased:    make(map[int64]bool),
 		tlsFailed: make(map[netip.AddrPort]time.Time),
 	}
 	if r.resolver == nil {
@@ -262,10 +286,12 @@ func (r *Relay) Kick() {
 // PollInterval or on Kick. It then waits for deliveries in progress, which
 // ctx aborts, and returns nil.
 func (r *Relay) Run(ctx context.Context) error {
-	r.log.Info("relay started", "hostname", r.cfg.Hostname, "port", r.cfg.Port, "hold", r.cfg.Hold)
+	r.log.Info("relay started", "hostname", r.cfg.Hostname, "port", r.cfg.Port, "hold", r.cfg.Hold,
+		"lease_owner", r.cfg.LeaseOwner, "lease_ttl", r.cfg.LeaseTTL)
 	if !r.cfg.Hold {
 		r.releaseHeld(ctx)
 	}
+	defer r.renewLeases()()
 	tick := time.NewTicker(r.cfg.PollInterval)
 	defer tick.Stop()
 	for {
@@ -289,27 +315,35 @@ func (r *Relay) Serve(ctx context.Context) error { return r.Run(ctx) }
 // RunOnce starts delivery of the entries due now and waits until every
 // delivery job has finished. Tests drive the relay with it.
 func (r *Relay) RunOnce(ctx context.Context) error {
+	stop := r.renewLeases()
+	defer stop()
 	err := r.dispatch(ctx)
 	r.jobs.Wait()
 	return err
 }
 
 // dispatch starts one delivery job per domain that has due entries and no
-// job running.
+// job running. It leases the entries from the store: those of the running
+// jobs again (the same owner), which are skipped, and others, which no
+// other frontend works on until their lease ends.
 func (r *Relay) dispatch(ctx context.Context) error {
 	r.mu.Lock()
 	limit := maxBatch + r.busy
 	r.mu.Unlock()
-	entries, err := r.store.Queue(ctx, r.cfg.Now(), limit)
+	entries, err := r.store.QueueLease(ctx, r.cfg.Now(), limit, r.cfg.LeaseOwner, r.cfg.LeaseTTL)
 	if err != nil {
 		return fmt.Errorf("relay: %w", err)
 	}
+	var skipped []int64 // leased now for a domain whose job runs: for the others
 	if r.cfg.Hold {
 		r.mu.Lock()
 		var idle []mailstore.QueueEntry
 		for _, e := range entries {
-			if !r.active[e.Domain] {
+			switch {
+			case !r.active[e.Domain]:
 				idle = append(idle, e)
+			case !r.leased[e.ID]:
+				skipped = append(skipped, e.ID)
 			}
 		}
 		r.mu.Unlock()
@@ -320,6 +354,9 @@ func (r *Relay) dispatch(ctx context.Context) error {
 	r.mu.Lock()
 	for _, e := range entries {
 		if r.active[e.Domain] {
+			if !r.leased[e.ID] {
+				skipped = append(skipped, e.ID)
+			}
 			continue
 		}
 		if _, ok := byDomain[e.Domain]; !ok {
@@ -330,16 +367,31 @@ func (r *Relay) dispatch(ctx context.Context) error {
 	for _, d := range domains {
 		r.active[d] = true
 		r.busy += len(byDomain[d])
+		for _, e := range byDomain[d] {
+			r.leased[e.ID] = true
+		}
 	}
 	r.mu.Unlock()
+	// Another frontend may take them now; this one looks again when the
+	// domain's job ends.
+	r.releaseLeases(ctx, skipped)
 	for _, d := range domains {
 		r.jobs.Add(1)
 		go func(domain string, entries []mailstore.QueueEntry) {
 			defer r.jobs.Done()
 			clean := r.deliverDomain(ctx, domain, entries)
+			if ctx.Err() != nil {
+				// Stopping: entries not tried are free for the others at
+				// once (those tried were removed or deferred, which ended
+				// their leases).
+				r.releaseLeases(ctx, entryIDs(entries))
+			}
 			r.mu.Lock()
 			delete(r.active, domain)
 			r.busy -= len(entries)
+			for _, e := range entries {
+				delete(r.leased, e.ID)
+			}
 			r.mu.Unlock()
 			// Entries for the domain queued meanwhile are due; but when
 			// the bookkeeping failed, the same entries would be: wait.
@@ -387,12 +439,13 @@ func transactions(domain string, entries []mailstore.QueueEntry) []*transaction 
 
 // workList is a domain job's transactions, shared by its connections.
 type workList struct {
-	mu    sync.Mutex
-	txs   []*transaction
-	live  int        // sessions open
-	down  *attempt   // why no connection could be opened, once that happened
-	sts   *stsPolicy // the domain's MTA-STS policy; nil: none
-	dirty bool       // some bookkeeping failed
+	domain string
+	mu     sync.Mutex
+	txs    []*transaction
+	live   int        // sessions open
+	down   *attempt   // why no connection could be opened, once that happened
+	sts    *stsPolicy // the domain's MTA-STS policy; nil: none
+	dirty  bool       // some bookkeeping failed
 }
 
 func (w *workList) next() *transaction {
@@ -409,7 +462,7 @@ func (w *workList) next() *transaction {
 // deliverDomain delivers the due entries of one domain. It reports whether
 // all their bookkeeping was done.
 func (r *Relay) deliverDomain(ctx context.Context, domain string, entries []mailstore.QueueEntry) (clean bool) {
-	w := &workList{txs: transactions(domain, entries)}
+	w := &workList{domain: domain, txs: transactions(domain, entries)}
 	hosts, route := r.route(ctx, domain)
 	if !route.failed() {
 		w.sts = r.stsPolicyFor(ctx, domain)
@@ -440,10 +493,12 @@ func (r *Relay) deliverDomain(ctx context.Context, domain string, entries []mail
 // until there are none, opening connections as needed.
 func (r *Relay) worker(ctx context.Context, hosts []MXHost, w *workList) {
 	var s *session
+	var slot int // the domain's connection slot s holds
 	closeSession := func() {
 		if s != nil {
 			s.close()
 			<-r.slots
+			r.releaseSlot(ctx, w.domain, slot)
 			w.mu.Lock()
 			w.live--
 			w.mu.Unlock()
@@ -472,15 +527,29 @@ func (r *Relay) worker(ctx context.Context, hosts []MXHost, w *workList) {
 				r.record(ctx, w, tx, allSame(len(tx.entries), *down), nil)
 				continue
 			}
+			var got bool
+			if slot, got = r.acquireSlot(ctx, w); !got {
+				if ctx.Err() != nil {
+					continue
+				}
+				// Another connection of this job works (and the slots
+				// of the domain are taken): it takes this one too.
+				w.mu.Lock()
+				w.txs = append(w.txs, tx)
+				w.mu.Unlock()
+				return
+			}
 			select {
 			case r.slots <- struct{}{}:
 			case <-ctx.Done():
+				r.releaseSlot(ctx, w.domain, slot)
 				continue
 			}
 			var att attempt
 			s, att = r.connect(ctx, hosts, w.sts)
 			if att.failed() {
 				<-r.slots
+				r.releaseSlot(ctx, w.domain, slot)
 				w.mu.Lock()
 				if w.live > 0 {
 					// Another connection works: it takes this one too

@@ -1,0 +1,257 @@
+package mailstore
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+)
+
+// leaseClock is a settable clock shared by the Stores of a test.
+type leaseClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *leaseClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *leaseClock) add(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+// leaseStores opens n Stores on one database (n frontends) with the
+// clock, and queues count messages to remote.test through the first.
+func leaseStores(t *testing.T, n, count int, clock *leaseClock) []*Store {
+	t.Helper()
+	db := newTestDB(t)
+	var out []*Store
+	for range n {
+		s := db.open(t, Options{PasswordCost: FastPasswordHash, Now: clock.Now})
+		t.Cleanup(func() { s.Close() })
+		out = append(out, s)
+	}
+	ctx := context.Background()
+	for i := range count {
+		if _, err := out[0].Deliver(ctx, "s@example.test", []string{fmt.Sprintf("r%d@remote.test", i)}, testMessage(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return out
+}
+
+// One owner's leased entries are not given to another until the lease
+// ends; the owner gets them again; renew keeps them; release, defer and
+// remove end the lease.
+func TestQueueLease(t *testing.T) {
+	ctx := context.Background()
+	clock := &leaseClock{now: time.Unix(1700000000, 0)}
+	s := leaseStores(t, 1, 4, clock)[0]
+	const ttl = time.Minute
+	due := clock.Now().Add(time.Hour)
+	a, err := s.QueueLease(ctx, due, 2, "a", ttl)
+	if err != nil || len(a) != 2 {
+		t.Fatalf("lease a: %+v %v", a, err)
+	}
+	if a[0].ID >= a[1].ID || a[0].Recipient != "r0@remote.test" || a[0].Size == 0 || a[0].Domain != "remote.test" {
+		t.Fatalf("leased entries %+v", a)
+	}
+	b, err := s.QueueLease(ctx, due, 0, "b", ttl)
+	if err != nil || len(b) != 2 || b[0].ID == a[0].ID || b[0].ID == a[1].ID || b[1].ID == a[0].ID || b[1].ID == a[1].ID {
+		t.Fatalf("lease b: %+v %v", b, err)
+	}
+	if c, err := s.QueueLease(ctx, due, 0, "c", ttl); err != nil || len(c) != 0 {
+		t.Fatalf("lease c with all leased: %+v %v", c, err)
+	}
+	// The owner takes its own again.
+	if again, err := s.QueueLease(ctx, due, 0, "a", ttl); err != nil || len(again) != 2 || again[0].ID != a[0].ID {
+		t.Fatalf("lease a again: %+v %v", again, err)
+	}
+	// Renewed past the first ttl: still a's.
+	clock.add(ttl / 2)
+	lost, err := s.QueueRenew(ctx, []int64{a[0].ID, a[1].ID, b[0].ID}, "a", ttl)
+	if err != nil || len(lost) != 1 || lost[0] != b[0].ID {
+		t.Fatalf("renew: lost %v, %v; want [%d]", lost, err, b[0].ID)
+	}
+	clock.add(ttl/2 + time.Second)
+	// b's lapsed, a's renewed.
+	c, err := s.QueueLease(ctx, due, 0, "c", ttl)
+	if err != nil || len(c) != 2 || c[0].ID != b[0].ID || c[1].ID != b[1].ID {
+		t.Fatalf("lease c after b's lapsed: %+v %v", c, err)
+	}
+	if lost, err := s.QueueRenew(ctx, []int64{b[0].ID}, "b", ttl); err != nil || len(lost) != 1 {
+		t.Fatalf("renew of a lapsed and taken lease: lost %v, %v", lost, err)
+	}
+	// Release: due for anyone at once, no attempt counted.
+	if err := s.QueueRelease(ctx, []int64{a[0].ID}, "a"); err != nil {
+		t.Fatal(err)
+	}
+	// A deferred entry's lease ends with it; it is due for anyone when
+	// the retry time comes.
+	if err := s.QueueDefer(ctx, a[1].ID, clock.Now().Add(time.Second), "451 later", false); err != nil {
+		t.Fatal(err)
+	}
+	d, err := s.QueueLease(ctx, clock.Now().Add(2*time.Second), 0, "d", ttl)
+	if err != nil || len(d) != 2 || d[0].ID != a[0].ID || d[0].Attempts != 0 || d[1].ID != a[1].ID || d[1].Attempts != 1 || d[1].LastError != "451 later" {
+		t.Fatalf("lease d after release and defer: %+v %v", d, err)
+	}
+	// Removal takes the entry and its lease.
+	if err := s.QueueRemove(ctx, d[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	all, err := s.Queue(ctx, time.Time{}, 0)
+	if err != nil || len(all) != 3 {
+		t.Fatalf("queue: %d entries, %v", len(all), err)
+	}
+	// Not yet due entries are not leased.
+	if e, err := s.QueueLease(ctx, time.Unix(0, 0), 0, "e", ttl); err != nil || len(e) != 0 {
+		t.Fatalf("lease of nothing due: %+v %v", e, err)
+	}
+}
+
+// Stores on one database (frontends) leasing at the same time never get
+// the same entry, and between them get every entry; the leases of one
+// that stops (dies) are taken over when they end.
+func TestQueueLeaseConcurrentFrontends(t *testing.T) {
+	ctx := context.Background()
+	clock := &leaseClock{now: time.Now()}
+	const n, count, ttl = 3, 300, time.Minute
+	stores := leaseStores(t, n, count, clock)
+	due := clock.Now().Add(time.Hour)
+	var mu sync.Mutex
+	owner := map[int64]string{}
+	var wg sync.WaitGroup
+	errs := make(chan error, n*4)
+	for i, s := range stores {
+		for w := range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				name := fmt.Sprintf("fe%d", i)
+				for k := range 40 {
+					// A fresh owner each time: an owner takes its own
+					// leased entries again.
+					who := fmt.Sprintf("%s-w%d-%d", name, w, k)
+					got, err := s.QueueLease(ctx, due, 7, who, ttl)
+					if err != nil {
+						errs <- err
+						return
+					}
+					mu.Lock()
+					for _, e := range got {
+						if o, ok := owner[e.ID]; ok {
+							mu.Unlock()
+							errs <- fmt.Errorf("entry %d leased to %s and to %s", e.ID, o, who)
+							return
+						}
+						owner[e.ID] = who
+					}
+					mu.Unlock()
+					if len(got) == 0 {
+						return
+					}
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if len(owner) != count {
+		t.Fatalf("%d entries leased, want %d", len(owner), count)
+	}
+	// fe0 dies: its workers' leases end after ttl and fe1 takes them.
+	dead := map[int64]bool{}
+	for id, o := range owner {
+		if o[:3] == "fe0" {
+			dead[id] = true
+		}
+	}
+	stores[0].Close()
+	if got, _ := stores[1].QueueLease(ctx, due, 0, "fe1-late", ttl); len(got) != 0 {
+		t.Fatalf("took %d entries before the leases ended", len(got))
+	}
+	clock.add(ttl + time.Second)
+	got, err := stores[1].QueueLease(ctx, due, 0, "fe1-late", ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every lease lapsed (nobody renewed): all are taken over.
+	if len(got) != count {
+		t.Fatalf("took over %d entries, want %d", len(got), count)
+	}
+	for _, e := range got {
+		delete(dead, e.ID)
+	}
+	if len(dead) != 0 {
+		t.Fatalf("%d of the dead frontend's entries not taken over", len(dead))
+	}
+}
+
+// A domain's relay slots are shared by every Store on the database: no
+// more than the limit are held at once, a released one is free again, and
+// a dead owner's is free when its lease ends.
+func TestRelaySlots(t *testing.T) {
+	ctx := context.Background()
+	clock := &leaseClock{now: time.Unix(1700000000, 0)}
+	stores := leaseStores(t, 2, 0, clock)
+	a, b := stores[0], stores[1]
+	const ttl = time.Minute
+	var held []int
+	for i := range 2 {
+		slot, ok, err := a.AcquireRelaySlot(ctx, "Remote.test", 3, "a", ttl)
+		if err != nil || !ok {
+			t.Fatalf("a's slot %d: %v %v", i, ok, err)
+		}
+		held = append(held, slot)
+	}
+	slot, ok, err := b.AcquireRelaySlot(ctx, "remote.test", 3, "b", ttl)
+	if err != nil || !ok || slot == held[0] || slot == held[1] {
+		t.Fatalf("b's slot %d %v %v (a holds %v)", slot, ok, err, held)
+	}
+	if _, ok, err := b.AcquireRelaySlot(ctx, "remote.test", 3, "b", ttl); err != nil || ok {
+		t.Fatalf("a fourth slot of three: %v %v", ok, err)
+	}
+	// A lower limit elsewhere: none free.
+	if _, ok, _ := b.AcquireRelaySlot(ctx, "remote.test", 2, "b", ttl); ok {
+		t.Fatal("slot over a limit of 2 with 3 held")
+	}
+	// Another domain is not affected.
+	if _, ok, err := b.AcquireRelaySlot(ctx, "other.test", 1, "b", ttl); err != nil || !ok {
+		t.Fatalf("slot of another domain: %v %v", ok, err)
+	}
+	if err := a.ReleaseRelaySlot(ctx, "remote.test", held[0], "a"); err != nil {
+		t.Fatal(err)
+	}
+	if s, ok, err := b.AcquireRelaySlot(ctx, "remote.test", 3, "b", ttl); err != nil || !ok || s != held[0] {
+		t.Fatalf("released slot: %d %v %v", s, ok, err)
+	}
+	// a renews its remaining slot; b stops renewing (dies).
+	clock.add(ttl / 2)
+	if err := a.RenewRelaySlots(ctx, "a", ttl); err != nil {
+		t.Fatal(err)
+	}
+	clock.add(ttl/2 + time.Second)
+	var got []int
+	for {
+		s, ok, err := a.AcquireRelaySlot(ctx, "remote.test", 3, "a2", ttl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ok {
+			break
+		}
+		got = append(got, s)
+	}
+	if len(got) != 2 {
+		t.Fatalf("took over %v of the dead owner's two slots", got)
+	}
+	for _, s := range got {
+		if s == held[1] {
+			t.Fatalf("took a's renewed slot %d", s)
+		}
+	}
+}
