@@ -377,6 +377,15 @@ type QueueEntry struct {
 	Ret         string
 	Notify      string
 	ORcpt       string
+	// LeaseOwner names the relay (frontend) that holds the entry until
+	// LeaseUntil; "" or a past LeaseUntil: nobody (QueueLease).
+	LeaseOwner string
+	LeaseUntil time.Time
+}
+
+// Leased reports whether a relay holds the entry at now.
+func (e QueueEntry) Leased(now time.Time) bool {
+	return e.LeaseOwner != "" && now.Before(e.LeaseUntil)
 }
 
 func (t *wtx) enqueue(env Envelope, rcpt Recipient, address string, bodyID int64, now time.Time) (int64, error) {
@@ -390,15 +399,18 @@ func (t *wtx) enqueue(env Envelope, rcpt Recipient, address string, bodyID int64
 	return id, nil
 }
 
-const queueColumns = "q.id, q.sender, q.recipient, q.domain, q.body_id, b.size, q.attempts, q.next_attempt, q.created, q.last_error, q.delay_warned, q.env_id, q.ret, q.notify, q.orcpt"
+const queueColumns = "q.id, q.sender, q.recipient, q.domain, q.body_id, b.size, q.attempts, q.next_attempt, q.created, q.last_error, q.delay_warned, q.env_id, q.ret, q.notify, q.orcpt, q.lease_owner, q.lease_until"
 
 func scanQueueEntry(sc interface{ Scan(...any) error }) (QueueEntry, error) {
 	var e QueueEntry
-	var next, created int64
+	var next, created, leaseUntil int64
 	err := sc.Scan(&e.ID, &e.Sender, &e.Recipient, &e.Domain, &e.BodyID, &e.Size, &e.Attempts, &next, &created,
-		&e.LastError, &e.DelayWarned, &e.EnvID, &e.Ret, &e.Notify, &e.ORcpt)
+		&e.LastError, &e.DelayWarned, &e.EnvID, &e.Ret, &e.Notify, &e.ORcpt, &e.LeaseOwner, &leaseUntil)
 	e.NextAttempt = time.Unix(0, next).UTC()
 	e.Created = time.Unix(0, created).UTC()
+	if leaseUntil != 0 {
+		e.LeaseUntil = time.Unix(0, leaseUntil).UTC()
+	}
 	return e, err
 }
 

@@ -33,7 +33,7 @@ import (
 // leaseColumns are queueColumns as an UPDATE ... RETURNING of the queue
 // table gives them (no join there: the size is a subquery).
 const leaseColumns = "id, sender, recipient, domain, body_id, (SELECT b.size FROM bodies b WHERE b.id = queue.body_id), " +
-	"attempts, next_attempt, created, last_error, delay_warned, env_id, ret, notify, orcpt"
+	"attempts, next_attempt, created, last_error, delay_warned, env_id, ret, notify, orcpt, lease_owner, lease_until"
 
 // skipLocked ends the SELECT that picks the entries to lease: on
 // PostgreSQL, rows another frontend's transaction is leasing (or

@@ -82,7 +82,11 @@ func cmdQueueList(c *cli, args []string) int {
 				from = "<>"
 			}
 			next := e.NextAttempt.Local().Format(queueTimeLayout)
-			if relay.IsHeld(e, time.Now()) {
+			switch now := time.Now(); {
+			case e.Leased(now):
+				// A relay (the frontend it names) is delivering it.
+				next = "leased by " + e.LeaseOwner
+			case relay.IsHeld(e, now):
 				next = "held" // relay.hold; queue retry ID releases it
 			}
 			fmt.Fprintf(tw, "%d\t%s\t%d\t%d\t%s\t%s\t%s\n", e.ID, next,

@@ -59,6 +59,10 @@ func TestQueueCommands(t *testing.T) {
 	if err := st.QueueDefer(ctx, bob, later, "mx.remote.test said: 451 4.2.1 Mailbox busy (in reply to RCPT TO)", false); err != nil {
 		t.Fatal(err)
 	}
+	// carol's entry is being delivered by a relay of another frontend.
+	if got, err := st.QueueLease(ctx, time.Now(), 0, "front2:77/x", time.Hour); err != nil || len(got) != 1 || got[0].ID != carol {
+		t.Fatalf("lease: %v, %v", got, err)
+	}
 	st.Close()
 	id := func(n int64) string { return strconv.FormatInt(n, 10) }
 
@@ -70,7 +74,7 @@ func TestQueueCommands(t *testing.T) {
 	for _, want := range []string{
 		"ID NEXT ATTEMPT ATTEMPTS SIZE FROM TO LAST ERROR",
 		" 1 ", "alice@example.test bob@remote.test mx.remote.test said: 451 4.2.1 Mailbox busy",
-		"alice@example.test carol@remote.test",
+		"leased by front2:77/x 0 ", "alice@example.test carol@remote.test",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("list lacks %q:\n%s", want, out)
