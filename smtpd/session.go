@@ -309,7 +309,7 @@ func (s *session) rcpt(tx *transaction, to string, opts *smtp.RcptOptions) error
 		}
 		// As given: only the remote server may say whether the case of
 		// its local parts matters (RFC 5321 2.4).
-		tx.add(a.String(), opts)
+		tx.add(a.String(), opts, nil)
 		return nil
 	}
 	full, err := s.mailboxesFull(res, tx.size)
@@ -325,7 +325,7 @@ func (s *session) rcpt(tx *transaction, to string, opts *smtp.RcptOptions) error
 	if err != nil {
 		return errNoSuchUser // Resolve accepted it, so this does not happen
 	}
-	tx.add(norm, opts)
+	tx.add(norm, opts, &res)
 	tx.local = tx.local || len(res.Users) > 0
 	return nil
 }
@@ -417,13 +417,15 @@ func (s *session) mailboxesFull(res mailstore.Resolution, size int64) (bool, err
 }
 
 // add records a recipient once, with its DSN parameters (RFC 3461) for
-// the queue.
-func (tx *transaction) add(addr string, opts *smtp.RcptOptions) {
+// the queue and, for a local address, where the store resolved it: the
+// delivery at the end of DATA uses that instead of resolving it again
+// (mailstore.Recipient.Resolved says what stays safe).
+func (tx *transaction) add(addr string, opts *smtp.RcptOptions, res *mailstore.Resolution) {
 	if tx.seen[addr] {
 		return
 	}
 	tx.seen[addr] = true
-	r := mailstore.Recipient{Address: addr}
+	r := mailstore.Recipient{Address: addr, Resolved: res}
 	if opts != nil {
 		notify := make([]string, len(opts.Notify))
 		for i, n := range opts.Notify {
