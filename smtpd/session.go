@@ -401,13 +401,19 @@ func (s *session) mailboxesFull(res mailstore.Resolution, size int64) (bool, err
 	if len(res.Remote) > 0 || len(res.Users) == 0 {
 		return false, nil
 	}
-	for _, u := range res.Users {
+	for i, u := range res.Users {
 		if u.QuotaBytes == 0 {
 			return false, nil
 		}
-		used, quota, err := s.cl.srv.store.Usage(s.cl.srv.ctx, u.ID)
-		if err != nil {
-			return false, err
+		// Resolve read the usage with the user, in the same snapshot.
+		used, quota := int64(0), u.QuotaBytes
+		if i < len(res.UsedBytes) {
+			used = res.UsedBytes[i]
+		} else {
+			var err error
+			if used, quota, err = s.cl.srv.store.Usage(s.cl.srv.ctx, u.ID); err != nil {
+				return false, err
+			}
 		}
 		if quota == 0 || used < quota && used+size <= quota {
 			return false, nil
