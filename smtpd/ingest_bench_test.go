@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"testing"
@@ -145,8 +146,15 @@ func BenchmarkSMTPIngestTraceHub(b *testing.B) {
 func benchIngest(b *testing.B, opts func(*Config)) {
 	const clients = 32
 	msg := benchMessage()
-	ours := newTestEnv(b, opts)
-	ceiling, ceilingStore := newCeiling(b)
+	// Every goroutine the two sides start (store writer and indexer,
+	// listeners, sessions) carries its side's label, so that a CPU
+	// profile of the benchmark splits by side: go tool pprof
+	// -tagfocus side=postern (or ceiling).
+	var ours *testEnv
+	pprof.Do(context.Background(), pprof.Labels("side", "postern"), func(context.Context) { ours = newTestEnv(b, opts) })
+	var ceiling string
+	var ceilingStore *mailstore.Store
+	pprof.Do(context.Background(), pprof.Labels("side", "ceiling"), func(context.Context) { ceiling, ceilingStore = newCeiling(b) })
 	// One message each first: connections, statements and caches warm.
 	sendParallel(b, ours.mx, "s@elsewhere.test", msg, 1, 1)
 	sendParallel(b, ceiling, "s@elsewhere.test", msg, 1, 1)
