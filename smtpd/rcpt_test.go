@@ -2,6 +2,7 @@ package smtpd
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -179,5 +180,43 @@ func TestUserDeletedAfterRcpt(t *testing.T) {
 	must(t, err)
 	if st.Messages != 1 {
 		t.Fatalf("alice has %d messages, want 1", st.Messages)
+	}
+}
+
+// TestDuplicateRecipients: a recipient given twice counts once, both
+// among a few recipients and among many (where a set keeps the check),
+// as the log line's count and the Received field's "for" show.
+func TestDuplicateRecipients(t *testing.T) {
+	e := newTestEnv(t)
+	ctx := context.Background()
+	c := e.dial(t, e.mx)
+	c.cmd("EHLO client.example.test", "250")
+	c.cmd("MAIL FROM:<s@elsewhere.test>", "250 ")
+	c.cmd("RCPT TO:<"+alice+">", "250 ")
+	c.cmd("RCPT TO:<"+strings.ToUpper(alice)+">", "250 ")
+	if r := c.data(simpleMessage("twice")); !strings.HasPrefix(r, "250 ") {
+		t.Fatalf("DATA: %q", r)
+	}
+	got := e.inbox(t, alice)
+	if len(got) != 1 || !strings.Contains(string(got[0]), "for <"+alice+">") {
+		t.Fatalf("alice's inbox after one recipient given twice: %d messages, want 1 with Received for her", len(got))
+	}
+	const many = 20
+	c.cmd("MAIL FROM:<s@elsewhere.test>", "250 ")
+	for i := range many {
+		a := fmt.Sprintf("u%d@example.test", i)
+		_, err := e.store.AddUser(ctx, a, "pw")
+		must(t, err)
+		c.cmd("RCPT TO:<"+a+">", "250 ")
+		c.cmd("RCPT TO:<"+alice+">", "250 ")
+	}
+	if r := c.data(simpleMessage("many")); !strings.HasPrefix(r, "250 ") {
+		t.Fatalf("DATA: %q", r)
+	}
+	if want := fmt.Sprintf("recipients=%d ", many+1); !strings.Contains(e.logs.String(), want) {
+		t.Errorf("log has no %q", want)
+	}
+	if !strings.Contains(e.logs.String(), "recipients=1 ") {
+		t.Errorf("log has no recipients=1")
 	}
 }

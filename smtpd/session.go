@@ -100,9 +100,9 @@ type transaction struct {
 	ret   string
 	envID string
 	rcpts []mailstore.Recipient
-	seen  map[string]bool
-	local bool // some recipient reaches a local mailbox
-	junk  bool // the inbound checks asked for the Junk mailbox
+	seen  map[string]bool // the addresses of rcpts, once there are many
+	local bool            // some recipient reaches a local mailbox
+	junk  bool            // the inbound checks asked for the Junk mailbox
 
 	refused int // recipients refused, for the error count
 }
@@ -163,7 +163,6 @@ func (s *session) mail(from string, opts *smtp.MailOptions) error {
 		size:  opts.Size,
 		ret:   string(opts.Return),
 		envID: opts.EnvelopeID,
-		seen:  make(map[string]bool),
 	}
 	s.mu.Lock()
 	s.tx = tx
@@ -427,17 +426,37 @@ func (s *session) mailboxesFull(res mailstore.Resolution, size int64) (bool, err
 // delivery at the end of DATA uses that instead of resolving it again
 // (mailstore.Recipient.Resolved says what stays safe).
 func (tx *transaction) add(addr string, opts *smtp.RcptOptions, res *mailstore.Resolution) {
-	if tx.seen[addr] {
-		return
+	// A few recipients (the usual case) are compared one by one; past
+	// that a set keeps the check cheap.
+	const scanMax = 16
+	if tx.seen != nil {
+		if tx.seen[addr] {
+			return
+		}
+		tx.seen[addr] = true
+	} else {
+		for _, r := range tx.rcpts {
+			if r.Address == addr {
+				return
+			}
+		}
+		if len(tx.rcpts) >= scanMax {
+			tx.seen = make(map[string]bool, 2*scanMax)
+			for _, r := range tx.rcpts {
+				tx.seen[r.Address] = true
+			}
+			tx.seen[addr] = true
+		}
 	}
-	tx.seen[addr] = true
 	r := mailstore.Recipient{Address: addr, Resolved: res}
 	if opts != nil {
-		notify := make([]string, len(opts.Notify))
-		for i, n := range opts.Notify {
-			notify[i] = string(n)
+		if len(opts.Notify) > 0 {
+			notify := make([]string, len(opts.Notify))
+			for i, n := range opts.Notify {
+				notify[i] = string(n)
+			}
+			r.Notify = strings.Join(notify, ",")
 		}
-		r.Notify = strings.Join(notify, ",")
 		if opts.OriginalRecipient != "" {
 			r.ORcpt = string(opts.OriginalRecipientType) + ";" + opts.OriginalRecipient
 		}
