@@ -44,6 +44,15 @@ type Recipient struct {
 	Address string
 	Notify  string // NOTIFY, as given
 	ORcpt   string // ORCPT, as given
+
+	// Resolved, when set, is Resolve's answer for Address obtained during
+	// this SMTP transaction (at RCPT): DeliverEnvelope uses it instead of
+	// resolving the address again. The writer inserts by user id, and ids
+	// are never reused, so a user deleted since gets nothing (Failed, with
+	// ErrNoSuchUser). With Envelope.LocalOnly, a resolution that reaches
+	// remote addresses is not trusted and the address is resolved again,
+	// so that a domain removed since is not relayed to.
+	Resolved *Resolution
 }
 
 // Delivery tells what became of each recipient.
@@ -111,7 +120,13 @@ func (s *Store) DeliverEnvelope(ctx context.Context, env Envelope, msg []byte) (
 	var targets []target
 	seenUser := map[int64]bool{}
 	for i, r := range env.Recipients {
-		res, err := s.Resolve(ctx, r.Address)
+		var res Resolution
+		var err error
+		if r.Resolved != nil && (!env.LocalOnly || len(r.Resolved.Remote) == 0) {
+			res = *r.Resolved
+		} else {
+			res, err = s.Resolve(ctx, r.Address)
+		}
 		if err != nil {
 			if errors.Is(err, ErrNoSuchUser) || errors.Is(err, ErrInvalidAddress) {
 				d.Failed = append(d.Failed, RecipientError{Recipient: r.Address, Err: err})

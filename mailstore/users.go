@@ -475,6 +475,10 @@ func (s *Store) Aliases(ctx context.Context) ([]Alias, error) {
 type Resolution struct {
 	Users  []User   // local users, each once
 	Remote []string // remote addresses reached through aliases
+	// UsedBytes is, for each of Users in the same order, the bytes the
+	// user had in use (what Usage reports) when resolved: a quota check
+	// at RCPT needs no second read.
+	UsedBytes []int64
 }
 
 // Resolve expands a recipient address: a local user, or an alias
@@ -513,11 +517,11 @@ func (s *Store) resolve(ctx context.Context, given string, depth int, seen map[s
 	// One query answers the common case: is the domain local, and is
 	// there such a user.
 	var local int
-	var id, quota, created sql.NullInt64
+	var id, quota, used, created sql.NullInt64
 	var addr sql.NullString
 	var disabled sql.NullBool
-	err = s.readRow(ctx, `SELECT (SELECT count(*) FROM domains WHERE name = ?), u.id, u.address, u.disabled, u.quota_bytes, u.created
-		FROM (SELECT 1) AS one LEFT JOIN users u ON u.address = ?`, domainOf(a), a).Scan(&local, &id, &addr, &disabled, &quota, &created)
+	err = s.readRow(ctx, `SELECT (SELECT count(*) FROM domains WHERE name = ?), u.id, u.address, u.disabled, u.quota_bytes, u.used_bytes, u.created
+		FROM (SELECT 1) AS one LEFT JOIN users u ON u.address = ?`, domainOf(a), a).Scan(&local, &id, &addr, &disabled, &quota, &used, &created)
 	if err != nil {
 		return fmt.Errorf("resolve %s: %w", a, err)
 	}
@@ -530,6 +534,7 @@ func (s *Store) resolve(ctx context.Context, given string, depth int, seen map[s
 			return fmt.Errorf("resolve %s: %w (disabled)", a, ErrNoSuchUser)
 		}
 		res.Users = append(res.Users, User{ID: id.Int64, Address: addr.String, QuotaBytes: quota.Int64, Created: time.Unix(created.Int64, 0).UTC()})
+		res.UsedBytes = append(res.UsedBytes, used.Int64)
 		return nil
 	}
 	rows, err := s.read(ctx, "SELECT target FROM aliases WHERE address = ? ORDER BY target", a)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 
 	"github.com/emersion/go-message/textproto"
 )
@@ -19,12 +20,34 @@ var ErrMalformedHeader = errors.New("mime: malformed header")
 // starts with a blank line has an empty header. The error wraps
 // ErrMalformedHeader and does not quote the message.
 func ReadHeader(msg []byte) (textproto.Header, error) {
-	h, err := textproto.ReadHeader(bufio.NewReader(bytes.NewReader(msg)))
+	hr := headerReaders.Get().(*headerReader)
+	hr.src.Reset(msg)
+	hr.br.Reset(&hr.src)
+	h, err := textproto.ReadHeader(hr.br)
+	// go-message copies what it keeps: the readers hold nothing of msg
+	// once reset to nothing.
+	hr.src.Reset(nil)
+	hr.br.Reset(&hr.src)
+	headerReaders.Put(hr)
 	if err != nil {
 		return textproto.Header{}, fmt.Errorf("%w: %s", ErrMalformedHeader, headerProblem(err))
 	}
 	return h, nil
 }
+
+// headerReader is the reader ReadHeader parses through: pooled, so that
+// a message's header costs no new 4 KiB bufio buffer (ingest parses one
+// per message received).
+type headerReader struct {
+	src bytes.Reader
+	br  *bufio.Reader
+}
+
+var headerReaders = sync.Pool{New: func() any {
+	hr := &headerReader{}
+	hr.br = bufio.NewReader(&hr.src)
+	return hr
+}}
 
 // headerProblem names what go-message refused without the text of the
 // line, which is the sender's data and may be long.

@@ -23,8 +23,12 @@ const (
 	// headroom is room kept before the message when it is loaded, for the
 	// trace fields to be prepended without copying the message.
 	headroom = 2048
-	// readChunk is the buffer message data is read through into the spool.
-	readChunk = 32 << 10
+	// readChunk is the buffer message data is read through into the
+	// spool: the size of the spool's first memory chunk, so that a usual
+	// message is one read and one write. The pool refills it after each
+	// garbage collection for every session then reading: small keeps
+	// that cheap.
+	readChunk = 8 << 10
 	// loadFactor is the memory, in message sizes, that checking and
 	// storing a loaded message may take: the message, the copy
 	// mime.CanonicalText makes of a message with bare line ends, and the

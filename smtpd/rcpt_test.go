@@ -2,6 +2,7 @@ package smtpd
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -96,10 +97,11 @@ func TestRecipientDomainRemoved(t *testing.T) {
 	}
 }
 
-// TestLocalOnlyAtDelivery: a recipient RCPT found local, whose domain is
-// removed before the end of DATA, is refused (554 5.7.1) rather than
+// TestLocalOnlyAtDelivery: a recipient RCPT found local, whose user and
+// domain are removed before the end of DATA, is refused rather than
 // queued for relay: a client that did not authenticate never gets mail
-// relayed.
+// relayed. The delivery uses RCPT's resolution (the user, by id), so the
+// refusal is the user's: 550 5.1.1.
 func TestLocalOnlyAtDelivery(t *testing.T) {
 	e := newTestEnv(t)
 	ctx := context.Background()
@@ -114,8 +116,107 @@ func TestLocalOnlyAtDelivery(t *testing.T) {
 	must(t, e.store.DeleteUser(ctx, "u@going.test"))
 	must(t, e.store.DeleteDomain(ctx, "going.test"))
 	c.send("Subject: late\r\n\r\nhello\r\n.")
+	c.expect("550 5.1.1 ")
+	if q, err := e.store.Queue(ctx, time.Time{}, 0); err != nil || len(q) != 0 {
+		t.Fatalf("queue after the refusal: %d entries, %v: want none", len(q), err)
+	}
+}
+
+// TestLocalOnlyAliasDomainRemoved: an alias that forwards to a remote
+// address, accepted at RCPT from a client that did not authenticate, is
+// resolved again at the end of DATA (RCPT's resolution reaches a remote
+// address, which LocalOnly does not trust); its domain removed meanwhile,
+// the address is no longer local and the message is refused with 554
+// 5.7.1, not relayed.
+func TestLocalOnlyAliasDomainRemoved(t *testing.T) {
+	e := newTestEnv(t)
+	ctx := context.Background()
+	must(t, e.store.AddDomain(ctx, "going.test"))
+	must(t, e.store.AddAlias(ctx, "fwd@going.test", "someone@far.test"))
+	c := e.dial(t, e.mx)
+	c.cmd("EHLO client.example.test", "250")
+	c.cmd("MAIL FROM:<s@elsewhere.test>", "250 ")
+	c.cmd("RCPT TO:<fwd@going.test>", "250 ")
+	c.cmd("DATA", "354")
+	must(t, e.store.DeleteDomain(ctx, "going.test"))
+	c.send("Subject: late\r\n\r\nhello\r\n.")
 	c.expect("554 5.7.1 ")
 	if q, err := e.store.Queue(ctx, time.Time{}, 0); err != nil || len(q) != 0 {
 		t.Fatalf("queue after the refusal: %d entries, %v: want none", len(q), err)
+	}
+}
+
+// TestUserDeletedAfterRcpt: a local user deleted between RCPT and the end
+// of DATA gets nothing although RCPT's resolution named them: 550 5.1.1,
+// and the other recipient of the same message still gets it.
+func TestUserDeletedAfterRcpt(t *testing.T) {
+	e := newTestEnv(t)
+	ctx := context.Background()
+	_, err := e.store.AddUser(ctx, "carol@example.test", "pw")
+	must(t, err)
+	c := e.dial(t, e.mx)
+	c.cmd("EHLO client.example.test", "250")
+	c.cmd("MAIL FROM:<s@elsewhere.test>", "250 ")
+	c.cmd("RCPT TO:<carol@example.test>", "250 ")
+	c.cmd("DATA", "354")
+	must(t, e.store.DeleteUser(ctx, "carol@example.test"))
+	c.send("Subject: late\r\n\r\nhello\r\n.")
+	c.expect("550 5.1.1 ")
+
+	_, err = e.store.AddUser(ctx, "dave@example.test", "pw")
+	must(t, err)
+	c.cmd("MAIL FROM:<s@elsewhere.test>", "250 ")
+	c.cmd("RCPT TO:<dave@example.test>", "250 ")
+	c.cmd("RCPT TO:<"+alice+">", "250 ")
+	c.cmd("DATA", "354")
+	must(t, e.store.DeleteUser(ctx, "dave@example.test"))
+	c.send("Subject: half\r\n\r\nhello\r\n.")
+	c.expect("250 ")
+	u, err := e.store.UserByAddress(ctx, alice)
+	must(t, err)
+	in, err := e.store.MailboxByName(ctx, u.ID, "INBOX")
+	must(t, err)
+	st, err := e.store.Status(ctx, in.ID)
+	must(t, err)
+	if st.Messages != 1 {
+		t.Fatalf("alice has %d messages, want 1", st.Messages)
+	}
+}
+
+// TestDuplicateRecipients: a recipient given twice counts once, both
+// among a few recipients and among many (where a set keeps the check),
+// as the log line's count and the Received field's "for" show.
+func TestDuplicateRecipients(t *testing.T) {
+	e := newTestEnv(t)
+	ctx := context.Background()
+	c := e.dial(t, e.mx)
+	c.cmd("EHLO client.example.test", "250")
+	c.cmd("MAIL FROM:<s@elsewhere.test>", "250 ")
+	c.cmd("RCPT TO:<"+alice+">", "250 ")
+	c.cmd("RCPT TO:<"+strings.ToUpper(alice)+">", "250 ")
+	if r := c.data(simpleMessage("twice")); !strings.HasPrefix(r, "250 ") {
+		t.Fatalf("DATA: %q", r)
+	}
+	got := e.inbox(t, alice)
+	if len(got) != 1 || !strings.Contains(string(got[0]), "for <"+alice+">") {
+		t.Fatalf("alice's inbox after one recipient given twice: %d messages, want 1 with Received for her", len(got))
+	}
+	const many = 20
+	c.cmd("MAIL FROM:<s@elsewhere.test>", "250 ")
+	for i := range many {
+		a := fmt.Sprintf("u%d@example.test", i)
+		_, err := e.store.AddUser(ctx, a, "pw")
+		must(t, err)
+		c.cmd("RCPT TO:<"+a+">", "250 ")
+		c.cmd("RCPT TO:<"+alice+">", "250 ")
+	}
+	if r := c.data(simpleMessage("many")); !strings.HasPrefix(r, "250 ") {
+		t.Fatalf("DATA: %q", r)
+	}
+	if want := fmt.Sprintf("recipients=%d ", many+1); !strings.Contains(e.logs.String(), want) {
+		t.Errorf("log has no %q", want)
+	}
+	if !strings.Contains(e.logs.String(), "recipients=1 ") {
+		t.Errorf("log has no recipients=1")
 	}
 }

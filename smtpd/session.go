@@ -100,9 +100,9 @@ type transaction struct {
 	ret   string
 	envID string
 	rcpts []mailstore.Recipient
-	seen  map[string]bool
-	local bool // some recipient reaches a local mailbox
-	junk  bool // the inbound checks asked for the Junk mailbox
+	seen  map[string]bool // the addresses of rcpts, once there are many
+	local bool            // some recipient reaches a local mailbox
+	junk  bool            // the inbound checks asked for the Junk mailbox
 
 	refused int // recipients refused, for the error count
 }
@@ -163,7 +163,6 @@ func (s *session) mail(from string, opts *smtp.MailOptions) error {
 		size:  opts.Size,
 		ret:   string(opts.Return),
 		envID: opts.EnvelopeID,
-		seen:  make(map[string]bool),
 	}
 	s.mu.Lock()
 	s.tx = tx
@@ -309,7 +308,7 @@ func (s *session) rcpt(tx *transaction, to string, opts *smtp.RcptOptions) error
 		}
 		// As given: only the remote server may say whether the case of
 		// its local parts matters (RFC 5321 2.4).
-		tx.add(a.String(), opts)
+		tx.add(a.String(), opts, nil)
 		return nil
 	}
 	full, err := s.mailboxesFull(res, tx.size)
@@ -325,7 +324,7 @@ func (s *session) rcpt(tx *transaction, to string, opts *smtp.RcptOptions) error
 	if err != nil {
 		return errNoSuchUser // Resolve accepted it, so this does not happen
 	}
-	tx.add(norm, opts)
+	tx.add(norm, opts, &res)
 	tx.local = tx.local || len(res.Users) > 0
 	return nil
 }
@@ -401,13 +400,19 @@ func (s *session) mailboxesFull(res mailstore.Resolution, size int64) (bool, err
 	if len(res.Remote) > 0 || len(res.Users) == 0 {
 		return false, nil
 	}
-	for _, u := range res.Users {
+	for i, u := range res.Users {
 		if u.QuotaBytes == 0 {
 			return false, nil
 		}
-		used, quota, err := s.cl.srv.store.Usage(s.cl.srv.ctx, u.ID)
-		if err != nil {
-			return false, err
+		// Resolve read the usage with the user, in the same snapshot.
+		used, quota := int64(0), u.QuotaBytes
+		if i < len(res.UsedBytes) {
+			used = res.UsedBytes[i]
+		} else {
+			var err error
+			if used, quota, err = s.cl.srv.store.Usage(s.cl.srv.ctx, u.ID); err != nil {
+				return false, err
+			}
 		}
 		if quota == 0 || used < quota && used+size <= quota {
 			return false, nil
@@ -417,19 +422,41 @@ func (s *session) mailboxesFull(res mailstore.Resolution, size int64) (bool, err
 }
 
 // add records a recipient once, with its DSN parameters (RFC 3461) for
-// the queue.
-func (tx *transaction) add(addr string, opts *smtp.RcptOptions) {
-	if tx.seen[addr] {
-		return
-	}
-	tx.seen[addr] = true
-	r := mailstore.Recipient{Address: addr}
-	if opts != nil {
-		notify := make([]string, len(opts.Notify))
-		for i, n := range opts.Notify {
-			notify[i] = string(n)
+// the queue and, for a local address, where the store resolved it: the
+// delivery at the end of DATA uses that instead of resolving it again
+// (mailstore.Recipient.Resolved says what stays safe).
+func (tx *transaction) add(addr string, opts *smtp.RcptOptions, res *mailstore.Resolution) {
+	// A few recipients (the usual case) are compared one by one; past
+	// that a set keeps the check cheap.
+	const scanMax = 16
+	if tx.seen != nil {
+		if tx.seen[addr] {
+			return
 		}
-		r.Notify = strings.Join(notify, ",")
+		tx.seen[addr] = true
+	} else {
+		for _, r := range tx.rcpts {
+			if r.Address == addr {
+				return
+			}
+		}
+		if len(tx.rcpts) >= scanMax {
+			tx.seen = make(map[string]bool, 2*scanMax)
+			for _, r := range tx.rcpts {
+				tx.seen[r.Address] = true
+			}
+			tx.seen[addr] = true
+		}
+	}
+	r := mailstore.Recipient{Address: addr, Resolved: res}
+	if opts != nil {
+		if len(opts.Notify) > 0 {
+			notify := make([]string, len(opts.Notify))
+			for i, n := range opts.Notify {
+				notify[i] = string(n)
+			}
+			r.Notify = strings.Join(notify, ",")
+		}
 		if opts.OriginalRecipient != "" {
 			r.ORcpt = string(opts.OriginalRecipientType) + ";" + opts.OriginalRecipient
 		}
