@@ -12,36 +12,35 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/postern/postern/mailstore/storetest"
 )
 
-// serveChildEnv, when set in the environment, makes the test binary run
-// `postern` with the tab-separated arguments it holds instead of tests.
-const serveChildEnv = "POSTERN_TEST_CHILD_ARGS"
-
 func TestMain(m *testing.M) {
-	if args := os.Getenv(serveChildEnv); args != "" {
-		os.Exit(run(strings.Split(args, "\t"), os.Stdin, os.Stdout, os.Stderr))
-	}
+	storetest.DispatchChild(map[string]storetest.ChildMain{"postern": childPostern})
 	os.Exit(m.Run())
 }
 
+// childPostern runs postern with args in a re-executed test binary.
+func childPostern(args []string) int { return run(args, os.Stdin, os.Stdout, os.Stderr) }
+
 // child is a `postern serve` process started by a benchmark.
 type child struct {
-	cmd    *exec.Cmd
+	*storetest.Child
 	config string
 	addrs  map[string]string // service name -> address
-	stderr *syncBuffer       // what the child logged
 	banner string            // what it printed up to its listeners
 }
+
+// serveStopGrace is how long stop waits for serve to end on SIGTERM.
+const serveStopGrace = 40 * time.Second
 
 // startChild writes a configuration with every listener on 127.0.0.1 and
 // a system-chosen port (extra is appended to it), adds user@example.test
@@ -83,22 +82,11 @@ server = "127.0.0.1:1"
 // child's standard error is kept and shown if it fails to start.
 func spawnServe(tb testing.TB, config string) *child {
 	tb.Helper()
-	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), serveChildEnv+"="+strings.Join([]string{"serve", "-config", config}, "\t"))
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	stderr := &syncBuffer{}
-	cmd.Stderr = stderr
-	if err := cmd.Start(); err != nil {
-		tb.Fatal(err)
-	}
-	c := &child{cmd: cmd, config: config, addrs: map[string]string{}, stderr: stderr}
-	tb.Cleanup(c.stop)
+	c := &child{Child: storetest.StartChild(tb, "postern", "serve", "-config", config), config: config, addrs: map[string]string{}}
+	tb.Cleanup(c.stop) // before StartChild's kill: serve ends gracefully
 	ready := make(chan struct{})
 	go func() {
-		sc := bufio.NewScanner(stdout)
+		sc := bufio.NewScanner(c.Stdout)
 		var banner strings.Builder
 		for sc.Scan() {
 			banner.WriteString(sc.Text() + "\n")
@@ -112,35 +100,25 @@ func spawnServe(tb testing.TB, config string) *child {
 				break
 			}
 		}
-		io.Copy(io.Discard, stdout)
+		io.Copy(io.Discard, c.Stdout)
 	}()
 	select {
 	case <-ready:
+	case <-c.Done():
+		tb.Fatalf("serve exited before printing its listeners: %v; stderr:\n%s", c.Wait(), c.Stderr())
 	case <-time.After(30 * time.Second):
-		tb.Fatalf("serve printed no listeners within 30s; stderr:\n%s", stderr.String())
+		tb.Fatalf("serve printed no listeners within 30s; stderr:\n%s", c.Stderr())
 	}
 	return c
 }
 
-func (c *child) stop() {
-	if c.cmd.Process == nil || c.cmd.ProcessState != nil {
-		return
-	}
-	c.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { c.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(40 * time.Second):
-		c.cmd.Process.Kill()
-		<-done
-	}
-}
+// stop ends serve with SIGTERM, killing it after serveStopGrace.
+func (c *child) stop() { c.Stop(serveStopGrace) }
 
 // peakRSS is the child's VmHWM in bytes.
 func (c *child) peakRSS(tb testing.TB) int64 {
 	tb.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", c.cmd.Process.Pid))
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", c.Pid()))
 	if err != nil {
 		tb.Skipf("no /proc status for the child: %v", err)
 	}

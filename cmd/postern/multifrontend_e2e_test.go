@@ -364,7 +364,7 @@ func TestFrontendKilledLosesNothing(t *testing.T) {
 							// Closed first: the victim's senders
 							// may fail from the kill on.
 							close(killed)
-							if err := victim.cmd.Process.Kill(); err != nil {
+							if err := victim.Kill(); err != nil {
 								errs <- fmt.Errorf("kill frontend 1: %w", err)
 							}
 						})
@@ -383,7 +383,6 @@ func TestFrontendKilledLosesNothing(t *testing.T) {
 	default:
 		t.Fatal("the deliveries ended before frontend 1 was killed")
 	}
-	victim.cmd.Wait()
 
 	seen := inboxSubjects(t, fronts[0].addrs["imap"], user, password)
 	victimAcked := 0
@@ -470,10 +469,9 @@ func TestPOP3InUseAcrossFrontends(t *testing.T) {
 		t.Fatalf("login on B while A holds the maildrop: %q, want -ERR [IN-USE]", reply)
 	}
 	killed := time.Now()
-	if err := a.cmd.Process.Kill(); err != nil {
+	if err := a.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	a.cmd.Wait()
 	for {
 		c, reply := pop3TryLogin(t, b.addrs["pop3"], user, password)
 		if strings.HasPrefix(reply, "+OK") {

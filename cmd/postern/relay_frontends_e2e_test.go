@@ -114,7 +114,7 @@ dsn = "`+dsn+`"
 	fronts := map[int]*child{} // by pid
 	for _, config := range configs {
 		f := spawnServe(t, config)
-		fronts[f.cmd.Process.Pid] = f
+		fronts[f.Pid()] = f
 	}
 
 	// The test's own view of the database: it queues, and watches leases.
@@ -175,7 +175,7 @@ dsn = "`+dsn+`"
 				t.Fatal(err)
 			}
 			f := fronts[ownerPid(owner)]
-			if n >= killLeast && f != nil && victim == nil && strings.Contains(f.stderr.String(), "result=delivered") {
+			if n >= killLeast && f != nil && victim == nil && strings.Contains(f.Stderr(), "result=delivered") {
 				victim, victimOwner = f, owner
 			}
 		}
@@ -184,10 +184,9 @@ dsn = "`+dsn+`"
 			time.Sleep(5 * time.Millisecond)
 		}
 	}
-	if err := victim.cmd.Process.Kill(); err != nil {
+	if err := victim.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	victim.cmd.Wait()
 	killed := time.Now()
 	var orphaned []int64 // entries the dead frontend held
 	rows, err := db.QueryContext(ctx, "SELECT id FROM queue WHERE lease_owner = $1", victimOwner)
@@ -223,7 +222,7 @@ dsn = "`+dsn+`"
 		if time.Now().After(deadline) {
 			for _, f := range fronts {
 				if f != victim {
-					t.Logf("frontend log:\n%s", tail(f.stderr.String(), 3000))
+					t.Logf("frontend log:\n%s", tail(f.Stderr(), 3000))
 				}
 			}
 			t.Fatalf("%d entries still queued (first: %+v)", len(q), q[0])
@@ -252,7 +251,7 @@ dsn = "`+dsn+`"
 		t.Errorf("%d distinct Message-IDs at the receiver, want %d", len(count), total)
 	}
 	for pid, f := range fronts {
-		n := strings.Count(f.stderr.String(), "result=delivered")
+		n := strings.Count(f.Stderr(), "result=delivered")
 		t.Logf("frontend pid %d (killed %v) delivered %d", pid, f == victim, n)
 	}
 	t.Logf("%d messages the killed frontend was sending arrived twice", dups)
