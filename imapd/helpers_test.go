@@ -3,17 +3,12 @@ package imapd
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -27,6 +22,7 @@ import (
 
 	"github.com/postern/postern/mailstore"
 	"github.com/postern/postern/mailstore/limits"
+	"github.com/postern/postern/mailstore/storetest"
 )
 
 const (
@@ -46,25 +42,8 @@ type testEnv struct {
 	tls   string // implicit TLS listener
 	cert  *x509.Certificate
 	user  mailstore.User
-	logs  *syncBuffer
+	logs  *storetest.SyncBuffer
 	db    string // the store's database file
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // newEnv starts a server; configure may change its Config first.
@@ -85,7 +64,7 @@ func newEnv(t testing.TB, configure ...func(*Config)) *testEnv {
 		t.Fatal(err)
 	}
 	tlsConfig, cert := selfSigned(t)
-	logs := &syncBuffer{}
+	logs := &storetest.SyncBuffer{}
 	cfg := Config{
 		Hostname:  "mail.example.test",
 		TLSConfig: tlsConfig,
@@ -128,29 +107,8 @@ func newEnv(t testing.TB, configure ...func(*Config)) *testEnv {
 // selfSigned makes a certificate for 127.0.0.1.
 func selfSigned(t testing.TB) (*tls.Config, *x509.Certificate) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "127.0.0.1"},
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-		DNSNames:     []string{"localhost"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}, cert
+	c := storetest.SelfSigned(t, "127.0.0.1", "localhost")
+	return c.Server(), c.Leaf()
 }
 
 func (e *testEnv) clientTLS() *tls.Config {
@@ -320,13 +278,6 @@ func asIMAPError(err error, target **imap.Error) bool { return errors.As(err, ta
 
 // newEnvLogger discards, for servers built outside newEnv.
 func newEnvLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
-
-// Reset empties the buffer.
-func (s *syncBuffer) Reset() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.b.Reset()
-}
 
 // deliverJunk puts a message into the test user's \Junk mailbox, as SMTP
 // does with mail quarantined by DMARC.

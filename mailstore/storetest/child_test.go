@@ -2,6 +2,7 @@ package storetest
 
 import (
 	"bufio"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"os"
@@ -144,5 +145,42 @@ func TestSyncBufferConcurrent(t *testing.T) {
 	wg.Wait()
 	if n := len(b.String()); n != 800 {
 		t.Errorf("%d bytes, want 800", n)
+	}
+}
+
+// A client trusting the certificate completes a handshake for each of its
+// names, IP address or DNS name, and not for another.
+func TestSelfSigned(t *testing.T) {
+	c := SelfSigned(t, "mail.example.test", "127.0.0.1")
+	if c.Leaf().Subject.CommonName != "mail.example.test" || len(c.Leaf().IPAddresses) != 1 || len(c.Leaf().DNSNames) != 1 {
+		t.Fatalf("certificate names: %s %v %v", c.Leaf().Subject.CommonName, c.Leaf().DNSNames, c.Leaf().IPAddresses)
+	}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", c.Server())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conn.(*tls.Conn).Handshake()
+			conn.Close()
+		}
+	}()
+	for name, ok := range map[string]bool{"mail.example.test": true, "127.0.0.1": true, "other.example.test": false} {
+		conn, err := tls.Dial("tcp", ln.Addr().String(), c.Client(name))
+		if err == nil {
+			conn.Close()
+		}
+		if (err == nil) != ok {
+			t.Errorf("handshake for %s: %v, want success %v", name, err, ok)
+		}
+	}
+	b, err := os.ReadFile(c.WritePEM(t))
+	if err != nil || !strings.HasPrefix(string(b), "-----BEGIN CERTIFICATE-----") {
+		t.Errorf("PEM file: %.40q %v", b, err)
 	}
 }

@@ -1,19 +1,13 @@
 package relay
 
 import (
-	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/netip"
 	"path/filepath"
@@ -26,6 +20,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/mailstore/storetest"
 	"github.com/postern/postern/smtpd/msgauth/msgauthtest"
 )
 
@@ -269,32 +264,8 @@ func (c *countedConn) Close() error {
 // trusts it.
 func selfSigned(t testing.TB, names ...string) (tls.Certificate, *x509.CertPool) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: names[0]},
-		DNSNames:              names,
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: cert}, pool
+	c := storetest.SelfSigned(t, names...)
+	return c.TLS, c.Pool
 }
 
 // newStore opens a mailstore in a temporary directory with local domains
@@ -391,31 +362,13 @@ func envelope(from string, to ...string) mailstore.Envelope {
 	return env
 }
 
-// logBuffer collects log lines for assertions.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 // alpha is the sending side of most tests: a store for alpha.test with
 // alice, and a relay over it resolving through dns.
 type alpha struct {
 	store *mailstore.Store
 	relay *Relay
 	clock *fakeClock
-	log   *logBuffer
+	log   *storetest.SyncBuffer
 }
 
 func newAlpha(t testing.TB, d *msgauthtest.DNS, port uint16, change ...func(*Config)) *alpha {
@@ -426,7 +379,7 @@ func newAlpha(t testing.TB, d *msgauthtest.DNS, port uint16, change ...func(*Con
 }
 
 func newAlphaOn(t testing.TB, st *mailstore.Store, clock *fakeClock, d *msgauthtest.DNS, port uint16, change ...func(*Config)) *alpha {
-	lb := &logBuffer{}
+	lb := &storetest.SyncBuffer{}
 	now := time.Now
 	if clock != nil {
 		now = clock.Now
