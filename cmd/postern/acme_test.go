@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/emersion/go-imap/v2/imapclient"
+	"github.com/postern/postern/mailstore/storetest"
 )
 
 // freePort returns a loopback TCP port that was free a moment ago.
@@ -36,7 +37,7 @@ type pebble struct {
 	caFile    string // the certificate of pebble's own HTTPS, to trust
 	mgmt      string // management interface base URL
 	client    *http.Client
-	log       *syncBuffer
+	log       *storetest.SyncBuffer
 }
 
 // startPebble runs pebble on loopback. It checks challenges for real
@@ -82,7 +83,7 @@ func startPebble(t *testing.T, dnsAddr string, tlsPort, httpPort int, validity t
 	// Real challenge checks (no PEBBLE_VA_ALWAYS_VALID), without the
 	// random delays.
 	cmd.Env = append(cmd.Env, "PEBBLE_VA_NOSLEEP=1")
-	log := &syncBuffer{}
+	log := &storetest.SyncBuffer{}
 	p.log = log
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {

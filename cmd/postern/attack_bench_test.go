@@ -9,111 +9,28 @@ import (
 	"bufio"
 	"encoding/base64"
 	"fmt"
-	"io"
 	"net"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/postern/postern/mailstore/storetest"
 )
-
-func TestMain(m *testing.M) {
-	storetest.DispatchChild(map[string]storetest.ChildMain{"postern": childPostern})
-	os.Exit(m.Run())
-}
-
-// childPostern runs postern with args in a re-executed test binary.
-func childPostern(args []string) int { return run(args, os.Stdin, os.Stdout, os.Stderr) }
-
-// child is a `postern serve` process started by a benchmark.
-type child struct {
-	*storetest.Child
-	config string
-	addrs  map[string]string // service name -> address
-	banner string            // what it printed up to its listeners
-}
-
-// serveStopGrace is how long stop waits for serve to end on SIGTERM.
-const serveStopGrace = 40 * time.Second
 
 // startChild writes a configuration with every listener on 127.0.0.1 and
 // a system-chosen port (extra is appended to it), adds user@example.test
 // with password "right-password", and starts serve in a child process.
 func startChild(tb testing.TB, extra string) *child {
 	tb.Helper()
-	dir := tb.TempDir()
-	config := filepath.Join(dir, "postern.toml")
-	text := `hostname = "mail.example.test"
-data_dir = "` + filepath.Join(dir, "data") + `"
-domains = ["example.test"]
-[smtp]
-listen = "127.0.0.1:0"
-[submission]
-listen = "127.0.0.1:0"
-listen_tls = ""
-[pop3]
-listen = "127.0.0.1:0"
-listen_tls = ""
-[imap]
-listen = "127.0.0.1:0"
-listen_tls = ""
-[dns]
-server = "127.0.0.1:1"
-[relay]
-` + extra
-	if err := os.WriteFile(config, []byte(text), 0o600); err != nil {
-		tb.Fatal(err)
-	}
+	config := serveConfig{extra: extra}.write(tb)
 	var out, errOut strings.Builder
 	if code := run([]string{"user", "add", "-config", config, "user@example.test"}, strings.NewReader("right-password\n"), &out, &errOut); code != exitOK {
 		tb.Fatalf("user add: %d %s %s", code, out.String(), errOut.String())
 	}
 	return spawnServe(tb, config)
 }
-
-// spawnServe starts `postern serve -config config` in a child process (this
-// test binary, re-executed) and waits until it prints its listeners. The
-// child's standard error is kept and shown if it fails to start.
-func spawnServe(tb testing.TB, config string) *child {
-	tb.Helper()
-	c := &child{Child: storetest.StartChild(tb, "postern", "serve", "-config", config), config: config, addrs: map[string]string{}}
-	tb.Cleanup(c.stop) // before StartChild's kill: serve ends gracefully
-	ready := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(c.Stdout)
-		var banner strings.Builder
-		for sc.Scan() {
-			banner.WriteString(sc.Text() + "\n")
-			f := strings.Fields(sc.Text())
-			if len(f) >= 2 && strings.HasPrefix(f[1], "127.0.0.1:") {
-				c.addrs[f[0]] = f[1]
-			}
-			if strings.Contains(sc.Text(), "Add a user") {
-				c.banner = banner.String()
-				close(ready)
-				break
-			}
-		}
-		io.Copy(io.Discard, c.Stdout)
-	}()
-	select {
-	case <-ready:
-	case <-c.Done():
-		tb.Fatalf("serve exited before printing its listeners: %v; stderr:\n%s", c.Wait(), c.Stderr())
-	case <-time.After(30 * time.Second):
-		tb.Fatalf("serve printed no listeners within 30s; stderr:\n%s", c.Stderr())
-	}
-	return c
-}
-
-// stop ends serve with SIGTERM, killing it after serveStopGrace.
-func (c *child) stop() { c.Stop(serveStopGrace) }
 
 // peakRSS is the child's VmHWM in bytes.
 func (c *child) peakRSS(tb testing.TB) int64 {

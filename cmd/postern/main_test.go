@@ -9,9 +9,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/postern/postern/mailstore/storetest"
 )
 
 // runCmd runs postern with args in-process and returns the exit code and
@@ -114,24 +115,6 @@ func TestUsageListsCommands(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer that serve may write while the test reads.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func TestServe(t *testing.T) {
 	dir := t.TempDir()
 	dataDir := filepath.Join(dir, "data")
@@ -156,7 +139,7 @@ level = "debug"
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var stdout, stderr syncBuffer
+	var stdout, stderr storetest.SyncBuffer
 	exited := make(chan int, 1)
 	go func() {
 		exited <- runContext(ctx, []string{"serve", "-config", config}, strings.NewReader(""), &stdout, &stderr)

@@ -9,8 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net/textproto"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -31,35 +29,12 @@ func startFrontends(t testing.TB, dsn string, n int, user, password string) []*c
 	t.Helper()
 	var configs []string
 	for i := range n {
-		dir := t.TempDir()
-		config := filepath.Join(dir, "postern.toml")
-		text := `hostname = "mail` + strconv.Itoa(i) + `.example.test"
-data_dir = "` + filepath.Join(dir, "data") + `"
-domains = ["example.test"]
-[smtp]
-listen = "127.0.0.1:0"
-[submission]
-listen = ""
-listen_tls = ""
-[pop3]
-listen = "127.0.0.1:0"
-listen_tls = ""
-[imap]
-listen = "127.0.0.1:0"
-listen_tls = ""
-[dns]
-server = "127.0.0.1:1"
-[limits]
-maildrop_lease = "2s"
-[limits.mx]
-connections_per_address = 100
-[store]
-driver = "postgres"
-dsn = "` + dsn + `"
-`
-		if err := os.WriteFile(config, []byte(text), 0o600); err != nil {
-			t.Fatal(err)
-		}
+		config := serveConfig{
+			hostname: "mail" + strconv.Itoa(i) + ".example.test",
+			listen:   []string{"smtp", "pop3", "imap"},
+			store:    postgresStore(dsn),
+			extra:    "[limits]\nmaildrop_lease = \"2s\"\n[limits.mx]\nconnections_per_address = 100\n",
+		}.write(t)
 		configs = append(configs, config)
 	}
 	if code, out, errOut := runIn(t, password+"\n", "user", "add", "-config", configs[0], user); code != exitOK {

@@ -9,8 +9,6 @@ import (
 	"database/sql"
 	"fmt"
 	"net"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -47,27 +45,13 @@ func TestRelayFrontendsDeliverOnce(t *testing.T) {
 	d.Add(t, "remote.test. MX 10 mx.remote.test.", "mx.remote.test. A 127.0.0.1")
 
 	// The remote domain: a Postern of its own.
-	rdir := t.TempDir()
-	rconfig := filepath.Join(rdir, "postern.toml")
-	writeConfig(t, rconfig, `hostname = "mx.remote.test"
-data_dir = "`+filepath.Join(rdir, "data")+`"
-domains = ["remote.test"]
-[smtp]
-listen = "127.0.0.1:0"
-[submission]
-listen = ""
-listen_tls = ""
-[pop3]
-listen = ""
-listen_tls = ""
-[imap]
-listen = "127.0.0.1:0"
-listen_tls = ""
-[dns]
-server = "`+d.Addr+`"
-[checks]
-enabled = false
-`)
+	rconfig := serveConfig{
+		hostname: "mx.remote.test",
+		domain:   "remote.test",
+		listen:   []string{"smtp", "imap"},
+		dns:      d.Addr,
+		extra:    "[checks]\nenabled = false\n",
+	}.write(t)
 	if code, out, errOut := runIn(t, rcptPass+"\n", "user", "add", "-config", rconfig, rcpt); code != exitOK {
 		t.Fatalf("user add on the receiver: %d %s %s", code, out, errOut)
 	}
@@ -80,32 +64,13 @@ enabled = false
 	// Three frontends on one database, relaying to the receiver's port.
 	var configs []string
 	for i := range 3 {
-		dir := t.TempDir()
-		config := filepath.Join(dir, "postern.toml")
-		writeConfig(t, config, `hostname = "mail`+strconv.Itoa(i)+`.example.test"
-data_dir = "`+filepath.Join(dir, "data")+`"
-domains = ["example.test"]
-[smtp]
-listen = "127.0.0.1:0"
-[submission]
-listen = ""
-listen_tls = ""
-[pop3]
-listen = ""
-listen_tls = ""
-[imap]
-listen = "127.0.0.1:0"
-listen_tls = ""
-[dns]
-server = "`+d.Addr+`"
-[relay]
-port = `+rport+`
-mta_sts = false
-lease = "`+leaseTTL.String()+`"
-[store]
-driver = "postgres"
-dsn = "`+dsn+`"
-`)
+		config := serveConfig{
+			hostname: "mail" + strconv.Itoa(i) + ".example.test",
+			listen:   []string{"smtp", "imap"},
+			dns:      d.Addr,
+			store:    postgresStore(dsn),
+			extra:    "[relay]\nport = " + rport + "\nmta_sts = false\nlease = \"" + leaseTTL.String() + "\"\n",
+		}.write(t)
 		configs = append(configs, config)
 	}
 	if code, out, errOut := runIn(t, "sender password 1\n", "user", "add", "-config", configs[0], "sender@example.test"); code != exitOK {
@@ -255,14 +220,6 @@ dsn = "`+dsn+`"
 		t.Logf("frontend pid %d (killed %v) delivered %d", pid, f == victim, n)
 	}
 	t.Logf("%d messages the killed frontend was sending arrived twice", dups)
-}
-
-// writeConfig writes a configuration file.
-func writeConfig(t *testing.T, path, text string) {
-	t.Helper()
-	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // ownerPid is the process ID in a relay's lease owner, "host:pid/id".

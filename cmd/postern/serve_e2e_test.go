@@ -25,6 +25,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/mailstore/storetest"
 )
 
 // running is a `postern serve` started by a test.
@@ -32,8 +33,8 @@ type running struct {
 	config  string
 	dataDir string
 	addrs   map[string]string // protocol name -> bound address
-	stdout  *syncBuffer
-	stderr  *syncBuffer
+	stdout  *storetest.SyncBuffer
+	stderr  *storetest.SyncBuffer
 	stop    func() int // cancels serve and returns its exit code
 }
 
@@ -60,7 +61,7 @@ func startServeDNS(t *testing.T, dnsAddr, extra string) *running {
 		}
 	}
 	dir := t.TempDir()
-	r := &running{dataDir: filepath.Join(dir, "data"), addrs: map[string]string{}, stdout: &syncBuffer{}, stderr: &syncBuffer{}}
+	r := &running{dataDir: filepath.Join(dir, "data"), addrs: map[string]string{}, stdout: &storetest.SyncBuffer{}, stderr: &storetest.SyncBuffer{}}
 	r.config = writeFile(t, "serve.toml", `hostname = "mail.example.test"
 data_dir = "`+r.dataDir+`"
 domains = ["example.test"]
@@ -86,7 +87,7 @@ server = "`+dnsAddr+`"
 // r.dataDir, and fills in r.
 func startServeConfig(t *testing.T, r *running) *running {
 	t.Helper()
-	r.stdout, r.stderr = &syncBuffer{}, &syncBuffer{}
+	r.stdout, r.stderr = &storetest.SyncBuffer{}, &storetest.SyncBuffer{}
 	r.addrs = map[string]string{}
 	ctx, cancel := context.WithCancel(context.Background())
 	exited := make(chan int, 1)

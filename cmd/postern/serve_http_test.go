@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/mailstore/storetest"
 )
 
 const httpListeners = "[http]\nlisten = \"127.0.0.1:0\"\nlisten_tls = \"127.0.0.1:0\"\nmta_sts_mode = \"enforce\"\n"
@@ -124,7 +125,7 @@ func TestServeHTTP(t *testing.T) {
 	}
 
 	// A second serve on the same data directory is refused.
-	var out, errOut syncBuffer
+	var out, errOut storetest.SyncBuffer
 	code = runContext(context.Background(), []string{"serve", "-config", r.config}, strings.NewReader(""), &out, &errOut)
 	if code != exitFailure || !strings.Contains(errOut.String(), errStoreInUse.Error()) || !strings.Contains(errOut.String(), strconv.Itoa(os.Getpid())) {
 		t.Errorf("second serve: exit %d, stderr %s", code, errOut.String())
