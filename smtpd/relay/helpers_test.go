@@ -94,6 +94,29 @@ func withMaxBytes(n int64) mxOption     { return func(s *smtp.Server) { s.MaxMes
 func withDomain(domain string) mxOption { return func(s *smtp.Server) { s.Domain = domain } }
 
 // newTestMX starts an MX listening on addr ("127.0.0.1:0" for any port).
+// betaMX starts a DNS server in which beta.test's MX is mx.beta.test at
+// 127.0.0.1, and a test MX on 127.0.0.1 with a port of its own.
+func betaMX(t testing.TB, opts ...mxOption) (*msgauthtest.DNS, *testMX) {
+	t.Helper()
+	d := msgauthtest.NewDNS(t)
+	mx := newTestMX(t, "127.0.0.1:0", opts...)
+	d.Add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
+	return d, mx
+}
+
+// holdData makes every DATA the server reads first send on inData
+// (buffered for n) and then wait until the test closes release.
+func (m *testMX) holdData(n int) (inData, release chan struct{}) {
+	inData, release = make(chan struct{}, n), make(chan struct{})
+	m.mu.Lock()
+	m.onData = func() {
+		inData <- struct{}{}
+		<-release
+	}
+	m.mu.Unlock()
+	return inData, release
+}
+
 func newTestMX(t testing.TB, addr string, opts ...mxOption) *testMX {
 	t.Helper()
 	ln, err := net.Listen("tcp", addr)

@@ -12,7 +12,6 @@ import (
 
 	"github.com/postern/postern/mailstore"
 	"github.com/postern/postern/mailstore/storetest"
-	"github.com/postern/postern/smtpd/msgauth/msgauthtest"
 )
 
 func TestMain(m *testing.M) {
@@ -57,15 +56,8 @@ func TestKillDuringDelivery(t *testing.T) {
 	if testing.Short() {
 		t.Skip("re-executes the test binary")
 	}
-	d := msgauthtest.NewDNS(t)
-	mx := newTestMX(t, "127.0.0.1:0")
-	d.Add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
-	inData := make(chan struct{}, 1)
-	release := make(chan struct{})
-	mx.onData = func() {
-		inData <- struct{}{}
-		<-release
-	}
+	d, mx := betaMX(t)
+	inData, release := mx.holdData(1)
 
 	path := filepath.Join(t.TempDir(), "postern.db")
 	st := openStore(t, path, nil)
