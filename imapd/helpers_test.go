@@ -13,7 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -117,76 +116,13 @@ func (e *testEnv) clientTLS() *tls.Config {
 	return &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}
 }
 
-// updates records what a client is told without asking.
-type updates struct {
-	mu       sync.Mutex
-	exists   []uint32
-	expunges []uint32
-	flags    []string // "seq uid flags"
-	mboxFlag [][]imap.Flag
-	signal   chan struct{}
-}
-
-func newUpdates() *updates { return &updates{signal: make(chan struct{}, 1000)} }
-
-func (u *updates) handler() *imapclient.UnilateralDataHandler {
-	return &imapclient.UnilateralDataHandler{
-		Expunge: func(seq uint32) {
-			u.mu.Lock()
-			u.expunges = append(u.expunges, seq)
-			u.mu.Unlock()
-			u.signal <- struct{}{}
-		},
-		Mailbox: func(d *imapclient.UnilateralDataMailbox) {
-			u.mu.Lock()
-			if d.NumMessages != nil {
-				u.exists = append(u.exists, *d.NumMessages)
-			}
-			if d.Flags != nil {
-				u.mboxFlag = append(u.mboxFlag, d.Flags)
-			}
-			u.mu.Unlock()
-			u.signal <- struct{}{}
-		},
-		Fetch: func(msg *imapclient.FetchMessageData) {
-			buf, _ := msg.Collect()
-			if buf == nil {
-				return
-			}
-			u.mu.Lock()
-			u.flags = append(u.flags, fmt.Sprintf("%d %d %v", buf.SeqNum, buf.UID, buf.Flags))
-			u.mu.Unlock()
-			u.signal <- struct{}{}
-		},
-	}
-}
-
-// waitFor waits until cond holds, checking after each update.
-func (u *updates) waitFor(t *testing.T, what string, cond func(u *updates) bool) {
-	t.Helper()
-	deadline := time.After(waitTimeout)
-	for {
-		u.mu.Lock()
-		ok := cond(u)
-		u.mu.Unlock()
-		if ok {
-			return
-		}
-		select {
-		case <-u.signal:
-		case <-deadline:
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
-}
-
 // dial connects to the plain listener (from 127.0.0.1, which counts as
 // secure by default) and logs in unless user is "".
-func (e *testEnv) dial(t *testing.T, u *updates) *imapclient.Client {
+func (e *testEnv) dial(t *testing.T, u *storetest.IMAPUpdates) *imapclient.Client {
 	t.Helper()
 	opts := &imapclient.Options{}
 	if u != nil {
-		opts.UnilateralDataHandler = u.handler()
+		opts.UnilateralDataHandler = u.Handler()
 	}
 	if os.Getenv("POSTERN_TEST_WIRE") != "" {
 		opts.DebugWriter = os.Stderr

@@ -8,11 +8,15 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapclient"
 )
 
 func TestMain(m *testing.M) {
@@ -182,5 +186,36 @@ func TestSelfSigned(t *testing.T) {
 	b, err := os.ReadFile(c.WritePEM(t))
 	if err != nil || !strings.HasPrefix(string(b), "-----BEGIN CERTIFICATE-----") {
 		t.Errorf("PEM file: %.40q %v", b, err)
+	}
+}
+
+// IMAPUpdates records what the handler is given, wakes WaitFor, and
+// WaitFor fails the test when the condition never holds.
+func TestIMAPUpdates(t *testing.T) {
+	u := NewIMAPUpdates()
+	h := u.Handler()
+	go func() {
+		for i := uint32(1); i <= 50; i++ {
+			h.Expunge(i)
+		}
+		n := uint32(7)
+		h.Mailbox(&imapclient.UnilateralDataMailbox{NumMessages: &n, Flags: []imap.Flag{"NewKeyword"}})
+	}()
+	u.WaitFor(t, "EXISTS 7", 10*time.Second, func(u *IMAPUpdates) bool { return slices.Contains(u.Exists, 7) })
+	u.Mu.Lock()
+	if len(u.Expunges) != 50 || len(u.MailboxFlags) != 1 || u.MailboxFlags[0][0] != "NewKeyword" {
+		t.Errorf("recorded expunges %v, flags %v", u.Expunges, u.MailboxFlags)
+	}
+	u.Mu.Unlock()
+
+	f := &fakeTB{}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		u.WaitFor(f, "EXISTS 8", 50*time.Millisecond, func(u *IMAPUpdates) bool { return slices.Contains(u.Exists, 8) })
+	}()
+	<-done
+	if !f.failed {
+		t.Error("WaitFor returned for a condition that never held")
 	}
 }
