@@ -297,7 +297,7 @@ func TestIndexerSkipsLargeBodies(t *testing.T) {
 // waitIndexed waits until the full-text indexer has taken every body.
 func waitIndexed(t *testing.T, s *Store) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		n, err := s.IndexBacklog(context.Background())
 		if err != nil {
