@@ -184,13 +184,7 @@ listen_tls = "127.0.0.1:%d"
 	// HTTPS listener) and is the one IMAPS and SMTPS present, with or
 	// without a server name in the client's hello. serve asks for it at
 	// start; wait for that.
-	deadline := time.Now().Add(60 * time.Second)
-	for !strings.Contains(r.stderr.String(), `msg="TLS certificate from ACME"`) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no certificate from pebble:\n%s", r.stderr.String())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	r.waitLog(t, `msg="TLS certificate from ACME"`, 60*time.Second)
 	serial := verifiedSerial(t, r.addrs["imaps"], "mail.example.test", roots)
 	if got := verifiedSerial(t, r.addrs["submissions"], "mail.example.test", roots); got.Cmp(serial) != 0 {
 		t.Errorf("submissions presents serial %x, imaps %x", got, serial)
@@ -230,7 +224,7 @@ listen_tls = "127.0.0.1:%d"
 
 	// Renewal without a restart: new connections get a new certificate
 	// before the first expires.
-	deadline = time.Now().Add(40 * time.Second)
+	deadline := time.Now().Add(40 * time.Second)
 	for {
 		got := verifiedSerial(t, r.addrs["imaps"], "mail.example.test", roots)
 		if got.Cmp(serial) != 0 {
@@ -293,13 +287,7 @@ acme_ca = %q
 listen_acme = "127.0.0.1:%d"
 `, p.directory, p.caFile, httpPort))
 	roots := p.roots(t)
-	deadline := time.Now().Add(60 * time.Second)
-	for !strings.Contains(r.stderr.String(), `msg="TLS certificate from ACME"`) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no certificate from pebble:\n%s", r.stderr.String())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	r.waitLog(t, `msg="TLS certificate from ACME"`, 60*time.Second)
 	verifiedSerial(t, r.addrs["imaps"], "mail.example.test", roots)
 
 	client := &http.Client{Timeout: 10 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error {

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-imap/v2/imapclient"
+	"github.com/postern/postern/mailstore"
 	"github.com/postern/postern/mailstore/storetest"
 )
 
@@ -281,4 +283,38 @@ func TestNewLogger(t *testing.T) {
 	if _, err := newLogger(LogConfig{Level: "info", Format: "xml"}, &buf); err == nil {
 		t.Error("format xml accepted")
 	}
+}
+
+// imapLogin connects to the IMAP listener addr without TLS and logs in;
+// the caller closes the client.
+func imapLogin(t *testing.T, addr, user, password string, opts *imapclient.Options) *imapclient.Client {
+	t.Helper()
+	c, err := imapclient.DialInsecure(addr, opts)
+	if err != nil {
+		t.Fatalf("IMAP %s: %v", addr, err)
+	}
+	if err := c.Login(user, password).Wait(); err != nil {
+		c.Close()
+		t.Fatalf("IMAP login of %s at %s: %v", user, addr, err)
+	}
+	return c
+}
+
+// inboxMessages lists the messages in user's INBOX in st.
+func inboxMessages(t *testing.T, st *mailstore.Store, user string) []mailstore.Message {
+	t.Helper()
+	ctx := context.Background()
+	u, err := st.UserByAddress(ctx, user)
+	if err != nil {
+		t.Fatalf("user %s: %v", user, err)
+	}
+	in, err := st.MailboxByName(ctx, u.ID, "INBOX")
+	if err != nil {
+		t.Fatalf("INBOX of %s: %v", user, err)
+	}
+	msgs, err := st.Messages(ctx, in.ID, nil)
+	if err != nil {
+		t.Fatalf("messages in the INBOX of %s: %v", user, err)
+	}
+	return msgs
 }

@@ -73,13 +73,15 @@ func spawnServe(tb testing.TB, config string) *child {
 // stop ends serve with SIGTERM, killing it after serveStopGrace.
 func (c *child) stop() { c.Stop(serveStopGrace) }
 
-// serveConfig is a configuration for a `postern serve` child: every
-// listener on 127.0.0.1 with a port the system chooses, no TLS listeners.
+// serveConfig is a configuration for `postern serve` in a test: every
+// listener on 127.0.0.1 with a port the system chooses.
 type serveConfig struct {
 	hostname string   // "mail.example.test" when empty
 	domain   string   // "example.test" when empty
 	dataDir  string   // "data" beside the configuration file when empty
 	listen   []string // the services that listen, of smtp, submission, pop3 and imap; all four when nil
+	tls      bool     // submission, pop3 and imap listen with implicit TLS too
+	smtp     string   // more keys of the [smtp] table
 	dns      string   // the DNS server; when empty 127.0.0.1:1, where nothing answers
 	store    string   // the [store] table's keys; when empty the SQLite store in data_dir
 	extra    string   // more tables, appended as they are
@@ -115,7 +117,11 @@ func (c serveConfig) write(tb testing.TB) string {
 			}
 		}
 		b.WriteString("[" + service + "]\nlisten = \"" + addr + "\"\n")
-		if service != "smtp" {
+		if service == "smtp" {
+			b.WriteString(c.smtp)
+		} else if c.tls && addr != "" {
+			b.WriteString("listen_tls = \"127.0.0.1:0\"\n")
+		} else {
 			b.WriteString("listen_tls = \"\"\n")
 		}
 	}

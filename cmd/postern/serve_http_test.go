@@ -116,13 +116,7 @@ func TestServeHTTP(t *testing.T) {
 	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(r.stderr.String(), "SIGHUP received") && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if !strings.Contains(r.stderr.String(), "SIGHUP received") {
-		t.Error("SIGHUP was not logged")
-	}
+	r.waitLog(t, "SIGHUP received", 10*time.Second)
 
 	// A second serve on the same data directory is refused.
 	var out, errOut storetest.SyncBuffer

@@ -10,7 +10,6 @@ import (
 	"testing"
 
 	"github.com/emersion/go-imap/v2"
-	"github.com/emersion/go-imap/v2/imapclient"
 
 	"github.com/postern/postern/mailstore/storetest"
 )
@@ -20,14 +19,8 @@ import (
 // of its bytes (BODY.PEEK[]), one line each. \Recent is left out.
 func imapView(t *testing.T, addr, user, password string) string {
 	t.Helper()
-	c, err := imapclient.DialInsecure(addr, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := imapLogin(t, addr, user, password, nil)
 	defer c.Close()
-	if err := c.Login(user, password).Wait(); err != nil {
-		t.Fatal(err)
-	}
 	list, err := c.List("", "*", nil).Collect()
 	if err != nil {
 		t.Fatal(err)
