@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/postern/postern/mailstore/limits"
+	"github.com/postern/postern/mailstore/storetest"
 )
 
 // FuzzSession sends hostile input through a real connection, after
@@ -18,7 +19,7 @@ import (
 // and must go on serving. The seeds (testdata/fuzz/FuzzSession) are the
 // inputs that once got SERVERBUG or hung.
 func FuzzSession(f *testing.F) {
-	logs := &syncBuffer{}
+	logs := &storetest.SyncBuffer{}
 	env := newEnv(f, func(c *Config) {
 		c.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
 		c.Limits.MaxConnectionsPerAddress = 1000

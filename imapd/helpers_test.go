@@ -3,22 +3,16 @@ package imapd
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -27,6 +21,7 @@ import (
 
 	"github.com/postern/postern/mailstore"
 	"github.com/postern/postern/mailstore/limits"
+	"github.com/postern/postern/mailstore/storetest"
 )
 
 const (
@@ -46,25 +41,8 @@ type testEnv struct {
 	tls   string // implicit TLS listener
 	cert  *x509.Certificate
 	user  mailstore.User
-	logs  *syncBuffer
+	logs  *storetest.SyncBuffer
 	db    string // the store's database file
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // newEnv starts a server; configure may change its Config first.
@@ -85,7 +63,7 @@ func newEnv(t testing.TB, configure ...func(*Config)) *testEnv {
 		t.Fatal(err)
 	}
 	tlsConfig, cert := selfSigned(t)
-	logs := &syncBuffer{}
+	logs := &storetest.SyncBuffer{}
 	cfg := Config{
 		Hostname:  "mail.example.test",
 		TLSConfig: tlsConfig,
@@ -128,29 +106,8 @@ func newEnv(t testing.TB, configure ...func(*Config)) *testEnv {
 // selfSigned makes a certificate for 127.0.0.1.
 func selfSigned(t testing.TB) (*tls.Config, *x509.Certificate) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "127.0.0.1"},
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-		DNSNames:     []string{"localhost"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}, cert
+	c := storetest.SelfSigned(t, "127.0.0.1", "localhost")
+	return c.Server(), c.Leaf()
 }
 
 func (e *testEnv) clientTLS() *tls.Config {
@@ -159,76 +116,13 @@ func (e *testEnv) clientTLS() *tls.Config {
 	return &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}
 }
 
-// updates records what a client is told without asking.
-type updates struct {
-	mu       sync.Mutex
-	exists   []uint32
-	expunges []uint32
-	flags    []string // "seq uid flags"
-	mboxFlag [][]imap.Flag
-	signal   chan struct{}
-}
-
-func newUpdates() *updates { return &updates{signal: make(chan struct{}, 1000)} }
-
-func (u *updates) handler() *imapclient.UnilateralDataHandler {
-	return &imapclient.UnilateralDataHandler{
-		Expunge: func(seq uint32) {
-			u.mu.Lock()
-			u.expunges = append(u.expunges, seq)
-			u.mu.Unlock()
-			u.signal <- struct{}{}
-		},
-		Mailbox: func(d *imapclient.UnilateralDataMailbox) {
-			u.mu.Lock()
-			if d.NumMessages != nil {
-				u.exists = append(u.exists, *d.NumMessages)
-			}
-			if d.Flags != nil {
-				u.mboxFlag = append(u.mboxFlag, d.Flags)
-			}
-			u.mu.Unlock()
-			u.signal <- struct{}{}
-		},
-		Fetch: func(msg *imapclient.FetchMessageData) {
-			buf, _ := msg.Collect()
-			if buf == nil {
-				return
-			}
-			u.mu.Lock()
-			u.flags = append(u.flags, fmt.Sprintf("%d %d %v", buf.SeqNum, buf.UID, buf.Flags))
-			u.mu.Unlock()
-			u.signal <- struct{}{}
-		},
-	}
-}
-
-// waitFor waits until cond holds, checking after each update.
-func (u *updates) waitFor(t *testing.T, what string, cond func(u *updates) bool) {
-	t.Helper()
-	deadline := time.After(waitTimeout)
-	for {
-		u.mu.Lock()
-		ok := cond(u)
-		u.mu.Unlock()
-		if ok {
-			return
-		}
-		select {
-		case <-u.signal:
-		case <-deadline:
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
-}
-
 // dial connects to the plain listener (from 127.0.0.1, which counts as
 // secure by default) and logs in unless user is "".
-func (e *testEnv) dial(t *testing.T, u *updates) *imapclient.Client {
+func (e *testEnv) dial(t *testing.T, u *storetest.IMAPUpdates) *imapclient.Client {
 	t.Helper()
 	opts := &imapclient.Options{}
 	if u != nil {
-		opts.UnilateralDataHandler = u.handler()
+		opts.UnilateralDataHandler = u.Handler()
 	}
 	if os.Getenv("POSTERN_TEST_WIRE") != "" {
 		opts.DebugWriter = os.Stderr
@@ -320,13 +214,6 @@ func asIMAPError(err error, target **imap.Error) bool { return errors.As(err, ta
 
 // newEnvLogger discards, for servers built outside newEnv.
 func newEnvLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
-
-// Reset empties the buffer.
-func (s *syncBuffer) Reset() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.b.Reset()
-}
 
 // deliverJunk puts a message into the test user's \Junk mailbox, as SMTP
 // does with mail quarantined by DMARC.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
+	"github.com/postern/postern/mailstore/storetest"
 )
 
 const multipartMessage = "From: \"Ann Example\" <ann@remote.test>\r\n" +
@@ -165,7 +166,7 @@ func TestStoreCopyMoveExpunge(t *testing.T) {
 	for i := 1; i <= 5; i++ {
 		env.deliver(t, testMessage(i, fmt.Sprintf("msg %d", i)))
 	}
-	u := newUpdates()
+	u := storetest.NewIMAPUpdates()
 	c := env.dial(t, u)
 	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
 		t.Fatal(err)
@@ -179,8 +180,8 @@ func TestStoreCopyMoveExpunge(t *testing.T) {
 	if len(msgs) != 2 || !slices.Contains(msgs[0].Flags, imap.FlagDeleted) || !slices.Contains(msgs[1].Flags, "NewKeyword") {
 		t.Errorf("STORE +FLAGS = %+v", msgs)
 	}
-	u.waitFor(t, "FLAGS with the new keyword", func(u *updates) bool {
-		return len(u.mboxFlag) > 0 && slices.Contains(u.mboxFlag[0], "NewKeyword")
+	u.WaitFor(t, "FLAGS with the new keyword", waitTimeout, func(u *storetest.IMAPUpdates) bool {
+		return len(u.MailboxFlags) > 0 && slices.Contains(u.MailboxFlags[0], "NewKeyword")
 	})
 	// .SILENT sends nothing back.
 	msgs, err = c.Store(imap.SeqSetNum(3), &imap.StoreFlags{Op: imap.StoreFlagsSet, Silent: true, Flags: []imap.Flag{imap.FlagAnswered}}, nil).Collect()
@@ -213,7 +214,7 @@ func TestStoreCopyMoveExpunge(t *testing.T) {
 	if md.SourceUIDs.String() != "3" || md.DestUIDs.String() != "1" {
 		t.Errorf("MOVE COPYUID = %v -> %v", md.SourceUIDs, md.DestUIDs)
 	}
-	u.waitFor(t, "EXPUNGE after MOVE", func(u *updates) bool { return slices.Equal(u.expunges, []uint32{2}) })
+	u.WaitFor(t, "EXPUNGE after MOVE", waitTimeout, func(u *storetest.IMAPUpdates) bool { return slices.Equal(u.Expunges, []uint32{2}) })
 
 	// EXPUNGE removes the rest of \Deleted.
 	if seqs, err := c.Expunge().Collect(); err != nil || !slices.Equal(seqs, []uint32{1}) {
@@ -242,11 +243,11 @@ func TestStoreCopyMoveExpunge(t *testing.T) {
 	if err := c.Store(imap.SeqSetNum(1), &imap.StoreFlags{Op: imap.StoreFlagsAdd, Silent: true, Flags: []imap.Flag{imap.FlagDeleted}}, nil).Close(); err != nil {
 		t.Fatal(err)
 	}
-	before := len(u.expunges)
+	before := len(u.Expunges)
 	if err := c.UnselectAndExpunge().Wait(); err != nil { // CLOSE
 		t.Fatal(err)
 	}
-	if len(u.expunges) != before {
+	if len(u.Expunges) != before {
 		t.Error("CLOSE sent EXPUNGE responses")
 	}
 	st, _ = c.Status("INBOX", &imap.StatusOptions{NumMessages: true}).Wait()
@@ -300,7 +301,7 @@ func TestTwoSessions(t *testing.T) {
 	for i := 1; i <= 3; i++ {
 		env.deliver(t, testMessage(i, "hi"))
 	}
-	ua, ub := newUpdates(), newUpdates()
+	ua, ub := storetest.NewIMAPUpdates(), storetest.NewIMAPUpdates()
 	a, b := env.dial(t, ua), env.dial(t, ub)
 	for _, c := range []*imapclient.Client{a, b} {
 		if _, err := c.Select("INBOX", nil).Wait(); err != nil {
@@ -314,8 +315,8 @@ func TestTwoSessions(t *testing.T) {
 	if err := a.Noop().Wait(); err != nil {
 		t.Fatal(err)
 	}
-	ua.waitFor(t, "FLAGS then FETCH", func(u *updates) bool {
-		return len(u.mboxFlag) == 1 && slices.Contains(u.mboxFlag[0], "Urgent") && len(u.flags) == 1 && strings.HasPrefix(u.flags[0], "2 2 ")
+	ua.WaitFor(t, "FLAGS then FETCH", waitTimeout, func(u *storetest.IMAPUpdates) bool {
+		return len(u.MailboxFlags) == 1 && slices.Contains(u.MailboxFlags[0], "Urgent") && len(u.Flags) == 1 && strings.HasPrefix(u.Flags[0], "2 2 ")
 	})
 	// B expunges it and gets a new message; A's numbers stay its own
 	// until its next NOOP.
@@ -330,8 +331,8 @@ func TestTwoSessions(t *testing.T) {
 	if err := a.Noop().Wait(); err != nil {
 		t.Fatal(err)
 	}
-	ua.waitFor(t, "EXPUNGE 2 and EXISTS 3", func(u *updates) bool {
-		return slices.Equal(u.expunges, []uint32{2}) && len(u.exists) > 0 && u.exists[len(u.exists)-1] == 3
+	ua.WaitFor(t, "EXPUNGE 2 and EXISTS 3", waitTimeout, func(u *storetest.IMAPUpdates) bool {
+		return slices.Equal(u.Expunges, []uint32{2}) && len(u.Exists) > 0 && u.Exists[len(u.Exists)-1] == 3
 	})
 	m = fetchOne(t, a, imap.SeqSetNum(3), &imap.FetchOptions{UID: true})
 	if m.UID != 4 {
@@ -344,22 +345,22 @@ func TestTwoSessions(t *testing.T) {
 	if err := b.Expunge().Close(); err != nil {
 		t.Fatal(err)
 	}
-	n := len(ua.expunges)
+	n := len(ua.Expunges)
 	if _, err := a.Fetch(imap.SeqSetNum(1), &imap.FetchOptions{UID: true}).Collect(); err != nil {
 		t.Fatal(err)
 	}
-	ua.mu.Lock()
-	if len(ua.expunges) != n {
+	ua.Mu.Lock()
+	if len(ua.Expunges) != n {
 		t.Error("EXPUNGE sent during FETCH")
 	}
-	ua.mu.Unlock()
+	ua.Mu.Unlock()
 	a.Noop().Wait()
-	ua.waitFor(t, "EXPUNGE 1", func(u *updates) bool { return len(u.expunges) == n+1 })
+	ua.WaitFor(t, "EXPUNGE 1", waitTimeout, func(u *storetest.IMAPUpdates) bool { return len(u.Expunges) == n+1 })
 }
 
 func TestIdleSeesDelivery(t *testing.T) {
 	env := newEnv(t)
-	u := newUpdates()
+	u := storetest.NewIMAPUpdates()
 	c := env.dial(t, u)
 	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
 		t.Fatal(err)
@@ -369,14 +370,16 @@ func TestIdleSeesDelivery(t *testing.T) {
 		t.Fatal(err)
 	}
 	env.deliver(t, testMessage(1, "while idling"))
-	u.waitFor(t, "EXISTS 1 in IDLE", func(u *updates) bool { return slices.Contains(u.exists, 1) })
+	u.WaitFor(t, "EXISTS 1 in IDLE", waitTimeout, func(u *storetest.IMAPUpdates) bool { return slices.Contains(u.Exists, 1) })
 	// A second session's change reaches the idler too.
 	other := env.dial(t, nil)
 	other.Select("INBOX", nil).Wait()
 	if err := other.Store(imap.SeqSetNum(1), &imap.StoreFlags{Op: imap.StoreFlagsAdd, Flags: []imap.Flag{imap.FlagFlagged}}, nil).Close(); err != nil {
 		t.Fatal(err)
 	}
-	u.waitFor(t, "FETCH FLAGS in IDLE", func(u *updates) bool { return len(u.flags) == 1 && strings.Contains(u.flags[0], `\Flagged`) })
+	u.WaitFor(t, "FETCH FLAGS in IDLE", waitTimeout, func(u *storetest.IMAPUpdates) bool {
+		return len(u.Flags) == 1 && strings.Contains(u.Flags[0], `\Flagged`)
+	})
 	if err := idle.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -467,7 +470,7 @@ func TestSearch(t *testing.T) {
 
 func TestSelectedMailboxDeleted(t *testing.T) {
 	env := newEnv(t)
-	u := newUpdates()
+	u := storetest.NewIMAPUpdates()
 	a, b := env.dial(t, u), env.dial(t, nil)
 	if err := b.Create("Tmp", nil).Wait(); err != nil {
 		t.Fatal(err)
@@ -484,7 +487,7 @@ func TestSelectedMailboxDeleted(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.Noop().Wait()
-	u.waitFor(t, "three EXPUNGEs", func(u *updates) bool { return len(u.expunges) == 3 })
+	u.WaitFor(t, "three EXPUNGEs", waitTimeout, func(u *storetest.IMAPUpdates) bool { return len(u.Expunges) == 3 })
 	if _, err := a.Fetch(imap.SeqSetNum(1), &imap.FetchOptions{UID: true}).Collect(); err != nil {
 		t.Errorf("FETCH in a deleted mailbox: %v", err)
 	}
@@ -512,7 +515,7 @@ func TestSelectedMailboxDeleted(t *testing.T) {
 func TestAppendToSelectedAndCopyIntoIt(t *testing.T) {
 	env := newEnv(t)
 	env.deliver(t, testMessage(1, "one"))
-	u := newUpdates()
+	u := storetest.NewIMAPUpdates()
 	c := env.dial(t, u)
 	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
 		t.Fatal(err)
@@ -520,11 +523,11 @@ func TestAppendToSelectedAndCopyIntoIt(t *testing.T) {
 	if err := appendMsg(c, "INBOX", testMessage(2, "two")); err != nil {
 		t.Fatal(err)
 	}
-	u.waitFor(t, "EXISTS 2", func(u *updates) bool { return slices.Contains(u.exists, 2) })
+	u.WaitFor(t, "EXISTS 2", waitTimeout, func(u *storetest.IMAPUpdates) bool { return slices.Contains(u.Exists, 2) })
 	if _, err := c.Copy(imap.SeqSetNum(1, 2), "INBOX").Wait(); err != nil {
 		t.Fatal(err)
 	}
-	u.waitFor(t, "EXISTS 4", func(u *updates) bool { return slices.Contains(u.exists, 4) })
+	u.WaitFor(t, "EXISTS 4", waitTimeout, func(u *storetest.IMAPUpdates) bool { return slices.Contains(u.Exists, 4) })
 	msgs, err := c.Fetch(imap.SeqSet{{Start: 1, Stop: 0}}, &imap.FetchOptions{UID: true}).Collect()
 	if err != nil || len(msgs) != 4 || msgs[3].UID != 4 {
 		t.Errorf("FETCH 1:* = %d messages, %v", len(msgs), err)
@@ -539,12 +542,12 @@ func TestCopyMoveWithinMailbox(t *testing.T) {
 	for i := 1; i <= 3; i++ {
 		env.deliver(t, testMessage(i, fmt.Sprintf("msg %d", i)))
 	}
-	u := newUpdates()
+	u := storetest.NewIMAPUpdates()
 	c := env.dial(t, u)
 	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
 		t.Fatal(err)
 	}
-	ou := newUpdates()
+	ou := storetest.NewIMAPUpdates()
 	other := env.dial(t, ou)
 	if _, err := other.Select("INBOX", nil).Wait(); err != nil {
 		t.Fatal(err)
@@ -560,7 +563,7 @@ func TestCopyMoveWithinMailbox(t *testing.T) {
 	if cd.SourceUIDs.String() != "1:2" || cd.DestUIDs.String() != "4:5" {
 		t.Errorf("COPYUID = %v -> %v, want 1:2 -> 4:5", cd.SourceUIDs, cd.DestUIDs)
 	}
-	u.waitFor(t, "EXISTS 5 after COPY", func(u *updates) bool { return slices.Contains(u.exists, 5) })
+	u.WaitFor(t, "EXISTS 5 after COPY", waitTimeout, func(u *storetest.IMAPUpdates) bool { return slices.Contains(u.Exists, 5) })
 
 	md, err := c.Move(imap.SeqSetNum(1), "INBOX").Wait()
 	if err != nil {
@@ -569,8 +572,8 @@ func TestCopyMoveWithinMailbox(t *testing.T) {
 	if md.SourceUIDs.String() != "1" || md.DestUIDs.String() != "6" {
 		t.Errorf("MOVE COPYUID = %v -> %v, want 1 -> 6", md.SourceUIDs, md.DestUIDs)
 	}
-	u.waitFor(t, "EXISTS 6 and EXPUNGE 1 after MOVE", func(u *updates) bool {
-		return slices.Contains(u.exists, 6) && slices.Equal(u.expunges, []uint32{1})
+	u.WaitFor(t, "EXISTS 6 and EXPUNGE 1 after MOVE", waitTimeout, func(u *storetest.IMAPUpdates) bool {
+		return slices.Contains(u.Exists, 6) && slices.Equal(u.Expunges, []uint32{1})
 	})
 
 	for _, cl := range []*imapclient.Client{c, other} {
@@ -590,5 +593,5 @@ func TestCopyMoveWithinMailbox(t *testing.T) {
 			t.Errorf("after COPY and MOVE within INBOX: %q, want %q", got, want)
 		}
 	}
-	ou.waitFor(t, "the other session told of the EXPUNGE", func(u *updates) bool { return slices.Equal(u.expunges, []uint32{1}) })
+	ou.WaitFor(t, "the other session told of the EXPUNGE", waitTimeout, func(u *storetest.IMAPUpdates) bool { return slices.Equal(u.Expunges, []uint32{1}) })
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 
 	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/mailstore/storetest"
 )
 
 // wantOK runs commands that must each end in a tagged OK.
@@ -146,12 +147,12 @@ func TestMoveWithinMailboxAtQuota(t *testing.T) {
 	if err := env.store.SetQuota(ctx, testUser, used); err != nil {
 		t.Fatal(err)
 	}
-	u := newUpdates()
+	u := storetest.NewIMAPUpdates()
 	c := env.dial(t, u)
 	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
 		t.Fatal(err)
 	}
-	ou := newUpdates()
+	ou := storetest.NewIMAPUpdates()
 	other := env.dial(t, ou)
 	if _, err := other.Select("INBOX", nil).Wait(); err != nil {
 		t.Fatal(err)
@@ -169,14 +170,14 @@ func TestMoveWithinMailboxAtQuota(t *testing.T) {
 	}
 	// Sequence numbers: 3 then 1 or 1 then 2, as the server reports
 	// them; either way two expunges.
-	u.waitFor(t, "EXISTS 5 and two EXPUNGEs after MOVE", func(u *updates) bool {
-		return slices.Contains(u.exists, 5) && len(u.expunges) == 2
+	u.WaitFor(t, "EXISTS 5 and two EXPUNGEs after MOVE", waitTimeout, func(u *storetest.IMAPUpdates) bool {
+		return slices.Contains(u.Exists, 5) && len(u.Expunges) == 2
 	})
 	if err := other.Noop().Wait(); err != nil {
 		t.Fatal(err)
 	}
-	ou.waitFor(t, "the other session told of EXISTS and two EXPUNGEs", func(u *updates) bool {
-		return slices.Contains(u.exists, 5) && len(u.expunges) == 2
+	ou.WaitFor(t, "the other session told of EXISTS and two EXPUNGEs", waitTimeout, func(u *storetest.IMAPUpdates) bool {
+		return slices.Contains(u.Exists, 5) && len(u.Expunges) == 2
 	})
 	for _, cl := range []*imapclient.Client{c, other} {
 		msgs, err := cl.Fetch(imap.SeqSet{{Start: 1, Stop: 0}}, &imap.FetchOptions{UID: true, Envelope: true}).Collect()

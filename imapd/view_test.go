@@ -8,6 +8,7 @@ import (
 	"github.com/emersion/go-imap/v2"
 
 	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/mailstore/storetest"
 )
 
 // kinds summarises a queue for comparison.
@@ -157,9 +158,9 @@ func TestViewResyncAfterOverflow(t *testing.T) {
 
 func TestIdleWakesEverySession(t *testing.T) {
 	env := newEnv(t)
-	var us []*updates
+	var us []*storetest.IMAPUpdates
 	for i := 0; i < 5; i++ {
-		u := newUpdates()
+		u := storetest.NewIMAPUpdates()
 		c := env.dial(t, u)
 		if _, err := c.Select("INBOX", nil).Wait(); err != nil {
 			t.Fatal(err)
@@ -171,6 +172,6 @@ func TestIdleWakesEverySession(t *testing.T) {
 	}
 	env.deliver(t, testMessage(1, "x"))
 	for _, u := range us {
-		u.waitFor(t, "EXISTS 1", func(u *updates) bool { return slices.Contains(u.exists, 1) })
+		u.WaitFor(t, "EXISTS 1", waitTimeout, func(u *storetest.IMAPUpdates) bool { return slices.Contains(u.Exists, 1) })
 	}
 }

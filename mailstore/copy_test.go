@@ -267,20 +267,7 @@ func TestCopyToPostgres(t *testing.T) {
 		}
 	}
 	// The copy indexes every body for search (UID 3 holds message 2).
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		n, err := dst.IndexBacklog(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if n == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d bodies still not indexed on the copy", n)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitIndexed(t, dst)
 	found, err := dst.Search(ctx, in.ID, &SearchCriteria{MayContain: []string{"body 2"}})
 	if err != nil || len(found) != 1 || found[0].UID != 3 {
 		t.Fatalf("search on the copy: %+v, %v", found, err)

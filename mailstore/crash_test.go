@@ -6,39 +6,33 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/postern/postern/mailstore/storetest"
 )
 
-// crashChildEnv makes the test binary act as the crash test's child: it
-// delivers messages to the database named by the variable and prints the
-// number of each one whose Deliver returned.
-const crashChildEnv = "POSTERN_MAILSTORE_CRASH_CHILD"
-
 func TestMain(m *testing.M) {
-	if path := os.Getenv(crashChildEnv); path != "" {
-		crashChild(path)
-		return
-	}
-	if path := os.Getenv(holdChildEnv); path != "" {
-		holdChild(path)
-		return
-	}
+	storetest.DispatchChild(map[string]storetest.ChildMain{
+		"crash": crashChild,
+		"hold":  holdChild,
+	})
 	os.Exit(runSuites(m))
 }
 
-func crashChild(path string) {
-	s, err := openLocation(path, Options{PasswordCost: FastPasswordHash})
+// crashChild is the crash test's child (args: the database, the first
+// message number): it delivers messages and prints the number of each one
+// whose Deliver returned.
+func crashChild(args []string) int {
+	s, err := openLocation(args[0], Options{PasswordCost: FastPasswordHash})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
-		os.Exit(3)
+		return 3
 	}
-	start, _ := strconv.Atoi(os.Getenv(crashChildEnv + "_START"))
+	start, _ := strconv.Atoi(args[1])
 	ctx := context.Background()
 	out := bufio.NewWriter(os.Stdout)
 	var mu sync.Mutex
@@ -62,6 +56,7 @@ func crashChild(path string) {
 		}(w)
 	}
 	wg.Wait()
+	return 0
 }
 
 func crashMessage(i int) []byte {
@@ -87,19 +82,10 @@ func TestCrashSafety(t *testing.T) {
 	acked := map[int]bool{}
 	const rounds = 5
 	for round := 0; round < rounds; round++ {
-		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), crashChildEnv+"="+path, fmt.Sprintf("%s_START=%d", crashChildEnv, round*1000000))
-		cmd.Stderr = os.Stderr
-		stdout, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
+		child := storetest.StartChild(t, "crash", path, strconv.Itoa(round*1000000))
 		lines := make(chan int, 1024)
 		go func() {
-			sc := bufio.NewScanner(stdout)
+			sc := bufio.NewScanner(child.Stdout)
 			for sc.Scan() {
 				if n, err := strconv.Atoi(sc.Text()); err == nil {
 					lines <- n
@@ -115,11 +101,10 @@ func TestCrashSafety(t *testing.T) {
 		}
 		acked[first] = true
 		time.Sleep(time.Duration(20+rand.IntN(300)) * time.Millisecond)
-		cmd.Process.Signal(syscall.SIGKILL)
+		child.Kill()
 		for n := range lines {
 			acked[n] = true
 		}
-		cmd.Wait()
 	}
 
 	s = db.open(t, Options{PasswordCost: FastPasswordHash})

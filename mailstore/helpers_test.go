@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -31,6 +32,47 @@ func setUserVersion(t *testing.T, path string, v int) {
 	if _, err := db.Exec("PRAGMA journal_mode = DELETE"); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// oldSchemaDB makes a SQLite database at path as a Postern at schema
+// version v left it (migrations[:v], the version and application id
+// stamped), then runs stmts, the test's rows. The connection (foreign keys
+// on) stays open for rows that need arguments; close it before Open.
+func oldSchemaDB(t *testing.T, path string, v int, stmts ...string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=foreign_keys(1)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := append(slices.Clone(migrations[:v]), fmt.Sprintf("PRAGMA user_version = %d", v),
+		fmt.Sprintf("PRAGMA application_id = %d", applicationID))
+	for _, q := range append(all, stmts...) {
+		if _, err := db.Exec(q); err != nil {
+			db.Close()
+			t.Fatalf("%.40s: %v", q, err)
+		}
+	}
+	return db
+}
+
+// openMigrated opens the store at path, migrating it, and checks that it
+// reached the latest schema version and is consistent; the store is
+// closed at Cleanup.
+func openMigrated(t *testing.T, path string) *Store {
+	t.Helper()
+	s, err := Open(path, Options{PasswordCost: FastPasswordHash})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	var version int
+	if err := s.readRow(context.Background(), "PRAGMA user_version").Scan(&version); err != nil || version != len(migrations) {
+		t.Fatalf("schema version %d (%v) after open, want %d", version, err, len(migrations))
+	}
+	if err := s.IntegrityCheck(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
 
 // makeForeignDB writes a SQLite database that some other program made.

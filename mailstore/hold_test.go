@@ -9,12 +9,12 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/postern/postern/mailstore/storetest"
 )
 
 // bigMessage spans several chunks, so that reading it needs more than the
@@ -335,15 +335,13 @@ func TestHoldRace(t *testing.T) {
 	}
 }
 
-// holdChildEnv makes the test binary expunge messages under an open Hold
-// in the database it names, print "ready" and wait to be killed.
-const holdChildEnv = "POSTERN_MAILSTORE_HOLD_CHILD"
-
-func holdChild(path string) {
-	s, err := openLocation(path, Options{PasswordCost: FastPasswordHash})
+// holdChild (args: the database) expunges messages under an open Hold,
+// prints "ready" and waits to be killed.
+func holdChild(args []string) int {
+	s, err := openLocation(args[0], Options{PasswordCost: FastPasswordHash})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
-		os.Exit(3)
+		return 3
 	}
 	ctx := context.Background()
 	u, err := s.UserByAddress(ctx, "u@example.test")
@@ -356,11 +354,11 @@ func holdChild(path string) {
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
-		os.Exit(4)
+		return 4
 	}
 	fmt.Println("ready")
 	time.Sleep(time.Minute)
-	os.Exit(5)
+	return 5
 }
 
 // Bodies kept for a Hold when the process dies are deleted at the next
@@ -381,24 +379,12 @@ func TestCrashWhileHeldSweepsAtOpen(t *testing.T) {
 	}
 	s.Close()
 
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), holdChildEnv+"="+path)
-	cmd.Stderr = os.Stderr
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	line, err := bufio.NewReader(stdout).ReadString('\n')
+	child := storetest.StartChild(t, "hold", path)
+	line, err := bufio.NewReader(child.Stdout).ReadString('\n')
 	if err != nil || line != "ready\n" {
-		cmd.Process.Kill()
-		cmd.Wait()
 		t.Fatalf("child: %q %v", line, err)
 	}
-	cmd.Process.Signal(syscall.SIGKILL)
-	cmd.Wait()
+	child.Kill()
 	// The child's Hold kept the three bodies: they are in the file.
 	driver, dsn := "sqlite", "file:"+path+"?mode=ro"
 	if onPostgres() {

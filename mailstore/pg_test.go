@@ -105,26 +105,42 @@ func TestOnCommitReportsGroupCommits(t *testing.T) {
 	}
 }
 
+// pgExec runs statements on the database dsn through database/sql and
+// returns the connection pool, closed at Cleanup.
+func pgExec(t *testing.T, dsn, statements string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	if _, err := db.Exec(statements); err != nil {
+		t.Fatalf("%s: %v", statements, err)
+	}
+	return db
+}
+
+// wantOpenPostgresError fails the test unless OpenPostgres on dsn fails
+// with want.
+func wantOpenPostgresError(t *testing.T, dsn string, want error) {
+	t.Helper()
+	s, err := OpenPostgres(context.Background(), dsn, Options{})
+	if s != nil {
+		s.Close()
+	}
+	if !errors.Is(err, want) {
+		t.Fatalf("OpenPostgres: %v, want %v", err, want)
+	}
+}
+
 // A PostgreSQL database with other tables, or one a newer Postern wrote,
 // is refused and left as it was.
 func TestPostgresRefusesForeignAndNewer(t *testing.T) {
 	postgresPass(t)
 	ctx := context.Background()
 	foreign := postgresDSN(t)
-	db, err := sql.Open("pgx", foreign)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	if _, err := db.Exec("CREATE TABLE recipes (name TEXT); INSERT INTO recipes VALUES ('soup')"); err != nil {
-		t.Fatal(err)
-	}
-	if s, err := OpenPostgres(ctx, foreign, Options{}); !errors.Is(err, ErrNotPostern) {
-		if s != nil {
-			s.Close()
-		}
-		t.Fatalf("foreign database: %v, want ErrNotPostern", err)
-	}
+	db := pgExec(t, foreign, "CREATE TABLE recipes (name TEXT); INSERT INTO recipes VALUES ('soup')")
+	wantOpenPostgresError(t, foreign, ErrNotPostern)
 	var tables int
 	if err := db.QueryRow("SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()").Scan(&tables); err != nil || tables != 1 {
 		t.Fatalf("foreign database has %d tables after the refusal (%v), want 1", tables, err)
@@ -136,20 +152,8 @@ func TestPostgresRefusesForeignAndNewer(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Close()
-	db2, err := sql.Open("pgx", newer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db2.Close()
-	if _, err := db2.Exec("UPDATE meta SET value = value + 1 WHERE key = 'schema_version'"); err != nil {
-		t.Fatal(err)
-	}
-	if s, err := OpenPostgres(ctx, newer, Options{}); !errors.Is(err, ErrSchemaTooNew) {
-		if s != nil {
-			s.Close()
-		}
-		t.Fatalf("newer schema: %v, want ErrSchemaTooNew", err)
-	}
+	pgExec(t, newer, "UPDATE meta SET value = value + 1 WHERE key = 'schema_version'")
+	wantOpenPostgresError(t, newer, ErrSchemaTooNew)
 	if _, err := OpenPostgres(ctx, "postgres://127.0.0.1:1/x?sslmode=disable&connect_timeout=2", Options{}); err == nil {
 		t.Fatal("open on a closed port succeeded")
 	}

@@ -3,9 +3,7 @@ package mailstore
 import (
 	"context"
 	"crypto/sha256"
-	"database/sql"
 	"errors"
-	"fmt"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -132,25 +130,14 @@ func TestMigratesFromVersion3(t *testing.T) {
 	sqliteOnly(t)
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "postern.db")
-	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=foreign_keys(1)")
-	if err != nil {
-		t.Fatal(err)
-	}
 	msg := testMessage(1)
 	sum := sha256.Sum256(msg)
-	stmts := []string{migrations[0], migrations[1], migrations[2],
-		"PRAGMA user_version = 3",
-		fmt.Sprintf("PRAGMA application_id = %d", applicationID),
+	db := oldSchemaDB(t, path, 3,
 		"INSERT INTO domains (name) VALUES ('example.test')",
 		"INSERT INTO users (address, password_hash, created) VALUES ('u@example.test', 'x', 0)",
 		"INSERT INTO mailboxes (user_id, name, uidvalidity, uidnext, highestmodseq) VALUES (1, 'INBOX', 7, 3, 3)",
 		"INSERT INTO mailboxes (user_id, name, uidvalidity) VALUES (1, 'Empty', 8)",
-	}
-	for _, q := range stmts {
-		if _, err := db.Exec(q); err != nil {
-			t.Fatalf("%.40s: %v", q, err)
-		}
-	}
+	)
 	if _, err := db.Exec("INSERT INTO bodies (sha256, size) VALUES (?, ?)", sum[:], len(msg)); err != nil {
 		t.Fatal(err)
 	}
@@ -165,18 +152,7 @@ func TestMigratesFromVersion3(t *testing.T) {
 	}
 	db.Close()
 
-	s, err := Open(path, Options{PasswordCost: FastPasswordHash})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	var version int
-	if err := s.readRow(ctx, "PRAGMA user_version").Scan(&version); err != nil || version != len(migrations) {
-		t.Fatalf("schema version %d (%v), want %d", version, err, len(migrations))
-	}
-	if err := s.IntegrityCheck(ctx); err != nil {
-		t.Fatal(err)
-	}
+	s := openMigrated(t, path)
 	if first, last := claim(t, s, 1); first <= last {
 		t.Fatalf("mail from before the upgrade claimed as recent: %d:%d", first, last)
 	}

@@ -3,7 +3,6 @@ package mailstore
 import (
 	"context"
 	"crypto/sha256"
-	"database/sql"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -119,20 +118,10 @@ func TestSearchFullText(t *testing.T) {
 // message, old, and opens it (upgrading it).
 func openPreIndexSQLite(t *testing.T, old string, sum [32]byte) *Store {
 	path := filepath.Join(t.TempDir(), "postern.db")
-	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=foreign_keys(1)")
-	if err != nil {
-		t.Fatal(err)
-	}
-	stmts := append([]string{}, migrations[:7]...)
-	stmts = append(stmts, "PRAGMA user_version = 7", fmt.Sprintf("PRAGMA application_id = %d", applicationID),
+	db := oldSchemaDB(t, path, 7,
 		"INSERT INTO domains (name) VALUES ('example.test')",
 		"INSERT INTO users (address, password_hash, created) VALUES ('u@example.test', 'x', 0)",
 		"INSERT INTO mailboxes (user_id, name, uidvalidity, uidnext) VALUES (1, 'INBOX', 7, 2)")
-	for _, q := range stmts {
-		if _, err := db.Exec(q); err != nil {
-			t.Fatalf("%.40s: %v", q, err)
-		}
-	}
 	if _, err := db.Exec("INSERT INTO bodies (sha256, size) VALUES (?, ?)", sum[:], len(old)); err != nil {
 		t.Fatal(err)
 	}
@@ -297,7 +286,7 @@ func TestIndexerSkipsLargeBodies(t *testing.T) {
 // waitIndexed waits until the full-text indexer has taken every body.
 func waitIndexed(t *testing.T, s *Store) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		n, err := s.IndexBacklog(context.Background())
 		if err != nil {

@@ -2,7 +2,6 @@ package mailstore
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -171,13 +170,7 @@ func TestMigratesFromVersion4(t *testing.T) {
 	sqliteOnly(t)
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "postern.db")
-	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=foreign_keys(1)")
-	if err != nil {
-		t.Fatal(err)
-	}
-	stmts := append(slices.Clone(migrations[:4]),
-		"PRAGMA user_version = 4",
-		fmt.Sprintf("PRAGMA application_id = %d", applicationID),
+	db := oldSchemaDB(t, path, 4,
 		"INSERT INTO domains (name) VALUES ('example.test')",
 		"INSERT INTO users (address, password_hash, created) VALUES ('u@example.test', 'x', 0)",
 		"INSERT INTO users (address, password_hash, created) VALUES ('v@example.test', 'x', 0)",
@@ -188,25 +181,9 @@ func TestMigratesFromVersion4(t *testing.T) {
 		"INSERT INTO mailboxes (user_id, name, uidvalidity, subscribed) VALUES (2, 'INBOX', 11, 0)",
 		"INSERT INTO mailboxes (user_id, name, uidvalidity, subscribed) VALUES (2, 'Sent', 12, 1)",
 	)
-	for _, q := range stmts {
-		if _, err := db.Exec(q); err != nil {
-			t.Fatalf("%.40s: %v", q, err)
-		}
-	}
 	db.Close()
 
-	s, err := Open(path, Options{PasswordCost: FastPasswordHash})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	var version int
-	if err := s.readRow(ctx, "PRAGMA user_version").Scan(&version); err != nil || version != len(migrations) {
-		t.Fatalf("schema version %d (%v), want %d", version, err, len(migrations))
-	}
-	if err := s.IntegrityCheck(ctx); err != nil {
-		t.Fatal(err)
-	}
+	s := openMigrated(t, path)
 	if got, want := subscriptions(t, s, 1), []string{"INBOX", "Work", "Work/2024"}; !slices.Equal(got, want) {
 		t.Errorf("user 1 subscriptions after migration: %q, want %q", got, want)
 	}

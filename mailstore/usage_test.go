@@ -2,8 +2,6 @@ package mailstore
 
 import (
 	"context"
-	"database/sql"
-	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
@@ -141,31 +139,15 @@ func TestUsageMigration(t *testing.T) {
 	sqliteOnly(t)
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "postern.db")
-	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=foreign_keys(1)")
-	if err != nil {
-		t.Fatal(err)
-	}
-	stmts := append([]string{}, migrations[:6]...)
-	stmts = append(stmts,
-		"PRAGMA user_version = 6",
-		fmt.Sprintf("PRAGMA application_id = %d", applicationID),
+	db := oldSchemaDB(t, path, 6,
 		"INSERT INTO domains (name) VALUES ('example.test')",
 		"INSERT INTO users (address, password_hash, created) VALUES ('u@example.test', 'x', 0), ('v@example.test', 'x', 0), ('e@example.test', 'x', 0)",
 		"INSERT INTO mailboxes (user_id, name, uidvalidity, uidnext) VALUES (1, 'INBOX', 7, 3), (1, 'Other', 8, 2), (2, 'INBOX', 9, 2), (3, 'INBOX', 10, 1)",
 		"INSERT INTO bodies (sha256, size) VALUES (x'01', 100), (x'02', 1000)",
 		"INSERT INTO messages (mailbox_id, uid, modseq, internal_date, size, body_id) VALUES (1, 1, 1, 0, 100, 1), (1, 2, 1, 0, 1000, 2), (2, 1, 1, 0, 1000, 2), (3, 1, 1, 0, 100, 1)",
 	)
-	for _, q := range stmts {
-		if _, err := db.Exec(q); err != nil {
-			t.Fatalf("%.40s: %v", q, err)
-		}
-	}
 	db.Close()
-	s, err := Open(path, Options{PasswordCost: FastPasswordHash})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openMigrated(t, path)
 	for id, want := range map[int64]int64{1: 2100, 2: 100, 3: 0} {
 		if used, _, err := s.Usage(ctx, id); err != nil || used != want {
 			t.Errorf("user %d: usage %d (%v), want %d", id, used, err, want)

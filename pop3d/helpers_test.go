@@ -4,19 +4,13 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -27,6 +21,7 @@ import (
 
 	"github.com/postern/postern/mailstore"
 	"github.com/postern/postern/mailstore/limits"
+	"github.com/postern/postern/mailstore/storetest"
 )
 
 const (
@@ -161,31 +156,13 @@ type testServer struct {
 	srv     *Server
 	addr    string // plain listener (STLS when TLS is configured)
 	tlsAddr string // implicit TLS listener, when TLS is configured
-	logs    *syncBuffer
+	logs    *storetest.SyncBuffer
 	served  chan error
-}
-
-// syncBuffer is a bytes.Buffer safe for the server's logger and the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 func startServer(t testing.TB, st *mailstore.Store, configure func(*Config)) *testServer {
 	t.Helper()
-	ts := &testServer{logs: &syncBuffer{}, served: make(chan error, 2)}
+	ts := &testServer{logs: &storetest.SyncBuffer{}, served: make(chan error, 2)}
 	cfg := Config{
 		Hostname: "pop.example.org",
 		Logger:   slog.New(slog.NewTextHandler(ts.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
@@ -233,35 +210,8 @@ func startServer(t testing.TB, st *mailstore.Store, configure func(*Config)) *te
 // server's TLS config and a client config that trusts it.
 func testTLS(t testing.TB) (server, client *tls.Config) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "pop.example.org"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		IPAddresses:           []net.IP{net.ParseIP("127.0.0.1")},
-		DNSNames:              []string{"pop.example.org"},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	server = &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key, Leaf: cert}}}
-	client = &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}
-	return server, client
+	c := storetest.SelfSigned(t, "pop.example.org", "127.0.0.1")
+	return c.Server(), c.Client("127.0.0.1")
 }
 
 // client is a small POP3 client for the tests. It checks that every line

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/postern/postern/mailstore/limits"
+	"github.com/postern/postern/mailstore/storetest"
 )
 
 // TestLineLength: a command line may have 255 octets with its CRLF (RFC
@@ -136,7 +137,7 @@ func TestDefaults(t *testing.T) {
 func TestShutdown(t *testing.T) {
 	st := openStore(t)
 	appendMessages(t, st, alice, [][]byte{makeMessage(1, 500), makeMessage(2, 500)})
-	logs := &syncBuffer{}
+	logs := &storetest.SyncBuffer{}
 	srv := New(Config{Shared: limits.Shared{Logins: noDelayLogins(limits.LoginPolicy{})}, Logger: slog.New(slog.NewTextHandler(logs, nil))}, st)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

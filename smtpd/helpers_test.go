@@ -4,23 +4,15 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -28,6 +20,7 @@ import (
 
 	"github.com/postern/postern/mailstore"
 	"github.com/postern/postern/mailstore/limits"
+	"github.com/postern/postern/mailstore/storetest"
 )
 
 // The test world: example.test is local, with alice, bob, a team alias to
@@ -54,7 +47,7 @@ type testEnv struct {
 	sub       string
 	subTLS    string
 	clientTLS *tls.Config // trusts the server's certificate
-	logs      *syncBuffer
+	logs      *storetest.SyncBuffer
 }
 
 // newTestEnv starts a server; opts adjust its Config first.
@@ -74,7 +67,7 @@ func newTestEnv(t testing.TB, opts ...func(*Config)) *testEnv {
 	must(t, store.AddAlias(ctx, forward, remote))
 
 	serverTLS, clientTLS := testCertificates(t)
-	logs := &syncBuffer{}
+	logs := &storetest.SyncBuffer{}
 	cfg := Config{
 		Hostname:  testHost,
 		TLSConfig: serverTLS,
@@ -129,56 +122,14 @@ func must(t testing.TB, err error) {
 // 127.0.0.1, and a client configuration that trusts it.
 func testCertificates(t testing.TB) (server, client *tls.Config) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	must(t, err)
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: testHost},
-		DNSNames:              []string{testHost},
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	must(t, err)
-	cert, err := x509.ParseCertificate(der)
-	must(t, err)
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	server = &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key, Leaf: cert}}}
-	client = &tls.Config{RootCAs: pool, ServerName: testHost}
-	return server, client
+	c := storetest.SelfSigned(t, testHost, "127.0.0.1")
+	return c.Server(), c.Client(testHost)
 }
 
 // certPEM writes the test certificate's PEM file, for clients outside Go.
 func (e *testEnv) certPEM(t *testing.T) string {
 	t.Helper()
-	cert := e.cfg.TLSConfig.Certificates[0].Leaf
-	path := filepath.Join(t.TempDir(), "cert.pem")
-	must(t, os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}), 0o600))
-	return path
-}
-
-// syncBuffer is a log destination safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	return storetest.Cert{TLS: e.cfg.TLSConfig.Certificates[0]}.WritePEM(t)
 }
 
 // inbox returns the bodies in a user's INBOX, oldest first.

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/emersion/go-imap/v2/imapclient"
+	"github.com/postern/postern/mailstore/storetest"
 )
 
 // freePort returns a loopback TCP port that was free a moment ago.
@@ -36,7 +37,7 @@ type pebble struct {
 	caFile    string // the certificate of pebble's own HTTPS, to trust
 	mgmt      string // management interface base URL
 	client    *http.Client
-	log       *syncBuffer
+	log       *storetest.SyncBuffer
 }
 
 // startPebble runs pebble on loopback. It checks challenges for real
@@ -82,7 +83,7 @@ func startPebble(t *testing.T, dnsAddr string, tlsPort, httpPort int, validity t
 	// Real challenge checks (no PEBBLE_VA_ALWAYS_VALID), without the
 	// random delays.
 	cmd.Env = append(cmd.Env, "PEBBLE_VA_NOSLEEP=1")
-	log := &syncBuffer{}
+	log := &storetest.SyncBuffer{}
 	p.log = log
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
@@ -183,13 +184,7 @@ listen_tls = "127.0.0.1:%d"
 	// HTTPS listener) and is the one IMAPS and SMTPS present, with or
 	// without a server name in the client's hello. serve asks for it at
 	// start; wait for that.
-	deadline := time.Now().Add(60 * time.Second)
-	for !strings.Contains(r.stderr.String(), `msg="TLS certificate from ACME"`) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no certificate from pebble:\n%s", r.stderr.String())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	r.waitLog(t, `msg="TLS certificate from ACME"`, 60*time.Second)
 	serial := verifiedSerial(t, r.addrs["imaps"], "mail.example.test", roots)
 	if got := verifiedSerial(t, r.addrs["submissions"], "mail.example.test", roots); got.Cmp(serial) != 0 {
 		t.Errorf("submissions presents serial %x, imaps %x", got, serial)
@@ -229,7 +224,7 @@ listen_tls = "127.0.0.1:%d"
 
 	// Renewal without a restart: new connections get a new certificate
 	// before the first expires.
-	deadline = time.Now().Add(40 * time.Second)
+	deadline := time.Now().Add(40 * time.Second)
 	for {
 		got := verifiedSerial(t, r.addrs["imaps"], "mail.example.test", roots)
 		if got.Cmp(serial) != 0 {
@@ -292,13 +287,7 @@ acme_ca = %q
 listen_acme = "127.0.0.1:%d"
 `, p.directory, p.caFile, httpPort))
 	roots := p.roots(t)
-	deadline := time.Now().Add(60 * time.Second)
-	for !strings.Contains(r.stderr.String(), `msg="TLS certificate from ACME"`) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no certificate from pebble:\n%s", r.stderr.String())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	r.waitLog(t, `msg="TLS certificate from ACME"`, 60*time.Second)
 	verifiedSerial(t, r.addrs["imaps"], "mail.example.test", roots)
 
 	client := &http.Client{Timeout: 10 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error {

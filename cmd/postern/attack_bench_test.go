@@ -9,68 +9,22 @@ import (
 	"bufio"
 	"encoding/base64"
 	"fmt"
-	"io"
 	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 )
-
-// serveChildEnv, when set in the environment, makes the test binary run
-// `postern` with the tab-separated arguments it holds instead of tests.
-const serveChildEnv = "POSTERN_TEST_CHILD_ARGS"
-
-func TestMain(m *testing.M) {
-	if args := os.Getenv(serveChildEnv); args != "" {
-		os.Exit(run(strings.Split(args, "\t"), os.Stdin, os.Stdout, os.Stderr))
-	}
-	os.Exit(m.Run())
-}
-
-// child is a `postern serve` process started by a benchmark.
-type child struct {
-	cmd    *exec.Cmd
-	config string
-	addrs  map[string]string // service name -> address
-	stderr *syncBuffer       // what the child logged
-	banner string            // what it printed up to its listeners
-}
 
 // startChild writes a configuration with every listener on 127.0.0.1 and
 // a system-chosen port (extra is appended to it), adds user@example.test
 // with password "right-password", and starts serve in a child process.
 func startChild(tb testing.TB, extra string) *child {
 	tb.Helper()
-	dir := tb.TempDir()
-	config := filepath.Join(dir, "postern.toml")
-	text := `hostname = "mail.example.test"
-data_dir = "` + filepath.Join(dir, "data") + `"
-domains = ["example.test"]
-[smtp]
-listen = "127.0.0.1:0"
-[submission]
-listen = "127.0.0.1:0"
-listen_tls = ""
-[pop3]
-listen = "127.0.0.1:0"
-listen_tls = ""
-[imap]
-listen = "127.0.0.1:0"
-listen_tls = ""
-[dns]
-server = "127.0.0.1:1"
-[relay]
-` + extra
-	if err := os.WriteFile(config, []byte(text), 0o600); err != nil {
-		tb.Fatal(err)
-	}
+	config := serveConfig{extra: extra}.write(tb)
 	var out, errOut strings.Builder
 	if code := run([]string{"user", "add", "-config", config, "user@example.test"}, strings.NewReader("right-password\n"), &out, &errOut); code != exitOK {
 		tb.Fatalf("user add: %d %s %s", code, out.String(), errOut.String())
@@ -78,69 +32,10 @@ server = "127.0.0.1:1"
 	return spawnServe(tb, config)
 }
 
-// spawnServe starts `postern serve -config config` in a child process (this
-// test binary, re-executed) and waits until it prints its listeners. The
-// child's standard error is kept and shown if it fails to start.
-func spawnServe(tb testing.TB, config string) *child {
-	tb.Helper()
-	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), serveChildEnv+"="+strings.Join([]string{"serve", "-config", config}, "\t"))
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	stderr := &syncBuffer{}
-	cmd.Stderr = stderr
-	if err := cmd.Start(); err != nil {
-		tb.Fatal(err)
-	}
-	c := &child{cmd: cmd, config: config, addrs: map[string]string{}, stderr: stderr}
-	tb.Cleanup(c.stop)
-	ready := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		var banner strings.Builder
-		for sc.Scan() {
-			banner.WriteString(sc.Text() + "\n")
-			f := strings.Fields(sc.Text())
-			if len(f) >= 2 && strings.HasPrefix(f[1], "127.0.0.1:") {
-				c.addrs[f[0]] = f[1]
-			}
-			if strings.Contains(sc.Text(), "Add a user") {
-				c.banner = banner.String()
-				close(ready)
-				break
-			}
-		}
-		io.Copy(io.Discard, stdout)
-	}()
-	select {
-	case <-ready:
-	case <-time.After(30 * time.Second):
-		tb.Fatalf("serve printed no listeners within 30s; stderr:\n%s", stderr.String())
-	}
-	return c
-}
-
-func (c *child) stop() {
-	if c.cmd.Process == nil || c.cmd.ProcessState != nil {
-		return
-	}
-	c.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { c.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(40 * time.Second):
-		c.cmd.Process.Kill()
-		<-done
-	}
-}
-
 // peakRSS is the child's VmHWM in bytes.
 func (c *child) peakRSS(tb testing.TB) int64 {
 	tb.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", c.cmd.Process.Pid))
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", c.Pid()))
 	if err != nil {
 		tb.Skipf("no /proc status for the child: %v", err)
 	}

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/emersion/go-imap/v2"
-	"github.com/emersion/go-imap/v2/imapclient"
 
 	"github.com/postern/postern/mailstore"
 )
@@ -32,18 +31,7 @@ func subjectsIn(t *testing.T, path, user string) []string {
 	}
 	defer st.Close()
 	ctx := context.Background()
-	u, err := st.UserByAddress(ctx, user)
-	if err != nil {
-		t.Fatal(err)
-	}
-	in, err := st.MailboxByName(ctx, u.ID, "INBOX")
-	if err != nil {
-		t.Fatal(err)
-	}
-	msgs, err := st.Messages(ctx, in.ID, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	msgs := inboxMessages(t, st, user)
 	var out []string
 	for _, m := range msgs {
 		body, err := st.ReadBody(ctx, m.BodyID)
@@ -61,14 +49,8 @@ func subjectsIn(t *testing.T, path, user string) []string {
 // imapSubjects lists the subjects of user's INBOX over IMAP.
 func imapSubjects(t *testing.T, addr, user, password string) []string {
 	t.Helper()
-	c, err := imapclient.DialInsecure(addr, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := imapLogin(t, addr, user, password, nil)
 	defer c.Close()
-	if err := c.Login(user, password).Wait(); err != nil {
-		t.Fatal(err)
-	}
 	sel, err := c.Select("INBOX", nil).Wait()
 	if err != nil {
 		t.Fatal(err)

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/postern/postern/mailstore/storetest"
 )
 
 // serveBriefly runs serve with config until it has printed its listeners,
@@ -15,7 +17,7 @@ func serveBriefly(t *testing.T, config string) (stdout, stderr string) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var out, errOut syncBuffer
+	var out, errOut storetest.SyncBuffer
 	exited := make(chan int, 1)
 	go func() {
 		exited <- runContext(ctx, []string{"serve", "-config", config}, strings.NewReader(""), &out, &errOut)

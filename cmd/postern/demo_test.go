@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/postern/postern/mailstore/storetest"
 )
 
 // demoFlowWant is what `postern demo` must show, in this order.
@@ -224,7 +226,7 @@ func TestDemoJSON(t *testing.T) {
 func TestDemoKeep(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var stdout, stderr syncBuffer
+	var stdout, stderr storetest.SyncBuffer
 	exited := make(chan int, 1)
 	go func() {
 		exited <- runContext(ctx, []string{"demo", "-keep"}, strings.NewReader(""), &stdout, &stderr)
@@ -410,7 +412,7 @@ func TestDemoScenarios(t *testing.T) {
 // is real: trusting beta's certificate only, she cannot start TLS with
 // alpha's submission server, and no password is sent.
 func TestDemoSubmissionChecksCertificate(t *testing.T) {
-	var buf syncBuffer
+	var buf storetest.SyncBuffer
 	sc, _ := findScenario("flow")
 	d, err := startDemo(&demoOut{w: &buf}, sc)
 	if err != nil {
@@ -498,7 +500,7 @@ func TestDemoListChecks(t *testing.T) {
 // of input, and once the input ends the demo no longer waits.
 func TestDemoStepPause(t *testing.T) {
 	pr, pw := io.Pipe()
-	var buf, prompt syncBuffer
+	var buf, prompt storetest.SyncBuffer
 	o := &demoOut{w: &buf, pause: stepPause(pr, &prompt)}
 	o.beginStep("0. first") // the first heading does not wait
 	done := make(chan struct{})

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/postern/postern/mailstore/storetest"
 )
 
 // TestDemoWeb: `postern demo -web` prints each domain's console with its
@@ -21,7 +23,7 @@ import (
 func TestDemoWeb(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var stdout, stderr syncBuffer
+	var stdout, stderr storetest.SyncBuffer
 	exited := make(chan int, 1)
 	go func() {
 		exited <- runContext(ctx, []string{"demo", "-web"}, strings.NewReader(""), &stdout, &stderr)

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/postern/postern/mailstore/storetest"
 	"github.com/postern/postern/smtpd/relay"
 )
 
@@ -20,7 +21,7 @@ func TestServeRelayHold(t *testing.T) {
 	r.addUser(t, "alice@example.test", "alice's password")
 	code := run([]string{"send", "-server", r.addrs["submission"], "-cafile", filepath.Join(r.dataDir, selfSignedCert),
 		"-user", "alice@example.test", "-to", "dave@far.test", "-subject", "held"},
-		strings.NewReader("alice's password\nhi dave\n"), &syncBuffer{}, &syncBuffer{})
+		strings.NewReader("alice's password\nhi dave\n"), &storetest.SyncBuffer{}, &storetest.SyncBuffer{})
 	if code != exitOK {
 		t.Fatalf("send: exit %d", code)
 	}

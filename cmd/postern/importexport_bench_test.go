@@ -5,13 +5,14 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/postern/postern/mailstore/storetest"
 )
 
 // benchImportMessages is the size of the generated mbox.
@@ -61,20 +62,17 @@ func writeBenchMbox(tb testing.TB, path string, n int) int64 {
 // counts the parent's memory from before exec).
 func runChild(tb testing.TB, args ...string) (time.Duration, int64) {
 	tb.Helper()
-	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), serveChildEnv+"="+strings.Join(args, "\t"))
-	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &out
 	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		tb.Fatal(err)
-	}
+	c := storetest.StartChild(tb, "postern", args...)
+	var out strings.Builder
+	copied := make(chan struct{})
+	go func() { io.Copy(&out, c.Stdout); close(copied) }()
 	var peak atomic.Int64
 	stop := make(chan struct{})
 	polled := make(chan struct{})
 	go func() {
 		defer close(polled)
-		status := fmt.Sprintf("/proc/%d/status", cmd.Process.Pid)
+		status := fmt.Sprintf("/proc/%d/status", c.Pid())
 		for {
 			if hwm := vmHWM(status); hwm > peak.Load() {
 				peak.Store(hwm)
@@ -86,12 +84,13 @@ func runChild(tb testing.TB, args ...string) (time.Duration, int64) {
 			}
 		}
 	}()
-	err := cmd.Wait()
+	err := c.Wait()
 	el := time.Since(start)
 	close(stop)
 	<-polled
+	<-copied
 	if err != nil {
-		tb.Fatalf("postern %s: %v\n%s", strings.Join(args, " "), err, out.String())
+		tb.Fatalf("postern %s: %v\n%s%s", strings.Join(args, " "), err, out.String(), c.Stderr())
 	}
 	if peak.Load() == 0 {
 		tb.Skip("no VmHWM in /proc for the child")

@@ -9,9 +9,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/emersion/go-imap/v2/imapclient"
+	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/mailstore/storetest"
 )
 
 // runCmd runs postern with args in-process and returns the exit code and
@@ -114,24 +117,6 @@ func TestUsageListsCommands(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer that serve may write while the test reads.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func TestServe(t *testing.T) {
 	dir := t.TempDir()
 	dataDir := filepath.Join(dir, "data")
@@ -156,7 +141,7 @@ level = "debug"
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var stdout, stderr syncBuffer
+	var stdout, stderr storetest.SyncBuffer
 	exited := make(chan int, 1)
 	go func() {
 		exited <- runContext(ctx, []string{"serve", "-config", config}, strings.NewReader(""), &stdout, &stderr)
@@ -298,4 +283,38 @@ func TestNewLogger(t *testing.T) {
 	if _, err := newLogger(LogConfig{Level: "info", Format: "xml"}, &buf); err == nil {
 		t.Error("format xml accepted")
 	}
+}
+
+// imapLogin connects to the IMAP listener addr without TLS and logs in;
+// the caller closes the client.
+func imapLogin(t *testing.T, addr, user, password string, opts *imapclient.Options) *imapclient.Client {
+	t.Helper()
+	c, err := imapclient.DialInsecure(addr, opts)
+	if err != nil {
+		t.Fatalf("IMAP %s: %v", addr, err)
+	}
+	if err := c.Login(user, password).Wait(); err != nil {
+		c.Close()
+		t.Fatalf("IMAP login of %s at %s: %v", user, addr, err)
+	}
+	return c
+}
+
+// inboxMessages lists the messages in user's INBOX in st.
+func inboxMessages(t *testing.T, st *mailstore.Store, user string) []mailstore.Message {
+	t.Helper()
+	ctx := context.Background()
+	u, err := st.UserByAddress(ctx, user)
+	if err != nil {
+		t.Fatalf("user %s: %v", user, err)
+	}
+	in, err := st.MailboxByName(ctx, u.ID, "INBOX")
+	if err != nil {
+		t.Fatalf("INBOX of %s: %v", user, err)
+	}
+	msgs, err := st.Messages(ctx, in.ID, nil)
+	if err != nil {
+		t.Fatalf("messages in the INBOX of %s: %v", user, err)
+	}
+	return msgs
 }

@@ -9,7 +9,6 @@ import (
 	"testing"
 
 	"github.com/emersion/go-imap/v2"
-	"github.com/emersion/go-imap/v2/imapclient"
 	"github.com/emersion/go-msgauth/dkim"
 	"github.com/emersion/go-smtp"
 
@@ -82,17 +81,9 @@ func TestServeSignsAndChecks(t *testing.T) {
 		}
 		records[key.DNSName()] = key.DNSRecord()
 	}
-	bob, err := st.UserByAddress(ctx, "bob@example.test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	in, err := st.MailboxByName(ctx, bob.ID, "INBOX")
-	if err != nil {
-		t.Fatal(err)
-	}
-	msgs, err := st.Messages(ctx, in.ID, nil)
-	if err != nil || len(msgs) != 2 {
-		t.Fatalf("bob's INBOX: %d messages (%v), want 2 (the signed one and friend.test's)", len(msgs), err)
+	msgs := inboxMessages(t, st, "bob@example.test")
+	if len(msgs) != 2 {
+		t.Fatalf("bob's INBOX: %d messages, want 2 (the signed one and friend.test's)", len(msgs))
 	}
 	var signed, checked []byte
 	for _, m := range msgs {
@@ -143,14 +134,8 @@ func TestServeQuarantineToJunk(t *testing.T) {
 	if err := sendPlain(r.addrs["smtp"], "news@shop.test", "bob@example.test", forged); err != nil {
 		t.Fatalf("quarantined message refused: %v", err)
 	}
-	c, err := imapclient.DialInsecure(r.addrs["imap"], nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := imapLogin(t, r.addrs["imap"], "bob@example.test", "bob's password", nil)
 	defer c.Close()
-	if err := c.Login("bob@example.test", "bob's password").Wait(); err != nil {
-		t.Fatal(err)
-	}
 	boxes, err := c.List("", "*", nil).Collect()
 	if err != nil {
 		t.Fatal(err)

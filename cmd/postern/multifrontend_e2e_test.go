@@ -9,8 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net/textproto"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -31,35 +29,12 @@ func startFrontends(t testing.TB, dsn string, n int, user, password string) []*c
 	t.Helper()
 	var configs []string
 	for i := range n {
-		dir := t.TempDir()
-		config := filepath.Join(dir, "postern.toml")
-		text := `hostname = "mail` + strconv.Itoa(i) + `.example.test"
-data_dir = "` + filepath.Join(dir, "data") + `"
-domains = ["example.test"]
-[smtp]
-listen = "127.0.0.1:0"
-[submission]
-listen = ""
-listen_tls = ""
-[pop3]
-listen = "127.0.0.1:0"
-listen_tls = ""
-[imap]
-listen = "127.0.0.1:0"
-listen_tls = ""
-[dns]
-server = "127.0.0.1:1"
-[limits]
-maildrop_lease = "2s"
-[limits.mx]
-connections_per_address = 100
-[store]
-driver = "postgres"
-dsn = "` + dsn + `"
-`
-		if err := os.WriteFile(config, []byte(text), 0o600); err != nil {
-			t.Fatal(err)
-		}
+		config := serveConfig{
+			hostname: "mail" + strconv.Itoa(i) + ".example.test",
+			listen:   []string{"smtp", "pop3", "imap"},
+			store:    postgresStore(dsn),
+			extra:    "[limits]\nmaildrop_lease = \"2s\"\n[limits.mx]\nconnections_per_address = 100\n",
+		}.write(t)
 		configs = append(configs, config)
 	}
 	if code, out, errOut := runIn(t, password+"\n", "user", "add", "-config", configs[0], user); code != exitOK {
@@ -151,84 +126,16 @@ func TestFrontendsShareOnePostgres(t *testing.T) {
 	}
 }
 
-// idleEvents records what an IDLE client is told without asking.
-type idleEvents struct {
-	mu       sync.Mutex
-	exists   []uint32
-	expunges []uint32
-	flags    []string // "seq flags"
-	signal   chan struct{}
-}
-
-func (u *idleEvents) handler() *imapclient.UnilateralDataHandler {
-	note := func() {
-		select {
-		case u.signal <- struct{}{}:
-		default:
-		}
-	}
-	return &imapclient.UnilateralDataHandler{
-		Expunge: func(seq uint32) {
-			u.mu.Lock()
-			u.expunges = append(u.expunges, seq)
-			u.mu.Unlock()
-			note()
-		},
-		Mailbox: func(d *imapclient.UnilateralDataMailbox) {
-			if d.NumMessages == nil {
-				return
-			}
-			u.mu.Lock()
-			u.exists = append(u.exists, *d.NumMessages)
-			u.mu.Unlock()
-			note()
-		},
-		Fetch: func(msg *imapclient.FetchMessageData) {
-			buf, _ := msg.Collect()
-			if buf == nil {
-				return
-			}
-			u.mu.Lock()
-			u.flags = append(u.flags, fmt.Sprintf("%d %v", buf.SeqNum, buf.Flags))
-			u.mu.Unlock()
-			note()
-		},
-	}
-}
-
-// waitFor waits until cond holds. The issue asks for 1 s; the limit here
-// is generous so that a loaded 2-core machine does not fail the test: it
-// checks that the change arrives at all without a client command.
-func (u *idleEvents) waitFor(t *testing.T, what string, cond func(u *idleEvents) bool) {
-	t.Helper()
-	deadline := time.After(20 * time.Second)
-	for {
-		u.mu.Lock()
-		ok := cond(u)
-		u.mu.Unlock()
-		if ok {
-			return
-		}
-		select {
-		case <-u.signal:
-		case <-deadline:
-			u.mu.Lock()
-			defer u.mu.Unlock()
-			t.Fatalf("IDLE never saw %s: exists %v, expunges %v, flags %v", what, u.exists, u.expunges, u.flags)
-		}
-	}
-}
+// idleTimeout bounds the wait for an IDLE update. The issue asks for 1 s;
+// the limit here is generous so that a loaded 2-core machine does not fail
+// the test: it checks that the change arrives at all without a client
+// command.
+const idleTimeout = 20 * time.Second
 
 func loginSelect(t *testing.T, addr, user, password string, opts *imapclient.Options) *imapclient.Client {
 	t.Helper()
-	c, err := imapclient.DialInsecure(addr, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := imapLogin(t, addr, user, password, opts)
 	t.Cleanup(func() { c.Close() })
-	if err := c.Login(user, password).Wait(); err != nil {
-		t.Fatal(err)
-	}
 	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
 		t.Fatal(err)
 	}
@@ -244,8 +151,8 @@ func TestIdleAcrossFrontends(t *testing.T) {
 	fronts := startFrontends(t, dsn, 3, user, password)
 	a, b, cf := fronts[0], fronts[1], fronts[2]
 
-	ev := &idleEvents{signal: make(chan struct{}, 1)}
-	idler := loginSelect(t, a.addrs["imap"], user, password, &imapclient.Options{UnilateralDataHandler: ev.handler()})
+	ev := storetest.NewIMAPUpdates()
+	idler := loginSelect(t, a.addrs["imap"], user, password, &imapclient.Options{UnilateralDataHandler: ev.Handler()})
 	idle, err := idler.Idle()
 	if err != nil {
 		t.Fatal(err)
@@ -255,14 +162,14 @@ func TestIdleAcrossFrontends(t *testing.T) {
 	if err := sendPlain(b.addrs["smtp"], "sender@remote.test", user, msg); err != nil {
 		t.Fatalf("deliver through B: %v", err)
 	}
-	ev.waitFor(t, "EXISTS 1 for a delivery through B", func(u *idleEvents) bool { return slices.Contains(u.exists, 1) })
+	ev.WaitFor(t, "EXISTS 1 for a delivery through B", idleTimeout, func(u *storetest.IMAPUpdates) bool { return slices.Contains(u.Exists, 1) })
 
 	onC := loginSelect(t, cf.addrs["imap"], user, password, nil)
 	if err := onC.Store(imap.SeqSetNum(1), &imap.StoreFlags{Op: imap.StoreFlagsAdd, Flags: []imap.Flag{imap.FlagFlagged}}, nil).Close(); err != nil {
 		t.Fatalf("STORE through C: %v", err)
 	}
-	ev.waitFor(t, `FETCH 1 \Flagged for a flag set through C`, func(u *idleEvents) bool {
-		return slices.ContainsFunc(u.flags, func(s string) bool { return strings.HasPrefix(s, "1 ") && strings.Contains(s, `\Flagged`) })
+	ev.WaitFor(t, `FETCH 1 \Flagged for a flag set through C`, idleTimeout, func(u *storetest.IMAPUpdates) bool {
+		return slices.ContainsFunc(u.Flags, func(s string) bool { return strings.HasPrefix(s, "1 ") && strings.Contains(s, `\Flagged`) })
 	})
 
 	onB := loginSelect(t, b.addrs["imap"], user, password, nil)
@@ -272,7 +179,7 @@ func TestIdleAcrossFrontends(t *testing.T) {
 	if err := onB.Expunge().Close(); err != nil {
 		t.Fatalf("EXPUNGE through B: %v", err)
 	}
-	ev.waitFor(t, "EXPUNGE 1 for an expunge through B", func(u *idleEvents) bool { return slices.Contains(u.expunges, 1) })
+	ev.WaitFor(t, "EXPUNGE 1 for an expunge through B", idleTimeout, func(u *storetest.IMAPUpdates) bool { return slices.Contains(u.Expunges, 1) })
 
 	if err := idle.Close(); err != nil {
 		t.Fatal(err)
@@ -364,7 +271,7 @@ func TestFrontendKilledLosesNothing(t *testing.T) {
 							// Closed first: the victim's senders
 							// may fail from the kill on.
 							close(killed)
-							if err := victim.cmd.Process.Kill(); err != nil {
+							if err := victim.Kill(); err != nil {
 								errs <- fmt.Errorf("kill frontend 1: %w", err)
 							}
 						})
@@ -383,7 +290,6 @@ func TestFrontendKilledLosesNothing(t *testing.T) {
 	default:
 		t.Fatal("the deliveries ended before frontend 1 was killed")
 	}
-	victim.cmd.Wait()
 
 	seen := inboxSubjects(t, fronts[0].addrs["imap"], user, password)
 	victimAcked := 0
@@ -470,10 +376,9 @@ func TestPOP3InUseAcrossFrontends(t *testing.T) {
 		t.Fatalf("login on B while A holds the maildrop: %q, want -ERR [IN-USE]", reply)
 	}
 	killed := time.Now()
-	if err := a.cmd.Process.Kill(); err != nil {
+	if err := a.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	a.cmd.Wait()
 	for {
 		c, reply := pop3TryLogin(t, b.addrs["pop3"], user, password)
 		if strings.HasPrefix(reply, "+OK") {

@@ -1,50 +1,19 @@
 package main
 
 import (
-	"net"
 	"strings"
 	"testing"
 
-	"github.com/miekg/dns"
+	"github.com/postern/postern/smtpd/msgauth/msgauthtest"
 )
 
 // mxTestDNS serves zone records on loopback and returns its address.
 // Names without records get NXDOMAIN.
 func mxTestDNS(t *testing.T, records ...string) string {
 	t.Helper()
-	zone := map[string][]dns.RR{}
-	for _, s := range records {
-		rr, err := dns.NewRR(s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		zone[rr.Header().Name] = append(zone[rr.Header().Name], rr)
-	}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	started := make(chan struct{})
-	srv := &dns.Server{PacketConn: pc, NotifyStartedFunc: func() { close(started) },
-		Handler: dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
-			m := new(dns.Msg)
-			m.SetReply(req)
-			q := req.Question[0]
-			rrs, ok := zone[q.Name]
-			if !ok {
-				m.Rcode = dns.RcodeNameError
-			}
-			for _, rr := range rrs {
-				if rr.Header().Rrtype == q.Qtype {
-					m.Answer = append(m.Answer, rr)
-				}
-			}
-			w.WriteMsg(m)
-		})}
-	go srv.ActivateAndServe()
-	<-started
-	t.Cleanup(func() { srv.Shutdown() })
-	return pc.LocalAddr().String()
+	d := msgauthtest.NewDNS(t)
+	d.Add(t, records...)
+	return d.Addr
 }
 
 func TestMXCommand(t *testing.T) {

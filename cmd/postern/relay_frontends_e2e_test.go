@@ -9,8 +9,6 @@ import (
 	"database/sql"
 	"fmt"
 	"net"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -47,27 +45,13 @@ func TestRelayFrontendsDeliverOnce(t *testing.T) {
 	d.Add(t, "remote.test. MX 10 mx.remote.test.", "mx.remote.test. A 127.0.0.1")
 
 	// The remote domain: a Postern of its own.
-	rdir := t.TempDir()
-	rconfig := filepath.Join(rdir, "postern.toml")
-	writeConfig(t, rconfig, `hostname = "mx.remote.test"
-data_dir = "`+filepath.Join(rdir, "data")+`"
-domains = ["remote.test"]
-[smtp]
-listen = "127.0.0.1:0"
-[submission]
-listen = ""
-listen_tls = ""
-[pop3]
-listen = ""
-listen_tls = ""
-[imap]
-listen = "127.0.0.1:0"
-listen_tls = ""
-[dns]
-server = "`+d.Addr+`"
-[checks]
-enabled = false
-`)
+	rconfig := serveConfig{
+		hostname: "mx.remote.test",
+		domain:   "remote.test",
+		listen:   []string{"smtp", "imap"},
+		dns:      d.Addr,
+		extra:    "[checks]\nenabled = false\n",
+	}.write(t)
 	if code, out, errOut := runIn(t, rcptPass+"\n", "user", "add", "-config", rconfig, rcpt); code != exitOK {
 		t.Fatalf("user add on the receiver: %d %s %s", code, out, errOut)
 	}
@@ -80,32 +64,13 @@ enabled = false
 	// Three frontends on one database, relaying to the receiver's port.
 	var configs []string
 	for i := range 3 {
-		dir := t.TempDir()
-		config := filepath.Join(dir, "postern.toml")
-		writeConfig(t, config, `hostname = "mail`+strconv.Itoa(i)+`.example.test"
-data_dir = "`+filepath.Join(dir, "data")+`"
-domains = ["example.test"]
-[smtp]
-listen = "127.0.0.1:0"
-[submission]
-listen = ""
-listen_tls = ""
-[pop3]
-listen = ""
-listen_tls = ""
-[imap]
-listen = "127.0.0.1:0"
-listen_tls = ""
-[dns]
-server = "`+d.Addr+`"
-[relay]
-port = `+rport+`
-mta_sts = false
-lease = "`+leaseTTL.String()+`"
-[store]
-driver = "postgres"
-dsn = "`+dsn+`"
-`)
+		config := serveConfig{
+			hostname: "mail" + strconv.Itoa(i) + ".example.test",
+			listen:   []string{"smtp", "imap"},
+			dns:      d.Addr,
+			store:    postgresStore(dsn),
+			extra:    "[relay]\nport = " + rport + "\nmta_sts = false\nlease = \"" + leaseTTL.String() + "\"\n",
+		}.write(t)
 		configs = append(configs, config)
 	}
 	if code, out, errOut := runIn(t, "sender password 1\n", "user", "add", "-config", configs[0], "sender@example.test"); code != exitOK {
@@ -114,7 +79,7 @@ dsn = "`+dsn+`"
 	fronts := map[int]*child{} // by pid
 	for _, config := range configs {
 		f := spawnServe(t, config)
-		fronts[f.cmd.Process.Pid] = f
+		fronts[f.Pid()] = f
 	}
 
 	// The test's own view of the database: it queues, and watches leases.
@@ -175,7 +140,7 @@ dsn = "`+dsn+`"
 				t.Fatal(err)
 			}
 			f := fronts[ownerPid(owner)]
-			if n >= killLeast && f != nil && victim == nil && strings.Contains(f.stderr.String(), "result=delivered") {
+			if n >= killLeast && f != nil && victim == nil && strings.Contains(f.Stderr(), "result=delivered") {
 				victim, victimOwner = f, owner
 			}
 		}
@@ -184,10 +149,9 @@ dsn = "`+dsn+`"
 			time.Sleep(5 * time.Millisecond)
 		}
 	}
-	if err := victim.cmd.Process.Kill(); err != nil {
+	if err := victim.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	victim.cmd.Wait()
 	killed := time.Now()
 	var orphaned []int64 // entries the dead frontend held
 	rows, err := db.QueryContext(ctx, "SELECT id FROM queue WHERE lease_owner = $1", victimOwner)
@@ -223,7 +187,7 @@ dsn = "`+dsn+`"
 		if time.Now().After(deadline) {
 			for _, f := range fronts {
 				if f != victim {
-					t.Logf("frontend log:\n%s", tail(f.stderr.String(), 3000))
+					t.Logf("frontend log:\n%s", tail(f.Stderr(), 3000))
 				}
 			}
 			t.Fatalf("%d entries still queued (first: %+v)", len(q), q[0])
@@ -252,18 +216,10 @@ dsn = "`+dsn+`"
 		t.Errorf("%d distinct Message-IDs at the receiver, want %d", len(count), total)
 	}
 	for pid, f := range fronts {
-		n := strings.Count(f.stderr.String(), "result=delivered")
+		n := strings.Count(f.Stderr(), "result=delivered")
 		t.Logf("frontend pid %d (killed %v) delivered %d", pid, f == victim, n)
 	}
 	t.Logf("%d messages the killed frontend was sending arrived twice", dups)
-}
-
-// writeConfig writes a configuration file.
-func writeConfig(t *testing.T, path, text string) {
-	t.Helper()
-	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // ownerPid is the process ID in a relay's lease owner, "host:pid/id".

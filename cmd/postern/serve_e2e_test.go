@@ -25,6 +25,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/mailstore/storetest"
 )
 
 // running is a `postern serve` started by a test.
@@ -32,8 +33,8 @@ type running struct {
 	config  string
 	dataDir string
 	addrs   map[string]string // protocol name -> bound address
-	stdout  *syncBuffer
-	stderr  *syncBuffer
+	stdout  *storetest.SyncBuffer
+	stderr  *storetest.SyncBuffer
 	stop    func() int // cancels serve and returns its exit code
 }
 
@@ -59,34 +60,29 @@ func startServeDNS(t *testing.T, dnsAddr, extra string) *running {
 			smtpKeys, extra = rest, ""
 		}
 	}
-	dir := t.TempDir()
-	r := &running{dataDir: filepath.Join(dir, "data"), addrs: map[string]string{}, stdout: &syncBuffer{}, stderr: &syncBuffer{}}
-	r.config = writeFile(t, "serve.toml", `hostname = "mail.example.test"
-data_dir = "`+r.dataDir+`"
-domains = ["example.test"]
-[smtp]
-listen = "127.0.0.1:0"
-`+smtpKeys+`[submission]
-listen = "127.0.0.1:0"
-listen_tls = "127.0.0.1:0"
-[pop3]
-listen = "127.0.0.1:0"
-listen_tls = "127.0.0.1:0"
-[imap]
-listen = "127.0.0.1:0"
-listen_tls = "127.0.0.1:0"
-[dns]
-server = "`+dnsAddr+`"
-[relay]
-`+extra)
+	r := &running{dataDir: filepath.Join(t.TempDir(), "data")}
+	r.config = serveConfig{dataDir: r.dataDir, tls: true, smtp: smtpKeys, dns: dnsAddr, extra: "[relay]\n" + extra}.write(t)
 	return startServeConfig(t, r)
+}
+
+// waitLog waits up to timeout for serve to log substr and fails the test,
+// showing the log, if it does not.
+func (r *running) waitLog(t *testing.T, substr string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !strings.Contains(r.stderr.String(), substr) {
+		if time.Now().After(deadline) {
+			t.Fatalf("serve did not log %q within %v:\n%s", substr, timeout, r.stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // startServeConfig runs serve on r.config, which keeps its data in
 // r.dataDir, and fills in r.
 func startServeConfig(t *testing.T, r *running) *running {
 	t.Helper()
-	r.stdout, r.stderr = &syncBuffer{}, &syncBuffer{}
+	r.stdout, r.stderr = &storetest.SyncBuffer{}, &storetest.SyncBuffer{}
 	r.addrs = map[string]string{}
 	ctx, cancel := context.WithCancel(context.Background())
 	exited := make(chan int, 1)
@@ -256,17 +252,9 @@ func TestServeSMTP(t *testing.T) {
 	}
 	defer st.Close()
 	ctx := context.Background()
-	bob, err := st.UserByAddress(ctx, "bob@example.test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	in, err := st.MailboxByName(ctx, bob.ID, "INBOX")
-	if err != nil {
-		t.Fatal(err)
-	}
-	msgs, err := st.Messages(ctx, in.ID, nil)
-	if err != nil || len(msgs) != 1 {
-		t.Fatalf("bob's INBOX: %v %v", msgs, err)
+	msgs := inboxMessages(t, st, "bob@example.test")
+	if len(msgs) != 1 {
+		t.Fatalf("bob's INBOX: %v", msgs)
 	}
 	body, err := st.ReadBody(ctx, msgs[0].BodyID)
 	if err != nil {
@@ -322,14 +310,8 @@ func TestServeIMAP(t *testing.T) {
 	if err := sendPlain(r.addrs["smtp"], "carol@remote.test", "bob@example.test", msg); err != nil {
 		t.Fatal(err)
 	}
-	c, err := imapclient.DialInsecure(r.addrs["imap"], nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := imapLogin(t, r.addrs["imap"], "bob@example.test", "bob's password", nil)
 	defer c.Close()
-	if err := c.Login("bob@example.test", "bob's password").Wait(); err != nil {
-		t.Fatal(err)
-	}
 	sel, err := c.Select("INBOX", nil).Wait()
 	if err != nil || sel.NumMessages != 1 {
 		t.Fatalf("SELECT INBOX: %+v %v", sel, err)
@@ -484,13 +466,7 @@ func TestServeReloadsCertificateOnSIGHUP(t *testing.T) {
 	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	deadline = time.Now().Add(10 * time.Second)
-	for !strings.Contains(r.stderr.String(), "not reloaded") {
-		if time.Now().After(deadline) {
-			t.Fatalf("broken pair not reported:\n%s", r.stderr.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	r.waitLog(t, "not reloaded", 10*time.Second) // a broken pair is reported
 	if !strings.Contains(r.stderr.String(), certFile+": no PEM") {
 		t.Errorf("the error does not name %s:\n%s", certFile, r.stderr.String())
 	}

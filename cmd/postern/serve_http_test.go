@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/mailstore/storetest"
 )
 
 const httpListeners = "[http]\nlisten = \"127.0.0.1:0\"\nlisten_tls = \"127.0.0.1:0\"\nmta_sts_mode = \"enforce\"\n"
@@ -115,16 +116,10 @@ func TestServeHTTP(t *testing.T) {
 	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(r.stderr.String(), "SIGHUP received") && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if !strings.Contains(r.stderr.String(), "SIGHUP received") {
-		t.Error("SIGHUP was not logged")
-	}
+	r.waitLog(t, "SIGHUP received", 10*time.Second)
 
 	// A second serve on the same data directory is refused.
-	var out, errOut syncBuffer
+	var out, errOut storetest.SyncBuffer
 	code = runContext(context.Background(), []string{"serve", "-config", r.config}, strings.NewReader(""), &out, &errOut)
 	if code != exitFailure || !strings.Contains(errOut.String(), errStoreInUse.Error()) || !strings.Contains(errOut.String(), strconv.Itoa(os.Getpid())) {
 		t.Errorf("second serve: exit %d, stderr %s", code, errOut.String())

@@ -4,60 +4,23 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"net/url"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/emersion/go-imap/v2"
-	"github.com/emersion/go-imap/v2/imapclient"
 
 	"github.com/postern/postern/mailstore/storetest"
 )
-
-// copyServeConfig is a configuration for serve with listeners on
-// 127.0.0.1 and the [store] given.
-func copyServeConfig(t *testing.T, dataDir, store string) string {
-	t.Helper()
-	config := filepath.Join(t.TempDir(), "postern.toml")
-	text := `hostname = "mail.example.test"
-data_dir = "` + dataDir + `"
-domains = ["example.test"]
-[smtp]
-listen = "127.0.0.1:0"
-[submission]
-listen = ""
-listen_tls = ""
-[pop3]
-listen = ""
-listen_tls = ""
-[imap]
-listen = "127.0.0.1:0"
-listen_tls = ""
-[dns]
-server = "127.0.0.1:1"
-[store]
-` + store
-	if err := os.WriteFile(config, []byte(text), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return config
-}
 
 // imapView is what an IMAP client sees of every mailbox of user: its
 // UIDVALIDITY and UIDNEXT, and each message's UID, flags and the SHA-256
 // of its bytes (BODY.PEEK[]), one line each. \Recent is left out.
 func imapView(t *testing.T, addr, user, password string) string {
 	t.Helper()
-	c, err := imapclient.DialInsecure(addr, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := imapLogin(t, addr, user, password, nil)
 	defer c.Close()
-	if err := c.Login(user, password).Wait(); err != nil {
-		t.Fatal(err)
-	}
 	list, err := c.List("", "*", nil).Collect()
 	if err != nil {
 		t.Fatal(err)
@@ -116,7 +79,7 @@ func TestStoreCopyServesTheSameIMAPView(t *testing.T) {
 	dsn = u.String()
 
 	dataDir := filepath.Join(t.TempDir(), "data")
-	sqliteConfig := copyServeConfig(t, dataDir, "driver = \"sqlite\"\n")
+	sqliteConfig := serveConfig{dataDir: dataDir, listen: []string{"smtp", "imap"}, store: "driver = \"sqlite\"\n"}.write(t)
 	const user, password = "mover@example.test", "mover password 1"
 	if code, out, errOut := runIn(t, password+"\n", "user", "add", "-config", sqliteConfig, user); code != exitOK {
 		t.Fatalf("user add: %d %s %s", code, out, errOut)
@@ -179,7 +142,7 @@ func TestStoreCopyServesTheSameIMAPView(t *testing.T) {
 		t.Fatalf("second store copy: %d\n%s\n%s", code, out2, errOut2)
 	}
 
-	pgConfig := copyServeConfig(t, filepath.Join(t.TempDir(), "data"), "driver = \"postgres\"\ndsn = \""+dsn+"\"\n")
+	pgConfig := serveConfig{listen: []string{"smtp", "imap"}, store: postgresStore(dsn)}.write(t)
 	pg := spawnServe(t, pgConfig)
 	after := imapView(t, pg.addrs["imap"], user, password)
 	if after != before {

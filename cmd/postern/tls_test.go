@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/postern/postern/mailstore/storetest"
 )
 
 func TestSelfSignedCertificateIsMadeOnceAndReused(t *testing.T) {
@@ -77,7 +79,7 @@ func TestCertReloaderFollowsFileChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	serialA := certSerial(t, certFile)
-	var logs syncBuffer
+	var logs storetest.SyncBuffer
 	cfg := &Config{Hostname: "mail.example.test", DataDir: dir}
 	cfg.TLS.Cert, cfg.TLS.Key = certFile, keyFile
 	tlsConfig, r, err := serveTLS(cfg, slog.New(slog.NewTextHandler(&logs, nil)))

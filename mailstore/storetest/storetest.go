@@ -2,9 +2,13 @@
 // packages: the mailstore suite, the protocol packages and cmd/postern use it
 // to get a store to test against without each writing its own copy.
 //
-// It must not import mailstore (mailstore's own tests import it), so the
-// fixtures here hand out what a test needs to open a store itself, such as a
-// PostgreSQL DSN.
+// It must not import mailstore or any protocol package (their tests import
+// it), so the fixtures here hand out what a test needs to open a store
+// itself, such as a PostgreSQL DSN. Besides the store: the re-executed
+// child process (StartChild, DispatchChild), self-signed certificates
+// (SelfSigned), a log buffer safe for concurrent use (SyncBuffer) and a
+// record of an IMAP server's unilateral updates (IMAPUpdates). A loopback
+// DNS server is smtpd/msgauth/msgauthtest.
 //
 // PostgreSQL: POSTERN_TEST_POSTGRES_DSN names a server on which the tests may
 // create and drop databases (CI starts a throwaway cluster and sets it; see

@@ -1,19 +1,13 @@
 package relay
 
 import (
-	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/netip"
 	"path/filepath"
@@ -26,6 +20,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/mailstore/storetest"
 	"github.com/postern/postern/smtpd/msgauth/msgauthtest"
 )
 
@@ -99,6 +94,29 @@ func withMaxBytes(n int64) mxOption     { return func(s *smtp.Server) { s.MaxMes
 func withDomain(domain string) mxOption { return func(s *smtp.Server) { s.Domain = domain } }
 
 // newTestMX starts an MX listening on addr ("127.0.0.1:0" for any port).
+// betaMX starts a DNS server in which beta.test's MX is mx.beta.test at
+// 127.0.0.1, and a test MX on 127.0.0.1 with a port of its own.
+func betaMX(t testing.TB, opts ...mxOption) (*msgauthtest.DNS, *testMX) {
+	t.Helper()
+	d := msgauthtest.NewDNS(t)
+	mx := newTestMX(t, "127.0.0.1:0", opts...)
+	d.Add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
+	return d, mx
+}
+
+// holdData makes every DATA the server reads first send on inData
+// (buffered for n) and then wait until the test closes release.
+func (m *testMX) holdData(n int) (inData, release chan struct{}) {
+	inData, release = make(chan struct{}, n), make(chan struct{})
+	m.mu.Lock()
+	m.onData = func() {
+		inData <- struct{}{}
+		<-release
+	}
+	m.mu.Unlock()
+	return inData, release
+}
+
 func newTestMX(t testing.TB, addr string, opts ...mxOption) *testMX {
 	t.Helper()
 	ln, err := net.Listen("tcp", addr)
@@ -269,32 +287,8 @@ func (c *countedConn) Close() error {
 // trusts it.
 func selfSigned(t testing.TB, names ...string) (tls.Certificate, *x509.CertPool) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: names[0]},
-		DNSNames:              names,
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: cert}, pool
+	c := storetest.SelfSigned(t, names...)
+	return c.TLS, c.Pool
 }
 
 // newStore opens a mailstore in a temporary directory with local domains
@@ -391,31 +385,13 @@ func envelope(from string, to ...string) mailstore.Envelope {
 	return env
 }
 
-// logBuffer collects log lines for assertions.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 // alpha is the sending side of most tests: a store for alpha.test with
 // alice, and a relay over it resolving through dns.
 type alpha struct {
 	store *mailstore.Store
 	relay *Relay
 	clock *fakeClock
-	log   *logBuffer
+	log   *storetest.SyncBuffer
 }
 
 func newAlpha(t testing.TB, d *msgauthtest.DNS, port uint16, change ...func(*Config)) *alpha {
@@ -426,7 +402,7 @@ func newAlpha(t testing.TB, d *msgauthtest.DNS, port uint16, change ...func(*Con
 }
 
 func newAlphaOn(t testing.TB, st *mailstore.Store, clock *fakeClock, d *msgauthtest.DNS, port uint16, change ...func(*Config)) *alpha {
-	lb := &logBuffer{}
+	lb := &storetest.SyncBuffer{}
 	now := time.Now
 	if clock != nil {
 		now = clock.Now

@@ -5,48 +5,42 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
 
 	"github.com/postern/postern/mailstore"
-	"github.com/postern/postern/smtpd/msgauth/msgauthtest"
+	"github.com/postern/postern/mailstore/storetest"
 )
 
-// killChildEnv makes the test binary act as the kill test's child: a
-// relay over the store named by the variable, delivering until killed.
-const killChildEnv = "POSTERN_RELAY_KILL_CHILD"
-
 func TestMain(m *testing.M) {
-	if path := os.Getenv(killChildEnv); path != "" {
-		killChild(path)
-		return
-	}
+	storetest.DispatchChild(map[string]storetest.ChildMain{"kill": killChild})
 	os.Exit(m.Run())
 }
 
-func killChild(path string) {
-	st, err := mailstore.Open(path, mailstore.Options{PasswordCost: mailstore.FastPasswordHash})
+// killChild is the kill test's child (args: the store, the DNS server, the
+// MX port): a relay delivering until killed.
+func killChild(args []string) int {
+	st, err := mailstore.Open(args[0], mailstore.Options{PasswordCost: mailstore.FastPasswordHash})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
-		os.Exit(3)
+		return 3
 	}
-	port, _ := strconv.Atoi(os.Getenv(killChildEnv + "_PORT"))
+	port, _ := strconv.Atoi(args[2])
 	r := New(Config{
 		Hostname: "mail.alpha.test",
-		Resolver: NewResolver(os.Getenv(killChildEnv + "_DNS")),
+		Resolver: NewResolver(args[1]),
 		Port:     port,
 		Logger:   slog.New(slog.NewTextHandler(os.Stderr, nil)),
 		LeaseTTL: killChildLeaseTTL,
 	}, st)
 	if err := r.RunOnce(context.Background()); err != nil {
 		fmt.Fprintln(os.Stderr, err)
-		os.Exit(4)
+		return 4
 	}
 	// The test kills the child before it gets here.
-	os.Exit(5)
+	return 5
 }
 
 // killChildLeaseTTL is the child's queue lease: the restarted relay (a
@@ -62,15 +56,8 @@ func TestKillDuringDelivery(t *testing.T) {
 	if testing.Short() {
 		t.Skip("re-executes the test binary")
 	}
-	d := msgauthtest.NewDNS(t)
-	mx := newTestMX(t, "127.0.0.1:0")
-	d.Add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
-	inData := make(chan struct{}, 1)
-	release := make(chan struct{})
-	mx.onData = func() {
-		inData <- struct{}{}
-		<-release
-	}
+	d, mx := betaMX(t)
+	inData, release := mx.holdData(1)
 
 	path := filepath.Join(t.TempDir(), "postern.db")
 	st := openStore(t, path, nil)
@@ -86,25 +73,15 @@ func TestKillDuringDelivery(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), killChildEnv+"="+path,
-		killChildEnv+"_DNS="+d.Addr, fmt.Sprintf("%s_PORT=%d", killChildEnv, mx.addr.Port()))
-	var stderr logBuffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	child := storetest.StartChild(t, "kill", path, d.Addr, strconv.Itoa(int(mx.addr.Port())))
 	select {
 	case <-inData:
+	case <-child.Done():
+		t.Fatalf("the child exited (%v) before sending the message", child.Wait())
 	case <-time.After(30 * time.Second):
-		cmd.Process.Kill()
-		cmd.Wait()
-		t.Fatalf("the child never sent the message; its log:\n%s", stderr.String())
+		t.Fatal("the child never sent the message")
 	}
-	if err := cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	cmd.Wait()
+	child.Kill()
 	mx.mu.Lock()
 	mx.onData = nil
 	mx.mu.Unlock()

@@ -103,17 +103,8 @@ func TestRelaysShareQueue(t *testing.T) {
 // every slot of a domain, another with entries for it opens no
 // connection and waits; then it delivers them.
 func TestRelaySlotsAcrossRelays(t *testing.T) {
-	d := msgauthtest.NewDNS(t)
-	mx := newTestMX(t, "127.0.0.1:0")
-	d.Add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
-	inData := make(chan struct{}, 100)
-	release := make(chan struct{})
-	mx.mu.Lock()
-	mx.onData = func() {
-		inData <- struct{}{}
-		<-release
-	}
-	mx.mu.Unlock()
+	d, mx := betaMX(t)
+	inData, release := mx.holdData(100)
 	limit := func(c *Config) { c.PollInterval = 20 * time.Millisecond; c.MaxConnsPerDomain = 2 }
 	a := newAlpha(t, d, mx.addr.Port(), limit)
 	b := newAlphaOn(t, a.store, a.clock, d, mx.addr.Port(), limit)
@@ -163,17 +154,8 @@ func TestRelaySlotsAcrossRelays(t *testing.T) {
 // that outlasts LeaseTTL keeps them, and another relay on the store does
 // not send them too.
 func TestLeaseRenewedDuringLongAttempt(t *testing.T) {
-	d := msgauthtest.NewDNS(t)
-	mx := newTestMX(t, "127.0.0.1:0")
-	d.Add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
-	inData := make(chan struct{}, 10)
-	release := make(chan struct{})
-	mx.mu.Lock()
-	mx.onData = func() {
-		inData <- struct{}{}
-		<-release
-	}
-	mx.mu.Unlock()
+	d, mx := betaMX(t)
+	inData, release := mx.holdData(10)
 	// The store's clock is the real one: leases lapse in real time.
 	st := newStore(t, nil, []string{"alpha.test"}, "alice@alpha.test")
 	short := func(c *Config) { c.LeaseTTL = time.Second; c.MaxConnsPerDomain = 1 }
@@ -209,17 +191,8 @@ func TestLeaseRenewedDuringLongAttempt(t *testing.T) {
 // A relay that stops gives back the leases of the entries it did not
 // deliver: another relay takes them at once, not after LeaseTTL.
 func TestStoppingRelayReleasesLeases(t *testing.T) {
-	d := msgauthtest.NewDNS(t)
-	mx := newTestMX(t, "127.0.0.1:0")
-	d.Add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
-	inData := make(chan struct{}, 10)
-	release := make(chan struct{})
-	mx.mu.Lock()
-	mx.onData = func() {
-		inData <- struct{}{}
-		<-release
-	}
-	mx.mu.Unlock()
+	d, mx := betaMX(t)
+	inData, release := mx.holdData(10)
 	one := func(c *Config) { c.MaxConnsPerDomain = 1 }
 	a := newAlpha(t, d, mx.addr.Port(), one) // the store's clock stands still: no lease lapses
 	b := newAlphaOn(t, a.store, a.clock, d, mx.addr.Port(), one)

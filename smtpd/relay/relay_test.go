@@ -597,9 +597,7 @@ func TestServerLimits(t *testing.T) {
 // Replies to DATA and to the message apply to every accepted recipient;
 // one connection carries the next message after a refused one.
 func TestDataRefusedAndSessionReuse(t *testing.T) {
-	d := msgauthtest.NewDNS(t)
-	mx := newTestMX(t, "127.0.0.1:0")
-	d.Add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
+	d, mx := betaMX(t)
 	a := newAlpha(t, d, mx.addr.Port(), func(c *Config) { c.MaxConnsPerDomain = 1 })
 	mx.setRcptErr("nobody@beta.test", &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "No"})
 	submit(t, a.store, envelope("alice@alpha.test", "nobody@beta.test"), "first refused")
@@ -630,9 +628,7 @@ func TestDataRefusedAndSessionReuse(t *testing.T) {
 // A per-destination limit on parallel connections, and many messages per
 // connection: 200 queued messages to one domain go over few connections.
 func TestManyMessagesFewConnections(t *testing.T) {
-	d := msgauthtest.NewDNS(t)
-	mx := newTestMX(t, "127.0.0.1:0")
-	d.Add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
+	d, mx := betaMX(t)
 	a := newAlpha(t, d, mx.addr.Port(), func(c *Config) { c.MaxConnsPerDomain = 3 })
 	const n = 200
 	for i := range n {
@@ -689,9 +685,7 @@ func TestQueueSurvivesRestart(t *testing.T) {
 
 // Run delivers on Kick and stops with its context.
 func TestRunAndKick(t *testing.T) {
-	d := msgauthtest.NewDNS(t)
-	mx := newTestMX(t, "127.0.0.1:0")
-	d.Add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
+	d, mx := betaMX(t)
 	a := newAlpha(t, d, mx.addr.Port(), func(c *Config) { c.PollInterval = time.Hour })
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -719,9 +713,7 @@ func TestRunAndKick(t *testing.T) {
 // Stopping the relay in the middle of a transfer loses nothing and does
 // not count as an attempt.
 func TestStopDuringDelivery(t *testing.T) {
-	d := msgauthtest.NewDNS(t)
-	mx := newTestMX(t, "127.0.0.1:0")
-	d.Add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
+	d, mx := betaMX(t)
 	a := newAlpha(t, d, mx.addr.Port())
 	inData := make(chan struct{})
 	release := make(chan struct{})

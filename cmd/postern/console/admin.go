@@ -6,6 +6,8 @@ package console
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -150,13 +152,9 @@ func (s *Server) adminUsers(w http.ResponseWriter, r *http.Request, u *user) {
 			err = st.SetQuota(ctx, addr, int64(mb*(1<<20)))
 		}
 	default:
-		text(w, http.StatusBadRequest, "unknown operation\n")
-		return
+		err = errUnknownOp
 	}
-	if err == nil {
-		s.log.Info("console admin", "admin", u.Address, "op", "user "+op, "user", addr)
-	}
-	done(w, r, "user "+op+" "+addr, err)
+	s.adminDone(w, r, u, "user", op, "user", addr, err)
 }
 
 func (s *Server) adminDomains(w http.ResponseWriter, r *http.Request, u *user) {
@@ -170,13 +168,9 @@ func (s *Server) adminDomains(w http.ResponseWriter, r *http.Request, u *user) {
 	case "del":
 		err = s.cfg.Store.DeleteDomain(ctx, dom)
 	default:
-		text(w, http.StatusBadRequest, "unknown operation\n")
-		return
+		err = errUnknownOp
 	}
-	if err == nil {
-		s.log.Info("console admin", "admin", u.Address, "op", "domain "+r.PostFormValue("op"), "domain", dom)
-	}
-	done(w, r, "domain "+r.PostFormValue("op")+" "+dom, err)
+	s.adminDone(w, r, u, "domain", r.PostFormValue("op"), "domain", dom, err)
 }
 
 func (s *Server) adminAliases(w http.ResponseWriter, r *http.Request, u *user) {
@@ -196,13 +190,9 @@ func (s *Server) adminAliases(w http.ResponseWriter, r *http.Request, u *user) {
 	case "del":
 		err = s.cfg.Store.DeleteAlias(ctx, alias, targets...)
 	default:
-		text(w, http.StatusBadRequest, "unknown operation\n")
-		return
+		err = errUnknownOp
 	}
-	if err == nil {
-		s.log.Info("console admin", "admin", u.Address, "op", "alias "+r.PostFormValue("op"), "alias", alias)
-	}
-	done(w, r, "alias "+r.PostFormValue("op")+" "+alias, err)
+	s.adminDone(w, r, u, "alias", r.PostFormValue("op"), "alias", alias, err)
 }
 
 func (s *Server) adminQueue(w http.ResponseWriter, r *http.Request, u *user) {
@@ -222,13 +212,9 @@ func (s *Server) adminQueue(w http.ResponseWriter, r *http.Request, u *user) {
 	case "delete":
 		err = s.cfg.Store.QueueRemove(ctx, id)
 	default:
-		text(w, http.StatusBadRequest, "unknown operation\n")
-		return
+		err = errUnknownOp
 	}
-	if err == nil {
-		s.log.Info("console admin", "admin", u.Address, "op", "queue "+op, "queue_id", id)
-	}
-	done(w, r, "queue "+op+" "+strconv.FormatInt(id, 10), err)
+	s.adminDone(w, r, u, "queue", op, "queue_id", id, err)
 }
 
 func (s *Server) adminDNS(w http.ResponseWriter, r *http.Request, u *user) {
@@ -250,6 +236,24 @@ func (s *Server) adminDNS(w http.ResponseWriter, r *http.Request, u *user) {
 		return
 	}
 	text(w, http.StatusOK, zone)
+}
+
+// errUnknownOp is an admin form's op that names no operation.
+var errUnknownOp = errors.New("unknown operation")
+
+// adminDone answers an admin form after its operation op on subject ran
+// with the result err: 400 for an unknown op; else the change is logged
+// when it succeeded (with subject under key) and done redirects with the
+// outcome.
+func (s *Server) adminDone(w http.ResponseWriter, r *http.Request, u *user, kind, op, key string, subject any, err error) {
+	if errors.Is(err, errUnknownOp) {
+		text(w, http.StatusBadRequest, "unknown operation\n")
+		return
+	}
+	if err == nil {
+		s.log.Info("console admin", "admin", u.Address, "op", kind+" "+op, key, subject)
+	}
+	done(w, r, fmt.Sprint(kind, " ", op, " ", subject), err)
 }
 
 type errString string

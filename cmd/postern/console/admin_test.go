@@ -153,3 +153,26 @@ func TestConsoleAdminBlocked(t *testing.T) {
 		t.Fatalf("unblock of garbage: %d %s", code, hdr.Get("Location"))
 	}
 }
+
+// An operation no admin form knows is refused with 400 and changes
+// nothing.
+func TestConsoleAdminUnknownOperation(t *testing.T) {
+	e := startWeb(t, nil)
+	b := e.browser(t)
+	if b.login("alice@example.test", testPassword) != http.StatusSeeOther {
+		t.Fatal("login failed")
+	}
+	for path, form := range map[string]url.Values{
+		"/admin/users":   {"op": {"drop"}, "address": {"bob@example.test"}},
+		"/admin/domains": {"op": {"drop"}, "domain": {"example.test"}},
+		"/admin/aliases": {"op": {"drop"}, "alias": {"team@example.test"}},
+		"/admin/queue":   {"op": {"drop"}, "id": {"1"}},
+	} {
+		if code, _, body := b.post(path, form); code != http.StatusBadRequest || !strings.Contains(body, "unknown operation") {
+			t.Errorf("POST %s op=drop: %d %q, want 400 unknown operation", path, code, body)
+		}
+	}
+	if ok, _ := e.store.IsLocalDomain(context.Background(), "example.test"); !ok {
+		t.Error("an unknown operation removed the domain")
+	}
+}

@@ -252,6 +252,22 @@ func (s *Server) message(ctx context.Context, u *user, q url.Values) (mailstore.
 	return mb, msgs[0], nil
 }
 
+// messageBody is message with the message's bytes; when either fails it
+// answers the request (404 or 500) and reports false.
+func (s *Server) messageBody(ctx context.Context, w http.ResponseWriter, u *user, q url.Values) (mailstore.Mailbox, mailstore.Message, []byte, bool) {
+	mb, m, err := s.message(ctx, u, q)
+	if err != nil {
+		s.notFound(w, "no such message", err)
+		return mb, m, nil, false
+	}
+	raw, err := s.cfg.Store.ReadBody(ctx, m.BodyID)
+	if err != nil {
+		s.fail(w, "read message", err)
+		return mb, m, nil, false
+	}
+	return mb, m, raw, true
+}
+
 // Part is one MIME part of a message in the view.
 type Part struct {
 	Path        string // "1", "1.2": as IMAP numbers parts
@@ -284,9 +300,8 @@ type viewData struct {
 func (s *Server) mailView(w http.ResponseWriter, r *http.Request, u *user) {
 	ctx, cancel := context.WithTimeout(r.Context(), storeTimeout)
 	defer cancel()
-	mb, m, err := s.message(ctx, u, r.URL.Query())
-	if err != nil {
-		s.notFound(w, "no such message", err)
+	mb, m, raw, ok := s.messageBody(ctx, w, u, r.URL.Query())
+	if !ok {
 		return
 	}
 	if !m.HasFlag(mailstore.FlagSeen) {
@@ -295,11 +310,6 @@ func (s *Server) mailView(w http.ResponseWriter, r *http.Request, u *user) {
 			s.fail(w, "mark seen", err)
 			return
 		}
-	}
-	raw, err := s.cfg.Store.ReadBody(ctx, m.BodyID)
-	if err != nil {
-		s.fail(w, "read message", err)
-		return
 	}
 	d := viewData{Box: mb.Name, UID: m.UID, Flagged: m.HasFlag(mailstore.FlagFlagged), Images: r.URL.Query().Get("images") == "1"}
 	if boxes, err := s.cfg.Store.Mailboxes(ctx, u.ID); err == nil {
@@ -438,14 +448,8 @@ func (s *Server) mailPart(w http.ResponseWriter, r *http.Request, u *user) {
 	ctx, cancel := context.WithTimeout(r.Context(), storeTimeout)
 	defer cancel()
 	q := r.URL.Query()
-	_, m, err := s.message(ctx, u, q)
-	if err != nil {
-		s.notFound(w, "no such message", err)
-		return
-	}
-	raw, err := s.cfg.Store.ReadBody(ctx, m.BodyID)
-	if err != nil {
-		s.fail(w, "read message", err)
+	_, _, raw, ok := s.messageBody(ctx, w, u, q)
+	if !ok {
 		return
 	}
 	e, name, err := findPart(raw, q.Get("part"))
@@ -533,14 +537,8 @@ func (s *Server) mailHTML(w http.ResponseWriter, r *http.Request, u *user) {
 	ctx, cancel := context.WithTimeout(r.Context(), storeTimeout)
 	defer cancel()
 	q := r.URL.Query()
-	_, m, err := s.message(ctx, u, q)
-	if err != nil {
-		s.notFound(w, "no such message", err)
-		return
-	}
-	raw, err := s.cfg.Store.ReadBody(ctx, m.BodyID)
-	if err != nil {
-		s.fail(w, "read message", err)
+	_, _, raw, ok := s.messageBody(ctx, w, u, q)
+	if !ok {
 		return
 	}
 	parts, _, _ := parseParts(raw[:min(len(raw), maxViewBytes)])

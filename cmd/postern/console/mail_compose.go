@@ -55,14 +55,8 @@ func (s *Server) composePage(w http.ResponseWriter, r *http.Request, u *user) {
 	if mode != "" {
 		ctx, cancel := context.WithTimeout(r.Context(), storeTimeout)
 		defer cancel()
-		mb, m, err := s.message(ctx, u, q)
-		if err != nil {
-			s.notFound(w, "no such message", err)
-			return
-		}
-		raw, err := s.cfg.Store.ReadBody(ctx, m.BodyID)
-		if err != nil {
-			s.fail(w, "read message", err)
+		mb, m, raw, ok := s.messageBody(ctx, w, u, q)
+		if !ok {
 			return
 		}
 		parts, h, _ := parseParts(raw[:min(len(raw), maxViewBytes)])

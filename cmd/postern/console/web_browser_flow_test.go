@@ -58,31 +58,11 @@ func TestConsoleInBrowserFlowReply(t *testing.T) {
 		withSubmit(t)(c)
 		mxAddr, imapAddr = serveMailFor(t, c)
 	})
-	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(exe), chromedp.NoSandbox,
-		chromedp.DisableGPU, chromedp.WindowSize(1200, 900))
-	actx, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancel()
-	bctx, cancel := chromedp.NewContext(actx)
-	defer cancel()
-	if err := chromedp.Do(bctx, chromedp.Navigate(e.base+"/login")); err != nil {
-		t.Fatalf("start chromium: %v", err)
-	}
-	ctx, cancel := context.WithTimeout(bctx, 90*time.Second)
-	defer cancel()
-	dir := t.TempDir()
-	if d := os.Getenv("POSTERN_SCREENSHOT_DIR"); d != "" {
-		dir = d
-	}
+	ctx, dir, saveShot := startBrowser(t, exe, e.base+"/login", 90*time.Second)
 	var shots []string
 	shot := func(name string) {
 		t.Helper()
-		png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
-		if err != nil {
-			t.Fatalf("screenshot %s: %v", name, err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, name+".png"), png, 0o600); err != nil {
-			t.Fatal(err)
-		}
+		saveShot(name)
 		shots = append(shots, name)
 	}
 	step := func(name string, timeout time.Duration, actions ...chromedp.Action[chromedp.Void]) {

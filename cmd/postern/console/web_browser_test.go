@@ -28,29 +28,29 @@ func browserPath(t *testing.T) string {
 	return ""
 }
 
-// TestConsoleInBrowser logs in as alice in headless chromium, watches
-// /flow while a message is submitted, and opens the message with its
-// MIME tree. A screenshot of each page is checked to be a PNG.
-func TestConsoleInBrowser(t *testing.T) {
-	exe := browserPath(t)
-	e := startWeb(t, withSubmit(t))
+// startBrowser starts headless chromium (exe) on url. The context it
+// returns bounds what follows by timeout; shot saves a full-page PNG
+// screenshot as name.png in dir, a temporary directory unless
+// POSTERN_SCREENSHOT_DIR names one to look at them.
+func startBrowser(t *testing.T, exe, url string, timeout time.Duration) (ctx context.Context, dir string, shot func(name string)) {
+	t.Helper()
 	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(exe), chromedp.NoSandbox,
 		chromedp.DisableGPU, chromedp.WindowSize(1200, 900))
 	actx, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancel()
+	t.Cleanup(cancel)
 	bctx, cancel := chromedp.NewContext(actx)
-	defer cancel()
+	t.Cleanup(cancel)
 	// The first call starts the browser and must not have a timeout.
-	if err := chromedp.Do(bctx, chromedp.Navigate(e.base+"/login")); err != nil {
+	if err := chromedp.Do(bctx, chromedp.Navigate(url)); err != nil {
 		t.Fatalf("start chromium: %v", err)
 	}
-	ctx, cancel := context.WithTimeout(bctx, 60*time.Second)
-	defer cancel()
-	dir := t.TempDir()
+	ctx, cancel = context.WithTimeout(bctx, timeout)
+	t.Cleanup(cancel)
+	dir = t.TempDir()
 	if d := os.Getenv("POSTERN_SCREENSHOT_DIR"); d != "" {
-		dir = d // to look at them
+		dir = d
 	}
-	shot := func(name string) {
+	shot = func(name string) {
 		t.Helper()
 		png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100)) // 100: PNG
 		if err != nil {
@@ -60,6 +60,16 @@ func TestConsoleInBrowser(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	return ctx, dir, shot
+}
+
+// TestConsoleInBrowser logs in as alice in headless chromium, watches
+// /flow while a message is submitted, and opens the message with its
+// MIME tree. A screenshot of each page is checked to be a PNG.
+func TestConsoleInBrowser(t *testing.T) {
+	exe := browserPath(t)
+	e := startWeb(t, withSubmit(t))
+	ctx, dir, shot := startBrowser(t, exe, e.base+"/login", 60*time.Second)
 	steps := []struct {
 		name string
 		a    chromedp.Action[chromedp.Void]
