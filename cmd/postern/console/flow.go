@@ -141,15 +141,17 @@ func (f *eventFilter) view(e Event) (Event, bool) {
 		}
 		switch a.Key {
 		case "user":
-			// A failed login names the address it tried: that
-			// session is not the user's.
-			if r := e.Get("result"); sess != "" && (r == "" || r == "ok") && len(f.sessions) < maxOwnSessions {
+			// Only a successful login makes the session the
+			// user's: a failed one ("auth" result=fail, "login
+			// failed") names the address somebody tried.
+			if e.Msg == "auth" && e.Get("result") == "ok" && sess != "" && len(f.sessions) < maxOwnSessions {
 				f.sessions[sess] = true
 			}
 			return e, true
-		case "from", "sender":
-			return e, true
-		case "to", "rcpt", "recipient":
+		case "from", "sender", "to", "rcpt", "recipient":
+			// A sender address is whatever the client said (MAIL
+			// FROM on port 25 is not checked), so it shows no more
+			// than being a recipient does.
 			asRecipient = true
 		}
 	}

@@ -2,11 +2,14 @@ package console
 
 import (
 	"context"
+	"html"
 	"net/http"
 	"net/url"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/postern/postern/mailstore"
 )
@@ -155,4 +158,40 @@ func mustUser(t *testing.T, e *webEnv, a string) mailstore.User {
 		t.Fatal(err)
 	}
 	return u
+}
+
+// TestConsoleMailboxNameInLinks: a mailbox whose name holds a space, +, =, ? and #
+// is reached through the links the pages give (escaped once).
+func TestConsoleMailboxNameInLinks(t *testing.T) {
+	e := startWeb(t, nil)
+	ctx := context.Background()
+	const name = "Sent Items+a=b?c#d"
+	mb, err := e.store.CreateMailbox(ctx, mustUser(t, e, "bob@example.test").ID, name, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.store.Append(ctx, mb.ID, nil, time.Time{}, []byte("Subject: odd box\r\n\r\nhello\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	b := e.browser(t)
+	if b.login("bob@example.test", testPassword) != http.StatusSeeOther {
+		t.Fatal("login failed")
+	}
+	_, _, page := b.do("GET", "/mail?box=INBOX", nil, nil)
+	m := regexp.MustCompile(`href="(/mail\?box=Sent(?:%20| )Items[^"]*)"`).FindStringSubmatch(page)
+	if m == nil {
+		t.Fatalf("no link to %q on the mailbox list:\n%s", name, page)
+	}
+	link := html.UnescapeString(m[1])
+	code, _, list := b.do("GET", link, nil, nil)
+	if code != 200 || !strings.Contains(list, "odd box") {
+		t.Fatalf("GET %s: %d, want the mailbox's list", link, code)
+	}
+	m = regexp.MustCompile(`href="(/mail/msg\?[^"]*)"`).FindStringSubmatch(list)
+	if m == nil {
+		t.Fatal("no link to the message")
+	}
+	if code, _, view := b.do("GET", html.UnescapeString(m[1]), nil, nil); code != 200 || !strings.Contains(view, "hello") {
+		t.Fatalf("GET %s: %d", m[1], code)
+	}
 }

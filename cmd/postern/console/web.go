@@ -95,11 +95,10 @@ const (
 var staticFS embed.FS
 
 var templates = template.Must(template.New("").Funcs(template.FuncMap{
-	"join":  strings.Join,
-	"query": url.QueryEscape,
-	"size":  humanSize,
-	"time":  func(t time.Time) string { return t.Local().Format("2006-01-02 15:04") },
-	"add":   func(a, b int) int { return a + b },
+	"join": strings.Join,
+	"size": humanSize,
+	"time": func(t time.Time) string { return t.Local().Format("2006-01-02 15:04") },
+	"add":  func(a, b int) int { return a + b },
 }).ParseFS(staticFS, "tmpl/*.html"))
 
 // webSession is one logged-in browser.

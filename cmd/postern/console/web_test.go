@@ -440,6 +440,12 @@ func TestConsoleEventsOwnOnly(t *testing.T) {
 	// Someone else trying bob's address: not bob's session.
 	l.Info("auth", "session", "E", "proto", "imap", "result", "fail", "user", "bob@example.test")
 	l.Info("trace", "session", "E", "proto", "imap", "dir", "C", "line", "e2 LOGIN mallory@example.test [redacted]")
+	// The fail2ban line names the address tried, without a result.
+	l.Warn("login failed", "session", "F", "protocol", "pop3", "remote", "192.0.2.66", "user", "bob@example.test", "reason", "wrong credentials")
+	l.Info("trace", "session", "F", "proto", "pop3", "dir", "C", "line", "USER mallory@example.test")
+	// A sender on port 25 may claim any address: bob does not learn
+	// the recipients of a message claiming to be from him.
+	l.Info("message accepted", "session", "G", "proto", "smtp", "id", "G-1", "from", "bob@example.test", "to", "alice@example.test,carol@example.test")
 	l.Info("session start", "session", "B", "proto", "pop3")
 	l.Info("auth", "session", "B", "proto", "pop3", "result", "ok", "user", "bob@example.test")
 	l.Info("trace", "session", "B", "proto", "pop3", "dir", "C", "line", "RETR 1")
@@ -477,7 +483,7 @@ func TestConsoleEventsOwnOnly(t *testing.T) {
 	}
 	// The message to alice and bob shows bob alone: alice may have been
 	// a Bcc recipient.
-	want := []string{"E auth ", "B auth ", "B trace RETR 1", "B session end ", "C message accepted bob@example.test", "C session end "}
+	want := []string{"E auth ", "F login failed 192.0.2.66", "G message accepted ", "B auth ", "B trace RETR 1", "B session end ", "C message accepted bob@example.test", "C session end "}
 	var own []string
 	for _, g := range got {
 		if !strings.Contains(g, "console login") {
