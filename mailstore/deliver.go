@@ -227,15 +227,21 @@ func (s *Store) DeliverEnvelope(ctx context.Context, env Envelope, msg []byte) (
 func (t *wtx) inboxHead(userID, size int64) (int64, mailboxHead, error) {
 	var id, quota, used int64
 	var kw string
+	var disabled bool
 	h := mailboxHead{userID: userID}
-	err := t.queryRow(`SELECT b.id, b.uidnext, b.highestmodseq, b.keywords, u.quota_bytes, u.used_bytes
+	err := t.queryRow(`SELECT b.id, b.uidnext, b.highestmodseq, b.keywords, u.quota_bytes, u.used_bytes, u.disabled
 		FROM mailboxes b JOIN users u ON u.id = b.user_id WHERE b.user_id = ? AND b.name = 'INBOX'`+t.w.d.forUpdateOf("b"), userID).
-		Scan(&id, &h.uidnext, &h.modseq, &kw, &quota, &used)
+		Scan(&id, &h.uidnext, &h.modseq, &kw, &quota, &used, &disabled)
 	if isNoRows(err) {
 		return 0, h, fmt.Errorf("no INBOX: %w", ErrNoSuchUser)
 	}
 	if err != nil {
 		return 0, h, err
+	}
+	if disabled {
+		// Disabled after the recipient was resolved (RCPT): a
+		// disabled user receives nothing.
+		return 0, h, fmt.Errorf("user %d is disabled: %w", userID, ErrNoSuchUser)
 	}
 	h.keywords = splitKeywords(kw)
 	if size >= 0 {
@@ -278,8 +284,9 @@ func (t *wtx) deliveryHead(userID int64, use string, size int64) (int64, string,
 	}
 	h := mailboxHead{userID: userID}
 	var quota, used int64
-	err := t.queryRow("SELECT quota_bytes, used_bytes FROM users WHERE id = ?", userID).Scan(&quota, &used)
-	if isNoRows(err) {
+	var disabled bool
+	err := t.queryRow("SELECT quota_bytes, used_bytes, disabled FROM users WHERE id = ?", userID).Scan(&quota, &used, &disabled)
+	if isNoRows(err) || err == nil && disabled {
 		return 0, "", h, fmt.Errorf("user %d: %w", userID, ErrNoSuchUser)
 	}
 	if err != nil {

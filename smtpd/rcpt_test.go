@@ -2,10 +2,13 @@ package smtpd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/postern/postern/mailstore"
 )
 
 // RCPT decides locality and resolution from one store read
@@ -218,5 +221,38 @@ func TestDuplicateRecipients(t *testing.T) {
 	}
 	if !strings.Contains(e.logs.String(), "recipients=1 ") {
 		t.Errorf("log has no recipients=1")
+	}
+}
+
+// TestUserDisabledAfterRcpt: a user disabled between RCPT and the end of
+// DATA gets nothing (a disabled user receives no mail), nor does a
+// user's Junk delivery.
+func TestUserDisabledAfterRcpt(t *testing.T) {
+	e := newTestEnv(t)
+	ctx := context.Background()
+	_, err := e.store.AddUser(ctx, "erin@example.test", "pw")
+	must(t, err)
+	c := e.dial(t, e.mx)
+	c.cmd("EHLO client.example.test", "250")
+	c.cmd("MAIL FROM:<s@elsewhere.test>", "250 ")
+	c.cmd("RCPT TO:<erin@example.test>", "250 ")
+	c.cmd("DATA", "354")
+	must(t, e.store.SetDisabled(ctx, "erin@example.test", true))
+	c.send("Subject: late\r\n\r\nhello\r\n.")
+	c.expect("550 5.1.1 ")
+	u, err := e.store.UserByAddress(ctx, "erin@example.test")
+	must(t, err)
+	in, err := e.store.MailboxByName(ctx, u.ID, "INBOX")
+	must(t, err)
+	if st, err := e.store.Status(ctx, in.ID); err != nil || st.Messages != 0 {
+		t.Fatalf("the disabled user's INBOX holds %d messages (%v), want 0", st.Messages, err)
+	}
+	res, err := e.store.Resolve(ctx, alice)
+	must(t, err)
+	must(t, e.store.SetDisabled(ctx, alice, true))
+	_, err = e.store.DeliverEnvelope(ctx, mailstore.Envelope{Sender: "s@elsewhere.test", SpecialUse: `\Junk`,
+		Recipients: []mailstore.Recipient{{Address: alice, Resolved: &res}}}, []byte("Subject: junk\r\n\r\nx\r\n"))
+	if !errors.Is(err, mailstore.ErrNoSuchUser) {
+		t.Fatalf("Junk delivery to a user disabled after resolving: %v, want ErrNoSuchUser", err)
 	}
 }
