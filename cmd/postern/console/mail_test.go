@@ -151,7 +151,7 @@ func TestConsoleMailSearch(t *testing.T) {
 	}
 }
 
-func mustUser(t *testing.T, e *webEnv, a string) mailstore.User {
+func mustUser(t testing.TB, e *webEnv, a string) mailstore.User {
 	t.Helper()
 	u, err := e.store.UserByAddress(context.Background(), a)
 	if err != nil {

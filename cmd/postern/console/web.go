@@ -106,6 +106,7 @@ type webSession struct {
 	id       string // the cookie's value, hashed (the map key)
 	csrf     string
 	address  string
+	userID   int64 // the user logged in; the same address given to a new user is not them
 	created  time.Time
 	lastSeen time.Time
 }
@@ -226,7 +227,7 @@ func (s *Server) session(r *http.Request) (*webSession, *user) {
 	ctx, cancel := context.WithTimeout(r.Context(), storeTimeout)
 	defer cancel()
 	u, err := s.cfg.Store.UserByAddress(ctx, sc.address)
-	if err != nil || u.Disabled {
+	if err != nil || u.Disabled || u.ID != sc.userID {
 		return nil, nil
 	}
 	return ws, &user{User: u, csrf: sc.csrf, sess: ws}
@@ -397,7 +398,7 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 	if c, err := r.Cookie(sessionCookie); err == nil {
 		s.web.end(hashToken(c.Value))
 	}
-	tok := s.web.start(u.Address)
+	tok := s.web.start(u.Address, u.ID)
 	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: tok, Path: "/", HttpOnly: true,
 		Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode, MaxAge: int(s.web.cfg.SessionMax / time.Second)})
 	s.log.Info("console login", "user", u.Address, "remote", remoteAddr(r).String())
@@ -426,10 +427,10 @@ func safeNext(n string) string {
 	return n
 }
 
-// start makes a session for address and returns its cookie value; the
+// start makes a session for a user and returns its cookie value; the
 // map holds only the token's hash. When full it drops expired sessions,
 // then the least recently used.
-func (wb *web) start(address string) string {
+func (wb *web) start(address string, userID int64) string {
 	tok := randomToken()
 	now := wb.now()
 	wb.mu.Lock()
@@ -451,7 +452,7 @@ func (wb *web) start(address string) string {
 		}
 	}
 	key := hashToken(tok)
-	wb.sessions[key] = &webSession{id: key, csrf: randomToken(), address: address, created: now, lastSeen: now}
+	wb.sessions[key] = &webSession{id: key, csrf: randomToken(), address: address, userID: userID, created: now, lastSeen: now}
 	return tok
 }
 

@@ -461,3 +461,27 @@ func TestConsoleEventStreamsBounded(t *testing.T) {
 	}
 	_ = fmt.Sprint()
 }
+
+// TestConsoleSessionEndsWithItsUser: a user deleted and then added again
+// under the same address is a new user: the old browser session is not
+// theirs.
+func TestConsoleSessionEndsWithItsUser(t *testing.T) {
+	e := startWeb(t, nil)
+	ctx := context.Background()
+	b := e.browser(t)
+	if b.login("bob@example.test", testPassword) != http.StatusSeeOther {
+		t.Fatal("login failed")
+	}
+	if code, _, _ := b.do("GET", "/mail?box=INBOX", nil, nil); code != 200 {
+		t.Fatalf("mail page while logged in: %d", code)
+	}
+	if err := e.store.DeleteUser(ctx, "bob@example.test"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.store.AddUser(ctx, "bob@example.test", "another password"); err != nil {
+		t.Fatal(err)
+	}
+	if code, hdr, _ := b.do("GET", "/mail?box=INBOX", nil, nil); code != http.StatusSeeOther || !strings.HasPrefix(hdr.Get("Location"), "/login") {
+		t.Fatalf("the old session after the address went to a new user: %d %s, want a redirect to /login", code, hdr.Get("Location"))
+	}
+}

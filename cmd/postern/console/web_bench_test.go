@@ -74,8 +74,9 @@ func BenchmarkConsoleSessions(b *testing.B) {
 	runtime.GC()
 	runtime.ReadMemStats(&before)
 	var streams []*http.Response
+	alice := mustUser(b, e, "alice@example.test")
 	for range n {
-		tok := e.srv.web.start("alice@example.test")
+		tok := e.srv.web.start(alice.Address, alice.ID)
 		req, _ := http.NewRequest("GET", e.base+"/api/events", nil)
 		req.AddCookie(&http.Cookie{Name: sessionCookie, Value: tok})
 		resp, err := http.DefaultTransport.RoundTrip(req)
