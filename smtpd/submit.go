@@ -43,6 +43,14 @@ func (s *Server) Submit(ctx context.Context, user, from string, rcpts []string, 
 	if len(rcpts) == 0 {
 		return fmt.Errorf("submit as %s: no recipients", user)
 	}
+	// The submission listener's connection budget, as for a client
+	// connecting to it (released after the session below has ended).
+	conns, _ := s.group(listenSubmission)
+	release, err := conns.Acquire(consoleIP)
+	if err != nil {
+		return fmt.Errorf("submit as %s: %w", user, err)
+	}
+	defer release()
 	srvEnd, cliEnd := net.Pipe()
 	s.mu.Lock()
 	if s.shutting {

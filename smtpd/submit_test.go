@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"github.com/postern/postern/mailstore/limits"
 )
 
 // TestSubmitPipeline: Submit runs the submission pipeline without a
@@ -64,5 +66,30 @@ func TestSubmitPipeline(t *testing.T) {
 	must(t, w.store.SetDisabled(ctx, alice, true))
 	if err := w.srv.Submit(ctx, alice, alice, []string{bob}, strings.NewReader(simpleMessage("z"))); err == nil {
 		t.Fatal("disabled user submitted")
+	}
+}
+
+// TestSubmitTakesAConnectionSlot: a console submission counts in the
+// submission listener's connection budget like a client would.
+func TestSubmitTakesAConnectionSlot(t *testing.T) {
+	e := newTestEnv(t, func(c *Config) { c.SubmissionLimits.MaxConnectionsPerAddress = 1 })
+	c := e.dial(t, e.sub) // holds the one slot of 127.0.0.1
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	msg := "From: alice@example.test\nTo: bob@example.test\nSubject: x\n\nhi\n"
+	if err := e.srv.Submit(ctx, alice, alice, []string{bob}, strings.NewReader(msg)); !errors.Is(err, limits.ErrTooManyFromAddress) {
+		t.Fatalf("Submit with the address's slot taken: %v, want ErrTooManyFromAddress", err)
+	}
+	c.cmd("QUIT", "221")
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := e.srv.Submit(ctx, alice, alice, []string{bob}, strings.NewReader(msg))
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, limits.ErrTooManyFromAddress) || time.Now().After(deadline) {
+			t.Fatalf("Submit after the slot was freed: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
