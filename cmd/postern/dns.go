@@ -65,11 +65,11 @@ func cmdDNS(c *cli, args []string) int {
 	}
 	ctx, cancel := context.WithTimeout(c.ctx, 2*time.Minute)
 	defer cancel()
-	q, err := newQuerier(cfg)
+	resolver, err := newResolver(cfg)
 	if err != nil {
 		return c.fail(name, err)
 	}
-	good, err := checkZone(ctx, q, zone, c.stdout)
+	good, err := checkZone(ctx, resolver, zone, c.stdout)
 	if err != nil {
 		return c.fail(name, err)
 	}
@@ -205,79 +205,16 @@ func txtStrings(v string) string {
 	return strings.Join(append(parts, `"`+v+`"`), " ")
 }
 
-// querier asks the configured DNS server, or the system's, for records of
-// any type: dns check needs CNAME and SRV, which msgauth.Resolver does not
-// look up.
-type querier struct {
-	servers []string
-	timeout time.Duration
-}
-
-func newQuerier(cfg *Config) (*querier, error) {
-	timeout, err := time.ParseDuration(cfg.DNS.Timeout)
-	if err != nil {
-		return nil, fmt.Errorf("dns.timeout: %w", err)
-	}
-	q := &querier{timeout: timeout}
-	if cfg.DNS.Server != "" {
-		q.servers = []string{cfg.DNS.Server}
-		return q, nil
-	}
-	cc, err := dns.ClientConfigFromFile("/etc/resolv.conf")
-	if err != nil {
-		return nil, fmt.Errorf("system resolver: %w", err)
-	}
-	for _, s := range cc.Servers {
-		q.servers = append(q.servers, net.JoinHostPort(s, cc.Port))
-	}
-	if len(q.servers) == 0 {
-		return nil, errors.New("system resolver: no nameserver in /etc/resolv.conf")
-	}
-	return q, nil
-}
-
-// errNoSuchName is a name that does not exist.
-var errNoSuchName = errors.New("no such name (NXDOMAIN)")
-
-// lookup returns the records of qtype at name: none when the name has
-// none, errNoSuchName when it does not exist.
-func (q *querier) lookup(ctx context.Context, name string, qtype uint16) ([]dns.RR, error) {
-	m := new(dns.Msg)
-	m.SetQuestion(dns.Fqdn(name), qtype)
-	m.SetEdns0(1232, false)
-	var errs []error
-	for _, server := range q.servers {
-		c := &dns.Client{Timeout: q.timeout}
-		resp, _, err := c.ExchangeContext(ctx, m, server)
-		if err == nil && resp.Truncated {
-			c.Net = "tcp"
-			resp, _, err = c.ExchangeContext(ctx, m, server)
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", server, err))
-			continue
-		}
-		switch resp.Rcode {
-		case dns.RcodeSuccess:
-			var out []dns.RR
-			for _, rr := range resp.Answer {
-				if rr.Header().Rrtype == qtype {
-					out = append(out, rr)
-				}
-			}
-			return out, nil
-		case dns.RcodeNameError:
-			return nil, errNoSuchName
-		}
-		errs = append(errs, fmt.Errorf("%s: answered %s", server, dns.RcodeToString[resp.Rcode]))
-	}
-	return nil, fmt.Errorf("%s %s: %w", dns.TypeToString[qtype], name, errors.Join(errs...))
+// isNoSuchName reports whether err says the name does not exist.
+func isNoSuchName(err error) bool {
+	var de *net.DNSError
+	return errors.As(err, &de) && de.IsNotFound
 }
 
 // checkZone looks up every record of zone and writes a line for each:
 // "ok", "missing" or "different" with what was found. good is false when
 // any record is not ok.
-func checkZone(ctx context.Context, q *querier, zone string, out interface{ Write([]byte) (int, error) }) (good bool, err error) {
+func checkZone(ctx context.Context, q *msgauth.Resolver, zone string, out interface{ Write([]byte) (int, error) }) (good bool, err error) {
 	zp := dns.NewZoneParser(strings.NewReader(zone), "", "")
 	var want []dns.RR
 	for rr, ok := zp.Next(); ok && len(want) < maxCheckRecords; rr, ok = zp.Next() {
@@ -297,8 +234,8 @@ func checkZone(ctx context.Context, q *querier, zone string, out interface{ Writ
 		k := key{strings.ToLower(h.Name), h.Rrtype}
 		got, seen := found[k]
 		if !seen {
-			got, err = q.lookup(ctx, h.Name, h.Rrtype)
-			if err != nil && !errors.Is(err, errNoSuchName) {
+			got, err = q.Lookup(ctx, h.Name, h.Rrtype)
+			if err != nil && !isNoSuchName(err) {
 				fmt.Fprintf(out, "error     %s: %v\n", rrText(w), err)
 				good = false
 				continue

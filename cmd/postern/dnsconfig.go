@@ -139,41 +139,15 @@ type relayResolver struct{ r *msgauth.Resolver }
 
 var _ relay.Resolver = relayResolver{}
 
-// Lookup implements relay.Resolver for the types the relay asks: MX, A
-// and AAAA. NXDOMAIN wraps relay.ErrNXDomain, other failures are
-// temporary, as the relay expects.
+// Lookup implements relay.Resolver: the shared resolver's records, with
+// NXDOMAIN wrapping relay.ErrNXDomain and other failures temporary, as
+// the relay expects.
 func (a relayResolver) Lookup(ctx context.Context, name string, qtype uint16) ([]dns.RR, error) {
-	fqdn := dns.Fqdn(name)
-	hdr := func(t uint16) dns.RR_Header {
-		return dns.RR_Header{Name: fqdn, Rrtype: t, Class: dns.ClassINET}
+	rrs, err := a.r.Lookup(ctx, name, qtype)
+	if err != nil {
+		return nil, relayError(name, qtype, err)
 	}
-	var out []dns.RR
-	switch qtype {
-	case dns.TypeMX:
-		mxs, err := a.r.LookupMX(ctx, name)
-		if err != nil {
-			return nil, relayError(name, qtype, err)
-		}
-		for _, mx := range mxs {
-			out = append(out, &dns.MX{Hdr: hdr(dns.TypeMX), Preference: mx.Pref, Mx: mx.Host})
-		}
-	case dns.TypeA, dns.TypeAAAA:
-		ips, err := a.r.LookupIPAddr(ctx, name)
-		if err != nil {
-			return nil, relayError(name, qtype, err)
-		}
-		for _, ip := range ips {
-			switch v4 := ip.IP.To4(); {
-			case v4 != nil && qtype == dns.TypeA:
-				out = append(out, &dns.A{Hdr: hdr(dns.TypeA), A: v4})
-			case v4 == nil && qtype == dns.TypeAAAA:
-				out = append(out, &dns.AAAA{Hdr: hdr(dns.TypeAAAA), AAAA: ip.IP})
-			}
-		}
-	default:
-		return nil, fmt.Errorf("%s %s: record type not supported by the shared resolver", dns.TypeToString[qtype], name)
-	}
-	return out, nil
+	return rrs, nil
 }
 
 // relayError wraps relay.ErrNXDomain for a name that does not exist.

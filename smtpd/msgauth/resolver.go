@@ -218,6 +218,15 @@ func (r *Resolver) logLookup(name string, qtype uint16, result string, answers i
 	r.log.Info("dns lookup", attrs...)
 }
 
+// Lookup returns the records of qtype at name, from the cache or the
+// servers: none when the name has none of that type, a *net.DNSError with
+// IsNotFound when the name does not exist. It is the one DNS client for
+// every record type (the relay's MX and address lookups, postern dns
+// check's CNAME and SRV).
+func (r *Resolver) Lookup(ctx context.Context, name string, qtype uint16) ([]dns.RR, error) {
+	return r.lookup(ctx, name, qtype)
+}
+
 // lookup answers from the cache or asks the servers in turn.
 func (r *Resolver) lookup(ctx context.Context, name string, qtype uint16) (rrs []dns.RR, err error) {
 	fqdn := dns.Fqdn(strings.ToLower(name))
