@@ -2,10 +2,12 @@ package imapd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -253,7 +255,9 @@ func TestSilentTLSClientIsDropped(t *testing.T) {
 	defer cancel()
 	env.srv.Shutdown(ctx)
 	c.SetReadDeadline(time.Now().Add(waitTimeout))
-	if _, err := io.ReadAll(c); err != nil {
+	// EOF or a reset: either way the server closed it (a reset when the
+	// close finds the handshake's state unfinished); a timeout is not.
+	if _, err := io.ReadAll(c); err != nil && !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("connection not closed by Shutdown: %v", err)
 	}
 }
