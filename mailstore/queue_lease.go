@@ -50,11 +50,15 @@ func (d *dialect) skipLocked() string {
 // first; limit 0: no limit) that no other owner holds a lease on, leases
 // them to owner until ttl from now, and returns them. Entries owner
 // already leases are taken again (their lease is extended), so that one
-// relay may look at the queue again while it delivers. On PostgreSQL the
-// entries are picked with SELECT ... FOR UPDATE SKIP LOCKED inside the
-// writer's transaction, so that Stores leasing at the same moment never
-// get the same entry; on SQLite the single writer serialises them.
-func (s *Store) QueueLease(ctx context.Context, due time.Time, limit int, owner string, ttl time.Duration) ([]QueueEntry, error) {
+// relay may look at the queue again while it delivers. Entries whose
+// domain (QueueEntry.Domain, compared exactly) is one of skipDomains are
+// left alone, leased or not: a relay names the domains whose delivery
+// job is running, so that it never holds entries it will not try now and
+// another frontend takes them instead. On PostgreSQL the entries are
+// picked with SELECT ... FOR UPDATE SKIP LOCKED inside the writer's
+// transaction, so that Stores leasing at the same moment never get the
+// same entry; on SQLite the single writer serialises them.
+func (s *Store) QueueLease(ctx context.Context, due time.Time, limit int, owner string, ttl time.Duration, skipDomains ...string) ([]QueueEntry, error) {
 	if owner == "" {
 		return nil, errors.New("lease queue entries: empty owner")
 	}
@@ -62,15 +66,17 @@ func (s *Store) QueueLease(ctx context.Context, due time.Time, limit int, owner 
 		limit = math.MaxInt32
 	}
 	ttl = max(ttl, minLeaseTTL)
+	skip, skipArgs := notInDomains(skipDomains)
 	var out []QueueEntry
 	err := s.w.do(ctx, func(t *wtx) error {
 		out = out[:0]
 		now := s.now()
+		args := append([]any{owner, now.Add(ttl).UnixNano(), due.UnixNano(), now.UnixNano(), owner}, skipArgs...)
+		args = append(args, limit)
 		rows, err := t.query(`UPDATE queue SET lease_owner = ?, lease_until = ?
-			WHERE id IN (SELECT id FROM queue WHERE next_attempt <= ? AND (lease_until < ? OR lease_owner = ?)
+			WHERE id IN (SELECT id FROM queue WHERE next_attempt <= ? AND (lease_until < ? OR lease_owner = ?)`+skip+`
 				ORDER BY next_attempt, id LIMIT ?`+s.d.skipLocked()+`)
-			RETURNING `+leaseColumns,
-			owner, now.Add(ttl).UnixNano(), due.UnixNano(), now.UnixNano(), owner, limit)
+			RETURNING `+leaseColumns, args...)
 		if err != nil {
 			return fmt.Errorf("lease queue entries for %s: %w", owner, err)
 		}
@@ -141,6 +147,19 @@ func (s *Store) QueueRelease(ctx context.Context, ids []int64, owner string) err
 		}
 		return nil
 	})
+}
+
+// notInDomains is the condition of QueueLease that leaves out the
+// entries of domains, with its arguments: "" and none when there are none.
+func notInDomains(domains []string) (string, []any) {
+	if len(domains) == 0 {
+		return "", nil
+	}
+	args := make([]any, len(domains))
+	for i, d := range domains {
+		args[i] = d
+	}
+	return " AND domain NOT IN (?" + strings.Repeat(", ?", len(domains)-1) + ")", args
 }
 
 // leaseUpdate runs set (an UPDATE of queue with one ? for arg) on those
@@ -216,15 +235,42 @@ func (s *Store) AcquireRelaySlot(ctx context.Context, domain string, limit int, 
 	return slot, ok, nil
 }
 
-// RenewRelaySlots extends to ttl from now every relay slot owner leases.
-func (s *Store) RenewRelaySlots(ctx context.Context, owner string, ttl time.Duration) error {
+// RelaySlot names one connection slot of a destination domain, as
+// AcquireRelaySlot gave it.
+type RelaySlot struct {
+	Domain string
+	Slot   int
+}
+
+// RenewRelaySlots extends to ttl from now the leases owner holds on the
+// slots named, and no others: a slot its holder lost track of (its
+// release failed) is not renewed and is free again when its lease ends.
+// It returns the slots named that owner no longer holds (released, or
+// lapsed and taken by another owner).
+func (s *Store) RenewRelaySlots(ctx context.Context, owner string, slots []RelaySlot, ttl time.Duration) (lost []RelaySlot, err error) {
+	if len(slots) == 0 {
+		return nil, nil
+	}
 	ttl = max(ttl, minLeaseTTL)
-	return s.w.do(ctx, func(t *wtx) error {
-		if _, err := t.exec("UPDATE relay_slots SET expires = ? WHERE owner = ?", s.now().Add(ttl).UnixNano(), owner); err != nil {
-			return fmt.Errorf("renew relay slots of %s: %w", owner, err)
+	err = s.w.do(ctx, func(t *wtx) error {
+		lost = lost[:0]
+		until := s.now().Add(ttl).UnixNano()
+		for _, sl := range slots {
+			res, err := t.exec("UPDATE relay_slots SET expires = ? WHERE domain = ? AND slot = ? AND owner = ?",
+				until, strings.ToLower(sl.Domain), sl.Slot, owner)
+			if err != nil {
+				return fmt.Errorf("renew relay slot %d of %s for %s: %w", sl.Slot, sl.Domain, owner, err)
+			}
+			if n, _ := res.RowsAffected(); n == 0 {
+				lost = append(lost, sl)
+			}
 		}
 		return nil
 	})
+	if err != nil {
+		return nil, err
+	}
+	return lost, nil
 }
 
 // ReleaseRelaySlot gives back a slot AcquireRelaySlot gave owner; a slot

@@ -231,8 +231,8 @@ func TestRelaySlots(t *testing.T) {
 	}
 	// a renews its remaining slot; b stops renewing (dies).
 	clock.add(ttl / 2)
-	if err := a.RenewRelaySlots(ctx, "a", ttl); err != nil {
-		t.Fatal(err)
+	if lost, err := a.RenewRelaySlots(ctx, "a", []RelaySlot{{"remote.test", held[1]}}, ttl); err != nil || len(lost) != 0 {
+		t.Fatalf("renew a's slot %d: lost %v, %v", held[1], lost, err)
 	}
 	clock.add(ttl/2 + time.Second)
 	var got []int
@@ -253,5 +253,97 @@ func TestRelaySlots(t *testing.T) {
 		if s == held[1] {
 			t.Fatalf("took a's renewed slot %d", s)
 		}
+	}
+}
+
+// RenewRelaySlots renews only the slots named: one the owner lost track
+// of (its release failed) lapses after its lease, though the owner
+// renews its others; and it says which named slots the owner no longer
+// holds.
+func TestRenewRelaySlotsNamedOnly(t *testing.T) {
+	ctx := context.Background()
+	clock := &leaseClock{now: time.Unix(1700000000, 0)}
+	s := leaseStores(t, 1, 0, clock)[0]
+	const ttl = time.Minute
+	kept, ok, err := s.AcquireRelaySlot(ctx, "remote.test", 2, "a", ttl)
+	if err != nil || !ok {
+		t.Fatalf("first slot: %v %v", ok, err)
+	}
+	leaked, ok, err := s.AcquireRelaySlot(ctx, "remote.test", 2, "a", ttl)
+	if err != nil || !ok {
+		t.Fatalf("second slot: %v %v", ok, err)
+	}
+	other, ok, err := s.AcquireRelaySlot(ctx, "Other.test", 1, "a", ttl)
+	if err != nil || !ok {
+		t.Fatalf("slot of other.test: %v %v", ok, err)
+	}
+	for range 3 {
+		clock.add(ttl / 2)
+		lost, err := s.RenewRelaySlots(ctx, "a", []RelaySlot{{"Remote.test", kept}, {"other.test", other}}, ttl)
+		if err != nil || len(lost) != 0 {
+			t.Fatalf("renew: lost %v, %v", lost, err)
+		}
+	}
+	// The leaked slot lapsed; the renewed ones did not.
+	slot, ok, err := s.AcquireRelaySlot(ctx, "remote.test", 2, "b", ttl)
+	if err != nil || !ok || slot != leaked {
+		t.Fatalf("b's slot %d %v %v, want the leaked slot %d", slot, ok, err, leaked)
+	}
+	if _, ok, err := s.AcquireRelaySlot(ctx, "remote.test", 2, "b", ttl); err != nil || ok {
+		t.Fatalf("a's renewed slot of remote.test taken: %v %v", ok, err)
+	}
+	if _, ok, err := s.AcquireRelaySlot(ctx, "other.test", 1, "b", ttl); err != nil || ok {
+		t.Fatalf("a's renewed slot of other.test taken: %v %v", ok, err)
+	}
+	// Named but no longer a's: reported lost, and left with b.
+	lost, err := s.RenewRelaySlots(ctx, "a", []RelaySlot{{"remote.test", kept}, {"remote.test", leaked}}, ttl)
+	if err != nil || len(lost) != 1 || lost[0] != (RelaySlot{"remote.test", leaked}) {
+		t.Fatalf("renew after the lapse: lost %v, %v", lost, err)
+	}
+	if lost, err := s.RenewRelaySlots(ctx, "a", nil, ttl); err != nil || len(lost) != 0 {
+		t.Fatalf("renew nothing: %v %v", lost, err)
+	}
+}
+
+// QueueLease leaves alone the entries of the domains it is told to skip,
+// whoever holds them, and leases the others as usual.
+func TestQueueLeaseSkipDomains(t *testing.T) {
+	ctx := context.Background()
+	clock := &leaseClock{now: time.Unix(1700000000, 0)}
+	s := leaseStores(t, 1, 3, clock)[0]
+	for i := range 2 {
+		if _, err := s.Deliver(ctx, "s@example.test", []string{fmt.Sprintf("o%d@other.test", i)}, testMessage(10+i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.Deliver(ctx, "s@example.test", []string{"t@third.test"}, testMessage(20)); err != nil {
+		t.Fatal(err)
+	}
+	const ttl = time.Minute
+	due := clock.Now().Add(time.Hour)
+	domains := func(es []QueueEntry) map[string]int {
+		m := map[string]int{}
+		for _, e := range es {
+			m[e.Domain]++
+		}
+		return m
+	}
+	got, err := s.QueueLease(ctx, due, 0, "a", ttl, "remote.test", "third.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := domains(got); len(got) != 2 || d["other.test"] != 2 {
+		t.Fatalf("leased %v skipping remote.test and third.test, want other.test's 2", d)
+	}
+	// a's own leases are skipped too, and the skipped entries are free.
+	got, err = s.QueueLease(ctx, due, 0, "a", ttl, "other.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := domains(got); len(got) != 4 || d["remote.test"] != 3 || d["third.test"] != 1 {
+		t.Fatalf("leased %v skipping other.test, want remote.test's 3 and third.test's 1", d)
+	}
+	if got, err := s.QueueLease(ctx, due, 0, "b", ttl); err != nil || len(got) != 0 {
+		t.Fatalf("b leased %d of a's entries: %v", len(got), err)
 	}
 }

@@ -13,10 +13,25 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/postern/postern/mailstore"
 )
+
+// leaseStore is what the relay asks of the store for its leases, its
+// connection slots and the end of an attempt: *mailstore.Store; tests put
+// a wrapper in Relay.q that makes some calls fail.
+type leaseStore interface {
+	QueueLease(ctx context.Context, due time.Time, limit int, owner string, ttl time.Duration, skipDomains ...string) ([]mailstore.QueueEntry, error)
+	QueueRenew(ctx context.Context, ids []int64, owner string, ttl time.Duration) ([]int64, error)
+	QueueRelease(ctx context.Context, ids []int64, owner string) error
+	QueueRemove(ctx context.Context, id int64) error
+	QueueDefer(ctx context.Context, id int64, next time.Time, lastError string, delayWarned bool) error
+	AcquireRelaySlot(ctx context.Context, domain string, limit int, owner string, ttl time.Duration) (int, bool, error)
+	RenewRelaySlots(ctx context.Context, owner string, slots []mailstore.RelaySlot, ttl time.Duration) ([]mailstore.RelaySlot, error)
+	ReleaseRelaySlot(ctx context.Context, domain string, slot int, owner string) error
+}
 
 const (
 	// defaultLeaseTTL outlasts a renewal interval (LeaseTTL/3) many times
@@ -29,6 +44,10 @@ const (
 	// slotWaitMax bounds the wait between two looks for a free connection
 	// slot of a domain whose slots other frontends hold.
 	slotWaitMax = 2 * time.Second
+	// maxSkipDomains bounds the domains QueueLease is told to leave out
+	// (the statement's parameters); entries of running jobs beyond them
+	// are leased and given back at once, as dispatch does for any.
+	maxSkipDomains = 500
 )
 
 // defaultLeaseOwner names this process, unique among the relays of a
@@ -59,14 +78,15 @@ func (r *Relay) releaseLeases(ctx context.Context, ids []int64) {
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), storeTimeout)
 	defer cancel()
-	if err := r.store.QueueRelease(ctx, ids, r.cfg.LeaseOwner); err != nil {
+	if err := r.q.QueueRelease(ctx, ids, r.cfg.LeaseOwner); err != nil {
 		// They lapse after LeaseTTL instead.
 		r.log.Warn("relay: cannot release queue leases", "entries", len(ids), "err", err)
 	}
 }
 
 // renewLeases renews, every LeaseTTL/3 until the returned stop is called,
-// the leases of the entries in running jobs and of the connection slots
+// the leases of the entries in running jobs and of those delivered but
+// not removed (whose removal it retries), and of the connection slots
 // held.
 func (r *Relay) renewLeases() (stop func()) {
 	done := make(chan struct{})
@@ -92,15 +112,25 @@ func (r *Relay) renewLeases() (stop func()) {
 
 func (r *Relay) renewOnce() {
 	r.mu.Lock()
-	ids := make([]int64, 0, len(r.leased))
+	ids := make([]int64, 0, len(r.leased)+len(r.unrecorded))
 	for id := range r.leased {
 		ids = append(ids, id)
 	}
-	slots := r.slotsHeld
+	var unrecorded []int64
+	for id := range r.unrecorded {
+		if !r.leased[id] {
+			ids = append(ids, id)
+		}
+		unrecorded = append(unrecorded, id)
+	}
+	slots := make([]mailstore.RelaySlot, 0, len(r.slotsHeld))
+	for sl := range r.slotsHeld {
+		slots = append(slots, sl)
+	}
 	r.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.LeaseTTL/3)
 	defer cancel()
-	lost, err := r.store.QueueRenew(ctx, ids, r.cfg.LeaseOwner, r.cfg.LeaseTTL)
+	lost, err := r.q.QueueRenew(ctx, ids, r.cfg.LeaseOwner, r.cfg.LeaseTTL)
 	if err != nil {
 		r.log.Warn("relay: cannot renew queue leases", "entries", len(ids), "err", err)
 	}
@@ -115,11 +145,24 @@ func (r *Relay) renewOnce() {
 		}
 	}
 	r.mu.Unlock()
-	if slots > 0 {
-		if err := r.store.RenewRelaySlots(ctx, r.cfg.LeaseOwner, r.cfg.LeaseTTL); err != nil {
-			r.log.Warn("relay: cannot renew connection slots", "slots", slots, "err", err)
+	// Delivered but not removed: try again.
+	r.retryRemovals(ctx, unrecorded)
+	// Only the slots this relay holds: one whose release failed is no
+	// longer among them and lapses after LeaseTTL.
+	lostSlots, err := r.q.RenewRelaySlots(ctx, r.cfg.LeaseOwner, slots, r.cfg.LeaseTTL)
+	if err != nil {
+		r.log.Warn("relay: cannot renew connection slots", "slots", len(slots), "err", err)
+	}
+	r.mu.Lock()
+	for _, sl := range lostSlots {
+		if r.slotsHeld[sl] > 0 {
+			// Lapsed (this process stalled) and maybe taken: the
+			// domain may get one connection more than its limit until
+			// this one closes.
+			r.log.Warn("relay: lease of a connection slot in use lost", "domain", sl.Domain, "slot", sl.Slot)
 		}
 	}
+	r.mu.Unlock()
 }
 
 // acquireSlot leases one of the connection slots of w's domain, waiting
@@ -130,10 +173,10 @@ func (r *Relay) acquireSlot(ctx context.Context, w *workList) (int, bool) {
 	wait := 50 * time.Millisecond
 	logged := false
 	for {
-		slot, ok, err := r.store.AcquireRelaySlot(ctx, w.domain, r.cfg.MaxConnsPerDomain, r.cfg.LeaseOwner, r.cfg.LeaseTTL)
+		slot, ok, err := r.q.AcquireRelaySlot(ctx, w.domain, r.cfg.MaxConnsPerDomain, r.cfg.LeaseOwner, r.cfg.LeaseTTL)
 		if ok {
 			r.mu.Lock()
-			r.slotsHeld++
+			r.slotsHeld[mailstore.RelaySlot{Domain: w.domain, Slot: slot}]++
 			r.mu.Unlock()
 			return slot, true
 		}
@@ -165,13 +208,32 @@ func (r *Relay) acquireSlot(ctx context.Context, w *workList) (int, bool) {
 
 // releaseSlot gives back a connection slot acquireSlot leased.
 func (r *Relay) releaseSlot(ctx context.Context, domain string, slot int) {
+	key := mailstore.RelaySlot{Domain: domain, Slot: slot}
 	r.mu.Lock()
-	r.slotsHeld--
+	if r.slotsHeld[key]--; r.slotsHeld[key] <= 0 {
+		delete(r.slotsHeld, key)
+	}
 	r.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), storeTimeout)
 	defer cancel()
-	if err := r.store.ReleaseRelaySlot(ctx, domain, slot, r.cfg.LeaseOwner); err != nil {
-		// It lapses after LeaseTTL instead.
+	if err := r.q.ReleaseRelaySlot(ctx, domain, slot, r.cfg.LeaseOwner); err != nil {
+		// No longer renewed (renewOnce): it lapses after LeaseTTL.
 		r.log.Warn("relay: cannot release a connection slot", "domain", domain, "slot", slot, "err", err)
 	}
+}
+
+// skipDomains are the domains whose jobs run, for QueueLease to leave
+// out: at most maxSkipDomains of them.
+func (r *Relay) skipDomains() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]string, 0, min(len(r.active), maxSkipDomains))
+	for d := range r.active {
+		if len(out) == maxSkipDomains {
+			break
+		}
+		out = append(out, d)
+	}
+	slices.Sort(out)
+	return out
 }

@@ -99,6 +99,60 @@ func TestRelaysShareQueue(t *testing.T) {
 	}
 }
 
+// The per-domain connection limit holds across relays: while one holds
+// every slot of a domain, another with entries for it opens no
+// connection and waits; then it delivers them.
+func TestRelaySlotsAcrossRelays(t *testing.T) {
+	d, mx := betaMX(t)
+	inData, release := mx.holdData(100)
+	limit := func(c *Config) { c.PollInterval = 20 * time.Millisecond; c.MaxConnsPerDomain = 2 }
+	a := newAlpha(t, d, mx.addr.Port(), limit)
+	b := newAlphaOn(t, a.store, a.clock, d, mx.addr.Port(), limit)
+	var subjects []string
+	for i := range 10 {
+		s := fmt.Sprintf("first %d", i)
+		submit(t, a.store, envelope("alice@alpha.test", "bob@beta.test"), s)
+		subjects = append(subjects, s)
+	}
+	runRelays(t, a)
+	for range 2 {
+		select {
+		case <-inData:
+		case <-time.After(30 * time.Second):
+			t.Fatal("relay a did not open its two connections")
+		}
+	}
+	// More mail for the domain: a, busy with it, leaves it to b.
+	for i := range 10 {
+		s := fmt.Sprintf("second %d", i)
+		submit(t, a.store, envelope("alice@alpha.test", "bob@beta.test"), s)
+		subjects = append(subjects, s)
+	}
+	a.relay.Kick()
+	stop := runRelays(t, b)
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(b.log.String(), "connection slot of the domain is taken") {
+		if time.Now().After(deadline) {
+			t.Fatal("relay b never waited for a connection slot")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if conns, active := mx.stats(); conns != 2 || active != 2 {
+		t.Fatalf("%d connections (%d at once) while relay a holds both slots of two, want 2", conns, active)
+	}
+	close(release)
+	waitQueueEmpty(t, a)
+	stop()
+	receivedOnce(t, mx, subjects)
+	if !strings.Contains(b.log.String(), "delivered") {
+		t.Error("relay b delivered nothing")
+	}
+}
+
+// A relay renews the leases of the entries it is delivering: an attempt
+// that outlasts LeaseTTL keeps them, and another relay on the store does
+// not send them too.
 func TestLeaseRenewedDuringLongAttempt(t *testing.T) {
 	d, mx := betaMX(t)
 	inData, release := mx.holdData(10)

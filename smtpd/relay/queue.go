@@ -40,9 +40,12 @@ type outcome struct {
 // finish records the attempts for tx's entries (s is the session that
 // made them, nil if none was opened): delivered entries leave the queue,
 // permanent failures and expired ones are reported to the sender and
-// leave it, the others wait for their next attempt. It reports whether all
-// the bookkeeping succeeded.
-func (r *Relay) finish(ctx context.Context, tx *transaction, res []attempt, s *session) bool {
+// leave it, the others wait for their next attempt. It returns the
+// entries whose outcome was decided (not those an attempt cut short by a
+// stop), and those of them whose bookkeeping failed: they keep their
+// leases, and this relay never tries again one that was delivered
+// (r.unrecorded).
+func (r *Relay) finish(ctx context.Context, tx *transaction, res []attempt, s *session) (settled, kept []int64) {
 	stopping := ctx.Err() != nil
 	// The bookkeeping runs even when the relay is stopping: a delivered
 	// message must leave the queue.
@@ -69,18 +72,20 @@ func (r *Relay) finish(ctx context.Context, tx *transaction, res []attempt, s *s
 			deferred, result = append(deferred, o), "deferred"
 		}
 		r.logAttempt(tx, o, s, result)
+		if result != "stopped" {
+			settled = append(settled, e.ID)
+		}
 	}
-	ok := true
 	if len(done) > 0 {
-		ok = r.delivered(ctx, tx, done, s) && ok
+		kept = append(kept, r.delivered(ctx, tx, done, s)...)
 	}
 	if len(failed) > 0 {
-		ok = r.failed(ctx, tx, failed, s) && ok
+		kept = append(kept, r.failed(ctx, tx, failed, s)...)
 	}
 	if len(deferred) > 0 {
-		ok = r.deferred(ctx, tx, deferred, s) && ok
+		kept = append(kept, r.deferred(ctx, tx, deferred, s)...)
 	}
-	if ok && !stopping {
+	if len(kept) == 0 && !stopping {
 		// Removed or deferred, their leases ended: no more renewals.
 		r.mu.Lock()
 		for _, e := range tx.entries {
@@ -88,13 +93,32 @@ func (r *Relay) finish(ctx context.Context, tx *transaction, res []attempt, s *s
 		}
 		r.mu.Unlock()
 	}
-	return ok
+	return settled, kept
+}
+
+// removeDone removes from the queue entries whose attempt is over for
+// good (delivered, or failed and reported), and returns those it could
+// not remove: they are in r.unrecorded, so that they are not tried again.
+func (r *Relay) removeDone(ctx context.Context, outcomes []outcome, what string) (kept []int64) {
+	for _, o := range outcomes {
+		if err := r.q.QueueRemove(ctx, o.e.ID); err != nil && !errors.Is(err, mailstore.ErrNotFound) {
+			// Kept leased and removed later (renewOnce); if this relay
+			// stops first, another frontend may try it again: a
+			// duplicate, not a loss.
+			r.log.Error("cannot remove "+what+" entry from the queue", "queue_id", o.e.ID, "err", err)
+			r.mu.Lock()
+			r.unrecorded[o.e.ID] = true
+			r.mu.Unlock()
+			kept = append(kept, o.e.ID)
+		}
+	}
+	return kept
 }
 
 // delivered removes delivered entries, after a "relayed" report to senders
 // who asked for success reports from a server that does not send them
 // (RFC 3461 4.1).
-func (r *Relay) delivered(ctx context.Context, tx *transaction, done []outcome, s *session) bool {
+func (r *Relay) delivered(ctx context.Context, tx *transaction, done []outcome, s *session) (kept []int64) {
 	var relayed []mime.DSNRecipient
 	for _, o := range done {
 		r.log.Info("delivered", "queue_id", o.e.ID, "from", o.e.Sender, "to", o.e.Recipient,
@@ -108,21 +132,14 @@ func (r *Relay) delivered(ctx context.Context, tx *transaction, done []outcome, 
 		// A report that cannot be stored is not worth a second delivery.
 		r.sendReport(ctx, tx, relayed, "relayed")
 	}
-	ok := true
-	for _, o := range done {
-		if err := r.store.QueueRemove(ctx, o.e.ID); err != nil && !errors.Is(err, mailstore.ErrNotFound) {
-			// The message will be sent again: a duplicate, not a loss.
-			r.log.Error("cannot remove delivered entry from the queue", "queue_id", o.e.ID, "err", err)
-			ok = false
-		}
-	}
-	return ok
+	return r.removeDone(ctx, done, "delivered")
 }
 
 // failed reports failed recipients to the sender in one report, then
 // removes their entries. Without a stored report the entries stay, so
 // that a failure is never silent, unless no report can ever be delivered.
-func (r *Relay) failed(ctx context.Context, tx *transaction, failed []outcome, s *session) bool {
+// It returns the entries whose bookkeeping failed.
+func (r *Relay) failed(ctx context.Context, tx *transaction, failed []outcome, s *session) (kept []int64) {
 	var report []mime.DSNRecipient
 	for _, o := range failed {
 		r.log.Info("failed", "queue_id", o.e.ID, "from", o.e.Sender, "to", o.e.Recipient,
@@ -146,25 +163,17 @@ func (r *Relay) failed(ctx context.Context, tx *transaction, failed []outcome, s
 			// Keep the entries and try again later: the delivery is
 			// attempted again, and fails again, and then the report.
 			next := r.cfg.Now().Add(r.cfg.RetryBase)
-			ok := true
 			for _, o := range failed {
 				msg := lastError(fmt.Errorf("failure report not stored (%v) for: %w", err, o.a.Err))
-				if err := r.store.QueueDefer(ctx, o.e.ID, next, msg, false); err != nil {
+				if err := r.q.QueueDefer(ctx, o.e.ID, next, msg, false); err != nil {
 					r.log.Error("cannot defer queue entry", "queue_id", o.e.ID, "err", err)
-					ok = false
+					kept = append(kept, o.e.ID)
 				}
 			}
-			return ok
+			return kept
 		}
 	}
-	ok := true
-	for _, o := range failed {
-		if err := r.store.QueueRemove(ctx, o.e.ID); err != nil && !errors.Is(err, mailstore.ErrNotFound) {
-			r.log.Error("cannot remove failed entry from the queue", "queue_id", o.e.ID, "err", err)
-			ok = false
-		}
-	}
-	return ok
+	return r.removeDone(ctx, failed, "failed")
 }
 
 // lostForGood reports whether a report failed to be stored for a reason
@@ -178,8 +187,9 @@ func lostForGood(err error) bool {
 var errCompose = errors.New("compose report")
 
 // deferred schedules the next attempt of entries that failed temporarily,
-// and warns their sender once when they have waited DelayWarning.
-func (r *Relay) deferred(ctx context.Context, tx *transaction, deferred []outcome, s *session) bool {
+// and warns their sender once when they have waited DelayWarning. It
+// returns the entries it could not defer.
+func (r *Relay) deferred(ctx context.Context, tx *transaction, deferred []outcome, s *session) (kept []int64) {
 	now := r.cfg.Now()
 	var warn []mime.DSNRecipient
 	warned := make(map[int64]bool)
@@ -200,19 +210,18 @@ func (r *Relay) deferred(ctx context.Context, tx *transaction, deferred []outcom
 			warned = nil // told next time
 		}
 	}
-	ok := true
 	for _, o := range deferred {
 		next := r.nextAttempt(o.e, now)
 		msg := lastError(o.a.Err)
-		if err := r.store.QueueDefer(ctx, o.e.ID, next, msg, warned[o.e.ID]); err != nil && !errors.Is(err, mailstore.ErrNotFound) {
+		if err := r.q.QueueDefer(ctx, o.e.ID, next, msg, warned[o.e.ID]); err != nil && !errors.Is(err, mailstore.ErrNotFound) {
 			r.log.Error("cannot defer queue entry", "queue_id", o.e.ID, "err", err)
-			ok = false
+			kept = append(kept, o.e.ID)
 			continue
 		}
 		r.log.Info("deferred", "queue_id", o.e.ID, "from", o.e.Sender, "to", o.e.Recipient,
 			"status", statusOf(o.a), "err", o.a.Err, "attempts", o.e.Attempts+1, "next", next)
 	}
-	return ok
+	return kept
 }
 
 // logAttempt writes the "relay attempt" line of the log vocabulary

@@ -179,6 +179,7 @@ const (
 type Relay struct {
 	cfg      Config
 	store    *mailstore.Store
+	q        leaseStore // store, for leases, slots and the end of attempts
 	log      *slog.Logger
 	resolver Resolver
 	kick     chan struct{}
@@ -186,10 +187,15 @@ type Relay struct {
 
 	mu        sync.Mutex
 	active    map[string]bool // domains with a delivery job running
-	busy      int             // queue entries in running jobs
 	leased    map[int64]bool  // queue entries in running jobs, whose leases are renewed
-	slotsHeld int             // connection slots leased in the store
-	tlsFailed map[netip.AddrPort]time.Time
+	// unrecorded are entries delivered (or failed and reported) whose
+	// removal from the queue failed: never tried again by this relay,
+	// their leases renewed while it runs and their removal retried
+	// (renewOnce); after a stop they lapse, and another frontend may
+	// deliver them again, a duplicate rather than a loss.
+	unrecorded map[int64]bool
+	slotsHeld  map[mailstore.RelaySlot]int // connection slots leased in the store
+	tlsFailed  map[netip.AddrPort]time.Time
 	localIPs  map[netip.Addr]bool // nil until needed
 	stsClient *http.Client        // fetches MTA-STS policies
 	jobs      sync.WaitGroup
@@ -251,10 +257,13 @@ func New(cfg Config, store *mailstore.Store) *Relay {
 		resolver:  cfg.Resolver,
 		kick:      make(chan struct{}, 1),
 		slots:     make(chan struct{}, cfg.MaxConns),
-		active:    make(map[string]bool),
-		leased:    make(map[int64]bool),
-		tlsFailed: make(map[netip.AddrPort]time.Time),
+		active:     make(map[string]bool),
+		leased:     make(map[int64]bool),
+		unrecorded: make(map[int64]bool),
+		slotsHeld:  make(map[mailstore.RelaySlot]int),
+		tlsFailed:  make(map[netip.AddrPort]time.Time),
 	}
+	r.q = store
 	if r.resolver == nil {
 		res, err := SystemResolver()
 		if err != nil {
@@ -301,6 +310,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			r.jobs.Wait()
+			r.logUnrecorded()
 			r.log.Info("relay stopped")
 			return nil
 		case <-tick.C:
@@ -319,21 +329,22 @@ func (r *Relay) RunOnce(ctx context.Context) error {
 	defer stop()
 	err := r.dispatch(ctx)
 	r.jobs.Wait()
+	if ctx.Err() != nil {
+		r.logUnrecorded()
+	}
 	return err
 }
 
 // dispatch starts one delivery job per domain that has due entries and no
-// job running. It leases the entries from the store: those of the running
-// jobs again (the same owner), which are skipped, and others, which no
-// other frontend works on until their lease ends.
+// job running. It leases the entries from the store, leaving out the
+// domains whose jobs run: their new entries are for another frontend to
+// take now, or for this one when the job ends.
 func (r *Relay) dispatch(ctx context.Context) error {
-	r.mu.Lock()
-	limit := maxBatch + r.busy
-	r.mu.Unlock()
-	entries, err := r.store.QueueLease(ctx, r.cfg.Now(), limit, r.cfg.LeaseOwner, r.cfg.LeaseTTL)
+	entries, err := r.q.QueueLease(ctx, r.cfg.Now(), maxBatch, r.cfg.LeaseOwner, r.cfg.LeaseTTL, r.skipDomains()...)
 	if err != nil {
 		return fmt.Errorf("relay: %w", err)
 	}
+	entries = r.removeUnrecorded(ctx, entries)
 	var skipped []int64 // leased now for a domain whose job runs: for the others
 	if r.cfg.Hold {
 		r.mu.Lock()
@@ -354,6 +365,7 @@ func (r *Relay) dispatch(ctx context.Context) error {
 	r.mu.Lock()
 	for _, e := range entries {
 		if r.active[e.Domain] {
+			// Past maxSkipDomains, or a job started since the lease.
 			if !r.leased[e.ID] {
 				skipped = append(skipped, e.ID)
 			}
@@ -366,7 +378,6 @@ func (r *Relay) dispatch(ctx context.Context) error {
 	}
 	for _, d := range domains {
 		r.active[d] = true
-		r.busy += len(byDomain[d])
 		for _, e := range byDomain[d] {
 			r.leased[e.ID] = true
 		}
@@ -379,28 +390,92 @@ func (r *Relay) dispatch(ctx context.Context) error {
 		r.jobs.Add(1)
 		go func(domain string, entries []mailstore.QueueEntry) {
 			defer r.jobs.Done()
-			clean := r.deliverDomain(ctx, domain, entries)
-			if ctx.Err() != nil {
-				// Stopping: entries not tried are free for the others at
-				// once (those tried were removed or deferred, which ended
-				// their leases).
-				r.releaseLeases(ctx, entryIDs(entries))
+			res := r.deliverDomain(ctx, domain, entries)
+			// Entries not tried (the relay is stopping, or a worker left
+			// them) are free for the others at once. Those tried were
+			// removed or deferred, which ended their leases; or their
+			// bookkeeping failed, and they keep their leases: released,
+			// one delivered but not removed would be sent again at once.
+			var untried []int64
+			for _, e := range entries {
+				if !res.settled[e.ID] {
+					untried = append(untried, e.ID)
+				}
+			}
+			if len(untried) > 0 && ctx.Err() == nil {
+				r.log.Error("relay: queue entries of a job left untried; given back", "domain", domain, "entries", len(untried))
+			}
+			r.releaseLeases(ctx, untried)
+			if len(res.kept) > 0 {
+				r.log.Warn("relay: queue bookkeeping failed; the entries keep their leases", "domain", domain,
+					"entries", len(res.kept), "lease_ttl", r.cfg.LeaseTTL)
 			}
 			r.mu.Lock()
 			delete(r.active, domain)
-			r.busy -= len(entries)
 			for _, e := range entries {
 				delete(r.leased, e.ID)
 			}
 			r.mu.Unlock()
 			// Entries for the domain queued meanwhile are due; but when
 			// the bookkeeping failed, the same entries would be: wait.
-			if clean {
+			if len(res.kept) == 0 {
 				r.Kick()
 			}
 		}(d, byDomain[d])
 	}
 	return nil
+}
+
+// removeUnrecorded retries the removal of the leased entries that were
+// delivered but not removed, and returns the others.
+func (r *Relay) removeUnrecorded(ctx context.Context, entries []mailstore.QueueEntry) []mailstore.QueueEntry {
+	r.mu.Lock()
+	n := len(r.unrecorded)
+	r.mu.Unlock()
+	if n == 0 {
+		return entries
+	}
+	var ids []int64
+	r.mu.Lock()
+	entries = slices.DeleteFunc(entries, func(e mailstore.QueueEntry) bool {
+		if r.unrecorded[e.ID] {
+			ids = append(ids, e.ID)
+			return true
+		}
+		return false
+	})
+	r.mu.Unlock()
+	r.retryRemovals(ctx, ids)
+	return entries
+}
+
+// retryRemovals removes from the queue entries of r.unrecorded.
+func (r *Relay) retryRemovals(ctx context.Context, ids []int64) {
+	for _, id := range ids {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), storeTimeout)
+		err := r.q.QueueRemove(sctx, id)
+		cancel()
+		if err != nil && !errors.Is(err, mailstore.ErrNotFound) {
+			r.log.Warn("relay: cannot remove delivered entry from the queue; retrying later", "queue_id", id, "err", err)
+			continue
+		}
+		r.mu.Lock()
+		delete(r.unrecorded, id)
+		r.mu.Unlock()
+		r.log.Info("relay: delivered entry removed from the queue at last", "queue_id", id)
+	}
+}
+
+// logUnrecorded says, as the relay stops, which delivered entries are
+// still queued: their leases lapse after LeaseTTL, and then another
+// frontend may send them again.
+func (r *Relay) logUnrecorded() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for id := range r.unrecorded {
+		r.log.Error("relay: stopping with a delivered entry still queued; another frontend may send it again after its lease",
+			"queue_id", id, "lease_ttl", r.cfg.LeaseTTL)
+	}
 }
 
 // transactions groups a domain's entries into transactions: one per
@@ -445,13 +520,26 @@ type workList struct {
 	live   int        // sessions open
 	down   *attempt   // why no connection could be opened, once that happened
 	sts    *stsPolicy // the domain's MTA-STS policy; nil: none
-	dirty  bool       // some bookkeeping failed
+	res    jobResult
 }
 
-func (w *workList) next() *transaction {
+// jobResult is what became of a job's entries.
+type jobResult struct {
+	settled map[int64]bool // tried: an outcome was decided (the others are given back)
+	kept    []int64        // settled, but their bookkeeping failed: they keep their leases
+}
+
+// next takes the next transaction, nil when there are none. A worker
+// with a session open (live) that finds none stops counting as live in
+// the same step, so that handBack never gives a transaction to a worker
+// that has already left.
+func (w *workList) next(live bool) *transaction {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if len(w.txs) == 0 {
+		if live {
+			w.live--
+		}
 		return nil
 	}
 	tx := w.txs[0]
@@ -459,10 +547,22 @@ func (w *workList) next() *transaction {
 	return tx
 }
 
-// deliverDomain delivers the due entries of one domain. It reports whether
-// all their bookkeeping was done.
-func (r *Relay) deliverDomain(ctx context.Context, domain string, entries []mailstore.QueueEntry) (clean bool) {
-	w := &workList{domain: domain, txs: transactions(domain, entries)}
+// handBack puts tx back for a connection of the job that is open, and
+// reports whether there is one; if not, the caller keeps tx.
+func (w *workList) handBack(tx *transaction) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.live == 0 {
+		return false
+	}
+	w.txs = append(w.txs, tx)
+	return true
+}
+
+// deliverDomain delivers the due entries of one domain, and says which it
+// tried and which of those kept their leases.
+func (r *Relay) deliverDomain(ctx context.Context, domain string, entries []mailstore.QueueEntry) jobResult {
+	w := &workList{domain: domain, txs: transactions(domain, entries), res: jobResult{settled: make(map[int64]bool)}}
 	hosts, route := r.route(ctx, domain)
 	if !route.failed() {
 		w.sts = r.stsPolicyFor(ctx, domain)
@@ -471,11 +571,9 @@ func (r *Relay) deliverDomain(ctx context.Context, domain string, entries []mail
 	if route.failed() {
 		r.log.Info("no route", "domain", domain, "err", route.Err, "permanent", route.Permanent)
 		for _, tx := range w.txs {
-			if !r.finish(ctx, tx, allSame(len(tx.entries), route), nil) {
-				w.dirty = true
-			}
+			r.record(ctx, w, tx, allSame(len(tx.entries), route), nil)
 		}
-		return !w.dirty
+		return w.res
 	}
 	var wg sync.WaitGroup
 	for range min(r.cfg.MaxConnsPerDomain, len(w.txs)) {
@@ -486,29 +584,40 @@ func (r *Relay) deliverDomain(ctx context.Context, domain string, entries []mail
 		}()
 	}
 	wg.Wait()
-	return !w.dirty
+	return w.res
 }
 
 // worker is one connection of a domain job: it takes transactions from w
-// until there are none, opening connections as needed.
+// until there are none, opening connections as needed. Each transaction
+// it takes is tried, or handed back to another open connection of the
+// job, or (when the relay stops) dropped untried for dispatch to give
+// back.
 func (r *Relay) worker(ctx context.Context, hosts []MXHost, w *workList) {
 	var s *session
 	var slot int // the domain's connection slot s holds
-	closeSession := func() {
-		if s != nil {
-			s.close()
-			<-r.slots
-			r.releaseSlot(ctx, w.domain, slot)
+	// closeSession ends s; counted: it still counts in w.live.
+	closeSession := func(counted bool) {
+		s.close()
+		<-r.slots
+		r.releaseSlot(ctx, w.domain, slot)
+		if counted {
 			w.mu.Lock()
 			w.live--
 			w.mu.Unlock()
-			s = nil
 		}
+		s = nil
 	}
-	defer closeSession()
+	defer func() {
+		if s != nil {
+			closeSession(true)
+		}
+	}()
 	for {
-		tx := w.next()
+		tx := w.next(s != nil)
 		if tx == nil {
+			if s != nil {
+				closeSession(false) // next stopped counting it
+			}
 			return
 		}
 		tx.started = time.Now()
@@ -517,7 +626,7 @@ func (r *Relay) worker(ctx context.Context, hosts []MXHost, w *workList) {
 			continue
 		}
 		if s != nil && (s.broken || s.sent >= r.cfg.MaxMessagesPerConn) {
-			closeSession()
+			closeSession(true)
 		}
 		if s == nil {
 			w.mu.Lock()
@@ -528,16 +637,19 @@ func (r *Relay) worker(ctx context.Context, hosts []MXHost, w *workList) {
 				continue
 			}
 			var got bool
-			if slot, got = r.acquireSlot(ctx, w); !got {
-				if ctx.Err() != nil {
-					continue
+			for {
+				if slot, got = r.acquireSlot(ctx, w); got || ctx.Err() != nil {
+					break
 				}
-				// Another connection of this job works (and the slots
-				// of the domain are taken): it takes this one too.
-				w.mu.Lock()
-				w.txs = append(w.txs, tx)
-				w.mu.Unlock()
-				return
+				// Another connection of this job works (and the slots of
+				// the domain are taken, or the store failed): it takes
+				// this one too. If it has just left, try again.
+				if w.handBack(tx) {
+					return
+				}
+			}
+			if !got {
+				continue
 			}
 			select {
 			case r.slots <- struct{}{}:
@@ -548,16 +660,15 @@ func (r *Relay) worker(ctx context.Context, hosts []MXHost, w *workList) {
 			var att attempt
 			s, att = r.connect(ctx, hosts, w.sts)
 			if att.failed() {
+				s = nil
 				<-r.slots
 				r.releaseSlot(ctx, w.domain, slot)
-				w.mu.Lock()
-				if w.live > 0 {
-					// Another connection works: it takes this one too
-					// (the server may limit connections per client).
-					w.txs = append(w.txs, tx)
-					w.mu.Unlock()
+				// Another connection works: it takes this one too (the
+				// server may limit connections per client).
+				if w.handBack(tx) {
 					return
 				}
+				w.mu.Lock()
 				w.down = &att
 				w.mu.Unlock()
 				r.record(ctx, w, tx, allSame(len(tx.entries), att), nil)
@@ -572,11 +683,13 @@ func (r *Relay) worker(ctx context.Context, hosts []MXHost, w *workList) {
 }
 
 func (r *Relay) record(ctx context.Context, w *workList, tx *transaction, res []attempt, s *session) {
-	if !r.finish(ctx, tx, res, s) {
-		w.mu.Lock()
-		w.dirty = true
-		w.mu.Unlock()
+	settled, kept := r.finish(ctx, tx, res, s)
+	w.mu.Lock()
+	for _, id := range settled {
+		w.res.settled[id] = true
 	}
+	w.res.kept = append(w.res.kept, kept...)
+	w.mu.Unlock()
 }
 
 // route returns the mail exchangers to try for domain, in order, without
