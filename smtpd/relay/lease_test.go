@@ -2,12 +2,16 @@ package relay
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"maps"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/postern/postern/mailstore"
 	"github.com/postern/postern/smtpd/msgauth/msgauthtest"
 )
 
@@ -213,5 +217,280 @@ func TestStoppingRelayReleasesLeases(t *testing.T) {
 	}
 	if !strings.Contains(b.log.String(), "delivered") {
 		t.Error("relay b delivered nothing")
+	}
+}
+
+// faultyStore is the relay's store with calls that fail when told, and a
+// record of what QueueLease gave.
+type faultyStore struct {
+	*mailstore.Store
+	mu          sync.Mutex
+	failRemove  int // QueueRemove calls to fail; negative: all
+	failRelease int // ReleaseRelaySlot calls to fail
+	failAcquire func() bool
+	leasedIDs   map[int64]int // times QueueLease gave each entry
+	leaseCalls  int
+}
+
+var errInjected = errors.New("injected store failure")
+
+func faulty(a *alpha) *faultyStore {
+	f := &faultyStore{Store: a.store, leasedIDs: map[int64]int{}}
+	a.relay.q = f
+	return f
+}
+
+func (f *faultyStore) QueueLease(ctx context.Context, due time.Time, limit int, owner string, ttl time.Duration, skip ...string) ([]mailstore.QueueEntry, error) {
+	got, err := f.Store.QueueLease(ctx, due, limit, owner, ttl, skip...)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.leaseCalls++
+	for _, e := range got {
+		f.leasedIDs[e.ID]++
+	}
+	return got, err
+}
+
+func (f *faultyStore) QueueRemove(ctx context.Context, id int64) error {
+	f.mu.Lock()
+	fail := f.failRemove != 0
+	if f.failRemove > 0 {
+		f.failRemove--
+	}
+	f.mu.Unlock()
+	if fail {
+		return fmt.Errorf("remove queue entry %d: %w", id, errInjected)
+	}
+	return f.Store.QueueRemove(ctx, id)
+}
+
+func (f *faultyStore) ReleaseRelaySlot(ctx context.Context, domain string, slot int, owner string) error {
+	f.mu.Lock()
+	fail := f.failRelease > 0
+	if fail {
+		f.failRelease--
+	}
+	f.mu.Unlock()
+	if fail {
+		return fmt.Errorf("release relay slot %d of %s: %w", slot, domain, errInjected)
+	}
+	return f.Store.ReleaseRelaySlot(ctx, domain, slot, owner)
+}
+
+func (f *faultyStore) AcquireRelaySlot(ctx context.Context, domain string, limit int, owner string, ttl time.Duration) (int, bool, error) {
+	f.mu.Lock()
+	fail := f.failAcquire != nil && f.failAcquire()
+	f.mu.Unlock()
+	if fail {
+		return 0, false, fmt.Errorf("acquire relay slot of %s: %w", domain, errInjected)
+	}
+	return f.Store.AcquireRelaySlot(ctx, domain, limit, owner, ttl)
+}
+
+func (f *faultyStore) stats() (calls int, leased map[int64]int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.leaseCalls, maps.Clone(f.leasedIDs)
+}
+
+// A relay busy with a domain never leases the domain's new entries, not
+// even for a moment: they stay free for another frontend at every poll.
+func TestBusyRelayLeavesNewEntries(t *testing.T) {
+	d, mx := betaMX(t)
+	inData, release := mx.holdData(100)
+	a := newAlpha(t, d, mx.addr.Port(), func(c *Config) { c.PollInterval = 10 * time.Millisecond; c.MaxConnsPerDomain = 1 })
+	f := faulty(a)
+	subjects := []string{"busy first"}
+	submit(t, a.store, envelope("alice@alpha.test", "bob@beta.test"), subjects[0])
+	stop := runRelays(t, a)
+	select {
+	case <-inData:
+	case <-time.After(30 * time.Second):
+		t.Fatal("relay a never sent")
+	}
+	first := queue(t, a.store)
+	if len(first) != 1 {
+		t.Fatalf("%d entries queued, want 1", len(first))
+	}
+	for i := range 5 {
+		s := fmt.Sprintf("busy second %d", i)
+		submit(t, a.store, envelope("alice@alpha.test", "bob@beta.test"), s)
+		subjects = append(subjects, s)
+	}
+	var fresh []int64
+	for _, e := range queue(t, a.store) {
+		if e.ID != first[0].ID {
+			fresh = append(fresh, e.ID)
+		}
+	}
+	calls0, _ := f.stats()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		a.relay.Kick()
+		calls, _ := f.stats()
+		if calls >= calls0+10 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("relay a stopped looking at the queue")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	_, leased := f.stats()
+	for _, id := range fresh {
+		if leased[id] > 0 {
+			t.Errorf("entry %d of the busy domain leased %d times by the busy relay", id, leased[id])
+		}
+	}
+	close(release)
+	waitQueueEmpty(t, a)
+	stop()
+	receivedOnce(t, mx, subjects)
+}
+
+// A connection slot whose release failed is no longer renewed with the
+// slots the relay still holds: it lapses after LeaseTTL.
+func TestLeakedSlotLapses(t *testing.T) {
+	d, mx := betaMX(t)
+	a := newAlpha(t, d, mx.addr.Port(), func(c *Config) { c.MaxConnsPerDomain = 1; c.LeaseTTL = time.Minute })
+	f := faulty(a)
+	f.failRelease = 1
+	ctx := context.Background()
+	// A slot of another domain the relay holds (a connection open there).
+	if _, ok := a.relay.acquireSlot(ctx, &workList{domain: "held.test"}); !ok {
+		t.Fatal("no slot of held.test")
+	}
+	submit(t, a.store, envelope("alice@alpha.test", "bob@beta.test"), "leaked slot")
+	a.runOnce(t)
+	if !strings.Contains(a.log.String(), "cannot release a connection slot") {
+		t.Fatalf("the slot release did not fail:\n%s", a.log.String())
+	}
+	for range 3 {
+		a.clock.Advance(a.relay.cfg.LeaseTTL / 2)
+		a.relay.renewOnce()
+	}
+	if _, ok, err := a.store.AcquireRelaySlot(ctx, "beta.test", 1, "other", time.Minute); err != nil || !ok {
+		t.Errorf("beta.test's leaked slot still held after 1.5 LeaseTTL: %v %v", ok, err)
+	}
+	if _, ok, err := a.store.AcquireRelaySlot(ctx, "held.test", 1, "other", time.Minute); err != nil || ok {
+		t.Errorf("held.test's slot, held and renewed, was free: %v %v", ok, err)
+	}
+}
+
+// An entry delivered but not removed (the store failed) is not sent
+// again by the relay: its next look at the queue removes it.
+func TestDeliveredNotRemovedNotSentAgain(t *testing.T) {
+	d, mx := betaMX(t)
+	a := newAlpha(t, d, mx.addr.Port())
+	f := faulty(a)
+	f.failRemove = 1
+	submit(t, a.store, envelope("alice@alpha.test", "bob@beta.test"), "remove failed")
+	a.runOnce(t)
+	if q := queue(t, a.store); len(q) != 1 || q[0].LeaseOwner != a.relay.cfg.LeaseOwner {
+		t.Fatalf("after the failed removal: queue %+v, want the entry leased by the relay", q)
+	}
+	a.runOnce(t)
+	a.runOnce(t)
+	if q := queue(t, a.store); len(q) != 0 {
+		t.Errorf("%d entries queued, want the delivered one removed", len(q))
+	}
+	receivedOnce(t, mx, []string{"remove failed"})
+}
+
+// A stopping relay gives back only the entries it did not try: one
+// delivered whose removal failed keeps its lease, so that another
+// frontend does not send it again at once.
+func TestStopKeepsLeaseOfDeliveredEntry(t *testing.T) {
+	d, mx := betaMX(t)
+	inData, release := make(chan struct{}, 10), make(chan struct{})
+	var n atomic.Int32
+	mx.mu.Lock()
+	mx.onData = func() {
+		if n.Add(1) >= 2 {
+			inData <- struct{}{}
+			<-release
+		}
+	}
+	mx.mu.Unlock()
+	one := func(c *Config) { c.MaxConnsPerDomain = 1 }
+	a := newAlpha(t, d, mx.addr.Port(), one) // the store's clock stands still: no lease lapses
+	b := newAlphaOn(t, a.store, a.clock, d, mx.addr.Port(), one)
+	f := faulty(a)
+	f.failRemove = -1
+	for i := range 3 {
+		submit(t, a.store, envelope("alice@alpha.test", "bob@beta.test"), fmt.Sprintf("kept %d", i))
+	}
+	stop := runRelays(t, a)
+	select {
+	case <-inData:
+	case <-time.After(30 * time.Second):
+		t.Fatal("relay a never sent its second message")
+	}
+	stop()
+	close(release)
+	b.runOnce(t)
+	q := queue(t, a.store)
+	if len(q) != 1 || q[0].LeaseOwner != a.relay.cfg.LeaseOwner {
+		t.Fatalf("queue after relay b's run: %+v; want only the delivered entry, leased by relay a", q)
+	}
+	count := 0
+	for _, r := range mx.received() {
+		if strings.Contains(string(r.data), "Subject: kept 0\r\n") {
+			count++
+		}
+	}
+	if count != 1 {
+		t.Errorf("the entry delivered before the stop was received %d times, want once", count)
+	}
+	if !strings.Contains(a.log.String(), "stopping with a delivered entry still queued") {
+		t.Errorf("relay a did not log the entry it kept:\n%s", a.log.String())
+	}
+	// Its lease lapses: then it is another frontend's (a duplicate).
+	a.clock.Advance(a.relay.cfg.LeaseTTL + time.Second)
+	b.runOnce(t)
+	if q := queue(t, a.store); len(q) != 0 {
+		t.Errorf("%d entries queued after the lease lapsed", len(q))
+	}
+}
+
+// Whatever the store answers when a connection slot is asked for, every
+// transaction of a job is tried in that job: none is left leased for a
+// later look at the queue.
+func TestSlotFailuresStrandNothing(t *testing.T) {
+	d, mx := betaMX(t)
+	a := newAlpha(t, d, mx.addr.Port(), func(c *Config) { c.MaxConnsPerDomain = 4; c.MaxMessagesPerConn = 2 })
+	f := faulty(a)
+	var calls int
+	f.failAcquire = func() bool { calls++; return calls%2 == 0 }
+	var subjects []string
+	for i := range 40 {
+		s := fmt.Sprintf("strand %d", i)
+		submit(t, a.store, envelope("alice@alpha.test", "bob@beta.test"), s)
+		subjects = append(subjects, s)
+	}
+	a.runOnce(t)
+	if q := queue(t, a.store); len(q) != 0 {
+		t.Fatalf("%d entries left after one run", len(q))
+	}
+	if strings.Contains(a.log.String(), "left untried") {
+		t.Errorf("a job left transactions untried:\n%s", a.log.String())
+	}
+	receivedOnce(t, mx, subjects)
+}
+
+// next and handBack agree: once the last open connection of a job has
+// found the list empty, nothing is handed back to it.
+func TestWorkListHandBack(t *testing.T) {
+	w := &workList{domain: "beta.test", live: 1}
+	tx := &transaction{domain: "beta.test"}
+	if w.next(true) != nil || w.live != 0 {
+		t.Fatalf("empty list: live %d after the last live worker left", w.live)
+	}
+	if w.handBack(tx) {
+		t.Fatal("handed back to a job with no open connection")
+	}
+	w.live = 1
+	if !w.handBack(tx) || w.next(true) != tx || w.live != 1 {
+		t.Fatalf("hand back to the open connection: live %d, txs %d", w.live, len(w.txs))
 	}
 }

@@ -185,9 +185,9 @@ type Relay struct {
 	kick     chan struct{}
 	slots    chan struct{} // one per open connection, MaxConns in all
 
-	mu        sync.Mutex
-	active    map[string]bool // domains with a delivery job running
-	leased    map[int64]bool  // queue entries in running jobs, whose leases are renewed
+	mu     sync.Mutex
+	active map[string]bool // domains with a delivery job running
+	leased map[int64]bool  // queue entries in running jobs, whose leases are renewed
 	// unrecorded are entries delivered (or failed and reported) whose
 	// removal from the queue failed: never tried again by this relay,
 	// their leases renewed while it runs and their removal retried
@@ -196,9 +196,9 @@ type Relay struct {
 	unrecorded map[int64]bool
 	slotsHeld  map[mailstore.RelaySlot]int // connection slots leased in the store
 	tlsFailed  map[netip.AddrPort]time.Time
-	localIPs  map[netip.Addr]bool // nil until needed
-	stsClient *http.Client        // fetches MTA-STS policies
-	jobs      sync.WaitGroup
+	localIPs   map[netip.Addr]bool // nil until needed
+	stsClient  *http.Client        // fetches MTA-STS policies
+	jobs       sync.WaitGroup
 }
 
 // New returns a relay for the queue of store.
@@ -251,12 +251,12 @@ func New(cfg Config, store *mailstore.Store) *Relay {
 		cfg.MaxMessagesPerConn = defaultMaxMessagesPerConn
 	}
 	r := &Relay{
-		cfg:       cfg,
-		store:     store,
-		log:       cfg.Logger,
-		resolver:  cfg.Resolver,
-		kick:      make(chan struct{}, 1),
-		slots:     make(chan struct{}, cfg.MaxConns),
+		cfg:        cfg,
+		store:      store,
+		log:        cfg.Logger,
+		resolver:   cfg.Resolver,
+		kick:       make(chan struct{}, 1),
+		slots:      make(chan struct{}, cfg.MaxConns),
 		active:     make(map[string]bool),
 		leased:     make(map[int64]bool),
 		unrecorded: make(map[int64]bool),
