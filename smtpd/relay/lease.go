@@ -7,6 +7,15 @@ package relay
 // slots leased in the store (mailstore.AcquireRelaySlot). A frontend that
 // dies stops renewing: its entries and slots are free again after
 // LeaseTTL, and its entries are then delivered by the others.
+//
+// A relay leases no entry of a domain whose job it runs (QueueLease's
+// skipDomains): new mail for a busy domain is for another frontend, or
+// for this one when the job ends. It renews only the slots it holds, so
+// that one whose release failed lapses. An entry delivered but not
+// removed (the store failed) is never tried again by this relay: it keeps
+// the lease while the relay runs and its removal is retried; after a stop
+// the lease lapses, and another frontend may send it again (a duplicate,
+// logged, rather than a loss).
 
 import (
 	"context"
