@@ -70,15 +70,6 @@ func defaultLeaseOwner() string {
 	return fmt.Sprintf("%s:%d/%s", host, os.Getpid(), newID())
 }
 
-// entryIDs are the IDs of entries.
-func entryIDs(entries []mailstore.QueueEntry) []int64 {
-	ids := make([]int64, len(entries))
-	for i, e := range entries {
-		ids[i] = e.ID
-	}
-	return ids
-}
-
 // releaseLeases gives back the leases of entries the relay will not try
 // now, so that another frontend may.
 func (r *Relay) releaseLeases(ctx context.Context, ids []int64) {

@@ -456,13 +456,13 @@ func (r *Relay) retryRemovals(ctx context.Context, ids []int64) {
 		err := r.q.QueueRemove(sctx, id)
 		cancel()
 		if err != nil && !errors.Is(err, mailstore.ErrNotFound) {
-			r.log.Warn("relay: cannot remove delivered entry from the queue; retrying later", "queue_id", id, "err", err)
+			r.log.Warn("relay: cannot remove a finished entry from the queue; retrying later", "queue_id", id, "err", err)
 			continue
 		}
 		r.mu.Lock()
 		delete(r.unrecorded, id)
 		r.mu.Unlock()
-		r.log.Info("relay: delivered entry removed from the queue at last", "queue_id", id)
+		r.log.Info("relay: finished entry removed from the queue at last", "queue_id", id)
 	}
 }
 
@@ -473,7 +473,7 @@ func (r *Relay) logUnrecorded() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for id := range r.unrecorded {
-		r.log.Error("relay: stopping with a delivered entry still queued; another frontend may send it again after its lease",
+		r.log.Error("relay: stopping with a delivered or reported entry still queued; another frontend may try it again after its lease",
 			"queue_id", id, "lease_ttl", r.cfg.LeaseTTL)
 	}
 }
@@ -663,12 +663,14 @@ func (r *Relay) worker(ctx context.Context, hosts []MXHost, w *workList) {
 				s = nil
 				<-r.slots
 				r.releaseSlot(ctx, w.domain, slot)
-				// Another connection works: it takes this one too (the
-				// server may limit connections per client).
-				if w.handBack(tx) {
+				w.mu.Lock()
+				if w.live > 0 {
+					// Another connection works: it takes this one too
+					// (the server may limit connections per client).
+					w.txs = append(w.txs, tx)
+					w.mu.Unlock()
 					return
 				}
-				w.mu.Lock()
 				w.down = &att
 				w.mu.Unlock()
 				r.record(ctx, w, tx, allSame(len(tx.entries), att), nil)
