@@ -139,9 +139,11 @@ func (r *Relay) renewOnce() {
 		// Delivered, deferred or failed since the list was taken: its
 		// lease ended with it. Still in a job: its lease lapsed (this
 		// process stalled for LeaseTTL) and another frontend may try it
-		// too; a duplicate, not a loss.
-		if r.leased[id] {
+		// too. If its attempt has started, a duplicate, not a loss; if
+		// not, the job leaves it alone (withoutLostLeases).
+		if r.leased[id] && !r.lostLease[id] {
 			r.log.Warn("relay: lease of a queue entry in progress lost", "queue_id", id)
+			r.lostLease[id] = true
 		}
 	}
 	r.mu.Unlock()

@@ -494,3 +494,57 @@ func TestWorkListHandBack(t *testing.T) {
 		t.Fatalf("hand back to the open connection: live %d, txs %d", w.live, len(w.txs))
 	}
 }
+
+// Entries of a running job whose leases were lost (another frontend
+// holds them now) are not started by the job: only the one in progress
+// when the leases were lost goes out.
+func TestLostLeaseNotStarted(t *testing.T) {
+	d, mx := betaMX(t)
+	inData, release := mx.holdData(10)
+	a := newAlpha(t, d, mx.addr.Port(), func(c *Config) { c.MaxConnsPerDomain = 1 })
+	ctx := context.Background()
+	for i := range 3 {
+		submit(t, a.store, envelope("alice@alpha.test", "bob@beta.test"), fmt.Sprintf("lost %d", i))
+	}
+	stop := runRelays(t, a)
+	select {
+	case <-inData:
+	case <-time.After(30 * time.Second):
+		t.Fatal("relay a never sent")
+	}
+	// The job tries its entries in order: the first is in progress. The
+	// others pass to another owner, as after a stall of LeaseTTL.
+	q := queue(t, a.store)
+	if len(q) != 3 {
+		t.Fatalf("%d entries queued, want 3", len(q))
+	}
+	others := []int64{q[1].ID, q[2].ID}
+	if err := a.store.QueueRelease(ctx, others, a.relay.cfg.LeaseOwner); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := a.store.QueueLease(ctx, a.clock.Now(), 0, "thief", time.Hour); err != nil || len(got) != 2 {
+		t.Fatalf("thief leased %d: %v", len(got), err)
+	}
+	a.relay.renewOnce()
+	close(release)
+	deadline := time.Now().Add(30 * time.Second)
+	for strings.Count(a.log.String(), "not trying a queue entry whose lease was lost") < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("relay a never skipped the entries it lost")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for len(queue(t, a.store)) != 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d entries queued, want the thief's 2", len(queue(t, a.store)))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	stop()
+	receivedOnce(t, mx, []string{"lost 0"})
+	for _, e := range queue(t, a.store) {
+		if e.LeaseOwner != "thief" {
+			t.Errorf("entry %d leased by %q, want the thief", e.ID, e.LeaseOwner)
+		}
+	}
+}

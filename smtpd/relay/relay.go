@@ -194,11 +194,15 @@ type Relay struct {
 	// (renewOnce); after a stop they lapse, and another frontend may
 	// deliver them again, a duplicate rather than a loss.
 	unrecorded map[int64]bool
-	slotsHeld  map[mailstore.RelaySlot]int // connection slots leased in the store
-	tlsFailed  map[netip.AddrPort]time.Time
-	localIPs   map[netip.Addr]bool // nil until needed
-	stsClient  *http.Client        // fetches MTA-STS policies
-	jobs       sync.WaitGroup
+	// lostLease are entries of running jobs whose leases renewOnce
+	// found lost (a stall outlasted LeaseTTL): another frontend may be
+	// trying them, so this one does not start them.
+	lostLease map[int64]bool
+	slotsHeld map[mailstore.RelaySlot]int // connection slots leased in the store
+	tlsFailed map[netip.AddrPort]time.Time
+	localIPs  map[netip.Addr]bool // nil until needed
+	stsClient *http.Client        // fetches MTA-STS policies
+	jobs      sync.WaitGroup
 }
 
 // New returns a relay for the queue of store.
@@ -260,6 +264,7 @@ func New(cfg Config, store *mailstore.Store) *Relay {
 		active:     make(map[string]bool),
 		leased:     make(map[int64]bool),
 		unrecorded: make(map[int64]bool),
+		lostLease:  make(map[int64]bool),
 		slotsHeld:  make(map[mailstore.RelaySlot]int),
 		tlsFailed:  make(map[netip.AddrPort]time.Time),
 	}
@@ -414,6 +419,7 @@ func (r *Relay) dispatch(ctx context.Context) error {
 			delete(r.active, domain)
 			for _, e := range entries {
 				delete(r.leased, e.ID)
+				delete(r.lostLease, e.ID)
 			}
 			r.mu.Unlock()
 			// Entries for the domain queued meanwhile are due; but when
@@ -620,6 +626,9 @@ func (r *Relay) worker(ctx context.Context, hosts []MXHost, w *workList) {
 			}
 			return
 		}
+		if tx = r.withoutLostLeases(w, tx); tx == nil {
+			continue
+		}
 		tx.started = time.Now()
 		if ctx.Err() != nil {
 			// Stopping: the entry stays due and is tried at the next start.
@@ -682,6 +691,42 @@ func (r *Relay) worker(ctx context.Context, hosts []MXHost, w *workList) {
 		}
 		r.record(ctx, w, tx, s.send(ctx, tx), s)
 	}
+}
+
+// withoutLostLeases drops from tx the entries whose leases were lost,
+// which another frontend may be delivering, and returns what is left of
+// it (nil: nothing). They count as settled: they are not this relay's to
+// give back.
+func (r *Relay) withoutLostLeases(w *workList, tx *transaction) *transaction {
+	r.mu.Lock()
+	var lost []mailstore.QueueEntry
+	if len(r.lostLease) > 0 {
+		kept := tx.entries[:0:0]
+		for _, e := range tx.entries {
+			if r.lostLease[e.ID] {
+				lost = append(lost, e)
+			} else {
+				kept = append(kept, e)
+			}
+		}
+		tx.entries = kept
+	}
+	r.mu.Unlock()
+	if len(lost) == 0 {
+		return tx
+	}
+	w.mu.Lock()
+	for _, e := range lost {
+		w.res.settled[e.ID] = true
+	}
+	w.mu.Unlock()
+	for _, e := range lost {
+		r.log.Warn("relay: not trying a queue entry whose lease was lost", "queue_id", e.ID, "domain", w.domain)
+	}
+	if len(tx.entries) == 0 {
+		return nil
+	}
+	return tx
 }
 
 func (r *Relay) record(ctx context.Context, w *workList, tx *transaction, res []attempt, s *session) {
