@@ -91,8 +91,8 @@ type session struct {
 	pendingUser string // the name from USER, as seen by the command after it
 
 	account   mailstore.User
-	locked    bool   // this session holds account's maildrop lock
-	lease     func() // ends the store's lease on the maildrop; nil when none
+	locked    bool           // this session holds account's maildrop lock
+	lease     *maildropLease // the store's lease on the maildrop; nil when none
 	drop      *maildrop
 	retrieved int
 	deleted   int
@@ -282,6 +282,9 @@ func (sess *session) dispatch(line []byte) {
 		return
 	}
 	cmd, found := commands[name]
+	if sess.state == stateTransaction && !sess.leaseHeld() {
+		return
+	}
 	switch {
 	case !found:
 		sess.send(errUnknownCommand)
@@ -290,6 +293,25 @@ func (sess *session) dispatch(line []byte) {
 	default:
 		cmd.run(sess, arg)
 	}
+}
+
+// leaseHeld checks, before a command in TRANSACTION, that the maildrop
+// is still this session's across frontends. When it is not, the session
+// answers -ERR [IN-USE] and ends without UPDATE: its marks are dropped
+// (RFC 1939 section 8: the maildrop is locked for the session, and another
+// session may have seen or changed it since).
+func (sess *session) leaseHeld() bool {
+	if sess.lease == nil {
+		return true
+	}
+	err := sess.lease.held()
+	if err == nil {
+		return true
+	}
+	sess.log.Error("maildrop lease lost", "user", sess.account.Address, "err", err)
+	sess.send(errLeaseLost)
+	sess.done = true
+	return false
 }
 
 // send queues a status line; it is flushed before the next read.
@@ -384,7 +406,7 @@ func (sess *session) end() {
 
 func (sess *session) releaseLock() {
 	if sess.lease != nil {
-		sess.lease()
+		sess.lease.end()
 		sess.lease = nil
 	}
 	if sess.locked {
