@@ -71,6 +71,9 @@ type WebConfig struct {
 	// out every console session of that user. Nil: sessions outlive a
 	// password change until logout, SessionIdle or SessionMax.
 	PasswordStamp func(ctx context.Context, address string) ([]byte, error)
+
+	// keepAlive, when set (tests), replaces the const keepAlive.
+	keepAlive time.Duration
 }
 
 // SubmitFunc sends msg from the authenticated user as envelope sender from
@@ -165,6 +168,9 @@ func newWeb(cfg WebConfig) *web {
 	}
 	key := make([]byte, 32)
 	rand.Read(key) // never fails (crypto/rand)
+	if cfg.keepAlive <= 0 {
+		cfg.keepAlive = keepAlive
+	}
 	return &web{cfg: cfg, logins: l, now: time.Now, stampKey: key, stop: make(chan struct{}),
 		sessions: make(map[string]*webSession), streams: make(map[string]int)}
 }
@@ -218,6 +224,12 @@ type user struct {
 
 // session returns the request's session and its user, or nils.
 func (s *Server) session(r *http.Request) (*webSession, *user) {
+	return s.lookup(r, true)
+}
+
+// lookup is session; touch counts the request as the session's activity
+// (an open event stream checking its session again does not).
+func (s *Server) lookup(r *http.Request, touch bool) (*webSession, *user) {
 	c, err := r.Cookie(sessionCookie)
 	if err != nil || len(c.Value) > 100 {
 		return nil, nil
@@ -231,7 +243,7 @@ func (s *Server) session(r *http.Request) (*webSession, *user) {
 		delete(wb.sessions, key)
 		ws = nil
 	}
-	if ws != nil {
+	if ws != nil && touch {
 		ws.lastSeen = now
 	}
 	var sc webSession

@@ -5,11 +5,13 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/postern/postern/mailstore"
 )
@@ -42,8 +44,9 @@ func storedHashStamp(t *testing.T, st *mailstore.Store, reads *atomic.Int64) fun
 
 // TestConsolePasswordChangeEndsSessions: changing a user's password ends
 // every console session of theirs (two browsers here): the next request
-// is sent to the login page (a GET) or refused with 401 (the API). Other
-// users' sessions go on, and a login with the new password works.
+// is sent to the login page (a GET) or refused with 401 (the API), and an
+// open event stream ends. Other users' sessions go on, and a login with
+// the new password works.
 func TestConsolePasswordChangeEndsSessions(t *testing.T) {
 	var reads atomic.Int64
 	var e *webEnv
@@ -51,6 +54,7 @@ func TestConsolePasswordChangeEndsSessions(t *testing.T) {
 		c.PasswordStamp = func(ctx context.Context, address string) ([]byte, error) {
 			return e.stamp(ctx, address)
 		}
+		c.keepAlive = 100 * time.Millisecond
 	})
 	e.stamp = storedHashStamp(t, e.store, &reads)
 	ctx := context.Background()
@@ -75,9 +79,36 @@ func TestConsolePasswordChangeEndsSessions(t *testing.T) {
 	if reads.Load() == 0 {
 		t.Fatal("the console never read the password stamp")
 	}
+	// An event stream open in bob's first browser, and one in alice's.
+	streamEnded := func(b *browser) <-chan struct{} {
+		t.Helper()
+		req, _ := http.NewRequest("GET", e.base+"/api/events", nil)
+		resp, err := b.c.Do(req)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("open event stream: %v %v", resp, err)
+		}
+		ended := make(chan struct{})
+		go func() {
+			defer close(ended)
+			defer resp.Body.Close()
+			io.Copy(io.Discard, resp.Body)
+		}()
+		return ended
+	}
+	bobStream, aliceStream := streamEnded(bobs[0]), streamEnded(alice)
 
 	if err := e.store.SetPassword(ctx, "bob@example.test", "a brand new password"); err != nil {
 		t.Fatal(err)
+	}
+	select {
+	case <-bobStream:
+	case <-time.After(10 * time.Second):
+		t.Error("bob's event stream still open 10s after his password changed")
+	}
+	select {
+	case <-aliceStream:
+		t.Error("alice's event stream ended with bob's password change")
+	default:
 	}
 	if code, hdr, _ := bobs[0].do("GET", "/mail?box=INBOX", nil, nil); code != http.StatusSeeOther || !strings.HasPrefix(hdr.Get("Location"), "/login") {
 		t.Errorf("bob's first browser after the password change: %d %q, want a redirect to /login", code, hdr.Get("Location"))
