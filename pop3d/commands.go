@@ -568,9 +568,7 @@ func (sess *session) update() {
 	// nothing. From here on the lease is never given back for a moment.
 	until, err := sess.lease.hold()
 	if err != nil {
-		sess.log.Error("maildrop lease lost", "user", sess.account.Address, "marked", len(sess.drop.marked()), "err", err)
-		sess.releaseLock()
-		sess.send(errLeaseLost)
+		sess.leaseLost(err)
 		return
 	}
 	sess.state = stateUpdate

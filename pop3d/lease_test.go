@@ -86,6 +86,9 @@ func TestLeaseLostEndsSession(t *testing.T) {
 				if !c.closed() {
 					t.Errorf("connection still open after the lease was lost")
 				}
+				if !strings.Contains(ts.logs.String(), `detail="maildrop lease lost, nothing removed"`) {
+					t.Errorf("the session's end does not say the lease was lost")
+				}
 				if msgs, _ := storedMessages(t, st, alice); len(msgs) != 2 {
 					t.Errorf("%d messages left, want 2: a session without the maildrop removed what it marked", len(msgs))
 				}

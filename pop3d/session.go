@@ -93,6 +93,7 @@ type session struct {
 	account   mailstore.User
 	locked    bool           // this session holds account's maildrop lock
 	lease     *maildropLease // the store's lease on the maildrop; nil when none
+	lostLease bool           // the lease lapsed: the session ended in TRANSACTION
 	drop      *maildrop
 	retrieved int
 	deleted   int
@@ -308,10 +309,18 @@ func (sess *session) leaseHeld() bool {
 	if err == nil {
 		return true
 	}
-	sess.log.Error("maildrop lease lost", "user", sess.account.Address, "err", err)
+	sess.leaseLost(err)
+	return false
+}
+
+// leaseLost ends a session whose maildrop lease lapsed, in TRANSACTION:
+// nothing it marked is removed.
+func (sess *session) leaseLost(err error) {
+	sess.log.Error("maildrop lease lost", "user", sess.account.Address, "marked", len(sess.drop.marked()), "err", err)
+	sess.lostLease = true
+	sess.releaseLock()
 	sess.send(errLeaseLost)
 	sess.done = true
-	return false
 }
 
 // send queues a status line; it is flushed before the next read.
@@ -396,7 +405,10 @@ func (sess *session) end() {
 	if sess.ioErr != nil {
 		attrs = append(attrs, "reason", describeIOError(sess.ioErr))
 	}
-	if sess.state == stateTransaction {
+	switch {
+	case sess.lostLease:
+		attrs = append(attrs, "quit", false, "detail", "maildrop lease lost, nothing removed")
+	case sess.state == stateTransaction:
 		// A session that ends in TRANSACTION never reaches UPDATE (RFC
 		// 1939 section 6): its DELE marks are forgotten.
 		attrs = append(attrs, "quit", false, "detail", "session ended without QUIT, nothing removed")
