@@ -148,7 +148,7 @@ func TestLeaseExpiresUnrenewed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const ttl = 300 * time.Millisecond
+	const ttl = time.Second
 	l, err := leaseMaildrop(ctx, st, u.ID, "test", ttl, nil)
 	if err != nil {
 		t.Fatal(err)
