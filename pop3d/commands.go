@@ -566,23 +566,24 @@ func (sess *session) update() {
 	// RFC 1939 section 8: only the session that holds the maildrop may
 	// change it; one whose lease lapsed stays out of UPDATE and removes
 	// nothing. From here on the lease is never given back for a moment.
-	until, err := sess.lease.hold()
-	if err != nil {
-		sess.leaseLost(err)
-		return
+	// Not tied to the connection or to Shutdown: a QUIT received is
+	// carried out, while the lease surely holds.
+	deadline := time.Now().Add(updateTimeout)
+	if sess.lease != nil {
+		until, err := sess.lease.hold()
+		if err != nil {
+			sess.leaseLost(err)
+			return
+		}
+		if until.Before(deadline) {
+			deadline = until
+		}
 	}
 	sess.state = stateUpdate
 	uids := sess.drop.marked()
 	if len(uids) > 0 {
-		// Not tied to the connection or to Shutdown: a QUIT received is
-		// carried out, while the lease surely holds.
-		deadline := time.Now().Add(updateTimeout)
-		if until.Before(deadline) {
-			deadline = until
-		}
 		ctx, cancel := context.WithDeadline(context.WithoutCancel(sess.srv.baseCtx), deadline)
-		var gone []uint32
-		gone, err = sess.srv.store.DeleteMessages(ctx, sess.drop.mailboxID, uids)
+		gone, err := sess.srv.store.DeleteMessages(ctx, sess.drop.mailboxID, uids)
 		cancel()
 		if err != nil {
 			sess.log.Error("cannot remove deleted messages", "user", sess.account.Address, "marked", len(uids), "err", err)

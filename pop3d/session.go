@@ -316,7 +316,8 @@ func (sess *session) leaseHeld() bool {
 // leaseLost ends a session whose maildrop lease lapsed, in TRANSACTION:
 // nothing it marked is removed.
 func (sess *session) leaseLost(err error) {
-	sess.log.Error("maildrop lease lost", "user", sess.account.Address, "marked", len(sess.drop.marked()), "err", err)
+	// The renewal logged the loss when it found it; this is the session's end.
+	sess.log.Warn("session ends: maildrop lease lost", "user", sess.account.Address, "marked", len(sess.drop.marked()), "err", err)
 	sess.lostLease = true
 	sess.releaseLock()
 	sess.send(errLeaseLost)

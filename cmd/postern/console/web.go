@@ -120,9 +120,9 @@ type webSession struct {
 	csrf    string
 	address string
 	userID  int64 // the user logged in; the same address given to a new user is not them
-	// password is the keyed hash (web.stampKey) of the user's
+	// stampMAC is the keyed hash (web.stampKey) of the user's
 	// PasswordStamp at login; nil without WebConfig.PasswordStamp.
-	password []byte
+	stampMAC []byte
 	created  time.Time
 	lastSeen time.Time
 }
@@ -268,7 +268,7 @@ func (s *Server) lookup(r *http.Request, touch bool) (*webSession, *user) {
 			s.log.Warn("console session: cannot read the password stamp", "user", sc.address, "err", err)
 			return nil, nil
 		}
-		if !hmac.Equal(mac, sc.password) {
+		if !hmac.Equal(mac, sc.stampMAC) {
 			// The password changed since this session logged in: whoever
 			// changed it wants the sessions opened with the old one gone.
 			wb.end(key)
@@ -291,7 +291,6 @@ func (wb *web) passwordMAC(ctx context.Context, address string) ([]byte, error) 
 	}
 	h := hmac.New(sha256.New, wb.stampKey)
 	h.Write(stamp)
-	clear(stamp)
 	return h.Sum(nil), nil
 }
 
@@ -502,7 +501,7 @@ func safeNext(n string) string {
 // start makes a session for a user and returns its cookie value; the
 // map holds only the token's hash. When full it drops expired sessions,
 // then the least recently used.
-func (wb *web) start(address string, userID int64, password []byte) string {
+func (wb *web) start(address string, userID int64, stampMAC []byte) string {
 	tok := randomToken()
 	now := wb.now()
 	wb.mu.Lock()
@@ -524,7 +523,7 @@ func (wb *web) start(address string, userID int64, password []byte) string {
 		}
 	}
 	key := hashToken(tok)
-	wb.sessions[key] = &webSession{id: key, csrf: randomToken(), address: address, userID: userID, password: password, created: now, lastSeen: now}
+	wb.sessions[key] = &webSession{id: key, csrf: randomToken(), address: address, userID: userID, stampMAC: stampMAC, created: now, lastSeen: now}
 	return tok
 }
 
