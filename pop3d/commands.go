@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/emersion/go-sasl"
 
@@ -316,7 +317,9 @@ func (sess *session) loginResult(mech, name string, user mailstore.User, err err
 	// The in-process lock answers sessions of this server at once; the
 	// store's lease holds across every frontend of a shared store
 	// (RFC 1939 8), and lapses by itself if this process dies.
-	release, err := sess.srv.store.LockMaildrop(ctx, user.ID, leaseHolder+" "+sess.id, sess.srv.cfg.MaildropLease)
+	lease, err := leaseMaildrop(ctx, sess.srv.store, user.ID, leaseHolder+" "+sess.id, sess.srv.cfg.MaildropLease, func(err error) {
+		sess.log.Error("maildrop lease lost", "user", user.Address, "err", err)
+	})
 	if err != nil {
 		sess.releaseLock()
 		sess.account = mailstore.User{}
@@ -329,7 +332,7 @@ func (sess *session) loginResult(mech, name string, user mailstore.User, err err
 		sess.send(errTemporary)
 		return
 	}
-	sess.lease = release
+	sess.lease = lease
 	drop, err := openMaildrop(ctx, sess.srv.store, user.ID)
 	if err != nil {
 		sess.log.Error("cannot open maildrop", "user", user.Address, "err", err)
@@ -560,12 +563,26 @@ func (sess *session) cmdRset(arg string) {
 // update removes the messages marked deleted, in one mailstore transaction
 // (RFC 1939 section 6), and answers QUIT.
 func (sess *session) update() {
+	// RFC 1939 section 8: only the session that holds the maildrop may
+	// change it; one whose lease lapsed stays out of UPDATE and removes
+	// nothing. From here on the lease is never given back for a moment.
+	// Not tied to the connection or to Shutdown: a QUIT received is
+	// carried out, while the lease surely holds.
+	deadline := time.Now().Add(updateTimeout)
+	if sess.lease != nil {
+		until, err := sess.lease.hold()
+		if err != nil {
+			sess.leaseLost(err)
+			return
+		}
+		if until.Before(deadline) {
+			deadline = until
+		}
+	}
 	sess.state = stateUpdate
 	uids := sess.drop.marked()
 	if len(uids) > 0 {
-		// Not tied to the connection or to Shutdown: a QUIT received is
-		// carried out.
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(sess.srv.baseCtx), updateTimeout)
+		ctx, cancel := context.WithDeadline(context.WithoutCancel(sess.srv.baseCtx), deadline)
 		gone, err := sess.srv.store.DeleteMessages(ctx, sess.drop.mailboxID, uids)
 		cancel()
 		if err != nil {

@@ -53,9 +53,16 @@
 //     for which Config.Secure says so, by default a connection from a
 //     loopback address, as in Dovecot; or any connection when
 //     Config.AllowInsecureAuth is set. Elsewhere CAPA does not offer them.
-//   - One POP3 session per maildrop: the lock is a map of user IDs inside
-//     the Server, so it holds within one process only. IMAP sessions are
-//     not locked out.
+//   - One POP3 session per maildrop: a map of user IDs inside the Server
+//     answers sessions of one process, and the store's lease
+//     (mailstore.Store.LockMaildrop, Config.MaildropLease) holds across
+//     the frontends of a shared store. The session takes that lease
+//     again every third of its length, so that it knows the maildrop was
+//     its own all along; a session whose lease lapsed answers its next
+//     command -ERR [IN-USE] and ends without UPDATE. Taking it again
+//     gives it back for a moment: a login on another frontend at that
+//     very moment wins the maildrop and this session ends. IMAP sessions
+//     are not locked out.
 //   - UIDL values are "<UIDVALIDITY>.<UID>" of the INBOX: unique, and the
 //     same across sessions and restarts for as long as the mailbox keeps
 //     its UIDVALIDITY.

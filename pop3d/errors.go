@@ -71,6 +71,8 @@ var (
 	errAuthMech     = errReply("unsupported authentication mechanism")
 	errAuthSyntax   = errReply("invalid base64 in SASL response")
 	errInUse        = reply{code: codeInUse, text: "maildrop is in use by another POP3 session", free: true}
+	// The session's lease on the maildrop lapsed: it ends, removing nothing.
+	errLeaseLost = reply{code: codeInUse, text: "maildrop lock lost, nothing removed", free: true}
 	// RFC 3206 section 4: refusals that pass with time. A blocked address
 	// counts as an error (it is still guessing); a busy server does not.
 	errBlocked    = reply{code: codeSysTemp, text: "too many failed logins from this address, try again later"}

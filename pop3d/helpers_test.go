@@ -50,18 +50,24 @@ func openStoreAt(t testing.TB, path string, setup bool) *mailstore.Store {
 	}
 	t.Cleanup(func() { st.Close() })
 	if setup {
-		ctx := context.Background()
-		if err := st.AddDomain(ctx, testDomain); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := st.AddUser(ctx, alice, alicePass); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := st.AddUser(ctx, bob, bobPass); err != nil {
-			t.Fatal(err)
-		}
+		addTestUsers(t, st)
 	}
 	return st
+}
+
+// addTestUsers adds the test domain and the users alice and bob.
+func addTestUsers(t testing.TB, st *mailstore.Store) {
+	t.Helper()
+	ctx := context.Background()
+	if err := st.AddDomain(ctx, testDomain); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.AddUser(ctx, alice, alicePass); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.AddUser(ctx, bob, bobPass); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // inbox returns a user's INBOX.

@@ -91,8 +91,9 @@ type session struct {
 	pendingUser string // the name from USER, as seen by the command after it
 
 	account   mailstore.User
-	locked    bool   // this session holds account's maildrop lock
-	lease     func() // ends the store's lease on the maildrop; nil when none
+	locked    bool           // this session holds account's maildrop lock
+	lease     *maildropLease // the store's lease on the maildrop; nil when none
+	lostLease bool           // the lease lapsed: the session ended in TRANSACTION
 	drop      *maildrop
 	retrieved int
 	deleted   int
@@ -282,6 +283,9 @@ func (sess *session) dispatch(line []byte) {
 		return
 	}
 	cmd, found := commands[name]
+	if sess.state == stateTransaction && !sess.leaseHeld() {
+		return
+	}
 	switch {
 	case !found:
 		sess.send(errUnknownCommand)
@@ -290,6 +294,34 @@ func (sess *session) dispatch(line []byte) {
 	default:
 		cmd.run(sess, arg)
 	}
+}
+
+// leaseHeld checks, before a command in TRANSACTION, that the maildrop
+// is still this session's across frontends. When it is not, the session
+// answers -ERR [IN-USE] and ends without UPDATE: its marks are dropped
+// (RFC 1939 section 8: the maildrop is locked for the session, and another
+// session may have seen or changed it since).
+func (sess *session) leaseHeld() bool {
+	if sess.lease == nil {
+		return true
+	}
+	err := sess.lease.held()
+	if err == nil {
+		return true
+	}
+	sess.leaseLost(err)
+	return false
+}
+
+// leaseLost ends a session whose maildrop lease lapsed, in TRANSACTION:
+// nothing it marked is removed.
+func (sess *session) leaseLost(err error) {
+	// The renewal logged the loss when it found it; this is the session's end.
+	sess.log.Warn("session ends: maildrop lease lost", "user", sess.account.Address, "marked", len(sess.drop.marked()), "err", err)
+	sess.lostLease = true
+	sess.releaseLock()
+	sess.send(errLeaseLost)
+	sess.done = true
 }
 
 // send queues a status line; it is flushed before the next read.
@@ -374,7 +406,10 @@ func (sess *session) end() {
 	if sess.ioErr != nil {
 		attrs = append(attrs, "reason", describeIOError(sess.ioErr))
 	}
-	if sess.state == stateTransaction {
+	switch {
+	case sess.lostLease:
+		attrs = append(attrs, "quit", false, "detail", "maildrop lease lost, nothing removed")
+	case sess.state == stateTransaction:
 		// A session that ends in TRANSACTION never reaches UPDATE (RFC
 		// 1939 section 6): its DELE marks are forgotten.
 		attrs = append(attrs, "quit", false, "detail", "session ended without QUIT, nothing removed")
@@ -384,7 +419,7 @@ func (sess *session) end() {
 
 func (sess *session) releaseLock() {
 	if sess.lease != nil {
-		sess.lease()
+		sess.lease.end()
 		sess.lease = nil
 	}
 	if sess.locked {

@@ -25,7 +25,7 @@ const (
 	// with its buffer and one of the listener's connections.
 	maxStreamsPerUser = 4
 	// keepAlive is how often an idle stream gets a comment line, so that
-	// proxies and the browser keep it open.
+	// proxies and the browser keep it open, and checks its session again.
 	keepAlive = 15 * time.Second
 )
 
@@ -264,7 +264,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, u *user) {
 	if _, err := w.Write([]byte(": stream\n\n")); err != nil || rc.Flush() != nil {
 		return
 	}
-	tick := time.NewTicker(keepAlive)
+	tick := time.NewTicker(s.web.cfg.keepAlive)
 	defer tick.Stop()
 	for {
 		select {
@@ -285,6 +285,11 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, u *user) {
 			}
 			last = e.Seq
 		case <-tick.C:
+			// A session ended since (logout elsewhere, a password
+			// change, the user disabled) takes its stream with it.
+			if _, u := s.lookup(r, false); u == nil {
+				return
+			}
 			rc.SetWriteDeadline(time.Now().Add(eventWriteTimeout))
 			if _, err := w.Write([]byte(": keepalive\n\n")); err != nil || rc.Flush() != nil {
 				return

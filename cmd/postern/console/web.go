@@ -8,12 +8,14 @@ package console
 
 import (
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
 	"embed"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"html/template"
 	"io"
 	"io/fs"
@@ -61,6 +63,17 @@ type WebConfig struct {
 	// MaxSessions bounds the console sessions held at once; 0 takes
 	// DefaultMaxSessions. When full, the least recently used is dropped.
 	MaxSessions int
+	// PasswordStamp returns, for the user with this address, something
+	// that changes whenever their password changes (the stored password
+	// hash will do). A session keeps only a keyed hash of what it was at
+	// login, and a request whose user's stamp differs ends the session:
+	// a password change (`postern user passwd`, on any frontend) logs
+	// out every console session of that user. Nil: sessions outlive a
+	// password change until logout, SessionIdle or SessionMax.
+	PasswordStamp func(ctx context.Context, address string) ([]byte, error)
+
+	// keepAlive, when set (tests), replaces the const keepAlive.
+	keepAlive time.Duration
 }
 
 // SubmitFunc sends msg from the authenticated user as envelope sender from
@@ -103,10 +116,13 @@ var templates = template.Must(template.New("").Funcs(template.FuncMap{
 
 // webSession is one logged-in browser.
 type webSession struct {
-	id       string // the cookie's value, hashed (the map key)
-	csrf     string
-	address  string
-	userID   int64 // the user logged in; the same address given to a new user is not them
+	id      string // the cookie's value, hashed (the map key)
+	csrf    string
+	address string
+	userID  int64 // the user logged in; the same address given to a new user is not them
+	// stampMAC is the keyed hash (web.stampKey) of the user's
+	// PasswordStamp at login; nil without WebConfig.PasswordStamp.
+	stampMAC []byte
 	created  time.Time
 	lastSeen time.Time
 }
@@ -116,6 +132,9 @@ type web struct {
 	cfg    WebConfig
 	logins *limits.Logins
 	now    func() time.Time
+	// stampKey keys the hash sessions keep of a password stamp, so that
+	// the console's memory never holds the stamp (a password hash) itself.
+	stampKey []byte
 
 	stop     chan struct{} // closed at Shutdown: event streams end
 	stopOnce sync.Once
@@ -147,7 +166,12 @@ func newWeb(cfg WebConfig) *web {
 	if l == nil {
 		l = limits.NewLogins(limits.LoginPolicy{})
 	}
-	return &web{cfg: cfg, logins: l, now: time.Now, stop: make(chan struct{}),
+	key := make([]byte, 32)
+	rand.Read(key) // never fails (crypto/rand)
+	if cfg.keepAlive <= 0 {
+		cfg.keepAlive = keepAlive
+	}
+	return &web{cfg: cfg, logins: l, now: time.Now, stampKey: key, stop: make(chan struct{}),
 		sessions: make(map[string]*webSession), streams: make(map[string]int)}
 }
 
@@ -200,6 +224,12 @@ type user struct {
 
 // session returns the request's session and its user, or nils.
 func (s *Server) session(r *http.Request) (*webSession, *user) {
+	return s.lookup(r, true)
+}
+
+// lookup is session; touch counts the request as the session's activity
+// (an open event stream checking its session again does not).
+func (s *Server) lookup(r *http.Request, touch bool) (*webSession, *user) {
 	c, err := r.Cookie(sessionCookie)
 	if err != nil || len(c.Value) > 100 {
 		return nil, nil
@@ -213,7 +243,7 @@ func (s *Server) session(r *http.Request) (*webSession, *user) {
 		delete(wb.sessions, key)
 		ws = nil
 	}
-	if ws != nil {
+	if ws != nil && touch {
 		ws.lastSeen = now
 	}
 	var sc webSession
@@ -230,7 +260,38 @@ func (s *Server) session(r *http.Request) (*webSession, *user) {
 	if err != nil || u.Disabled || u.ID != sc.userID {
 		return nil, nil
 	}
+	if wb.cfg.PasswordStamp != nil {
+		// Read after the user: an address given to a new user between the
+		// two reads has a new stamp, and the session ends.
+		mac, err := wb.passwordMAC(ctx, sc.address)
+		if err != nil {
+			s.log.Warn("console session: cannot read the password stamp", "user", sc.address, "err", err)
+			return nil, nil
+		}
+		if !hmac.Equal(mac, sc.stampMAC) {
+			// The password changed since this session logged in: whoever
+			// changed it wants the sessions opened with the old one gone.
+			wb.end(key)
+			s.log.Info("console session ended", "user", sc.address, "reason", "password changed")
+			return nil, nil
+		}
+	}
 	return ws, &user{User: u, csrf: sc.csrf, sess: ws}
+}
+
+// passwordMAC is the keyed hash of address's password stamp, or nil
+// without WebConfig.PasswordStamp.
+func (wb *web) passwordMAC(ctx context.Context, address string) ([]byte, error) {
+	if wb.cfg.PasswordStamp == nil {
+		return nil, nil
+	}
+	stamp, err := wb.cfg.PasswordStamp(ctx, address)
+	if err != nil {
+		return nil, fmt.Errorf("password stamp of %s: %w", address, err)
+	}
+	h := hmac.New(sha256.New, wb.stampKey)
+	h.Write(stamp)
+	return h.Sum(nil), nil
 }
 
 // authed wraps a handler that needs a logged-in user; a state-changing
@@ -362,10 +423,20 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), storeTimeout)
 	defer cancel()
-	var u mailstore.User
+	var (
+		u        mailstore.User
+		stampMAC []byte
+	)
 	a := limits.Attempt{Protocol: "http", Mechanism: "FORM", Remote: remoteAddr(r), User: address, Log: s.log}
 	err := s.web.logins.Check(ctx, a, func(ctx context.Context) (bool, error) {
+		// The stamp is read before the password is checked: a password
+		// changed in between gives the session the old stamp, so that
+		// its next request ends it, never the other way round.
 		var err error
+		stampMAC, err = s.web.passwordMAC(ctx, address)
+		if err != nil && !errors.Is(err, mailstore.ErrNotFound) && !errors.Is(err, mailstore.ErrInvalidAddress) {
+			return false, err
+		}
 		u, err = s.cfg.Store.Authenticate(ctx, address, password)
 		switch {
 		case errors.Is(err, mailstore.ErrAuthFailed):
@@ -398,7 +469,7 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) {
 	if c, err := r.Cookie(sessionCookie); err == nil {
 		s.web.end(hashToken(c.Value))
 	}
-	tok := s.web.start(u.Address, u.ID)
+	tok := s.web.start(u.Address, u.ID, stampMAC)
 	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: tok, Path: "/", HttpOnly: true,
 		Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode, MaxAge: int(s.web.cfg.SessionMax / time.Second)})
 	s.log.Info("console login", "user", u.Address, "remote", remoteAddr(r).String())
@@ -430,7 +501,7 @@ func safeNext(n string) string {
 // start makes a session for a user and returns its cookie value; the
 // map holds only the token's hash. When full it drops expired sessions,
 // then the least recently used.
-func (wb *web) start(address string, userID int64) string {
+func (wb *web) start(address string, userID int64, stampMAC []byte) string {
 	tok := randomToken()
 	now := wb.now()
 	wb.mu.Lock()
@@ -452,7 +523,7 @@ func (wb *web) start(address string, userID int64) string {
 		}
 	}
 	key := hashToken(tok)
-	wb.sessions[key] = &webSession{id: key, csrf: randomToken(), address: address, userID: userID, created: now, lastSeen: now}
+	wb.sessions[key] = &webSession{id: key, csrf: randomToken(), address: address, userID: userID, stampMAC: stampMAC, created: now, lastSeen: now}
 	return tok
 }
 

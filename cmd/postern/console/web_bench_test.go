@@ -76,7 +76,7 @@ func BenchmarkConsoleSessions(b *testing.B) {
 	var streams []*http.Response
 	alice := mustUser(b, e, "alice@example.test")
 	for range n {
-		tok := e.srv.web.start(alice.Address, alice.ID)
+		tok := e.srv.web.start(alice.Address, alice.ID, nil)
 		req, _ := http.NewRequest("GET", e.base+"/api/events", nil)
 		req.AddCookie(&http.Cookie{Name: sessionCookie, Value: tok})
 		resp, err := http.DefaultTransport.RoundTrip(req)

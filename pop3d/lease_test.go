@@ -1,0 +1,168 @@
+package pop3d
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/mailstore/storetest"
+)
+
+// openFrontends opens two Stores on one database of the given backend
+// ("sqlite" or "postgres"), as two frontends do: the first has the test
+// users; the second's clock runs an hour ahead, so every lease the first
+// takes has already run out for it and it can take the maildrop from
+// under a session, as a frontend does after the session's renewals
+// failed for a whole lease.
+func openFrontends(t *testing.T, backend string) (st, ahead *mailstore.Store) {
+	t.Helper()
+	ctx := context.Background()
+	opts := mailstore.Options{PasswordCost: mailstore.FastPasswordHash}
+	aheadOpts := opts
+	aheadOpts.Now = func() time.Time { return time.Now().Add(time.Hour) }
+	var open func(mailstore.Options) (*mailstore.Store, error)
+	switch backend {
+	case "sqlite":
+		path := filepath.Join(t.TempDir(), "postern.db")
+		open = func(o mailstore.Options) (*mailstore.Store, error) { return mailstore.Open(path, o) }
+	case "postgres":
+		dsn := storetest.PostgresDSN(t)
+		open = func(o mailstore.Options) (*mailstore.Store, error) { return mailstore.OpenPostgres(ctx, dsn, o) }
+	default:
+		t.Fatalf("unknown backend %q", backend)
+	}
+	for _, o := range []struct {
+		st   **mailstore.Store
+		opts mailstore.Options
+	}{{&st, opts}, {&ahead, aheadOpts}} {
+		s, err := open(o.opts)
+		if err != nil {
+			t.Fatalf("open %s store: %v", backend, err)
+		}
+		t.Cleanup(func() { s.Close() })
+		*o.st = s
+		if s == st {
+			addTestUsers(t, st)
+		}
+	}
+	return st, ahead
+}
+
+// TestLeaseLostEndsSession: a session whose maildrop lease was taken by
+// another frontend answers its next command with -ERR [IN-USE] and ends
+// without UPDATE: the message it marked stays (RFC 1939 section 8).
+func TestLeaseLostEndsSession(t *testing.T) {
+	for _, backend := range []string{"sqlite", "postgres"} {
+		for _, next := range []string{"QUIT", "NOOP", "RETR 2"} {
+			t.Run(backend+"/"+strings.Fields(next)[0], func(t *testing.T) {
+				ctx := context.Background()
+				st, ahead := openFrontends(t, backend)
+				appendMessages(t, st, alice, [][]byte{makeMessage(1, 300), makeMessage(2, 300)})
+				const lease = 1500 * time.Millisecond // taken again every 500 ms
+				ts := startServer(t, st, func(cfg *Config) { cfg.MaildropLease = lease })
+				c := dial(t, ts.addr)
+				c.login(alice, alicePass)
+				c.ok("DELE 1")
+
+				u, err := ahead.UserByAddress(ctx, alice)
+				if err != nil {
+					t.Fatal(err)
+				}
+				release, err := ahead.LockMaildrop(ctx, u.ID, "other frontend", time.Minute)
+				if err != nil {
+					t.Fatalf("the other frontend's lock: %v", err)
+				}
+				defer release()
+				// By then the session has tried to take its lease again, or
+				// its lease has run out: either way it knows.
+				time.Sleep(lease)
+				if got := c.cmd(next); !strings.HasPrefix(got, "-ERR [IN-USE]") {
+					t.Fatalf("%s after the lease was lost: %q, want -ERR [IN-USE]", next, got)
+				}
+				if !c.closed() {
+					t.Errorf("connection still open after the lease was lost")
+				}
+				if !strings.Contains(ts.logs.String(), `detail="maildrop lease lost, nothing removed"`) {
+					t.Errorf("the session's end does not say the lease was lost")
+				}
+				if msgs, _ := storedMessages(t, st, alice); len(msgs) != 2 {
+					t.Errorf("%d messages left, want 2: a session without the maildrop removed what it marked", len(msgs))
+				}
+				// The other frontend's lease is untouched by the session's end.
+				if _, err := ahead.LockMaildrop(ctx, u.ID, "third", time.Minute); err == nil {
+					t.Errorf("the other frontend's lease was given back by the session that lost it")
+				}
+			})
+		}
+	}
+}
+
+// TestLeaseHeldAcrossRenewals: a session idle for several lease lengths
+// keeps its maildrop (the lease is taken again in time), shuts out
+// another frontend all along, and its QUIT removes what it marked.
+func TestLeaseHeldAcrossRenewals(t *testing.T) {
+	for _, backend := range []string{"sqlite", "postgres"} {
+		t.Run(backend, func(t *testing.T) {
+			ctx := context.Background()
+			st, _ := openFrontends(t, backend)
+			appendMessages(t, st, alice, [][]byte{makeMessage(1, 300), makeMessage(2, 300)})
+			const lease = 1500 * time.Millisecond
+			ts := startServer(t, st, func(cfg *Config) { cfg.MaildropLease = lease })
+			c := dial(t, ts.addr)
+			c.login(alice, alicePass)
+			c.ok("DELE 1")
+			u, err := st.UserByAddress(ctx, alice)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The session gives its lease back and takes it again every
+			// lease/3, for a few milliseconds: a login that comes just
+			// then wins the maildrop. Ask between two of those.
+			time.Sleep(lease / 6)
+			for range 3 {
+				time.Sleep(lease)
+				if _, err := st.LockMaildrop(ctx, u.ID, "other frontend", lease); err == nil {
+					t.Fatal("another frontend took the maildrop of a session that holds it")
+				}
+			}
+			if got := c.ok("QUIT"); !strings.Contains(got, "(1 messages deleted)") {
+				t.Errorf("QUIT: %q", got)
+			}
+			if msgs, _ := storedMessages(t, st, alice); len(msgs) != 1 {
+				t.Errorf("%d messages left, want 1", len(msgs))
+			}
+		})
+	}
+}
+
+// A lease that was not taken again before it ran out (a stalled process,
+// a store that did not answer) is lost, even though nobody took it.
+func TestLeaseExpiresUnrenewed(t *testing.T) {
+	st := openStore(t)
+	ctx := context.Background()
+	u, err := st.UserByAddress(ctx, alice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const ttl = time.Second
+	l, err := leaseMaildrop(ctx, st, u.ID, "test", ttl, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.end()
+	if err := l.held(); err != nil {
+		t.Fatalf("fresh lease: %v", err)
+	}
+	l.stopRenewing() // as if the renewals stalled
+	time.Sleep(ttl + 50*time.Millisecond)
+	if err := l.held(); !errors.Is(err, errLeaseExpired) {
+		t.Fatalf("lease not taken again for its length: %v, want errLeaseExpired", err)
+	}
+	if _, err := l.hold(); !errors.Is(err, errLeaseExpired) {
+		t.Fatalf("hold of an expired lease: %v, want errLeaseExpired", err)
+	}
+}
