@@ -10,6 +10,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/metrics"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -308,13 +309,26 @@ func perConn(a, b memSample, n int) (heap, stack, rss float64) {
 // (GODEBUG adaptivestackstart), and the stub runs first, in a process that
 // has not yet run SQLite: run with GODEBUG=adaptivestackstart=0 to compare
 // like with like.
+//
+// POSTERN_BENCH_PROFILE=DIR writes, while the connections idle, a heap
+// profile of every allocation (heap-library.pprof, heap-postern.pprof; read
+// with go tool pprof -sample_index=inuse_space) and a goroutine dump
+// (goroutines-*.txt) to DIR.
 func BenchmarkIdleConnections(b *testing.B) {
 	const n = 2000
-	measure := func(addr string) (heap, stack, rss float64) {
+	profDir := os.Getenv("POSTERN_BENCH_PROFILE")
+	if profDir != "" {
+		defer func(rate int) { runtime.MemProfileRate = rate }(runtime.MemProfileRate)
+		runtime.MemProfileRate = 1
+	}
+	measure := func(addr, label string) (heap, stack, rss float64) {
 		m0 := memNow()
 		conns := idleClients(b, addr, n)
 		time.Sleep(200 * time.Millisecond)
 		m1 := memNow()
+		if profDir != "" {
+			writeProfiles(b, profDir, label)
+		}
 		for _, c := range conns {
 			c.Write([]byte("DONE\r\nz LOGOUT\r\n"))
 			c.Close()
@@ -335,7 +349,7 @@ func BenchmarkIdleConnections(b *testing.B) {
 			b.Fatal(err)
 		}
 		go stub.Serve(ln)
-		baseHeap, baseStack, baseRSS := measure(ln.Addr().String())
+		baseHeap, baseStack, baseRSS := measure(ln.Addr().String(), "library")
 		stub.Close()
 
 		env := newEnv(b, func(c *Config) {
@@ -345,7 +359,7 @@ func BenchmarkIdleConnections(b *testing.B) {
 			c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 		})
 		env.deliver(b, testMessage(1, "one"))
-		oursHeap, oursStack, oursRSS := measure(env.addr)
+		oursHeap, oursStack, oursRSS := measure(env.addr, "postern")
 
 		b.ReportMetric(baseHeap, "library-heap-B/conn")
 		b.ReportMetric(baseStack, "library-stack-B/conn")
@@ -354,6 +368,30 @@ func BenchmarkIdleConnections(b *testing.B) {
 		b.ReportMetric(oursHeap+oursStack-baseHeap-baseStack, "backend-B/conn")
 		b.ReportMetric(baseRSS, "library-rss-B/conn")
 		b.ReportMetric(oursRSS, "postern-rss-B/conn")
+	}
+}
+
+// writeProfiles writes the heap profile and a goroutine dump of this
+// moment to dir, named after label.
+func writeProfiles(b *testing.B, dir, label string) {
+	b.Helper()
+	for _, p := range []struct {
+		profile, file string
+		debug         int
+	}{
+		{"heap", "heap-" + label + ".pprof", 0},
+		{"goroutine", "goroutines-" + label + ".txt", 1},
+	} {
+		f, err := os.Create(dir + "/" + p.file)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := pprof.Lookup(p.profile).WriteTo(f, p.debug); err != nil {
+			b.Fatalf("write %s: %v", p.file, err)
+		}
+		if err := f.Close(); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -55,6 +56,9 @@ type clientConn struct {
 	// release gives back the connection's place in the budget.
 	release func()
 
+	// r buffers the client's input. It is nil while a plain TCP
+	// connection waits for its next command or IDLE's DONE with nothing
+	// buffered: the buffer goes back to readers (see awaitInput).
 	r *bufio.Reader
 
 	// Read side, on imapserver's command goroutine.
@@ -108,9 +112,64 @@ const (
 
 var errLineTooLong = errors.New("command line too long")
 
+// readBufferSize is the size of a connection's input buffer.
+const readBufferSize = 4096
+
+// readers holds the input buffers of connections that are waiting: an idle
+// connection holds none of its own (imapserver's are its own).
+var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, readBufferSize) }}
+
 func newClientConn(srv *Server, raw net.Conn, id string, isTLS, secure bool, release func()) *clientConn {
-	return &clientConn{Conn: raw, srv: srv, id: id, isTLS: isTLS, secure: secure, release: release,
-		r: bufio.NewReaderSize(raw, 4096)}
+	return &clientConn{Conn: raw, srv: srv, id: id, isTLS: isTLS, secure: secure, release: release}
+}
+
+// reader makes sure the connection has its input buffer.
+func (c *clientConn) reader() *bufio.Reader {
+	if c.r == nil {
+		c.r = readers.Get().(*bufio.Reader)
+		c.r.Reset(c.Conn)
+		c.srv.inputBuffers.Add(1)
+	}
+	return c.r
+}
+
+// awaitInput waits, until the read deadline, for the client to send
+// something. On a connection that gives access to its socket (plain TCP)
+// and with nothing buffered, the input buffer goes back to the pool while
+// it waits, and the socket is polled for readability instead: a session
+// idling for half an hour holds no buffer of ours. TLS keeps its buffer
+// (crypto/tls may hold decrypted input the socket no longer shows).
+func (c *clientConn) awaitInput() error {
+	if c.r != nil && c.r.Buffered() > 0 {
+		return nil
+	}
+	if sc, ok := c.Conn.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			if c.r != nil {
+				c.r.Reset(nil)
+				readers.Put(c.r)
+				c.r = nil
+				c.srv.inputBuffers.Add(-1)
+			}
+			if err := waitReadable(rc); err != nil {
+				return err
+			}
+		}
+	}
+	_, err := c.reader().Peek(1)
+	return err
+}
+
+// awaitCommand waits for the client's next command, with the login or
+// idle timeout; past it the client is told why the session ends.
+func (c *clientConn) awaitCommand() error {
+	c.Conn.SetReadDeadline(time.Now().Add(c.waitTimeout()))
+	err := c.awaitInput()
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		c.writeLine("* BYE [UNAVAILABLE] Autologout: idle for too long")
+	}
+	return err
 }
 
 // SetReadDeadline is imapserver's; clientConn sets its own (see Read).
@@ -171,7 +230,7 @@ func (c *clientConn) Read(p []byte) (int, error) {
 			if answered {
 				buf = make([]byte, 4096) // refused after all: read it to drop it
 			}
-			n, err := c.r.Read(buf[:min(int64(len(buf)), c.stream)])
+			n, err := c.reader().Read(buf[:min(int64(len(buf)), c.stream)])
 			c.stream -= int64(n)
 			if answered {
 				if err != nil {
@@ -192,6 +251,16 @@ func (c *clientConn) Read(p []byte) (int, error) {
 			// string across lines, say): the command ends here.
 			return 0, io.EOF
 		}
+		if c.tail && answered {
+			c.tail = false // imapserver answered before the message: what follows is new
+		}
+		if !c.tail {
+			// Waiting here rather than in frame keeps the goroutine's
+			// stack shallow while the client is silent.
+			if err := c.awaitCommand(); err != nil {
+				return 0, err
+			}
+		}
 		if err := c.frame(); err != nil {
 			return 0, err
 		}
@@ -207,6 +276,9 @@ func (c *clientConn) setCont(v bool) {
 // rawLine reads one line that is not a command.
 func (c *clientConn) rawLine() error {
 	c.Conn.SetReadDeadline(time.Now().Add(c.waitTimeout()))
+	if err := c.awaitInput(); err != nil {
+		return err
+	}
 	line, err := c.readLine(c.srv.maxLine)
 	if errors.Is(err, errLineTooLong) {
 		line, err = []byte("*\r\n"), nil // cancels AUTHENTICATE, ends IDLE with BAD
@@ -230,27 +302,14 @@ func (c *clientConn) waitTimeout() time.Duration {
 }
 
 // frame reads the next command (or the rest of an APPEND after its
-// message) and queues it in segs, or answers it itself.
+// message, when c.tail) and queues it in segs, or answers it itself. Read
+// has waited for its first byte.
 func (c *clientConn) frame() error {
 	tail := c.tail
 	c.tail = false
 	c.mu.Lock()
-	tag, name, answered := c.tag, c.cmd, c.answered
+	tag, name := c.tag, c.cmd
 	c.mu.Unlock()
-	if tail && answered {
-		tail = false // imapserver answered before the message: what follows is new
-	}
-	if !tail {
-		wait := c.waitTimeout()
-		c.Conn.SetReadDeadline(time.Now().Add(wait))
-		if _, err := c.r.Peek(1); err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				c.writeLine("* BYE [UNAVAILABLE] Autologout: idle for too long")
-			}
-			return err
-		}
-	}
 	c.Conn.SetReadDeadline(time.Now().Add(commandTimeout))
 
 	var segs [][]byte
@@ -382,14 +441,15 @@ func (c *clientConn) refuse(tag, resp string, end bool) error {
 func (c *clientConn) readLine(limit int) ([]byte, error) {
 	c.dropped = c.dropped[:0]
 	var line []byte
+	r := c.reader()
 	for {
-		frag, err := c.r.ReadSlice('\n')
+		frag, err := r.ReadSlice('\n')
 		if len(line)+len(frag) > limit {
 			line = append(line, frag[:min(len(frag), max(0, 256-len(line)))]...)
 			dropped := len(frag)
 			c.keepTail(frag)
 			for errors.Is(err, bufio.ErrBufferFull) && dropped < maxDiscard {
-				frag, err = c.r.ReadSlice('\n')
+				frag, err = r.ReadSlice('\n')
 				dropped += len(frag)
 				c.keepTail(frag)
 			}
@@ -548,7 +608,7 @@ func (c *clientConn) beginTLS(tag string) error {
 	if err := c.writeLine(tag + " OK Begin TLS negotiation now"); err != nil {
 		return err
 	}
-	c.r.Discard(c.r.Buffered())
+	c.reader().Discard(c.r.Buffered())
 	c.mu.Lock()
 	c.handover, c.eof = true, true
 	c.mu.Unlock()

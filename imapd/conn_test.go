@@ -241,3 +241,68 @@ func TestStartTLSDropsInjectedCommands(t *testing.T) {
 		}
 	}
 }
+
+// TestIdleConnectionsHoldNoInputBuffer: a plain connection waiting for
+// its first command, one logged in and one in IDLE hold no input buffer
+// of ours, and each goes on as before once the client speaks.
+func TestIdleConnectionsHoldNoInputBuffer(t *testing.T) {
+	env := newEnv(t)
+	env.deliver(t, testMessage(1, "one"))
+	fresh := dialRaw(t, env.addr)
+	authed := dialRaw(t, env.addr)
+	authed.login()
+	idler := dialRaw(t, env.addr)
+	idler.login()
+	if l := last(idler.cmd("s", "SELECT INBOX")); !strings.HasPrefix(l, "s OK") {
+		t.Fatalf("SELECT = %q", l)
+	}
+	idler.send("i IDLE\r\n")
+	idler.until("+")
+	deadline := time.Now().Add(waitTimeout)
+	for env.srv.inputBuffers.Load() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d input buffers held by idle connections", env.srv.inputBuffers.Load())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	env.deliver(t, testMessage(2, "two"))
+	if l := idler.until("* 2 EXISTS"); len(l) == 0 {
+		t.Fatal("no EXISTS during IDLE")
+	}
+	idler.send("DONE\r\n")
+	if l := last(idler.until("i ")); !strings.HasPrefix(l, "i OK") {
+		t.Fatalf("IDLE = %q", l)
+	}
+	if l := last(fresh.cmd("c", "CAPABILITY")); !strings.HasPrefix(l, "c OK") {
+		t.Fatalf("CAPABILITY = %q", l)
+	}
+	if l := last(authed.cmd("n", "NOOP")); !strings.HasPrefix(l, "n OK") {
+		t.Fatalf("NOOP = %q", l)
+	}
+}
+
+// TestPipelineLongerThanInputBuffer: commands sent in one write, more
+// than the input buffer holds, are all answered: what the socket still
+// has when the buffer is empty is found without waiting for more. The
+// commands are 16 bytes each, so that a buffer's worth ends at a
+// command's end and the buffer is empty between two commands.
+func TestPipelineLongerThanInputBuffer(t *testing.T) {
+	env := newEnv(t)
+	rc := dialRaw(t, env.addr)
+	rc.login()
+	const n = 1000
+	var b strings.Builder
+	for i := 0; i < n; i++ {
+		fmt.Fprintf(&b, "p%08d NOOP\r\n", i)
+	}
+	if b.Len() != 16*n || readBufferSize%16 != 0 || b.Len() <= 2*readBufferSize {
+		t.Fatalf("pipeline of %d bytes does not split at commands in a %d-byte buffer", b.Len(), readBufferSize)
+	}
+	go io.WriteString(rc.c, b.String())
+	for i := 0; i < n; i++ {
+		tag := fmt.Sprintf("p%08d ", i)
+		if l := last(rc.until(tag)); !strings.HasPrefix(l, tag+"OK") {
+			t.Fatalf("command %d: %q", i, l)
+		}
+	}
+}

@@ -65,6 +65,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -187,6 +188,10 @@ type Server struct {
 	cancelBase context.CancelFunc
 	// quit is closed when Shutdown starts.
 	quit chan struct{}
+	// inputBuffers counts the input buffers connections have taken from
+	// the pool and not given back (one that ends holding its buffer
+	// leaves it to the collector, uncounted).
+	inputBuffers atomic.Int64
 
 	mu        sync.Mutex
 	closed    bool

@@ -158,8 +158,16 @@ func (s *session) Close() error {
 // failed-login record and password-check gate, which also logs each
 // failure. imapserver refuses both on a connection that is not secure
 // (see Config.Secure) before calling it.
-func (s *session) Login(username, password string) error {
+func (s *session) Login(username, password string) (err error) {
 	defer s.enter()()
+	// Off the connection's stack: the logger, the login record and the
+	// password check together would leave it twice the size for the rest
+	// of the session (see offStack).
+	offStack(func() { err = s.login(username, password) })
+	return err
+}
+
+func (s *session) login(username, password string) error {
 	ctx, cancel := s.ctx()
 	defer cancel()
 	mech := "PLAIN"
@@ -169,7 +177,7 @@ func (s *session) Login(username, password string) error {
 	var u mailstore.User
 	a := limits.Attempt{Protocol: "imap", Mechanism: mech, Remote: limits.RemoteIP(s.cc.Conn), User: username, Log: s.logger()}
 	err := s.srv.shared.Logins.Check(ctx, a, func(ctx context.Context) (ok bool, err error) {
-		offStack(func() { u, err = s.srv.store.Authenticate(ctx, username, password) })
+		u, err = s.srv.store.Authenticate(ctx, username, password)
 		if errors.Is(err, mailstore.ErrAuthFailed) {
 			return false, nil
 		}
