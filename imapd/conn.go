@@ -46,13 +46,9 @@ type clientConn struct {
 	net.Conn // the client's connection
 	srv      *Server
 	id       string
-	isTLS    bool
-	// listener is "imap" or "imaps" and start the session's start, for
-	// the log; both are kept across STARTTLS.
-	listener string
-	start    time.Time
-	// secure: plaintext logins are allowed (see Config.Secure).
-	secure bool
+	// start is when the session started, for the log (kept across
+	// STARTTLS), as time since processStart: 8 bytes, monotonic.
+	start time.Duration
 	// release gives back the connection's place in the budget.
 	release func()
 
@@ -65,30 +61,44 @@ type clientConn struct {
 	segs     [][]byte // pieces of the current command not yet handed over
 	stream   int64    // APPEND literal bytes to pass through as they come
 	awaitLit int64    // a synchronizing APPEND literal awaits imapserver's "+"
-	tail     bool     // the rest of an APPEND follows its message literal
-	handover bool     // STARTTLS: Close starts TLS instead of closing
 	// dropped holds the last bytes of a line readLine dropped as too
 	// long, so that a literal it announces is seen.
-	dropped []byte
+	dropped  []byte
+	tail     bool // the rest of an APPEND follows its message literal
+	handover bool // STARTTLS: Close starts TLS instead of closing
+	isTLS    bool
+	// implicitTLS: the connection came to the TLS listener ("imaps" in
+	// the log; kept across STARTTLS, which stays "imap").
+	implicitTLS bool
+	// secure: plaintext logins are allowed (see Config.Secure).
+	secure bool
 
+	// The fields are ordered so that the struct packs into a smaller
+	// allocation: one exists per connection.
 	mu       sync.Mutex
 	tag, cmd string // the command in progress
-	answered bool   // its tagged response was written
-	cont     bool   // a "+" was written since the client last sent data
-	authed   bool   // logged in
 	errors   int
+	out      outState
+	answered bool // its tagged response was written
+	cont     bool // a "+" was written since the client last sent data
+	authed   bool // logged in
 	eof      bool // Read returns io.EOF (BYE sent, or STARTTLS)
 	greeting bool // drop the greeting (after STARTTLS)
-	out      outState
 	closed   bool
 }
+
+// processStart is what clientConn.start counts from.
+var processStart = time.Now()
+
+// listener names the connection's listener in the log.
+func (c *clientConn) listener() string { return listenerName(c.implicitTLS) }
 
 // outState follows the response stream line by line.
 type outState struct {
 	line    []byte // start of the current line, held until it is classified
-	passing bool   // the current line is being passed through
 	tail    []byte // last bytes of a passed line, for a literal announcement
 	literal int64  // literal bytes to pass through
+	passing bool   // the current line is being passed through
 }
 
 const (
@@ -775,7 +785,7 @@ func (s *Server) startTLS(old *clientConn) {
 	tc := tls.Server(raw, s.cfg.TLSConfig)
 	tc.SetDeadline(time.Now().Add(tlsHandshakeTimeout))
 	if err := tc.Handshake(); err != nil {
-		s.log.Info("tls handshake", "session", old.id, "proto", "imap", "listener", old.listener,
+		s.log.Info("tls handshake", "session", old.id, "proto", "imap", "listener", old.listener(),
 			"remote", raw.RemoteAddr().String(), "result", "fail", "version", "", "err", err)
 		raw.Close()
 		s.connGone(old)
@@ -783,7 +793,7 @@ func (s *Server) startTLS(old *clientConn) {
 	}
 	tc.SetDeadline(time.Time{})
 	c := newClientConn(s, tc, old.id, true, true, old.release)
-	c.listener, c.start = old.listener, old.start
+	c.implicitTLS, c.start = old.implicitTLS, old.start
 	c.greeting = true
 	if !s.replaceConn(old, c) {
 		raw.Close()

@@ -30,7 +30,7 @@ func (s *session) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *
 	if len(targets) == 0 {
 		return nil
 	}
-	msgs, err := s.srv.store.Messages(ctx, s.mailbox.ID, uidSetOf(targets))
+	msgs, err := s.srv.store.Messages(ctx, s.boxID, uidSetOf(targets))
 	if err != nil {
 		if errors.Is(err, mailstore.ErrNotFound) {
 			return errMailboxGone
@@ -60,7 +60,7 @@ func (s *session) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *
 			}
 		}
 		if len(unseen) > 0 {
-			changed, err := s.srv.store.StoreFlags(ctx, s.mailbox.ID, uidSetOf(unseen), mailstore.FlagsAdd, []string{mailstore.FlagSeen})
+			changed, err := s.srv.store.StoreFlags(ctx, s.boxID, uidSetOf(unseen), mailstore.FlagsAdd, []string{mailstore.FlagSeen})
 			if err != nil {
 				return s.internal("set \\Seen", err)
 			}

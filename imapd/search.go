@@ -46,9 +46,9 @@ func (s *session) Search(kind imapserver.NumKind, criteria *imap.SearchCriteria,
 	if searchInGo.Load() {
 		sel, exact = mailstore.SearchCriteria{}, false
 	}
-	msgs, err := s.srv.store.Search(ctx, s.mailbox.ID, &sel)
+	msgs, err := s.srv.store.Search(ctx, s.boxID, &sel)
 	if errors.Is(err, mailstore.ErrLimit) {
-		msgs, err = s.srv.store.Search(ctx, s.mailbox.ID, &mailstore.SearchCriteria{})
+		msgs, err = s.srv.store.Search(ctx, s.boxID, &mailstore.SearchCriteria{})
 		exact = false
 	}
 	if err != nil {

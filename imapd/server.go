@@ -289,7 +289,7 @@ func (s *Server) options(c *clientConn) *imapserver.Options {
 		o.TLSConfig = s.cfg.TLSConfig // only to offer STARTTLS: clientConn does it
 	}
 	if s.cfg.Trace {
-		o.DebugWriter = newTraceWriter(s.log.With("session", c.id, "proto", "imap", "listener", c.listener, "remote", c.RemoteAddr().String()))
+		o.DebugWriter = newTraceWriter(s.log.With("session", c.id, "proto", "imap", "listener", c.listener(), "remote", c.RemoteAddr().String()))
 	}
 	return o
 }
@@ -377,7 +377,7 @@ func (s *Server) hand(nc net.Conn) {
 	release, err := s.conns.Acquire(limits.RemoteIP(nc))
 	if err == nil {
 		c := newClientConn(s, nc, newSessionID(), isTLS, isTLS || s.cfg.AllowInsecureAuth || s.cfg.Secure(nc), release)
-		c.listener, c.start = listenerName(isTLS), time.Now()
+		c.implicitTLS, c.start = isTLS, time.Since(processStart)
 		if !s.addConn(c) {
 			release()
 			err = errors.New("shutting down")
@@ -388,7 +388,7 @@ func (s *Server) hand(nc net.Conn) {
 				tc := nc.(*tls.Conn)
 				tc.SetDeadline(time.Now().Add(tlsHandshakeTimeout))
 				if err := tc.Handshake(); err != nil {
-					s.log.Info("tls handshake", "session", c.id, "proto", "imap", "listener", c.listener,
+					s.log.Info("tls handshake", "session", c.id, "proto", "imap", "listener", c.listener(),
 						"remote", nc.RemoteAddr().String(), "result", "fail", "version", "", "err", err)
 					c.Close()
 					return

@@ -23,22 +23,25 @@ import (
 type session struct {
 	srv  *Server
 	conn *imapserver.Conn
-	cc   *clientConn
-	id   string
+	cc   *clientConn // cc.id names the session
 
 	// busy counts the calls in progress: Shutdown says BYE only to a
 	// session between commands.
-	busy    atomic.Int32
-	byeOnce sync.Once
+	busy atomic.Int32
+	// byeSent: sayBye has run.
+	byeSent atomic.Bool
 
 	user *mailstore.User
 	// view is the selected mailbox. It changes only on imapserver's
 	// command goroutine, under mu, which Idle (on its own goroutine, and
 	// possibly still running when Close is called) takes to read it.
-	mu        sync.Mutex
-	view      *view
-	mailbox   mailstore.Mailbox // the selected one, as it was at SELECT
-	searchRes []uint32          // UIDs saved by SEARCH RETURN (SAVE) (RFC 5182)
+	mu   sync.Mutex
+	view *view
+	// The selected mailbox's ID and name, as they were at SELECT (not
+	// the whole mailstore.Mailbox: an idle session keeps what it holds).
+	boxID     int64
+	boxName   string
+	searchRes []uint32 // UIDs saved by SEARCH RETURN (SAVE) (RFC 5182)
 }
 
 var (
@@ -50,7 +53,7 @@ var (
 )
 
 func (s *Server) newSession(c *imapserver.Conn, cc *clientConn) (imapserver.Session, *imapserver.GreetingData, error) {
-	sess := &session{srv: s, conn: c, cc: cc, id: cc.id}
+	sess := &session{srv: s, conn: c, cc: cc}
 	if !s.attach(cc, sess) {
 		return nil, nil, errShuttingDown
 	}
@@ -68,10 +71,10 @@ func (s *Server) newSession(c *imapserver.Conn, cc *clientConn) (imapserver.Sess
 // for each event rather than kept: an idle session holds no logger.
 func (s *session) logger() *slog.Logger {
 	if s.user != nil {
-		return s.srv.log.With("session", s.id, "proto", "imap", "listener", s.cc.listener, "remote", s.cc.RemoteAddr().String(),
+		return s.srv.log.With("session", s.cc.id, "proto", "imap", "listener", s.cc.listener(), "remote", s.cc.RemoteAddr().String(),
 			"user", s.user.Address)
 	}
-	return s.srv.log.With("session", s.id, "proto", "imap", "listener", s.cc.listener, "remote", s.cc.RemoteAddr().String())
+	return s.srv.log.With("session", s.cc.id, "proto", "imap", "listener", s.cc.listener(), "remote", s.cc.RemoteAddr().String())
 }
 
 // Session events are logged through these: the formatting runs off the
@@ -134,13 +137,14 @@ func (s *session) internal(op string, err error) error {
 
 // sayBye ends the session with an untagged BYE, once, without waiting.
 func (s *session) sayBye(text string) {
-	s.byeOnce.Do(func() {
-		go func() {
-			if err := s.conn.Bye(text); err != nil {
-				s.debug("bye", "err", err)
-			}
-		}()
-	})
+	if s.byeSent.Swap(true) {
+		return
+	}
+	go func() {
+		if err := s.conn.Bye(text); err != nil {
+			s.debug("bye", "err", err)
+		}
+	}()
 }
 
 // Close is called by imapserver when the connection ends, or is handed
@@ -149,7 +153,7 @@ func (s *session) Close() error {
 	s.setView(nil)
 	s.srv.detach(s.cc)
 	if !s.cc.handover { // after STARTTLS the session goes on
-		s.info("session end", "tls", s.cc.tlsVersion(), "duration", time.Since(s.cc.start).Round(time.Millisecond))
+		s.info("session end", "tls", s.cc.tlsVersion(), "duration", (time.Since(processStart) - s.cc.start).Round(time.Millisecond))
 	}
 	return nil
 }
