@@ -223,7 +223,10 @@ func (c *clientConn) Read(p []byte) (int, error) {
 			}
 			n := copy(p, c.segs[0])
 			if c.segs[0] = c.segs[0][n:]; len(c.segs[0]) == 0 {
-				c.segs = c.segs[1:]
+				c.segs[0] = nil
+				if c.segs = c.segs[1:]; len(c.segs) == 0 {
+					c.segs = nil // an idle session keeps no command
+				}
 			}
 			return n, nil
 		case c.awaitLit > 0:
@@ -719,6 +722,7 @@ func (c *clientConn) completeLine(line []byte) error {
 	if sp := bytes.IndexByte(text, ' '); sp > 0 && string(text[sp+1:]) == libInternalError {
 		line = append(text[:sp:sp], " BAD [CLIENTBUG] Malformed command\r\n"...)
 		text = line[:len(line)-2]
+		c.logMalformed()
 	}
 	if c.tag != "" && bytes.HasPrefix(text, []byte(c.tag+" ")) {
 		if err := c.emit(line); err != nil {

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -304,5 +305,25 @@ func TestPipelineLongerThanInputBuffer(t *testing.T) {
 		if l := last(rc.until(tag)); !strings.HasPrefix(l, tag+"OK") {
 			t.Fatalf("command %d: %q", i, l)
 		}
+	}
+}
+
+// TestMalformedCommandLogged: a command imapserver's decoder refuses is
+// logged at info with the session ID and the command, also now that
+// connections share an imapserver server.
+func TestMalformedCommandLogged(t *testing.T) {
+	env := newEnv(t)
+	rc := dialRaw(t, env.addr)
+	rc.login()
+	if l := last(rc.cmd("a", `CREATE "&Jjo"`)); !strings.HasPrefix(l, "a BAD") {
+		t.Fatalf("CREATE with invalid modified UTF-7 = %q", l)
+	}
+	start := regexp.MustCompile(`msg="session start" server=imap session=(\w+)`).FindStringSubmatch(env.logs.String())
+	if start == nil {
+		t.Fatalf("no session start in\n%s", env.logs)
+	}
+	want := regexp.MustCompile(`level=INFO msg="imapserver: malformed command" server=imap session=` + start[1] + ` proto=imap command=CREATE`)
+	if !want.MatchString(env.logs.String()) {
+		t.Errorf("no %s in\n%s", want, env.logs)
 	}
 }
