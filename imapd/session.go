@@ -21,9 +21,8 @@ import (
 // session is one IMAP connection's backend. imapserver calls its methods
 // one at a time (Idle excepted, which runs while the connection reads).
 type session struct {
-	srv  *Server
 	conn *imapserver.Conn
-	cc   *clientConn // cc.id names the session
+	cc   *clientConn // cc.id names the session, cc.srv is its server
 
 	// busy counts the calls in progress: Shutdown says BYE only to a
 	// session between commands.
@@ -31,7 +30,10 @@ type session struct {
 	// byeSent: sayBye has run.
 	byeSent atomic.Bool
 
-	user *mailstore.User
+	// The logged-in user (userAddr "" before login): not the whole
+	// mailstore.User, which an idle session would keep.
+	userID   int64
+	userAddr string
 	// view is the selected mailbox. It changes only on imapserver's
 	// command goroutine, under mu, which Idle (on its own goroutine, and
 	// possibly still running when Close is called) takes to read it.
@@ -53,7 +55,7 @@ var (
 )
 
 func (s *Server) newSession(c *imapserver.Conn, cc *clientConn) (imapserver.Session, *imapserver.GreetingData, error) {
-	sess := &session{srv: s, conn: c, cc: cc}
+	sess := &session{conn: c, cc: cc}
 	if !s.attach(cc, sess) {
 		return nil, nil, errShuttingDown
 	}
@@ -70,11 +72,11 @@ func (s *Server) newSession(c *imapserver.Conn, cc *clientConn) (imapserver.Sess
 // logger tags a log line with the session ID and the user. It is made
 // for each event rather than kept: an idle session holds no logger.
 func (s *session) logger() *slog.Logger {
-	if s.user != nil {
-		return s.srv.log.With("session", s.cc.id, "proto", "imap", "listener", s.cc.listener(), "remote", s.cc.RemoteAddr().String(),
-			"user", s.user.Address)
+	if s.userAddr != "" {
+		return s.cc.srv.log.With("session", s.cc.id, "proto", "imap", "listener", s.cc.listener(), "remote", s.cc.RemoteAddr().String(),
+			"user", s.userAddr)
 	}
-	return s.srv.log.With("session", s.cc.id, "proto", "imap", "listener", s.cc.listener(), "remote", s.cc.RemoteAddr().String())
+	return s.cc.srv.log.With("session", s.cc.id, "proto", "imap", "listener", s.cc.listener(), "remote", s.cc.RemoteAddr().String())
 }
 
 // Session events are logged through these: the formatting runs off the
@@ -85,7 +87,7 @@ func (s *session) error(msg string, args ...any) { s.log(slog.LevelError, msg, a
 func (s *session) debug(msg string, args ...any) { s.log(slog.LevelDebug, msg, args) }
 
 func (s *session) log(level slog.Level, msg string, args []any) {
-	if !s.srv.log.Enabled(context.Background(), level) {
+	if !s.cc.srv.log.Enabled(context.Background(), level) {
 		return
 	}
 	offStack(func() { s.logger().Log(context.Background(), level, msg, args...) })
@@ -120,7 +122,7 @@ func (s *session) enter() func() {
 
 // ctx bounds the store work of one command.
 func (s *session) ctx() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(s.srv.baseCtx, storeTimeout)
+	return context.WithTimeout(s.cc.srv.baseCtx, storeTimeout)
 }
 
 // internal logs an unexpected failure and returns what the client is
@@ -151,7 +153,7 @@ func (s *session) sayBye(text string) {
 // on after STARTTLS.
 func (s *session) Close() error {
 	s.setView(nil)
-	s.srv.detach(s.cc)
+	s.cc.srv.detach(s.cc)
 	if !s.cc.handover { // after STARTTLS the session goes on
 		s.info("session end", "tls", s.cc.tlsVersion(), "duration", (time.Since(processStart) - s.cc.start).Round(time.Millisecond))
 	}
@@ -180,8 +182,8 @@ func (s *session) login(username, password string) error {
 	}
 	var u mailstore.User
 	a := limits.Attempt{Protocol: "imap", Mechanism: mech, Remote: limits.RemoteIP(s.cc.Conn), User: username, Log: s.logger()}
-	err := s.srv.shared.Logins.Check(ctx, a, func(ctx context.Context) (ok bool, err error) {
-		u, err = s.srv.store.Authenticate(ctx, username, password)
+	err := s.cc.srv.shared.Logins.Check(ctx, a, func(ctx context.Context) (ok bool, err error) {
+		u, err = s.cc.srv.store.Authenticate(ctx, username, password)
 		if errors.Is(err, mailstore.ErrAuthFailed) {
 			return false, nil
 		}
@@ -202,7 +204,7 @@ func (s *session) login(username, password string) error {
 		s.info("auth", "result", "error", "user", username, "mechanism", mech)
 		return s.internal("authenticate", err)
 	}
-	s.user = &u
+	s.userID, s.userAddr = u.ID, u.Address
 	s.info("auth", "result", "ok", "mechanism", mech)
 	return nil
 }
@@ -212,7 +214,7 @@ func (s *session) Unauthenticate() error {
 	defer s.enter()()
 	s.setView(nil)
 	s.info("unauthenticate")
-	s.user = nil
+	s.userID, s.userAddr = 0, ""
 	s.searchRes = nil
 	return nil
 }
@@ -223,7 +225,7 @@ func (s *session) Namespace() (*imap.NamespaceData, error) {
 }
 
 // AppendLimit is advertised as APPENDLIMIT=n (RFC 7889).
-func (s *session) AppendLimit() uint32 { return uint32(s.srv.maxMessage) }
+func (s *session) AppendLimit() uint32 { return uint32(s.cc.srv.maxMessage) }
 
 // setView replaces the selected mailbox, closing the one before.
 func (s *session) setView(v *view) {
