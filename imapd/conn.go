@@ -11,7 +11,6 @@ import (
 	"net"
 	"strconv"
 	"sync"
-	"syscall"
 	"time"
 )
 
@@ -52,9 +51,9 @@ type clientConn struct {
 	// release gives back the connection's place in the budget.
 	release func()
 
-	// r buffers the client's input. It is nil while a plain TCP
-	// connection waits for its next command or IDLE's DONE with nothing
-	// buffered: the buffer goes back to readers (see awaitInput).
+	// r buffers the client's input. It is nil while the connection
+	// waits for its next command or IDLE's DONE with nothing buffered:
+	// the buffer goes back to readers (see awaitInput).
 	r *bufio.Reader
 
 	// Read side, on imapserver's command goroutine.
@@ -66,6 +65,9 @@ type clientConn struct {
 	dropped  []byte
 	tail     bool // the rest of an APPEND follows its message literal
 	handover bool // STARTTLS: Close starts TLS instead of closing
+	// first is the byte awaitInput read, when hasFirst (see connInput).
+	first    [1]byte
+	hasFirst bool
 	isTLS    bool
 	// implicitTLS: the connection came to the TLS listener ("imaps" in
 	// the log; kept across STARTTLS, which stays "imap").
@@ -137,36 +139,47 @@ func newClientConn(srv *Server, raw net.Conn, id string, isTLS, secure bool, rel
 func (c *clientConn) reader() *bufio.Reader {
 	if c.r == nil {
 		c.r = readers.Get().(*bufio.Reader)
-		c.r.Reset(c.Conn)
+		c.r.Reset((*connInput)(c))
 		c.srv.inputBuffers.Add(1)
 	}
 	return c.r
 }
 
+// connInput is what the input buffer reads: the byte awaitInput read
+// first, if any, then the connection.
+type connInput clientConn
+
+func (in *connInput) Read(p []byte) (int, error) {
+	if in.hasFirst && len(p) > 0 {
+		p[0], in.hasFirst = in.first[0], false
+		return 1, nil
+	}
+	return in.Conn.Read(p)
+}
+
 // awaitInput waits, until the read deadline, for the client to send
-// something. On a connection that gives access to its socket (plain TCP)
-// and with nothing buffered, the input buffer goes back to the pool while
-// it waits, and the socket is polled for readability instead: a session
-// idling for half an hour holds no buffer of ours. TLS keeps its buffer
-// (crypto/tls may hold decrypted input the socket no longer shows).
+// something. With nothing buffered, the input buffer goes back to the
+// pool while it waits, and the wait is a read of one byte into the
+// connection's own struct: a session idling for half an hour holds no
+// buffer of ours (crypto/tls keeps its own record buffer).
 func (c *clientConn) awaitInput() error {
-	if c.r != nil && c.r.Buffered() > 0 {
+	if c.hasFirst || c.r != nil && c.r.Buffered() > 0 {
 		return nil
 	}
-	if sc, ok := c.Conn.(syscall.Conn); ok {
-		if rc, err := sc.SyscallConn(); err == nil {
-			if c.r != nil {
-				c.r.Reset(nil)
-				readers.Put(c.r)
-				c.r = nil
-				c.srv.inputBuffers.Add(-1)
-			}
-			if err := waitReadable(rc); err != nil {
-				return err
-			}
-		}
+	if c.r != nil {
+		c.r.Reset(nil)
+		readers.Put(c.r)
+		c.r = nil
+		c.srv.inputBuffers.Add(-1)
 	}
-	_, err := c.reader().Peek(1)
+	n, err := c.Conn.Read(c.first[:])
+	if n == 1 {
+		c.hasFirst = true
+		return nil
+	}
+	if err == nil {
+		err = io.ErrNoProgress
+	}
 	return err
 }
 

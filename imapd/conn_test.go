@@ -243,9 +243,10 @@ func TestStartTLSDropsInjectedCommands(t *testing.T) {
 	}
 }
 
-// TestIdleConnectionsHoldNoInputBuffer: a plain connection waiting for
-// its first command, one logged in and one in IDLE hold no input buffer
-// of ours, and each goes on as before once the client speaks.
+// TestIdleConnectionsHoldNoInputBuffer: a connection waiting for its
+// first command, one logged in, one in IDLE and one in IDLE over TLS hold
+// no input buffer of ours, and each goes on as before once the client
+// speaks.
 func TestIdleConnectionsHoldNoInputBuffer(t *testing.T) {
 	env := newEnv(t)
 	env.deliver(t, testMessage(1, "one"))
@@ -253,12 +254,21 @@ func TestIdleConnectionsHoldNoInputBuffer(t *testing.T) {
 	authed := dialRaw(t, env.addr)
 	authed.login()
 	idler := dialRaw(t, env.addr)
-	idler.login()
-	if l := last(idler.cmd("s", "SELECT INBOX")); !strings.HasPrefix(l, "s OK") {
-		t.Fatalf("SELECT = %q", l)
+	tc, err := tls.Dial("tcp", env.tls, env.clientTLS())
+	if err != nil {
+		t.Fatal(err)
 	}
-	idler.send("i IDLE\r\n")
-	idler.until("+")
+	t.Cleanup(func() { tc.Close() })
+	tlsIdler := &rawConn{t: t, c: tc}
+	tlsIdler.readLine() // greeting
+	for _, rc := range []*rawConn{idler, tlsIdler} {
+		rc.login()
+		if l := last(rc.cmd("s", "SELECT INBOX")); !strings.HasPrefix(l, "s OK") {
+			t.Fatalf("SELECT = %q", l)
+		}
+		rc.send("i IDLE\r\n")
+		rc.until("+")
+	}
 	deadline := time.Now().Add(waitTimeout)
 	for env.srv.inputBuffers.Load() != 0 {
 		if time.Now().After(deadline) {
@@ -267,12 +277,12 @@ func TestIdleConnectionsHoldNoInputBuffer(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	env.deliver(t, testMessage(2, "two"))
-	if l := idler.until("* 2 EXISTS"); len(l) == 0 {
-		t.Fatal("no EXISTS during IDLE")
-	}
-	idler.send("DONE\r\n")
-	if l := last(idler.until("i ")); !strings.HasPrefix(l, "i OK") {
-		t.Fatalf("IDLE = %q", l)
+	for _, rc := range []*rawConn{idler, tlsIdler} {
+		rc.until("* 2 EXISTS")
+		rc.send("DONE\r\n")
+		if l := last(rc.until("i ")); !strings.HasPrefix(l, "i OK") {
+			t.Fatalf("IDLE = %q", l)
+		}
 	}
 	if l := last(fresh.cmd("c", "CAPABILITY")); !strings.HasPrefix(l, "c OK") {
 		t.Fatalf("CAPABILITY = %q", l)
