@@ -3,6 +3,7 @@ package imapd
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"log/slog"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/metrics"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -228,11 +230,17 @@ func (stubSession) Copy(imap.NumSet, string) (*imap.CopyData, error) { return ni
 
 // idleClients opens n connections to addr that log in, select INBOX and
 // IDLE. They are plain sockets read synchronously: no client goroutines.
-func idleClients(b *testing.B, addr string, n int) []net.Conn {
+func idleClients(b *testing.B, addr string, n int, clientTLS *tls.Config) []net.Conn {
 	b.Helper()
 	conns := make([]net.Conn, 0, n)
 	for i := 0; i < n; i++ {
-		c, err := net.Dial("tcp", addr)
+		var c net.Conn
+		var err error
+		if clientTLS != nil {
+			c, err = tls.Dial("tcp", addr, clientTLS)
+		} else {
+			c, err = net.Dial("tcp", addr)
+		}
 		if err != nil {
 			b.Fatalf("connection %d: %v", i, err)
 		}
@@ -308,34 +316,67 @@ func perConn(a, b memSample, n int) (heap, stack, rss float64) {
 // (GODEBUG adaptivestackstart), and the stub runs first, in a process that
 // has not yet run SQLite: run with GODEBUG=adaptivestackstart=0 to compare
 // like with like.
-func BenchmarkIdleConnections(b *testing.B) {
+//
+// POSTERN_BENCH_PROFILE=DIR writes, while the connections idle, a heap
+// profile of every allocation (heap-library.pprof, heap-postern.pprof; read
+// with go tool pprof -sample_index=inuse_space) and a goroutine dump
+// (goroutines-*.txt) to DIR.
+func BenchmarkIdleConnections(b *testing.B) { benchIdle(b, false) }
+
+// BenchmarkIdleConnectionsTLS: the same over implicit TLS (port 993), on
+// both sides; the client side's TLS state is in both figures alike.
+func BenchmarkIdleConnectionsTLS(b *testing.B) { benchIdle(b, true) }
+
+func benchIdle(b *testing.B, useTLS bool) {
 	const n = 2000
-	measure := func(addr string) (heap, stack, rss float64) {
+	profDir := os.Getenv("POSTERN_BENCH_PROFILE")
+	if profDir != "" {
+		defer func(rate int) { runtime.MemProfileRate = rate }(runtime.MemProfileRate)
+		runtime.MemProfileRate = 1
+	}
+	var clientTLS *tls.Config
+	measure := func(addr, label string) (heap, stack, rss float64) {
 		m0 := memNow()
-		conns := idleClients(b, addr, n)
+		conns := idleClients(b, addr, n, clientTLS)
 		time.Sleep(200 * time.Millisecond)
 		m1 := memNow()
+		if profDir != "" {
+			writeProfiles(b, profDir, label)
+		}
 		for _, c := range conns {
 			c.Write([]byte("DONE\r\nz LOGOUT\r\n"))
 			c.Close()
 		}
 		return perConn(m0, m1, n)
 	}
+	// The runtime never frees a goroutine's descriptor (runtime.g, some
+	// 400 bytes); it reuses it. Whichever side ran first would pay for
+	// the descriptors of both: make them now, so that neither does.
+	// Both sides run two goroutines per idle connection (imapserver's).
+	warmGoroutines(3 * n)
 	for i := 0; i < b.N; i++ {
-		stub := imapserver.New(&imapserver.Options{
+		opts := &imapserver.Options{
 			NewSession: func(*imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
 				return stubSession{}, nil, nil
 			},
 			Caps:         imap.CapSet{imap.CapIMAP4rev1: {}},
 			InsecureAuth: true,
 			Logger:       libLogger{&Server{log: newEnvLogger()}, "stub"},
-		})
+		}
+		var ln net.Listener
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			b.Fatal(err)
 		}
+		if useTLS {
+			serverTLS, cert := selfSigned(b)
+			opts.TLSConfig = serverTLS
+			ln = tls.NewListener(ln, serverTLS)
+			clientTLS = (&testEnv{cert: cert}).clientTLS()
+		}
+		stub := imapserver.New(opts)
 		go stub.Serve(ln)
-		baseHeap, baseStack, baseRSS := measure(ln.Addr().String())
+		baseHeap, baseStack, baseRSS := measure(ln.Addr().String(), "library")
 		stub.Close()
 
 		env := newEnv(b, func(c *Config) {
@@ -345,7 +386,11 @@ func BenchmarkIdleConnections(b *testing.B) {
 			c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 		})
 		env.deliver(b, testMessage(1, "one"))
-		oursHeap, oursStack, oursRSS := measure(env.addr)
+		addr := env.addr
+		if useTLS {
+			addr, clientTLS = env.tls, env.clientTLS()
+		}
+		oursHeap, oursStack, oursRSS := measure(addr, "postern")
 
 		b.ReportMetric(baseHeap, "library-heap-B/conn")
 		b.ReportMetric(baseStack, "library-stack-B/conn")
@@ -354,6 +399,45 @@ func BenchmarkIdleConnections(b *testing.B) {
 		b.ReportMetric(oursHeap+oursStack-baseHeap-baseStack, "backend-B/conn")
 		b.ReportMetric(baseRSS, "library-rss-B/conn")
 		b.ReportMetric(oursRSS, "postern-rss-B/conn")
+	}
+}
+
+// warmGoroutines starts n goroutines and waits for them to end.
+func warmGoroutines(n int) {
+	var wg sync.WaitGroup
+	release := make(chan struct{})
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-release
+		}()
+	}
+	close(release)
+	wg.Wait()
+}
+
+// writeProfiles writes the heap profile and a goroutine dump of this
+// moment to dir, named after label.
+func writeProfiles(b *testing.B, dir, label string) {
+	b.Helper()
+	for _, p := range []struct {
+		profile, file string
+		debug         int
+	}{
+		{"heap", "heap-" + label + ".pprof", 0},
+		{"goroutine", "goroutines-" + label + ".txt", 1},
+	} {
+		f, err := os.Create(dir + "/" + p.file)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := pprof.Lookup(p.profile).WriteTo(f, p.debug); err != nil {
+			b.Fatalf("write %s: %v", p.file, err)
+		}
+		if err := f.Close(); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
 

@@ -45,46 +45,62 @@ type clientConn struct {
 	net.Conn // the client's connection
 	srv      *Server
 	id       string
-	isTLS    bool
-	// listener is "imap" or "imaps" and start the session's start, for
-	// the log; both are kept across STARTTLS.
-	listener string
-	start    time.Time
-	// secure: plaintext logins are allowed (see Config.Secure).
-	secure bool
+	// start is when the session started, for the log (kept across
+	// STARTTLS), as time since processStart: 8 bytes, monotonic.
+	start time.Duration
 	// release gives back the connection's place in the budget.
 	release func()
 
+	// r buffers the client's input. It is nil while the connection
+	// waits for its next command or IDLE's DONE with nothing buffered:
+	// the buffer goes back to readers (see awaitInput).
 	r *bufio.Reader
 
 	// Read side, on imapserver's command goroutine.
 	segs     [][]byte // pieces of the current command not yet handed over
 	stream   int64    // APPEND literal bytes to pass through as they come
 	awaitLit int64    // a synchronizing APPEND literal awaits imapserver's "+"
-	tail     bool     // the rest of an APPEND follows its message literal
-	handover bool     // STARTTLS: Close starts TLS instead of closing
 	// dropped holds the last bytes of a line readLine dropped as too
 	// long, so that a literal it announces is seen.
-	dropped []byte
+	dropped  []byte
+	tail     bool // the rest of an APPEND follows its message literal
+	handover bool // STARTTLS: Close starts TLS instead of closing
+	// first is the byte awaitInput read, when hasFirst (see connInput).
+	first    [1]byte
+	hasFirst bool
+	isTLS    bool
+	// implicitTLS: the connection came to the TLS listener ("imaps" in
+	// the log; kept across STARTTLS, which stays "imap").
+	implicitTLS bool
+	// secure: plaintext logins are allowed (see Config.Secure).
+	secure bool
 
+	// The fields are ordered so that the struct packs into a smaller
+	// allocation: one exists per connection.
 	mu       sync.Mutex
 	tag, cmd string // the command in progress
-	answered bool   // its tagged response was written
-	cont     bool   // a "+" was written since the client last sent data
-	authed   bool   // logged in
 	errors   int
+	out      outState
+	answered bool // its tagged response was written
+	cont     bool // a "+" was written since the client last sent data
+	authed   bool // logged in
 	eof      bool // Read returns io.EOF (BYE sent, or STARTTLS)
 	greeting bool // drop the greeting (after STARTTLS)
-	out      outState
 	closed   bool
 }
+
+// processStart is what clientConn.start counts from.
+var processStart = time.Now()
+
+// listener names the connection's listener in the log.
+func (c *clientConn) listener() string { return listenerName(c.implicitTLS) }
 
 // outState follows the response stream line by line.
 type outState struct {
 	line    []byte // start of the current line, held until it is classified
-	passing bool   // the current line is being passed through
 	tail    []byte // last bytes of a passed line, for a literal announcement
 	literal int64  // literal bytes to pass through
+	passing bool   // the current line is being passed through
 }
 
 const (
@@ -108,9 +124,75 @@ const (
 
 var errLineTooLong = errors.New("command line too long")
 
+// readBufferSize is the size of a connection's input buffer.
+const readBufferSize = 4096
+
+// readers holds the input buffers of connections that are waiting: an idle
+// connection holds none of its own (imapserver's are its own).
+var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, readBufferSize) }}
+
 func newClientConn(srv *Server, raw net.Conn, id string, isTLS, secure bool, release func()) *clientConn {
-	return &clientConn{Conn: raw, srv: srv, id: id, isTLS: isTLS, secure: secure, release: release,
-		r: bufio.NewReaderSize(raw, 4096)}
+	return &clientConn{Conn: raw, srv: srv, id: id, isTLS: isTLS, secure: secure, release: release}
+}
+
+// reader makes sure the connection has its input buffer.
+func (c *clientConn) reader() *bufio.Reader {
+	if c.r == nil {
+		c.r = readers.Get().(*bufio.Reader)
+		c.r.Reset((*connInput)(c))
+		c.srv.inputBuffers.Add(1)
+	}
+	return c.r
+}
+
+// connInput is what the input buffer reads: the byte awaitInput read
+// first, if any, then the connection.
+type connInput clientConn
+
+func (in *connInput) Read(p []byte) (int, error) {
+	if in.hasFirst && len(p) > 0 {
+		p[0], in.hasFirst = in.first[0], false
+		return 1, nil
+	}
+	return in.Conn.Read(p)
+}
+
+// awaitInput waits, until the read deadline, for the client to send
+// something. With nothing buffered, the input buffer goes back to the
+// pool while it waits, and the wait is a read of one byte into the
+// connection's own struct: a session idling for half an hour holds no
+// buffer of ours (crypto/tls keeps its own record buffer).
+func (c *clientConn) awaitInput() error {
+	if c.hasFirst || c.r != nil && c.r.Buffered() > 0 {
+		return nil
+	}
+	if c.r != nil {
+		c.r.Reset(nil)
+		readers.Put(c.r)
+		c.r = nil
+		c.srv.inputBuffers.Add(-1)
+	}
+	n, err := c.Conn.Read(c.first[:])
+	if n == 1 {
+		c.hasFirst = true
+		return nil
+	}
+	if err == nil {
+		err = io.ErrNoProgress
+	}
+	return err
+}
+
+// awaitCommand waits for the client's next command, with the login or
+// idle timeout; past it the client is told why the session ends.
+func (c *clientConn) awaitCommand() error {
+	c.Conn.SetReadDeadline(time.Now().Add(c.waitTimeout()))
+	err := c.awaitInput()
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		c.writeLine("* BYE [UNAVAILABLE] Autologout: idle for too long")
+	}
+	return err
 }
 
 // SetReadDeadline is imapserver's; clientConn sets its own (see Read).
@@ -154,7 +236,10 @@ func (c *clientConn) Read(p []byte) (int, error) {
 			}
 			n := copy(p, c.segs[0])
 			if c.segs[0] = c.segs[0][n:]; len(c.segs[0]) == 0 {
-				c.segs = c.segs[1:]
+				c.segs[0] = nil
+				if c.segs = c.segs[1:]; len(c.segs) == 0 {
+					c.segs = nil // an idle session keeps no command
+				}
 			}
 			return n, nil
 		case c.awaitLit > 0:
@@ -171,7 +256,7 @@ func (c *clientConn) Read(p []byte) (int, error) {
 			if answered {
 				buf = make([]byte, 4096) // refused after all: read it to drop it
 			}
-			n, err := c.r.Read(buf[:min(int64(len(buf)), c.stream)])
+			n, err := c.reader().Read(buf[:min(int64(len(buf)), c.stream)])
 			c.stream -= int64(n)
 			if answered {
 				if err != nil {
@@ -192,6 +277,16 @@ func (c *clientConn) Read(p []byte) (int, error) {
 			// string across lines, say): the command ends here.
 			return 0, io.EOF
 		}
+		if c.tail && answered {
+			c.tail = false // imapserver answered before the message: what follows is new
+		}
+		if !c.tail {
+			// Waiting here rather than in frame keeps the goroutine's
+			// stack shallow while the client is silent.
+			if err := c.awaitCommand(); err != nil {
+				return 0, err
+			}
+		}
 		if err := c.frame(); err != nil {
 			return 0, err
 		}
@@ -207,6 +302,9 @@ func (c *clientConn) setCont(v bool) {
 // rawLine reads one line that is not a command.
 func (c *clientConn) rawLine() error {
 	c.Conn.SetReadDeadline(time.Now().Add(c.waitTimeout()))
+	if err := c.awaitInput(); err != nil {
+		return err
+	}
 	line, err := c.readLine(c.srv.maxLine)
 	if errors.Is(err, errLineTooLong) {
 		line, err = []byte("*\r\n"), nil // cancels AUTHENTICATE, ends IDLE with BAD
@@ -230,27 +328,14 @@ func (c *clientConn) waitTimeout() time.Duration {
 }
 
 // frame reads the next command (or the rest of an APPEND after its
-// message) and queues it in segs, or answers it itself.
+// message, when c.tail) and queues it in segs, or answers it itself. Read
+// has waited for its first byte.
 func (c *clientConn) frame() error {
 	tail := c.tail
 	c.tail = false
 	c.mu.Lock()
-	tag, name, answered := c.tag, c.cmd, c.answered
+	tag, name := c.tag, c.cmd
 	c.mu.Unlock()
-	if tail && answered {
-		tail = false // imapserver answered before the message: what follows is new
-	}
-	if !tail {
-		wait := c.waitTimeout()
-		c.Conn.SetReadDeadline(time.Now().Add(wait))
-		if _, err := c.r.Peek(1); err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				c.writeLine("* BYE [UNAVAILABLE] Autologout: idle for too long")
-			}
-			return err
-		}
-	}
 	c.Conn.SetReadDeadline(time.Now().Add(commandTimeout))
 
 	var segs [][]byte
@@ -382,14 +467,15 @@ func (c *clientConn) refuse(tag, resp string, end bool) error {
 func (c *clientConn) readLine(limit int) ([]byte, error) {
 	c.dropped = c.dropped[:0]
 	var line []byte
+	r := c.reader()
 	for {
-		frag, err := c.r.ReadSlice('\n')
+		frag, err := r.ReadSlice('\n')
 		if len(line)+len(frag) > limit {
 			line = append(line, frag[:min(len(frag), max(0, 256-len(line)))]...)
 			dropped := len(frag)
 			c.keepTail(frag)
 			for errors.Is(err, bufio.ErrBufferFull) && dropped < maxDiscard {
-				frag, err = c.r.ReadSlice('\n')
+				frag, err = r.ReadSlice('\n')
 				dropped += len(frag)
 				c.keepTail(frag)
 			}
@@ -548,7 +634,7 @@ func (c *clientConn) beginTLS(tag string) error {
 	if err := c.writeLine(tag + " OK Begin TLS negotiation now"); err != nil {
 		return err
 	}
-	c.r.Discard(c.r.Buffered())
+	c.reader().Discard(c.r.Buffered())
 	c.mu.Lock()
 	c.handover, c.eof = true, true
 	c.mu.Unlock()
@@ -649,6 +735,7 @@ func (c *clientConn) completeLine(line []byte) error {
 	if sp := bytes.IndexByte(text, ' '); sp > 0 && string(text[sp+1:]) == libInternalError {
 		line = append(text[:sp:sp], " BAD [CLIENTBUG] Malformed command\r\n"...)
 		text = line[:len(line)-2]
+		c.logMalformed()
 	}
 	if c.tag != "" && bytes.HasPrefix(text, []byte(c.tag+" ")) {
 		if err := c.emit(line); err != nil {
@@ -715,7 +802,7 @@ func (s *Server) startTLS(old *clientConn) {
 	tc := tls.Server(raw, s.cfg.TLSConfig)
 	tc.SetDeadline(time.Now().Add(tlsHandshakeTimeout))
 	if err := tc.Handshake(); err != nil {
-		s.log.Info("tls handshake", "session", old.id, "proto", "imap", "listener", old.listener,
+		s.log.Info("tls handshake", "session", old.id, "proto", "imap", "listener", old.listener(),
 			"remote", raw.RemoteAddr().String(), "result", "fail", "version", "", "err", err)
 		raw.Close()
 		s.connGone(old)
@@ -723,7 +810,7 @@ func (s *Server) startTLS(old *clientConn) {
 	}
 	tc.SetDeadline(time.Time{})
 	c := newClientConn(s, tc, old.id, true, true, old.release)
-	c.listener, c.start = old.listener, old.start
+	c.implicitTLS, c.start = old.implicitTLS, old.start
 	c.greeting = true
 	if !s.replaceConn(old, c) {
 		raw.Close()

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -239,5 +240,100 @@ func TestStartTLSDropsInjectedCommands(t *testing.T) {
 		if strings.Contains(l, "session=") && !strings.Contains(l, " proto=imap listener=imap remote=127.0.0.1:") {
 			t.Errorf("session line without proto, listener and remote: %s", l)
 		}
+	}
+}
+
+// TestIdleConnectionsHoldNoInputBuffer: a connection waiting for its
+// first command, one logged in, one in IDLE and one in IDLE over TLS hold
+// no input buffer of ours, and each goes on as before once the client
+// speaks.
+func TestIdleConnectionsHoldNoInputBuffer(t *testing.T) {
+	env := newEnv(t)
+	env.deliver(t, testMessage(1, "one"))
+	fresh := dialRaw(t, env.addr)
+	authed := dialRaw(t, env.addr)
+	authed.login()
+	idler := dialRaw(t, env.addr)
+	tc, err := tls.Dial("tcp", env.tls, env.clientTLS())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tc.Close() })
+	tlsIdler := &rawConn{t: t, c: tc}
+	tlsIdler.readLine() // greeting
+	for _, rc := range []*rawConn{idler, tlsIdler} {
+		rc.login()
+		if l := last(rc.cmd("s", "SELECT INBOX")); !strings.HasPrefix(l, "s OK") {
+			t.Fatalf("SELECT = %q", l)
+		}
+		rc.send("i IDLE\r\n")
+		rc.until("+")
+	}
+	deadline := time.Now().Add(waitTimeout)
+	for env.srv.inputBuffers.Load() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d input buffers held by idle connections", env.srv.inputBuffers.Load())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	env.deliver(t, testMessage(2, "two"))
+	for _, rc := range []*rawConn{idler, tlsIdler} {
+		rc.until("* 2 EXISTS")
+		rc.send("DONE\r\n")
+		if l := last(rc.until("i ")); !strings.HasPrefix(l, "i OK") {
+			t.Fatalf("IDLE = %q", l)
+		}
+	}
+	if l := last(fresh.cmd("c", "CAPABILITY")); !strings.HasPrefix(l, "c OK") {
+		t.Fatalf("CAPABILITY = %q", l)
+	}
+	if l := last(authed.cmd("n", "NOOP")); !strings.HasPrefix(l, "n OK") {
+		t.Fatalf("NOOP = %q", l)
+	}
+}
+
+// TestPipelineLongerThanInputBuffer: commands sent in one write, more
+// than the input buffer holds, are all answered: what the socket still
+// has when the buffer is empty is found without waiting for more. The
+// commands are 16 bytes each, so that a buffer's worth ends at a
+// command's end and the buffer is empty between two commands.
+func TestPipelineLongerThanInputBuffer(t *testing.T) {
+	env := newEnv(t)
+	rc := dialRaw(t, env.addr)
+	rc.login()
+	const n = 1000
+	var b strings.Builder
+	for i := 0; i < n; i++ {
+		fmt.Fprintf(&b, "p%08d NOOP\r\n", i)
+	}
+	if b.Len() != 16*n || readBufferSize%16 != 0 || b.Len() <= 2*readBufferSize {
+		t.Fatalf("pipeline of %d bytes does not split at commands in a %d-byte buffer", b.Len(), readBufferSize)
+	}
+	go io.WriteString(rc.c, b.String())
+	for i := 0; i < n; i++ {
+		tag := fmt.Sprintf("p%08d ", i)
+		if l := last(rc.until(tag)); !strings.HasPrefix(l, tag+"OK") {
+			t.Fatalf("command %d: %q", i, l)
+		}
+	}
+}
+
+// TestMalformedCommandLogged: a command imapserver's decoder refuses is
+// logged at info with the session ID and the command, also now that
+// connections share an imapserver server.
+func TestMalformedCommandLogged(t *testing.T) {
+	env := newEnv(t)
+	rc := dialRaw(t, env.addr)
+	rc.login()
+	if l := last(rc.cmd("a", `CREATE "&Jjo"`)); !strings.HasPrefix(l, "a BAD") {
+		t.Fatalf("CREATE with invalid modified UTF-7 = %q", l)
+	}
+	start := regexp.MustCompile(`msg="session start" server=imap session=(\w+)`).FindStringSubmatch(env.logs.String())
+	if start == nil {
+		t.Fatalf("no session start in\n%s", env.logs)
+	}
+	want := regexp.MustCompile(`level=INFO msg="imapserver: malformed command" server=imap session=` + start[1] + ` proto=imap command=CREATE`)
+	if !want.MatchString(env.logs.String()) {
+		t.Errorf("no %s in\n%s", want, env.logs)
 	}
 }

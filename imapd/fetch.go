@@ -30,7 +30,7 @@ func (s *session) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *
 	if len(targets) == 0 {
 		return nil
 	}
-	msgs, err := s.srv.store.Messages(ctx, s.mailbox.ID, uidSetOf(targets))
+	msgs, err := s.cc.srv.store.Messages(ctx, s.boxID, uidSetOf(targets))
 	if err != nil {
 		if errors.Is(err, mailstore.ErrNotFound) {
 			return errMailboxGone
@@ -60,7 +60,7 @@ func (s *session) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *
 			}
 		}
 		if len(unseen) > 0 {
-			changed, err := s.srv.store.StoreFlags(ctx, s.mailbox.ID, uidSetOf(unseen), mailstore.FlagsAdd, []string{mailstore.FlagSeen})
+			changed, err := s.cc.srv.store.StoreFlags(ctx, s.boxID, uidSetOf(unseen), mailstore.FlagsAdd, []string{mailstore.FlagSeen})
 			if err != nil {
 				return s.internal("set \\Seen", err)
 			}
@@ -125,7 +125,7 @@ func (s *session) fetchOne(ctx context.Context, w *imapserver.FetchWriter, seq u
 	}
 	if needData {
 		var err error
-		if data, err = s.srv.cache.get(ctx, m.BodyID); err != nil {
+		if data, err = s.cc.srv.cache.get(ctx, m.BodyID); err != nil {
 			return s.bodyError("read message structure", m.UID, err)
 		}
 	}
@@ -134,7 +134,7 @@ func (s *session) fetchOne(ctx context.Context, w *imapserver.FetchWriter, seq u
 	openBody := func() (*mailstore.Body, error) {
 		if body == nil {
 			var err error
-			if body, err = s.srv.store.OpenBody(ctx, m.BodyID); err != nil {
+			if body, err = s.cc.srv.store.OpenBody(ctx, m.BodyID); err != nil {
 				return nil, err
 			}
 		}

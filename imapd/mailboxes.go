@@ -50,7 +50,7 @@ func (s *session) Create(name string, options *imap.CreateOptions) error {
 	ctx, cancel := s.ctx()
 	defer cancel()
 	name = mailboxName(name)
-	if _, err := s.srv.store.CreateMailbox(ctx, s.user.ID, name, use); err != nil {
+	if _, err := s.cc.srv.store.CreateMailbox(ctx, s.userID, name, use); err != nil {
 		if e := storeError(err); e != nil {
 			return e
 		}
@@ -69,7 +69,7 @@ func (s *session) Delete(name string) error {
 	if n, err := mailstore.NormalizeMailboxName(name); err == nil && n == "INBOX" {
 		return errInboxDelete
 	}
-	if err := s.srv.store.DeleteMailbox(ctx, s.user.ID, name); err != nil {
+	if err := s.cc.srv.store.DeleteMailbox(ctx, s.userID, name); err != nil {
 		if e := storeError(err); e != nil {
 			return e
 		}
@@ -86,7 +86,7 @@ func (s *session) Rename(oldName, newName string, _ *imap.RenameOptions) error {
 	ctx, cancel := s.ctx()
 	defer cancel()
 	oldName, newName = mailboxName(oldName), mailboxName(newName)
-	if err := s.srv.store.RenameMailbox(ctx, s.user.ID, oldName, newName); err != nil {
+	if err := s.cc.srv.store.RenameMailbox(ctx, s.userID, oldName, newName); err != nil {
 		if e := storeError(err); e != nil {
 			return e
 		}
@@ -107,7 +107,7 @@ func (s *session) subscribe(name string, on bool) error {
 	defer s.enter()()
 	ctx, cancel := s.ctx()
 	defer cancel()
-	if err := s.srv.store.SetSubscribed(ctx, s.user.ID, mailboxName(name), on); err != nil {
+	if err := s.cc.srv.store.SetSubscribed(ctx, s.userID, mailboxName(name), on); err != nil {
 		if errors.Is(err, mailstore.ErrLimit) {
 			return errTooManySubs
 		}
@@ -141,7 +141,7 @@ func (s *session) List(w *imapserver.ListWriter, ref string, patterns []string, 
 	}
 	ctx, cancel := s.ctx()
 	defer cancel()
-	boxes, err := s.srv.store.Mailboxes(ctx, s.user.ID)
+	boxes, err := s.cc.srv.store.Mailboxes(ctx, s.userID)
 	if err != nil {
 		return s.internal("list mailboxes", err)
 	}
@@ -151,7 +151,7 @@ func (s *session) List(w *imapserver.ListWriter, ref string, patterns []string, 
 	subscribed := make(map[string]bool)
 	var subs []string
 	if wantSubs {
-		if subs, err = s.srv.store.Subscriptions(ctx, s.user.ID); err != nil {
+		if subs, err = s.cc.srv.store.Subscriptions(ctx, s.userID); err != nil {
 			return s.internal("list subscriptions", err)
 		}
 		for _, n := range subs {
@@ -334,7 +334,7 @@ func (s *session) Status(name string, options *imap.StatusOptions) (*imap.Status
 	defer s.enter()()
 	ctx, cancel := s.ctx()
 	defer cancel()
-	mb, err := s.srv.store.MailboxByName(ctx, s.user.ID, mailboxName(name))
+	mb, err := s.cc.srv.store.MailboxByName(ctx, s.userID, mailboxName(name))
 	if err != nil {
 		if e := storeError(err); e != nil {
 			return nil, e
@@ -348,7 +348,7 @@ func (s *session) Status(name string, options *imap.StatusOptions) (*imap.Status
 }
 
 func (s *session) status(ctx context.Context, mb mailstore.Mailbox, options *imap.StatusOptions) (*imap.StatusData, error) {
-	st, err := s.srv.store.Status(ctx, mb.ID)
+	st, err := s.cc.srv.store.Status(ctx, mb.ID)
 	if err != nil {
 		if e := storeError(err); e != nil {
 			return nil, e
@@ -390,7 +390,7 @@ func (s *session) status(ctx context.Context, mb mailstore.Mailbox, options *ima
 		data.NumRecent = &n
 	}
 	if options.AppendLimit {
-		limit := uint32(s.srv.maxMessage)
+		limit := uint32(s.cc.srv.maxMessage)
 		data.AppendLimit = &limit
 	}
 	if options.DeletedStorage {
@@ -407,7 +407,7 @@ func (s *session) status(ctx context.Context, mb mailstore.Mailbox, options *ima
 func (s *session) Append(name string, r imap.LiteralReader, options *imap.AppendOptions) (*imap.AppendData, error) {
 	defer s.enter()()
 	lookup, cancelLookup := s.ctx()
-	mb, err := s.srv.store.MailboxByName(lookup, s.user.ID, mailboxName(name))
+	mb, err := s.cc.srv.store.MailboxByName(lookup, s.userID, mailboxName(name))
 	cancelLookup()
 	if err != nil {
 		if errors.Is(err, mailstore.ErrNotFound) {
@@ -430,7 +430,7 @@ func (s *session) Append(name string, r imap.LiteralReader, options *imap.Append
 	// allows, else to a private file, so that a client that announces
 	// much and sends little holds little; then it is loaded for the
 	// store with room for its working copies, or refused for now.
-	sp := s.srv.shared.Memory.NewSpool(s.srv.shared.SpoolDir, s.srv.maxMessage)
+	sp := s.cc.srv.shared.Memory.NewSpool(s.cc.srv.shared.SpoolDir, s.cc.srv.maxMessage)
 	defer func() {
 		if err := sp.Close(); err != nil {
 			s.warn("remove APPEND spool", "err", err)
@@ -466,7 +466,7 @@ func (s *session) Append(name string, r imap.LiteralReader, options *imap.Append
 	for _, f := range options.Flags {
 		flags = append(flags, string(f))
 	}
-	m, err := s.srv.store.Append(ctx, mb.ID, flags, options.Time, msg)
+	m, err := s.cc.srv.store.Append(ctx, mb.ID, flags, options.Time, msg)
 	if err != nil {
 		if errors.Is(err, mailstore.ErrInvalidName) {
 			return nil, errBadFlag

@@ -138,11 +138,11 @@ func (v *view) flagsOut(uid uint32, flags []string) []imap.Flag {
 // unclaimedRecent counts the mailbox's messages above the recent mark:
 // recent to whichever session selects the mailbox next.
 func (s *session) unclaimedRecent(ctx context.Context, mailboxID int64) (uint32, error) {
-	mark, err := s.srv.store.RecentMark(ctx, mailboxID)
+	mark, err := s.cc.srv.store.RecentMark(ctx, mailboxID)
 	if err != nil {
 		return 0, err
 	}
-	msgs, err := s.srv.store.Messages(ctx, mailboxID, mailstore.UIDSet{{Start: mark + 1, Stop: 0}})
+	msgs, err := s.cc.srv.store.Messages(ctx, mailboxID, mailstore.UIDSet{{Start: mark + 1, Stop: 0}})
 	if err != nil {
 		return 0, err
 	}

@@ -46,9 +46,9 @@ func (s *session) Search(kind imapserver.NumKind, criteria *imap.SearchCriteria,
 	if searchInGo.Load() {
 		sel, exact = mailstore.SearchCriteria{}, false
 	}
-	msgs, err := s.srv.store.Search(ctx, s.mailbox.ID, &sel)
+	msgs, err := s.cc.srv.store.Search(ctx, s.boxID, &sel)
 	if errors.Is(err, mailstore.ErrLimit) {
-		msgs, err = s.srv.store.Search(ctx, s.mailbox.ID, &mailstore.SearchCriteria{})
+		msgs, err = s.cc.srv.store.Search(ctx, s.boxID, &mailstore.SearchCriteria{})
 		exact = false
 	}
 	if err != nil {
@@ -436,7 +436,7 @@ func (sr *searcher) readHeader(c *candidate) (*textproto.Header, error) {
 	if c.header != nil {
 		return c.header, nil
 	}
-	b, err := sr.s.srv.store.OpenBody(sr.ctx, c.m.BodyID)
+	b, err := sr.s.cc.srv.store.OpenBody(sr.ctx, c.m.BodyID)
 	if err != nil {
 		return nil, err
 	}
@@ -516,7 +516,7 @@ func (sr *searcher) textMatch(c *candidate, needle string, withHeader bool) (boo
 	}
 	texts, ok := c.texts[withHeader]
 	if !ok {
-		b, err := sr.s.srv.store.OpenBody(sr.ctx, c.m.BodyID)
+		b, err := sr.s.cc.srv.store.OpenBody(sr.ctx, c.m.BodyID)
 		if err != nil {
 			return false, err
 		}

@@ -24,7 +24,7 @@ func (s *session) Select(name string, options *imap.SelectOptions) (data *imap.S
 func (s *session) selectMailbox(name string, options *imap.SelectOptions) (*imap.SelectData, error) {
 	ctx, cancel := s.ctx()
 	defer cancel()
-	mb, err := s.srv.store.MailboxByName(ctx, s.user.ID, mailboxName(name))
+	mb, err := s.cc.srv.store.MailboxByName(ctx, s.userID, mailboxName(name))
 	if err != nil {
 		if e := storeError(err); e != nil {
 			return nil, e
@@ -35,7 +35,7 @@ func (s *session) selectMailbox(name string, options *imap.SelectOptions) (*imap
 		return nil, errNoSelect
 	}
 	readOnly := options != nil && options.ReadOnly
-	v, unseenUID, err := s.srv.boxes.open(ctx, mb, readOnly)
+	v, unseenUID, err := s.cc.srv.boxes.open(ctx, mb, readOnly)
 	if err != nil {
 		return nil, s.internal("select", err)
 	}
@@ -53,7 +53,7 @@ func (s *session) selectMailbox(name string, options *imap.SelectOptions) (*imap
 		}
 	}
 	s.setView(v)
-	s.mailbox, s.searchRes = mb, nil
+	s.boxID, s.boxName, s.searchRes = mb.ID, mb.Name, nil
 
 	st := v.st
 	st.mu.Lock()
@@ -111,7 +111,7 @@ func (s *session) Poll(w *imapserver.UpdateWriter, allowExpunge bool) error {
 	}
 	// No timeout context here: the store is read only after a feed
 	// overflow, once.
-	return s.view.poll(s.srv.baseCtx, w, allowExpunge)
+	return s.view.poll(s.cc.srv.baseCtx, w, allowExpunge)
 }
 
 // Idle sends changes as they happen until the client says DONE (RFC
@@ -121,43 +121,44 @@ func (s *session) Poll(w *imapserver.UpdateWriter, allowExpunge bool) error {
 func (s *session) Idle(w *imapserver.UpdateWriter, stop <-chan struct{}) error {
 	v := s.selected()
 	if v == nil {
-		select {
-		case <-stop:
-		case <-s.srv.quit:
-		}
+		// Shutdown ends an idling session with BYE, which ends the
+		// connection and so the IDLE.
+		<-stop
 		return nil
 	}
-	wake, pending := v.idleChannels()
-	// The polls run off this goroutine's stack, which stays small while
-	// it waits (see offStack).
-	poll := func(signalled bool) (err error) {
-		offStack(func() {
-			if signalled {
-				v.feedSignalled(s.srv.baseCtx)
-			}
-			err = v.poll(s.srv.baseCtx, w, true)
-		})
-		return err
-	}
-	if err := poll(false); err != nil {
-		return err
-	}
+	// One select on three channels: each case holds a waiter record
+	// while the session idles.
+	signalled := false
 	for {
-		var err error
+		if err := s.idlePoll(v, w, signalled); err != nil {
+			return err
+		}
+		wake, pending, owed := v.idleWait()
+		signalled = false
+		if owed {
+			continue
+		}
 		select {
 		case <-stop:
 			return nil
-		case <-s.srv.quit:
-			return nil
 		case <-pending:
-			err = poll(true)
+			signalled = true
 		case <-wake:
-			err = poll(false)
-		}
-		if err != nil {
-			return err
 		}
 	}
+}
+
+// idlePoll sends what is owed during IDLE, after applying the feed's
+// changes when this session took its signal. It runs off the IDLE
+// goroutine's stack, which stays small while it waits (see offStack).
+func (s *session) idlePoll(v *view, w *imapserver.UpdateWriter, signalled bool) (err error) {
+	offStack(func() {
+		if signalled {
+			v.feedSignalled(s.cc.srv.baseCtx)
+		}
+		err = v.poll(s.cc.srv.baseCtx, w, true)
+	})
+	return err
 }
 
 // isClose reports whether imapserver called Expunge for CLOSE, which must
@@ -189,7 +190,7 @@ func (s *session) Expunge(w *imapserver.ExpungeWriter, uids *imap.UIDSet) error 
 		}
 		set = uidSetOf(targets)
 	}
-	gone, err := s.srv.store.Expunge(ctx, s.mailbox.ID, set)
+	gone, err := s.cc.srv.store.Expunge(ctx, s.boxID, set)
 	if err != nil {
 		if errors.Is(err, mailstore.ErrNotFound) {
 			return errMailboxGone
@@ -197,7 +198,7 @@ func (s *session) Expunge(w *imapserver.ExpungeWriter, uids *imap.UIDSet) error 
 		return s.internal("expunge", err)
 	}
 	if len(gone) > 0 {
-		s.info("expunge", "mailbox", s.mailbox.Name, "messages", len(gone))
+		s.info("expunge", "mailbox", s.boxName, "messages", len(gone))
 	}
 	s.view.changed(ctx)
 	return nil
@@ -230,7 +231,7 @@ func (s *session) Store(w *imapserver.FetchWriter, numSet imap.NumSet, flags *im
 	for _, f := range flags.Flags {
 		list = append(list, string(f))
 	}
-	msgs, err := s.srv.store.StoreFlags(ctx, s.mailbox.ID, uidSetOf(targets), op, list)
+	msgs, err := s.cc.srv.store.StoreFlags(ctx, s.boxID, uidSetOf(targets), op, list)
 	if err != nil {
 		if errors.Is(err, mailstore.ErrInvalidName) {
 			return errBadFlag
@@ -261,7 +262,7 @@ func (s *session) Copy(numSet imap.NumSet, dest string) (*imap.CopyData, error) 
 	if len(targets) == 0 {
 		return nil, nil
 	}
-	pairs, err := s.srv.store.Copy(ctx, s.mailbox.ID, uidSetOf(targets), dst.ID)
+	pairs, err := s.cc.srv.store.Copy(ctx, s.boxID, uidSetOf(targets), dst.ID)
 	if err != nil {
 		if e := storeError(err); e != nil {
 			if e == errNonExistent {
@@ -271,7 +272,7 @@ func (s *session) Copy(numSet imap.NumSet, dest string) (*imap.CopyData, error) 
 		}
 		return nil, s.internal("copy", err)
 	}
-	if dst.ID == s.mailbox.ID {
+	if dst.ID == s.boxID {
 		s.view.changed(ctx)
 	}
 	return copyData(dst, pairs), nil
@@ -297,7 +298,7 @@ func (s *session) Move(w *imapserver.MoveWriter, numSet imap.NumSet, dest string
 	// The destination may be the selected mailbox itself (RFC 6851 3.3
 	// does not forbid it): the store gives the messages new UIDs and
 	// expunges the originals in one transaction.
-	pairs, err := s.srv.store.Move(ctx, s.mailbox.ID, uidSetOf(targets), dst.ID)
+	pairs, err := s.cc.srv.store.Move(ctx, s.boxID, uidSetOf(targets), dst.ID)
 	if err != nil {
 		if e := storeError(err); e != nil {
 			if e == errNonExistent {
@@ -319,7 +320,7 @@ func (s *session) Move(w *imapserver.MoveWriter, numSet imap.NumSet, dest string
 func (s *session) destination(name string) (mailstore.Mailbox, error) {
 	ctx, cancel := s.ctx()
 	defer cancel()
-	dst, err := s.srv.store.MailboxByName(ctx, s.user.ID, mailboxName(name))
+	dst, err := s.cc.srv.store.MailboxByName(ctx, s.userID, mailboxName(name))
 	if err != nil {
 		if errors.Is(err, mailstore.ErrNotFound) {
 			return dst, errTryCreate

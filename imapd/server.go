@@ -26,9 +26,14 @@
 //     Config.Secure says so (by default, a connection from a loopback
 //     address, as in Dovecot), or anywhere when Config.AllowInsecureAuth is
 //     set. Elsewhere CAPABILITY says LOGINDISABLED. imapserver makes that
-//     choice per server, so Postern runs two of them (one strict, one
-//     not) and hands each connection to the right one; the connection
-//     itself is never wrapped, since imapserver detects TLS by its type.
+//     choice per server (and whether to offer STARTTLS), so Postern runs
+//     up to four of them, shared by the connections (one per connection
+//     with Config.Trace), and hands each connection to the right one.
+//   - An idle connection costs little more than imapserver's own: its
+//     input buffer goes back to a pool while it waits (conn.go,
+//     awaitInput), deep work (logging, the store, the password check)
+//     runs off its goroutine so that its stack stays small (offStack),
+//     and the sessions idling on a mailbox share what wakes them.
 //   - The database is the truth and the change feed only wakes readers:
 //     the sessions that have a mailbox selected share its list of UIDs,
 //     and each keeps the queue of updates its client has not seen yet
@@ -65,6 +70,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -187,6 +193,15 @@ type Server struct {
 	cancelBase context.CancelFunc
 	// quit is closed when Shutdown starts.
 	quit chan struct{}
+	// inputBuffers counts the input buffers connections have taken from
+	// the pool and not given back (one that ends holding its buffer
+	// leaves it to the collector, uncounted).
+	inputBuffers atomic.Int64
+
+	// libs are the imapserver servers connections are handed to, by
+	// Config.Secure's answer and TLS (see libServer).
+	libMu sync.Mutex
+	libs  [2][2]*imapserver.Server
 
 	mu        sync.Mutex
 	closed    bool
@@ -268,47 +283,105 @@ var caps = imap.CapSet{
 	imap.CapAppendLimit:      {},
 }
 
-// options configures the imapserver.Server of one connection: each has
-// its own, since imapserver decides per server whether plaintext logins
-// are allowed and whether STARTTLS is offered, and logs per server.
-func (s *Server) options(c *clientConn) *imapserver.Options {
+// libServer is the imapserver.Server for c. imapserver decides per server
+// whether plaintext logins are allowed and whether STARTTLS is offered, so
+// connections share one of four, by those two answers. With Config.Trace
+// each connection has its own, whose DebugWriter logs its lines. (A server
+// of its own costs a connection some 600 bytes as long as it lives: the
+// server, its options and its two maps.)
+func (s *Server) libServer(c *clientConn) *imapserver.Server {
+	if s.cfg.Trace {
+		o := s.options(c.secure, c.isTLS, c.id)
+		o.DebugWriter = newTraceWriter(s.log.With("session", c.id, "proto", "imap", "listener", c.listener(), "remote", c.RemoteAddr().String()))
+		return imapserver.New(o)
+	}
+	i, j := 0, 0
+	if c.secure {
+		i = 1
+	}
+	if c.isTLS {
+		j = 1
+	}
+	s.libMu.Lock()
+	defer s.libMu.Unlock()
+	if s.libs[i][j] == nil {
+		s.libs[i][j] = imapserver.New(s.options(c.secure, c.isTLS, ""))
+	}
+	return s.libs[i][j]
+}
+
+// options configures an imapserver.Server; id names its one session, or
+// is "" for a shared server.
+func (s *Server) options(secure, isTLS bool, id string) *imapserver.Options {
 	o := &imapserver.Options{
 		NewSession: func(conn *imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
+			// The connection imapserver was given (never wrapped: see
+			// serveConn).
+			c, ok := conn.NetConn().(*clientConn)
+			if !ok {
+				return nil, nil, fmt.Errorf("imapd: connection of type %T", conn.NetConn())
+			}
 			return s.newSession(conn, c)
 		},
 		Caps:         caps,
-		Logger:       libLogger{s, c.id},
-		InsecureAuth: c.secure,
+		Logger:       libLogger{s, id},
+		InsecureAuth: secure,
 	}
-	if !c.isTLS {
+	if !isTLS {
 		o.TLSConfig = s.cfg.TLSConfig // only to offer STARTTLS: clientConn does it
-	}
-	if s.cfg.Trace {
-		o.DebugWriter = newTraceWriter(s.log.With("session", c.id, "proto", "imap", "listener", c.listener, "remote", c.RemoteAddr().String()))
 	}
 	return o
 }
 
-// libLogger passes imapserver's own messages to the logger. It reports
-// input its decoder rejected as an error of its own; those are the
-// client's (clientConn answers them BAD).
+// libLogger passes imapserver's own messages to the logger, with the
+// session ID when the server has one session (id != ""). It reports input
+// its decoder rejected as an error of its own; those are the client's
+// (clientConn answers them BAD and, on a shared server, logs them with the
+// session ID at info level; the decoder's detail is then at debug level).
 type libLogger struct {
 	s  *Server
 	id string
 }
 
 func (l libLogger) Printf(format string, args ...any) {
-	msg := fmt.Sprintf(format, args...)
 	level := slog.LevelWarn
+	prefix := ""
 	switch {
 	case strings.HasPrefix(format, "handling "):
-		level, msg = slog.LevelInfo, "malformed command: "+msg
+		level, prefix = slog.LevelInfo, "malformed command: "
+		if l.id == "" {
+			level = slog.LevelDebug
+		}
 	case strings.HasPrefix(format, "failed to read command"):
 		level = slog.LevelDebug
 	case strings.HasPrefix(format, "panic"):
 		level = slog.LevelError
 	}
-	l.s.log.Log(context.Background(), level, "imapserver: "+msg, "session", l.id)
+	if !l.s.log.Enabled(context.Background(), level) {
+		return
+	}
+	// Called on the connection's goroutine: formatting there would
+	// leave it a larger stack for the rest of the session.
+	offStack(func() {
+		msg := "imapserver: " + prefix + fmt.Sprintf(format, args...)
+		if l.id == "" {
+			l.s.log.Log(context.Background(), level, msg)
+			return
+		}
+		l.s.log.Log(context.Background(), level, msg, "session", l.id)
+	})
+}
+
+// logMalformed logs a command imapserver's decoder refused, for a
+// connection on a shared server (see libLogger).
+func (c *clientConn) logMalformed() {
+	if c.srv.cfg.Trace || !c.srv.log.Enabled(context.Background(), slog.LevelInfo) {
+		return
+	}
+	id, cmd := c.id, c.cmd
+	offStack(func() {
+		c.srv.log.Info("imapserver: malformed command", "session", id, "proto", "imap", "command", cmd)
+	})
 }
 
 // isLoopback is the default Config.Secure: a connection from 127.0.0.0/8
@@ -372,7 +445,7 @@ func (s *Server) hand(nc net.Conn) {
 	release, err := s.conns.Acquire(limits.RemoteIP(nc))
 	if err == nil {
 		c := newClientConn(s, nc, newSessionID(), isTLS, isTLS || s.cfg.AllowInsecureAuth || s.cfg.Secure(nc), release)
-		c.listener, c.start = listenerName(isTLS), time.Now()
+		c.implicitTLS, c.start = isTLS, time.Since(processStart)
 		if !s.addConn(c) {
 			release()
 			err = errors.New("shutting down")
@@ -383,7 +456,7 @@ func (s *Server) hand(nc net.Conn) {
 				tc := nc.(*tls.Conn)
 				tc.SetDeadline(time.Now().Add(tlsHandshakeTimeout))
 				if err := tc.Handshake(); err != nil {
-					s.log.Info("tls handshake", "session", c.id, "proto", "imap", "listener", c.listener,
+					s.log.Info("tls handshake", "session", c.id, "proto", "imap", "listener", c.listener(),
 						"remote", nc.RemoteAddr().String(), "result", "fail", "version", "", "err", err)
 					c.Close()
 					return
@@ -421,7 +494,7 @@ func (s *Server) hand(nc net.Conn) {
 // serveConn starts imapserver on c. Serve on a one-connection listener
 // starts the connection's goroutine and returns at once.
 func (s *Server) serveConn(c *clientConn) {
-	if err := imapserver.New(s.options(c)).Serve(&oneConn{c: c}); err != nil {
+	if err := s.libServer(c).Serve(&oneConn{c: c}); err != nil {
 		c.Close()
 	}
 }

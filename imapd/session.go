@@ -21,24 +21,29 @@ import (
 // session is one IMAP connection's backend. imapserver calls its methods
 // one at a time (Idle excepted, which runs while the connection reads).
 type session struct {
-	srv  *Server
 	conn *imapserver.Conn
-	cc   *clientConn
-	id   string
+	cc   *clientConn // cc.id names the session, cc.srv is its server
 
 	// busy counts the calls in progress: Shutdown says BYE only to a
 	// session between commands.
-	busy    atomic.Int32
-	byeOnce sync.Once
+	busy atomic.Int32
+	// byeSent: sayBye has run.
+	byeSent atomic.Bool
 
-	user *mailstore.User
+	// The logged-in user (userAddr "" before login): not the whole
+	// mailstore.User, which an idle session would keep.
+	userID   int64
+	userAddr string
 	// view is the selected mailbox. It changes only on imapserver's
 	// command goroutine, under mu, which Idle (on its own goroutine, and
 	// possibly still running when Close is called) takes to read it.
-	mu        sync.Mutex
-	view      *view
-	mailbox   mailstore.Mailbox // the selected one, as it was at SELECT
-	searchRes []uint32          // UIDs saved by SEARCH RETURN (SAVE) (RFC 5182)
+	mu   sync.Mutex
+	view *view
+	// The selected mailbox's ID and name, as they were at SELECT (not
+	// the whole mailstore.Mailbox: an idle session keeps what it holds).
+	boxID     int64
+	boxName   string
+	searchRes []uint32 // UIDs saved by SEARCH RETURN (SAVE) (RFC 5182)
 }
 
 var (
@@ -50,7 +55,7 @@ var (
 )
 
 func (s *Server) newSession(c *imapserver.Conn, cc *clientConn) (imapserver.Session, *imapserver.GreetingData, error) {
-	sess := &session{srv: s, conn: c, cc: cc, id: cc.id}
+	sess := &session{conn: c, cc: cc}
 	if !s.attach(cc, sess) {
 		return nil, nil, errShuttingDown
 	}
@@ -67,11 +72,11 @@ func (s *Server) newSession(c *imapserver.Conn, cc *clientConn) (imapserver.Sess
 // logger tags a log line with the session ID and the user. It is made
 // for each event rather than kept: an idle session holds no logger.
 func (s *session) logger() *slog.Logger {
-	if s.user != nil {
-		return s.srv.log.With("session", s.id, "proto", "imap", "listener", s.cc.listener, "remote", s.cc.RemoteAddr().String(),
-			"user", s.user.Address)
+	if s.userAddr != "" {
+		return s.cc.srv.log.With("session", s.cc.id, "proto", "imap", "listener", s.cc.listener(), "remote", s.cc.RemoteAddr().String(),
+			"user", s.userAddr)
 	}
-	return s.srv.log.With("session", s.id, "proto", "imap", "listener", s.cc.listener, "remote", s.cc.RemoteAddr().String())
+	return s.cc.srv.log.With("session", s.cc.id, "proto", "imap", "listener", s.cc.listener(), "remote", s.cc.RemoteAddr().String())
 }
 
 // Session events are logged through these: the formatting runs off the
@@ -82,7 +87,7 @@ func (s *session) error(msg string, args ...any) { s.log(slog.LevelError, msg, a
 func (s *session) debug(msg string, args ...any) { s.log(slog.LevelDebug, msg, args) }
 
 func (s *session) log(level slog.Level, msg string, args []any) {
-	if !s.srv.log.Enabled(context.Background(), level) {
+	if !s.cc.srv.log.Enabled(context.Background(), level) {
 		return
 	}
 	offStack(func() { s.logger().Log(context.Background(), level, msg, args...) })
@@ -117,7 +122,7 @@ func (s *session) enter() func() {
 
 // ctx bounds the store work of one command.
 func (s *session) ctx() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(s.srv.baseCtx, storeTimeout)
+	return context.WithTimeout(s.cc.srv.baseCtx, storeTimeout)
 }
 
 // internal logs an unexpected failure and returns what the client is
@@ -134,22 +139,23 @@ func (s *session) internal(op string, err error) error {
 
 // sayBye ends the session with an untagged BYE, once, without waiting.
 func (s *session) sayBye(text string) {
-	s.byeOnce.Do(func() {
-		go func() {
-			if err := s.conn.Bye(text); err != nil {
-				s.debug("bye", "err", err)
-			}
-		}()
-	})
+	if s.byeSent.Swap(true) {
+		return
+	}
+	go func() {
+		if err := s.conn.Bye(text); err != nil {
+			s.debug("bye", "err", err)
+		}
+	}()
 }
 
 // Close is called by imapserver when the connection ends, or is handed
 // on after STARTTLS.
 func (s *session) Close() error {
 	s.setView(nil)
-	s.srv.detach(s.cc)
+	s.cc.srv.detach(s.cc)
 	if !s.cc.handover { // after STARTTLS the session goes on
-		s.info("session end", "tls", s.cc.tlsVersion(), "duration", time.Since(s.cc.start).Round(time.Millisecond))
+		s.info("session end", "tls", s.cc.tlsVersion(), "duration", (time.Since(processStart) - s.cc.start).Round(time.Millisecond))
 	}
 	return nil
 }
@@ -158,8 +164,16 @@ func (s *session) Close() error {
 // failed-login record and password-check gate, which also logs each
 // failure. imapserver refuses both on a connection that is not secure
 // (see Config.Secure) before calling it.
-func (s *session) Login(username, password string) error {
+func (s *session) Login(username, password string) (err error) {
 	defer s.enter()()
+	// Off the connection's stack: the logger, the login record and the
+	// password check together would leave it twice the size for the rest
+	// of the session (see offStack).
+	offStack(func() { err = s.login(username, password) })
+	return err
+}
+
+func (s *session) login(username, password string) error {
 	ctx, cancel := s.ctx()
 	defer cancel()
 	mech := "PLAIN"
@@ -168,8 +182,8 @@ func (s *session) Login(username, password string) error {
 	}
 	var u mailstore.User
 	a := limits.Attempt{Protocol: "imap", Mechanism: mech, Remote: limits.RemoteIP(s.cc.Conn), User: username, Log: s.logger()}
-	err := s.srv.shared.Logins.Check(ctx, a, func(ctx context.Context) (ok bool, err error) {
-		offStack(func() { u, err = s.srv.store.Authenticate(ctx, username, password) })
+	err := s.cc.srv.shared.Logins.Check(ctx, a, func(ctx context.Context) (ok bool, err error) {
+		u, err = s.cc.srv.store.Authenticate(ctx, username, password)
 		if errors.Is(err, mailstore.ErrAuthFailed) {
 			return false, nil
 		}
@@ -190,7 +204,7 @@ func (s *session) Login(username, password string) error {
 		s.info("auth", "result", "error", "user", username, "mechanism", mech)
 		return s.internal("authenticate", err)
 	}
-	s.user = &u
+	s.userID, s.userAddr = u.ID, u.Address
 	s.info("auth", "result", "ok", "mechanism", mech)
 	return nil
 }
@@ -200,7 +214,7 @@ func (s *session) Unauthenticate() error {
 	defer s.enter()()
 	s.setView(nil)
 	s.info("unauthenticate")
-	s.user = nil
+	s.userID, s.userAddr = 0, ""
 	s.searchRes = nil
 	return nil
 }
@@ -211,7 +225,7 @@ func (s *session) Namespace() (*imap.NamespaceData, error) {
 }
 
 // AppendLimit is advertised as APPENDLIMIT=n (RFC 7889).
-func (s *session) AppendLimit() uint32 { return uint32(s.srv.maxMessage) }
+func (s *session) AppendLimit() uint32 { return uint32(s.cc.srv.maxMessage) }
 
 // setView replaces the selected mailbox, closing the one before.
 func (s *session) setView(v *view) {

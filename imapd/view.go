@@ -86,6 +86,10 @@ type mailboxState struct {
 	keywords []string // keywords announced in FLAGS
 	gone     bool     // deleted: no more messages will come
 	views    map[*view]struct{}
+	// idle is closed when changes are applied, to wake the sessions
+	// idling on the mailbox, and made again by the next idler: one
+	// channel for all of them, none when nobody idles.
+	idle chan struct{}
 }
 
 // view is one session's view of its selected mailbox.
@@ -108,7 +112,6 @@ type view struct {
 	queue  []update // updates not yet sent, oldest first
 	own    []update // FETCH FLAGS answering the session's own STORE, client numbers
 	nflags int      // updFlags entries in queue
-	wake   chan struct{}
 }
 
 // open selects a mailbox: it returns a view whose client knows every
@@ -242,13 +245,9 @@ func (st *mailboxState) drain(ctx context.Context) {
 			st.removed()
 		}
 	}
-	for v := range st.views {
-		if v.wake != nil && (len(v.queue) > 0 || len(v.own) > 0) {
-			select {
-			case v.wake <- struct{}{}:
-			default:
-			}
-		}
+	if st.idle != nil {
+		close(st.idle)
+		st.idle = nil
 	}
 }
 
@@ -642,16 +641,20 @@ func (v *view) poll(ctx context.Context, w *imapserver.UpdateWriter, allowExpung
 	return nil
 }
 
-// idleChannels returns the channel on which the view is woken when
-// another session applied changes for it, and the feed's own channel.
-func (v *view) idleChannels() (wake chan struct{}, pending <-chan struct{}) {
+// idleWait returns what an idling session waits on: the channel closed
+// when changes are next applied, and the feed's own channel. owed is true,
+// and the channels nil, when updates are already queued for the session.
+func (v *view) idleWait() (wake, pending <-chan struct{}, owed bool) {
 	st := v.st
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	if v.wake == nil {
-		v.wake = make(chan struct{}, 1)
+	if len(v.queue) > 0 || len(v.own) > 0 {
+		return nil, nil, true
 	}
-	return v.wake, st.sub.Pending
+	if st.idle == nil {
+		st.idle = make(chan struct{})
+	}
+	return st.idle, st.sub.Pending, false
 }
 
 // feedSignalled is called by an idling session that took the feed's
