@@ -415,3 +415,36 @@ func TestAuthenticate(t *testing.T) {
 		t.Errorf("deleted user: %v", err)
 	}
 }
+
+// TestPasswordStamp: the stamp is stable while the password is, changes
+// with it (the web console ends sessions on that), and is not the stored
+// hash.
+func TestPasswordStamp(t *testing.T) {
+	s := openTest(t)
+	ctx := context.Background()
+	u := addUser(t, s, "u@example.test")
+	first, err := s.PasswordStamp(ctx, "U@Example.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := s.PasswordStamp(ctx, u.Address)
+	if err != nil || !bytes.Equal(first, again) {
+		t.Fatalf("stamp changed without a password change: %x %x %v", first, again, err)
+	}
+	var hash string
+	if err := s.readRow(ctx, "SELECT password_hash FROM users WHERE id = ?", u.ID).Scan(&hash); err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(first, []byte(hash)) || len(first) != 32 {
+		t.Fatalf("stamp %x is not a digest of the hash", first)
+	}
+	if err := s.SetPassword(ctx, u.Address, "another"); err != nil {
+		t.Fatal(err)
+	}
+	if after, err := s.PasswordStamp(ctx, u.Address); err != nil || bytes.Equal(after, first) {
+		t.Fatalf("stamp after a password change: %x %v (was %x)", after, err, first)
+	}
+	if _, err := s.PasswordStamp(ctx, "nobody@example.test"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("unknown user: %v", err)
+	}
+}

@@ -202,6 +202,27 @@ func (s *Store) AddUser(ctx context.Context, address, password string) (User, er
 	return u, nil
 }
 
+// PasswordStamp returns, for the user with this address, a value that
+// changes whenever their password does (a SHA-256 of the stored hash,
+// so it tells nothing of the hash itself). The web console ends the
+// sessions opened with a password that has since been changed.
+func (s *Store) PasswordStamp(ctx context.Context, address string) ([]byte, error) {
+	a, err := NormalizeAddress(address)
+	if err != nil {
+		return nil, err
+	}
+	var hash string
+	err = s.readRow(ctx, "SELECT password_hash FROM users WHERE address = ?", a).Scan(&hash)
+	if isNoRows(err) {
+		return nil, fmt.Errorf("password stamp of %s: %w", a, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("password stamp of %s: %w", a, err)
+	}
+	sum := sha256.Sum256([]byte(hash))
+	return sum[:], nil
+}
+
 // SetPassword replaces a user's password; a remembered login is forgotten.
 func (s *Store) SetPassword(ctx context.Context, address, password string) error {
 	a, err := NormalizeAddress(address)

@@ -68,8 +68,8 @@ type WebConfig struct {
 	// hash will do). A session keeps only a keyed hash of what it was at
 	// login, and a request whose user's stamp differs ends the session:
 	// a password change (`postern user passwd`, on any frontend) logs
-	// out every console session of that user. Nil: sessions outlive a
-	// password change until logout, SessionIdle or SessionMax.
+	// out every console session of that user. Nil takes
+	// Store.PasswordStamp; tests may supply their own.
 	PasswordStamp func(ctx context.Context, address string) ([]byte, error)
 
 	// keepAlive, when set (tests), replaces the const keepAlive.
@@ -161,6 +161,9 @@ func newWeb(cfg WebConfig) *web {
 	}
 	if cfg.MaxSessions <= 0 {
 		cfg.MaxSessions = DefaultMaxSessions
+	}
+	if cfg.PasswordStamp == nil && cfg.Store != nil {
+		cfg.PasswordStamp = cfg.Store.PasswordStamp
 	}
 	l := cfg.Logins
 	if l == nil {

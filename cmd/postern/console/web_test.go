@@ -35,8 +35,6 @@ type webEnv struct {
 	hub    *Hub
 	log    *slog.Logger
 	logins *limits.Logins
-	// stamp, when a test sets it, answers WebConfig.PasswordStamp.
-	stamp func(ctx context.Context, address string) ([]byte, error)
 }
 
 func startWeb(t testing.TB, mod func(*Config)) *webEnv {
