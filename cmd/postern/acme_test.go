@@ -20,17 +20,6 @@ import (
 	"github.com/postern/postern/mailstore/storetest"
 )
 
-// freePort returns a loopback TCP port that was free a moment ago.
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // pebble is Let's Encrypt's test CA, started by a test.
 type pebble struct {
 	directory string // ACME directory URL
@@ -58,7 +47,7 @@ func startPebble(t *testing.T, dnsAddr string, tlsPort, httpPort int, validity t
 	if err := writeSelfSigned("localhost", p.caFile, filepath.Join(dir, "key.pem")); err != nil {
 		t.Fatal(err)
 	}
-	acmePort, mgmtPort := freePort(t), freePort(t)
+	acmePort, mgmtPort := storetest.FreePort(t), storetest.FreePort(t)
 	conf := map[string]any{"pebble": map[string]any{
 		"listenAddress":             fmt.Sprintf("127.0.0.1:%d", acmePort),
 		"managementListenAddress":   fmt.Sprintf("127.0.0.1:%d", mgmtPort),
@@ -166,7 +155,7 @@ func TestACMEWithPebble(t *testing.T) {
 		"mail.example.test. A 127.0.0.1",
 		"autoconfig.example.test. A 127.0.0.1",
 	)
-	httpsPort := freePort(t)
+	httpsPort := storetest.FreePort(t)
 	// 30 s certificates: autocert renews at two thirds of the lifetime.
 	p := startPebble(t, dnsAddr, httpsPort, 1, 30*time.Second)
 	r := startServeDNS(t, dnsAddr, fmt.Sprintf(`[tls]
@@ -277,8 +266,8 @@ func TestACMEConfigErrors(t *testing.T) {
 // http.listen_acme, which sends every other request to https.
 func TestACMEHTTP01(t *testing.T) {
 	dnsAddr := mxTestDNS(t, "mail.example.test. A 127.0.0.1")
-	httpPort := freePort(t)
-	p := startPebble(t, dnsAddr, freePort(t), httpPort, time.Hour)
+	httpPort := storetest.FreePort(t)
+	p := startPebble(t, dnsAddr, storetest.FreePort(t), httpPort, time.Hour)
 	r := startServeDNS(t, dnsAddr, fmt.Sprintf(`[tls]
 acme = true
 acme_directory = %q
