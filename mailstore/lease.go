@@ -13,8 +13,8 @@ import (
 var ErrLocked = errors.New("maildrop is locked")
 
 // ErrLeaseLost: a maildrop lease is no longer surely its holder's: it was
-// taken by another session, ran out before a renewal succeeded, was
-// released, or its store closed. A fenced write
+// taken by another session, ran out before a renewal succeeded, or was
+// released. A fenced write
 // (Store.DeleteMessagesLeased) fails with it and changes nothing.
 var ErrLeaseLost = errors.New("maildrop lease lost")
 
@@ -146,7 +146,11 @@ func (l *MaildropLease) loseLocked(cause error) {
 	l.err = fmt.Errorf("maildrop lease of user %d: %w: %w", l.userID, ErrLeaseLost, cause)
 	l.deadline.Stop()
 	close(l.lost)
-	l.s.log.Error("maildrop lease lost", "user", l.userID, "holder", l.holder, "err", cause)
+	select {
+	case <-l.s.closed: // not news: the store's owner closed it
+	default:
+		l.s.log.Error("maildrop lease lost", "user", l.userID, "holder", l.holder, "err", cause)
+	}
 }
 
 // checkDeadline runs when the last known expiry comes: the lease is
@@ -171,7 +175,7 @@ var errLeaseExpired = errors.New("not renewed before it expired")
 var errLeaseTaken = errors.New("taken by another session or removed")
 
 // renew extends the lease every ttl/3 until it is released or lost, or
-// the store closes.
+// the store closes (the deadline then still declares it lost).
 func (l *MaildropLease) renew() {
 	defer close(l.stopped)
 	s := l.s
@@ -184,7 +188,8 @@ func (l *MaildropLease) renew() {
 		case <-l.lost:
 			return
 		case <-s.closed:
-			l.lose(ErrClosed)
+			// Nothing is written through a closed store; the lease
+			// runs out at its deadline like any unrenewed one.
 			return
 		case <-tick.C:
 		}
@@ -204,7 +209,6 @@ func (l *MaildropLease) renew() {
 		cancel()
 		switch {
 		case errors.Is(err, ErrClosed):
-			l.lose(ErrClosed)
 			return
 		case err != nil:
 			// Tried again at the next tick; checkDeadline declares the
