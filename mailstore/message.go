@@ -814,8 +814,40 @@ func (s *Store) Expunge(ctx context.Context, mailboxID int64, set UIDSet) ([]uin
 // DeleteMessages removes exactly the given messages, flagged or not (POP3
 // UPDATE state), and returns the UIDs that were there.
 func (s *Store) DeleteMessages(ctx context.Context, mailboxID int64, uids []uint32) ([]uint32, error) {
+	return s.deleteMessages(ctx, nil, mailboxID, uids)
+}
+
+// DeleteMessagesLeased is DeleteMessages fenced by a maildrop lease (POP3
+// UPDATE, RFC 1939 section 8): in the same transaction it checks that
+// the lease is still its holder's and not expired, and otherwise fails
+// with an error wrapping ErrLeaseLost, removing nothing. mailboxID must
+// be a mailbox of the lease's user.
+func (s *Store) DeleteMessagesLeased(ctx context.Context, lease *MaildropLease, mailboxID int64, uids []uint32) ([]uint32, error) {
+	if lease == nil || lease.s != s {
+		return nil, fmt.Errorf("delete from mailbox %d: the maildrop lease is not one of this store's", mailboxID)
+	}
+	if err := lease.Err(); err != nil {
+		return nil, fmt.Errorf("delete from mailbox %d: %w", mailboxID, err)
+	}
+	return s.deleteMessages(ctx, lease, mailboxID, uids)
+}
+
+func (s *Store) deleteMessages(ctx context.Context, lease *MaildropLease, mailboxID int64, uids []uint32) ([]uint32, error) {
 	var out []uint32
 	err := s.w.doLocked(ctx, lockHint{mailboxes: []int64{mailboxID}}, func(t *wtx) error {
+		if lease != nil {
+			if err := t.checkLease(lease); err != nil {
+				return fmt.Errorf("delete from mailbox %d: %w", mailboxID, err)
+			}
+			var owner int64
+			err := t.queryRow("SELECT user_id FROM mailboxes WHERE id = ?", mailboxID).Scan(&owner)
+			if err != nil && !isNoRows(err) {
+				return fmt.Errorf("delete from mailbox %d: %w", mailboxID, err)
+			}
+			if err == nil && owner != lease.userID {
+				return fmt.Errorf("delete from mailbox %d: it belongs to user %d, the lease to user %d", mailboxID, owner, lease.userID)
+			}
+		}
 		var err error
 		out, err = t.removeMessages(mailboxID, uids)
 		return err

@@ -474,7 +474,7 @@ func TestMaildropLease(t *testing.T) {
 	}
 	u := addUser(t, a, "u@example.test")
 	const ttl = 3 * time.Second // renewed every second: slack for a busy machine
-	release, err := a.LockMaildrop(ctx, u.ID, "a", ttl)
+	lease, err := a.LockMaildrop(ctx, u.ID, "a", ttl)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -486,13 +486,13 @@ func TestMaildropLease(t *testing.T) {
 	if _, err := b.LockMaildrop(ctx, u.ID, "b", ttl); !errors.Is(err, ErrLocked) {
 		t.Fatalf("lock after the holder renewed: %v, want ErrLocked", err)
 	}
-	release()
-	release()
+	lease.Release()
+	lease.Release()
 	relB, err := b.LockMaildrop(ctx, u.ID, "b", ttl)
 	if err != nil {
 		t.Fatalf("lock after release: %v", err)
 	}
-	relB()
+	relB.Release()
 	// A holder that stops renewing (its process gone) frees it in ttl.
 	if _, err := a.LockMaildrop(ctx, u.ID, "a", ttl); err != nil {
 		t.Fatal(err)
@@ -505,7 +505,7 @@ func TestMaildropLease(t *testing.T) {
 	for {
 		rel, err := b.LockMaildrop(ctx, u.ID, "b", ttl)
 		if err == nil {
-			rel()
+			rel.Release()
 			break
 		}
 		if !errors.Is(err, ErrLocked) || time.Now().After(deadline) {

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"time"
 
 	"github.com/emersion/go-sasl"
 
@@ -317,9 +316,9 @@ func (sess *session) loginResult(mech, name string, user mailstore.User, err err
 	// The in-process lock answers sessions of this server at once; the
 	// store's lease holds across every frontend of a shared store
 	// (RFC 1939 8), and lapses by itself if this process dies.
-	lease, err := leaseMaildrop(ctx, sess.srv.store, user.ID, leaseHolder+" "+sess.id, sess.srv.cfg.MaildropLease, func(err error) {
-		sess.log.Error("maildrop lease lost", "user", user.Address, "err", err)
-	})
+	// The store logs the lease's loss when it finds it; the session
+	// answers its next command -ERR [IN-USE] (session.leaseHeld).
+	lease, err := sess.srv.store.LockMaildrop(ctx, user.ID, leaseHolder+" "+sess.id, sess.srv.cfg.MaildropLease)
 	if err != nil {
 		sess.releaseLock()
 		sess.account = mailstore.User{}
@@ -564,27 +563,32 @@ func (sess *session) cmdRset(arg string) {
 // (RFC 1939 section 6), and answers QUIT.
 func (sess *session) update() {
 	// RFC 1939 section 8: only the session that holds the maildrop may
-	// change it; one whose lease lapsed stays out of UPDATE and removes
-	// nothing. From here on the lease is never given back for a moment.
-	// Not tied to the connection or to Shutdown: a QUIT received is
-	// carried out, while the lease surely holds.
-	deadline := time.Now().Add(updateTimeout)
-	if sess.lease != nil {
-		until, err := sess.lease.hold()
-		if err != nil {
-			sess.leaseLost(err)
-			return
-		}
-		if until.Before(deadline) {
-			deadline = until
-		}
+	// change it; one whose lease was lost stays out of UPDATE and removes
+	// nothing. The removal is fenced by the lease in the store's own
+	// transaction, so a lease lost after this check removes nothing
+	// either. Not tied to the connection or to Shutdown: a QUIT received
+	// is carried out, while the lease holds.
+	if !sess.leaseHeld() {
+		return
 	}
 	sess.state = stateUpdate
 	uids := sess.drop.marked()
 	if len(uids) > 0 {
-		ctx, cancel := context.WithDeadline(context.WithoutCancel(sess.srv.baseCtx), deadline)
-		gone, err := sess.srv.store.DeleteMessages(ctx, sess.drop.mailboxID, uids)
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(sess.srv.baseCtx), updateTimeout)
+		var gone []uint32
+		var err error
+		if sess.lease != nil {
+			gone, err = sess.srv.store.DeleteMessagesLeased(ctx, sess.lease, sess.drop.mailboxID, uids)
+		} else {
+			gone, err = sess.srv.store.DeleteMessages(ctx, sess.drop.mailboxID, uids)
+		}
 		cancel()
+		if errors.Is(err, mailstore.ErrLeaseLost) {
+			// Nothing was removed: the session never reached UPDATE.
+			sess.state = stateTransaction
+			sess.leaseLost(err)
+			return
+		}
 		if err != nil {
 			sess.log.Error("cannot remove deleted messages", "user", sess.account.Address, "marked", len(uids), "err", err)
 			sess.releaseLock()

@@ -56,13 +56,15 @@
 //   - One POP3 session per maildrop: a map of user IDs inside the Server
 //     answers sessions of one process, and the store's lease
 //     (mailstore.Store.LockMaildrop, Config.MaildropLease) holds across
-//     the frontends of a shared store. The session takes that lease
-//     again every third of its length, so that it knows the maildrop was
-//     its own all along; a session whose lease lapsed answers its next
-//     command -ERR [IN-USE] and ends without UPDATE. Taking it again
-//     gives it back for a moment: a login on another frontend at that
-//     very moment wins the maildrop and this session ends. IMAP sessions
-//     are not locked out.
+//     the frontends of a shared store. The store renews that lease in
+//     place every third of its length and tells the session when it is
+//     lost (a renewal found it taken, or none got through before it
+//     expired: mailstore.MaildropLease.Lost); such a session answers its
+//     next command -ERR [IN-USE] and ends without UPDATE. UPDATE's
+//     removal is fenced by the lease in the store's own transaction
+//     (mailstore.Store.DeleteMessagesLeased), so a lease lost after the
+//     last check removes nothing either. IMAP sessions are not locked
+//     out.
 //   - UIDL values are "<UIDVALIDITY>.<UID>" of the INBOX: unique, and the
 //     same across sessions and restarts for as long as the mailbox keeps
 //     its UIDVALIDITY.

@@ -2,7 +2,7 @@ package pop3d
 
 import (
 	"context"
-	"errors"
+	"database/sql"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -62,7 +62,7 @@ func TestLeaseLostEndsSession(t *testing.T) {
 				ctx := context.Background()
 				st, ahead := openFrontends(t, backend)
 				appendMessages(t, st, alice, [][]byte{makeMessage(1, 300), makeMessage(2, 300)})
-				const lease = 1500 * time.Millisecond // taken again every 500 ms
+				const lease = 1500 * time.Millisecond // renewed every 500 ms
 				ts := startServer(t, st, func(cfg *Config) { cfg.MaildropLease = lease })
 				c := dial(t, ts.addr)
 				c.login(alice, alicePass)
@@ -72,13 +72,13 @@ func TestLeaseLostEndsSession(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				release, err := ahead.LockMaildrop(ctx, u.ID, "other frontend", time.Minute)
+				other, err := ahead.LockMaildrop(ctx, u.ID, "other frontend", time.Minute)
 				if err != nil {
 					t.Fatalf("the other frontend's lock: %v", err)
 				}
-				defer release()
-				// By then the session has tried to take its lease again, or
-				// its lease has run out: either way it knows.
+				defer other.Release()
+				// By then a renewal has found the lease taken, or the lease
+				// has run out: either way the session knows.
 				time.Sleep(lease)
 				if got := c.cmd(next); !strings.HasPrefix(got, "-ERR [IN-USE]") {
 					t.Fatalf("%s after the lease was lost: %q, want -ERR [IN-USE]", next, got)
@@ -102,7 +102,7 @@ func TestLeaseLostEndsSession(t *testing.T) {
 }
 
 // TestLeaseHeldAcrossRenewals: a session idle for several lease lengths
-// keeps its maildrop (the lease is taken again in time), shuts out
+// keeps its maildrop (the store renews the lease in time), shuts out
 // another frontend all along, and its QUIT removes what it marked.
 func TestLeaseHeldAcrossRenewals(t *testing.T) {
 	for _, backend := range []string{"sqlite", "postgres"} {
@@ -119,13 +119,11 @@ func TestLeaseHeldAcrossRenewals(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			// The session gives its lease back and takes it again every
-			// lease/3, for a few milliseconds: a login that comes just
-			// then wins the maildrop. Ask between two of those.
-			time.Sleep(lease / 6)
-			for range 3 {
-				time.Sleep(lease)
-				if _, err := st.LockMaildrop(ctx, u.ID, "other frontend", lease); err == nil {
+			// Asked often: the lease is renewed in place, never given
+			// back for a moment.
+			for end := time.Now().Add(3 * lease); time.Now().Before(end); time.Sleep(lease / 10) {
+				if l, err := st.LockMaildrop(ctx, u.ID, "other frontend", lease); err == nil {
+					l.Release()
 					t.Fatal("another frontend took the maildrop of a session that holds it")
 				}
 			}
@@ -139,30 +137,93 @@ func TestLeaseHeldAcrossRenewals(t *testing.T) {
 	}
 }
 
-// A lease that was not taken again before it ran out (a stalled process,
-// a store that did not answer) is lost, even though nobody took it.
+// TestLeaseExpiresUnrenewed: a lease none of whose renewals got through
+// for its length (a store that did not answer: here another process
+// holds SQLite's write lock) is lost, even though nobody took it, and
+// even once the store answers again.
 func TestLeaseExpiresUnrenewed(t *testing.T) {
-	st := openStore(t)
+	path := filepath.Join(t.TempDir(), "postern.db")
+	st := openStoreAt(t, path, true)
+	appendMessages(t, st, alice, [][]byte{makeMessage(1, 300), makeMessage(2, 300)})
+	const lease = time.Second
+	ts := startServer(t, st, func(cfg *Config) { cfg.MaildropLease = lease })
+	c := dial(t, ts.addr)
+	c.login(alice, alicePass)
+	c.ok("DELE 1")
+
+	// Another process takes the database's write lock: the store's
+	// renewals wait for it.
+	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(10000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
 	ctx := context.Background()
-	u, err := st.UserByAddress(ctx, alice)
+	conn, err := db.Conn(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	const ttl = time.Second
-	l, err := leaseMaildrop(ctx, st, u.ID, "test", ttl, nil)
-	if err != nil {
-		t.Fatal(err)
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		t.Fatalf("take the write lock: %v", err)
 	}
-	defer l.end()
-	if err := l.held(); err != nil {
-		t.Fatalf("fresh lease: %v", err)
+	time.Sleep(lease + lease/2)
+	if _, err := conn.ExecContext(ctx, "ROLLBACK"); err != nil {
+		t.Fatalf("give the write lock back: %v", err)
 	}
-	l.stopRenewing() // as if the renewals stalled
-	time.Sleep(ttl + 50*time.Millisecond)
-	if err := l.held(); !errors.Is(err, errLeaseExpired) {
-		t.Fatalf("lease not taken again for its length: %v, want errLeaseExpired", err)
+	// The renewal that waited may go through now: too late.
+	time.Sleep(lease / 2)
+	if got := c.cmd("QUIT"); !strings.HasPrefix(got, "-ERR [IN-USE]") {
+		t.Fatalf("QUIT after the lease ran out unrenewed: %q, want -ERR [IN-USE]", got)
 	}
-	if _, err := l.hold(); !errors.Is(err, errLeaseExpired) {
-		t.Fatalf("hold of an expired lease: %v, want errLeaseExpired", err)
+	if !c.closed() {
+		t.Errorf("connection still open after the lease was lost")
+	}
+	if !strings.Contains(ts.logs.String(), `detail="maildrop lease lost, nothing removed"`) {
+		t.Errorf("the session's end does not say the lease was lost")
+	}
+	if msgs, _ := storedMessages(t, st, alice); len(msgs) != 2 {
+		t.Errorf("%d messages left, want 2", len(msgs))
+	}
+}
+
+// TestQuitFencedByLease: a lease taken by another frontend just before
+// QUIT, before any renewal could notice, still keeps the session out of
+// UPDATE: the removal is fenced by the lease in the store's transaction.
+func TestQuitFencedByLease(t *testing.T) {
+	for _, backend := range []string{"sqlite", "postgres"} {
+		t.Run(backend, func(t *testing.T) {
+			ctx := context.Background()
+			st, ahead := openFrontends(t, backend)
+			appendMessages(t, st, alice, [][]byte{makeMessage(1, 300), makeMessage(2, 300)})
+			ts := startServer(t, st, func(cfg *Config) { cfg.MaildropLease = time.Hour })
+			c := dial(t, ts.addr)
+			c.login(alice, alicePass)
+			c.ok("DELE 1")
+			u, err := ahead.UserByAddress(ctx, alice)
+			if err != nil {
+				t.Fatal(err)
+			}
+			other, err := ahead.LockMaildrop(ctx, u.ID, "other frontend", time.Minute)
+			if err != nil {
+				t.Fatalf("the other frontend's lock: %v", err)
+			}
+			defer other.Release()
+			if got := c.cmd("QUIT"); !strings.HasPrefix(got, "-ERR [IN-USE]") {
+				t.Fatalf("QUIT after the lease was taken: %q, want -ERR [IN-USE]", got)
+			}
+			if !c.closed() {
+				t.Errorf("connection still open after the lease was lost")
+			}
+			if !strings.Contains(ts.logs.String(), `detail="maildrop lease lost, nothing removed"`) {
+				t.Errorf("the session's end does not say the lease was lost")
+			}
+			if msgs, _ := storedMessages(t, st, alice); len(msgs) != 2 {
+				t.Errorf("%d messages left, want 2: a session without the maildrop removed what it marked", len(msgs))
+			}
+			if err := other.Err(); err != nil {
+				t.Errorf("the other frontend's lease: %v", err)
+			}
+		})
 	}
 }

@@ -91,9 +91,9 @@ type session struct {
 	pendingUser string // the name from USER, as seen by the command after it
 
 	account   mailstore.User
-	locked    bool           // this session holds account's maildrop lock
-	lease     *maildropLease // the store's lease on the maildrop; nil when none
-	lostLease bool           // the lease lapsed: the session ended in TRANSACTION
+	locked    bool                     // this session holds account's maildrop lock
+	lease     *mailstore.MaildropLease // the store's lease on the maildrop; nil when none
+	lostLease bool                     // the lease lapsed: the session ended in TRANSACTION
 	drop      *maildrop
 	retrieved int
 	deleted   int
@@ -305,18 +305,19 @@ func (sess *session) leaseHeld() bool {
 	if sess.lease == nil {
 		return true
 	}
-	err := sess.lease.held()
-	if err == nil {
+	select {
+	case <-sess.lease.Lost():
+		sess.leaseLost(sess.lease.Err())
+		return false
+	default:
 		return true
 	}
-	sess.leaseLost(err)
-	return false
 }
 
 // leaseLost ends a session whose maildrop lease lapsed, in TRANSACTION:
 // nothing it marked is removed.
 func (sess *session) leaseLost(err error) {
-	// The renewal logged the loss when it found it; this is the session's end.
+	// The store logged the loss when it found it; this is the session's end.
 	sess.log.Warn("session ends: maildrop lease lost", "user", sess.account.Address, "marked", len(sess.drop.marked()), "err", err)
 	sess.lostLease = true
 	sess.releaseLock()
@@ -419,7 +420,7 @@ func (sess *session) end() {
 
 func (sess *session) releaseLock() {
 	if sess.lease != nil {
-		sess.lease.end()
+		sess.lease.Release()
 		sess.lease = nil
 	}
 	if sess.locked {
