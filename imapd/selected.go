@@ -104,7 +104,7 @@ func (s *session) Unselect() error {
 
 // Poll runs after every command: it sends what changed in the selected
 // mailbox. With nothing selected, or nothing new, it costs a channel
-// check.
+// check and an uncontended lock.
 func (s *session) Poll(w *imapserver.UpdateWriter, allowExpunge bool) error {
 	if s.view == nil {
 		return nil
