@@ -2,8 +2,10 @@ package imapd
 
 import (
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"regexp"
 	"strings"
 	"testing"
@@ -335,5 +337,33 @@ func TestMalformedCommandLogged(t *testing.T) {
 	want := regexp.MustCompile(`level=INFO msg="imapserver: malformed command" server=imap session=` + start[1] + ` proto=imap command=CREATE`)
 	if !want.MatchString(env.logs.String()) {
 		t.Errorf("no %s in\n%s", want, env.logs)
+	}
+}
+
+// TestCommandTimeoutAfterFirstByteOfRawLine: once the client has sent
+// the first byte of IDLE's DONE or of an AUTHENTICATE response, the rest
+// of the line has the command timeout, not the idle or login timeout.
+func TestCommandTimeoutAfterFirstByteOfRawLine(t *testing.T) {
+	env := newEnv(t, func(c *Config) {
+		c.Limits.LoginTimeout = time.Hour
+		c.Limits.IdleTimeout = time.Hour
+		c.cmdTimeout = 200 * time.Millisecond
+	})
+	idler := dialRaw(t, env.addr)
+	idler.login()
+	idler.cmd("s", "SELECT INBOX")
+	idler.send("i IDLE\r\n")
+	idler.until("+")
+	auth := dialRaw(t, env.addr)
+	auth.send("a AUTHENTICATE PLAIN\r\n")
+	auth.until("+")
+	for name, rc := range map[string]*rawConn{"IDLE": idler, "AUTHENTICATE": auth} {
+		rc.send("D") // and nothing more
+		rc.c.SetReadDeadline(time.Now().Add(waitTimeout))
+		_, err := io.ReadAll(rc.c)
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Errorf("%s: connection still open %v after a partial line", name, waitTimeout)
+		}
 	}
 }

@@ -60,6 +60,7 @@
 package imapd
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -170,6 +171,9 @@ type Config struct {
 	// CacheEntries is how many messages' ENVELOPE and BODYSTRUCTURE are
 	// kept in memory. Zero means 4096.
 	CacheEntries int
+
+	// cmdTimeout replaces commandTimeout when set (tests shorten it).
+	cmdTimeout time.Duration
 }
 
 // Server is an IMAP server over a mailstore. Its methods are safe for
@@ -184,6 +188,7 @@ type Server struct {
 	conns  *limits.Conns
 	lim    limits.Protocol
 	// The bounds clientConn enforces.
+	cmdTimeout             time.Duration // see commandTimeout
 	maxLine                int
 	maxLiteral, maxMessage int64
 
@@ -247,6 +252,7 @@ func New(cfg Config, store *mailstore.Store) *Server {
 		shared:     shared,
 		conns:      conns,
 		lim:        lim,
+		cmdTimeout: cmp.Or(cfg.cmdTimeout, commandTimeout),
 		maxLine:    min(cfg.MaxCommandBytes, LibraryMaxCommandBytes),
 		maxLiteral: min(cfg.MaxLiteralBytes, LibraryMaxLiteralBytes),
 		// APPENDLIMIT is a number32 (RFC 7889), as is imapserver's.
