@@ -146,6 +146,26 @@ func (c *clientConn) reader() *bufio.Reader {
 	return c.r
 }
 
+// putReader gives the input buffer back to the pool, if the connection
+// has one.
+func (c *clientConn) putReader() {
+	if c.r != nil {
+		c.r.Reset(nil)
+		readers.Put(c.r)
+		c.r = nil
+		c.srv.inputBuffers.Add(-1)
+	}
+}
+
+// doneReading gives the input buffer back once imapserver reads no more
+// from this connection: the session ended (LOGOUT, an error, the client
+// gone) or goes on over TLS after STARTTLS. It runs on imapserver's
+// command goroutine, the one that reads.
+func (c *clientConn) doneReading() {
+	c.segs, c.hasFirst = nil, false
+	c.putReader()
+}
+
 // connInput is what the input buffer reads: the byte awaitInput read
 // first, if any, then the connection.
 type connInput clientConn
@@ -167,12 +187,7 @@ func (c *clientConn) awaitInput() error {
 	if c.hasFirst || c.r != nil && c.r.Buffered() > 0 {
 		return nil
 	}
-	if c.r != nil {
-		c.r.Reset(nil)
-		readers.Put(c.r)
-		c.r = nil
-		c.srv.inputBuffers.Add(-1)
-	}
+	c.putReader()
 	n, err := c.Conn.Read(c.first[:])
 	if n == 1 {
 		c.hasFirst = true

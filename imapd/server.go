@@ -199,8 +199,9 @@ type Server struct {
 	// quit is closed when Shutdown starts.
 	quit chan struct{}
 	// inputBuffers counts the input buffers connections have taken from
-	// the pool and not given back (one that ends holding its buffer
-	// leaves it to the collector, uncounted).
+	// the pool and not given back: those of connections in the middle of
+	// a command (a connection gives its buffer back while it waits, and
+	// when it ends, see clientConn.doneReading).
 	inputBuffers atomic.Int64
 
 	// libs are the imapserver servers connections are handed to, by

@@ -150,8 +150,9 @@ func (s *session) sayBye(text string) {
 }
 
 // Close is called by imapserver when the connection ends, or is handed
-// on after STARTTLS.
+// on after STARTTLS, on its command goroutine once it has stopped reading.
 func (s *session) Close() error {
+	s.cc.doneReading()
 	s.setView(nil)
 	s.cc.srv.detach(s.cc)
 	if !s.cc.handover { // after STARTTLS the session goes on
