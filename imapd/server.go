@@ -368,8 +368,9 @@ func (l libLogger) Printf(format string, args ...any) {
 		return
 	}
 	// Called on the connection's goroutine: formatting there would
-	// leave it a larger stack for the rest of the session.
-	offStack(func() {
+	// leave it a larger stack for the rest of the session. A log handler
+	// that panics loses the record, not the process.
+	_ = offStack(func() {
 		msg := "imapserver: " + prefix + fmt.Sprintf(format, args...)
 		if l.id == "" {
 			l.s.log.Log(context.Background(), level, msg)
@@ -386,7 +387,7 @@ func (c *clientConn) logMalformed() {
 		return
 	}
 	id, cmd := c.id, c.cmd
-	offStack(func() {
+	_ = offStack(func() { // a panicking log handler loses the record only
 		c.srv.log.Info("imapserver: malformed command", "session", id, "proto", "imap", "command", cmd)
 	})
 }
