@@ -270,3 +270,38 @@ func TestNoopAfterAppendWithIdlers(t *testing.T) {
 		t.Errorf("the new message was missed in %d of %d rounds", missed, rounds)
 	}
 }
+
+// TestIdleSeesEveryDeliveryAmongFlagChanges: sessions idling on INBOX
+// while messages arrive and another session stores flags each see every
+// new count.
+func TestIdleSeesEveryDeliveryAmongFlagChanges(t *testing.T) {
+	env := newEnv(t)
+	const idlers, rounds = 10, 30
+	var us []*storetest.IMAPUpdates
+	for i := 0; i < idlers; i++ {
+		u := storetest.NewIMAPUpdates()
+		c := env.dial(t, u)
+		if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Idle(); err != nil {
+			t.Fatal(err)
+		}
+		us = append(us, u)
+	}
+	worker := dialRaw(t, env.addr)
+	worker.login()
+	worker.cmd("s", "SELECT INBOX")
+	for r := 1; r <= rounds; r++ {
+		env.deliver(t, testMessage(r, fmt.Sprintf("m%d", r)))
+		if r%3 == 0 {
+			worker.cmd("n", "NOOP")
+			worker.cmd("f", fmt.Sprintf(`STORE %d +FLAGS (\Flagged)`, r))
+		}
+		for i, u := range us {
+			u.WaitFor(t, fmt.Sprintf("idler %d: EXISTS %d", i, r), waitTimeout, func(u *storetest.IMAPUpdates) bool {
+				return slices.Contains(u.Exists, uint32(r))
+			})
+		}
+	}
+}
