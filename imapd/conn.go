@@ -29,7 +29,8 @@ import (
 //     and drops what is left of it once imapserver has answered, so the
 //     rest of a failed command is never read as new commands;
 //   - sets the read deadlines: LoginTimeout or IdleTimeout for the next
-//     command, commandTimeout for the rest of it;
+//     command (or IDLE's DONE, or a SASL response), commandTimeout for
+//     the rest of it;
 //   - watches the responses: counts BAD and failed logins (MaxErrors,
 //     then BYE), and turns imapserver's "NO [SERVERBUG] Internal server
 //     error", which it gives for input its decoder rejects (invalid
@@ -145,6 +146,26 @@ func (c *clientConn) reader() *bufio.Reader {
 	return c.r
 }
 
+// putReader gives the input buffer back to the pool, if the connection
+// has one.
+func (c *clientConn) putReader() {
+	if c.r != nil {
+		c.r.Reset(nil)
+		readers.Put(c.r)
+		c.r = nil
+		c.srv.inputBuffers.Add(-1)
+	}
+}
+
+// doneReading gives the input buffer back once imapserver reads no more
+// from this connection: the session ended (LOGOUT, an error, the client
+// gone) or goes on over TLS after STARTTLS. It runs on imapserver's
+// command goroutine, the one that reads.
+func (c *clientConn) doneReading() {
+	c.segs, c.hasFirst = nil, false
+	c.putReader()
+}
+
 // connInput is what the input buffer reads: the byte awaitInput read
 // first, if any, then the connection.
 type connInput clientConn
@@ -166,12 +187,7 @@ func (c *clientConn) awaitInput() error {
 	if c.hasFirst || c.r != nil && c.r.Buffered() > 0 {
 		return nil
 	}
-	if c.r != nil {
-		c.r.Reset(nil)
-		readers.Put(c.r)
-		c.r = nil
-		c.srv.inputBuffers.Add(-1)
-	}
+	c.putReader()
 	n, err := c.Conn.Read(c.first[:])
 	if n == 1 {
 		c.hasFirst = true
@@ -299,17 +315,29 @@ func (c *clientConn) setCont(v bool) {
 	c.mu.Unlock()
 }
 
-// rawLine reads one line that is not a command.
+// rawLine reads one line that is not a command: the wait for its first
+// byte has the idle (or login) timeout, the rest the command timeout, as
+// a command has (a client that sends "D" and stops must not hold an input
+// buffer for the idle timeout).
 func (c *clientConn) rawLine() error {
 	c.Conn.SetReadDeadline(time.Now().Add(c.waitTimeout()))
 	if err := c.awaitInput(); err != nil {
 		return err
 	}
+	c.Conn.SetReadDeadline(time.Now().Add(c.srv.cmdTimeout))
 	line, err := c.readLine(c.srv.maxLine)
 	if errors.Is(err, errLineTooLong) {
 		line, err = []byte("*\r\n"), nil // cancels AUTHENTICATE, ends IDLE with BAD
 	}
 	if err != nil {
+		// The client stopped in the middle of the line: the session ends,
+		// as when it stops in the middle of a command. imapserver would
+		// answer the IDLE or AUTHENTICATE and read on; nothing more is
+		// sent or read.
+		c.mu.Lock()
+		c.eof = true
+		c.mu.Unlock()
+		c.Conn.Close()
 		return err
 	}
 	c.setCont(false)
@@ -336,7 +364,7 @@ func (c *clientConn) frame() error {
 	c.mu.Lock()
 	tag, name := c.tag, c.cmd
 	c.mu.Unlock()
-	c.Conn.SetReadDeadline(time.Now().Add(commandTimeout))
+	c.Conn.SetReadDeadline(time.Now().Add(c.srv.cmdTimeout))
 
 	var segs [][]byte
 	size := 0
@@ -645,7 +673,7 @@ func (c *clientConn) beginTLS(tag string) error {
 func (c *clientConn) writeLine(s string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.Conn.SetWriteDeadline(time.Now().Add(commandTimeout))
+	c.Conn.SetWriteDeadline(time.Now().Add(c.srv.cmdTimeout))
 	if err := c.emit([]byte(s + "\r\n")); err != nil {
 		return err
 	}
@@ -735,7 +763,9 @@ func (c *clientConn) completeLine(line []byte) error {
 	if sp := bytes.IndexByte(text, ' '); sp > 0 && string(text[sp+1:]) == libInternalError {
 		line = append(text[:sp:sp], " BAD [CLIENTBUG] Malformed command\r\n"...)
 		text = line[:len(line)-2]
-		c.logMalformed()
+		if !c.eof { // else the input ended, which is no malformed command
+			c.logMalformed()
+		}
 	}
 	if c.tag != "" && bytes.HasPrefix(text, []byte(c.tag+" ")) {
 		if err := c.emit(line); err != nil {

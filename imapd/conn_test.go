@@ -2,8 +2,10 @@ package imapd
 
 import (
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"regexp"
 	"strings"
 	"testing"
@@ -335,5 +337,85 @@ func TestMalformedCommandLogged(t *testing.T) {
 	want := regexp.MustCompile(`level=INFO msg="imapserver: malformed command" server=imap session=` + start[1] + ` proto=imap command=CREATE`)
 	if !want.MatchString(env.logs.String()) {
 		t.Errorf("no %s in\n%s", want, env.logs)
+	}
+}
+
+// TestCommandTimeoutAfterFirstByteOfRawLine: once the client has sent
+// the first byte of IDLE's DONE or of an AUTHENTICATE response, the rest
+// of the line has the command timeout, not the idle or login timeout.
+func TestCommandTimeoutAfterFirstByteOfRawLine(t *testing.T) {
+	env := newEnv(t, func(c *Config) {
+		c.Limits.LoginTimeout = time.Hour
+		c.Limits.IdleTimeout = time.Hour
+		c.cmdTimeout = 200 * time.Millisecond
+	})
+	idler := dialRaw(t, env.addr)
+	idler.login()
+	idler.cmd("s", "SELECT INBOX")
+	idler.send("i IDLE\r\n")
+	idler.until("+")
+	auth := dialRaw(t, env.addr)
+	auth.send("a AUTHENTICATE PLAIN\r\n")
+	auth.until("+")
+	for name, rc := range map[string]*rawConn{"IDLE": idler, "AUTHENTICATE": auth} {
+		rc.send("D") // and nothing more
+		rc.c.SetReadDeadline(time.Now().Add(waitTimeout))
+		_, err := io.ReadAll(rc.c)
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Errorf("%s: connection still open %v after a partial line", name, waitTimeout)
+		}
+	}
+}
+
+// TestEndedConnectionsGiveBackInputBuffer: a connection that ends while
+// holding its input buffer (LOGOUT, too many errors, the client gone in
+// the middle of a command, the plain connection after STARTTLS, a line
+// left unfinished) gives it back, so the count of buffers held goes back
+// to zero.
+func TestEndedConnectionsGiveBackInputBuffer(t *testing.T) {
+	env := newEnv(t, func(c *Config) {
+		c.Limits.MaxErrors = 1
+		c.cmdTimeout = 200 * time.Millisecond
+	})
+	logout := dialRaw(t, env.addr)
+	logout.login()
+	logout.cmd("z", "LOGOUT")
+
+	bad := dialRaw(t, env.addr)
+	bad.send("a FROB\r\n")
+
+	gone := dialRaw(t, env.addr)
+	gone.send("a LOGIN {14}\r\n")
+	gone.until("+")
+	gone.send("u@example")
+	gone.c.Close()
+
+	starttls := dialRaw(t, env.addr)
+	starttls.send("a STARTTLS\r\n")
+	starttls.until("a OK")
+	tc := tls.Client(starttls.c, env.clientTLS())
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	overTLS := &rawConn{t: t, c: tc}
+	overTLS.cmd("b", "NOOP")
+
+	unfinished := dialRaw(t, env.addr)
+	unfinished.send("a AUTHENTICATE PLAIN\r\n")
+	unfinished.until("+")
+	unfinished.send("AG")
+
+	for _, rc := range []*rawConn{logout, bad, unfinished} {
+		rc.c.SetReadDeadline(time.Now().Add(waitTimeout))
+		io.ReadAll(rc.c) // until the server closes it
+	}
+	tc.Close()
+	deadline := time.Now().Add(waitTimeout)
+	for env.srv.inputBuffers.Load() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d input buffers counted after every connection ended", env.srv.inputBuffers.Load())
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

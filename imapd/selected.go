@@ -17,7 +17,9 @@ import (
 // unselected the previous one.
 func (s *session) Select(name string, options *imap.SelectOptions) (data *imap.SelectData, err error) {
 	defer s.enter()()
-	offStack(func() { data, err = s.selectMailbox(name, options) })
+	if perr := s.offStack("select", func() { data, err = s.selectMailbox(name, options) }); perr != nil {
+		return nil, perr
+	}
 	return data, err
 }
 
@@ -104,7 +106,7 @@ func (s *session) Unselect() error {
 
 // Poll runs after every command: it sends what changed in the selected
 // mailbox. With nothing selected, or nothing new, it costs a channel
-// check.
+// check and an uncontended lock.
 func (s *session) Poll(w *imapserver.UpdateWriter, allowExpunge bool) error {
 	if s.view == nil {
 		return nil
@@ -152,12 +154,14 @@ func (s *session) Idle(w *imapserver.UpdateWriter, stop <-chan struct{}) error {
 // changes when this session took its signal. It runs off the IDLE
 // goroutine's stack, which stays small while it waits (see offStack).
 func (s *session) idlePoll(v *view, w *imapserver.UpdateWriter, signalled bool) (err error) {
-	offStack(func() {
+	if perr := s.offStack("idle", func() {
 		if signalled {
 			v.feedSignalled(s.cc.srv.baseCtx)
 		}
 		err = v.poll(s.cc.srv.baseCtx, w, true)
-	})
+	}); perr != nil {
+		return perr
+	}
 	return err
 }
 

@@ -60,6 +60,7 @@
 package imapd
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -170,6 +171,9 @@ type Config struct {
 	// CacheEntries is how many messages' ENVELOPE and BODYSTRUCTURE are
 	// kept in memory. Zero means 4096.
 	CacheEntries int
+
+	// cmdTimeout replaces commandTimeout when set (tests shorten it).
+	cmdTimeout time.Duration
 }
 
 // Server is an IMAP server over a mailstore. Its methods are safe for
@@ -184,6 +188,7 @@ type Server struct {
 	conns  *limits.Conns
 	lim    limits.Protocol
 	// The bounds clientConn enforces.
+	cmdTimeout             time.Duration // see commandTimeout
 	maxLine                int
 	maxLiteral, maxMessage int64
 
@@ -194,8 +199,9 @@ type Server struct {
 	// quit is closed when Shutdown starts.
 	quit chan struct{}
 	// inputBuffers counts the input buffers connections have taken from
-	// the pool and not given back (one that ends holding its buffer
-	// leaves it to the collector, uncounted).
+	// the pool and not given back: those of connections in the middle of
+	// a command (a connection gives its buffer back while it waits, and
+	// when it ends, see clientConn.doneReading).
 	inputBuffers atomic.Int64
 
 	// libs are the imapserver servers connections are handed to, by
@@ -247,6 +253,7 @@ func New(cfg Config, store *mailstore.Store) *Server {
 		shared:     shared,
 		conns:      conns,
 		lim:        lim,
+		cmdTimeout: cmp.Or(cfg.cmdTimeout, commandTimeout),
 		maxLine:    min(cfg.MaxCommandBytes, LibraryMaxCommandBytes),
 		maxLiteral: min(cfg.MaxLiteralBytes, LibraryMaxLiteralBytes),
 		// APPENDLIMIT is a number32 (RFC 7889), as is imapserver's.
@@ -361,8 +368,9 @@ func (l libLogger) Printf(format string, args ...any) {
 		return
 	}
 	// Called on the connection's goroutine: formatting there would
-	// leave it a larger stack for the rest of the session.
-	offStack(func() {
+	// leave it a larger stack for the rest of the session. A log handler
+	// that panics loses the record, not the process.
+	_ = offStack(func() {
 		msg := "imapserver: " + prefix + fmt.Sprintf(format, args...)
 		if l.id == "" {
 			l.s.log.Log(context.Background(), level, msg)
@@ -379,7 +387,7 @@ func (c *clientConn) logMalformed() {
 		return
 	}
 	id, cmd := c.id, c.cmd
-	offStack(func() {
+	_ = offStack(func() { // a panicking log handler loses the record only
 		c.srv.log.Info("imapserver: malformed command", "session", id, "proto", "imap", "command", cmd)
 	})
 }

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -259,5 +261,54 @@ func TestSilentTLSClientIsDropped(t *testing.T) {
 	// close finds the handshake's state unfinished); a timeout is not.
 	if _, err := io.ReadAll(c); err != nil && !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("connection not closed by Shutdown: %v", err)
+	}
+}
+
+// panickingHandler panics on a record that names user; other records go
+// to the handler it wraps.
+type panickingHandler struct {
+	slog.Handler
+	user string
+}
+
+func (h panickingHandler) Handle(ctx context.Context, r slog.Record) error {
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == "user" && a.Value.String() == h.user {
+			panic("log handler fails for " + h.user)
+		}
+		return true
+	})
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h panickingHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return panickingHandler{h.Handler.WithAttrs(as), h.user}
+}
+
+func (h panickingHandler) WithGroup(name string) slog.Handler {
+	return panickingHandler{h.Handler.WithGroup(name), h.user}
+}
+
+// TestLoginPanicFailsCommand: a panic in LOGIN's work, which runs on a
+// goroutine of its own, fails the command with NO [SERVERBUG] and is
+// logged with the session; the session and the server go on.
+func TestLoginPanicFailsCommand(t *testing.T) {
+	const user = "panic@example.test"
+	env := newEnv(t, func(c *Config) {
+		// The failed-login line (limits.LogFailure) is written on
+		// LOGIN's goroutine.
+		c.Logger = slog.New(panickingHandler{c.Logger.Handler(), user})
+	})
+	rc := dialRaw(t, env.addr)
+	if l := last(rc.cmd("a", "LOGIN "+user+" wrong")); !strings.HasPrefix(l, "a NO [SERVERBUG]") {
+		t.Fatalf("LOGIN that panics = %q, want NO [SERVERBUG]", l)
+	}
+	rc.login()
+	if l := last(rc.cmd("b", "SELECT INBOX")); !strings.HasPrefix(l, "b OK") {
+		t.Fatalf("SELECT after the panic = %q", l)
+	}
+	logs := env.logs.String()
+	if !regexp.MustCompile(`level=ERROR msg="login panicked" server=imap session=\w+ .*err="panic: log handler fails for ` + user + `" stack=`).MatchString(logs) {
+		t.Errorf("no ERROR line for the panic with the session in\n%s", logs)
 	}
 }

@@ -6,7 +6,9 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -90,7 +92,8 @@ func (s *session) log(level slog.Level, msg string, args []any) {
 	if !s.cc.srv.log.Enabled(context.Background(), level) {
 		return
 	}
-	offStack(func() { s.logger().Log(context.Background(), level, msg, args...) })
+	// A log handler that panics loses this record, not the process.
+	_ = offStack(func() { s.logger().Log(context.Background(), level, msg, args...) })
 }
 
 // offStack runs f on a goroutine of its own and waits for it. The
@@ -98,13 +101,46 @@ func (s *session) log(level slog.Level, msg string, args []any) {
 // the connection's goroutine they would leave it with a large stack for as
 // long as the session idles (Go shrinks a stack only down to four times
 // what is in use), some kilobytes per idle connection.
-func offStack(f func()) {
+//
+// No recover of imapserver's covers that goroutine, so a panic in f is
+// recovered there and returned as a *panicError; session.offStack turns
+// it into a failed command.
+func offStack(f func()) (err error) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
+		defer func() {
+			if v := recover(); v != nil {
+				err = &panicError{value: v, stack: debug.Stack()}
+			}
+		}()
 		f()
 	}()
 	<-done
+	return err
+}
+
+// panicError is a panic recovered by offStack.
+type panicError struct {
+	value any
+	stack []byte
+}
+
+func (e *panicError) Error() string { return fmt.Sprintf("panic: %v", e.value) }
+
+// offStack runs a command's work f off the connection's stack (see
+// offStack). A panic in f is logged at ERROR with the session and its
+// stack, and the command fails with NO [SERVERBUG]: the session and the
+// process go on, as imapserver's own recover would have it for a panic on
+// its goroutine (which ends only the connection).
+func (s *session) offStack(op string, f func()) error {
+	err := offStack(f)
+	var pe *panicError
+	if !errors.As(err, &pe) {
+		return err
+	}
+	s.error(op+" panicked", "err", pe, "stack", string(pe.stack))
+	return errServerBug
 }
 
 // newSessionID names a session in logs.
@@ -150,8 +186,9 @@ func (s *session) sayBye(text string) {
 }
 
 // Close is called by imapserver when the connection ends, or is handed
-// on after STARTTLS.
+// on after STARTTLS, on its command goroutine once it has stopped reading.
 func (s *session) Close() error {
+	s.cc.doneReading()
 	s.setView(nil)
 	s.cc.srv.detach(s.cc)
 	if !s.cc.handover { // after STARTTLS the session goes on
@@ -169,7 +206,9 @@ func (s *session) Login(username, password string) (err error) {
 	// Off the connection's stack: the logger, the login record and the
 	// password check together would leave it twice the size for the rest
 	// of the session (see offStack).
-	offStack(func() { err = s.login(username, password) })
+	if perr := s.offStack("login", func() { err = s.login(username, password) }); perr != nil {
+		return perr
+	}
 	return err
 }
 

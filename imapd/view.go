@@ -26,8 +26,8 @@ import (
 //
 // Nobody waits on the feed on its own: a session drains it, for everyone,
 // when it polls at the end of a command or wakes in IDLE. So a mailbox
-// nobody looks at costs no goroutine, and a poll with nothing new is one
-// channel check.
+// nobody looks at costs no goroutine, and a poll with nothing new is a
+// channel check and an uncontended lock.
 //
 // This plays the part of imapserver's MailboxTracker/SessionTracker, which
 // Postern does not use because (1) they cannot tell how many messages a
@@ -218,18 +218,29 @@ func (v *view) close() {
 
 // sync applies what the change feed has gathered, queueing updates for
 // every view. st.mu must be held.
+//
+// It takes the changes whether or not the feed's signal is there: an
+// idling session may have taken the signal (outside st.mu) and not yet
+// applied the changes, and a command's sync must still see every change
+// committed before it (a NOOP after APPEND reports the new message).
+// The signal is taken first, so that a change published after the Get
+// below leaves its signal for the next sync or idler; a signal left for
+// changes already applied wakes an idler for nothing.
 func (st *mailboxState) sync(ctx context.Context) {
 	select {
 	case <-st.sub.Pending:
-		st.drain(ctx)
 	default:
 	}
+	st.drain(ctx)
 }
 
-// drain applies the feed's changes once its signal was taken, and wakes
-// the views that are idling. st.mu must be held.
+// drain applies the feed's changes and wakes the views that are idling
+// when there were any. st.mu must be held.
 func (st *mailboxState) drain(ctx context.Context) {
 	overflow, changes := st.sub.Get()
+	if !overflow && len(changes) == 0 {
+		return
+	}
 	if overflow {
 		st.resync(ctx)
 	}
@@ -659,6 +670,8 @@ func (v *view) idleWait() (wake, pending <-chan struct{}, owed bool) {
 
 // feedSignalled is called by an idling session that took the feed's
 // signal itself: it applies the changes, which wakes the other idlers.
+// Another session may have applied them meanwhile (see sync): then there
+// is nothing left to apply and the updates are already queued.
 func (v *view) feedSignalled(ctx context.Context) {
 	v.st.mu.Lock()
 	defer v.st.mu.Unlock()

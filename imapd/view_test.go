@@ -2,8 +2,12 @@ package imapd
 
 import (
 	"context"
+	"fmt"
+	"io"
+	"regexp"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-imap/v2"
 
@@ -173,5 +177,131 @@ func TestIdleWakesEverySession(t *testing.T) {
 	env.deliver(t, testMessage(1, "x"))
 	for _, u := range us {
 		u.WaitFor(t, "EXISTS 1", waitTimeout, func(u *storetest.IMAPUpdates) bool { return slices.Contains(u.Exists, 1) })
+	}
+}
+
+// TestSyncAppliesChangesWhoseSignalAnIdlerTook: an idling session takes
+// the feed's signal outside the mailbox lock and applies the changes a
+// moment later; a command's sync in that gap must still apply every
+// change committed before it.
+func TestSyncAppliesChangesWhoseSignalAnIdlerTook(t *testing.T) {
+	env := newEnv(t)
+	ctx := context.Background()
+	mb, err := env.store.MailboxByName(ctx, env.user.ID, "INBOX")
+	if err != nil {
+		t.Fatal(err)
+	}
+	idler, _, err := env.srv.boxes.open(ctx, mb, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idler.close()
+	cmd, _, err := env.srv.boxes.open(ctx, mb, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.close()
+
+	wake, pending, owed := idler.idleWait()
+	if owed {
+		t.Fatal("idler owes updates before any change")
+	}
+	env.deliver(t, testMessage(1, "x"))
+	<-pending // the idler's select takes the signal, then is descheduled
+
+	if got := kinds(cmd.take(ctx, true)); !slices.Equal(got, []string{"EXISTS 01"}) {
+		t.Fatalf("command's poll while the idler holds the signal = %v, want EXISTS 01", got)
+	}
+	select {
+	case <-wake:
+	default:
+		t.Error("applying the changes did not wake the idlers")
+	}
+	idler.feedSignalled(ctx) // the idler goes on: nothing left to apply
+	if got := kinds(idler.take(ctx, true)); !slices.Equal(got, []string{"EXISTS 01"}) {
+		t.Errorf("idler's poll = %v, want EXISTS 01", got)
+	}
+}
+
+// TestNoopAfterAppendWithIdlers: with other sessions idling on the
+// mailbox, APPEND into the selected mailbox then NOOP reports the new
+// message every time, and UID FETCH finds the UID APPEND returned.
+func TestNoopAfterAppendWithIdlers(t *testing.T) {
+	env := newEnv(t)
+	const idlers, rounds = 8, 200
+	for i := 0; i < idlers; i++ {
+		rc := dialRaw(t, env.addr)
+		rc.login()
+		rc.cmd("s", "SELECT INBOX")
+		rc.send("i IDLE\r\n")
+		rc.until("+")
+		// Read what the idler is sent, so that writing to it never blocks.
+		go io.Copy(io.Discard, rc.c)
+	}
+	rc := dialRaw(t, env.addr)
+	rc.login()
+	rc.cmd("s", "SELECT INBOX")
+	appendUID := regexp.MustCompile(`^a\d+ OK \[APPENDUID \d+ (\d+)\]`)
+	missed := 0
+	for i := 1; i <= rounds; i++ {
+		msg := testMessage(i, "x")
+		rc.send(fmt.Sprintf("a%d APPEND INBOX {%d+}\r\n%s\r\n", i, len(msg), msg))
+		out := rc.until(fmt.Sprintf("a%d ", i))
+		m := appendUID.FindStringSubmatch(last(out))
+		if m == nil {
+			t.Fatalf("round %d: APPEND = %q", i, out)
+		}
+		// The APPEND's own poll may have sent the EXISTS already.
+		out = append(out, rc.cmd(fmt.Sprintf("n%d", i), "NOOP")...)
+		fetched := rc.cmd(fmt.Sprintf("f%d", i), "UID FETCH "+m[1]+" (FLAGS)")
+		if slices.Contains(out, fmt.Sprintf("* %d EXISTS", i)) && len(fetched) == 2 {
+			continue
+		}
+		missed++
+		if missed <= 3 {
+			t.Errorf("round %d: APPEND and NOOP = %q; UID FETCH %s = %q", i, out, m[1], fetched)
+		}
+		// Catch up, so that the next round starts from a known count.
+		for j := 0; j < 100 && !slices.Contains(rc.cmd("c", "NOOP"), fmt.Sprintf("* %d EXISTS", i)); j++ {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	if missed > 0 {
+		t.Errorf("the new message was missed in %d of %d rounds", missed, rounds)
+	}
+}
+
+// TestIdleSeesEveryDeliveryAmongFlagChanges: sessions idling on INBOX
+// while messages arrive and another session stores flags each see every
+// new count.
+func TestIdleSeesEveryDeliveryAmongFlagChanges(t *testing.T) {
+	env := newEnv(t)
+	const idlers, rounds = 10, 30
+	var us []*storetest.IMAPUpdates
+	for i := 0; i < idlers; i++ {
+		u := storetest.NewIMAPUpdates()
+		c := env.dial(t, u)
+		if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Idle(); err != nil {
+			t.Fatal(err)
+		}
+		us = append(us, u)
+	}
+	worker := dialRaw(t, env.addr)
+	worker.login()
+	worker.cmd("s", "SELECT INBOX")
+	for r := 1; r <= rounds; r++ {
+		env.deliver(t, testMessage(r, fmt.Sprintf("m%d", r)))
+		if r%3 == 0 {
+			worker.cmd("n", "NOOP")
+			worker.cmd("f", fmt.Sprintf(`STORE %d +FLAGS (\Flagged)`, r))
+		}
+		for i, u := range us {
+			u.WaitFor(t, fmt.Sprintf("idler %d: EXISTS %d", i, r), waitTimeout, func(u *storetest.IMAPUpdates) bool {
+				return slices.Contains(u.Exists, uint32(r))
+			})
+		}
 	}
 }
