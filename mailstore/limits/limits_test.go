@@ -633,3 +633,21 @@ func TestLoginsBlockedListAndUnblock(t *testing.T) {
 		t.Fatalf("%d keys blocked after the block ended", total)
 	}
 }
+
+// A password check that panics gives its slot back: a server that
+// recovers the panic (IMAP LOGIN does) must not lose a slot each time.
+func TestLoginsSlotFreedWhenVerifyPanics(t *testing.T) {
+	l := NewLogins(LoginPolicy{MaxHashes: 1, HashQueue: 1, HashWait: 50 * time.Millisecond, FailureDelay: -1})
+	a := Attempt{Protocol: "imap", Mechanism: "LOGIN", Remote: netip.MustParseAddr("192.0.2.1"), User: "u@example.test"}
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Fatal("the panic did not reach the caller")
+			}
+		}()
+		l.Check(context.Background(), a, func(context.Context) (bool, error) { panic("in the password check") })
+	}()
+	if err := l.Check(context.Background(), a, func(context.Context) (bool, error) { return true, nil }); err != nil {
+		t.Fatalf("check after a panicking one: %v (its slot was not given back)", err)
+	}
+}

@@ -158,8 +158,7 @@ func (l *Logins) Check(ctx context.Context, a Attempt, verify func(context.Conte
 		l.delay(ctx)
 		return ErrBlocked
 	}
-	ok, err := verify(ctx)
-	release()
+	ok, err := verifyReleasing(ctx, verify, release)
 	if err != nil {
 		return fmt.Errorf("check login of %q: %w", a.User, err)
 	}
@@ -422,4 +421,12 @@ func (g *gate) release() {
 		}
 	}
 	g.free++
+}
+
+// verifyReleasing runs verify and then gives back its password-check slot,
+// even when verify panics (a session that survives the panic must not keep
+// the slot forever).
+func verifyReleasing(ctx context.Context, verify func(context.Context) (bool, error), release func()) (bool, error) {
+	defer release()
+	return verify(ctx)
 }
