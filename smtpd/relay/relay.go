@@ -478,9 +478,12 @@ func (r *Relay) retryRemovals(ctx context.Context, ids []int64) {
 			continue
 		}
 		r.mu.Lock()
+		was := r.unrecorded[id] // not yet removed by the other retrier (dispatch, renewOnce)
 		delete(r.unrecorded, id)
 		r.mu.Unlock()
-		r.log.Info("relay: finished entry removed from the queue at last", "queue_id", id)
+		if was {
+			r.log.Info("relay: finished entry removed from the queue at last", "queue_id", id)
+		}
 	}
 }
 
