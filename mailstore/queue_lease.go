@@ -22,6 +22,7 @@ package mailstore
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -54,10 +55,11 @@ func (d *dialect) skipLocked() string {
 // domain (QueueEntry.Domain, compared exactly) is one of skipDomains are
 // left alone, leased or not: a relay names the domains whose delivery
 // job is running, so that it never holds entries it will not try now and
-// another frontend takes them instead. On PostgreSQL the entries are
-// picked with SELECT ... FOR UPDATE SKIP LOCKED inside the writer's
-// transaction, so that Stores leasing at the same moment never get the
-// same entry; on SQLite the single writer serialises them.
+// another frontend takes them instead; the list may be of any length.
+// On PostgreSQL the entries are picked with SELECT ... FOR UPDATE SKIP
+// LOCKED inside the writer's transaction, so that Stores leasing at the
+// same moment never get the same entry; on SQLite the single writer
+// serialises them.
 func (s *Store) QueueLease(ctx context.Context, due time.Time, limit int, owner string, ttl time.Duration, skipDomains ...string) ([]QueueEntry, error) {
 	if owner == "" {
 		return nil, errors.New("lease queue entries: empty owner")
@@ -66,17 +68,18 @@ func (s *Store) QueueLease(ctx context.Context, due time.Time, limit int, owner 
 		limit = math.MaxInt32
 	}
 	ttl = max(ttl, minLeaseTTL)
-	skip, skipArgs := notInDomains(skipDomains)
+	skip, skipArg, err := s.d.notInDomains(skipDomains)
+	if err != nil {
+		return nil, fmt.Errorf("lease queue entries for %s: %w", owner, err)
+	}
 	var out []QueueEntry
-	err := s.w.do(ctx, func(t *wtx) error {
+	err = s.w.do(ctx, func(t *wtx) error {
 		out = out[:0]
 		now := s.now()
-		args := append([]any{owner, now.Add(ttl).UnixNano(), due.UnixNano(), now.UnixNano(), owner}, skipArgs...)
-		args = append(args, limit)
 		rows, err := t.query(`UPDATE queue SET lease_owner = ?, lease_until = ?
 			WHERE id IN (SELECT id FROM queue WHERE next_attempt <= ? AND (lease_until < ? OR lease_owner = ?)`+skip+`
 				ORDER BY next_attempt, id LIMIT ?`+s.d.skipLocked()+`)
-			RETURNING `+leaseColumns, args...)
+			RETURNING `+leaseColumns, owner, now.Add(ttl).UnixNano(), due.UnixNano(), now.UnixNano(), owner, skipArg, limit)
 		if err != nil {
 			return fmt.Errorf("lease queue entries for %s: %w", owner, err)
 		}
@@ -150,16 +153,24 @@ func (s *Store) QueueRelease(ctx context.Context, ids []int64, owner string) err
 }
 
 // notInDomains is the condition of QueueLease that leaves out the
-// entries of domains, with its arguments: "" and none when there are none.
-func notInDomains(domains []string) (string, []any) {
-	if len(domains) == 0 {
-		return "", nil
+// entries of domains, with its one argument: the whole list is a single
+// parameter (a text array on PostgreSQL, a JSON array read by json_each
+// on SQLite), so that the statement's text is the same whatever the
+// list's length, and the writer prepares it once (wtx.stmt keeps every
+// text it prepares), and the list has no length limit but the
+// parameter's size.
+func (d *dialect) notInDomains(domains []string) (string, any, error) {
+	if domains == nil {
+		domains = []string{}
 	}
-	args := make([]any, len(domains))
-	for i, d := range domains {
-		args[i] = d
+	if d.pg {
+		return " AND domain <> ALL(?)", domains, nil
 	}
-	return " AND domain NOT IN (?" + strings.Repeat(", ?", len(domains)-1) + ")", args
+	list, err := json.Marshal(domains)
+	if err != nil {
+		return "", nil, fmt.Errorf("domains to skip %q: %w", domains, err)
+	}
+	return " AND domain NOT IN (SELECT value FROM json_each(?))", string(list), nil
 }
 
 // leaseUpdate runs set (an UPDATE of queue with one ? for arg) on those

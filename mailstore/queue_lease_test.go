@@ -347,3 +347,64 @@ func TestQueueLeaseSkipDomains(t *testing.T) {
 		t.Fatalf("b leased %d of a's entries: %v", len(got), err)
 	}
 }
+
+// writerStatements is how many statements the Store's writer keeps
+// prepared (read on the writer, which alone touches them).
+func writerStatements(t *testing.T, s *Store) int {
+	t.Helper()
+	var n int
+	if err := s.w.do(context.Background(), func(t *wtx) error { n = len(t.w.stmts); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// QueueLease is one statement text whatever the number of domains to
+// skip: the writer keeps each text it prepares, so a text per list
+// length would pile up. Long lists (well past SQLite's and
+// PostgreSQL's limits on the number of parameters of one statement)
+// still leave their domains out.
+func TestQueueLeaseSkipDomainsOneStatement(t *testing.T) {
+	ctx := context.Background()
+	clock := &leaseClock{now: time.Unix(1700000000, 0)}
+	s := leaseStores(t, 1, 3, clock)[0]
+	due := clock.Now().Add(time.Hour)
+	skip := func(n int, with ...string) []string {
+		out := make([]string, 0, n+len(with))
+		for i := range n {
+			out = append(out, fmt.Sprintf("d%05d.example", i))
+		}
+		return append(out, with...)
+	}
+	if _, err := s.QueueLease(ctx, due, 10, "a", time.Minute, skip(1, "remote.test")...); err != nil {
+		t.Fatal(err)
+	}
+	before := writerStatements(t, s)
+	for _, n := range []int{0, 1, 2, 3, 17, 100, 500, 501} {
+		if got, err := s.QueueLease(ctx, due, 10, "a", time.Minute, skip(n, "remote.test")...); err != nil || len(got) != 0 {
+			t.Fatalf("lease skipping %d domains and remote.test: %d entries, %v", n+1, len(got), err)
+		}
+	}
+	if _, err := s.QueueLease(ctx, due, 10, "a", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if after := writerStatements(t, s); after != before {
+		t.Errorf("the writer prepared %d statements more for lists of other lengths, want none", after-before)
+	}
+	// 70,000 domains: more than a statement's parameters may be on either
+	// backend (SQLite 32,766; PostgreSQL 65,535).
+	if got, err := s.QueueLease(ctx, due, 10, "a", time.Minute, skip(70000, "remote.test")...); err != nil || len(got) != 0 {
+		t.Fatalf("lease skipping 70,001 domains with remote.test: %d entries, %v", len(got), err)
+	}
+	if got, err := s.QueueLease(ctx, due, 10, "a", time.Minute, skip(70000)...); err != nil || len(got) != 3 {
+		t.Fatalf("lease skipping 70,000 other domains: %d entries, %v; want remote.test's 3", len(got), err)
+	}
+	// Names that need quoting in JSON or SQL are compared as they are.
+	odd := []string{`a"b.test`, `c\d.test`, "e'f.test", "ünï.test", ""}
+	if got, err := s.QueueLease(ctx, due, 10, "a", time.Minute, odd...); err != nil || len(got) != 3 {
+		t.Fatalf("lease skipping odd names: %d entries, %v; want remote.test's 3", len(got), err)
+	}
+	if got, err := s.QueueLease(ctx, due, 10, "a", time.Minute, append(odd, "remote.test")...); err != nil || len(got) != 0 {
+		t.Fatalf("lease skipping odd names and remote.test: %d entries, %v", len(got), err)
+	}
+}

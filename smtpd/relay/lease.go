@@ -53,10 +53,6 @@ const (
 	// slotWaitMax bounds the wait between two looks for a free connection
 	// slot of a domain whose slots other frontends hold.
 	slotWaitMax = 2 * time.Second
-	// maxSkipDomains bounds the domains QueueLease is told to leave out
-	// (the statement's parameters); entries of running jobs beyond them
-	// are leased and given back at once, as dispatch does for any.
-	maxSkipDomains = 500
 )
 
 // defaultLeaseOwner names this process, unique among the relays of a
@@ -110,7 +106,15 @@ func (r *Relay) renewLeases() (stop func()) {
 	}
 }
 
+// renewOnce renews the leases of the entries and of the connection
+// slots, each with a deadline of its own (a renewal interval), and only
+// then retries the removals of the entries delivered but not removed,
+// within what is left of the interval: retries against a store that
+// fails slowly never hold up a renewal, so that no lease lapses while its
+// entry or connection is in use.
 func (r *Relay) renewOnce() {
+	start := time.Now()
+	interval := r.cfg.LeaseTTL / 3
 	r.mu.Lock()
 	ids := make([]int64, 0, len(r.leased)+len(r.unrecorded))
 	for id := range r.leased {
@@ -128,13 +132,25 @@ func (r *Relay) renewOnce() {
 		slots = append(slots, sl)
 	}
 	r.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.LeaseTTL/3)
+	r.renewEntries(ids, interval)
+	r.renewSlots(slots, interval)
+	// Delivered but not removed: try again, until the next renewal is due.
+	ctx, cancel := context.WithDeadline(context.Background(), start.Add(interval))
+	defer cancel()
+	r.retryRemovals(ctx, unrecorded)
+}
+
+// renewEntries renews the leases of the entries ids, waiting at most
+// timeout for the store.
+func (r *Relay) renewEntries(ids []int64, timeout time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	lost, err := r.q.QueueRenew(ctx, ids, r.cfg.LeaseOwner, r.cfg.LeaseTTL)
 	if err != nil {
 		r.log.Warn("relay: cannot renew queue leases", "entries", len(ids), "err", err)
 	}
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	for _, id := range lost {
 		// Delivered, deferred or failed since the list was taken: its
 		// lease ended with it. Still in a job: its lease lapsed (this
@@ -146,16 +162,20 @@ func (r *Relay) renewOnce() {
 			r.lostLease[id] = true
 		}
 	}
-	r.mu.Unlock()
-	// Delivered but not removed: try again.
-	r.retryRemovals(ctx, unrecorded)
-	// Only the slots this relay holds: one whose release failed is no
-	// longer among them and lapses after LeaseTTL.
+}
+
+// renewSlots renews the leases of the connection slots held, waiting at
+// most timeout for the store. Only the slots this relay holds: one whose
+// release failed is no longer among them and lapses after LeaseTTL.
+func (r *Relay) renewSlots(slots []mailstore.RelaySlot, timeout time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
 	lostSlots, err := r.q.RenewRelaySlots(ctx, r.cfg.LeaseOwner, slots, r.cfg.LeaseTTL)
 	if err != nil {
 		r.log.Warn("relay: cannot renew connection slots", "slots", len(slots), "err", err)
 	}
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	for _, sl := range lostSlots {
 		if r.slotsHeld[sl] > 0 {
 			// Lapsed (this process stalled) and maybe taken: the
@@ -164,7 +184,6 @@ func (r *Relay) renewOnce() {
 			r.log.Warn("relay: lease of a connection slot in use lost", "domain", sl.Domain, "slot", sl.Slot)
 		}
 	}
-	r.mu.Unlock()
 }
 
 // acquireSlot leases one of the connection slots of w's domain, waiting
@@ -225,15 +244,14 @@ func (r *Relay) releaseSlot(ctx context.Context, domain string, slot int) {
 }
 
 // skipDomains are the domains whose jobs run, for QueueLease to leave
-// out: at most maxSkipDomains of them.
+// out: all of them, however many (QueueLease takes the list as one
+// parameter), so that the entries of running jobs never fill the batch
+// dispatch leases and keep out the entries of domains waiting for a job.
 func (r *Relay) skipDomains() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	out := make([]string, 0, min(len(r.active), maxSkipDomains))
+	out := make([]string, 0, len(r.active))
 	for d := range r.active {
-		if len(out) == maxSkipDomains {
-			break
-		}
 		out = append(out, d)
 	}
 	slices.Sort(out)

@@ -225,8 +225,9 @@ func TestStoppingRelayReleasesLeases(t *testing.T) {
 type faultyStore struct {
 	*mailstore.Store
 	mu          sync.Mutex
-	failRemove  int // QueueRemove calls to fail; negative: all
-	failRelease int // ReleaseRelaySlot calls to fail
+	failRemove  int           // QueueRemove calls to fail; negative: all
+	removeDelay time.Duration // how long a failing QueueRemove takes (a slow store)
+	failRelease int           // ReleaseRelaySlot calls to fail
 	failAcquire func() bool
 	leasedIDs   map[int64]int // times QueueLease gave each entry
 	leaseCalls  int
@@ -257,8 +258,14 @@ func (f *faultyStore) QueueRemove(ctx context.Context, id int64) error {
 	if f.failRemove > 0 {
 		f.failRemove--
 	}
+	delay := f.removeDelay
 	f.mu.Unlock()
 	if fail {
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+			return fmt.Errorf("remove queue entry %d: %w", id, ctx.Err())
+		}
 		return fmt.Errorf("remove queue entry %d: %w", id, errInjected)
 	}
 	return f.Store.QueueRemove(ctx, id)
@@ -545,6 +552,171 @@ func TestLostLeaseNotStarted(t *testing.T) {
 	for _, e := range queue(t, a.store) {
 		if e.LeaseOwner != "thief" {
 			t.Errorf("entry %d leased by %q, want the thief", e.ID, e.LeaseOwner)
+		}
+	}
+}
+
+// onNthData makes the MX hold the DATA of the nth message it gets and of
+// every later one (each says so on inData) until release is closed.
+func onNthData(mx *testMX, nth int32) (inData, release chan struct{}) {
+	inData, release = make(chan struct{}, 10), make(chan struct{})
+	var n atomic.Int32
+	mx.mu.Lock()
+	mx.onData = func() {
+		if n.Add(1) >= nth {
+			inData <- struct{}{}
+			<-release
+		}
+	}
+	mx.mu.Unlock()
+	return inData, release
+}
+
+// Removals that fail slowly (the store is degraded for that statement)
+// are retried after the renewals, within what is left of the renewal
+// interval: the connection slot in use keeps its lease, and another
+// frontend opens no second connection to a domain limited to one.
+func TestSlowRemovalsKeepSlotLeased(t *testing.T) {
+	d, mx := betaMX(t)
+	inData, release := onNthData(mx, 3)
+	st := newStore(t, nil, []string{"alpha.test"}, "alice@alpha.test")
+	cfg := func(c *Config) { c.LeaseTTL = 1500 * time.Millisecond; c.MaxConnsPerDomain = 1 }
+	a := newAlphaOn(t, st, nil, d, mx.addr.Port(), cfg)
+	b := newAlphaOn(t, st, nil, d, mx.addr.Port(), cfg)
+	f := faulty(a)
+	f.failRemove, f.removeDelay = -1, 400*time.Millisecond
+	for i := range 3 {
+		submit(t, st, envelope("alice@alpha.test", "bob@beta.test"), fmt.Sprintf("slot %d", i))
+	}
+	stop := runRelays(t, a)
+	select {
+	case <-inData:
+	case <-time.After(30 * time.Second):
+		t.Fatal("relay a never sent its third message")
+	}
+	// Two delivered entries wait for removal (800 ms of retries a round,
+	// more than the 500 ms renewal interval) while the third is sent,
+	// for twice LeaseTTL.
+	time.Sleep(3 * time.Second)
+	submit(t, st, envelope("alice@alpha.test", "bob@beta.test"), "slot b")
+	done := make(chan struct{})
+	go func() { defer close(done); b.relay.RunOnce(context.Background()) }()
+	select {
+	case <-inData:
+		t.Errorf("relay b opened a second connection to a domain limited to one")
+	case <-time.After(3 * time.Second):
+	}
+	close(release)
+	<-done
+	stop()
+	if strings.Contains(a.log.String(), "lost") {
+		t.Errorf("relay a lost a lease:\n%s", a.log.String())
+	}
+}
+
+// However many delivered entries wait for a removal that fails slowly,
+// a renewal round does not outlast the renewal interval: the leases of
+// those entries and of the one in progress hold while relay a works, and
+// relay b, looking at the queue all the while, sends none of them again.
+func TestSlowRemovalsKeepEntriesLeased(t *testing.T) {
+	d, mx := betaMX(t)
+	inData, release := onNthData(mx, 5)
+	st := newStore(t, nil, []string{"alpha.test"}, "alice@alpha.test")
+	a := newAlphaOn(t, st, nil, d, mx.addr.Port(), func(c *Config) { c.LeaseTTL = 1500 * time.Millisecond; c.MaxConnsPerDomain = 1 })
+	b := newAlphaOn(t, st, nil, d, mx.addr.Port(), func(c *Config) {
+		c.LeaseTTL = 1500 * time.Millisecond
+		c.MaxConnsPerDomain = 4
+		c.PollInterval = 50 * time.Millisecond
+	})
+	f := faulty(a)
+	f.failRemove, f.removeDelay = -1, time.Second
+	var subjects []string
+	for i := range 5 {
+		s := fmt.Sprintf("entry %d", i)
+		subjects = append(subjects, s)
+		submit(t, st, envelope("alice@alpha.test", "bob@beta.test"), s)
+	}
+	stopA := runRelays(t, a)
+	select {
+	case <-inData:
+	case <-time.After(30 * time.Second):
+		t.Fatal("relay a never sent its fifth message")
+	}
+	// Four entries wait for removal: 4 s of retries, more than LeaseTTL.
+	stopB := runRelays(t, b)
+	select {
+	case <-inData:
+		t.Errorf("relay b sent an entry relay a holds")
+	case <-time.After(5 * time.Second):
+	}
+	close(release)
+	stopB()
+	stopA()
+	receivedOnce(t, mx, subjects)
+	if strings.Contains(a.log.String(), "lost") {
+		t.Errorf("relay a lost a lease:\n%s", a.log.String())
+	}
+}
+
+// In a transaction of two recipients, one entry removed and the other's
+// removal failed (and later retried): while the job goes on, neither is
+// reported as a lease in progress lost.
+func TestRemovedEntriesNotReportedLost(t *testing.T) {
+	d, mx := betaMX(t)
+	var n atomic.Int32
+	mx.mu.Lock()
+	mx.onData = func() {
+		if n.Add(1) == 2 {
+			time.Sleep(2 * time.Second) // several renewals
+		}
+	}
+	mx.mu.Unlock()
+	st := newStore(t, nil, []string{"alpha.test"}, "alice@alpha.test")
+	a := newAlphaOn(t, st, nil, d, mx.addr.Port(), func(c *Config) { c.LeaseTTL = time.Second; c.MaxConnsPerDomain = 1 })
+	f := faulty(a)
+	f.failRemove = 1
+	submit(t, st, envelope("alice@alpha.test", "bob@beta.test", "carol@beta.test"), "two recipients")
+	submit(t, st, envelope("alice@alpha.test", "dave@beta.test"), "slow one")
+	a.runOnce(t)
+	if !strings.Contains(a.log.String(), "finished entry removed from the queue at last") {
+		t.Errorf("the failed removal was not retried:\n%s", a.log.String())
+	}
+	if strings.Contains(a.log.String(), "lease of a queue entry in progress lost") {
+		t.Errorf("false lease-lost warning:\n%s", a.log.String())
+	}
+	if q := queue(t, st); len(q) != 0 {
+		t.Errorf("%d entries queued, want none", len(q))
+	}
+}
+
+// With more running jobs than a batch of entries (each with an entry
+// queued, older than the rest), a look at the queue still leases the
+// entries of a domain without a job: the running jobs' domains are all
+// left out of the lease, none of their entries fills the batch.
+func TestManyRunningJobsLeaveRoomForNewDomains(t *testing.T) {
+	d, mx := betaMX(t)
+	a := newAlpha(t, d, mx.addr.Port())
+	busy := make([]string, maxBatch+500)
+	for i := range busy {
+		busy[i] = fmt.Sprintf("r@busy%04d.test", i)
+	}
+	submit(t, a.store, envelope("alice@alpha.test", busy...), "busy")
+	submit(t, a.store, envelope("alice@alpha.test", "bob@beta.test"), "new domain")
+	a.relay.mu.Lock()
+	for _, addr := range busy {
+		_, domain, _ := strings.Cut(addr, "@")
+		a.relay.active[domain] = true
+	}
+	a.relay.mu.Unlock()
+	f := faulty(a)
+	a.runOnce(t)
+	receivedOnce(t, mx, []string{"new domain"})
+	if _, leased := f.stats(); len(leased) != 1 {
+		t.Errorf("the relay leased %d entries, want only the new domain's", len(leased))
+	}
+	for _, e := range queue(t, a.store) {
+		if e.LeaseOwner != "" {
+			t.Fatalf("entry %d of a running job's domain leased by %q", e.ID, e.LeaseOwner)
 		}
 	}
 }

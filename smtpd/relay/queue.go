@@ -85,14 +85,22 @@ func (r *Relay) finish(ctx context.Context, tx *transaction, res []attempt, s *s
 	if len(deferred) > 0 {
 		kept = append(kept, r.deferred(ctx, tx, deferred, s)...)
 	}
-	if len(kept) == 0 && !stopping {
-		// Removed or deferred, their leases ended: no more renewals.
-		r.mu.Lock()
-		for _, e := range tx.entries {
-			delete(r.leased, e.ID)
-		}
-		r.mu.Unlock()
+	// Removed or deferred, their leases ended: no more renewals (a
+	// renewal would find them lost). One delivered but not removed is
+	// renewed as unrecorded until a retry removes it. Those whose
+	// bookkeeping failed otherwise keep their leases until the job ends;
+	// those cut short by a stop until dispatch gives them back.
+	keep := make(map[int64]bool, len(kept))
+	for _, id := range kept {
+		keep[id] = true
 	}
+	r.mu.Lock()
+	for _, id := range settled {
+		if !keep[id] || r.unrecorded[id] {
+			delete(r.leased, id)
+		}
+	}
+	r.mu.Unlock()
 	return settled, kept
 }
 

@@ -345,32 +345,43 @@ func (r *Relay) RunOnce(ctx context.Context) error {
 // domains whose jobs run: their new entries are for another frontend to
 // take now, or for this one when the job ends.
 func (r *Relay) dispatch(ctx context.Context) error {
+	// Before leasing: the entries leased below are renewed only once a
+	// job holds them, so they wait for no retry.
+	r.retryUnrecorded(ctx)
 	entries, err := r.q.QueueLease(ctx, r.cfg.Now(), maxBatch, r.cfg.LeaseOwner, r.cfg.LeaseTTL, r.skipDomains()...)
 	if err != nil {
 		return fmt.Errorf("relay: %w", err)
 	}
-	entries = r.removeUnrecorded(ctx, entries)
 	var skipped []int64 // leased now for a domain whose job runs: for the others
-	if r.cfg.Hold {
-		r.mu.Lock()
-		var idle []mailstore.QueueEntry
-		for _, e := range entries {
-			switch {
-			case !r.active[e.Domain]:
-				idle = append(idle, e)
-			case !r.leased[e.ID]:
+	r.mu.Lock()
+	entries = slices.DeleteFunc(entries, func(e mailstore.QueueEntry) bool {
+		switch {
+		case r.unrecorded[e.ID]:
+			// Delivered (or reported) but not removed: never tried
+			// again; it keeps its lease and renewOnce retries the
+			// removal.
+			return true
+		case r.active[e.Domain]:
+			// Its domain was left out of the lease (skipDomains): a
+			// job for it started meanwhile (RunOnce beside Run). The
+			// job's own entries stay with it, the others go.
+			if !r.leased[e.ID] {
 				skipped = append(skipped, e.ID)
 			}
+			return true
 		}
-		r.mu.Unlock()
-		entries = r.holdEntries(ctx, idle)
+		return false
+	})
+	r.mu.Unlock()
+	if r.cfg.Hold {
+		entries = r.holdEntries(ctx, entries)
 	}
 	byDomain := make(map[string][]mailstore.QueueEntry)
 	var domains []string
 	r.mu.Lock()
 	for _, e := range entries {
 		if r.active[e.Domain] {
-			// Past maxSkipDomains, or a job started since the lease.
+			// A job started since the lease.
 			if !r.leased[e.ID] {
 				skipped = append(skipped, e.ID)
 			}
@@ -432,43 +443,47 @@ func (r *Relay) dispatch(ctx context.Context) error {
 	return nil
 }
 
-// removeUnrecorded retries the removal of the leased entries that were
-// delivered but not removed, and returns the others.
-func (r *Relay) removeUnrecorded(ctx context.Context, entries []mailstore.QueueEntry) []mailstore.QueueEntry {
+// retryUnrecorded retries the removal of the entries that were
+// delivered but not removed, for at most a third of LeaseTTL, as
+// renewOnce does between renewals.
+func (r *Relay) retryUnrecorded(ctx context.Context) {
 	r.mu.Lock()
-	n := len(r.unrecorded)
-	r.mu.Unlock()
-	if n == 0 {
-		return entries
+	ids := make([]int64, 0, len(r.unrecorded))
+	for id := range r.unrecorded {
+		ids = append(ids, id)
 	}
-	var ids []int64
-	r.mu.Lock()
-	entries = slices.DeleteFunc(entries, func(e mailstore.QueueEntry) bool {
-		if r.unrecorded[e.ID] {
-			ids = append(ids, e.ID)
-			return true
-		}
-		return false
-	})
 	r.mu.Unlock()
+	if len(ids) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, min(storeTimeout, r.cfg.LeaseTTL/3))
+	defer cancel()
 	r.retryRemovals(ctx, ids)
-	return entries
 }
 
-// retryRemovals removes from the queue entries of r.unrecorded.
+// retryRemovals removes from the queue entries of r.unrecorded, one by
+// one until ctx ends: the store may be slow, and the caller has other
+// work. Those left are tried again later (the ids come from a map, so
+// in another order each time).
 func (r *Relay) retryRemovals(ctx context.Context, ids []int64) {
 	for _, id := range ids {
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), storeTimeout)
-		err := r.q.QueueRemove(sctx, id)
-		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		err := r.q.QueueRemove(ctx, id)
 		if err != nil && !errors.Is(err, mailstore.ErrNotFound) {
-			r.log.Warn("relay: cannot remove a finished entry from the queue; retrying later", "queue_id", id, "err", err)
+			if ctx.Err() == nil {
+				r.log.Warn("relay: cannot remove a finished entry from the queue; retrying later", "queue_id", id, "err", err)
+			}
 			continue
 		}
 		r.mu.Lock()
+		was := r.unrecorded[id] // not yet removed by the other retrier (dispatch, renewOnce)
 		delete(r.unrecorded, id)
 		r.mu.Unlock()
-		r.log.Info("relay: finished entry removed from the queue at last", "queue_id", id)
+		if was {
+			r.log.Info("relay: finished entry removed from the queue at last", "queue_id", id)
+		}
 	}
 }
 
