@@ -340,8 +340,11 @@ func indexCorpus(n int) [][]byte {
 // BenchmarkIndexBodies: the full-text indexer taking b.N distinct
 // realistic bodies (indexCorpus) stored before it runs, as after a burst
 // or a reindex. Reports microseconds per body (extraction, FTS insert and
-// the indexer's commits), those of the extraction alone, and the index's
-// size per body.
+// the indexer's commits), those of the extraction alone, the index's
+// size per body, and for two searches in the indexed mailbox (a needle
+// from the start of one message's text and a short one from its middle)
+// the candidates the index gives, the messages that match, and the
+// milliseconds of the search with its confirmation.
 func BenchmarkIndexBodies(b *testing.B) {
 	s := newTestDB(b).open(b, Options{PasswordCost: FastPasswordHash, noIndexer: true})
 	b.Cleanup(func() { s.Close() })
@@ -409,6 +412,41 @@ func BenchmarkIndexBodies(b *testing.B) {
 	}
 	if err := s.readRow(ctx, q).Scan(&size); err != nil {
 		b.Fatal(err)
+	}
+	// Searches with the index, for words of one message's text: the
+	// first 14 characters, and 6 from its middle. For each, the
+	// candidates the index gives and the messages that hold the needle,
+	// and the milliseconds of the search with the confirmation a caller
+	// makes (reading each candidate's body and looking in its text).
+	mid := string(corpus[len(corpus)/2])
+	mid = mid[strings.Index(mid, "\r\n\r\n")+4:]
+	for k, needle := range []string{mid[:min(len(mid), 14)], mid[len(mid)/2 : len(mid)/2+6]} {
+		lower := strings.ToLower(needle)
+		var searchTime time.Duration
+		var candidates, matches int
+		const searches = 3
+		for range searches {
+			t0 := time.Now()
+			msgs, err := s.Search(ctx, mb.ID, &SearchCriteria{MayContain: []string{needle}})
+			if err != nil {
+				b.Fatal(err)
+			}
+			candidates, matches = len(msgs), 0
+			for _, m := range msgs {
+				data, err := s.ReadBody(ctx, m.BodyID)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if text, _, _ := bodyText(data); strings.Contains(text, lower) {
+					matches++
+				}
+			}
+			searchTime += time.Since(t0)
+		}
+		name := fmt.Sprintf("needle%d-", k+1)
+		b.ReportMetric(float64(searchTime.Microseconds())/1000/searches, name+"ms")
+		b.ReportMetric(float64(candidates), name+"candidates")
+		b.ReportMetric(float64(matches), name+"matches")
 	}
 	// The text extraction alone, the part the index's layout does not
 	// change.
