@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -288,4 +290,174 @@ func BenchmarkSelectFetch10k(b *testing.B) {
 			b.Fatalf("%d messages, %v", len(msgs), err)
 		}
 	}
+}
+
+// indexCorpus makes n distinct messages of about 4.5 KB like real mail
+// for the full-text indexer: words drawn (Zipf-like, so some are common
+// and most are rare) from a vocabulary of a few thousand made of
+// syllables, a few of them not ASCII, with unique Message-IDs, dates and numbers in the header
+// and the text, so that each body adds trigrams of its own.
+func indexCorpus(n int) [][]byte {
+	rng := rand.New(rand.NewPCG(17, 5))
+	// Words of one to four syllables, as in natural language, where
+	// trigrams repeat far more than in random letters; a few are
+	// German or French.
+	syllables := strings.Fields("a an ar as at be ca ce co de di en er es for ge in is it ka la le li lo ma me mi mo na ne no on or ou pa pe per pro ra re ri ro sa se si so ta te ter ti to tion tra tu un ur ve vi ä ö ü é ß")
+	vocab := make([]string, 4000)
+	for i := range vocab {
+		var w strings.Builder
+		for range 1 + rng.IntN(4) {
+			w.WriteString(syllables[rng.IntN(len(syllables))])
+		}
+		vocab[i] = w.String()
+	}
+	zipf := rand.NewZipf(rng, 1.1, 8, uint64(len(vocab)-1))
+	out := make([][]byte, n)
+	for i := range out {
+		var b bytes.Buffer
+		fmt.Fprintf(&b, "From: %s <%s@remote%d.test>\r\nTo: u@example.test\r\nSubject: %s %s %d\r\nDate: Mon, 2 Jan 2006 15:%02d:05 -0700\r\nMessage-ID: <%x.%d@remote.test>\r\n\r\n",
+			vocab[zipf.Uint64()], vocab[zipf.Uint64()], i%97, vocab[zipf.Uint64()], vocab[zipf.Uint64()], i, i%60, rng.Uint64(), i)
+		line := 0
+		for b.Len() < 4500 {
+			if rng.IntN(50) == 0 {
+				fmt.Fprintf(&b, "%d", rng.IntN(1000000))
+			} else {
+				b.WriteString(vocab[zipf.Uint64()])
+			}
+			line++
+			if line%12 == 0 {
+				b.WriteString(".\r\n")
+			} else {
+				b.WriteByte(' ')
+			}
+		}
+		b.WriteString("\r\n")
+		out[i] = b.Bytes()
+	}
+	return out
+}
+
+// BenchmarkIndexBodies: the full-text indexer taking b.N distinct
+// realistic bodies (indexCorpus) stored before it runs, as after a burst
+// or a reindex. Reports microseconds per body (extraction, FTS insert and
+// the indexer's commits), those of the extraction alone, the index's
+// size per body, and for two searches in the indexed mailbox (a needle
+// from the start of one message's text and a short one from its middle)
+// the candidates the index gives, the messages that match, and the
+// milliseconds of the search with its confirmation.
+func BenchmarkIndexBodies(b *testing.B) {
+	s := newTestDB(b).open(b, Options{PasswordCost: FastPasswordHash, noIndexer: true})
+	b.Cleanup(func() { s.Close() })
+	ctx := context.Background()
+	if err := s.AddDomain(ctx, "example.test"); err != nil {
+		b.Fatal(err)
+	}
+	u, err := s.AddUser(ctx, "u@example.test", "pw")
+	if err != nil {
+		b.Fatal(err)
+	}
+	mb, err := s.MailboxByName(ctx, u.ID, "INBOX")
+	if err != nil {
+		b.Fatal(err)
+	}
+	corpus := indexCorpus(b.N)
+	for start := 0; start < len(corpus); start += 500 {
+		batch := corpus[start:min(start+500, len(corpus))]
+		err := s.w.do(ctx, func(t *wtx) error {
+			h, err := t.head(mb.ID)
+			if err != nil {
+				return err
+			}
+			first := h.uidnext
+			if err := t.bump(mb.ID, &h, uint32(len(batch)), nil); err != nil {
+				return err
+			}
+			msgs := make([]Message, len(batch))
+			for i, m := range batch {
+				body := prepareBody(m)
+				id, err := t.storeBody(body)
+				if err != nil {
+					return err
+				}
+				msgs[i] = Message{MailboxID: mb.ID, UID: first + uint32(i), ModSeq: h.modseq,
+					InternalDate: time.Unix(int64(start+i), 0), Size: int64(len(body.data)), BodyID: id}
+			}
+			if err := t.insertMessages(msgs); err != nil {
+				return err
+			}
+			t.changes = nil
+			return nil
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	start := time.Now()
+	for {
+		n, err := s.indexPending(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if n == 0 {
+			break
+		}
+	}
+	elapsed := time.Since(start)
+	b.StopTimer()
+	var size int64
+	q := "SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name LIKE 'body_text%'"
+	if onPostgres() {
+		q = "SELECT pg_total_relation_size('body_text')"
+	}
+	if err := s.readRow(ctx, q).Scan(&size); err != nil {
+		b.Fatal(err)
+	}
+	// Searches with the index, for words of one message's text: the
+	// first 14 characters, and 6 from its middle. For each, the
+	// candidates the index gives and the messages that hold the needle,
+	// and the milliseconds of the search with the confirmation a caller
+	// makes (reading each candidate's body and looking in its text).
+	mid := string(corpus[len(corpus)/2])
+	mid = mid[strings.Index(mid, "\r\n\r\n")+4:]
+	for k, needle := range []string{mid[:min(len(mid), 14)], mid[len(mid)/2 : len(mid)/2+6]} {
+		lower := strings.ToLower(needle)
+		var searchTime time.Duration
+		var candidates, matches int
+		const searches = 3
+		for range searches {
+			t0 := time.Now()
+			msgs, err := s.Search(ctx, mb.ID, &SearchCriteria{MayContain: []string{needle}})
+			if err != nil {
+				b.Fatal(err)
+			}
+			candidates, matches = len(msgs), 0
+			for _, m := range msgs {
+				data, err := s.ReadBody(ctx, m.BodyID)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if text, _, _ := bodyText(data); strings.Contains(text, lower) {
+					matches++
+				}
+			}
+			searchTime += time.Since(t0)
+		}
+		name := fmt.Sprintf("needle%d-", k+1)
+		b.ReportMetric(float64(searchTime.Microseconds())/1000/searches, name+"ms")
+		b.ReportMetric(float64(candidates), name+"candidates")
+		b.ReportMetric(float64(matches), name+"matches")
+	}
+	// The text extraction alone, the part the index's layout does not
+	// change.
+	t0 := time.Now()
+	for _, m := range corpus {
+		if _, _, ok := bodyText(prepareBody(m).data); !ok {
+			b.Fatal("no text extracted")
+		}
+	}
+	extract := time.Since(t0)
+	b.ReportMetric(float64(elapsed.Microseconds())/float64(b.N), "us/body")
+	b.ReportMetric(float64(extract.Microseconds())/float64(b.N), "extract-us/body")
+	b.ReportMetric(float64(size)/float64(b.N), "index-B/body")
 }
