@@ -181,6 +181,8 @@ type Server struct {
 	mxLim       limits.Protocol // Config.Limits, defaults filled in
 	subLim      limits.Protocol // Config.SubmissionLimits, defaults filled in
 	checkPolicy CheckPolicy     // Config.CheckPolicy, defaults filled in
+	// localDomains answers whether an MX sender's domain is local.
+	localDomains *localDomains
 
 	// checkPassword is the store's Authenticate; tests wrap it to watch
 	// the password checks.
@@ -234,6 +236,7 @@ func New(cfg Config, store *mailstore.Store) *Server {
 		s.tls.MinVersion = max(s.tls.MinVersion, tls.VersionTLS12)
 	}
 	s.checkPassword = store.Authenticate
+	s.localDomains = &localDomains{store: store, now: time.Now}
 	s.mxConns, s.mxLim = s.sh.Group(cfg.Limits, DefaultLimits)
 	s.subConns, s.subLim = s.sh.Group(cfg.SubmissionLimits, DefaultSubmissionLimits)
 	s.ctx, s.cancel = context.WithCancel(context.Background())

@@ -221,16 +221,17 @@ func (s *session) mayUse(addr string) (bool, error) {
 // logged here, and at the end of DATA, with Config.Checks set,
 // checkInbound refuses the message with 550 5.7.1 unless SPF or DKIM
 // passes for that domain (the DKIM result is known only then). The
-// answer is remembered for the connection's next MAIL from the same
-// domain: it decides nothing but the log line, and checkInbound asks the
-// store again.
+// answer decides nothing but the log line (checkInbound asks the store
+// again), so it comes from Server.localDomains, which reuses it for a few
+// seconds across connections, and is kept for the connection's next MAIL
+// from the same domain.
 func (s *session) inboundSender(a address) error {
 	if a.literal {
 		return nil
 	}
 	cl := s.cl
 	if cl.senderDomain != a.domain {
-		local, err := cl.srv.store.IsLocalDomain(cl.srv.ctx, a.domain)
+		local, err := cl.srv.localDomains.isLocal(cl.srv.ctx, a.domain)
 		if err != nil {
 			s.log.Error("sender check failed", "from", a.String(), "err", err)
 			return errTemporaryFailure
