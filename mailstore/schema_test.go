@@ -94,3 +94,17 @@ func TestBodyMetaGoesWithBody(t *testing.T) {
 		t.Fatal("meta stored for a freed body")
 	}
 }
+
+// The full-text index merges 8 segments at a time (migration 13), in a
+// new store as in a migrated one.
+func TestFullTextAutomerge(t *testing.T) {
+	sqliteOnly(t)
+	s := openTest(t)
+	var v int
+	if err := s.readRow(context.Background(), "SELECT v FROM body_text_config WHERE k = 'automerge'").Scan(&v); err != nil {
+		t.Fatalf("read the index's automerge: %v", err)
+	}
+	if v != 8 {
+		t.Fatalf("automerge %d, want 8", v)
+	}
+}
