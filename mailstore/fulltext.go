@@ -28,14 +28,22 @@ const (
 	// bodies of mail-like text); fewer, larger batches leave the index
 	// fewer segments to merge.
 	indexBatchBodies = 64
-	// indexIdle is how long the indexer waits for the writer's queue to
-	// empty before it adds its work anyway, and how often it looks for
-	// work nobody told it of.
+	// indexIdle is how long the indexer waits for a pause in the writes
+	// before it adds its work anyway, and how often it looks for work
+	// nobody told it of.
 	indexIdle = 200 * time.Millisecond
+	// writePause is the gap between writes that counts as a pause: the
+	// group commit's requests come in waves, and an empty queue between
+	// two of them is no pause.
+	writePause = 20 * time.Millisecond
 )
 
 // runIndexer indexes new bodies until the store closes, giving way to
-// queued writes.
+// other writes: while they keep coming (writer.busy) it waits up to
+// indexIdle for a pause, then takes a batch and rests three times as long
+// as the batch took, so that a burst of mail is taken at full speed and
+// indexed after it. Under a load that never pauses it keeps a share of
+// the writer, and its backlog is searched by reading the bodies.
 func (s *Store) runIndexer() {
 	defer close(s.indexDone)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -54,9 +62,10 @@ func (s *Store) runIndexer() {
 		case <-tick.C:
 		}
 		for {
-			// Deliveries first: wait (a little) while writes are queued.
+			// Deliveries first: wait (a little) while writes keep
+			// coming.
 			busy := false
-			for waited := time.Duration(0); len(s.w.reqs) > 0 && waited < indexIdle; waited += 5 * time.Millisecond {
+			for waited := time.Duration(0); s.w.busy(writePause) && waited < indexIdle; waited += 5 * time.Millisecond {
 				busy = true
 				select {
 				case <-s.closed:
@@ -66,7 +75,7 @@ func (s *Store) runIndexer() {
 			}
 			start := time.Now()
 			n, err := s.indexPending(ctx)
-			if busy || len(s.w.reqs) > 0 {
+			if busy || s.w.busy(writePause) {
 				// Under load, index for at most a quarter of the time
 				// (the extraction's CPU and the writer's time are what
 				// deliveries need); idle, catch up at full speed.
@@ -152,7 +161,7 @@ func (s *Store) indexPending(ctx context.Context) (int, error) {
 	if len(items) == 0 {
 		return len(ids), nil
 	}
-	err = s.w.do(ctx, func(t *wtx) error {
+	err = s.w.doBackground(ctx, func(t *wtx) error {
 		for _, it := range items {
 			mark := textIndexVersion
 			if !it.ok {

@@ -448,3 +448,26 @@ func TestPasswordStamp(t *testing.T) {
 		t.Fatalf("unknown user: %v", err)
 	}
 }
+
+// The writer counts as busy while writes other than the indexer's come
+// in (the indexer gives way to them), and the indexer's own writes do not
+// make it busy.
+func TestWriterBusyIgnoresIndexer(t *testing.T) {
+	s := openTest(t)
+	ctx := context.Background()
+	const window = time.Hour
+	s.w.lastWrite.Store(0)
+	if err := s.w.doBackground(ctx, func(*wtx) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if s.w.busy(window) {
+		t.Fatal("the indexer's own write made the writer busy")
+	}
+	addUser(t, s, "u@example.test")
+	if !s.w.busy(window) {
+		t.Fatal("a write other than the indexer's did not make the writer busy")
+	}
+	if s.w.busy(0) {
+		t.Fatal("busy with an empty queue and no window")
+	}
+}

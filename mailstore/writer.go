@@ -10,6 +10,7 @@ import (
 	mrand "math/rand/v2"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -52,6 +53,17 @@ type writer struct {
 	// index is poked after a commit that stored a new body, for the
 	// full-text indexer (fulltext.go).
 	index chan struct{}
+	// lastWrite is when (unix nanoseconds, by the monotonic-free wall
+	// clock) the last request other than the indexer's was queued: the
+	// indexer gives way while writes keep coming, even at the moments
+	// the queue happens to be empty.
+	lastWrite atomic.Int64
+}
+
+// busy reports whether writes other than the indexer's are queued or came
+// within the last window.
+func (w *writer) busy(window time.Duration) bool {
+	return len(w.reqs) > 0 || time.Now().UnixNano()-w.lastWrite.Load() < int64(window)
 }
 
 // indexKick tells the indexer there is work, without waiting.
@@ -153,12 +165,25 @@ func (w *writer) do(ctx context.Context, fn func(*wtx) error) error {
 	return w.doLocked(ctx, lockHint{}, fn)
 }
 
+// doBackground is do for the full-text indexer's own writes, which do not
+// count as the writes it gives way to (writer.busy).
+func (w *writer) doBackground(ctx context.Context, fn func(*wtx) error) error {
+	return w.submit(ctx, lockHint{}, fn, true)
+}
+
 // doLocked is do for a request that changes the mailboxes locks names.
 // On PostgreSQL fn may run more than once (the transaction is retried
 // when it loses a deadlock); it must start from scratch each time.
 func (w *writer) doLocked(ctx context.Context, locks lockHint, fn func(*wtx) error) error {
+	return w.submit(ctx, locks, fn, false)
+}
+
+func (w *writer) submit(ctx context.Context, locks lockHint, fn func(*wtx) error, background bool) error {
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	if !background {
+		w.lastWrite.Store(time.Now().UnixNano())
 	}
 	req := &writeReq{ctx: ctx, fn: fn, done: make(chan error, 1), locks: locks}
 	w.mu.RLock()
