@@ -186,10 +186,7 @@ func benchIngest(b *testing.B, opts func(*Config)) {
 	var tOurs, tCeiling, cpuOurs, cpuCeiling time.Duration
 	var roundRatios []float64
 	for i := range rounds {
-		n := b.N / rounds
-		if i == 0 {
-			n += b.N % rounds
-		}
+		n := roundShare(b.N, rounds, i)
 		if n == 0 {
 			continue
 		}

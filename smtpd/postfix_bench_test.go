@@ -58,10 +58,7 @@ func BenchmarkSMTPIngestPostfix(b *testing.B) {
 	b.ResetTimer()
 	var tOurs, tCeiling, tPostfix time.Duration
 	for i := range rounds {
-		n := b.N / rounds
-		if i == 0 {
-			n += b.N % rounds
-		}
+		n := roundShare(b.N, rounds, i)
 		if n == 0 {
 			continue
 		}
