@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -36,14 +37,26 @@ const (
 	// group commit's requests come in waves, and an empty queue between
 	// two of them is no pause.
 	writePause = 20 * time.Millisecond
+	// indexYieldLoad is the share of the writer's time taken by other
+	// writes above which the indexer gives way to them; below it, it
+	// indexes at full speed.
+	indexYieldLoad = 0.5
+	// indexYieldCPU is the share of the process's cores in use above
+	// which the indexer gives way to other writes coming in.
+	indexYieldCPU = 0.8
+	// loadWindow is the shortest time over which the writer's load is
+	// judged.
+	loadWindow = 20 * time.Millisecond
 )
 
-// runIndexer indexes new bodies until the store closes, giving way to
-// other writes: while they keep coming (writer.busy) it waits up to
-// indexIdle for a pause, then takes a batch and rests three times as long
-// as the batch took, so that a burst of mail is taken at full speed and
-// indexed after it. Under a load that never pauses it keeps a share of
-// the writer, and its backlog is searched by reading the bodies.
+// runIndexer indexes new bodies until the store closes. While other
+// writes keep the writer more than indexYieldLoad busy, or come in while
+// the process uses more than indexYieldCPU of its cores (a burst of
+// mail), it gives way: it waits up to indexIdle for a pause in them, takes one
+// batch and rests three times as long as the batch took, so that the
+// burst is taken at full speed and indexed after it, and a load that
+// never pauses still leaves it a share. Below that load it indexes at
+// full speed. Its backlog is searched by reading the bodies.
 func (s *Store) runIndexer() {
 	defer close(s.indexDone)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -54,6 +67,17 @@ func (s *Store) runIndexer() {
 	}()
 	tick := time.NewTicker(indexIdle)
 	defer tick.Stop()
+	sleep := func(d time.Duration) bool {
+		select {
+		case <-s.closed:
+			return false
+		case <-time.After(d):
+			return true
+		}
+	}
+	lastAt, lastCPU := time.Now(), ProcessCPU()
+	lastFore, lastBack := s.w.load()
+	saturated := false
 	for {
 		select {
 		case <-s.closed:
@@ -62,28 +86,29 @@ func (s *Store) runIndexer() {
 		case <-tick.C:
 		}
 		for {
-			// Deliveries first: wait (a little) while writes keep
-			// coming.
-			busy := false
-			for waited := time.Duration(0); s.w.busy(writePause) && waited < indexIdle; waited += 5 * time.Millisecond {
-				busy = true
-				select {
-				case <-s.closed:
-					return
-				case <-time.After(5 * time.Millisecond):
+			// How busy other writes kept the writer since the last
+			// look, out of the time the indexer's own batches left
+			// them (indexing at full speed must not hide a burst),
+			// over at least loadWindow, so that one group commit
+			// does not decide.
+			if now := time.Now(); now.Sub(lastAt) >= loadWindow {
+				fore, back := s.w.load()
+				cpu := ProcessCPU()
+				saturated = writerSaturated(now.Sub(lastAt), fore-lastFore, back-lastBack) ||
+					fore > lastFore && cpuSaturated(now.Sub(lastAt), cpu-lastCPU, runtime.GOMAXPROCS(0))
+				lastAt, lastCPU, lastFore, lastBack = now, cpu, fore, back
+			}
+			if saturated {
+				for waited := time.Duration(0); s.w.busy(writePause) && waited < indexIdle; waited += 5 * time.Millisecond {
+					if !sleep(5 * time.Millisecond) {
+						return
+					}
 				}
 			}
 			start := time.Now()
 			n, err := s.indexPending(ctx)
-			if busy || s.w.busy(writePause) {
-				// Under load, index for at most a quarter of the time
-				// (the extraction's CPU and the writer's time are what
-				// deliveries need); idle, catch up at full speed.
-				select {
-				case <-s.closed:
-					return
-				case <-time.After(3 * time.Since(start)):
-				}
+			if saturated && !sleep(3*time.Since(start)) {
+				return
 			}
 			if err != nil {
 				if ctx.Err() == nil && !errors.Is(err, ErrClosed) {
@@ -96,6 +121,23 @@ func (s *Store) runIndexer() {
 			}
 		}
 	}
+}
+
+// cpuSaturated reports whether the process used more than indexYieldCPU
+// of the cores it may use over elapsed: then deliveries (sessions, checks,
+// the writer) need the CPU the indexer's extraction and tokenizing would
+// take. It decides only while other writes come in, so that an indexer
+// alone on one core catches up at full speed.
+func cpuSaturated(elapsed, cpu time.Duration, cores int) bool {
+	return elapsed > 0 && float64(cpu) > indexYieldCPU*float64(elapsed)*float64(cores)
+}
+
+// writerSaturated reports whether, over elapsed, other writes kept the
+// writer busy (fore) for more than indexYieldLoad of the time the
+// indexer's own batches (back) left them.
+func writerSaturated(elapsed, fore, back time.Duration) bool {
+	left := elapsed - back
+	return left > 0 && float64(fore) > indexYieldLoad*float64(left)
 }
 
 // indexPending indexes a batch of the bodies not indexed yet and returns

@@ -265,9 +265,6 @@ CREATE TABLE relay_slots (
 	PRIMARY KEY (domain, slot)
 );
 `,
-	// 13: nothing (migrations[12] tunes SQLite's FTS5 index; pg_trgm has
-	// no such setting).
-	`SELECT 1;`,
 }
 
 // pgLockKey is the advisory lock that serialises migrations of frontends

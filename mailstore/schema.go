@@ -291,13 +291,6 @@ CREATE TABLE relay_slots (
 	PRIMARY KEY (domain, slot)
 );
 `,
-	// 13: the full-text index merges its segments 8 at a time instead of
-	// FTS5's 4: on mail-like text the indexer then takes about 0.7 of
-	// the time per body (BenchmarkIndexBodies), for searches within a
-	// few percent of before. The setting is kept in the index itself.
-	`
-INSERT INTO body_text(body_text, rank) VALUES ('automerge', 8);
-`,
 }
 
 // migrate applies the migrations the database has not seen yet.

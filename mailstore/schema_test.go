@@ -95,8 +95,8 @@ func TestBodyMetaGoesWithBody(t *testing.T) {
 	}
 }
 
-// The full-text index merges 8 segments at a time (migration 13), in a
-// new store as in a migrated one.
+// The full-text index merges 8 segments at a time (set when the writer
+// starts).
 func TestFullTextAutomerge(t *testing.T) {
 	sqliteOnly(t)
 	s := openTest(t)

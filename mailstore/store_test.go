@@ -456,7 +456,7 @@ func TestWriterBusyIgnoresIndexer(t *testing.T) {
 	s := openTest(t)
 	ctx := context.Background()
 	const window = time.Hour
-	s.w.lastWrite.Store(0)
+	s.w.lastWrite.Store(-int64(2 * time.Hour)) // long before
 	if err := s.w.doBackground(ctx, func(*wtx) error { return nil }); err != nil {
 		t.Fatal(err)
 	}
@@ -469,5 +469,68 @@ func TestWriterBusyIgnoresIndexer(t *testing.T) {
 	}
 	if s.w.busy(0) {
 		t.Fatal("busy with an empty queue and no window")
+	}
+}
+
+// The indexer gives way only to a writer other writes keep busy: a
+// steady trickle (flag changes, a few deliveries a second) leaves it at
+// full speed, and its own batches, however long, do not hide a burst.
+func TestWriterSaturated(t *testing.T) {
+	ms := time.Millisecond
+	for _, c := range []struct {
+		elapsed, fore, back time.Duration
+		want                bool
+	}{
+		{100 * ms, 10 * ms, 0, false},     // 10% load
+		{100 * ms, 90 * ms, 0, true},      // a burst
+		{35 * ms, 5 * ms, 30 * ms, true},  // a burst between full-speed batches
+		{35 * ms, 1 * ms, 30 * ms, false}, // a trickle between them
+		{30 * ms, 0, 30 * ms, false},      // the indexer alone
+		{0, 0, 0, false},
+	} {
+		if got := writerSaturated(c.elapsed, c.fore, c.back); got != c.want {
+			t.Errorf("elapsed %v, other writes %v, indexer %v: saturated %v, want %v", c.elapsed, c.fore, c.back, got, c.want)
+		}
+	}
+}
+
+// The indexer also gives way when the process uses most of its cores
+// while other writes come in.
+func TestCPUSaturated(t *testing.T) {
+	ms := time.Millisecond
+	for _, c := range []struct {
+		elapsed, cpu time.Duration
+		cores        int
+		want         bool
+	}{
+		{100 * ms, 190 * ms, 2, true},
+		{100 * ms, 120 * ms, 2, false},
+		{100 * ms, 90 * ms, 1, true},
+		{0, 10 * ms, 2, false},
+	} {
+		if got := cpuSaturated(c.elapsed, c.cpu, c.cores); got != c.want {
+			t.Errorf("elapsed %v, CPU %v on %d cores: saturated %v, want %v", c.elapsed, c.cpu, c.cores, got, c.want)
+		}
+	}
+}
+
+// The writer's load counts batches with other writes apart from the
+// indexer's own.
+func TestWriterLoadSplitsIndexer(t *testing.T) {
+	s := openTest(t)
+	ctx := context.Background()
+	fore0, back0 := s.w.load()
+	if err := s.w.doBackground(ctx, func(*wtx) error { time.Sleep(20 * time.Millisecond); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	fore1, back1 := s.w.load()
+	if back1-back0 < 20*time.Millisecond || fore1 != fore0 {
+		t.Fatalf("after the indexer's write: other %v -> %v, indexer %v -> %v", fore0, fore1, back0, back1)
+	}
+	if err := s.w.do(ctx, func(*wtx) error { time.Sleep(20 * time.Millisecond); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if fore2, _ := s.w.load(); fore2-fore1 < 20*time.Millisecond {
+		t.Fatalf("after another write: other %v -> %v", fore1, fore2)
 	}
 }

@@ -191,9 +191,9 @@ func benchIngest(b *testing.B, opts func(*Config)) {
 			continue
 		}
 		side := func(addr string, st *mailstore.Store, elapsed, cpu *time.Duration) time.Duration {
-			c0 := processCPU()
+			c0 := mailstore.ProcessCPU()
 			t := sendParallel(b, addr, "s@elsewhere.test", msg, clients, n)
-			*cpu += processCPU() - c0
+			*cpu += mailstore.ProcessCPU() - c0
 			*elapsed += t
 			waitIndexed(b, st)
 			return t
