@@ -99,7 +99,11 @@ func TestOnCommitReportsGroupCommits(t *testing.T) {
 	}
 	wg.Wait()
 	// Domain, user and 20 deliveries, in however many commits; the
-	// indexer's commits may add more.
+	// indexer's commits may add more. OnCommit runs once a batch has
+	// answered: the last may still be on its way.
+	for deadline := time.Now().Add(5 * time.Second); requests.Load() < 22 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
 	if requests.Load() < 22 || commits.Load() < 1 || commits.Load() > requests.Load() {
 		t.Fatalf("%d commits carrying %d requests, want at least 22 requests", commits.Load(), requests.Load())
 	}
