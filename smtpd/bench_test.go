@@ -13,6 +13,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/mailstore/storetest"
 	"github.com/postern/postern/smtpd/msgauth"
 )
 
@@ -123,39 +124,9 @@ var benchSeq atomic.Int64
 // their hash (the mailstore does) skip the body insert and its full-text
 // indexing, which a server that adds a Received field never can.
 func sendParallel(b *testing.B, addr, from, msg string, clients, n int) time.Duration {
-	conns := make([]*smtp.Client, clients)
-	for i := range conns {
-		c, err := smtp.Dial(addr)
-		must(b, err)
-		must(b, c.Hello("client.alpha.test"))
-		conns[i] = c
-	}
-	var next atomic.Int64
-	var failed atomic.Value
-	var wg sync.WaitGroup
-	start := time.Now()
-	for _, c := range conns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for next.Add(1) <= int64(n) {
-				m := "X-Bench-Seq: " + strconv.FormatInt(benchSeq.Add(1), 10) + "\r\n" + msg
-				if err := c.SendMail(from, []string{alice}, strings.NewReader(m)); err != nil {
-					failed.Store(err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	if err, _ := failed.Load().(error); err != nil {
-		b.Fatal(err)
-	}
-	for _, c := range conns {
-		c.Quit()
-	}
-	return elapsed
+	return storetest.SendParallel(b, []string{addr}, from, alice, clients, n, func(int64) string {
+		return "X-Bench-Seq: " + strconv.FormatInt(benchSeq.Add(1), 10) + "\r\n" + msg
+	})
 }
 
 // BenchmarkInboundChecks sends the same 4 KiB message, signed by

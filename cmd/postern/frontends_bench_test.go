@@ -3,12 +3,7 @@ package main
 import (
 	"fmt"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
-	"time"
-
-	"github.com/emersion/go-smtp"
 
 	"github.com/postern/postern/mailstore/storetest"
 )
@@ -45,48 +40,11 @@ func BenchmarkFrontendsSMTP(b *testing.B) {
 func benchSMTPSpread(b *testing.B, addrs []string, rcpt string) {
 	const clients = 32
 	body := strings.Repeat(strings.Repeat("x", 76)+"\r\n", 4096/78)
-	var next atomic.Int64
-	var failed atomic.Value
-	var wg sync.WaitGroup
-	conns := make([]*smtp.Client, clients)
-	for i := range conns {
-		c, err := smtp.Dial(addrs[i%len(addrs)])
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := c.Hello("bench.remote.test"); err != nil {
-			b.Fatal(err)
-		}
-		conns[i] = c
-	}
 	b.SetBytes(4096)
 	b.ResetTimer()
-	start := time.Now()
-	for _, c := range conns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				n := next.Add(1)
-				if n > int64(b.N) {
-					return
-				}
-				msg := fmt.Sprintf("From: s@remote.test\r\nTo: %s\r\nSubject: bench %d\r\nMessage-ID: <%d@bench.remote.test>\r\n\r\n%s", rcpt, n, n, body)
-				if err := c.SendMail("s@remote.test", []string{rcpt}, strings.NewReader(msg)); err != nil {
-					failed.Store(err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
+	elapsed := storetest.SendParallel(b, addrs, "s@remote.test", rcpt, clients, b.N, func(n int64) string {
+		return fmt.Sprintf("From: s@remote.test\r\nTo: %s\r\nSubject: bench %d\r\nMessage-ID: <%d@bench.remote.test>\r\n\r\n%s", rcpt, n, n, body)
+	})
 	b.StopTimer()
-	if err, _ := failed.Load().(error); err != nil {
-		b.Fatal(err)
-	}
-	for _, c := range conns {
-		c.Quit()
-	}
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msgs/s")
 }
