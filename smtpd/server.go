@@ -181,8 +181,10 @@ type Server struct {
 	mxLim       limits.Protocol // Config.Limits, defaults filled in
 	subLim      limits.Protocol // Config.SubmissionLimits, defaults filled in
 	checkPolicy CheckPolicy     // Config.CheckPolicy, defaults filled in
-	// localDomains answers whether an MX sender's domain is local.
-	localDomains *localDomains
+	// senderDomains and recipients keep the store's recent answers
+	// (isLocalSenderDomain, session.resolveRecipient).
+	senderDomains *dirCache[bool]
+	recipients    *dirCache[mailstore.Resolution]
 
 	// checkPassword is the store's Authenticate; tests wrap it to watch
 	// the password checks.
@@ -236,7 +238,8 @@ func New(cfg Config, store *mailstore.Store) *Server {
 		s.tls.MinVersion = max(s.tls.MinVersion, tls.VersionTLS12)
 	}
 	s.checkPassword = store.Authenticate
-	s.localDomains = &localDomains{store: store, now: time.Now}
+	s.senderDomains = newDirCache[bool](s.now)
+	s.recipients = newDirCache[mailstore.Resolution](s.now)
 	s.mxConns, s.mxLim = s.sh.Group(cfg.Limits, DefaultLimits)
 	s.subConns, s.subLim = s.sh.Group(cfg.SubmissionLimits, DefaultSubmissionLimits)
 	s.ctx, s.cancel = context.WithCancel(context.Background())

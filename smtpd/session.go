@@ -222,16 +222,16 @@ func (s *session) mayUse(addr string) (bool, error) {
 // checkInbound refuses the message with 550 5.7.1 unless SPF or DKIM
 // passes for that domain (the DKIM result is known only then). The
 // answer decides nothing but the log line (checkInbound asks the store
-// again), so it comes from Server.localDomains, which reuses it for a few
-// seconds across connections, and is kept for the connection's next MAIL
-// from the same domain.
+// again), so it comes from Server.isLocalSenderDomain, which reuses it for
+// a few seconds across connections, and is kept for the connection's next
+// MAIL from the same domain.
 func (s *session) inboundSender(a address) error {
 	if a.literal {
 		return nil
 	}
 	cl := s.cl
 	if cl.senderDomain != a.domain {
-		local, err := cl.srv.localDomains.isLocal(cl.srv.ctx, a.domain)
+		local, err := cl.srv.isLocalSenderDomain(cl.srv.ctx, a.domain)
 		if err != nil {
 			s.log.Error("sender check failed", "from", a.String(), "err", err)
 			return errTemporaryFailure
@@ -337,11 +337,29 @@ func (s *session) rcpt(tx *transaction, to string, opts *smtp.RcptOptions) error
 // cannot name itself. An address the store cannot take
 // (ErrInvalidAddress) is local or not as its domain says, and in a local
 // domain nobody has it (ErrNoSuchUser). An address literal is never local.
+//
+// A local answer that no quota limits (noQuota) is reused from
+// Server.recipients for up to dirCacheTTL, across connections: most mail
+// goes to the same few recipients. A stale answer is safe: a user deleted
+// or disabled since gets nothing (the delivery inserts by user id and
+// checks both, see mailstore.Recipient.Resolved), a quota set since is
+// enforced by the delivery, and an alias changed since is followed as it
+// was for a few seconds. Refusals, and answers a quota limits, are never
+// reused: an address unknown or full is asked again each time, so that a
+// user just added, or room just made, shows at once (a refusal at RCPT is
+// permanent).
 func (s *session) resolveRecipient(a address) (res mailstore.Resolution, local bool, err error) {
 	if a.literal {
 		return res, false, nil
 	}
-	store, ctx := s.cl.srv.store, s.cl.srv.ctx
+	srv := s.cl.srv
+	key, keyErr := mailstore.NormalizeAddress(a.String())
+	if keyErr == nil {
+		if res, ok := srv.recipients.get(key); ok {
+			return res, true, nil
+		}
+	}
+	store, ctx := srv.store, srv.ctx
 	res, err = store.Resolve(ctx, a.String())
 	switch {
 	case errors.Is(err, mailstore.ErrInvalidAddress):
@@ -353,13 +371,29 @@ func (s *session) resolveRecipient(a address) (res mailstore.Resolution, local b
 		return res, true, err // ErrNoSuchUser: the domain is local
 	}
 	if len(res.Users) == 0 && len(res.Remote) == 1 {
-		self, err1 := mailstore.NormalizeAddress(a.String())
-		them, err2 := mailstore.NormalizeAddress(res.Remote[0])
-		if err1 == nil && err2 == nil && self == them {
+		them, err := mailstore.NormalizeAddress(res.Remote[0])
+		if keyErr == nil && err == nil && key == them {
 			return mailstore.Resolution{}, false, nil
 		}
 	}
+	if keyErr == nil && noQuota(res) {
+		srv.recipients.put(key, res)
+	}
 	return res, true, nil
+}
+
+// noQuota reports whether a resolution reaches a remote address or a
+// user without a quota: mail for it is never refused as over quota.
+func noQuota(res mailstore.Resolution) bool {
+	if len(res.Remote) > 0 {
+		return true
+	}
+	for _, u := range res.Users {
+		if u.QuotaBytes == 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // postmaster is the address a bare "postmaster" recipient stands for:
