@@ -5,32 +5,17 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/mailstore/storetest"
 )
-
-// fakeClock is a Config.Now that moves only when told, safe to read from
-// the server's goroutines.
-type fakeClock struct{ ns atomic.Int64 }
-
-func newFakeClock() *fakeClock {
-	c := &fakeClock{}
-	c.ns.Store(time.Unix(1_000_000, 0).UnixNano())
-	return c
-}
-
-func (c *fakeClock) now() time.Time        { return time.Unix(0, c.ns.Load()) }
-func (c *fakeClock) add(d time.Duration)   { c.ns.Add(int64(d)) }
-func (c *fakeClock) config() func(*Config) { return func(cfg *Config) { cfg.Now = c.now } }
 
 // The sender-domain answers are reused for dirCacheTTL, then asked again;
 // the domains remembered stay bounded whatever senders claim.
 func TestSenderDomainsCache(t *testing.T) {
-	clock := newFakeClock()
-	e := newTestEnv(t, clock.config())
+	clock := storetest.NewClock()
+	e := newTestEnv(t, func(c *Config) { c.Now = clock.Now })
 	ctx := context.Background()
 	if local, err := e.srv.isLocalSenderDomain(ctx, "new.test"); err != nil || local {
 		t.Fatalf("before the domain exists: %v %v", local, err)
@@ -39,7 +24,7 @@ func TestSenderDomainsCache(t *testing.T) {
 	if local, _ := e.srv.isLocalSenderDomain(ctx, "new.test"); local {
 		t.Fatal("the answer was not reused within its time")
 	}
-	clock.add(dirCacheTTL)
+	clock.Advance(dirCacheTTL)
 	if local, err := e.srv.isLocalSenderDomain(ctx, "new.test"); err != nil || !local {
 		t.Fatalf("after dirCacheTTL: %v %v, want the domain local", local, err)
 	}
@@ -57,8 +42,8 @@ func TestSenderDomainsCache(t *testing.T) {
 // (an alias changed shows late), but never a refusal, nor an answer a
 // quota limits, and a user deleted meanwhile gets nothing.
 func TestRecipientCache(t *testing.T) {
-	clock := newFakeClock()
-	e := newTestEnv(t, clock.config())
+	clock := storetest.NewClock()
+	e := newTestEnv(t, func(c *Config) { c.Now = clock.Now })
 	ctx := context.Background()
 	rcpt := func(to, want string) *raw {
 		c := e.dial(t, e.mx)
@@ -83,7 +68,7 @@ func TestRecipientCache(t *testing.T) {
 	if a, b := len(e.inbox(t, alice)), len(e.inbox(t, bob)); a != 2 || b != 2 {
 		t.Fatalf("within the cache's time: alice %d, bob %d messages, want 2 and 2", a, b)
 	}
-	clock.add(dirCacheTTL)
+	clock.Advance(dirCacheTTL)
 	send(team, "250 ")
 	if a, b := len(e.inbox(t, alice)), len(e.inbox(t, bob)); a != 2 || b != 3 {
 		t.Fatalf("after dirCacheTTL: alice %d, bob %d messages, want 2 and 3", a, b)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/mailstore/storetest"
 )
 
 // RCPT decides locality and resolution from one store read
@@ -79,8 +80,8 @@ func TestRecipientLocality(t *testing.T) {
 // delivery refuses meanwhile) has lapsed, and a refusal is never kept: the
 // domain's removal shows at once.
 func TestRecipientDomainRemoved(t *testing.T) {
-	clock := newFakeClock()
-	e := newTestEnv(t, clock.config())
+	clock := storetest.NewClock()
+	e := newTestEnv(t, func(c *Config) { c.Now = clock.Now })
 	ctx := context.Background()
 	must(t, e.store.AddDomain(ctx, "gone.test"))
 	_, err := e.store.AddUser(ctx, "u@gone.test", "pw")
@@ -91,7 +92,7 @@ func TestRecipientDomainRemoved(t *testing.T) {
 	c.cmd("RCPT TO:<u@gone.test>", "250 ")
 	c.cmd("RSET", "250 ")
 	must(t, e.store.DeleteUser(ctx, "u@gone.test"))
-	clock.add(dirCacheTTL)
+	clock.Advance(dirCacheTTL)
 	c.cmd("MAIL FROM:<u@gone.test>", "250 ")
 	c.cmd("RCPT TO:<u@gone.test>", "550 5.1.1 ")
 	c.cmd("RSET", "250 ")

@@ -24,28 +24,6 @@ import (
 	"github.com/postern/postern/smtpd/msgauth/msgauthtest"
 )
 
-// fakeClock is a clock that only moves when told.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *fakeClock {
-	return &fakeClock{t: time.Date(2025, 3, 1, 10, 0, 0, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 // received is a message as a test MX got it.
 type received struct {
 	from string
@@ -293,7 +271,7 @@ func selfSigned(t testing.TB, names ...string) (tls.Certificate, *x509.CertPool)
 
 // newStore opens a mailstore in a temporary directory with local domains
 // and users (whose password is "pw").
-func newStore(t testing.TB, clock *fakeClock, domains []string, users ...string) *mailstore.Store {
+func newStore(t testing.TB, clock *storetest.Clock, domains []string, users ...string) *mailstore.Store {
 	t.Helper()
 	st := openStore(t, filepath.Join(t.TempDir(), "postern.db"), clock)
 	ctx := context.Background()
@@ -310,7 +288,7 @@ func newStore(t testing.TB, clock *fakeClock, domains []string, users ...string)
 	return st
 }
 
-func openStore(t testing.TB, path string, clock *fakeClock) *mailstore.Store {
+func openStore(t testing.TB, path string, clock *storetest.Clock) *mailstore.Store {
 	t.Helper()
 	opts := mailstore.Options{PasswordCost: mailstore.FastPasswordHash}
 	if clock != nil {
@@ -390,18 +368,18 @@ func envelope(from string, to ...string) mailstore.Envelope {
 type alpha struct {
 	store *mailstore.Store
 	relay *Relay
-	clock *fakeClock
+	clock *storetest.Clock
 	log   *storetest.SyncBuffer
 }
 
 func newAlpha(t testing.TB, d *msgauthtest.DNS, port uint16, change ...func(*Config)) *alpha {
 	t.Helper()
-	clock := newClock()
+	clock := storetest.NewClock()
 	st := newStore(t, clock, []string{"alpha.test"}, "alice@alpha.test")
 	return newAlphaOn(t, st, clock, d, port, change...)
 }
 
-func newAlphaOn(t testing.TB, st *mailstore.Store, clock *fakeClock, d *msgauthtest.DNS, port uint16, change ...func(*Config)) *alpha {
+func newAlphaOn(t testing.TB, st *mailstore.Store, clock *storetest.Clock, d *msgauthtest.DNS, port uint16, change ...func(*Config)) *alpha {
 	lb := &storetest.SyncBuffer{}
 	now := time.Now
 	if clock != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/postern/postern/mailstore"
+	"github.com/postern/postern/mailstore/storetest"
 	"github.com/postern/postern/smtpd/msgauth/msgauthtest"
 )
 
@@ -467,7 +468,7 @@ func TestDelayWarningThenGiveUp(t *testing.T) {
 			if r["Action"] != "failed" || r["Status"] != "4.2.1" || !strings.Contains(r["Diagnostic-Code"], "451 4.2.1 Mailbox busy") {
 				t.Errorf("final report %v", r)
 			}
-			if age := a.clock.Now().Sub(newClock().Now()); age < 5*24*time.Hour || age > 5*24*time.Hour+time.Hour {
+			if age := a.clock.Now().Sub(storetest.NewClock().Now()); age < 5*24*time.Hour || age > 5*24*time.Hour+time.Hour {
 				t.Errorf("given up at age %v", age)
 			}
 			break
@@ -479,7 +480,7 @@ func TestDelayWarningThenGiveUp(t *testing.T) {
 			if r["Action"] != "delayed" || r["Status"] != "4.2.1" || r["Will-Retry-Until"] != "Thu, 06 Mar 2025 10:00:00 +0000" {
 				t.Errorf("delay report %v", r)
 			}
-			if age := a.clock.Now().Sub(newClock().Now()); age < 4*time.Hour {
+			if age := a.clock.Now().Sub(storetest.NewClock().Now()); age < 4*time.Hour {
 				t.Errorf("delay report at age %v", age)
 			}
 			if !q[0].DelayWarned {
@@ -657,7 +658,7 @@ func TestQueueSurvivesRestart(t *testing.T) {
 	port := netip.MustParseAddrPort(ln.Addr().String()).Port()
 	ln.Close()
 	d.Add(t, "beta.test. MX 10 mx.beta.test.", "mx.beta.test. A 127.0.0.1")
-	clock := newClock()
+	clock := storetest.NewClock()
 	path := t.TempDir() + "/postern.db"
 	st := openStore(t, path, clock)
 	st.AddDomain(context.Background(), "alpha.test")
