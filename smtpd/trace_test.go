@@ -3,10 +3,13 @@ package smtpd
 import (
 	"bytes"
 	"context"
+	"io"
 	"log/slog"
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/postern/postern/cmd/postern/console"
 )
 
 func TestTrace(t *testing.T) {
@@ -239,5 +242,41 @@ func BenchmarkTraceData(b *testing.B) {
 		for p := data; len(p) > 0; p = p[min(len(p), 1024):] {
 			tr.client(p[:min(len(p), 1024)])
 		}
+	}
+}
+
+// BenchmarkTraceMessage is what the protocol trace costs one message of
+// BenchmarkSMTPIngestTraceHub, without the network and the store: the
+// lines of one MAIL, RCPT, DATA transaction fed to a tracer whose logger
+// is built as serve builds it with the console on (console.Hub in front
+// of console.TraceFilter, the session's attributes added by With).
+func BenchmarkTraceMessage(b *testing.B) {
+	hub := console.NewHub(console.TraceFilter(slog.NewTextHandler(io.Discard, nil), false), slog.LevelInfo, 0)
+	log := slog.New(hub.Handler()).With("session", "abcdefghij", "proto", "smtp", "listener", "smtp", "remote", "127.0.0.1:40000")
+	tr := newTracer(log, nil, "mx.example.test")
+	data := []byte(benchMessage() + ".\r\n")
+	session := [][]byte{ // client and server in turn
+		[]byte("MAIL FROM:<s@elsewhere.test> BODY=8BITMIME\r\n"),
+		[]byte("250 2.0.0 Roger, accepting mail from <s@elsewhere.test>\r\n"),
+		[]byte("RCPT TO:<alice@example.test>\r\n"),
+		[]byte("250 2.0.0 I'll make sure <alice@example.test> gets this\r\n"),
+		[]byte("DATA\r\n"),
+		[]byte("354 Go ahead. End your data with <CR><LF>.<CR><LF>\r\n"),
+		data,
+		[]byte("250 2.0.0 OK: queued\r\n"),
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		for i, p := range session {
+			if i%2 == 0 {
+				tr.client(p)
+			} else {
+				tr.server(p)
+			}
+		}
+	}
+	b.StopTimer()
+	if e := hub.Recent(); len(e) == 0 || e[len(e)-1].Get("line") != "250 2.0.0 OK: queued" || e[len(e)-1].Get("session") != "abcdefghij" {
+		b.Fatalf("last traced event %+v", e[len(e)-1])
 	}
 }
