@@ -207,8 +207,8 @@ func FuzzScanData(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte, cut uint8) {
 		n := int(cut)%9 + 1
 		fast, slow := &lineRecorder{}, &lineRecorder{}
-		a := &tracer{log: slog.New(fast), mode: traceData, bol: true}
-		b := &tracer{log: slog.New(slow), mode: traceData, bol: true}
+		a := &tracer{log: fast, mode: traceData, bol: true}
+		b := &tracer{log: slow, mode: traceData, bol: true}
 		for i := 0; i < len(data); i += n {
 			piece := data[i:min(i+n, len(data))]
 			for a.mode == traceData && b.mode == traceData && len(piece) > 0 {
@@ -278,5 +278,43 @@ func BenchmarkTraceMessage(b *testing.B) {
 	b.StopTimer()
 	if e := hub.Recent(); len(e) == 0 || e[len(e)-1].Get("line") != "250 2.0.0 OK: queued" || e[len(e)-1].Get("session") != "abcdefghij" {
 		b.Fatalf("last traced event %+v", e[len(e)-1])
+	}
+}
+
+// FuzzFirstFields: firstFields agrees with strings.Fields on the first
+// three fields and on the count, up to four.
+func FuzzFirstFields(f *testing.F) {
+	for _, s := range []string{"", "AUTH", "AUTH PLAIN", " auth  plain\tsecret ", "BDAT 7 LAST", "BDAT 7 LAST x y", "a\u00a0b\u2003c", "\xff\xfe x"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, line string) {
+		want := strings.Fields(line)
+		got, n := firstFields(line)
+		if n != min(len(want), 4) {
+			t.Fatalf("firstFields(%q) counts %d, strings.Fields %d", line, n, len(want))
+		}
+		for i := range min(n, 3) {
+			if got[i] != want[i] {
+				t.Fatalf("firstFields(%q)[%d] = %q, want %q", line, i, got[i], want[i])
+			}
+		}
+	})
+}
+
+// TestLineStringCommon: a common line comes back as the shared string,
+// any other as a copy, both without the line end.
+func TestLineStringCommon(t *testing.T) {
+	buf := []byte("DATA\r\n")
+	if s := lineString(buf); s != "DATA" {
+		t.Fatalf("lineString = %q", s)
+	}
+	buf = []byte("MAIL FROM:<a@b>\r\n")
+	s := lineString(buf)
+	copy(buf, "XXXX")
+	if s != "MAIL FROM:<a@b>" {
+		t.Fatalf("lineString = %q after the buffer changed: not a copy", s)
+	}
+	if a := testing.AllocsPerRun(100, func() { lineString([]byte("354 Go ahead. End your data with <CR><LF>.<CR><LF>\r\n")) }); a != 0 {
+		t.Fatalf("a common line costs %v allocations", a)
 	}
 }
