@@ -6,10 +6,13 @@ import (
 	"io"
 	"log/slog"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/postern/postern/cmd/postern/console"
+	"github.com/postern/postern/mailstore"
 )
 
 func TestTrace(t *testing.T) {
@@ -317,4 +320,61 @@ func TestLineStringCommon(t *testing.T) {
 	if a := testing.AllocsPerRun(100, func() { lineString([]byte("354 Go ahead. End your data with <CR><LF>.<CR><LF>\r\n")) }); a != 0 {
 		t.Fatalf("a common line costs %v allocations", a)
 	}
+}
+
+// BenchmarkSMTPIngestTraceCost puts what the console costs ingest into
+// one figure: the MX as BenchmarkSMTPIngest runs it (plain) and as
+// BenchmarkSMTPIngestTraceHub runs it (traced: trace on, logger on the
+// console's Hub with its TraceFilter), 32 clients each, in alternating
+// rounds in one process, so that both see the same disk, the same
+// neighbours and the same garbage, which two benchmarks run one after
+// the other do not (the later one pays for the earlier's). It reports
+// traced/plain, which is the TraceHub ratio over the plain one.
+func BenchmarkSMTPIngestTraceCost(b *testing.B) {
+	const clients, rounds = 32, 16
+	msg := benchMessage()
+	plain := newTestEnv(b, func(c *Config) { c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil)) })
+	hub := console.NewHub(console.TraceFilter(slog.NewTextHandler(io.Discard, nil), false), slog.LevelInfo, 0)
+	traced := newTestEnv(b, func(c *Config) {
+		c.Logger = slog.New(hub.Handler())
+		c.Trace = true
+	})
+	sendParallel(b, plain.mx, "s@elsewhere.test", msg, 1, 1)
+	sendParallel(b, traced.mx, "s@elsewhere.test", msg, 1, 1)
+	b.SetBytes(int64(len(msg)))
+	b.ResetTimer()
+	var t, cpu [2]time.Duration
+	var ratios []float64
+	envs := [2]*testEnv{plain, traced}
+	for i := range rounds {
+		n := roundShare(b.N, rounds, i)
+		if n == 0 {
+			continue
+		}
+		var round [2]time.Duration
+		for k := range 2 {
+			side := (i + k) % 2 // each side first in every other round
+			c0 := mailstore.ProcessCPU()
+			round[side] = sendParallel(b, envs[side].mx, "s@elsewhere.test", msg, clients, n)
+			cpu[side] += mailstore.ProcessCPU() - c0
+			t[side] += round[side]
+			waitIndexed(b, envs[side].store)
+		}
+		ratios = append(ratios, round[0].Seconds()/round[1].Seconds())
+	}
+	b.StopTimer()
+	recent, lines := hub.Recent(), 0
+	for _, e := range recent {
+		if e.Msg == "trace" {
+			lines++
+		}
+	}
+	if lines < len(recent)/2 {
+		b.Fatalf("%d of the hub's %d recent events are trace lines", lines, len(recent))
+	}
+	b.ReportMetric(t[0].Seconds()/t[1].Seconds(), "traced/plain")
+	slices.Sort(ratios)
+	b.ReportMetric(ratios[len(ratios)/2], "traced/plain-median")
+	b.ReportMetric(float64(cpu[0].Microseconds())/float64(b.N), "plain-cpu-us/msg")
+	b.ReportMetric(float64(cpu[1].Microseconds())/float64(b.N), "traced-cpu-us/msg")
 }
