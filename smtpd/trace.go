@@ -2,9 +2,12 @@ package smtpd
 
 import (
 	"bytes"
+	"context"
 	"log/slog"
 	"strconv"
 	"strings"
+	"time"
+	"unicode"
 )
 
 // maxTraceLine bounds a traced line; go-smtp refuses command lines over
@@ -17,7 +20,10 @@ const maxTraceLine = 4096
 // direction a copy is. AUTH data is redacted, and message data (DATA until
 // the final dot, BDAT chunks) is logged as its size only.
 type tracer struct {
-	log      *slog.Logger
+	// log is the session's logger's handler: emit builds each record
+	// itself, with no caller PC (no log handler of Postern's shows the
+	// source) and no boxing of the attributes.
+	log      slog.Handler
 	c        *conn
 	greeting string
 
@@ -39,7 +45,7 @@ const (
 )
 
 func newTracer(log *slog.Logger, c *conn, hostname string) *tracer {
-	return &tracer{log: log, c: c, greeting: "220 " + hostname + " ESMTP Postern"}
+	return &tracer{log: log.Handler(), c: c, greeting: "220 " + hostname + " ESMTP Postern"}
 }
 
 func (t *tracer) Write(p []byte) (int, error) {
@@ -100,7 +106,7 @@ func (t *tracer) client(p []byte) {
 			}
 			t.in = appendBounded(t.in, p[:i+1])
 			p = p[i+1:]
-			line := strings.TrimRight(string(t.in), "\r\n")
+			line := lineString(t.in)
 			t.in = t.in[:0]
 			t.command(line)
 		}
@@ -109,25 +115,51 @@ func (t *tracer) client(p []byte) {
 
 // command traces one client line outside message data.
 func (t *tracer) command(line string) {
-	f := strings.Fields(line)
+	f, n := firstFields(line)
 	switch {
 	case t.auth && !isReplyLine(line):
 		line = "[redacted]"
-	case len(f) > 0 && strings.EqualFold(f[0], "AUTH"):
+	case n > 0 && strings.EqualFold(f[0], "AUTH"):
 		t.auth = true
-		line = strings.Join(f[:min(len(f), 2)], " ")
-		if len(f) > 2 {
+		if n == 1 {
+			line = f[0]
+		} else {
+			line = f[0] + " " + f[1]
+		}
+		if n > 2 {
 			line += " [redacted]"
 		}
-	case len(f) > 1 && strings.EqualFold(f[0], "BDAT"):
+	case n > 1 && strings.EqualFold(f[0], "BDAT"):
 		// As go-smtp does: a size, optionally LAST, and the chunk follows.
-		if len(f) == 2 || len(f) == 3 && strings.EqualFold(f[2], "LAST") {
+		if n == 2 || n == 3 && strings.EqualFold(f[2], "LAST") {
 			if n, err := strconv.ParseUint(f[1], 10, 32); err == nil && n > 0 {
 				t.mode, t.bdatLeft, t.dataSize = traceBDAT, int64(n), 0
 			}
 		}
 	}
 	t.emit("C", line)
+}
+
+// firstFields returns the first three fields of line (as strings.Fields
+// splits it, on Unicode white space) and how many fields it has, counting
+// no further than four, without allocating.
+func firstFields(line string) (f [3]string, n int) {
+	for n < 4 {
+		line = strings.TrimLeftFunc(line, unicode.IsSpace)
+		if line == "" {
+			break
+		}
+		end := strings.IndexFunc(line, unicode.IsSpace)
+		if end < 0 {
+			end = len(line)
+		}
+		if n < len(f) {
+			f[n] = line[:end]
+		}
+		n++
+		line = line[end:]
+	}
+	return f, n
 }
 
 // scanData counts message data up to the line "." that ends it, which it
@@ -190,8 +222,15 @@ func (t *tracer) step(b byte) bool {
 	return false
 }
 
+// emit logs one traced line: message "trace", dir= and line=, at info.
 func (t *tracer) emit(dir, line string) {
-	t.log.Info("trace", "dir", dir, "line", line)
+	ctx := context.Background()
+	if !t.log.Enabled(ctx, slog.LevelInfo) {
+		return
+	}
+	r := slog.NewRecord(time.Now(), slog.LevelInfo, "trace", 0)
+	r.AddAttrs(slog.String("dir", dir), slog.String("line", line))
+	t.log.Handle(ctx, r) // as slog.Logger does, a handler's error is dropped
 }
 
 // appendLines adds p to the partial line buf and calls fn with each
@@ -204,10 +243,40 @@ func appendLines(buf, p []byte, fn func(string)) []byte {
 		}
 		buf = appendBounded(buf, p[:i+1])
 		p = p[i+1:]
-		fn(strings.TrimRight(string(buf), "\r\n"))
+		fn(lineString(buf))
 		buf = buf[:0]
 	}
 	return buf
+}
+
+// commonLines are lines every session has, given as they are instead of
+// allocating a copy each time (the lines go on into the console's ring):
+// the client's commands without arguments and go-smtp's fixed replies.
+var commonLines = func() map[string]string {
+	m := map[string]string{}
+	for _, l := range []string{
+		"DATA", "QUIT", "RSET", "NOOP", "STARTTLS",
+		"354 Go ahead. End your data with <CR><LF>.<CR><LF>",
+		"250 2.0.0 OK: queued",
+		"250 2.0.0 Session reset",
+		"250 2.0.0 I have successfully done nothing",
+		"221 2.0.0 Bye",
+		"220 2.0.0 Ready to start TLS",
+		"235 2.0.0 Authentication succeeded",
+		"250 2.0.0 Continue",
+	} {
+		m[l] = l
+	}
+	return m
+}()
+
+// lineString returns buf without its line end as a string.
+func lineString(buf []byte) string {
+	buf = bytes.TrimRight(buf, "\r\n")
+	if l, ok := commonLines[string(buf)]; ok { // no allocation for the lookup
+		return l
+	}
+	return string(buf)
 }
 
 // appendBounded appends up to maxTraceLine octets in all.

@@ -3,10 +3,16 @@ package smtpd
 import (
 	"bytes"
 	"context"
+	"io"
 	"log/slog"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/postern/postern/cmd/postern/console"
+	"github.com/postern/postern/mailstore"
 )
 
 func TestTrace(t *testing.T) {
@@ -204,8 +210,8 @@ func FuzzScanData(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte, cut uint8) {
 		n := int(cut)%9 + 1
 		fast, slow := &lineRecorder{}, &lineRecorder{}
-		a := &tracer{log: slog.New(fast), mode: traceData, bol: true}
-		b := &tracer{log: slog.New(slow), mode: traceData, bol: true}
+		a := &tracer{log: fast, mode: traceData, bol: true}
+		b := &tracer{log: slow, mode: traceData, bol: true}
 		for i := 0; i < len(data); i += n {
 			piece := data[i:min(i+n, len(data))]
 			for a.mode == traceData && b.mode == traceData && len(piece) > 0 {
@@ -240,4 +246,135 @@ func BenchmarkTraceData(b *testing.B) {
 			tr.client(p[:min(len(p), 1024)])
 		}
 	}
+}
+
+// BenchmarkTraceMessage is what the protocol trace costs one message of
+// BenchmarkSMTPIngestTraceHub, without the network and the store: the
+// lines of one MAIL, RCPT, DATA transaction fed to a tracer whose logger
+// is built as serve builds it with the console on (console.Hub in front
+// of console.TraceFilter, the session's attributes added by With).
+func BenchmarkTraceMessage(b *testing.B) {
+	hub := console.NewHub(console.TraceFilter(slog.NewTextHandler(io.Discard, nil), false), slog.LevelInfo, 0)
+	log := slog.New(hub.Handler()).With("session", "abcdefghij", "proto", "smtp", "listener", "smtp", "remote", "127.0.0.1:40000")
+	tr := newTracer(log, nil, "mx.example.test")
+	data := []byte(benchMessage() + ".\r\n")
+	session := [][]byte{ // client and server in turn
+		[]byte("MAIL FROM:<s@elsewhere.test> BODY=8BITMIME\r\n"),
+		[]byte("250 2.0.0 Roger, accepting mail from <s@elsewhere.test>\r\n"),
+		[]byte("RCPT TO:<alice@example.test>\r\n"),
+		[]byte("250 2.0.0 I'll make sure <alice@example.test> gets this\r\n"),
+		[]byte("DATA\r\n"),
+		[]byte("354 Go ahead. End your data with <CR><LF>.<CR><LF>\r\n"),
+		data,
+		[]byte("250 2.0.0 OK: queued\r\n"),
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		for i, p := range session {
+			if i%2 == 0 {
+				tr.client(p)
+			} else {
+				tr.server(p)
+			}
+		}
+	}
+	b.StopTimer()
+	if e := hub.Recent(); len(e) == 0 || e[len(e)-1].Get("line") != "250 2.0.0 OK: queued" || e[len(e)-1].Get("session") != "abcdefghij" {
+		b.Fatalf("last traced event %+v", e[len(e)-1])
+	}
+}
+
+// FuzzFirstFields: firstFields agrees with strings.Fields on the first
+// three fields and on the count, up to four.
+func FuzzFirstFields(f *testing.F) {
+	for _, s := range []string{"", "AUTH", "AUTH PLAIN", " auth  plain\tsecret ", "BDAT 7 LAST", "BDAT 7 LAST x y", "a\u00a0b\u2003c", "\xff\xfe x"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, line string) {
+		want := strings.Fields(line)
+		got, n := firstFields(line)
+		if n != min(len(want), 4) {
+			t.Fatalf("firstFields(%q) counts %d, strings.Fields %d", line, n, len(want))
+		}
+		for i := range min(n, 3) {
+			if got[i] != want[i] {
+				t.Fatalf("firstFields(%q)[%d] = %q, want %q", line, i, got[i], want[i])
+			}
+		}
+	})
+}
+
+// TestLineStringCommon: a common line comes back as the shared string,
+// any other as a copy, both without the line end.
+func TestLineStringCommon(t *testing.T) {
+	buf := []byte("DATA\r\n")
+	if s := lineString(buf); s != "DATA" {
+		t.Fatalf("lineString = %q", s)
+	}
+	buf = []byte("MAIL FROM:<a@b>\r\n")
+	s := lineString(buf)
+	copy(buf, "XXXX")
+	if s != "MAIL FROM:<a@b>" {
+		t.Fatalf("lineString = %q after the buffer changed: not a copy", s)
+	}
+	if a := testing.AllocsPerRun(100, func() { lineString([]byte("354 Go ahead. End your data with <CR><LF>.<CR><LF>\r\n")) }); a != 0 {
+		t.Fatalf("a common line costs %v allocations", a)
+	}
+}
+
+// BenchmarkSMTPIngestTraceCost puts what the console costs ingest into
+// one figure: the MX as BenchmarkSMTPIngest runs it (plain) and as
+// BenchmarkSMTPIngestTraceHub runs it (traced: trace on, logger on the
+// console's Hub with its TraceFilter), 32 clients each, in alternating
+// rounds in one process, so that both see the same disk, the same
+// neighbours and the same garbage, which two benchmarks run one after
+// the other do not (the later one pays for the earlier's). It reports
+// traced/plain, which is the TraceHub ratio over the plain one.
+func BenchmarkSMTPIngestTraceCost(b *testing.B) {
+	const clients, rounds = 32, 16
+	msg := benchMessage()
+	plain := newTestEnv(b, func(c *Config) { c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil)) })
+	hub := console.NewHub(console.TraceFilter(slog.NewTextHandler(io.Discard, nil), false), slog.LevelInfo, 0)
+	traced := newTestEnv(b, func(c *Config) {
+		c.Logger = slog.New(hub.Handler())
+		c.Trace = true
+	})
+	sendParallel(b, plain.mx, "s@elsewhere.test", msg, 1, 1)
+	sendParallel(b, traced.mx, "s@elsewhere.test", msg, 1, 1)
+	b.SetBytes(int64(len(msg)))
+	b.ResetTimer()
+	var t, cpu [2]time.Duration
+	var ratios []float64
+	envs := [2]*testEnv{plain, traced}
+	for i := range rounds {
+		n := roundShare(b.N, rounds, i)
+		if n == 0 {
+			continue
+		}
+		var round [2]time.Duration
+		for k := range 2 {
+			side := (i + k) % 2 // each side first in every other round
+			c0 := mailstore.ProcessCPU()
+			round[side] = sendParallel(b, envs[side].mx, "s@elsewhere.test", msg, clients, n)
+			cpu[side] += mailstore.ProcessCPU() - c0
+			t[side] += round[side]
+			waitIndexed(b, envs[side].store)
+		}
+		ratios = append(ratios, round[0].Seconds()/round[1].Seconds())
+	}
+	b.StopTimer()
+	recent, lines := hub.Recent(), 0
+	for _, e := range recent {
+		if e.Msg == "trace" {
+			lines++
+		}
+	}
+	if lines < len(recent)/2 {
+		b.Fatalf("%d of the hub's %d recent events are trace lines", lines, len(recent))
+	}
+	b.ReportMetric(t[0].Seconds()/t[1].Seconds(), "traced/plain")
+	slices.Sort(ratios)
+	b.ReportMetric(ratios[len(ratios)/2], "traced/plain-median")
+	b.ReportMetric(float64(cpu[0].Microseconds())/float64(b.N), "plain-cpu-us/msg")
+	b.ReportMetric(float64(cpu[1].Microseconds())/float64(b.N), "traced-cpu-us/msg")
 }

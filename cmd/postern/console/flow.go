@@ -7,6 +7,7 @@ package console
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -59,7 +60,7 @@ func flowOf(e Event) FlowItem {
 		f.Kind = "open"
 	case "session end":
 		f.Kind = "close"
-	case "trace":
+	case traceMsg:
 		f.Kind, f.Dir, f.Line = "line", e.Get("dir"), e.Get("line")
 	}
 	if id := e.Get("queue_id"); id != "" {
@@ -70,10 +71,26 @@ func flowOf(e Event) FlowItem {
 	return f
 }
 
-// flowEvent is what /api/events sends for each event.
+// flowEvent is what /api/events sends for each event: the event's JSON
+// with "flow" added.
 type flowEvent struct {
 	Event
 	Flow FlowItem `json:"flow"`
+}
+
+func (fe flowEvent) MarshalJSON() ([]byte, error) { return json.Marshal(fe.Event.wire(&fe.Flow)) }
+
+func (fe *flowEvent) UnmarshalJSON(b []byte) error {
+	var w eventJSON
+	if err := json.Unmarshal(b, &w); err != nil {
+		return fmt.Errorf("console flow event %.40q: %w", b, err)
+	}
+	fe.Event = Event{Seq: w.Seq, Time: w.Time, Level: w.Level, Msg: w.Msg, Attrs: w.Attrs}
+	fe.Flow = FlowItem{}
+	if w.Flow != nil {
+		fe.Flow = *w.Flow
+	}
+	return nil
 }
 
 func (s *Server) flowRoutes(h func(string, http.HandlerFunc)) {
@@ -125,8 +142,8 @@ func (f *eventFilter) view(e Event) (Event, bool) {
 	if sess != "" && f.received[sess] && flowOf(e).Kind == "close" {
 		delete(f.received, sess)
 		out := e
-		out.Attrs = nil
-		for _, a := range e.Attrs {
+		out.Attrs, out.logger = nil, nil
+		for _, a := range e.AllAttrs() {
 			switch a.Key {
 			case "session", "proto", "part":
 				out.Attrs = append(out.Attrs, a)
@@ -135,7 +152,7 @@ func (f *eventFilter) view(e Event) (Event, bool) {
 		return out, true
 	}
 	asRecipient := false
-	for _, a := range e.Attrs {
+	for _, a := range e.AllAttrs() {
 		if !mentions(a.Value, f.addr) {
 			continue
 		}
@@ -161,9 +178,10 @@ func (f *eventFilter) view(e Event) (Event, bool) {
 	if sess != "" && len(f.received) < maxOwnSessions {
 		f.received[sess] = true
 	}
+	all := e.AllAttrs()
 	out := e
-	out.Attrs = make([]Attr, len(e.Attrs))
-	for i, a := range e.Attrs {
+	out.Attrs, out.logger = make([]Attr, len(all)), nil
+	for i, a := range all {
 		switch a.Key {
 		case "to", "rcpt", "recipient":
 			if mentions(a.Value, f.addr) {
@@ -332,12 +350,15 @@ func TraceFilter(next slog.Handler, trace bool) slog.Handler {
 	return traceFilter{next}
 }
 
+// traceMsg is the message of the servers' protocol trace records.
+const traceMsg = "trace"
+
 type traceFilter struct{ next slog.Handler }
 
 func (f traceFilter) Enabled(ctx context.Context, l slog.Level) bool { return f.next.Enabled(ctx, l) }
 
 func (f traceFilter) Handle(ctx context.Context, r slog.Record) error {
-	if r.Message == "trace" {
+	if r.Message == traceMsg {
 		return nil
 	}
 	return f.next.Handle(ctx, r)

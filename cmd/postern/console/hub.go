@@ -2,6 +2,8 @@ package console
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"log/slog"
 	"strconv"
 	"sync"
@@ -11,22 +13,43 @@ import (
 // Event is one log record as the hub hands it out: the servers' structured
 // records (sessions, deliveries, relay attempts and, with tracing on, every
 // protocol line) are the event stream of the live view and the metrics.
+//
+// An event's attributes are those of the logger it came from (its With
+// calls), which all the events of that logger share, followed by the
+// record's own (Attrs). AllAttrs and Get see both, in that order, and so
+// does the JSON form ("attrs").
 type Event struct {
 	// Seq numbers events in the order the hub saw them, from 1.
-	Seq   uint64     `json:"seq"`
-	Time  time.Time  `json:"time"`
-	Level slog.Level `json:"level"`
-	Msg   string     `json:"msg"`
-	// Attrs are the record's attributes, those of the logger it came
-	// from first, flattened: a group's keys are prefixed with its name
-	// and a dot, values are their text form.
-	Attrs []Attr `json:"attrs"`
+	Seq   uint64
+	Time  time.Time
+	Level slog.Level
+	Msg   string
+	// Attrs are the record's own attributes, flattened: a group's keys
+	// are prefixed with its name and a dot, values are their text form.
+	Attrs []Attr
+	// logger are the flattened attributes of the logger the record came
+	// from: shared by all its events, never modified (cap == len, so an
+	// append copies).
+	logger []Attr
 }
 
 // Attr is one attribute of an Event.
 type Attr struct {
 	Key   string `json:"k"`
 	Value string `json:"v"`
+}
+
+// AllAttrs returns the event's attributes, the logger's first. The slice
+// may be shared with other events: do not modify its elements.
+func (e Event) AllAttrs() []Attr {
+	switch {
+	case len(e.logger) == 0:
+		return e.Attrs
+	case len(e.Attrs) == 0:
+		return e.logger
+	}
+	all := make([]Attr, 0, len(e.logger)+len(e.Attrs))
+	return append(append(all, e.logger...), e.Attrs...)
 }
 
 // Get returns the value of the last attribute named key, or "".
@@ -36,7 +59,45 @@ func (e Event) Get(key string) string {
 			return e.Attrs[i].Value
 		}
 	}
+	for i := len(e.logger) - 1; i >= 0; i-- {
+		if e.logger[i].Key == key {
+			return e.logger[i].Value
+		}
+	}
 	return ""
+}
+
+// eventJSON is the JSON form of an Event (and, with Flow, of a flowEvent).
+type eventJSON struct {
+	Seq   uint64     `json:"seq"`
+	Time  time.Time  `json:"time"`
+	Level slog.Level `json:"level"`
+	Msg   string     `json:"msg"`
+	Attrs []Attr     `json:"attrs"`
+	Flow  *FlowItem  `json:"flow,omitempty"`
+}
+
+func (e Event) wire(flow *FlowItem) eventJSON {
+	all := e.AllAttrs()
+	if all == nil {
+		all = []Attr{}
+	}
+	return eventJSON{Seq: e.Seq, Time: e.Time, Level: e.Level, Msg: e.Msg, Attrs: all, Flow: flow}
+}
+
+// MarshalJSON writes the event as {"seq","time","level","msg","attrs"},
+// attrs holding all its attributes (AllAttrs).
+func (e Event) MarshalJSON() ([]byte, error) { return json.Marshal(e.wire(nil)) }
+
+// UnmarshalJSON reads what MarshalJSON writes; every attribute becomes
+// one of Attrs.
+func (e *Event) UnmarshalJSON(b []byte) error {
+	var w eventJSON
+	if err := json.Unmarshal(b, &w); err != nil {
+		return fmt.Errorf("console event %.40q: %w", b, err)
+	}
+	*e = Event{Seq: w.Seq, Time: w.Time, Level: w.Level, Msg: w.Msg, Attrs: w.Attrs}
+	return nil
 }
 
 // DefaultRing is the number of recent events a Hub keeps when NewHub is
@@ -51,13 +112,19 @@ const DefaultRing = 4096
 type Hub struct {
 	next  slog.Handler
 	level slog.Leveler // records below it are neither kept nor fanned out
+	// dropsTrace: next is a TraceFilter that drops trace records, so
+	// they need not be handed to it.
+	dropsTrace bool
 
 	mu   sync.Mutex
 	seq  uint64
 	ring []Event
-	head int // next slot of ring to write
-	full bool
-	subs map[*Subscription]struct{}
+	// attrs is where events' own attributes are kept (keepLocked): one
+	// allocation for many events instead of one each.
+	attrs []Attr
+	head  int // next slot of ring to write
+	full  bool
+	subs  map[*Subscription]struct{}
 }
 
 // NewHub returns a hub in front of next that keeps the last ring events
@@ -69,7 +136,8 @@ func NewHub(next slog.Handler, level slog.Leveler, ring int) *Hub {
 	if level == nil {
 		level = slog.LevelInfo
 	}
-	return &Hub{next: next, level: level, ring: make([]Event, ring), subs: map[*Subscription]struct{}{}}
+	_, dropsTrace := next.(traceFilter)
+	return &Hub{next: next, level: level, dropsTrace: dropsTrace, ring: make([]Event, ring), subs: map[*Subscription]struct{}{}}
 }
 
 // Subscription receives the events published after Subscribe.
@@ -132,9 +200,36 @@ func (s *Subscription) Dropped() bool {
 	return s.dropped
 }
 
-func (h *Hub) publish(e Event) {
+// attrChunk is how many events' own attributes share one allocation;
+// maxChunked is the most attributes of one event kept there.
+const (
+	attrChunk  = 256
+	maxChunked = 16
+)
+
+// keepLocked returns a copy of own that the event keeps, cut from a chunk
+// shared with other events (cap == len, so an append by a reader copies
+// rather than writing over the next event's attributes).
+func (h *Hub) keepLocked(own []Attr) []Attr {
+	switch {
+	case len(own) == 0:
+		return nil
+	case len(own) > maxChunked:
+		return append([]Attr(nil), own...)
+	case cap(h.attrs)-len(h.attrs) < len(own):
+		h.attrs = make([]Attr, 0, attrChunk)
+	}
+	i := len(h.attrs)
+	h.attrs = append(h.attrs, own...)
+	return h.attrs[i:len(h.attrs):len(h.attrs)]
+}
+
+// publish numbers e, with own as its own attributes (copied), keeps it in
+// the ring and sends it to the subscribers.
+func (h *Hub) publish(e Event, own []Attr) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	e.Attrs = h.keepLocked(own)
 	h.seq++
 	e.Seq = h.seq
 	h.ring[h.head] = e
@@ -155,9 +250,11 @@ func (h *Hub) publish(e Event) {
 
 // handler is the Hub as seen through a logger's With and WithGroup.
 type handler struct {
-	hub    *Hub
-	next   slog.Handler
-	attrs  []Attr // from With, flattened
+	hub  *Hub
+	next slog.Handler
+	// attrs are those from With, flattened once there and shared by
+	// every event of the logger: never modified, cap == len.
+	attrs  []Attr
 	prefix string // open groups, "a.b."
 }
 
@@ -172,14 +269,16 @@ func (h *handler) Enabled(ctx context.Context, l slog.Level) bool {
 
 func (h *handler) Handle(ctx context.Context, r slog.Record) error {
 	if r.Level >= h.hub.level.Level() {
-		e := Event{Time: r.Time, Level: r.Level, Msg: r.Message,
-			Attrs: make([]Attr, len(h.attrs), len(h.attrs)+r.NumAttrs())}
-		copy(e.Attrs, h.attrs)
+		var buf [8]Attr // the usual record's own attributes, not allocated
+		own := buf[:0]
 		r.Attrs(func(a slog.Attr) bool {
-			e.Attrs = appendAttr(e.Attrs, h.prefix, a)
+			own = appendAttr(own, h.prefix, a)
 			return true
 		})
-		h.hub.publish(e)
+		h.hub.publish(Event{Time: r.Time, Level: r.Level, Msg: r.Message, logger: h.attrs}, own)
+	}
+	if h.hub.dropsTrace && r.Message == traceMsg {
+		return nil // what the TraceFilter behind would do
 	}
 	if h.next.Enabled(ctx, r.Level) {
 		return h.next.Handle(ctx, r)
@@ -188,11 +287,15 @@ func (h *handler) Handle(ctx context.Context, r slog.Record) error {
 }
 
 func (h *handler) WithAttrs(as []slog.Attr) slog.Handler {
-	n := *h
-	n.attrs = append([]Attr(nil), h.attrs...)
-	for _, a := range as {
-		n.attrs = appendAttr(n.attrs, h.prefix, a)
+	if len(as) == 0 {
+		return h
 	}
+	n := *h
+	attrs := append([]Attr(nil), h.attrs...)
+	for _, a := range as {
+		attrs = appendAttr(attrs, h.prefix, a)
+	}
+	n.attrs = attrs[:len(attrs):len(attrs)]
 	n.next = h.next.WithAttrs(as)
 	return &n
 }
