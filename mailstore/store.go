@@ -29,6 +29,7 @@ import (
 	"net/url"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
@@ -86,6 +87,11 @@ type Options struct {
 	OnCommit func(CommitInfo)
 
 	noIndexer bool // tests that drive the full-text indexer themselves
+	// indexLoad, when set, tells the full-text indexer whether the
+	// store is under load instead of its own measure (tests).
+	indexLoad func() bool
+	// deferBacklog, when positive, replaces indexDeferBacklog (tests).
+	deferBacklog int
 }
 
 // CommitInfo describes one write transaction: how many requests shared
@@ -125,6 +131,12 @@ type Store struct {
 
 	onCommit func(CommitInfo)
 	listen   *pgListener // PostgreSQL: the change feed across frontends
+
+	indexLoad    func() bool // Options.indexLoad
+	deferBacklog int         // the backlog the indexer leaves alone under load
+	// indexDeferred counts the indexer's looks at the load that left its
+	// backlog alone (tests wait on it).
+	indexDeferred atomic.Int64
 }
 
 // sqliteMagic starts every SQLite 3 database file.
@@ -180,6 +192,12 @@ func newStore(d *dialect, path string, opts Options) *Store {
 		closed:   make(chan struct{}),
 		rstmts:   make(map[string]*sql.Stmt),
 		onCommit: opts.OnCommit,
+
+		indexLoad:    opts.indexLoad,
+		deferBacklog: indexDeferBacklog,
+	}
+	if opts.deferBacklog > 0 {
+		s.deferBacklog = opts.deferBacklog
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.NewTextHandler(io.Discard, nil))

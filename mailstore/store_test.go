@@ -16,7 +16,13 @@ import (
 // domain example.test.
 func openTest(t testing.TB) *Store {
 	t.Helper()
-	s := newTestDB(t).open(t, Options{PasswordCost: FastPasswordHash})
+	return openTestWith(t, Options{PasswordCost: FastPasswordHash})
+}
+
+// openTestWith is openTest with options.
+func openTestWith(t testing.TB, opts Options) *Store {
+	t.Helper()
+	s := newTestDB(t).open(t, opts)
 	t.Cleanup(func() { s.Close() })
 	if err := s.AddDomain(context.Background(), "example.test"); err != nil {
 		t.Fatal(err)
@@ -510,6 +516,28 @@ func TestCPUSaturated(t *testing.T) {
 	} {
 		if got := cpuSaturated(c.elapsed, c.cpu, c.cores); got != c.want {
 			t.Errorf("elapsed %v, CPU %v on %d cores: saturated %v, want %v", c.elapsed, c.cpu, c.cores, got, c.want)
+		}
+	}
+}
+
+// Under load the indexer leaves a small backlog alone (searches read it),
+// and indexes one at or above the bound as before; without load it
+// indexes whatever waits.
+func TestIndexDefers(t *testing.T) {
+	for _, c := range []struct {
+		saturated bool
+		backlog   int64
+		want      bool
+	}{
+		{true, 0, true},
+		{true, indexDeferBacklog - 1, true},
+		{true, indexDeferBacklog, false}, // counted up to the bound: at least that many
+		{false, 1, false},
+		{false, indexDeferBacklog - 1, false},
+		{false, indexDeferBacklog, false},
+	} {
+		if got := indexDefers(c.saturated, c.backlog, indexDeferBacklog); got != c.want {
+			t.Errorf("under load %v, backlog %d: defers %v, want %v", c.saturated, c.backlog, got, c.want)
 		}
 	}
 }
