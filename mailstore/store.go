@@ -255,6 +255,16 @@ func dsn(path string, readOnly bool) string {
 		q.Add("_pragma", "query_only(1)")
 	} else {
 		q.Add("_pragma", "journal_mode(WAL)")
+		// The writer's temporary files in memory: above all the
+		// statement journal that each request's savepoint fills with
+		// the pages it changes (the group commit runs one per
+		// request). On disk that is a file created, written and
+		// deleted per transaction, a write syscall per page; in memory
+		// it is a copy, emptied at each RELEASE. Sorts and temporary
+		// tables of write statements are bounded by the rows one
+		// transaction touches. Durability is the database's and the
+		// WAL's: neither is temporary.
+		q.Add("_pragma", "temp_store(MEMORY)")
 		q.Set("_txlock", "immediate")
 	}
 	return "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + q.Encode()
