@@ -299,6 +299,11 @@ func TestLineEndsBecomeCRLF(t *testing.T) {
 		"no newline":   "no newline\r\n",
 		"a\r\nend":     "a\r\nend\r\n",
 		"mixed\r\nx\n": "mixed\r\nx\r\n",
+		"\r":           "\r\n",
+		"a\r":          "a\r\n",
+		"\r\r\n":       "\r\n\r\n",
+		"\n\r":         "\r\n\r\n",
+		"a\n\rb\r\n":   "a\r\n\r\nb\r\n",
 	} {
 		if got := string(toCRLF([]byte(in))); got != want {
 			t.Errorf("toCRLF(%q) = %q, want %q", in, got, want)
