@@ -256,14 +256,15 @@ func dsn(path string, readOnly bool) string {
 	} else {
 		q.Add("_pragma", "journal_mode(WAL)")
 		// The writer's temporary files in memory: above all the
-		// statement journal that each request's savepoint fills with
-		// the pages it changes (the group commit runs one per
-		// request). On disk that is a file created, written and
+		// statement journal, which keeps the pages a savepoint (the
+		// group commit's, per request, when it takes them) or a
+		// statement with triggers changes, so that either can be
+		// undone alone. On disk that is a file created, written and
 		// deleted per transaction, a write syscall per page; in memory
-		// it is a copy, emptied at each RELEASE. Sorts and temporary
-		// tables of write statements are bounded by the rows one
-		// transaction touches. Durability is the database's and the
-		// WAL's: neither is temporary.
+		// it is a copy, emptied when the savepoint or statement ends.
+		// Sorts and temporary tables of write statements are bounded
+		// by the rows one transaction touches. Durability is the
+		// database's and the WAL's: neither is temporary.
 		q.Add("_pragma", "temp_store(MEMORY)")
 		q.Set("_txlock", "immediate")
 	}

@@ -45,6 +45,9 @@ type writer struct {
 	now     func() time.Time
 	maxAge  time.Duration
 	orphans map[int64]orphan // bodies waiting for deletion; only touched by the writer goroutine
+	// savepointRuns is how many more batches run with a savepoint per
+	// request from the start (run); only touched by the writer goroutine.
+	savepointRuns int
 
 	// usageBySum makes quota checks sum the user's messages, as before
 	// the usage counter (schema 7); only the benchmark that compares the
@@ -373,8 +376,14 @@ func (w *writer) run(batch []*writeReq) (sweepAgain bool) {
 	// fail, so a batch first runs without them, and only when a request
 	// fails is it rolled back and run again with them (the failed
 	// request's statements must go, the others' stay). Either way a
-	// request's fn may run more than once, from scratch.
-	savepoints := len(batch) == 1
+	// request's fn may run more than once, from scratch. After a failure
+	// the next batches take savepoints from the start, so that requests
+	// that keep failing (a client repeating a refused command) waste at
+	// most one run in savepointBatches+1.
+	savepoints := len(batch) == 1 || w.savepointRuns > 0
+	if w.savepointRuns > 0 {
+		w.savepointRuns--
+	}
 	for attempt := 0; ; attempt++ {
 		start := time.Now()
 		sweepAgain, err, retry := w.runOnce(batch, savepoints)
@@ -383,6 +392,7 @@ func (w *writer) run(batch []*writeReq) (sweepAgain bool) {
 		}
 		if errors.Is(err, errRequestFailed) {
 			savepoints = true
+			w.savepointRuns = savepointBatches
 			attempt--
 			continue
 		}
@@ -401,6 +411,10 @@ func (w *writer) run(batch []*writeReq) (sweepAgain bool) {
 		time.Sleep(time.Duration(1+mrand.IntN(5<<attempt)) * time.Millisecond)
 	}
 }
+
+// savepointBatches is how many batches after one whose request failed
+// run with savepoints from the start.
+const savepointBatches = 8
 
 // errRequestFailed: a request failed in a batch run without savepoints;
 // the batch was rolled back, to run again with them.
