@@ -51,12 +51,14 @@ const (
 	// index at all under load, but waits for the load to end: each
 	// batch's FTS5 flush and merges would otherwise land in a group
 	// commit that deliveries wait for. Unindexed bodies cost searches
-	// instead: the search of a text reads every unindexed body of the
-	// mailbox, some 20 us for a 4 KiB message, so 2,000 of them add at
-	// most ~40-50 ms to a search, half the 100 ms a SEARCH BODY of a
-	// large mailbox may take (issue 17). A burst above it is indexed as
-	// before, sharing the writer with the burst.
-	indexDeferBacklog = 2000
+	// instead: every unindexed body of the mailbox is a candidate that
+	// IMAP SEARCH TEXT reads and decodes, some 30-35 us for a 4.5 KiB
+	// message on 2 shared cores (BenchmarkSearchBacklog: ~41 ms for
+	// 1,200, ~60 ms for 2,000), so 1,200 of them add at most ~40 ms to
+	// a search, under half the 100 ms a SEARCH BODY of a large mailbox
+	// may take (issue 17). A burst above it is indexed as before,
+	// sharing the writer with the burst.
+	indexDeferBacklog = 1200
 )
 
 // runIndexer indexes new bodies until the store closes. While other
