@@ -180,7 +180,7 @@ func (s *Store) DeliverEnvelope(ctx context.Context, env Envelope, msg []byte) (
 				d.Queued = append(d.Queued, QueuedRecipient{Recipient: rcpt.Address, Address: tg.remote, QueueID: id})
 				continue
 			}
-			inbox, name, h, err := t.deliveryHead(tg.userID, env.SpecialUse, size)
+			inbox, name, uid, modseq, err := t.deliveryUID(tg.userID, env.SpecialUse, size)
 			if errors.Is(err, ErrNoSuchUser) || errors.Is(err, ErrOverQuota) {
 				d.Failed = append(d.Failed, RecipientError{Recipient: rcpt.Address, Err: fmt.Errorf("%s: %w", tg.user, err)})
 				continue
@@ -188,11 +188,7 @@ func (s *Store) DeliverEnvelope(ctx context.Context, env Envelope, msg []byte) (
 			if err != nil {
 				return fmt.Errorf("deliver to %s: %w", tg.user, err)
 			}
-			uid := h.uidnext
-			if err := t.bump(inbox, &h, 1, nil); err != nil {
-				return fmt.Errorf("deliver to %s: %w", tg.user, err)
-			}
-			if err := t.insertMessage(inbox, uid, h.modseq, 0, nil, now, size, bodyID); err != nil {
+			if err := t.insertMessage(inbox, uid, modseq, 0, nil, now, size, bodyID); err != nil {
 				return fmt.Errorf("deliver to %s: %w", tg.user, err)
 			}
 			d.Stored = append(d.Stored, Stored{Recipient: rcpt.Address, User: tg.user, MailboxID: inbox, Mailbox: name, UID: uid})
@@ -219,6 +215,35 @@ func (s *Store) DeliverEnvelope(ctx context.Context, env Envelope, msg []byte) (
 		return nil, err
 	}
 	return d, nil
+}
+
+// deliveryUID takes the next UID and MODSEQ of the mailbox a delivery of
+// size bytes goes to (deliveryHead), checking the quota. For INBOX, the
+// common case, one statement reads and raises them, only when the user
+// is enabled and has room; when it changes nothing, deliveryHead tells
+// why.
+func (t *wtx) deliveryUID(userID int64, use string, size int64) (mailbox int64, name string, uid uint32, modseq uint64, err error) {
+	if use == "" && !t.w.usageBySum {
+		err := t.queryRow(`UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1
+			WHERE user_id = ? AND name = 'INBOX' AND EXISTS (SELECT 1 FROM users
+				WHERE id = ? AND disabled = 0 AND (quota_bytes = 0 OR used_bytes + ? <= quota_bytes))
+			RETURNING id, uidnext - 1, highestmodseq`, userID, userID, size).Scan(&mailbox, &uid, &modseq)
+		if err == nil {
+			return mailbox, "INBOX", uid, modseq, nil
+		}
+		if !isNoRows(err) {
+			return 0, "", 0, 0, fmt.Errorf("take a UID in the INBOX of user %d: %w", userID, err)
+		}
+	}
+	mailbox, name, h, err := t.deliveryHead(userID, use, size)
+	if err != nil {
+		return 0, "", 0, 0, err
+	}
+	uid = h.uidnext
+	if err := t.bump(mailbox, &h, 1, nil); err != nil {
+		return 0, "", 0, 0, err
+	}
+	return mailbox, name, uid, h.modseq, nil
 }
 
 // inboxHead reads a user's INBOX for a delivery of size bytes, checking

@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -298,6 +299,11 @@ func TestLineEndsBecomeCRLF(t *testing.T) {
 		"no newline":   "no newline\r\n",
 		"a\r\nend":     "a\r\nend\r\n",
 		"mixed\r\nx\n": "mixed\r\nx\r\n",
+		"\r":           "\r\n",
+		"a\r":          "a\r\n",
+		"\r\r\n":       "\r\n\r\n",
+		"\n\r":         "\r\n\r\n",
+		"a\n\rb\r\n":   "a\r\n\r\nb\r\n",
 	} {
 		if got := string(toCRLF([]byte(in))); got != want {
 			t.Errorf("toCRLF(%q) = %q, want %q", in, got, want)
@@ -431,6 +437,79 @@ func TestQuota(t *testing.T) {
 	}
 	if _, err := s.Append(ctx, inbox(t, s, u).ID, nil, time.Time{}, msg); !errors.Is(err, ErrOverQuota) {
 		t.Errorf("append over quota: %v", err)
+	}
+}
+
+// A delivery takes the INBOX's next UID and a new MODSEQ, also when
+// several share a commit, and a user disabled after RCPT resolved the
+// address gets nothing while the others get the message.
+func TestDeliverTakesUIDsAndSkipsDisabled(t *testing.T) {
+	s := openTest(t)
+	ctx := context.Background()
+	u := addUser(t, s, "u@example.test")
+	v := addUser(t, s, "v@example.test")
+	var wg sync.WaitGroup
+	errs := make([]error, 10)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = s.Deliver(ctx, "", []string{v.Address}, testMessage(i))
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("delivery %d: %v", i, err)
+		}
+	}
+	in := inbox(t, s, v)
+	before, err := s.Status(ctx, in.ID)
+	if err != nil || before.Messages != 10 || before.UIDNext != 11 {
+		t.Fatalf("after 10 deliveries: %+v %v", before, err)
+	}
+	msgs, err := s.Messages(ctx, in.ID, nil)
+	if err != nil || len(msgs) != 10 {
+		t.Fatalf("messages: %d %v", len(msgs), err)
+	}
+	modseqs := map[uint64]bool{}
+	for i, m := range msgs {
+		if m.UID != uint32(i+1) || m.ModSeq > before.HighestModSeq || modseqs[m.ModSeq] {
+			t.Fatalf("message %d: UID %d MODSEQ %d (highest %d, seen %v)", i, m.UID, m.ModSeq, before.HighestModSeq, modseqs)
+		}
+		modseqs[m.ModSeq] = true
+	}
+
+	ru, err := s.Resolve(ctx, u.Address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rv, err := s.Resolve(ctx, v.Address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetDisabled(ctx, u.Address, true); err != nil {
+		t.Fatal(err)
+	}
+	env := Envelope{Recipients: []Recipient{{Address: u.Address, Resolved: &ru}, {Address: v.Address, Resolved: &rv}}}
+	d, err := s.DeliverEnvelope(ctx, env, testMessage(99))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(d.Stored) != 1 || d.Stored[0].User != v.Address || d.Stored[0].UID != 11 ||
+		len(d.Failed) != 1 || !errors.Is(d.Failed[0].Err, ErrNoSuchUser) {
+		t.Fatalf("delivery with a disabled user: %+v", d)
+	}
+	after, err := s.Status(ctx, in.ID)
+	if err != nil || after.UIDNext != 12 || after.HighestModSeq <= before.HighestModSeq {
+		t.Fatalf("after it: %+v %v (before %+v)", after, err, before)
+	}
+	if st, err := s.Status(ctx, inbox(t, s, u).ID); err != nil || st.Messages != 0 || st.UIDNext != 1 {
+		t.Fatalf("disabled user's INBOX: %+v %v", st, err)
+	}
+	env.Recipients = env.Recipients[:1]
+	if _, err := s.DeliverEnvelope(ctx, env, testMessage(100)); !errors.Is(err, ErrNoSuchUser) {
+		t.Fatalf("delivery to the disabled user alone: %v", err)
 	}
 }
 

@@ -1,6 +1,7 @@
 package mailstore
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -405,6 +406,8 @@ func prepareBody(msg []byte) preparedBody {
 	return preparedBody{data: data, sum: sha256.Sum256(data)}
 }
 
+var crlfBytes, lfBytes, crBytes = []byte("\r\n"), []byte("\n"), []byte("\r")
+
 // toCRLF turns bare LF and bare CR into CRLF and ends the last line, so
 // that sizes match what POP3 and IMAP send. Input already in that form is
 // returned as is.
@@ -412,14 +415,10 @@ func toCRLF(b []byte) []byte {
 	if len(b) > 0 && b[len(b)-1] != '\n' && b[len(b)-1] != '\r' {
 		b = append(b[:len(b):len(b)], '\r', '\n')
 	}
-	bare := false
-	for i, c := range b {
-		if c == '\n' && (i == 0 || b[i-1] != '\r') || c == '\r' && (i+1 == len(b) || b[i+1] != '\n') {
-			bare = true
-			break
-		}
-	}
-	if !bare {
+	// Every LF follows a CR and every CR comes before an LF exactly when
+	// the three counts agree (the pairs never overlap); counting is
+	// vectorised, which a loop over the bytes is not.
+	if crlf := bytes.Count(b, crlfBytes); bytes.Count(b, lfBytes) == crlf && bytes.Count(b, crBytes) == crlf {
 		return b
 	}
 	out := make([]byte, 0, len(b)+len(b)/32)

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -255,6 +257,67 @@ func TestIndexerCatchesUp(t *testing.T) {
 	msgs, err := s.Search(ctx, inbox(t, s, u).ID, &SearchCriteria{MayContain: []string{"body 42"}})
 	if err != nil || len(msgs) != 1 || msgs[0].UID != 43 {
 		t.Fatalf("search: %+v %v", msgs, err)
+	}
+}
+
+// Under load the indexer leaves a backlog below the bound alone, and
+// indexes it once the load ends.
+func TestIndexerDefersSmallBacklogUnderLoad(t *testing.T) {
+	var load atomic.Bool
+	load.Store(true)
+	s := openTestWith(t, Options{PasswordCost: FastPasswordHash, indexLoad: load.Load, deferBacklog: 100})
+	ctx := context.Background()
+	u := addUser(t, s, "u@example.test")
+	for i := 0; i < 10; i++ {
+		if _, err := s.Deliver(ctx, "a@remote.test", []string{u.Address}, testMessage(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Three looks at the load after the last delivery, each leaving
+	// the backlog alone.
+	seen := s.indexDeferred.Load()
+	for deadline := time.Now().Add(30 * time.Second); s.indexDeferred.Load() < seen+3; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the indexer looked at the load %d times in 30 s", s.indexDeferred.Load()-seen)
+		}
+	}
+	if n, err := s.IndexBacklog(ctx); err != nil || n != 10 {
+		t.Fatalf("backlog under load: %d (%v), want all 10 bodies left alone", n, err)
+	}
+	load.Store(false)
+	waitIndexed(t, s)
+}
+
+// Under load a backlog at or above the bound is still indexed.
+func TestIndexerTakesLargeBacklogUnderLoad(t *testing.T) {
+	const bound = 5
+	s := openTestWith(t, Options{PasswordCost: FastPasswordHash, indexLoad: func() bool { return true }, deferBacklog: bound})
+	ctx := context.Background()
+	u := addUser(t, s, "u@example.test")
+	for i := 0; i < 3*bound; i++ {
+		if _, err := s.Deliver(ctx, "a@remote.test", []string{u.Address}, testMessage(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Batches of up to indexBatchBodies: the one that brings the backlog
+	// below the bound may take all of it, or leave some under it.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		n, err := s.IndexBacklog(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n < bound {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d bodies still not indexed under load, bound %d", n, bound)
+		}
+	}
+	// The bodies still waiting (fewer than the bound) are candidates
+	// of every search, beside the one the index finds.
+	msgs, err := s.Search(ctx, inbox(t, s, u).ID, &SearchCriteria{MayContain: []string{"body 12"}})
+	if err != nil || len(msgs) > bound || !slices.ContainsFunc(msgs, func(m Message) bool { return m.UID == 13 }) {
+		t.Fatalf("search: %+v %v; want UID 13 among at most %d candidates", msgs, err, bound)
 	}
 }
 

@@ -29,6 +29,7 @@ import (
 	"net/url"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
@@ -86,6 +87,11 @@ type Options struct {
 	OnCommit func(CommitInfo)
 
 	noIndexer bool // tests that drive the full-text indexer themselves
+	// indexLoad, when set, tells the full-text indexer whether the
+	// store is under load instead of its own measure (tests).
+	indexLoad func() bool
+	// deferBacklog, when positive, replaces indexDeferBacklog (tests).
+	deferBacklog int
 }
 
 // CommitInfo describes one write transaction: how many requests shared
@@ -125,6 +131,12 @@ type Store struct {
 
 	onCommit func(CommitInfo)
 	listen   *pgListener // PostgreSQL: the change feed across frontends
+
+	indexLoad    func() bool // Options.indexLoad
+	deferBacklog int         // the backlog the indexer leaves alone under load
+	// indexDeferred counts the indexer's looks at the load that left its
+	// backlog alone (tests wait on it).
+	indexDeferred atomic.Int64
 }
 
 // sqliteMagic starts every SQLite 3 database file.
@@ -180,6 +192,12 @@ func newStore(d *dialect, path string, opts Options) *Store {
 		closed:   make(chan struct{}),
 		rstmts:   make(map[string]*sql.Stmt),
 		onCommit: opts.OnCommit,
+
+		indexLoad:    opts.indexLoad,
+		deferBacklog: indexDeferBacklog,
+	}
+	if opts.deferBacklog > 0 {
+		s.deferBacklog = opts.deferBacklog
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -237,6 +255,17 @@ func dsn(path string, readOnly bool) string {
 		q.Add("_pragma", "query_only(1)")
 	} else {
 		q.Add("_pragma", "journal_mode(WAL)")
+		// The writer's temporary files in memory: above all the
+		// statement journal, which keeps the pages a savepoint (the
+		// group commit's, per request, when it takes them) or a
+		// statement with triggers changes, so that either can be
+		// undone alone. On disk that is a file created, written and
+		// deleted per transaction, a write syscall per page; in memory
+		// it is a copy, emptied when the savepoint or statement ends.
+		// Sorts and temporary tables of write statements are bounded
+		// by the rows one transaction touches. Durability is the
+		// database's and the WAL's: neither is temporary.
+		q.Add("_pragma", "temp_store(MEMORY)")
 		q.Set("_txlock", "immediate")
 	}
 	return "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + q.Encode()

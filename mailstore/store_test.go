@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -16,7 +17,13 @@ import (
 // domain example.test.
 func openTest(t testing.TB) *Store {
 	t.Helper()
-	s := newTestDB(t).open(t, Options{PasswordCost: FastPasswordHash})
+	return openTestWith(t, Options{PasswordCost: FastPasswordHash})
+}
+
+// openTestWith is openTest with options.
+func openTestWith(t testing.TB, opts Options) *Store {
+	t.Helper()
+	s := newTestDB(t).open(t, opts)
 	t.Cleanup(func() { s.Close() })
 	if err := s.AddDomain(context.Background(), "example.test"); err != nil {
 		t.Fatal(err)
@@ -511,6 +518,96 @@ func TestCPUSaturated(t *testing.T) {
 		if got := cpuSaturated(c.elapsed, c.cpu, c.cores); got != c.want {
 			t.Errorf("elapsed %v, CPU %v on %d cores: saturated %v, want %v", c.elapsed, c.cpu, c.cores, got, c.want)
 		}
+	}
+}
+
+// Under load the indexer leaves a small backlog alone (searches read it),
+// and indexes one at or above the bound as before; without load it
+// indexes whatever waits.
+func TestIndexDefers(t *testing.T) {
+	for _, c := range []struct {
+		saturated bool
+		backlog   int64
+		want      bool
+	}{
+		{true, 0, true},
+		{true, indexDeferBacklog - 1, true},
+		{true, indexDeferBacklog, false}, // counted up to the bound: at least that many
+		{false, 1, false},
+		{false, indexDeferBacklog - 1, false},
+		{false, indexDeferBacklog, false},
+	} {
+		if got := indexDefers(c.saturated, c.backlog, indexDeferBacklog); got != c.want {
+			t.Errorf("under load %v, backlog %d: defers %v, want %v", c.saturated, c.backlog, got, c.want)
+		}
+	}
+}
+
+// A batch runs without savepoints until one of its requests fails; then
+// it runs again with them, and so do the next savepointBatches batches,
+// so that a request that keeps failing does not make every batch run
+// twice.
+func TestFailedRequestMakesNextBatchesTakeSavepoints(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t)
+	runs := func() int {
+		t.Helper()
+		var n int
+		if err := s.w.do(ctx, func(t *wtx) error { n = t.w.savepointRuns; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := runs(); n != 0 {
+		t.Fatalf("savepoint runs before any failure: %d", n)
+	}
+	// Hold the writer so that a failing and a good request share the
+	// next batch.
+	gate, running := make(chan struct{}), make(chan struct{})
+	blocked := make(chan error, 1)
+	go func() {
+		blocked <- s.w.do(ctx, func(*wtx) error { close(running); <-gate; return nil })
+	}()
+	<-running
+	results := make(chan error, 2)
+	go func() { results <- s.w.do(ctx, func(*wtx) error { return errors.New("refused") }) }()
+	go func() {
+		results <- s.w.do(ctx, func(t *wtx) error {
+			_, err := t.exec("INSERT INTO domains (name) VALUES ('kept.test')")
+			return err
+		})
+	}()
+	for deadline := time.Now().Add(10 * time.Second); len(s.w.reqs) < 2; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d requests queued, want 2", len(s.w.reqs))
+		}
+	}
+	close(gate)
+	if err := <-blocked; err != nil {
+		t.Fatal(err)
+	}
+	failed := 0
+	for range 2 {
+		if err := <-results; err != nil {
+			failed++
+		}
+	}
+	if failed != 1 {
+		t.Fatalf("%d requests failed, want 1", failed)
+	}
+	if d, err := s.Domains(ctx); err != nil || !slices.Contains(d, "kept.test") {
+		t.Fatalf("the good request's write: %v %v", d, err)
+	}
+	// This look is itself a batch, which takes one of the runs (the
+	// store's own upkeep may have taken one more).
+	if n := runs(); n < savepointBatches-2 || n > savepointBatches-1 {
+		t.Fatalf("savepoint runs after a failure: %d, want %d", n, savepointBatches-1)
+	}
+	for range savepointBatches {
+		runs()
+	}
+	if n := runs(); n != 0 {
+		t.Fatalf("savepoint runs after %d more batches: %d", savepointBatches, n)
 	}
 }
 
