@@ -163,21 +163,30 @@ func (s *Store) DeliverEnvelope(ctx context.Context, env Envelope, msg []byte) (
 			locks.users = append(locks.users, tg.userID)
 		}
 	}
+	// A delivery that reaches nobody (every user over quota, disabled or
+	// gone since RCPT) writes nothing and does not fail its request, so
+	// that a client repeating it cannot make group commits run again
+	// with savepoints (writer.run): the UIDs are taken first, and the
+	// body stored only once someone takes it.
+	noneAccepted := false
 	err := s.w.doLocked(ctx, locks, func(t *wtx) error {
 		// A retried request starts again from the resolution's results.
 		d.Stored, d.Queued, d.Failed = d.Stored[:0], d.Queued[:0], d.Failed[:failedBefore]
-		bodyID, err := t.storeBody(body)
-		if err != nil {
-			return fmt.Errorf("deliver: %w", err)
+		noneAccepted = false
+		type slot struct {
+			rcpt   string
+			user   string
+			inbox  int64
+			name   string
+			uid    uint32
+			modseq uint64
 		}
+		slots := make([]slot, 0, len(targets))
+		remotes := 0
 		for _, tg := range targets {
 			rcpt := env.Recipients[tg.rcpt]
 			if tg.remote != "" {
-				id, err := t.enqueue(env, rcpt, tg.remote, bodyID, now)
-				if err != nil {
-					return fmt.Errorf("deliver: %w", err)
-				}
-				d.Queued = append(d.Queued, QueuedRecipient{Recipient: rcpt.Address, Address: tg.remote, QueueID: id})
+				remotes++
 				continue
 			}
 			inbox, name, uid, modseq, err := t.deliveryUID(tg.userID, env.SpecialUse, size)
@@ -188,14 +197,32 @@ func (s *Store) DeliverEnvelope(ctx context.Context, env Envelope, msg []byte) (
 			if err != nil {
 				return fmt.Errorf("deliver to %s: %w", tg.user, err)
 			}
-			if err := t.insertMessage(inbox, uid, modseq, 0, nil, now, size, bodyID); err != nil {
-				return fmt.Errorf("deliver to %s: %w", tg.user, err)
-			}
-			d.Stored = append(d.Stored, Stored{Recipient: rcpt.Address, User: tg.user, MailboxID: inbox, Mailbox: name, UID: uid})
+			slots = append(slots, slot{rcpt: rcpt.Address, user: tg.user, inbox: inbox, name: name, uid: uid, modseq: modseq})
 		}
-		if len(d.Stored) == 0 && len(d.Queued) == 0 {
-			// Roll back the body insert too.
-			return fmt.Errorf("deliver: no recipient accepted: %w", firstErr(d.Failed, ErrNoSuchUser))
+		if len(slots) == 0 && remotes == 0 {
+			noneAccepted = true
+			return nil
+		}
+		bodyID, err := t.storeBody(body)
+		if err != nil {
+			return fmt.Errorf("deliver: %w", err)
+		}
+		for _, sl := range slots {
+			if err := t.insertMessage(sl.inbox, sl.uid, sl.modseq, 0, nil, now, size, bodyID); err != nil {
+				return fmt.Errorf("deliver to %s: %w", sl.user, err)
+			}
+			d.Stored = append(d.Stored, Stored{Recipient: sl.rcpt, User: sl.user, MailboxID: sl.inbox, Mailbox: sl.name, UID: sl.uid})
+		}
+		for _, tg := range targets {
+			if tg.remote == "" {
+				continue
+			}
+			rcpt := env.Recipients[tg.rcpt]
+			id, err := t.enqueue(env, rcpt, tg.remote, bodyID, now)
+			if err != nil {
+				return fmt.Errorf("deliver: %w", err)
+			}
+			d.Queued = append(d.Queued, QueuedRecipient{Recipient: rcpt.Address, Address: tg.remote, QueueID: id})
 		}
 		d.Reported, d.ReportQueued = false, false
 		if env.Report != nil && env.Sender != "" && len(d.Failed) > 0 {
@@ -208,6 +235,9 @@ func (s *Store) DeliverEnvelope(ctx context.Context, env Envelope, msg []byte) (
 		}
 		return nil
 	})
+	if err == nil && noneAccepted {
+		return d, fmt.Errorf("deliver: no recipient accepted: %w", firstErr(d.Failed, ErrNoSuchUser))
+	}
 	if err != nil {
 		if len(d.Stored) == 0 && len(d.Queued) == 0 && len(d.Failed) > 0 {
 			return d, err

@@ -59,6 +59,12 @@ const (
 	// may take (issue 17). A burst above it is indexed as before,
 	// sharing the writer with the burst.
 	indexDeferBacklog = 1200
+	// indexDeferMax bounds how long the indexer defers: the backlog
+	// counts bodies, not bytes, and a load that lasts (or a client that
+	// keeps the server busy) must not keep large bodies out of the
+	// index. Past it the indexer takes its share as above the bound,
+	// until the load ends.
+	indexDeferMax = 2 * time.Second
 )
 
 // runIndexer indexes new bodies until the store closes. While other
@@ -69,8 +75,8 @@ const (
 // burst is taken at full speed and indexed after it, and a load that
 // never pauses still leaves it a share. Below that load it indexes at
 // full speed. Under that load, while fewer than indexDeferBacklog bodies
-// wait, it does not index at all until the load ends. Its backlog is
-// searched by reading the bodies.
+// wait, it does not index at all until the load ends, or for
+// indexDeferMax at most. Its backlog is searched by reading the bodies.
 func (s *Store) runIndexer() {
 	defer close(s.indexDone)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -92,6 +98,7 @@ func (s *Store) runIndexer() {
 	lastAt, lastCPU := time.Now(), ProcessCPU()
 	lastFore, lastBack := s.w.load()
 	saturated := false
+	var deferSince time.Time // when the current deferral began; zero: none
 	for {
 		select {
 		case <-s.closed:
@@ -116,6 +123,9 @@ func (s *Store) runIndexer() {
 				}
 				lastAt, lastCPU, lastFore, lastBack = now, cpu, fore, back
 			}
+			if !saturated {
+				deferSince = time.Time{}
+			}
 			if saturated {
 				backlog, err := s.backlogUpTo(ctx, s.deferBacklog)
 				if err != nil {
@@ -124,7 +134,15 @@ func (s *Store) runIndexer() {
 					}
 					break
 				}
-				if indexDefers(saturated, backlog, s.deferBacklog) {
+				if backlog == 0 {
+					// Nothing waits: wait for the next delivery's kick.
+					deferSince = time.Time{}
+					break
+				}
+				if deferSince.IsZero() {
+					deferSince = time.Now()
+				}
+				if indexDefers(saturated, backlog, s.deferBacklog, time.Since(deferSince)) {
 					// Look at the load again once the next window is
 					// over.
 					s.indexDeferred.Add(1)
@@ -159,9 +177,9 @@ func (s *Store) runIndexer() {
 
 // indexDefers reports whether the indexer leaves its backlog (counted up
 // to bound) alone for now: under load (saturated), while fewer than bound
-// bodies wait.
-func indexDefers(saturated bool, backlog int64, bound int) bool {
-	return saturated && backlog < int64(bound)
+// bodies wait, for at most indexDeferMax since it began to (deferred).
+func indexDefers(saturated bool, backlog int64, bound int, deferred time.Duration) bool {
+	return saturated && backlog < int64(bound) && deferred < indexDeferMax
 }
 
 // backlogUpTo counts the bodies not indexed yet, up to limit: reading at

@@ -255,17 +255,12 @@ func dsn(path string, readOnly bool) string {
 		q.Add("_pragma", "query_only(1)")
 	} else {
 		q.Add("_pragma", "journal_mode(WAL)")
-		// The writer's temporary files in memory: above all the
-		// statement journal, which keeps the pages a savepoint (the
-		// group commit's, per request, when it takes them) or a
-		// statement with triggers changes, so that either can be
-		// undone alone. On disk that is a file created, written and
-		// deleted per transaction, a write syscall per page; in memory
-		// it is a copy, emptied when the savepoint or statement ends.
-		// Sorts and temporary tables of write statements are bounded
-		// by the rows one transaction touches. Durability is the
-		// database's and the WAL's: neither is temporary.
-		q.Add("_pragma", "temp_store(MEMORY)")
+		// Temporary files (statement journals, sorts) stay on disk,
+		// SQLite's default: in memory they would never spill, and one
+		// large statement (deleting a mailbox of millions of messages)
+		// would hold the pages it changes in the writer's memory. The
+		// group commit takes no savepoints in the common case, so they
+		// cost little (writer.run).
 		q.Set("_txlock", "immediate")
 	}
 	return "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + q.Encode()

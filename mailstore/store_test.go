@@ -521,24 +521,26 @@ func TestCPUSaturated(t *testing.T) {
 	}
 }
 
-// Under load the indexer leaves a small backlog alone (searches read it),
-// and indexes one at or above the bound as before; without load it
-// indexes whatever waits.
+// Under load the indexer leaves a small backlog alone (searches read it)
+// for at most indexDeferMax, and indexes one at or above the bound as
+// before; without load it indexes whatever waits.
 func TestIndexDefers(t *testing.T) {
 	for _, c := range []struct {
 		saturated bool
 		backlog   int64
+		deferred  time.Duration
 		want      bool
 	}{
-		{true, 0, true},
-		{true, indexDeferBacklog - 1, true},
-		{true, indexDeferBacklog, false}, // counted up to the bound: at least that many
-		{false, 1, false},
-		{false, indexDeferBacklog - 1, false},
-		{false, indexDeferBacklog, false},
+		{true, 1, 0, true},
+		{true, indexDeferBacklog - 1, indexDeferMax - time.Millisecond, true},
+		{true, indexDeferBacklog, 0, false}, // counted up to the bound: at least that many
+		{true, 1, indexDeferMax, false},     // waited long enough
+		{false, 1, 0, false},
+		{false, indexDeferBacklog - 1, 0, false},
+		{false, indexDeferBacklog, 0, false},
 	} {
-		if got := indexDefers(c.saturated, c.backlog, indexDeferBacklog); got != c.want {
-			t.Errorf("under load %v, backlog %d: defers %v, want %v", c.saturated, c.backlog, got, c.want)
+		if got := indexDefers(c.saturated, c.backlog, indexDeferBacklog, c.deferred); got != c.want {
+			t.Errorf("under load %v, backlog %d, deferred %v: defers %v, want %v", c.saturated, c.backlog, c.deferred, got, c.want)
 		}
 	}
 }
@@ -643,5 +645,98 @@ func TestWriterLoadSplitsIndexer(t *testing.T) {
 	fore2, back2 := settled(func(fore, _ time.Duration) bool { return fore-fore1 >= 20*time.Millisecond })
 	if fore2-fore1 < 20*time.Millisecond || back2-back1 >= 20*time.Millisecond {
 		t.Fatalf("after another write: other %v -> %v, indexer %v -> %v", fore1, fore2, back1, back2)
+	}
+}
+
+// A request alone in its batch runs without a savepoint: when it fails,
+// its writes are rolled back and it gets its error, and the next batches
+// take no savepoints for it.
+func TestLoneRequestFailsWithoutSavepoint(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t)
+	refused := errors.New("refused")
+	err := s.w.do(ctx, func(t *wtx) error {
+		if _, err := t.exec("INSERT INTO domains (name) VALUES ('undone.test')"); err != nil {
+			return err
+		}
+		return refused
+	})
+	if !errors.Is(err, refused) {
+		t.Fatalf("lone failing request: %v, want its own error", err)
+	}
+	if d, err := s.Domains(ctx); err != nil || slices.Contains(d, "undone.test") {
+		t.Fatalf("the failed request's write stayed: %v %v", d, err)
+	}
+	var n int
+	if err := s.w.do(ctx, func(t *wtx) error { n = t.w.savepointRuns; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 {
+		t.Fatalf("savepoint runs after a lone failure: %d, want 0", n)
+	}
+}
+
+// A delivery that reaches nobody (over quota) fails without failing its
+// batch: it writes nothing, the others in the batch are stored, and no
+// batch runs again with savepoints for it.
+func TestUndeliverableDoesNotFailBatch(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t)
+	fullUser, roomUser := addUser(t, s, "full@example.test"), addUser(t, s, "room@example.test")
+	if err := s.SetQuota(ctx, "full@example.test", 1); err != nil {
+		t.Fatal(err)
+	}
+	gate, running := make(chan struct{}), make(chan struct{})
+	blocked := make(chan error, 1)
+	go func() {
+		blocked <- s.w.do(ctx, func(*wtx) error { close(running); <-gate; return nil })
+	}()
+	<-running
+	full, room := make(chan error, 1), make(chan error, 1)
+	go func() {
+		_, err := s.Deliver(ctx, "s@elsewhere.test", []string{"full@example.test"}, testMessage(1))
+		full <- err
+	}()
+	go func() {
+		_, err := s.Deliver(ctx, "s@elsewhere.test", []string{"room@example.test"}, testMessage(2))
+		room <- err
+	}()
+	for deadline := time.Now().Add(10 * time.Second); len(s.w.reqs) < 2; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d requests queued, want 2", len(s.w.reqs))
+		}
+	}
+	close(gate)
+	if err := <-blocked; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-full; !errors.Is(err, ErrOverQuota) {
+		t.Fatalf("delivery over quota: %v, want ErrOverQuota", err)
+	}
+	if err := <-room; err != nil {
+		t.Fatalf("delivery with room: %v", err)
+	}
+	var n int
+	if err := s.w.do(ctx, func(t *wtx) error { n = t.w.savepointRuns; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 {
+		t.Fatalf("savepoint runs after an undeliverable message: %d, want 0", n)
+	}
+	for u, want := range map[User]uint32{fullUser: 0, roomUser: 1} {
+		st, err := s.Status(ctx, inbox(t, s, u).ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Messages != want || st.UIDNext != want+1 {
+			t.Fatalf("%s: %d messages, UIDNEXT %d; want %d and %d", u.Address, st.Messages, st.UIDNext, want, want+1)
+		}
+	}
+	var bodies int
+	if err := s.readRow(ctx, "SELECT count(*) FROM bodies").Scan(&bodies); err != nil {
+		t.Fatal(err)
+	}
+	if bodies != 1 {
+		t.Fatalf("%d bodies stored, want 1 (nothing for the undeliverable message)", bodies)
 	}
 }

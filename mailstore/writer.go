@@ -379,8 +379,10 @@ func (w *writer) run(batch []*writeReq) (sweepAgain bool) {
 	// request's fn may run more than once, from scratch. After a failure
 	// the next batches take savepoints from the start, so that requests
 	// that keep failing (a client repeating a refused command) waste at
-	// most one run in savepointBatches+1.
-	savepoints := len(batch) == 1 || w.savepointRuns > 0
+	// most one run in savepointBatches+1. A request alone in its batch
+	// never needs one: when it fails, the transaction is rolled back and
+	// that is its answer (runOnce).
+	savepoints := len(batch) > 1 && w.savepointRuns > 0
 	if w.savepointRuns > 0 {
 		w.savepointRuns--
 	}
@@ -492,7 +494,13 @@ func (w *writer) runOnce(batch []*writeReq, savepoints bool) (sweepAgain bool, t
 					return abort("request", errs[i])
 				}
 				ctl.exec("ROLLBACK")
-				return false, errRequestFailed, false
+				if len(batch) > 1 {
+					return false, errRequestFailed, false
+				}
+				// Alone: nothing else to keep. The sweep was undone
+				// with it; its bodies are still orphans, for the next.
+				r.done <- errs[i]
+				return len(swept) > 0, nil, false
 			}
 			continue
 		}
