@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/postern/postern/mailstore/limits"
 )
 
 const (
@@ -122,11 +124,14 @@ func (t *traceWriter) emit(dir int, line string) {
 		case "AUTHENTICATE":
 			t.secret = fields[0]
 			shown := fields[0] + " " + fields[1]
-			if len(fields) >= 3 {
+			switch {
+			case len(fields) >= 3 && !limits.IsMechanismName(fields[2]):
+				shown += " ***" // credentials in the mechanism's place
+			case len(fields) >= 3:
 				shown += " " + fields[2]
-			}
-			if len(fields) >= 4 {
-				shown += " ***"
+				if len(fields) >= 4 {
+					shown += " ***"
+				}
 			}
 			t.line("C", clip(shown))
 			return

@@ -72,8 +72,13 @@ func redactCommand(line string) string {
 	case strings.HasPrefix(upper, "PASS"):
 		return "PASS ***"
 	case strings.HasPrefix(upper, "AUTH"):
-		// The mechanism may show; the initial response may not.
-		if f := strings.Fields(line); len(f) > 2 {
+		// The mechanism may show; the initial response may not, nor
+		// credentials sent in the mechanism's place.
+		f := strings.Fields(line)
+		switch {
+		case len(f) > 1 && !limits.IsMechanismName(f[1]):
+			return f[0] + " ***"
+		case len(f) > 2:
 			return f[0] + " " + f[1] + " ***"
 		}
 	}

@@ -62,6 +62,8 @@ func TestRedactCommand(t *testing.T) {
 		"AUTH PLAIN AGFsaWNlAHg": "AUTH PLAIN ***",
 		"auth plain AGFsaWNlAHg": "auth plain ***",
 		"AUTH PLAIN":             "AUTH PLAIN",
+		"AUTH AGFsaWNlAHg=":      "AUTH ***", // credentials in the mechanism's place
+		"AUTH dXNlcg+ more":      "AUTH ***",
 		"AUTH":                   "AUTH",
 		"USER alice":             "USER alice",
 		"RETR 1":                 "RETR 1",

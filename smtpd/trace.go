@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 	"unicode"
+
+	"github.com/postern/postern/mailstore/limits"
 )
 
 // maxTraceLine bounds a traced line; go-smtp refuses command lines over
@@ -121,13 +123,15 @@ func (t *tracer) command(line string) {
 		line = "[redacted]"
 	case n > 0 && strings.EqualFold(f[0], "AUTH"):
 		t.auth = true
-		if n == 1 {
+		switch {
+		case n == 1:
 			line = f[0]
-		} else {
+		case !limits.IsMechanismName(f[1]):
+			line = f[0] + " [redacted]" // credentials in the mechanism's place
+		case n > 2:
+			line = f[0] + " " + f[1] + " [redacted]"
+		default:
 			line = f[0] + " " + f[1]
-		}
-		if n > 2 {
-			line += " [redacted]"
 		}
 	case n > 1 && strings.EqualFold(f[0], "BDAT"):
 		// As go-smtp does: a size, optionally LAST, and the chunk follows.

@@ -651,3 +651,16 @@ func TestLoginsSlotFreedWhenVerifyPanics(t *testing.T) {
 		t.Fatalf("check after a panicking one: %v (its slot was not given back)", err)
 	}
 }
+
+func TestIsMechanismName(t *testing.T) {
+	for s, want := range map[string]bool{
+		"PLAIN": true, "login": true, "SCRAM-SHA-256": true, "XOAUTH2": true, "GS2-KRB5_PLUS": true,
+		"": false, "AHVzZXIAcGFzcw==": false, "dXNlcg+": false, "a/b": false,
+		"ABCDEFGHIJKLMNOPQRSTU": false, // 21 characters
+		"pässword":              false,
+	} {
+		if got := IsMechanismName(s); got != want {
+			t.Errorf("IsMechanismName(%q) = %v, want %v", s, got, want)
+		}
+	}
+}
