@@ -55,7 +55,7 @@ func (c *dirCache[V]) get(key string) (V, bool) {
 func (c *dirCache[V]) put(key string, v V) {
 	until := c.now().Add(dirCacheTTL)
 	c.mu.Lock()
-	if c.entries == nil || len(c.entries) >= maxDirCache {
+	if _, ok := c.entries[key]; !ok && len(c.entries) >= maxDirCache || c.entries == nil {
 		c.entries = make(map[string]dirEntry[V])
 	}
 	c.entries[key] = dirEntry[V]{v: v, until: until}
