@@ -18,6 +18,7 @@ import (
 	"github.com/emersion/go-sasl"
 
 	"github.com/postern/postern/mailstore/limits"
+	"github.com/postern/postern/mailstore/storetest"
 )
 
 func TestCapabilities(t *testing.T) {
@@ -312,5 +313,25 @@ func TestLoginPanicFailsCommand(t *testing.T) {
 	logs := env.logs.String()
 	if !regexp.MustCompile(`level=ERROR msg="login panicked" server=imap session=\w+ .*err="panic: log handler fails for ` + user + `" stack=`).MatchString(logs) {
 		t.Errorf("no ERROR line for the panic with the session in\n%s", logs)
+	}
+}
+
+// The trace hides credentials however the client spaces its command, and
+// whatever it puts where AUTHENTICATE's mechanism goes.
+func TestTraceRedactsOddlySpacedSecrets(t *testing.T) {
+	for _, line := range []string{
+		"a2  LOGIN bob hunter2",
+		"a3 LOGIN\tbob\thunter2",
+		"a4\tLOGIN bob hunter2",
+		"a5 AUTHENTICATE\tPLAIN\tAGJvYgBodW50ZXIy",
+		"a6 AUTHENTICATE hunter2",
+		"a7 authenticate AGJvYgBodW50ZXIyeHl6",
+	} {
+		logs := &storetest.SyncBuffer{}
+		tw := newTraceWriter(slog.New(slog.NewTextHandler(logs, nil)))
+		tw.emit(fromClient, line)
+		if out := logs.String(); strings.Contains(out, "hunter2") || strings.Contains(out, "AGJvYgBodW50ZXIy") || !strings.Contains(out, "***") {
+			t.Errorf("%q traced as %s", line, out)
+		}
 	}
 }

@@ -114,7 +114,9 @@ func (t *traceWriter) emit(dir int, line string) {
 		t.line("C", "***")
 		return
 	}
-	fields := strings.SplitN(line, " ", 4)
+	// On any white space, as the line may come: a client that separates
+	// LOGIN's arguments with tabs must not have its password logged.
+	fields := strings.Fields(line)
 	if len(fields) >= 2 {
 		switch strings.ToUpper(fields[1]) {
 		case "LOGIN":
@@ -125,7 +127,7 @@ func (t *traceWriter) emit(dir int, line string) {
 			t.secret = fields[0]
 			shown := fields[0] + " " + fields[1]
 			switch {
-			case len(fields) >= 3 && !limits.IsMechanismName(fields[2]):
+			case len(fields) >= 3 && !limits.KnownMechanism(fields[2]):
 				shown += " ***" // credentials in the mechanism's place
 			case len(fields) >= 3:
 				shown += " " + fields[2]

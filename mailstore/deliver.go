@@ -172,6 +172,7 @@ func (s *Store) DeliverEnvelope(ctx context.Context, env Envelope, msg []byte) (
 	err := s.w.doLocked(ctx, locks, func(t *wtx) error {
 		// A retried request starts again from the resolution's results.
 		d.Stored, d.Queued, d.Failed = d.Stored[:0], d.Queued[:0], d.Failed[:failedBefore]
+		d.Reported, d.ReportQueued = false, false
 		noneAccepted = false
 		type slot struct {
 			rcpt   string

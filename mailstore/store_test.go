@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -653,7 +654,9 @@ func TestWriterLoadSplitsIndexer(t *testing.T) {
 // take no savepoints for it.
 func TestLoneRequestFailsWithoutSavepoint(t *testing.T) {
 	ctx := context.Background()
-	s := openTest(t)
+	var commits atomic.Int64
+	s := openTestWith(t, Options{PasswordCost: FastPasswordHash, OnCommit: func(CommitInfo) { commits.Add(1) }})
+	before := commits.Load()
 	refused := errors.New("refused")
 	err := s.w.do(ctx, func(t *wtx) error {
 		if _, err := t.exec("INSERT INTO domains (name) VALUES ('undone.test')"); err != nil {
@@ -663,6 +666,10 @@ func TestLoneRequestFailsWithoutSavepoint(t *testing.T) {
 	})
 	if !errors.Is(err, refused) {
 		t.Fatalf("lone failing request: %v, want its own error", err)
+	}
+	// Nothing was committed, and OnCommit (metrics) says nothing of it.
+	if n := commits.Load() - before; n != 0 {
+		t.Fatalf("%d commits reported for a request rolled back", n)
 	}
 	if d, err := s.Domains(ctx); err != nil || slices.Contains(d, "undone.test") {
 		t.Fatalf("the failed request's write stayed: %v %v", d, err)

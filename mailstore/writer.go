@@ -389,6 +389,9 @@ func (w *writer) run(batch []*writeReq) (sweepAgain bool) {
 	for attempt := 0; ; attempt++ {
 		start := time.Now()
 		sweepAgain, err, retry := w.runOnce(batch, savepoints)
+		if errors.Is(err, errRolledBack) {
+			return sweepAgain // no commit to report
+		}
 		if w.s.onCommit != nil && !errors.Is(err, errRequestFailed) {
 			w.s.onCommit(CommitInfo{Requests: len(batch), Duration: time.Since(start), Err: err})
 		}
@@ -422,11 +425,16 @@ const savepointBatches = 8
 // the batch was rolled back, to run again with them.
 var errRequestFailed = errors.New("a request failed without a savepoint")
 
+// errRolledBack: the one request of a batch failed and the transaction
+// was rolled back; the request has its answer, and nothing was committed.
+var errRolledBack = errors.New("the batch's one request failed")
+
 // runOnce runs the batch once, each request in a savepoint of its own or
 // (savepoints false) not. When the transaction lost a race that running
 // it again may win (retry), or a request failed without a savepoint
 // (errRequestFailed), nothing was answered; otherwise every request has
-// its answer.
+// its answer (errRolledBack: the batch's one request failed, and nothing
+// was committed).
 func (w *writer) runOnce(batch []*writeReq, savepoints bool) (sweepAgain bool, txErr error, retry bool) {
 	errs := make([]error, len(batch))
 	ctl := &wtx{w: w}
@@ -500,7 +508,7 @@ func (w *writer) runOnce(batch []*writeReq, savepoints bool) (sweepAgain bool, t
 				// Alone: nothing else to keep. The sweep was undone
 				// with it; its bodies are still orphans, for the next.
 				r.done <- errs[i]
-				return len(swept) > 0, nil, false
+				return len(swept) > 0, errRolledBack, false
 			}
 			continue
 		}

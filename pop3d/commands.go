@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode"
 
 	"github.com/emersion/go-sasl"
 
@@ -67,6 +68,7 @@ func parseCommand(line []byte) (name, arg string, valid bool) {
 // and SASL data. It looks at the raw line, so that a malformed PASS or
 // AUTH line is hidden too.
 func redactCommand(line string) string {
+	line = strings.TrimLeftFunc(line, unicode.IsSpace)
 	upper := strings.ToUpper(line)
 	switch {
 	case strings.HasPrefix(upper, "PASS"):
@@ -76,7 +78,7 @@ func redactCommand(line string) string {
 		// credentials sent in the mechanism's place.
 		f := strings.Fields(line)
 		switch {
-		case len(f) > 1 && !limits.IsMechanismName(f[1]):
+		case len(f) > 1 && !limits.KnownMechanism(f[1]):
 			return f[0] + " ***"
 		case len(f) > 2:
 			return f[0] + " " + f[1] + " ***"

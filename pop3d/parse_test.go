@@ -64,6 +64,10 @@ func TestRedactCommand(t *testing.T) {
 		"AUTH PLAIN":             "AUTH PLAIN",
 		"AUTH AGFsaWNlAHg=":      "AUTH ***", // credentials in the mechanism's place
 		"AUTH dXNlcg+ more":      "AUTH ***",
+		"AUTH hunter2":           "AUTH ***",
+		"AUTH login":             "AUTH login",
+		" PASS hunter2":          "PASS ***",
+		"\tpass hunter2":         "PASS ***",
 		"AUTH":                   "AUTH",
 		"USER alice":             "USER alice",
 		"RETR 1":                 "RETR 1",

@@ -126,7 +126,7 @@ func (t *tracer) command(line string) {
 		switch {
 		case n == 1:
 			line = f[0]
-		case !limits.IsMechanismName(f[1]):
+		case !limits.KnownMechanism(f[1]):
 			line = f[0] + " [redacted]" // credentials in the mechanism's place
 		case n > 2:
 			line = f[0] + " " + f[1] + " [redacted]"

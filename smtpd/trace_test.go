@@ -126,6 +126,8 @@ func TestTracerUnits(t *testing.T) {
 			"C line=\"BDAT 3 FOO\"\nC line=abc"},
 		{"auth plain", []string{"C", "auth plain AGFAYgBj\r\n"}, `C line="auth plain [redacted]"`},
 		{"credentials in the mechanism's place", []string{"C", "AUTH AGFAYgBjZA==\r\n"}, `C line="AUTH [redacted]"`},
+		{"a password in the mechanism's place", []string{"C", "AUTH hunter2\r\n"}, `C line="AUTH [redacted]"`},
+		{"base64 without padding in the mechanism's place", []string{"C", "AUTH AGJvYgBodW50ZXIyeHl6\r\n"}, `C line="AUTH [redacted]"`},
 		{"auth continuation", []string{"C", "AUTH PLAIN\r\n", "S", "334 \r\n", "C", "AGFAYgBj\r\n", "S", "235 ok\r\n", "C", "NOOP\r\n"},
 			"C line=\"AUTH PLAIN\"\nS line=\"334 \"\nC line=[redacted]\nS line=\"235 ok\"\nC line=NOOP"},
 		{"auth secrets seen as replies stay redacted", []string{"C", "AUTH LOGIN\r\n", "S", "334 VXNlcm5hbWU6\r\n", "S", "YWxpY2U=\r\n"},

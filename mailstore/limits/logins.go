@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -431,22 +432,13 @@ func verifyReleasing(ctx context.Context, verify func(context.Context) (bool, er
 	return verify(ctx)
 }
 
-// IsMechanismName reports whether s can be a SASL mechanism name: 1 to 20
-// letters, digits, hyphens and underscores (RFC 4422 3.1; letters of
-// either case, as clients send them). The servers' protocol traces show
-// the mechanism of an AUTH or AUTHENTICATE command and hide what
-// follows; a word that cannot be a mechanism is hidden too, since a
-// client that sends its credentials in that place (AUTH <secret>) would
+// KnownMechanism reports whether s names, in either case, a SASL
+// mechanism some Postern server offers: PLAIN (all three) or LOGIN
+// (submission). The servers' protocol traces show the mechanism of an
+// AUTH or AUTHENTICATE command and hide what follows; any other word in
+// the mechanism's place is hidden too, since a client that sends its
+// credentials there (AUTH <secret>, which may look like any word) would
 // otherwise have them logged.
-func IsMechanismName(s string) bool {
-	if len(s) == 0 || len(s) > 20 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !('A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
-			return false
-		}
-	}
-	return true
+func KnownMechanism(s string) bool {
+	return strings.EqualFold(s, "PLAIN") || strings.EqualFold(s, "LOGIN")
 }
