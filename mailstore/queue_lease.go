@@ -59,13 +59,31 @@ func (d *dialect) skipLocked() string {
 // On PostgreSQL the entries are picked with SELECT ... FOR UPDATE SKIP
 // LOCKED inside the writer's transaction, so that Stores leasing at the
 // same moment never get the same entry; on SQLite the single writer
-// serialises them.
+// serialises them. It is QueueLeaseDomains with no bound on the domains.
 func (s *Store) QueueLease(ctx context.Context, due time.Time, limit int, owner string, ttl time.Duration, skipDomains ...string) ([]QueueEntry, error) {
+	return s.QueueLeaseDomains(ctx, due, limit, 0, owner, ttl, skipDomains...)
+}
+
+// QueueLeaseDomains is QueueLease taking the entries of at most
+// maxDomains distinct domains (0: no bound): the domains whose oldest
+// takeable entry is due first, and every takeable entry of each of them
+// up to limit in all. A relay asks for as many domains as it has free
+// connections, so that the frontends of one store share a backlog of
+// many domains rather than the first to look taking it all. The
+// statement's text is the same whatever the values (one prepared
+// statement). On PostgreSQL two frontends leasing at the same moment
+// may choose the same domains; the second then skips the entries the
+// first locked and may get fewer domains than it asked for, which its
+// next look at the queue makes up.
+func (s *Store) QueueLeaseDomains(ctx context.Context, due time.Time, limit, maxDomains int, owner string, ttl time.Duration, skipDomains ...string) ([]QueueEntry, error) {
 	if owner == "" {
 		return nil, errors.New("lease queue entries: empty owner")
 	}
 	if limit <= 0 {
 		limit = math.MaxInt32
+	}
+	if maxDomains <= 0 {
+		maxDomains = math.MaxInt32
 	}
 	ttl = max(ttl, minLeaseTTL)
 	skip, skipArg, err := s.d.notInDomains(skipDomains)
@@ -76,10 +94,18 @@ func (s *Store) QueueLease(ctx context.Context, due time.Time, limit int, owner 
 	err = s.w.do(ctx, func(t *wtx) error {
 		out = out[:0]
 		now := s.now()
+		// The inner SELECT chooses the domains (no lock: GROUP BY
+		// cannot take one), the outer one locks their entries.
+		takeable := `next_attempt <= ? AND (lease_until < ? OR lease_owner = ?)` + skip
 		rows, err := t.query(`UPDATE queue SET lease_owner = ?, lease_until = ?
-			WHERE id IN (SELECT id FROM queue WHERE next_attempt <= ? AND (lease_until < ? OR lease_owner = ?)`+skip+`
+			WHERE id IN (SELECT id FROM queue WHERE `+takeable+`
+				AND domain IN (SELECT domain FROM queue WHERE `+takeable+`
+					GROUP BY domain ORDER BY min(next_attempt), min(id) LIMIT ?)
 				ORDER BY next_attempt, id LIMIT ?`+s.d.skipLocked()+`)
-			RETURNING `+leaseColumns, owner, now.Add(ttl).UnixNano(), due.UnixNano(), now.UnixNano(), owner, skipArg, limit)
+			RETURNING `+leaseColumns, owner, now.Add(ttl).UnixNano(),
+			due.UnixNano(), now.UnixNano(), owner, skipArg,
+			due.UnixNano(), now.UnixNano(), owner, skipArg, maxDomains,
+			limit)
 		if err != nil {
 			return fmt.Errorf("lease queue entries for %s: %w", owner, err)
 		}

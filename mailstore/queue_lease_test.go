@@ -408,3 +408,180 @@ func TestQueueLeaseSkipDomainsOneStatement(t *testing.T) {
 		t.Fatalf("lease skipping odd names and remote.test: %d entries, %v", len(got), err)
 	}
 }
+
+// QueueLeaseDomains takes every takeable entry of at most maxDomains
+// domains, those due first, up to limit entries in all; the text of its
+// statement is the same whatever the bounds.
+func TestQueueLeaseDomains(t *testing.T) {
+	ctx := context.Background()
+	clock := &leaseClock{now: time.Unix(1700000000, 0)}
+	s := leaseStores(t, 1, 0, clock)[0]
+	// Due order: a (2 entries), b, c (3 entries), d; a's second entry is
+	// due after c's first, and is still leased with a.
+	queue := func(rcpt string, n int) {
+		t.Helper()
+		if _, err := s.Deliver(ctx, "s@example.test", []string{rcpt}, testMessage(n)); err != nil {
+			t.Fatal(err)
+		}
+		clock.add(time.Second)
+	}
+	queue("x@a.test", 1)
+	queue("x@b.test", 2)
+	queue("x@c.test", 3)
+	queue("y@a.test", 4)
+	queue("y@c.test", 5)
+	queue("z@c.test", 6)
+	queue("x@d.test", 7)
+	const ttl = time.Minute
+	due := clock.Now().Add(time.Hour)
+	domains := func(es []QueueEntry) map[string]int {
+		m := map[string]int{}
+		for _, e := range es {
+			m[e.Domain]++
+		}
+		return m
+	}
+	got, err := s.QueueLeaseDomains(ctx, due, 0, 2, "a", ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := writerStatements(t, s)
+	if d := domains(got); len(got) != 3 || d["a.test"] != 2 || d["b.test"] != 1 {
+		t.Fatalf("first 2 domains: leased %v, want a.test's 2 and b.test's 1", d)
+	}
+	if got[0].Recipient != "x@a.test" || got[1].Recipient != "x@b.test" || got[2].Recipient != "y@a.test" {
+		t.Fatalf("leased in the order %s, %s, %s; want due order", got[0].Recipient, got[1].Recipient, got[2].Recipient)
+	}
+	// Another owner gets the next domain; the limit bounds its entries.
+	got, err = s.QueueLeaseDomains(ctx, due, 2, 1, "b", ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := domains(got); len(got) != 2 || d["c.test"] != 2 {
+		t.Fatalf("1 domain, 2 entries: leased %v, want 2 of c.test's", d)
+	}
+	// Skipped domains do not count: c.test (b's third entry is free but
+	// skipped) is passed over for d.test.
+	got, err = s.QueueLeaseDomains(ctx, due, 0, 1, "c", ttl, "c.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := domains(got); len(got) != 1 || d["d.test"] != 1 {
+		t.Fatalf("1 domain skipping c.test: leased %v, want d.test's 1", d)
+	}
+	got, err = s.QueueLeaseDomains(ctx, due, 0, 5, "c", ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := domains(got); len(got) != 2 || d["c.test"] != 1 || d["d.test"] != 1 {
+		t.Fatalf("5 domains for c: leased %v, want c.test's free one and c's own d.test", d)
+	}
+	// Owner a's own entries count as one of its domains.
+	got, err = s.QueueLeaseDomains(ctx, due, 0, 1, "a", ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := domains(got); len(got) != 2 || d["a.test"] != 2 {
+		t.Fatalf("a again, 1 domain: leased %v, want its a.test's 2", d)
+	}
+	if _, err := s.QueueLease(ctx, due, 10, "e", ttl); err != nil {
+		t.Fatal(err)
+	}
+	if after := writerStatements(t, s); after != before {
+		t.Errorf("the writer prepared %d statements more for other bounds, want none", after-before)
+	}
+}
+
+// Frontends leasing a few domains at a time, at the same moment, never
+// get the same entry, get at most the domains they ask for, and between them get
+// every entry (PostgreSQL: SKIP LOCKED under the domain choice).
+func TestQueueLeaseDomainsConcurrentFrontends(t *testing.T) {
+	ctx := context.Background()
+	clock := &leaseClock{now: time.Unix(1700000000, 0)}
+	const n, ndomains, perDomain, ttl = 3, 60, 3, time.Minute
+	stores := leaseStores(t, n, 0, clock)
+	for d := range ndomains {
+		var rcpts []string
+		for i := range perDomain {
+			rcpts = append(rcpts, fmt.Sprintf("r%d@d%02d.test", i, d))
+		}
+		if _, err := stores[0].Deliver(ctx, "s@example.test", rcpts, testMessage(d)); err != nil {
+			t.Fatal(err)
+		}
+		clock.add(time.Millisecond)
+	}
+	due := clock.Now().Add(time.Hour)
+	var mu sync.Mutex
+	owner := map[int64]string{}
+	byDomain := map[string]map[string]int{} // domain: owner: entries
+	var wg sync.WaitGroup
+	errs := make(chan error, n*3)
+	for i, s := range stores {
+		for w := range 3 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for k := range 100 {
+					who := fmt.Sprintf("fe%d-w%d-%d", i, w, k)
+					got, err := s.QueueLeaseDomains(ctx, due, 0, 2, who, ttl)
+					if err != nil {
+						errs <- err
+						return
+					}
+					mu.Lock()
+					ds := map[string]bool{}
+					for _, e := range got {
+						if o, ok := owner[e.ID]; ok {
+							mu.Unlock()
+							errs <- fmt.Errorf("entry %d leased to %s and to %s", e.ID, o, who)
+							return
+						}
+						owner[e.ID] = who
+						ds[e.Domain] = true
+						if byDomain[e.Domain] == nil {
+							byDomain[e.Domain] = map[string]int{}
+						}
+						byDomain[e.Domain][who]++
+					}
+					mu.Unlock()
+					if len(ds) > 2 {
+						errs <- fmt.Errorf("%s leased %d domains, want at most 2", who, len(ds))
+						return
+					}
+					if len(got) == 0 {
+						if rest, err := s.QueueLease(ctx, due, 0, who+"-check", ttl); err != nil || len(rest) != 0 {
+							// Another's SKIP LOCKED may have left this
+							// one nothing while entries remain: go on.
+							if err != nil {
+								errs <- err
+								return
+							}
+							_ = s.QueueRelease(ctx, ids(rest), who+"-check")
+							continue
+						}
+						return
+					}
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if len(owner) != ndomains*perDomain {
+		t.Fatalf("%d entries leased, want %d", len(owner), ndomains*perDomain)
+	}
+	if len(byDomain) != ndomains {
+		t.Fatalf("%d domains leased, want %d", len(byDomain), ndomains)
+	}
+}
+
+func ids(es []QueueEntry) []int64 {
+	out := make([]int64, 0, len(es))
+	for _, e := range es {
+		out = append(out, e.ID)
+	}
+	return out
+}
