@@ -32,7 +32,7 @@ import (
 // connection slots and the end of an attempt: *mailstore.Store; tests put
 // a wrapper in Relay.q that makes some calls fail.
 type leaseStore interface {
-	QueueLease(ctx context.Context, due time.Time, limit int, owner string, ttl time.Duration, skipDomains ...string) ([]mailstore.QueueEntry, error)
+	QueueLeaseDomains(ctx context.Context, due time.Time, limit, maxDomains int, owner string, ttl time.Duration, skipDomains ...string) ([]mailstore.QueueEntry, error)
 	QueueRenew(ctx context.Context, ids []int64, owner string, ttl time.Duration) ([]int64, error)
 	QueueRelease(ctx context.Context, ids []int64, owner string) error
 	QueueRemove(ctx context.Context, id int64) error

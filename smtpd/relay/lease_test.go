@@ -221,7 +221,7 @@ func TestStoppingRelayReleasesLeases(t *testing.T) {
 }
 
 // faultyStore is the relay's store with calls that fail when told, and a
-// record of what QueueLease gave.
+// record of what QueueLeaseDomains gave.
 type faultyStore struct {
 	*mailstore.Store
 	mu          sync.Mutex
@@ -229,7 +229,7 @@ type faultyStore struct {
 	removeDelay time.Duration // how long a failing QueueRemove takes (a slow store)
 	failRelease int           // ReleaseRelaySlot calls to fail
 	failAcquire func() bool
-	leasedIDs   map[int64]int // times QueueLease gave each entry
+	leasedIDs   map[int64]int // times QueueLeaseDomains gave each entry
 	leaseCalls  int
 }
 
@@ -241,8 +241,8 @@ func faulty(a *alpha) *faultyStore {
 	return f
 }
 
-func (f *faultyStore) QueueLease(ctx context.Context, due time.Time, limit int, owner string, ttl time.Duration, skip ...string) ([]mailstore.QueueEntry, error) {
-	got, err := f.Store.QueueLease(ctx, due, limit, owner, ttl, skip...)
+func (f *faultyStore) QueueLeaseDomains(ctx context.Context, due time.Time, limit, maxDomains int, owner string, ttl time.Duration, skip ...string) ([]mailstore.QueueEntry, error) {
+	got, err := f.Store.QueueLeaseDomains(ctx, due, limit, maxDomains, owner, ttl, skip...)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.leaseCalls++

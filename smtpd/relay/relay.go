@@ -183,10 +183,12 @@ type Relay struct {
 	log      *slog.Logger
 	resolver Resolver
 	kick     chan struct{}
+	jobEnded chan struct{} // a job ended (RunOnce waits for it)
 	slots    chan struct{} // one per open connection, MaxConns in all
 
 	mu     sync.Mutex
 	active map[string]bool // domains with a delivery job running
+	conns  map[string]int  // connections open (slots held) by the job of each domain
 	leased map[int64]bool  // queue entries in running jobs, whose leases are renewed
 	// unrecorded are entries delivered (or failed and reported) whose
 	// removal from the queue failed: never tried again by this relay,
@@ -260,6 +262,8 @@ func New(cfg Config, store *mailstore.Store) *Relay {
 		log:        cfg.Logger,
 		resolver:   cfg.Resolver,
 		kick:       make(chan struct{}, 1),
+		jobEnded:   make(chan struct{}, 1),
+		conns:      make(map[string]int),
 		slots:      make(chan struct{}, cfg.MaxConns),
 		active:     make(map[string]bool),
 		leased:     make(map[int64]bool),
@@ -309,7 +313,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	tick := time.NewTicker(r.cfg.PollInterval)
 	defer tick.Stop()
 	for {
-		if err := r.dispatch(ctx); err != nil && ctx.Err() == nil {
+		if _, _, err := r.dispatch(ctx); err != nil && ctx.Err() == nil {
 			r.log.Error("relay: cannot read the queue", "err", err)
 		}
 		select {
@@ -328,11 +332,41 @@ func (r *Relay) Run(ctx context.Context) error {
 func (r *Relay) Serve(ctx context.Context) error { return r.Run(ctx) }
 
 // RunOnce starts delivery of the entries due now and waits until every
-// delivery job has finished. Tests drive the relay with it.
+// delivery job has finished. Tests drive the relay with it. Like Run, it
+// takes at most as many domains at a time as it has free connections,
+// and takes more as jobs end, until a look at the queue finds fewer
+// domains than it asked for or only domains it took before (a domain
+// deferred and due again at once is not taken round and round).
 func (r *Relay) RunOnce(ctx context.Context) error {
 	stop := r.renewLeases()
 	defer stop()
-	err := r.dispatch(ctx)
+	seen := make(map[string]bool)
+	var err error
+	for {
+		var more bool
+		var domains []string
+		more, domains, err = r.dispatch(ctx)
+		fresh := false
+		for _, d := range domains {
+			if !seen[d] {
+				seen[d], fresh = true, true
+			}
+		}
+		if err != nil || !more || !fresh || ctx.Err() != nil {
+			break
+		}
+		// Wait for a free connection: a job's end (a stale signal of
+		// an earlier job's end only makes this look sooner).
+		r.mu.Lock()
+		running := len(r.active)
+		r.mu.Unlock()
+		if running > 0 {
+			select {
+			case <-r.jobEnded:
+			case <-ctx.Done():
+			}
+		}
+	}
 	r.jobs.Wait()
 	if ctx.Err() != nil {
 		r.logUnrecorded()
@@ -340,18 +374,49 @@ func (r *Relay) RunOnce(ctx context.Context) error {
 	return err
 }
 
+// freeConns is how many more domains dispatch takes now: MaxConns less
+// what the running jobs use (the connections each has open, and one for
+// a job with none, waiting for a slot or resolving its route), and at
+// least one, so that a look at the queue always makes progress (a relay
+// whose connections are all busy takes one domain a look; the others'
+// jobs wait for a connection). The domains of entries delivered but not removed (unrecorded) come on
+// top: they are leased again, never tried, and must not crowd out the
+// others.
+func (r *Relay) freeConns() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	busy := 0
+	for d := range r.active {
+		busy += max(1, r.conns[d])
+	}
+	// One per unrecorded entry: at least one per domain of theirs.
+	return max(1, r.cfg.MaxConns-busy) + len(r.unrecorded)
+}
+
 // dispatch starts one delivery job per domain that has due entries and no
 // job running. It leases the entries from the store, leaving out the
 // domains whose jobs run: their new entries are for another frontend to
-// take now, or for this one when the job ends.
-func (r *Relay) dispatch(ctx context.Context) error {
+// take now, or for this one when the job ends. It takes the entries of at
+// most freeConns domains, oldest due first, so that the frontends of one
+// store share a backlog of many domains: the others take the rest at
+// their next look, and this one again as its jobs end (each job's end
+// kicks Run). It reports the domains leased, and whether more may be
+// due: it took as many domains (or entries) as it asked for.
+func (r *Relay) dispatch(ctx context.Context) (more bool, leasedDomains []string, err error) {
 	// Before leasing: the entries leased below are renewed only once a
 	// job holds them, so they wait for no retry.
 	r.retryUnrecorded(ctx)
-	entries, err := r.q.QueueLease(ctx, r.cfg.Now(), maxBatch, r.cfg.LeaseOwner, r.cfg.LeaseTTL, r.skipDomains()...)
+	want := r.freeConns()
+	entries, err := r.q.QueueLeaseDomains(ctx, r.cfg.Now(), maxBatch, want, r.cfg.LeaseOwner, r.cfg.LeaseTTL, r.skipDomains()...)
 	if err != nil {
-		return fmt.Errorf("relay: %w", err)
+		return false, nil, fmt.Errorf("relay: %w", err)
 	}
+	for _, e := range entries {
+		if !slices.Contains(leasedDomains, e.Domain) {
+			leasedDomains = append(leasedDomains, e.Domain)
+		}
+	}
+	more = len(leasedDomains) >= want || len(entries) >= maxBatch
 	var skipped []int64 // leased now for a domain whose job runs: for the others
 	r.mu.Lock()
 	entries = slices.DeleteFunc(entries, func(e mailstore.QueueEntry) bool {
@@ -428,6 +493,7 @@ func (r *Relay) dispatch(ctx context.Context) error {
 			}
 			r.mu.Lock()
 			delete(r.active, domain)
+			delete(r.conns, domain)
 			for _, e := range entries {
 				delete(r.leased, e.ID)
 				delete(r.lostLease, e.ID)
@@ -438,9 +504,29 @@ func (r *Relay) dispatch(ctx context.Context) error {
 			if len(res.kept) == 0 {
 				r.Kick()
 			}
+			select {
+			case r.jobEnded <- struct{}{}:
+			default:
+			}
 		}(d, byDomain[d])
 	}
-	return nil
+	return more, leasedDomains, nil
+}
+
+// connOpened and connClosed count a job's connections (each holds one
+// of r.slots) for freeConns.
+func (r *Relay) connOpened(domain string) {
+	r.mu.Lock()
+	r.conns[domain]++
+	r.mu.Unlock()
+}
+
+func (r *Relay) connClosed(domain string) {
+	r.mu.Lock()
+	if r.conns[domain]--; r.conns[domain] <= 0 {
+		delete(r.conns, domain)
+	}
+	r.mu.Unlock()
 }
 
 // retryUnrecorded retries the removal of the entries that were
@@ -620,6 +706,7 @@ func (r *Relay) worker(ctx context.Context, hosts []MXHost, w *workList) {
 	closeSession := func(counted bool) {
 		s.close()
 		<-r.slots
+		r.connClosed(w.domain)
 		r.releaseSlot(ctx, w.domain, slot)
 		if counted {
 			w.mu.Lock()
@@ -677,6 +764,7 @@ func (r *Relay) worker(ctx context.Context, hosts []MXHost, w *workList) {
 			}
 			select {
 			case r.slots <- struct{}{}:
+				r.connOpened(w.domain)
 			case <-ctx.Done():
 				r.releaseSlot(ctx, w.domain, slot)
 				continue
@@ -686,6 +774,7 @@ func (r *Relay) worker(ctx context.Context, hosts []MXHost, w *workList) {
 			if att.failed() {
 				s = nil
 				<-r.slots
+				r.connClosed(w.domain)
 				r.releaseSlot(ctx, w.domain, slot)
 				w.mu.Lock()
 				if w.live > 0 {
