@@ -378,10 +378,10 @@ func (r *Relay) RunOnce(ctx context.Context) error {
 // what the running jobs use (the connections each has open, and one for
 // a job with none, waiting for a slot or resolving its route), and at
 // least one, so that a look at the queue always makes progress (a relay
-// whose connections are all busy takes one domain a look; the others'
-// jobs wait for a connection). The domains of entries delivered but not removed (unrecorded) come on
-// top: they are leased again, never tried, and must not crowd out the
-// others.
+// whose connections are all busy takes one domain a look, whose job
+// waits for a connection). The domains of entries delivered but not
+// removed (unrecorded) come on top: they are leased again, never tried,
+// and must not crowd out the others.
 func (r *Relay) freeConns() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
