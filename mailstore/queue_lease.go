@@ -65,9 +65,9 @@ func (s *Store) QueueLease(ctx context.Context, due time.Time, limit int, owner 
 }
 
 // QueueLeaseDomains is QueueLease taking the entries of at most
-// maxDomains distinct domains (0: no bound): the domains whose oldest
-// takeable entry is due first, and every takeable entry of each of them
-// up to limit in all. A relay asks for as many domains as it has free
+// maxDomains distinct domains (0: no bound): of the limit takeable
+// entries due first (what QueueLease looks at), those of the domains
+// whose oldest entry among them is due first. A relay asks for as many domains as it has free
 // connections, so that the frontends of one store share a backlog of
 // many domains rather than the first to look taking it all. The
 // statement's text is the same whatever the values (one prepared
@@ -94,18 +94,21 @@ func (s *Store) QueueLeaseDomains(ctx context.Context, due time.Time, limit, max
 	err = s.w.do(ctx, func(t *wtx) error {
 		out = out[:0]
 		now := s.now()
-		// The inner SELECT chooses the domains (no lock: GROUP BY
-		// cannot take one), the outer one locks their entries.
-		takeable := `next_attempt <= ? AND (lease_until < ? OR lease_owner = ?)` + skip
-		rows, err := t.query(`UPDATE queue SET lease_owner = ?, lease_until = ?
-			WHERE id IN (SELECT id FROM queue WHERE `+takeable+`
-				AND domain IN (SELECT domain FROM queue WHERE `+takeable+`
-					GROUP BY domain ORDER BY min(next_attempt), min(id) LIMIT ?)
+		// oldest is what the lease looks at, as bounded as before: the
+		// limit oldest takeable entries (locked on PostgreSQL, skipping
+		// those another frontend is leasing). Of those, it takes the
+		// entries of the maxDomains domains due first. The cost of a
+		// lease stays that of reading limit entries however large the
+		// backlog.
+		rows, err := t.query(`WITH oldest AS (SELECT id, domain, next_attempt FROM queue
+				WHERE next_attempt <= ? AND (lease_until < ? OR lease_owner = ?)`+skip+`
 				ORDER BY next_attempt, id LIMIT ?`+s.d.skipLocked()+`)
-			RETURNING `+leaseColumns, owner, now.Add(ttl).UnixNano(),
-			due.UnixNano(), now.UnixNano(), owner, skipArg,
-			due.UnixNano(), now.UnixNano(), owner, skipArg, maxDomains,
-			limit)
+			UPDATE queue SET lease_owner = ?, lease_until = ?
+			WHERE id IN (SELECT id FROM oldest WHERE domain IN (SELECT domain FROM oldest
+				GROUP BY domain ORDER BY min(next_attempt), min(id) LIMIT ?))
+			RETURNING `+leaseColumns,
+			due.UnixNano(), now.UnixNano(), owner, skipArg, limit,
+			owner, now.Add(ttl).UnixNano(), maxDomains)
 		if err != nil {
 			return fmt.Errorf("lease queue entries for %s: %w", owner, err)
 		}
