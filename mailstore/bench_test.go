@@ -392,20 +392,9 @@ func storeCorpus(b *testing.B, s *Store, mailboxID int64, corpus [][]byte) {
 // indexDeferBacklog). Reports milliseconds per search, with the
 // confirmation IMAP SEARCH makes of each candidate (imapd textMatch).
 func BenchmarkSearchBacklog(b *testing.B) {
-	s := newTestDB(b).open(b, Options{PasswordCost: FastPasswordHash, noIndexer: true})
-	b.Cleanup(func() { s.Close() })
+	s := openTestWith(b, Options{PasswordCost: FastPasswordHash, noIndexer: true})
 	ctx := context.Background()
-	if err := s.AddDomain(ctx, "example.test"); err != nil {
-		b.Fatal(err)
-	}
-	u, err := s.AddUser(ctx, "u@example.test", "pw")
-	if err != nil {
-		b.Fatal(err)
-	}
-	mb, err := s.MailboxByName(ctx, u.ID, "INBOX")
-	if err != nil {
-		b.Fatal(err)
-	}
+	mb := inbox(b, s, addUser(b, s, "u@example.test"))
 	storeCorpus(b, s, mb.ID, indexCorpus(indexDeferBacklog))
 	if n, err := s.IndexBacklog(ctx); err != nil || n != indexDeferBacklog {
 		b.Fatalf("backlog %d (%v), want %d", n, err, indexDeferBacklog)
@@ -448,20 +437,9 @@ func BenchmarkSearchBacklog(b *testing.B) {
 // the candidates the index gives, the messages that match, and the
 // milliseconds of the search with its confirmation.
 func BenchmarkIndexBodies(b *testing.B) {
-	s := newTestDB(b).open(b, Options{PasswordCost: FastPasswordHash, noIndexer: true})
-	b.Cleanup(func() { s.Close() })
+	s := openTestWith(b, Options{PasswordCost: FastPasswordHash, noIndexer: true})
 	ctx := context.Background()
-	if err := s.AddDomain(ctx, "example.test"); err != nil {
-		b.Fatal(err)
-	}
-	u, err := s.AddUser(ctx, "u@example.test", "pw")
-	if err != nil {
-		b.Fatal(err)
-	}
-	mb, err := s.MailboxByName(ctx, u.ID, "INBOX")
-	if err != nil {
-		b.Fatal(err)
-	}
+	mb := inbox(b, s, addUser(b, s, "u@example.test"))
 	corpus := indexCorpus(b.N)
 	storeCorpus(b, s, mb.ID, corpus)
 	b.ResetTimer()

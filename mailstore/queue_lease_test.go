@@ -321,18 +321,11 @@ func TestQueueLeaseSkipDomains(t *testing.T) {
 	}
 	const ttl = time.Minute
 	due := clock.Now().Add(time.Hour)
-	domains := func(es []QueueEntry) map[string]int {
-		m := map[string]int{}
-		for _, e := range es {
-			m[e.Domain]++
-		}
-		return m
-	}
 	got, err := s.QueueLease(ctx, due, 0, "a", ttl, "remote.test", "third.test")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := domains(got); len(got) != 2 || d["other.test"] != 2 {
+	if d := entryDomains(got); len(got) != 2 || d["other.test"] != 2 {
 		t.Fatalf("leased %v skipping remote.test and third.test, want other.test's 2", d)
 	}
 	// a's own leases are skipped too, and the skipped entries are free.
@@ -340,7 +333,7 @@ func TestQueueLeaseSkipDomains(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := domains(got); len(got) != 4 || d["remote.test"] != 3 || d["third.test"] != 1 {
+	if d := entryDomains(got); len(got) != 4 || d["remote.test"] != 3 || d["third.test"] != 1 {
 		t.Fatalf("leased %v skipping other.test, want remote.test's 3 and third.test's 1", d)
 	}
 	if got, err := s.QueueLease(ctx, due, 0, "b", ttl); err != nil || len(got) != 0 {
@@ -434,19 +427,12 @@ func TestQueueLeaseDomains(t *testing.T) {
 	queue("x@d.test", 7)
 	const ttl = time.Minute
 	due := clock.Now().Add(time.Hour)
-	domains := func(es []QueueEntry) map[string]int {
-		m := map[string]int{}
-		for _, e := range es {
-			m[e.Domain]++
-		}
-		return m
-	}
 	got, err := s.QueueLeaseDomains(ctx, due, 0, 2, "a", ttl)
 	if err != nil {
 		t.Fatal(err)
 	}
 	before := writerStatements(t, s)
-	if d := domains(got); len(got) != 3 || d["a.test"] != 2 || d["b.test"] != 1 {
+	if d := entryDomains(got); len(got) != 3 || d["a.test"] != 2 || d["b.test"] != 1 {
 		t.Fatalf("first 2 domains: leased %v, want a.test's 2 and b.test's 1", d)
 	}
 	if got[0].Recipient != "x@a.test" || got[1].Recipient != "x@b.test" || got[2].Recipient != "y@a.test" {
@@ -457,7 +443,7 @@ func TestQueueLeaseDomains(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := domains(got); len(got) != 2 || d["c.test"] != 2 {
+	if d := entryDomains(got); len(got) != 2 || d["c.test"] != 2 {
 		t.Fatalf("1 domain, 2 entries: leased %v, want 2 of c.test's", d)
 	}
 	// Skipped domains do not count: c.test (b's third entry is free but
@@ -466,14 +452,14 @@ func TestQueueLeaseDomains(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := domains(got); len(got) != 1 || d["d.test"] != 1 {
+	if d := entryDomains(got); len(got) != 1 || d["d.test"] != 1 {
 		t.Fatalf("1 domain skipping c.test: leased %v, want d.test's 1", d)
 	}
 	got, err = s.QueueLeaseDomains(ctx, due, 0, 5, "c", ttl)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := domains(got); len(got) != 2 || d["c.test"] != 1 || d["d.test"] != 1 {
+	if d := entryDomains(got); len(got) != 2 || d["c.test"] != 1 || d["d.test"] != 1 {
 		t.Fatalf("5 domains for c: leased %v, want c.test's free one and c's own d.test", d)
 	}
 	// Owner a's own entries count as one of its domains.
@@ -481,7 +467,7 @@ func TestQueueLeaseDomains(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := domains(got); len(got) != 2 || d["a.test"] != 2 {
+	if d := entryDomains(got); len(got) != 2 || d["a.test"] != 2 {
 		t.Fatalf("a again, 1 domain: leased %v, want its a.test's 2", d)
 	}
 	if _, err := s.QueueLease(ctx, due, 10, "e", ttl); err != nil {
@@ -584,4 +570,13 @@ func ids(es []QueueEntry) []int64 {
 		out = append(out, e.ID)
 	}
 	return out
+}
+
+// entryDomains counts queue entries by domain.
+func entryDomains(es []QueueEntry) map[string]int {
+	m := map[string]int{}
+	for _, e := range es {
+		m[e.Domain]++
+	}
+	return m
 }

@@ -566,12 +566,7 @@ func TestFailedRequestMakesNextBatchesTakeSavepoints(t *testing.T) {
 	}
 	// Hold the writer so that a failing and a good request share the
 	// next batch.
-	gate, running := make(chan struct{}), make(chan struct{})
-	blocked := make(chan error, 1)
-	go func() {
-		blocked <- s.w.do(ctx, func(*wtx) error { close(running); <-gate; return nil })
-	}()
-	<-running
+	release := holdWriter(t, s)
 	results := make(chan error, 2)
 	go func() { results <- s.w.do(ctx, func(*wtx) error { return errors.New("refused") }) }()
 	go func() {
@@ -580,15 +575,7 @@ func TestFailedRequestMakesNextBatchesTakeSavepoints(t *testing.T) {
 			return err
 		})
 	}()
-	for deadline := time.Now().Add(10 * time.Second); len(s.w.reqs) < 2; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d requests queued, want 2", len(s.w.reqs))
-		}
-	}
-	close(gate)
-	if err := <-blocked; err != nil {
-		t.Fatal(err)
-	}
+	release(2)
 	failed := 0
 	for range 2 {
 		if err := <-results; err != nil {
@@ -698,12 +685,7 @@ func TestUndeliverableDoesNotFailBatch(t *testing.T) {
 	if err := s.SetQuota(ctx, "full@example.test", 1); err != nil {
 		t.Fatal(err)
 	}
-	gate, running := make(chan struct{}), make(chan struct{})
-	blocked := make(chan error, 1)
-	go func() {
-		blocked <- s.w.do(ctx, func(*wtx) error { close(running); <-gate; return nil })
-	}()
-	<-running
+	release := holdWriter(t, s)
 	full, room := make(chan error, 1), make(chan error, 1)
 	go func() {
 		_, err := s.Deliver(ctx, "s@elsewhere.test", []string{"full@example.test"}, testMessage(1))
@@ -713,15 +695,7 @@ func TestUndeliverableDoesNotFailBatch(t *testing.T) {
 		_, err := s.Deliver(ctx, "s@elsewhere.test", []string{"room@example.test"}, testMessage(2))
 		room <- err
 	}()
-	for deadline := time.Now().Add(10 * time.Second); len(s.w.reqs) < 2; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d requests queued, want 2", len(s.w.reqs))
-		}
-	}
-	close(gate)
-	if err := <-blocked; err != nil {
-		t.Fatal(err)
-	}
+	release(2)
 	if err := <-full; !errors.Is(err, ErrOverQuota) {
 		t.Fatalf("delivery over quota: %v, want ErrOverQuota", err)
 	}
@@ -750,5 +724,30 @@ func TestUndeliverableDoesNotFailBatch(t *testing.T) {
 	}
 	if bodies != 1 {
 		t.Fatalf("%d bodies stored, want 1 (nothing for the undeliverable message)", bodies)
+	}
+}
+
+// holdWriter keeps the writer busy with a request of its own, so that
+// the requests made next share one batch; release(n) waits until n of
+// them are queued and lets the writer go on.
+func holdWriter(t *testing.T, s *Store) (release func(n int)) {
+	t.Helper()
+	gate, running := make(chan struct{}), make(chan struct{})
+	blocked := make(chan error, 1)
+	go func() {
+		blocked <- s.w.do(context.Background(), func(*wtx) error { close(running); <-gate; return nil })
+	}()
+	<-running
+	return func(n int) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); len(s.w.reqs) < n; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d requests queued, want %d", len(s.w.reqs), n)
+			}
+		}
+		close(gate)
+		if err := <-blocked; err != nil {
+			t.Fatal(err)
+		}
 	}
 }

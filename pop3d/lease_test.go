@@ -60,38 +60,16 @@ func TestLeaseLostEndsSession(t *testing.T) {
 		for _, next := range []string{"QUIT", "NOOP", "RETR 2"} {
 			t.Run(backend+"/"+strings.Fields(next)[0], func(t *testing.T) {
 				ctx := context.Background()
-				st, ahead := openFrontends(t, backend)
-				appendMessages(t, st, alice, [][]byte{makeMessage(1, 300), makeMessage(2, 300)})
 				const lease = 1500 * time.Millisecond // renewed every 500 ms
-				ts := startServer(t, st, func(cfg *Config) { cfg.MaildropLease = lease })
-				c := dial(t, ts.addr)
-				c.login(alice, alicePass)
-				c.ok("DELE 1")
-
-				u, err := ahead.UserByAddress(ctx, alice)
-				if err != nil {
-					t.Fatal(err)
-				}
-				other, err := ahead.LockMaildrop(ctx, u.ID, "other frontend", time.Minute)
-				if err != nil {
-					t.Fatalf("the other frontend's lock: %v", err)
-				}
-				defer other.Release()
+				st, ahead, ts, c := deletionOnFrontend(t, backend, lease)
+				u, _ := takeMaildrop(t, ahead)
 				// By then a renewal has found the lease taken, or the lease
 				// has run out: either way the session knows.
 				time.Sleep(lease)
 				if got := c.cmd(next); !strings.HasPrefix(got, "-ERR [IN-USE]") {
 					t.Fatalf("%s after the lease was lost: %q, want -ERR [IN-USE]", next, got)
 				}
-				if !c.closed() {
-					t.Errorf("connection still open after the lease was lost")
-				}
-				if !strings.Contains(ts.logs.String(), `detail="maildrop lease lost, nothing removed"`) {
-					t.Errorf("the session's end does not say the lease was lost")
-				}
-				if msgs, _ := storedMessages(t, st, alice); len(msgs) != 2 {
-					t.Errorf("%d messages left, want 2: a session without the maildrop removed what it marked", len(msgs))
-				}
+				checkEndedWithLeaseLost(t, st, ts, c)
 				// The other frontend's lease is untouched by the session's end.
 				if _, err := ahead.LockMaildrop(ctx, u.ID, "third", time.Minute); err == nil {
 					t.Errorf("the other frontend's lease was given back by the session that lost it")
@@ -193,37 +171,62 @@ func TestLeaseExpiresUnrenewed(t *testing.T) {
 func TestQuitFencedByLease(t *testing.T) {
 	for _, backend := range []string{"sqlite", "postgres"} {
 		t.Run(backend, func(t *testing.T) {
-			ctx := context.Background()
-			st, ahead := openFrontends(t, backend)
-			appendMessages(t, st, alice, [][]byte{makeMessage(1, 300), makeMessage(2, 300)})
-			ts := startServer(t, st, func(cfg *Config) { cfg.MaildropLease = time.Hour })
-			c := dial(t, ts.addr)
-			c.login(alice, alicePass)
-			c.ok("DELE 1")
-			u, err := ahead.UserByAddress(ctx, alice)
-			if err != nil {
-				t.Fatal(err)
-			}
-			other, err := ahead.LockMaildrop(ctx, u.ID, "other frontend", time.Minute)
-			if err != nil {
-				t.Fatalf("the other frontend's lock: %v", err)
-			}
-			defer other.Release()
+			st, ahead, ts, c := deletionOnFrontend(t, backend, time.Hour)
+			_, other := takeMaildrop(t, ahead)
 			if got := c.cmd("QUIT"); !strings.HasPrefix(got, "-ERR [IN-USE]") {
 				t.Fatalf("QUIT after the lease was taken: %q, want -ERR [IN-USE]", got)
 			}
-			if !c.closed() {
-				t.Errorf("connection still open after the lease was lost")
-			}
-			if !strings.Contains(ts.logs.String(), `detail="maildrop lease lost, nothing removed"`) {
-				t.Errorf("the session's end does not say the lease was lost")
-			}
-			if msgs, _ := storedMessages(t, st, alice); len(msgs) != 2 {
-				t.Errorf("%d messages left, want 2: a session without the maildrop removed what it marked", len(msgs))
-			}
+			checkEndedWithLeaseLost(t, st, ts, c)
 			if err := other.Err(); err != nil {
 				t.Errorf("the other frontend's lease: %v", err)
 			}
 		})
+	}
+}
+
+// deletionOnFrontend starts a frontend on backend whose maildrop lease
+// lasts lease, with two messages for alice, logs alice in and marks the
+// first deleted; ahead is a second frontend on the same store.
+func deletionOnFrontend(t *testing.T, backend string, lease time.Duration) (st, ahead *mailstore.Store, ts *testServer, c *client) {
+	t.Helper()
+	st, ahead = openFrontends(t, backend)
+	appendMessages(t, st, alice, [][]byte{makeMessage(1, 300), makeMessage(2, 300)})
+	ts = startServer(t, st, func(cfg *Config) { cfg.MaildropLease = lease })
+	c = dial(t, ts.addr)
+	c.login(alice, alicePass)
+	c.ok("DELE 1")
+	return st, ahead, ts, c
+}
+
+// takeMaildrop takes alice's maildrop through the other frontend ahead,
+// as if its lease had passed to that frontend; it is given back when the
+// test ends.
+func takeMaildrop(t *testing.T, ahead *mailstore.Store) (mailstore.User, *mailstore.MaildropLease) {
+	t.Helper()
+	ctx := context.Background()
+	u, err := ahead.UserByAddress(ctx, alice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := ahead.LockMaildrop(ctx, u.ID, "other frontend", time.Minute)
+	if err != nil {
+		t.Fatalf("the other frontend's lock: %v", err)
+	}
+	t.Cleanup(other.Release)
+	return u, other
+}
+
+// checkEndedWithLeaseLost checks that a session that lost its maildrop's
+// lease was closed, said why, and removed nothing it had marked.
+func checkEndedWithLeaseLost(t *testing.T, st *mailstore.Store, ts *testServer, c *client) {
+	t.Helper()
+	if !c.closed() {
+		t.Errorf("connection still open after the lease was lost")
+	}
+	if !strings.Contains(ts.logs.String(), `detail="maildrop lease lost, nothing removed"`) {
+		t.Errorf("the session's end does not say the lease was lost")
+	}
+	if msgs, _ := storedMessages(t, st, alice); len(msgs) != 2 {
+		t.Errorf("%d messages left, want 2: a session without the maildrop removed what it marked", len(msgs))
 	}
 }
